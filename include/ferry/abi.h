@@ -1,0 +1,109 @@
+/* Ferry's plugin ABI: the C boundary between the ferry replica host and a deployment's code.
+ *
+ * A deployment library exports one function per deployment class, named ferry_deployment_<Name>, that
+ * returns a FerryDeploymentApi table. The host passes a FerryHostApi table to create(); the plugin answers
+ * through the host's sinks, so no C++ object, allocator or exception crosses the boundary. Plugins built
+ * with another compiler or standard library work as long as the ABI version matches.
+ *
+ * Versioning: FERRY_ABI_VERSION changes when the layout of an existing struct changes. New functions are
+ * appended to the tables; a side reads a field only when struct_size says the other side has it.
+ *
+ * Threads: the host calls handle() from several worker threads at once (up to the deployment's
+ * max_ongoing_requests); reconfigure() and check_health() may run concurrently with handle(). create()
+ * and destroy() run alone.
+ */
+#ifndef FERRY_ABI_H_
+#define FERRY_ABI_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FERRY_ABI_VERSION 1u
+
+#if defined(__GNUC__)
+#define FERRY_EXPORT __attribute__((visibility("default")))
+#else
+#define FERRY_EXPORT
+#endif
+
+/* A borrowed byte string. Not NUL-terminated. */
+typedef struct FerryString {
+  const char* data;
+  size_t size;
+} FerryString;
+
+typedef struct FerryHeader {
+  FerryString name; /* lower-case */
+  FerryString value;
+} FerryHeader;
+
+/* One request. OWNERSHIP: everything it points to is owned by the host and valid until handle()
+ * returns; a plugin that needs a value later copies it. */
+typedef struct FerryRequest {
+  size_t struct_size;
+  FerryString request_id;   /* the x-request-id */
+  FerryString method;       /* "GET", "POST", ... */
+  FerryString path;         /* the full path, including the application's route_prefix */
+  FerryString query;        /* the query string without '?', empty when absent */
+  FerryString route_prefix; /* the application's route_prefix that matched */
+  const FerryHeader* headers;
+  size_t num_headers;
+  FerryString body;
+  /* Returns non-zero once the request is cancelled (client gone or deadline passed). Cheap; long
+   * computations should poll it and return early. */
+  int (*is_cancelled)(const struct FerryRequest* self);
+  void* host_context; /* for is_cancelled; opaque to the plugin */
+} FerryRequest;
+
+/* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
+typedef struct FerryResponseSink FerryResponseSink;
+/* Where a plugin writes an error message. Opaque; written only through FerryHostApi. */
+typedef struct FerryErrorSink FerryErrorSink;
+
+/* Functions the host offers the plugin. OWNERSHIP: the table is owned by the host and outlives every
+ * instance. Every function copies the bytes it is given. */
+typedef struct FerryHostApi {
+  size_t struct_size;
+  uint32_t abi_version;
+  void (*set_status)(FerryResponseSink* sink, int status);
+  void (*add_header)(FerryResponseSink* sink, FerryString name, FerryString value);
+  void (*set_body)(FerryResponseSink* sink, FerryString body);
+  void (*set_error)(FerryErrorSink* sink, FerryString message);
+} FerryHostApi;
+
+/* Result codes of the plugin's functions. */
+enum {
+  FERRY_OK = 0,
+  FERRY_ERROR = 1 /* the message is in the error sink */
+};
+
+/* The table a plugin exports for one deployment class. OWNERSHIP: static storage in the plugin. */
+typedef struct FerryDeploymentApi {
+  size_t struct_size;
+  uint32_t abi_version; /* FERRY_ABI_VERSION the plugin was built with */
+  const char* name;     /* the class name */
+  /* Builds an instance from the deployment's args (a JSON object). On FERRY_OK *instance is set and
+   * owned by the host until it passes it to destroy(). On FERRY_ERROR the message is in `error`. */
+  int (*create)(const FerryHostApi* host, FerryString args_json, void** instance,
+                FerryErrorSink* error);
+  void (*destroy)(void* instance);
+  /* Answers one request through `response`. FERRY_ERROR answers 500 with the message in `error`. */
+  int (*handle)(void* instance, const FerryRequest* request, FerryResponseSink* response,
+                FerryErrorSink* error);
+  /* Applies a new user_config (JSON). NULL when the class has no reconfigure. */
+  int (*reconfigure)(void* instance, FerryString user_config_json, FerryErrorSink* error);
+  /* FERRY_OK when healthy. NULL when the class has no check_health. */
+  int (*check_health)(void* instance, FerryErrorSink* error);
+} FerryDeploymentApi;
+
+typedef const FerryDeploymentApi* (*FerryDeploymentEntry)(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FERRY_ABI_H_ */

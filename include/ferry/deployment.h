@@ -1,0 +1,228 @@
+// Ferry's C++ SDK: subclass ferry::Deployment, export it with FERRY_DEPLOYMENT, and name it in a config
+// as `import_path: path/to/libyours.so:ClassName`.
+//
+//   class Classifier : public ferry::Deployment {
+//    public:
+//     explicit Classifier(const ferry::Args& args);
+//     ferry::Response handle(const ferry::Request& req) override;
+//     void reconfigure(const ferry::Json& user_config) override;  // optional
+//     bool check_health() override;                               // optional
+//   };
+//   FERRY_DEPLOYMENT(Classifier)
+//
+// This layer is header-only and compiled into the plugin; it talks to the host through the C ABI in
+// <ferry/abi.h>, so a plugin does not depend on how ferry itself was built. Exceptions thrown by user
+// code are caught here and become errors: from the constructor, a failed deployment whose message is
+// the exception's text; from handle(), an HTTP 500 carrying the text.
+#pragma once
+
+#include <ferry/abi.h>
+
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+using Json = nlohmann::json;
+
+// The deployment's `args` from the config (a JSON object; empty when the config has none).
+class Args {
+ public:
+  explicit Args(Json json) : json_(std::move(json)) {}
+  const Json& json() const { return json_; }
+  bool has(std::string_view key) const { return json_.is_object() && json_.contains(key); }
+  // The value under `key` converted to T, or `fallback` when absent. Throws when present with another
+  // type, so a constructor using it fails with a message naming the key.
+  template <typename T>
+  T get(std::string_view key, T fallback) const {
+    if (!has(key)) return fallback;
+    try {
+      return json_.at(std::string(key)).template get<T>();
+    } catch (const std::exception& e) {
+      throw std::invalid_argument("args." + std::string(key) + ": " + e.what());
+    }
+  }
+
+ private:
+  Json json_;
+};
+
+// One HTTP request as the deployment sees it. Borrowed views: valid during handle() only.
+// Thread-safe to read; is_cancelled() may be polled from the handling thread.
+class Request {
+ public:
+  explicit Request(const FerryRequest* raw) : raw_(raw) {}
+  std::string_view request_id() const { return View(raw_->request_id); }
+  std::string_view method() const { return View(raw_->method); }
+  std::string_view path() const { return View(raw_->path); }
+  std::string_view query() const { return View(raw_->query); }
+  std::string_view route_prefix() const { return View(raw_->route_prefix); }
+  std::string_view body() const { return View(raw_->body); }
+  size_t num_headers() const { return raw_->num_headers; }
+  std::string_view header_name(size_t i) const { return View(raw_->headers[i].name); }
+  std::string_view header_value(size_t i) const { return View(raw_->headers[i].value); }
+  // The first header named `name` (lower-case), or an empty view.
+  std::string_view header(std::string_view name) const {
+    for (size_t i = 0; i < raw_->num_headers; ++i)
+      if (View(raw_->headers[i].name) == name) return View(raw_->headers[i].value);
+    return {};
+  }
+  // The first value of query parameter `key` (not percent-decoded), or an empty view.
+  std::string_view query_param(std::string_view key) const {
+    std::string_view q = query();
+    while (!q.empty()) {
+      size_t amp = q.find('&');
+      std::string_view pair = q.substr(0, amp);
+      size_t eq = pair.find('=');
+      if (pair.substr(0, eq) == key) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+      if (amp == std::string_view::npos) break;
+      q.remove_prefix(amp + 1);
+    }
+    return {};
+  }
+  // True once the client went away or the deadline passed: stop working and return anything.
+  bool is_cancelled() const { return raw_->is_cancelled && raw_->is_cancelled(raw_) != 0; }
+
+ private:
+  static std::string_view View(FerryString s) { return {s.data, s.size}; }
+  const FerryRequest* raw_;
+};
+
+// What handle() returns: status, headers and body. Content-Length is set by ferry.
+struct Response {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+
+  static Response Text(std::string body, int status = 200) {
+    Response r;
+    r.status = status;
+    r.headers.emplace_back("content-type", "text/plain; charset=utf-8");
+    r.body = std::move(body);
+    return r;
+  }
+  static Response FromJson(const Json& value, int status = 200) {
+    Response r;
+    r.status = status;
+    r.headers.emplace_back("content-type", "application/json");
+    r.body = value.dump();
+    return r;
+  }
+};
+
+// Base class of a deployment. One instance per replica process. handle() is called from up to
+// max_ongoing_requests threads at once, so shared mutable state needs a lock; reconfigure() and
+// check_health() may overlap with handle().
+class Deployment {
+ public:
+  virtual ~Deployment() = default;
+  virtual Response handle(const Request& request) = 0;
+  // Called once after construction when the config has a user_config, and again on every change.
+  virtual void reconfigure(const Json& user_config) { (void)user_config; }
+  // Return false (or throw) to report the replica unhealthy.
+  virtual bool check_health() { return true; }
+};
+
+namespace internal {
+
+inline void SetError(const FerryHostApi* host, FerryErrorSink* sink, std::string_view message) {
+  if (host && sink) host->set_error(sink, FerryString{message.data(), message.size()});
+}
+
+inline const FerryHostApi*& Host() {
+  static const FerryHostApi* host = nullptr;
+  return host;
+}
+
+template <typename T, typename = void>
+struct OverridesReconfigure : std::false_type {};
+template <typename T>
+struct OverridesReconfigure<T, std::void_t<decltype(&T::reconfigure)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::reconfigure), decltype(&Deployment::reconfigure)>> {};
+template <typename T, typename = void>
+struct OverridesCheckHealth : std::false_type {};
+template <typename T>
+struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::check_health), decltype(&Deployment::check_health)>> {};
+
+// Runs `body`, turning any exception into FERRY_ERROR with its text.
+template <typename F>
+int Guard(FerryErrorSink* error, F&& body) {
+  try {
+    body();
+    return FERRY_OK;
+  } catch (const std::exception& e) {
+    SetError(Host(), error, e.what());
+  } catch (...) {
+    SetError(Host(), error, "unknown exception");
+  }
+  return FERRY_ERROR;
+}
+
+template <typename T>
+const FerryDeploymentApi* ApiFor(const char* name) {
+  static_assert(std::is_base_of_v<Deployment, T>, "FERRY_DEPLOYMENT needs a ferry::Deployment subclass");
+  static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
+  static const FerryDeploymentApi api = [name] {
+    FerryDeploymentApi a{};
+    a.struct_size = sizeof(FerryDeploymentApi);
+    a.abi_version = FERRY_ABI_VERSION;
+    a.name = name;
+    a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
+      Host() = host;
+      return Guard(error, [&] {
+        std::string_view text(args_json.data, args_json.size);
+        Json args = text.empty() ? Json::object() : Json::parse(text);
+        *instance = new T(Args(std::move(args)));
+      });
+    };
+    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
+    a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
+      return Guard(error, [&] {
+        Response r = static_cast<T*>(instance)->handle(Request(request));
+        const FerryHostApi* host = Host();
+        host->set_status(sink, r.status);
+        for (const auto& [k, v] : r.headers)
+          host->add_header(sink, FerryString{k.data(), k.size()}, FerryString{v.data(), v.size()});
+        host->set_body(sink, FerryString{r.body.data(), r.body.size()});
+      });
+    };
+    if constexpr (OverridesReconfigure<T>::value) {
+      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          std::string_view text(config.data, config.size);
+          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
+        });
+      };
+    }
+    if constexpr (OverridesCheckHealth<T>::value) {
+      a.check_health = [](void* instance, FerryErrorSink* error) {
+        int rc = FERRY_ERROR;
+        int guard = Guard(error, [&] {
+          if (static_cast<T*>(instance)->check_health()) rc = FERRY_OK;
+          else SetError(Host(), error, "check_health returned false");
+        });
+        return guard == FERRY_OK ? rc : FERRY_ERROR;
+      };
+    }
+    return a;
+  }();
+  return &api;
+}
+
+}  // namespace internal
+}  // namespace ferry
+
+// Exports `Class` as a deployment named `Class` (import_path: libx.so:Class).
+#define FERRY_DEPLOYMENT(Class)                                                  \
+  extern "C" FERRY_EXPORT const FerryDeploymentApi* ferry_deployment_##Class() { \
+    return ::ferry::internal::ApiFor<Class>(#Class);                             \
+  }

@@ -1,0 +1,91 @@
+// Common pieces every component may use: logging with request ids, id generation, clocks.
+// Depends on no other component.
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/strings/string_view.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace ferry {
+
+// Debian's Abseil has its own string_view type, distinct from std::string_view: these helpers accept
+// both, so the rest of the code can use std::string_view throughout.
+inline std::string_view View(absl::string_view s) { return std::string_view(s.data(), s.size()); }
+inline std::string_view Message(const absl::Status& status) { return View(status.message()); }
+
+namespace internal {
+void AppendDouble(std::string& out, double v);
+template <typename T>
+void AppendPiece(std::string& out, const T& v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    out.append(v ? "true" : "false");
+  } else if constexpr (std::is_same_v<T, char>) {
+    out.push_back(v);
+  } else if constexpr (std::is_integral_v<T> || std::is_enum_v<T>) {
+    out.append(std::to_string(static_cast<std::conditional_t<std::is_signed_v<T>, long long, unsigned long long>>(v)));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    AppendDouble(out, static_cast<double>(v));
+  } else if constexpr (std::is_convertible_v<const T&, std::string_view>) {
+    out.append(std::string_view(v));
+  } else {
+    out.append(v.data(), v.size());  // absl::string_view, boost::string_view
+  }
+}
+}  // namespace internal
+
+// Concatenates strings, string views of any kind, integers and floating-point numbers.
+template <typename... Args>
+std::string StrCat(const Args&... args) {
+  std::string out;
+  (internal::AppendPiece(out, args), ...);
+  return out;
+}
+template <typename... Args>
+void StrAppend(std::string* out, const Args&... args) {
+  (internal::AppendPiece(*out, args), ...);
+}
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
+
+// Process-wide logger writing one line per call to stderr: time, level, component, message. Thread-safe:
+// a line is written with one write(2), so lines from threads and processes do not interleave.
+class Log {
+ public:
+  static void SetLevel(LogLevel level);
+  static LogLevel level();
+  // A tag in every line of this process, such as the replica id.
+  static void SetProcessTag(std::string tag);
+  static void Write(LogLevel level, std::string_view component, std::string_view message);
+  static bool Enabled(LogLevel level) { return static_cast<int>(level) >= level_.load(std::memory_order_relaxed); }
+
+ private:
+  static std::atomic<int> level_;
+};
+
+#define FERRY_LOG(level, component, ...)                                                 \
+  do {                                                                                   \
+    if (::ferry::Log::Enabled(::ferry::LogLevel::level))                                 \
+      ::ferry::Log::Write(::ferry::LogLevel::level, component, ::ferry::StrCat(__VA_ARGS__)); \
+  } while (0)
+
+// Parses "debug", "info", "warning", "error" (any case).
+bool ParseLogLevel(std::string_view text, LogLevel* out);
+
+// A new request id: 32 lower-case hex characters (128 random bits), as Ray Serve's are. Thread-safe.
+std::string NewRequestId();
+
+// A short random hex id for replicas and runs. Thread-safe.
+std::string NewShortId(int hex_chars = 8);
+
+// Seconds since the Unix epoch, as a double (for status and logs).
+double WallSeconds();
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace ferry

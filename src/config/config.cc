@@ -1,0 +1,425 @@
+#include "common/common.h"
+#include "config/config.h"
+
+#include <absl/strings/str_join.h>
+#include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace ferry::config {
+namespace {
+
+using nlohmann::json;
+
+// Collects every error with its location, so one run reports all of them.
+class Errors {
+ public:
+  explicit Errors(std::string source) : source_(std::move(source)) {}
+  void Add(const YAML::Mark& mark, std::string_view field, std::string_view message) {
+    list_.push_back(ferry::StrCat(source_, ":", mark.line + 1, ":", mark.column + 1, ": ", field, ": ", message));
+  }
+  void Add(const YAML::Node& node, std::string_view field, std::string_view message) { Add(node.Mark(), field, message); }
+  bool empty() const { return list_.empty(); }
+  absl::Status ToStatus() const { return absl::InvalidArgumentError(absl::StrJoin(list_, "\n")); }
+
+ private:
+  std::string source_;
+  std::vector<std::string> list_;
+};
+
+std::string Describe(const YAML::Node& node) {
+  if (node.IsNull()) return "null";
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a mapping";
+  return ferry::StrCat("\"", node.Scalar(), "\"");
+}
+
+bool IsQuoted(const YAML::Node& node) { return node.Tag() == "!"; }
+
+// A mapping being read: remembers which keys were used, reports unknown and duplicate ones.
+class MapReader {
+ public:
+  MapReader(const YAML::Node& node, std::string path, Errors& errors) : node_(node), path_(std::move(path)), errors_(errors) {
+    if (node.IsNull() || !node.IsDefined()) return;
+    if (!node.IsMap()) {
+      errors_.Add(node, path_, ferry::StrCat("expected a mapping, got ", Describe(node)));
+      ok_ = false;
+      return;
+    }
+    std::set<std::string> seen;
+    for (const auto& item : node) {
+      std::string key = item.first.Scalar();
+      if (!seen.insert(key).second) errors_.Add(item.first, Field(key), "duplicate field");
+    }
+  }
+  bool ok() const { return ok_; }
+  std::string Field(std::string_view key) const { return path_.empty() ? std::string(key) : ferry::StrCat(path_, ".", key); }
+  YAML::Node Get(const std::string& key) {
+    used_.insert(key);
+    if (!ok_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    for (const auto& item : node_)
+      if (item.first.Scalar() == key) return item.second;
+    return YAML::Node(YAML::NodeType::Undefined);
+  }
+  void RejectUnknown() {
+    if (!ok_ || !node_.IsMap()) return;
+    for (const auto& item : node_) {
+      std::string key = item.first.Scalar();
+      if (used_.count(key)) continue;
+      errors_.Add(item.first, Field(key), ferry::StrCat("unknown field; expected one of: ", absl::StrJoin(used_, ", ")));
+    }
+  }
+  const YAML::Mark Mark() const { return node_.Mark(); }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  Errors& errors_;
+  bool ok_ = true;
+  std::set<std::string> used_;
+};
+
+bool ParseInteger(const std::string& text, long long* out) {
+  if (text.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || *end != '\0') return false;
+  *out = v;
+  return true;
+}
+
+bool ParseNumber(const std::string& text, double* out) {
+  if (text.empty()) return false;
+  errno = 0;
+  char* end = nullptr;
+  double v = std::strtod(text.c_str(), &end);
+  if (errno != 0 || *end != '\0' || !std::isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+void ReadInt(MapReader& map, const std::string& key, long long min, long long max, Errors& errors, auto* out) {
+  YAML::Node node = map.Get(key);
+  if (!node.IsDefined()) return;
+  long long v;
+  if (!node.IsScalar() || IsQuoted(node) || !ParseInteger(node.Scalar(), &v)) {
+    errors.Add(node, map.Field(key), ferry::StrCat("expected an integer, got ", Describe(node)));
+  } else if (v < min || v > max) {
+    errors.Add(node, map.Field(key), ferry::StrCat("expected an integer from ", min, " to ", max, ", got ", v));
+  } else {
+    *out = static_cast<std::remove_reference_t<decltype(*out)>>(v);
+  }
+}
+
+void ReadNumber(MapReader& map, const std::string& key, double min, Errors& errors, double* out) {
+  YAML::Node node = map.Get(key);
+  if (!node.IsDefined()) return;
+  double v;
+  if (!node.IsScalar() || IsQuoted(node) || !ParseNumber(node.Scalar(), &v)) {
+    errors.Add(node, map.Field(key), ferry::StrCat("expected a number, got ", Describe(node)));
+  } else if (v < min) {
+    errors.Add(node, map.Field(key), ferry::StrCat("expected a number >= ", min, ", got ", node.Scalar()));
+  } else {
+    *out = v;
+  }
+}
+
+void ReadString(MapReader& map, const std::string& key, Errors& errors, std::string* out) {
+  YAML::Node node = map.Get(key);
+  if (!node.IsDefined()) return;
+  if (!node.IsScalar() || node.IsNull()) {
+    errors.Add(node, map.Field(key), ferry::StrCat("expected a string, got ", Describe(node)));
+  } else {
+    *out = node.Scalar();
+  }
+}
+
+// YAML to JSON with the usual implicit typing of plain scalars (null, booleans, integers, floats).
+json ToJsonValue(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined: return nullptr;
+    case YAML::NodeType::Sequence: {
+      json out = json::array();
+      for (const auto& item : node) out.push_back(ToJsonValue(item));
+      return out;
+    }
+    case YAML::NodeType::Map: {
+      json out = json::object();
+      for (const auto& item : node) out[item.first.Scalar()] = ToJsonValue(item.second);
+      return out;
+    }
+    case YAML::NodeType::Scalar: break;
+  }
+  const std::string& s = node.Scalar();
+  if (IsQuoted(node)) return s;
+  if (s == "~" || s == "null" || s == "Null" || s == "NULL") return nullptr;
+  if (s == "true" || s == "True" || s == "TRUE") return true;
+  if (s == "false" || s == "False" || s == "FALSE") return false;
+  long long i;
+  if (ParseInteger(s, &i)) return i;
+  double d;
+  if (s.find_first_of("0123456789") != std::string::npos && ParseNumber(s, &d)) return d;
+  return s;
+}
+
+void ReadImportPath(const YAML::Node& node, const std::string& field, const std::string& base_dir,
+                    const ValidationHooks& hooks, Errors& errors, DeploymentConfig& d) {
+  static constexpr std::string_view kBuiltin = "builtin:";
+  const std::string& path = d.import_path;
+  if (path.rfind(kBuiltin, 0) == 0) {
+    d.kind = DeploymentConfig::Kind::kBuiltin;
+    d.symbol = path.substr(kBuiltin.size());
+    if (hooks.builtin_exists && !hooks.builtin_exists(d.symbol))
+      errors.Add(node, field, ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo or builtin:busy)"));
+    return;
+  }
+  size_t colon = path.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == path.size()) {
+    errors.Add(node, field, ferry::StrCat("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\", got \"", path, "\""));
+    return;
+  }
+  d.kind = DeploymentConfig::Kind::kPlugin;
+  d.symbol = path.substr(colon + 1);
+  std::filesystem::path lib(path.substr(0, colon));
+  if (lib.is_relative()) lib = std::filesystem::path(base_dir) / lib;
+  d.plugin_path = lib.lexically_normal().string();
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(d.plugin_path, ec)) {
+    errors.Add(node, field, ferry::StrCat("plugin file not found: ", d.plugin_path));
+    return;
+  }
+  if (hooks.check_plugin) {
+    absl::Status s = hooks.check_plugin(d.plugin_path, d.symbol);
+    if (!s.ok()) errors.Add(node, field, Message(s));
+  }
+}
+
+DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path, const std::string& base_dir,
+                                const ValidationHooks& hooks, Errors& errors) {
+  DeploymentConfig d;
+  MapReader map(node, path, errors);
+  if (!map.ok()) return d;
+  ReadString(map, "name", errors, &d.name);
+  if (d.name.empty()) errors.Add(map.Mark(), map.Field("name"), "required: a non-empty deployment name");
+  YAML::Node import = map.Get("import_path");
+  ReadString(map, "import_path", errors, &d.import_path);
+  if (!import.IsDefined()) errors.Add(map.Mark(), map.Field("import_path"), "required: builtin:NAME or path/to/lib.so:ClassName");
+  else if (!d.import_path.empty()) ReadImportPath(import, map.Field("import_path"), base_dir, hooks, errors, d);
+
+  YAML::Node args = map.Get("args");
+  if (args.IsDefined() && !args.IsNull()) {
+    if (!args.IsMap()) errors.Add(args, map.Field("args"), ferry::StrCat("expected a mapping, got ", Describe(args)));
+    else d.args = ToJsonValue(args);
+  }
+  ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
+  ReadInt(map, "max_ongoing_requests", 1, 100000, errors, &d.max_ongoing_requests);
+  ReadInt(map, "max_queued_requests", -1, 100000000, errors, &d.max_queued_requests);
+  YAML::Node user_config = map.Get("user_config");
+  if (user_config.IsDefined()) d.user_config = ToJsonValue(user_config);
+
+  YAML::Node resources = map.Get("resources");
+  MapReader res(resources, map.Field("resources"), errors);
+  if (resources.IsDefined() && res.ok()) {
+    ReadNumber(res, "num_cpus", 0, errors, &d.resources.num_cpus);
+    ReadNumber(res, "num_gpus", 0, errors, &d.resources.num_gpus);
+    res.RejectUnknown();
+  }
+  ReadNumber(map, "health_check_period_s", 0, errors, &d.health_check_period_s);
+  ReadNumber(map, "health_check_timeout_s", 0, errors, &d.health_check_timeout_s);
+  ReadNumber(map, "graceful_shutdown_timeout_s", 0, errors, &d.graceful_shutdown_timeout_s);
+  ReadNumber(map, "graceful_shutdown_wait_loop_s", 0, errors, &d.graceful_shutdown_wait_loop_s);
+  map.RejectUnknown();
+  return d;
+}
+
+bool ValidRoutePrefix(const std::string& p) {
+  if (p.empty() || p[0] != '/') return false;
+  if (p.size() > 1 && p.back() == '/') return false;
+  if (p.rfind("/-/", 0) == 0 || p == "/-") return false;
+  return p.find_first_of("?# \t") == std::string::npos;
+}
+
+ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& path, const std::string& base_dir,
+                                  const ValidationHooks& hooks, Errors& errors) {
+  ApplicationConfig app;
+  MapReader map(node, path, errors);
+  if (!map.ok()) return app;
+  ReadString(map, "name", errors, &app.name);
+  if (app.name.empty()) errors.Add(map.Mark(), map.Field("name"), "required: a non-empty application name");
+  YAML::Node prefix = map.Get("route_prefix");
+  ReadString(map, "route_prefix", errors, &app.route_prefix);
+  if (!ValidRoutePrefix(app.route_prefix))
+    errors.Add(prefix.IsDefined() ? prefix.Mark() : map.Mark(), map.Field("route_prefix"),
+               ferry::StrCat("expected a path starting with '/', without a trailing '/', not under /-/, got \"",
+                            app.route_prefix, "\""));
+  YAML::Node ingress = map.Get("ingress");
+  ReadString(map, "ingress", errors, &app.ingress);
+  YAML::Node deployments = map.Get("deployments");
+  if (!deployments.IsDefined() || !deployments.IsSequence() || deployments.size() == 0) {
+    errors.Add(deployments.IsDefined() ? deployments.Mark() : map.Mark(), map.Field("deployments"),
+               "required: a non-empty list of deployments");
+  } else {
+    std::set<std::string> names;
+    for (size_t i = 0; i < deployments.size(); ++i) {
+      std::string field = ferry::StrCat(map.Field("deployments"), "[", i, "]");
+      app.deployments.push_back(ReadDeployment(deployments[i], field, base_dir, hooks, errors));
+      const std::string& name = app.deployments.back().name;
+      if (!name.empty() && !names.insert(name).second)
+        errors.Add(deployments[i].Mark(), field + ".name", ferry::StrCat("duplicate deployment name \"", name, "\" in application \"", app.name, "\""));
+    }
+    if (app.ingress.empty()) {
+      app.ingress = app.deployments.front().name;
+    } else if (!names.count(app.ingress)) {
+      errors.Add(ingress, map.Field("ingress"), ferry::StrCat("no deployment named \"", app.ingress, "\" in this application"));
+    }
+  }
+  map.RejectUnknown();
+  return app;
+}
+
+}  // namespace
+
+const DeploymentConfig& ApplicationConfig::IngressDeployment() const {
+  for (const auto& d : deployments)
+    if (d.name == ingress) return d;
+  return deployments.front();
+}
+
+absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view source_name,
+                                   const std::string& base_dir, const ValidationHooks& hooks) {
+  Errors errors{std::string(source_name)};
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    errors.Add(e.mark, "yaml", e.msg);
+    return errors.ToStatus();
+  }
+  Config config;
+  config.source_path = std::string(source_name);
+  MapReader top(root, "", errors);
+  if (!root.IsMap()) {
+    if (top.ok()) errors.Add(root.Mark(), "config", "expected a mapping with an 'applications' list");
+    return errors.ToStatus();
+  }
+  YAML::Node http = top.Get("http_options");
+  MapReader hmap(http, "http_options", errors);
+  if (http.IsDefined() && hmap.ok()) {
+    HttpOptions& h = config.http_options;
+    ReadString(hmap, "host", errors, &h.host);
+    ReadInt(hmap, "port", 0, 65535, errors, &h.port);
+    YAML::Node timeout = hmap.Get("request_timeout_s");
+    if (timeout.IsDefined() && !timeout.IsNull()) {
+      double v = 0;
+      ReadNumber(hmap, "request_timeout_s", 0, errors, &v);
+      if (v > 0) h.request_timeout_s = v;
+    }
+    ReadNumber(hmap, "keep_alive_timeout_s", 0, errors, &h.keep_alive_timeout_s);
+    ReadNumber(hmap, "header_timeout_s", 0, errors, &h.header_timeout_s);
+    ReadInt(hmap, "max_body_bytes", 0, 1ll << 40, errors, &h.max_body_bytes);
+    ReadInt(hmap, "num_threads", 0, 256, errors, &h.num_threads);
+    hmap.RejectUnknown();
+  }
+  YAML::Node apps = top.Get("applications");
+  if (!apps.IsDefined() || !apps.IsSequence() || apps.size() == 0) {
+    errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications", "required: a non-empty list of applications");
+  } else {
+    std::set<std::string> names, prefixes;
+    for (size_t i = 0; i < apps.size(); ++i) {
+      std::string field = ferry::StrCat("applications[", i, "]");
+      config.applications.push_back(ReadApplication(apps[i], field, base_dir, hooks, errors));
+      const ApplicationConfig& app = config.applications.back();
+      if (!app.name.empty() && !names.insert(app.name).second)
+        errors.Add(apps[i].Mark(), field + ".name", ferry::StrCat("duplicate application name \"", app.name, "\""));
+      if (!prefixes.insert(app.route_prefix).second) {
+        YAML::Node p = apps[i].IsMap() ? apps[i]["route_prefix"] : YAML::Node();
+        errors.Add(p.IsDefined() ? p.Mark() : apps[i].Mark(), field + ".route_prefix",
+                   ferry::StrCat("duplicate route_prefix \"", app.route_prefix, "\""));
+      }
+    }
+  }
+  top.RejectUnknown();
+  if (!errors.empty()) return errors.ToStatus();
+  return config;
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ValidationHooks& hooks) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(ferry::StrCat(path, ": cannot read config file: ", std::strerror(errno)));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::filesystem::path base = std::filesystem::absolute(path).parent_path();
+  return ParseConfig(text.str(), path, base.string(), hooks);
+}
+
+absl::Status CheckPluginInChildProcess(const std::string& path, const std::string& symbol) {
+  int fds[2];
+  if (pipe(fds) != 0) return absl::InternalError("pipe failed");
+  std::string entry = "ferry_deployment_" + symbol;
+  pid_t pid = fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    close(fds[0]);
+    std::string message;
+    void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      message = ferry::StrCat("cannot load plugin: ", dlerror());
+    } else if (!dlsym(lib, entry.c_str())) {
+      message = ferry::StrCat("plugin ", path, " has no deployment \"", symbol, "\" (symbol ", entry,
+                             " not found; export it with FERRY_DEPLOYMENT(", symbol, "))");
+    }
+    if (!message.empty()) {
+      ssize_t n = write(fds[1], message.data(), message.size());
+      (void)n;
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string message;
+  char buf[512];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof(buf))) > 0) message.append(buf, n);
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!message.empty()) return absl::InvalidArgumentError(message);
+  if (!WIFEXITED(status)) return absl::InvalidArgumentError(ferry::StrCat("loading plugin ", path, " crashed the loader"));
+  return absl::OkStatus();
+}
+
+json ToJson(const Config& config) {
+  json out;
+  const HttpOptions& h = config.http_options;
+  out["http_options"] = {{"host", h.host}, {"port", h.port}, {"keep_alive_timeout_s", h.keep_alive_timeout_s},
+                         {"header_timeout_s", h.header_timeout_s}, {"max_body_bytes", h.max_body_bytes}};
+  out["http_options"]["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
+  out["applications"] = json::array();
+  for (const auto& app : config.applications) {
+    json a = {{"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
+    for (const auto& d : app.deployments) {
+      a["deployments"].push_back({{"name", d.name}, {"import_path", d.import_path}, {"args", d.args},
+                                  {"num_replicas", d.num_replicas}, {"max_ongoing_requests", d.max_ongoing_requests},
+                                  {"max_queued_requests", d.max_queued_requests}, {"user_config", d.user_config},
+                                  {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
+                                  {"health_check_period_s", d.health_check_period_s},
+                                  {"health_check_timeout_s", d.health_check_timeout_s},
+                                  {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
+                                  {"graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s}});
+    }
+    out["applications"].push_back(std::move(a));
+  }
+  return out;
+}
+
+}  // namespace ferry::config

@@ -1,0 +1,92 @@
+// The ferry config: its schema types, loading from YAML, and validation. Option names and defaults follow
+// Ray Serve's config file where Ray Serve has the option. Every error names file:line:column and the field.
+// Thread-compatible: a Config is a plain value, read-only once loaded.
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry::config {
+
+struct Resources {
+  double num_cpus = 1;
+  double num_gpus = 0;
+};
+
+struct DeploymentConfig {
+  enum class Kind { kBuiltin, kPlugin };
+  std::string name;
+  std::string import_path;  // as written in the config
+  Kind kind = Kind::kBuiltin;
+  std::string plugin_path;  // absolute path of the shared library (kPlugin)
+  std::string symbol;       // class name (kPlugin) or built-in name (kBuiltin)
+  nlohmann::json args = nlohmann::json::object();
+  int num_replicas = 1;
+  int max_ongoing_requests = 5;
+  int max_queued_requests = -1;  // -1: unbounded
+  nlohmann::json user_config;    // null when absent
+  Resources resources;
+  double health_check_period_s = 10;
+  double health_check_timeout_s = 30;
+  double graceful_shutdown_timeout_s = 20;
+  double graceful_shutdown_wait_loop_s = 2;
+};
+
+struct ApplicationConfig {
+  std::string name;
+  std::string route_prefix = "/";
+  std::string ingress;  // a deployment name; defaults to the first deployment
+  std::vector<DeploymentConfig> deployments;
+
+  const DeploymentConfig& IngressDeployment() const;
+};
+
+struct HttpOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::optional<double> request_timeout_s;  // null (Ray Serve's default): no deadline
+  double keep_alive_timeout_s = 90;
+  double header_timeout_s = 10;   // ferry: a client must finish its request headers within this
+  int64_t max_body_bytes = 64ll << 20;
+  int num_threads = 0;  // ferry: proxy I/O threads; 0 = one per core
+};
+
+struct Config {
+  std::string source_path;  // the file it came from, for messages
+  HttpOptions http_options;
+  std::vector<ApplicationConfig> applications;
+};
+
+// What validation asks of the outside world. Empty functions skip the check.
+struct ValidationHooks {
+  // True when `name` is a built-in deployment (import_path "builtin:<name>").
+  std::function<bool(std::string_view name)> builtin_exists;
+  // OK when the shared library at `path` loads and exports the deployment `symbol`.
+  std::function<absl::Status(const std::string& path, const std::string& symbol)> check_plugin;
+};
+
+// Parses and validates a config. `source_name` names it in errors; relative plugin paths resolve against
+// `base_dir`. On failure the status is InvalidArgument and lists every error found, one per line, as
+// "source:line:column: field: message".
+absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view source_name,
+                                   const std::string& base_dir, const ValidationHooks& hooks = {});
+
+// Reads and parses a config file; relative plugin paths resolve against the file's directory.
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ValidationHooks& hooks = {});
+
+// Checks that `path` is a shared library exporting ferry_deployment_<symbol>, by loading it in a short-lived
+// child process so that a broken library cannot take this process down. Call before starting threads.
+absl::Status CheckPluginInChildProcess(const std::string& path, const std::string& symbol);
+
+// The config as JSON (the shape of the YAML), for status output.
+nlohmann::json ToJson(const Config& config);
+
+}  // namespace ferry::config

@@ -1,0 +1,212 @@
+// Call and ReplicaChannel: the part of the request path between the router and a replica.
+
+#include <boost/asio/post.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/common.h"
+#include "proxy/internal/proxy_internal.h"
+
+namespace ferry::proxy {
+
+namespace {
+
+std::string ErrorJson(std::string_view message, std::string_view request_id) {
+  nlohmann::json body = {{"error", message}, {"request_id", request_id}};
+  return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+const transport::HeaderList& JsonHeaders() {
+  static const transport::HeaderList headers = {{"content-type", "application/json"}};
+  return headers;
+}
+
+}  // namespace
+
+Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
+           const router::Route* route, std::string request_id)
+    : worker_(worker),
+      session_(session),
+      table_(std::move(table)),
+      route_(route),
+      request_id_(std::move(request_id)),
+      deadline_(worker.io()) {}
+
+void Call::Start(http::request<http::string_body>&& request) {
+  request_ = std::move(request);
+  if (worker_.options().request_timeout) {
+    deadline_.expires_after(*worker_.options().request_timeout);
+    deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (!ec) self->OnDeadline();
+    });
+  }
+  router::ReplicaLease lease;
+  switch (route_->router->Acquire(shared_from_this(), &lease)) {
+    case router::Router::Result::kAssigned:
+      Dispatch(std::move(lease));
+      return;
+    case router::Router::Result::kQueued:
+      return;
+    case router::Router::Result::kRejected:
+      state_ = State::kDone;
+      deadline_.cancel();
+      FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment,
+                " shed: max_queued_requests reached");
+      Fail(503, ferry::StrCat("deployment ", route_->ingress_deployment,
+                             " is overloaded: every replica is at max_ongoing_requests and the queue is full"));
+      return;
+  }
+}
+
+void Call::OnAssigned(router::ReplicaLease lease) {
+  asio::post(worker_.io(), [self = shared_from_this(), lease = std::move(lease)]() mutable {
+    if (self->state_ != State::kQueued) return;  // timed out or abandoned meanwhile: the lease goes back
+    self->Dispatch(std::move(lease));
+  });
+}
+
+void Call::Dispatch(router::ReplicaLease lease) {
+  lease_ = std::move(lease);
+  state_ = State::kDispatched;
+  uint32_t timeout_ms = 0;
+  if (worker_.options().request_timeout) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_.expiry() - asio::steady_timer::clock_type::now());
+    timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1, left.count()));
+  }
+  channel_ = worker_.ChannelTo(lease_.replica_ptr());
+  stream_id_ = channel_->Send(shared_from_this(), request_, route_->route_prefix, timeout_ms);
+}
+
+void Call::OnReplicaResponse(const CallResult& result) {
+  if (state_ != State::kDispatched) return;
+  state_ = State::kDone;
+  deadline_.cancel();
+  lease_.Release();
+  channel_.reset();
+  if (!answered_) Answer(result);
+}
+
+void Call::OnDeadline() {
+  if (answered_) return;
+  FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment, " timed out after ",
+            worker_.options().request_timeout->count(), " ms (", state_ == State::kQueued ? "queued" : "on a replica", ")");
+  Abandon();
+  Fail(504, ferry::StrCat("request timed out after request_timeout_s (", worker_.options().request_timeout->count() / 1000.0,
+                         " s)"));
+}
+
+void Call::Abandon() {
+  if (state_ == State::kQueued) {
+    route_->router->Cancel(this);  // when this loses a race with OnAssigned, the posted lease is dropped
+    state_ = State::kDone;
+  } else if (state_ == State::kDispatched && channel_) {
+    // The slot stays taken until the replica confirms: it is still working until it sees the cancel.
+    channel_->Cancel(stream_id_);
+  }
+  deadline_.cancel();
+}
+
+void Call::Answer(const CallResult& result) {
+  answered_ = true;
+  if (auto session = session_.lock()) DeliverResponse(*session, result, request_id_);
+}
+
+void Call::Fail(unsigned status, std::string_view message) {
+  if (answered_) return;
+  std::string body = ErrorJson(message, request_id_);
+  Answer(CallResult{status, JsonHeaders(), body});
+}
+
+ReplicaChannel::ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica)
+    : worker_(worker),
+      replica_(std::move(replica)),
+      connection_(std::make_shared<transport::FrameConnection>(worker.io().get_executor(), replica_->socket_path, this)) {}
+
+void ReplicaChannel::Start() {
+  transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, "proxy"});
+  connection_->Start();
+}
+
+uint64_t ReplicaChannel::Send(const std::shared_ptr<Call>& call, const http::request<http::string_body>& request,
+                              std::string_view route_prefix, uint32_t timeout_ms) {
+  uint64_t id = next_stream_id_++;
+  calls_.emplace(id, call);
+  // Header names go to replicas in lower case; the arena keeps them alive while the frame is encoded.
+  thread_local std::string arena;
+  thread_local transport::HeaderList headers;
+  size_t total = 0;
+  for (const auto& field : request) total += field.name_string().size();
+  arena.clear();
+  arena.reserve(total);
+  headers.clear();
+  for (const auto& field : request) {
+    size_t at = arena.size();
+    for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
+    headers.emplace_back(std::string_view(arena).substr(at), std::string_view(field.value().data(), field.value().size()));
+  }
+  std::string_view target(request.target().data(), request.target().size());
+  size_t q = target.find('?');
+  transport::RequestMessage m;
+  m.request_id = call->request_id();
+  m.method = std::string_view(request.method_string().data(), request.method_string().size());
+  m.path = target.substr(0, q);
+  m.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  m.route_prefix = route_prefix;
+  m.headers = headers;
+  m.body = request.body();
+  m.timeout_ms = timeout_ms;
+  transport::AppendRequest(connection_->output(), id, m);
+  connection_->Flush();
+  return id;
+}
+
+void ReplicaChannel::Cancel(uint64_t stream_id) {
+  if (connection_->closed()) return;
+  transport::AppendEmpty(connection_->output(), transport::FrameKind::kCancel, stream_id);
+  connection_->Flush();
+}
+
+void ReplicaChannel::OnFrame(const transport::FrameHeader& header, std::string_view payload) {
+  switch (header.kind) {
+    case transport::FrameKind::kResponse: {
+      transport::ResponseMessage m;
+      absl::Status s = transport::DecodeResponse(payload, &m);
+      if (!s.ok()) {
+        connection_->Close(s);
+        return;
+      }
+      auto it = calls_.find(header.stream_id);
+      if (it == calls_.end()) return;
+      std::shared_ptr<Call> call = std::move(it->second);
+      calls_.erase(it);
+      call->OnReplicaResponse(CallResult{m.status, m.headers, m.body});
+      return;
+    }
+    case transport::FrameKind::kHelloAck: {
+      transport::HelloAck ack;
+      absl::Status s = transport::DecodeHelloAck(payload, &ack);
+      if (s.ok() && ack.version != transport::kProtocolVersion)
+        s = absl::FailedPreconditionError(ferry::StrCat("replica speaks protocol version ", ack.version));
+      if (!s.ok()) connection_->Close(s);
+      return;
+    }
+    default:
+      connection_->Close(absl::InvalidArgumentError(
+          ferry::StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a replica")));
+  }
+}
+
+void ReplicaChannel::OnClosed(const absl::Status& why) {
+  auto self = shared_from_this();
+  auto calls = std::move(calls_);
+  calls_.clear();
+  if (!calls.empty())
+    FERRY_LOG(kWarning, "proxy", "connection to replica ", replica_->replica_id, " lost (", why.message(), "); failing ",
+              calls.size(), " requests with 502");
+  for (auto& [id, call] : calls) {
+    std::string body = ErrorJson(ferry::StrCat("replica ", replica_->replica_id, " failed: ", why.message()), call->request_id());
+    call->OnReplicaResponse(CallResult{502, JsonHeaders(), body});
+  }
+  worker_.ForgetChannel(replica_->key, this);
+}
+
+}  // namespace ferry::proxy

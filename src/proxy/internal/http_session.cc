@@ -1,0 +1,340 @@
+// HttpSession: one client connection. Reads requests (with header and idle deadlines and size limits),
+// answers the proxy's own endpoints, starts a Call for the rest, notices when the client hangs up while
+// its request runs, and writes answers back in order.
+#include <sys/socket.h>
+
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "common/common.h"
+#include "proxy/internal/proxy_internal.h"
+
+namespace ferry::proxy {
+
+namespace beast = boost::beast;
+
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(Worker& worker, tcp::socket socket) : worker_(worker), socket_(std::move(socket)), timer_(worker.io()) {}
+  ~HttpSession() { worker_.RemoveSession(this); }
+
+  void Start() {
+    worker_.AddSession(this);
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    EnterIdle();
+  }
+
+  void Deliver(const CallResult& result, const std::string& request_id) {
+    if (phase_ != Phase::kProcessing) return;
+    http::response<http::string_body> res{static_cast<http::status>(result.status), version_};
+    for (const auto& [name, value] : result.headers) {
+      if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
+          beast::iequals(name, "connection"))
+        continue;
+      res.insert(beast::string_view(name.data(), name.size()), beast::string_view(value.data(), value.size()));
+    }
+    res.set("x-request-id", request_id);
+    res.body().assign(result.body.data(), result.body.size());
+    Write(std::move(res), false);
+  }
+
+  void CloseNow() { Close(); }
+
+  void CloseIfIdle() {
+    close_after_response_ = true;
+    if (phase_ == Phase::kIdle) Close();
+  }
+
+ private:
+  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kWriting, kClosed };
+
+  void ArmTimer(std::chrono::milliseconds after) {
+    timer_.expires_after(after);
+    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+      if (ec) return;
+      // Idle too long between requests, or too slow sending one: close. Requests being processed
+      // have their own deadline in their Call.
+      if (self->phase_ == Phase::kIdle || self->phase_ == Phase::kReadingHeader || self->phase_ == Phase::kReadingBody) {
+        if (self->phase_ != Phase::kIdle)
+          FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
+        self->Close();
+      }
+    });
+  }
+
+  void EnterIdle() {
+    phase_ = Phase::kIdle;
+    call_.reset();
+    if (close_after_response_ || worker_.draining()) {
+      Close();
+      return;
+    }
+    if (buffer_.size() > 0 || readable_) {
+      ReadHeader();
+      return;
+    }
+    ArmTimer(worker_.options().keep_alive_timeout);
+    Watch();
+  }
+
+  // Waits until the socket is readable without reading: the next request, or the client hanging up.
+  void Watch() {
+    if (watching_) return;
+    watching_ = true;
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
+      self->watching_ = false;
+      self->OnReadable(ec);
+    });
+  }
+
+  void OnReadable(const boost::system::error_code& ec) {
+    if (phase_ == Phase::kClosed) return;
+    bool hung_up = static_cast<bool>(ec);
+    if (!hung_up) {
+      char c;
+      ssize_t n = ::recv(socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0) {
+        readable_ = true;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        Watch();
+        return;
+      } else {
+        hung_up = true;
+      }
+    }
+    if (hung_up) {
+      if (call_ && call_->state() != Call::State::kDone)
+        FERRY_LOG(kInfo, "proxy", "request ", call_->request_id(), ": client disconnected; cancelling");
+      Close();
+      return;
+    }
+    if (phase_ == Phase::kIdle) ReadHeader();
+    // While processing or writing, the next (pipelined) request waits until the answer is out.
+  }
+
+  void ReadHeader() {
+    phase_ = Phase::kReadingHeader;
+    readable_ = false;
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(worker_.options().max_header_bytes));
+    parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
+    ArmTimer(worker_.options().header_timeout);
+    http::async_read_header(socket_, buffer_, *parser_,
+                            [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+                              self->OnHeader(ec);
+                            });
+  }
+
+  void OnHeader(const boost::system::error_code& ec) {
+    if (phase_ == Phase::kClosed) return;
+    if (ec) {
+      OnReadError(ec);
+      return;
+    }
+    const auto& req = parser_->get();
+    version_ = req.version();
+    if (req.method() == http::verb::unknown) {
+      WriteError(http::status::not_implemented,
+                 ferry::StrCat("method ", std::string_view(req.method_string().data(), req.method_string().size()),
+                              " is not supported"),
+                 true);
+      return;
+    }
+    if (parser_->is_done()) {
+      OnRequest();
+      return;
+    }
+    phase_ = Phase::kReadingBody;
+    auto read_body = [self = shared_from_this()] {
+      auto body_time = std::max(self->worker_.options().header_timeout, std::chrono::milliseconds(60000));
+      self->ArmTimer(body_time);
+      http::async_read(self->socket_, self->buffer_, *self->parser_,
+                       [self](const boost::system::error_code& ec, size_t) {
+                         if (self->phase_ == Phase::kClosed) return;
+                         if (ec) {
+                           self->OnReadError(ec);
+                           return;
+                         }
+                         self->OnRequest();
+                       });
+    };
+    if (beast::iequals(req[http::field::expect], "100-continue")) {
+      static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      asio::async_write(socket_, asio::buffer(kContinue),
+                        [self = shared_from_this(), read_body](const boost::system::error_code& ec, size_t) {
+                          if (ec || self->phase_ == Phase::kClosed) return self->Close();
+                          read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
+  void OnReadError(const boost::system::error_code& ec) {
+    if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
+        ec == asio::error::connection_reset) {
+      Close();
+    } else if (ec == http::error::header_limit) {
+      WriteError(http::status::request_header_fields_too_large,
+                 ferry::StrCat("request header block exceeds ", worker_.options().max_header_bytes, " bytes"), true);
+    } else if (ec == http::error::body_limit) {
+      WriteError(http::status::payload_too_large,
+                 ferry::StrCat("request body exceeds http_options.max_body_bytes (", worker_.options().max_body_bytes, " bytes)"),
+                 true);
+    } else {
+      WriteError(http::status::bad_request, ferry::StrCat("malformed HTTP request: ", ec.message()), true);
+    }
+  }
+
+  void OnRequest() {
+    timer_.cancel();
+    phase_ = Phase::kProcessing;
+    http::request<http::string_body> req = parser_->release();
+    parser_.reset();
+    std::string_view target(req.target().data(), req.target().size());
+    std::string_view path = target.substr(0, target.find('?'));
+    request_id_ = RequestIdFrom(req);
+    worker_.in_flight().fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
+    if (!req.keep_alive()) close_after_response_ = true;
+    if (path.rfind("/-/", 0) == 0) {
+      ServeOwnEndpoint(path);
+      return;
+    }
+    if (target.empty() || target[0] != '/') {
+      WriteError(http::status::bad_request, "request target must be an absolute path", true);
+      return;
+    }
+    std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
+    const router::Route* route = table->Match(path);
+    if (!route) {
+      WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", path), false);
+      return;
+    }
+    // While the call runs, watch for the client hanging up (or its next pipelined request).
+    if (buffer_.size() > 0) readable_ = true;
+    else Watch();
+    call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_);
+    call_->Start(std::move(req));
+  }
+
+  std::string RequestIdFrom(const http::request<http::string_body>& req) {
+    auto it = req.find("x-request-id");
+    if (it != req.end()) {
+      std::string_view v(it->value().data(), it->value().size());
+      bool ok = !v.empty() && v.size() <= 128;
+      for (char c : v) ok = ok && c > 0x20 && c < 0x7f;
+      if (ok) return std::string(v);
+    }
+    return NewRequestId();
+  }
+
+  void ServeOwnEndpoint(std::string_view path) {
+    if (path == "/-/healthz") {
+      if (worker_.draining()) {
+        WriteText(http::status::service_unavailable, "This node is being drained.", "text/plain");
+      } else {
+        WriteText(http::status::ok, "success", "text/plain");
+      }
+      return;
+    }
+    if (path == "/-/routes") {
+      nlohmann::json routes = nlohmann::json::object();
+      for (const auto& r : worker_.routing().Get()->routes()) routes[r.route_prefix] = r.application;
+      WriteText(http::status::ok, routes.dump(), "application/json");
+      return;
+    }
+    WriteError(http::status::not_found, ferry::StrCat("no proxy endpoint at ", path), false);
+  }
+
+  void WriteText(http::status status, std::string body, std::string_view content_type) {
+    http::response<http::string_body> res{status, version_};
+    res.set(http::field::content_type, beast::string_view(content_type.data(), content_type.size()));
+    res.set("x-request-id", request_id_);
+    res.body() = std::move(body);
+    Write(std::move(res), false);
+  }
+
+  void WriteError(http::status status, std::string_view message, bool close) {
+    if (request_id_.empty()) request_id_ = NewRequestId();
+    nlohmann::json body = {{"error", message}, {"request_id", request_id_}};
+    http::response<http::string_body> res{status, version_ ? version_ : 11};
+    res.set(http::field::content_type, "application/json");
+    res.set("x-request-id", request_id_);
+    if (status == http::status::service_unavailable) res.set(http::field::retry_after, "1");
+    res.body() = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    Write(std::move(res), close);
+  }
+
+  void Write(http::response<http::string_body>&& res, bool close) {
+    timer_.cancel();
+    phase_ = Phase::kWriting;
+    if (close || close_after_response_ || worker_.draining()) close_after_response_ = true;
+    res.keep_alive(!close_after_response_);
+    res.prepare_payload();
+    response_ = std::move(res);
+    http::async_write(socket_, response_, [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+      self->OnWritten(ec);
+    });
+  }
+
+  void OnWritten(const boost::system::error_code& ec) {
+    Uncount();
+    request_id_.clear();
+    response_ = {};
+    if (ec || close_after_response_) {
+      Close();
+      return;
+    }
+    EnterIdle();
+  }
+
+  void Uncount() {
+    if (counted_) worker_.in_flight().fetch_sub(1, std::memory_order_relaxed);
+    counted_ = false;
+  }
+
+  void Close() {
+    if (phase_ == Phase::kClosed) return;
+    phase_ = Phase::kClosed;
+    Uncount();
+    if (call_) call_->Abandon();
+    call_.reset();
+    timer_.cancel();
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+  }
+
+  Worker& worker_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::response<http::string_body> response_;
+  std::shared_ptr<Call> call_;
+  std::string request_id_;
+  Phase phase_ = Phase::kIdle;
+  unsigned version_ = 11;
+  bool watching_ = false;
+  bool readable_ = false;
+  bool close_after_response_ = false;
+  bool counted_ = false;
+};
+
+void StartHttpSession(Worker& worker, tcp::socket socket) {
+  std::make_shared<HttpSession>(worker, std::move(socket))->Start();
+}
+
+void CloseWhenIdle(HttpSession* session) { session->CloseIfIdle(); }
+
+void CloseNow(HttpSession* session) { session->CloseNow(); }
+
+void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id) {
+  session.Deliver(result, request_id);
+}
+
+}  // namespace ferry::proxy

@@ -1,0 +1,140 @@
+// The proxy's internals: one Worker per I/O thread, each owning its HTTP sessions and its channels to
+// replicas. Everything here runs on its worker's thread unless a comment says otherwise.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/http.hpp>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "proxy/proxy.h"
+#include "router/router.h"
+#include "router/routing_table.h"
+#include "transport/connection.h"
+
+namespace ferry::proxy {
+
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+class Worker;
+class HttpSession;
+class ReplicaChannel;
+
+// What a finished call hands back to its session.
+struct CallResult {
+  unsigned status = 200;
+  transport::HeaderList headers;  // views valid during the completion callback only
+  std::string_view body;
+};
+
+// One request from the moment it has a route to the moment it has an answer: waits in the router's queue,
+// holds a replica slot, is forwarded over a channel, and may time out or be cancelled by the client.
+// OnAssigned (from the router) may run on any thread; it moves the call back to its worker.
+class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
+ public:
+  enum class State { kQueued, kDispatched, kDone };
+  Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
+       const router::Route* route, std::string request_id);
+
+  // Runs the call: takes a slot or queues, arms the deadline. Answers at once when shed.
+  void Start(http::request<http::string_body>&& request);
+  void OnAssigned(router::ReplicaLease lease) override;  // any thread
+  // From the channel: the replica answered, or the channel failed (status 502).
+  void OnReplicaResponse(const CallResult& result);
+  // The client went away: stop the work, answer nobody.
+  void Abandon();
+  const std::string& request_id() const { return request_id_; }
+  State state() const { return state_; }
+
+ private:
+  void Dispatch(router::ReplicaLease lease);
+  void OnDeadline();
+  void Answer(const CallResult& result);
+  void Fail(unsigned status, std::string_view message);
+
+  Worker& worker_;
+  std::weak_ptr<HttpSession> session_;
+  std::shared_ptr<const router::RoutingTable> table_;  // keeps route_ alive
+  const router::Route* route_;
+  std::string request_id_;
+  http::request<http::string_body> request_;
+  router::ReplicaLease lease_;
+  asio::steady_timer deadline_;
+  State state_ = State::kQueued;
+  bool answered_ = false;
+  std::shared_ptr<ReplicaChannel> channel_;
+  uint64_t stream_id_ = 0;
+};
+
+// This worker's frame connection to one replica; many calls in flight on it.
+class ReplicaChannel : public transport::FrameConnection::Handler, public std::enable_shared_from_this<ReplicaChannel> {
+ public:
+  ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica);
+  void Start();
+  // Sends the request frame; the call hears back through OnReplicaResponse.
+  uint64_t Send(const std::shared_ptr<Call>& call, const http::request<http::string_body>& request,
+                std::string_view route_prefix, uint32_t timeout_ms);
+  void Cancel(uint64_t stream_id);
+  bool closed() const { return connection_->closed(); }
+  void OnFrame(const transport::FrameHeader& header, std::string_view payload) override;
+  void OnClosed(const absl::Status& why) override;
+
+ private:
+  Worker& worker_;
+  std::shared_ptr<const router::ReplicaEndpoint> replica_;
+  std::shared_ptr<transport::FrameConnection> connection_;
+  uint64_t next_stream_id_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<Call>> calls_;
+};
+
+// One I/O thread: an io_context, an acceptor, sessions, channels to replicas.
+class Worker {
+ public:
+  Worker(const ProxyOptions& options, router::RoutingTableCell* routing, std::atomic<int>* in_flight,
+         std::atomic<bool>* draining);
+  absl::Status Listen(const tcp::endpoint& endpoint, bool reuse_port);
+  uint16_t port() const;
+  void Start();  // spawns nothing: the caller runs io().run() on a thread
+  void BeginDrain();  // worker thread: stop accepting, close idle sessions
+  void CloseAll();    // worker thread: close every session (queued calls leave their routers)
+
+  asio::io_context& io() { return io_; }
+  const ProxyOptions& options() const { return options_; }
+  router::RoutingTableCell& routing() { return *routing_; }
+  std::atomic<int>& in_flight() { return *in_flight_; }
+  bool draining() const { return draining_->load(std::memory_order_relaxed); }
+  std::shared_ptr<ReplicaChannel> ChannelTo(const std::shared_ptr<const router::ReplicaEndpoint>& replica);
+  void ForgetChannel(uint64_t key, const ReplicaChannel* channel);
+  void AddSession(HttpSession* s) { sessions_.insert(s); }
+  void RemoveSession(HttpSession* s) { sessions_.erase(s); }
+
+ private:
+  void DoAccept();
+  const ProxyOptions& options_;
+  router::RoutingTableCell* routing_;
+  std::atomic<int>* in_flight_;
+  std::atomic<bool>* draining_;
+  // Declared before io_ so that it outlives the sessions io_ destroys with its handlers.
+  std::unordered_set<HttpSession*> sessions_;
+  asio::io_context io_{1};
+  tcp::acceptor acceptor_{io_};
+  std::unordered_map<uint64_t, std::shared_ptr<ReplicaChannel>> channels_;
+};
+
+// Starts serving one accepted connection.
+void StartHttpSession(Worker& worker, tcp::socket socket);
+// Closes a session that is between requests; one with a request in flight closes after answering.
+void CloseWhenIdle(HttpSession* session);
+// Closes a session now, abandoning its request.
+void CloseNow(HttpSession* session);
+// The session's answer to its current request (from its call).
+void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id);
+
+}  // namespace ferry::proxy

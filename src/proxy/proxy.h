@@ -1,0 +1,55 @@
+// The HTTP ingress of a node: accepts HTTP/1.1 (keep-alive, pipelining), matches the longest route_prefix,
+// hands the request to the ingress deployment's router, forwards it to the chosen replica as a frame, and
+// writes the replica's answer back. Answers /-/healthz and /-/routes itself. One io_context and one thread
+// per core, each with its own acceptor (SO_REUSEPORT), connections and replica channels: nothing on the
+// request path is shared between threads except the routers' short critical sections.
+// Thread-safe: Create/Start/Drain/Stop from one controlling thread.
+#pragma once
+
+#include <absl/status/statusor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "router/routing_table.h"
+
+namespace ferry::proxy {
+
+struct ProxyOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: any free port
+  int num_threads = 1;
+  std::optional<std::chrono::milliseconds> request_timeout;  // none: no deadline
+  std::chrono::milliseconds keep_alive_timeout{90000};
+  std::chrono::milliseconds header_timeout{10000};
+  int64_t max_body_bytes = 64ll << 20;
+  size_t max_header_bytes = 16 * 1024;
+};
+
+class Proxy {
+ public:
+  // Binds the listening sockets (so the port is known and taken) without serving yet.
+  static absl::StatusOr<std::unique_ptr<Proxy>> Create(const ProxyOptions& options, router::RoutingTableCell* routing);
+  ~Proxy();
+
+  uint16_t port() const;
+  // Starts the I/O threads: from here on it serves.
+  void Start();
+  // Stops accepting, closes idle connections, and lets requests in flight finish for up to `timeout`.
+  // Blocks until they finished or the time ran out; returns how many were still in flight.
+  int Drain(std::chrono::milliseconds timeout);
+  // Stops the I/O threads; requests still in flight are dropped.
+  void Stop();
+  int in_flight() const;
+
+ private:
+  class Impl;
+  explicit Proxy(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::proxy

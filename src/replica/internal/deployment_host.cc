@@ -1,0 +1,122 @@
+#include "common/common.h"
+#include "replica/internal/deployment_host.h"
+
+#include <dlfcn.h>
+
+#include "runtimes/runtimes.h"
+
+namespace ferry::replica {
+namespace {
+
+void SetStatus(FerryResponseSink* sink, int status) { sink->status = status; }
+void AddHeader(FerryResponseSink* sink, FerryString name, FerryString value) {
+  sink->headers.emplace_back(std::string(name.data, name.size), std::string(value.data, value.size));
+}
+void SetBody(FerryResponseSink* sink, FerryString body) { sink->body.assign(body.data, body.size); }
+void SetError(FerryErrorSink* sink, FerryString message) { sink->message.assign(message.data, message.size); }
+
+const FerryHostApi kHostApi = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
+
+FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
+
+struct CancelContext {
+  const std::atomic<bool>* cancelled;
+};
+
+int IsCancelled(const FerryRequest* request) {
+  return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;
+}
+
+std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
+  return error.message.empty() ? std::string(fallback) : error.message;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const ReplicaSpec& spec) {
+  const FerryDeploymentApi* api = nullptr;
+  void* library = nullptr;
+  if (spec.builtin) {
+    api = runtimes::FindBuiltin(spec.symbol);
+    if (!api) return absl::NotFoundError(ferry::StrCat("no built-in deployment named \"", spec.symbol, "\""));
+  } else {
+    library = dlopen(spec.plugin_path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!library) return absl::NotFoundError(ferry::StrCat("cannot load plugin: ", dlerror()));
+    std::string entry_name = "ferry_deployment_" + spec.symbol;
+    auto entry = reinterpret_cast<FerryDeploymentEntry>(dlsym(library, entry_name.c_str()));
+    if (!entry) {
+      dlclose(library);
+      return absl::NotFoundError(ferry::StrCat("plugin ", spec.plugin_path, " has no symbol ", entry_name));
+    }
+    api = entry();
+  }
+  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < sizeof(FerryDeploymentApi) ||
+      !api->create || !api->destroy || !api->handle) {
+    if (library) dlclose(library);
+    return absl::FailedPreconditionError(ferry::StrCat("deployment ", spec.symbol, " was built for ferry ABI version ",
+                                                      api ? api->abi_version : 0, ", this ferry speaks ", FERRY_ABI_VERSION));
+  }
+  std::unique_ptr<DeploymentHost> host(new DeploymentHost(api, library));
+  std::string args = spec.args.dump();
+  FerryErrorSink error;
+  if (api->create(&kHostApi, Str(args), &host->instance_, &error) != FERRY_OK) {
+    return absl::FailedPreconditionError(ferry::StrCat("constructor of ", spec.deployment, " failed: ",
+                                                      ErrorText(error, "no message")));
+  }
+  if (!spec.user_config.is_null()) {
+    absl::Status s = host->Reconfigure(spec.user_config.dump());
+    if (!s.ok()) return s;
+  }
+  return host;
+}
+
+DeploymentHost::~DeploymentHost() {
+  if (instance_) api_->destroy(instance_);
+  // The library stays loaded: threads or atexit handlers of the plugin may still point into it.
+}
+
+void DeploymentHost::Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
+                            FerryResponseSink* response) {
+  thread_local std::vector<FerryHeader> headers;
+  headers.clear();
+  for (const auto& [k, v] : request.headers) headers.push_back(FerryHeader{Str(k), Str(v)});
+  CancelContext context{&cancelled};
+  FerryRequest raw{};
+  raw.struct_size = sizeof(FerryRequest);
+  raw.request_id = Str(request.request_id);
+  raw.method = Str(request.method);
+  raw.path = Str(request.path);
+  raw.query = Str(request.query);
+  raw.route_prefix = Str(request.route_prefix);
+  raw.headers = headers.data();
+  raw.num_headers = headers.size();
+  raw.body = Str(request.body);
+  raw.is_cancelled = &IsCancelled;
+  raw.host_context = &context;
+  FerryErrorSink error;
+  if (api_->handle(instance_, &raw, response, &error) != FERRY_OK) {
+    *response = FerryResponseSink{};
+    response->status = 500;
+    response->headers.emplace_back("content-type", "application/json");
+    nlohmann::json body = {{"error", ErrorText(error, "handler failed")}, {"request_id", request.request_id}};
+    response->body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+}
+
+absl::Status DeploymentHost::Reconfigure(const std::string& user_config_json) {
+  if (!api_->reconfigure) return absl::OkStatus();
+  FerryErrorSink error;
+  if (api_->reconfigure(instance_, Str(user_config_json), &error) != FERRY_OK)
+    return absl::FailedPreconditionError(ferry::StrCat("reconfigure failed: ", ErrorText(error, "no message")));
+  return absl::OkStatus();
+}
+
+absl::Status DeploymentHost::CheckHealth() {
+  if (!api_->check_health) return absl::OkStatus();
+  FerryErrorSink error;
+  if (api_->check_health(instance_, &error) != FERRY_OK)
+    return absl::UnavailableError(ErrorText(error, "check_health failed"));
+  return absl::OkStatus();
+}
+
+}  // namespace ferry::replica

@@ -1,0 +1,49 @@
+// Loads a deployment through the plugin ABI and calls it: the host side of <ferry/abi.h>.
+// Thread-safe as the ABI promises: Handle may run on many threads at once.
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+#include <ferry/abi.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "replica/replica.h"
+#include "transport/frame.h"
+
+struct FerryResponseSink {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct FerryErrorSink {
+  std::string message;
+};
+
+namespace ferry::replica {
+
+class DeploymentHost {
+ public:
+  // Finds the deployment (built-in or plugin), runs its constructor, and applies user_config.
+  // The error carries the constructor's exception text.
+  static absl::StatusOr<std::unique_ptr<DeploymentHost>> Create(const ReplicaSpec& spec);
+  ~DeploymentHost();
+
+  // Runs handle(). A plugin error becomes 500 with the message in a JSON body.
+  void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
+              FerryResponseSink* response);
+  absl::Status Reconfigure(const std::string& user_config_json);
+  absl::Status CheckHealth();
+
+ private:
+  DeploymentHost(const FerryDeploymentApi* api, void* library) : api_(api), library_(library) {}
+  const FerryDeploymentApi* api_;
+  void* library_;  // dlopen handle, or nullptr for built-ins
+  void* instance_ = nullptr;
+};
+
+}  // namespace ferry::replica

@@ -1,0 +1,40 @@
+// The replica host: the process that holds one instance of a deployment and serves frames on a Unix
+// domain socket. The node agent starts it as `ferry replica --spec FILE --socket PATH --status-fd N`.
+#pragma once
+
+#include <absl/status/statusor.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace ferry::replica {
+
+// What a replica process is told to run. Written by the node agent as JSON, read by the replica.
+struct ReplicaSpec {
+  std::string replica_id;
+  std::string application;
+  std::string deployment;
+  std::string import_path;
+  bool builtin = true;
+  std::string plugin_path;  // for plugins
+  std::string symbol;       // built-in name or plugin class name
+  nlohmann::json args = nlohmann::json::object();
+  nlohmann::json user_config;  // null: none
+  int max_ongoing_requests = 5;
+  double num_cpus = 1;
+  double graceful_shutdown_timeout_s = 20;
+
+  nlohmann::json ToJson() const;
+  static absl::StatusOr<ReplicaSpec> FromJson(const nlohmann::json& json);
+};
+
+struct ReplicaOptions {
+  std::string spec_path;
+  std::string socket_path;
+  int status_fd = -1;  // the replica writes one JSON line here: {"ready":true} or {"error":"..."}
+};
+
+// Runs a replica until SIGTERM (drains, then exits) or SIGKILL. Returns the process exit code.
+int RunReplica(const ReplicaOptions& options);
+
+}  // namespace ferry::replica

@@ -1,0 +1,172 @@
+#include "router/router.h"
+
+#include <random>
+
+namespace ferry::router {
+
+ReplicaLease& ReplicaLease::operator=(ReplicaLease&& other) noexcept {
+  if (this != &other) {
+    Release();
+    router_ = std::move(other.router_);
+    replica_ = std::move(other.replica_);
+    index_hint_ = other.index_hint_;
+  }
+  return *this;
+}
+
+void ReplicaLease::Release() {
+  if (!replica_) return;
+  std::shared_ptr<Router> router = std::move(router_);
+  std::shared_ptr<const ReplicaEndpoint> replica = std::move(replica_);
+  router_.reset();
+  replica_.reset();
+  router->Release(*replica, index_hint_);
+}
+
+std::shared_ptr<Router> Router::Create(std::string deployment, int max_ongoing_requests, int max_queued_requests) {
+  return std::shared_ptr<Router>(new Router(std::move(deployment), max_ongoing_requests, max_queued_requests));
+}
+
+Router::Router(std::string deployment, int max_ongoing, int max_queued)
+    : deployment_(std::move(deployment)), max_ongoing_(max_ongoing), max_queued_(max_queued) {
+  std::random_device rd;
+  rng_ = (static_cast<uint64_t>(rd()) << 32) | rd() | 1;
+}
+
+int Router::PickLocked() {
+  const int n = static_cast<int>(slots_.size());
+  if (n == 0) return -1;
+  auto next = [this] {  // xorshift64
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return rng_;
+  };
+  if (n == 1) return slots_[0].in_flight < max_ongoing_ ? 0 : -1;
+  // Two random distinct replicas; the less loaded one wins when it has room.
+  int a = static_cast<int>(next() % n);
+  int b = static_cast<int>(next() % (n - 1));
+  if (b >= a) ++b;
+  int best = slots_[a].in_flight <= slots_[b].in_flight ? a : b;
+  if (slots_[best].in_flight < max_ongoing_) return best;
+  // Both sampled replicas are full: take the least loaded replica that has room, if any.
+  best = -1;
+  for (int i = 0; i < n; ++i) {
+    if (slots_[i].in_flight < max_ongoing_ && (best < 0 || slots_[i].in_flight < slots_[best].in_flight)) best = i;
+  }
+  return best;
+}
+
+ReplicaLease Router::TakeLocked(int index) {
+  Slot& slot = slots_[index];
+  ++slot.in_flight;
+  return ReplicaLease(shared_from_this(), slot.replica, static_cast<size_t>(index));
+}
+
+Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease) {
+  absl::MutexLock lock(&mu_);
+  // FIFO: while others wait, a newcomer queues behind them.
+  if (queued_ == 0) {
+    int index = PickLocked();
+    if (index >= 0) {
+      *lease = TakeLocked(index);
+      return Result::kAssigned;
+    }
+  }
+  if (max_queued_ >= 0 && queued_ >= max_queued_) return Result::kRejected;
+  waiter->position_ = queue_.insert(queue_.end(), waiter);
+  waiter->queued_ = true;
+  ++queued_;
+  return Result::kQueued;
+}
+
+bool Router::Cancel(Waiter* waiter) {
+  absl::MutexLock lock(&mu_);
+  if (!waiter->queued_) return false;
+  queue_.erase(waiter->position_);
+  waiter->queued_ = false;
+  --queued_;
+  return true;
+}
+
+void Router::DrainQueueLocked(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>* out) {
+  while (!queue_.empty()) {
+    int index = PickLocked();
+    if (index < 0) return;
+    std::shared_ptr<Waiter> waiter = std::move(queue_.front());
+    queue_.pop_front();
+    waiter->queued_ = false;
+    --queued_;
+    out->emplace_back(std::move(waiter), TakeLocked(index));
+  }
+}
+
+void Router::RunAssignments(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>& assignments) {
+  for (auto& [waiter, lease] : assignments) waiter->OnAssigned(std::move(lease));
+}
+
+void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
+  std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
+  {
+    absl::MutexLock lock(&mu_);
+    Slot* slot = nullptr;
+    if (index_hint < slots_.size() && slots_[index_hint].replica->key == replica.key) {
+      slot = &slots_[index_hint];
+    } else {
+      for (Slot& s : slots_)
+        if (s.replica->key == replica.key) slot = &s;
+    }
+    if (slot) {
+      --slot->in_flight;
+    } else {
+      --orphan_in_flight_;
+    }
+    DrainQueueLocked(&assignments);
+  }
+  RunAssignments(assignments);
+}
+
+void Router::AddReplica(std::shared_ptr<const ReplicaEndpoint> replica) {
+  std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const Slot& s : slots_)
+      if (s.replica->key == replica->key) return;
+    slots_.push_back(Slot{std::move(replica), 0});
+    DrainQueueLocked(&assignments);
+  }
+  RunAssignments(assignments);
+}
+
+void Router::RemoveReplica(uint64_t key) {
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].replica->key != key) continue;
+    orphan_in_flight_ += slots_[i].in_flight;
+    slots_.erase(slots_.begin() + static_cast<long>(i));
+    return;
+  }
+}
+
+void Router::SetLimits(int max_ongoing_requests, int max_queued_requests) {
+  std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
+  {
+    absl::MutexLock lock(&mu_);
+    max_ongoing_ = max_ongoing_requests;
+    max_queued_ = max_queued_requests;
+    DrainQueueLocked(&assignments);
+  }
+  RunAssignments(assignments);
+}
+
+RouterStats Router::Stats() const {
+  absl::MutexLock lock(&mu_);
+  RouterStats s;
+  s.replicas = static_cast<int>(slots_.size());
+  s.ongoing = orphan_in_flight_;
+  for (const Slot& slot : slots_) s.ongoing += slot.in_flight;
+  s.queued = queued_;
+  return s;
+}
+
+}  // namespace ferry::router

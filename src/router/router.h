@@ -1,0 +1,122 @@
+// The router of one deployment: picks a replica for each request by power of two choices on in-flight
+// counts, never lets more than max_ongoing_requests run on one replica, queues the rest in FIFO order up to
+// max_queued_requests (-1: unbounded), and sheds beyond that. Independent of I/O: callers bring their own
+// threads and get called back when a queued request gets a slot.
+// Thread-safe: every method may be called from any thread. No callback runs under the router's lock.
+#pragma once
+
+#include <absl/base/thread_annotations.h>
+#include <absl/synchronization/mutex.h>
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ferry::router {
+
+// A replica as routers see it. Immutable once published.
+struct ReplicaEndpoint {
+  std::string replica_id;   // e.g. "echo#Echo#3fa2c1d0"
+  std::string socket_path;  // where the replica serves frames
+  uint64_t key = 0;         // unique for this process incarnation of the replica
+};
+
+class Router;
+
+// One request's slot on a replica. Move-only; gives the slot back when released or destroyed.
+// May be moved to and released on any thread.
+class ReplicaLease {
+ public:
+  ReplicaLease() = default;
+  ReplicaLease(ReplicaLease&& other) noexcept { *this = std::move(other); }
+  ReplicaLease& operator=(ReplicaLease&& other) noexcept;
+  ReplicaLease(const ReplicaLease&) = delete;
+  ReplicaLease& operator=(const ReplicaLease&) = delete;
+  ~ReplicaLease() { Release(); }
+
+  explicit operator bool() const { return replica_ != nullptr; }
+  const ReplicaEndpoint& replica() const { return *replica_; }
+  const std::shared_ptr<const ReplicaEndpoint>& replica_ptr() const { return replica_; }
+  void Release();
+
+ private:
+  friend class Router;
+  ReplicaLease(std::shared_ptr<Router> router, std::shared_ptr<const ReplicaEndpoint> replica, size_t index_hint)
+      : router_(std::move(router)), replica_(std::move(replica)), index_hint_(index_hint) {}
+  std::shared_ptr<Router> router_;
+  std::shared_ptr<const ReplicaEndpoint> replica_;
+  size_t index_hint_ = 0;
+};
+
+// A request waiting in the router's queue.
+class Waiter {
+ public:
+  virtual ~Waiter() = default;
+  // Called once, on the thread that freed the slot, without the router's lock held; the callee moves
+  // the work to its own thread. Never called once Router::Cancel returned true for this waiter.
+  virtual void OnAssigned(ReplicaLease lease) = 0;
+
+ private:
+  friend class Router;
+  std::list<std::shared_ptr<Waiter>>::iterator position_;
+  bool queued_ = false;  // guarded by the router's mutex
+};
+
+struct RouterStats {
+  int replicas = 0;
+  int ongoing = 0;  // requests holding a slot
+  int queued = 0;   // requests waiting
+};
+
+class Router : public std::enable_shared_from_this<Router> {
+ public:
+  static std::shared_ptr<Router> Create(std::string deployment, int max_ongoing_requests, int max_queued_requests);
+
+  enum class Result { kAssigned, kQueued, kRejected };
+  // kAssigned: `*lease` holds a slot now. kQueued: `waiter` gets OnAssigned later (or Cancel it).
+  // kRejected: the queue is full; answer 503.
+  Result Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease);
+  // Takes a queued waiter out. True: it was queued and will not be called. False: it has been (or is
+  // being) assigned, and its OnAssigned runs or ran.
+  bool Cancel(Waiter* waiter);
+
+  // Replicas join when ready and leave when they stop or die; requests in flight on a removed replica keep
+  // their lease until they finish.
+  void AddReplica(std::shared_ptr<const ReplicaEndpoint> replica);
+  void RemoveReplica(uint64_t key);
+  void SetLimits(int max_ongoing_requests, int max_queued_requests);
+
+  RouterStats Stats() const;
+  const std::string& deployment() const { return deployment_; }
+
+ private:
+  friend class ReplicaLease;
+  struct Slot {
+    std::shared_ptr<const ReplicaEndpoint> replica;
+    int in_flight = 0;
+  };
+  Router(std::string deployment, int max_ongoing, int max_queued);
+  void Release(const ReplicaEndpoint& replica, size_t index_hint);
+  // Index of the replica to use, or -1 when all are full.
+  int PickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ReplicaLease TakeLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pairs queued waiters with free slots; the caller runs the returned assignments after unlocking.
+  void DrainQueueLocked(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void RunAssignments(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>& assignments);
+
+  const std::string deployment_;
+  mutable absl::Mutex mu_;
+  int max_ongoing_ ABSL_GUARDED_BY(mu_);
+  int max_queued_ ABSL_GUARDED_BY(mu_);
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  // Leases on replicas that were removed: counted until released so Stats stays true.
+  int orphan_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  std::list<std::shared_ptr<Waiter>> queue_ ABSL_GUARDED_BY(mu_);
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t rng_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ferry::router

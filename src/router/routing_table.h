@@ -1,0 +1,47 @@
+// The routing table: route_prefix -> application -> its ingress deployment's router. The controller builds
+// a new table on every change and publishes it; the data plane reads immutable snapshots.
+// Thread-safe: a RoutingTable is immutable; RoutingTableCell swaps snapshots atomically.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "router/router.h"
+
+namespace ferry::router {
+
+struct Route {
+  std::string route_prefix;  // "/", "/echo", "/a/b"
+  std::string application;
+  std::string ingress_deployment;
+  std::shared_ptr<Router> router;
+};
+
+class RoutingTable {
+ public:
+  explicit RoutingTable(std::vector<Route> routes);
+  // The route with the longest route_prefix that matches `path` at a segment boundary, or nullptr.
+  const Route* Match(std::string_view path) const;
+  const std::vector<Route>& routes() const { return routes_; }
+
+ private:
+  std::vector<Route> routes_;  // longest prefix first
+};
+
+// Holds the current table. Writers publish whole tables; readers take a snapshot per request.
+class RoutingTableCell {
+ public:
+  void Publish(std::shared_ptr<const RoutingTable> table) { table_.store(std::move(table)); }
+  std::shared_ptr<const RoutingTable> Get() const { return table_.load(); }
+
+ private:
+  std::atomic<std::shared_ptr<const RoutingTable>> table_{std::make_shared<const RoutingTable>(std::vector<Route>{})};
+};
+
+// True when `path` is under `prefix` ("/a" matches "/a", "/a/", "/a/b", not "/ab"; "/" matches all).
+bool PrefixMatches(std::string_view prefix, std::string_view path);
+
+}  // namespace ferry::router

@@ -1,0 +1,324 @@
+#include "common/common.h"
+#include "transport/frame.h"
+
+
+#include <cstring>
+
+namespace ferry::transport {
+namespace {
+
+void PutU16(std::string& out, uint16_t v) {
+  char b[2] = {static_cast<char>(v), static_cast<char>(v >> 8)};
+  out.append(b, 2);
+}
+void PutU32(std::string& out, uint32_t v) {
+  char b[4];
+  for (int i = 0; i < 4; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  out.append(b, 4);
+}
+void PutU64(std::string& out, uint64_t v) {
+  char b[8];
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
+  out.append(b, 8);
+}
+void PutString(std::string& out, std::string_view s) {
+  PutU32(out, static_cast<uint32_t>(s.size()));
+  out.append(s);
+}
+void PutHeaders(std::string& out, const HeaderList& headers) {
+  PutU32(out, static_cast<uint32_t>(headers.size()));
+  for (const auto& [k, v] : headers) {
+    PutString(out, k);
+    PutString(out, v);
+  }
+}
+
+// Reads little-endian fields from a payload, failing on the first short read.
+class Cursor {
+ public:
+  explicit Cursor(std::string_view data) : data_(data) {}
+  bool U8(uint8_t* v) {
+    if (data_.size() < 1) return Fail();
+    *v = static_cast<uint8_t>(data_[0]);
+    data_.remove_prefix(1);
+    return true;
+  }
+  bool U16(uint16_t* v) {
+    if (data_.size() < 2) return Fail();
+    *v = static_cast<uint16_t>(Byte(0) | (Byte(1) << 8));
+    data_.remove_prefix(2);
+    return true;
+  }
+  bool U32(uint32_t* v) {
+    if (data_.size() < 4) return Fail();
+    uint32_t r = 0;
+    for (int i = 0; i < 4; ++i) r |= static_cast<uint32_t>(Byte(i)) << (8 * i);
+    *v = r;
+    data_.remove_prefix(4);
+    return true;
+  }
+  bool U64(uint64_t* v) {
+    if (data_.size() < 8) return Fail();
+    uint64_t r = 0;
+    for (int i = 0; i < 8; ++i) r |= static_cast<uint64_t>(Byte(i)) << (8 * i);
+    *v = r;
+    data_.remove_prefix(8);
+    return true;
+  }
+  bool String(std::string_view* v) {
+    uint32_t n;
+    if (!U32(&n)) return false;
+    if (data_.size() < n) return Fail();
+    *v = data_.substr(0, n);
+    data_.remove_prefix(n);
+    return true;
+  }
+  bool Headers(HeaderList* out) {
+    uint32_t n;
+    if (!U32(&n)) return false;
+    // Each header takes at least 8 bytes: a count beyond that is a lie, not a reason to allocate.
+    if (n > data_.size() / 8) return Fail();
+    out->clear();
+    out->reserve(n);
+    for (uint32_t i = 0; i < n; ++i) {
+      std::string_view k, v;
+      if (!String(&k) || !String(&v)) return false;
+      out->emplace_back(k, v);
+    }
+    return true;
+  }
+  absl::Status Finish(std::string_view what) const {
+    if (failed_) return absl::InvalidArgumentError(ferry::StrCat("malformed ", what, " frame: truncated"));
+    if (!data_.empty())
+      return absl::InvalidArgumentError(ferry::StrCat("malformed ", what, " frame: ", data_.size(), " trailing bytes"));
+    return absl::OkStatus();
+  }
+
+ private:
+  uint32_t Byte(int i) const { return static_cast<uint8_t>(data_[i]); }
+  bool Fail() {
+    failed_ = true;
+    return false;
+  }
+  std::string_view data_;
+  bool failed_ = false;
+};
+
+size_t BeginFrame(std::string& out, FrameKind kind, uint64_t stream_id) {
+  size_t at = out.size();
+  AppendFrameHeader(out, FrameHeader{0, kind, stream_id});
+  return at;
+}
+
+void EndFrame(std::string& out, size_t at) {
+  uint32_t size = static_cast<uint32_t>(out.size() - at - kFrameHeaderSize);
+  for (int i = 0; i < 4; ++i) out[at + 4 + i] = static_cast<char>(size >> (8 * i));
+}
+
+}  // namespace
+
+bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 11; }
+
+const char* FrameKindName(FrameKind kind) {
+  switch (kind) {
+    case FrameKind::kHello: return "hello";
+    case FrameKind::kHelloAck: return "hello_ack";
+    case FrameKind::kRequest: return "request";
+    case FrameKind::kResponse: return "response";
+    case FrameKind::kCancel: return "cancel";
+    case FrameKind::kHealth: return "health";
+    case FrameKind::kHealthReply: return "health_reply";
+    case FrameKind::kReconfigure: return "reconfigure";
+    case FrameKind::kReconfigureReply: return "reconfigure_reply";
+    case FrameKind::kStats: return "stats";
+    case FrameKind::kStatsReply: return "stats_reply";
+  }
+  return "unknown";
+}
+
+// Layout: magic u16, kind u8, flags u8 (0), payload size u32, stream id u64; all little-endian.
+void AppendFrameHeader(std::string& out, const FrameHeader& header) {
+  PutU16(out, kFrameMagic);
+  out.push_back(static_cast<char>(header.kind));
+  out.push_back(0);
+  PutU32(out, header.payload_size);
+  PutU64(out, header.stream_id);
+}
+
+absl::StatusOr<FrameHeader> DecodeFrameHeader(std::string_view bytes) {
+  if (bytes.size() != kFrameHeaderSize) return absl::InvalidArgumentError("frame header: wrong size");
+  Cursor c(bytes);
+  uint16_t magic;
+  uint8_t kind, flags;
+  FrameHeader h;
+  c.U16(&magic);
+  c.U8(&kind);
+  c.U8(&flags);
+  c.U32(&h.payload_size);
+  c.U64(&h.stream_id);
+  if (magic != kFrameMagic) return absl::InvalidArgumentError(ferry::StrCat("frame header: bad magic ", std::to_string(magic)));
+  if (!IsKnownFrameKind(kind)) return absl::InvalidArgumentError(ferry::StrCat("frame header: unknown kind ", kind));
+  if (flags != 0) return absl::InvalidArgumentError(ferry::StrCat("frame header: unknown flags ", flags));
+  if (h.payload_size > kMaxFramePayload)
+    return absl::InvalidArgumentError(ferry::StrCat("frame header: payload of ", h.payload_size, " bytes exceeds the limit"));
+  h.kind = static_cast<FrameKind>(kind);
+  return h;
+}
+
+void AppendHello(std::string& out, uint64_t stream_id, const Hello& m) {
+  size_t at = BeginFrame(out, FrameKind::kHello, stream_id);
+  PutU32(out, m.version);
+  PutString(out, m.client);
+  EndFrame(out, at);
+}
+
+void AppendHelloAck(std::string& out, uint64_t stream_id, const HelloAck& m) {
+  size_t at = BeginFrame(out, FrameKind::kHelloAck, stream_id);
+  PutU32(out, m.version);
+  PutString(out, m.replica_id);
+  PutString(out, m.deployment);
+  EndFrame(out, at);
+}
+
+void AppendRequest(std::string& out, uint64_t stream_id, const RequestMessage& m) {
+  size_t at = BeginFrame(out, FrameKind::kRequest, stream_id);
+  PutU32(out, m.timeout_ms);
+  PutString(out, m.request_id);
+  PutString(out, m.method);
+  PutString(out, m.path);
+  PutString(out, m.query);
+  PutString(out, m.route_prefix);
+  PutHeaders(out, m.headers);
+  PutString(out, m.body);
+  EndFrame(out, at);
+}
+
+void AppendResponse(std::string& out, uint64_t stream_id, const ResponseMessage& m) {
+  size_t at = BeginFrame(out, FrameKind::kResponse, stream_id);
+  PutU16(out, m.status);
+  PutHeaders(out, m.headers);
+  PutString(out, m.body);
+  EndFrame(out, at);
+}
+
+void AppendEmpty(std::string& out, FrameKind kind, uint64_t stream_id) {
+  AppendFrameHeader(out, FrameHeader{0, kind, stream_id});
+}
+
+void AppendStatusReply(std::string& out, FrameKind kind, uint64_t stream_id, const StatusReply& m) {
+  size_t at = BeginFrame(out, kind, stream_id);
+  out.push_back(m.ok ? 1 : 0);
+  PutString(out, m.message);
+  EndFrame(out, at);
+}
+
+void AppendReconfigure(std::string& out, uint64_t stream_id, std::string_view user_config_json) {
+  size_t at = BeginFrame(out, FrameKind::kReconfigure, stream_id);
+  PutString(out, user_config_json);
+  EndFrame(out, at);
+}
+
+void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m) {
+  size_t at = BeginFrame(out, FrameKind::kStatsReply, stream_id);
+  PutU32(out, m.ongoing);
+  PutU32(out, m.queued);
+  PutU64(out, m.total);
+  EndFrame(out, at);
+}
+
+absl::Status DecodeHello(std::string_view payload, Hello* out) {
+  Cursor c(payload);
+  c.U32(&out->version) && c.String(&out->client);
+  return c.Finish("hello");
+}
+
+absl::Status DecodeHelloAck(std::string_view payload, HelloAck* out) {
+  Cursor c(payload);
+  c.U32(&out->version) && c.String(&out->replica_id) && c.String(&out->deployment);
+  return c.Finish("hello_ack");
+}
+
+absl::Status DecodeRequest(std::string_view payload, RequestMessage* out) {
+  Cursor c(payload);
+  c.U32(&out->timeout_ms) && c.String(&out->request_id) && c.String(&out->method) && c.String(&out->path) &&
+      c.String(&out->query) && c.String(&out->route_prefix) && c.Headers(&out->headers) && c.String(&out->body);
+  return c.Finish("request");
+}
+
+absl::Status DecodeResponse(std::string_view payload, ResponseMessage* out) {
+  Cursor c(payload);
+  c.U16(&out->status) && c.Headers(&out->headers) && c.String(&out->body);
+  absl::Status s = c.Finish("response");
+  if (s.ok() && (out->status < 100 || out->status > 599))
+    return absl::InvalidArgumentError(ferry::StrCat("malformed response frame: status ", out->status));
+  return s;
+}
+
+absl::Status DecodeStatusReply(std::string_view payload, StatusReply* out) {
+  Cursor c(payload);
+  uint8_t ok = 0;
+  c.U8(&ok) && c.String(&out->message);
+  out->ok = ok != 0;
+  absl::Status s = c.Finish("status reply");
+  if (s.ok() && ok > 1) return absl::InvalidArgumentError("malformed status reply frame: ok flag not 0 or 1");
+  return s;
+}
+
+absl::Status DecodeReconfigure(std::string_view payload, std::string_view* user_config_json) {
+  Cursor c(payload);
+  c.String(user_config_json);
+  return c.Finish("reconfigure");
+}
+
+absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
+  Cursor c(payload);
+  c.U32(&out->ongoing) && c.U32(&out->queued) && c.U64(&out->total);
+  return c.Finish("stats reply");
+}
+
+absl::Status DecodeEmpty(std::string_view payload) {
+  if (!payload.empty()) return absl::InvalidArgumentError("malformed frame: expected an empty payload");
+  return absl::OkStatus();
+}
+
+void FrameReader::Reserve(size_t n) {
+  if (capacity_ - end_ >= n) return;
+  size_t live = end_ - start_;
+  if (start_ > 0 && capacity_ - live >= n) {
+    std::memmove(data_.get(), data_.get() + start_, live);
+  } else {
+    size_t capacity = std::max(capacity_ * 2, live + n);
+    std::unique_ptr<char[]> bigger(new char[capacity]);
+    if (live) std::memcpy(bigger.get(), data_.get() + start_, live);
+    data_ = std::move(bigger);
+    capacity_ = capacity;
+  }
+  start_ = 0;
+  end_ = live;
+}
+
+void FrameReader::Append(std::string_view bytes) {
+  std::memcpy(Prepare(bytes.size()), bytes.data(), bytes.size());
+  Commit(bytes.size());
+}
+
+char* FrameReader::Prepare(size_t n) {
+  if (start_ == end_) start_ = end_ = 0;
+  Reserve(n);
+  return data_.get() + end_;
+}
+
+void FrameReader::Commit(size_t n) { end_ += n; }
+
+absl::StatusOr<bool> FrameReader::Next(FrameHeader* header, std::string_view* payload) {
+  if (end_ - start_ < kFrameHeaderSize) return false;
+  absl::StatusOr<FrameHeader> h = DecodeFrameHeader(std::string_view(data_.get() + start_, kFrameHeaderSize));
+  if (!h.ok()) return h.status();
+  if (end_ - start_ - kFrameHeaderSize < h->payload_size) return false;
+  *header = *h;
+  *payload = std::string_view(data_.get() + start_ + kFrameHeaderSize, h->payload_size);
+  start_ += kFrameHeaderSize + h->payload_size;
+  return true;
+}
+
+}  // namespace ferry::transport
