@@ -1,0 +1,57 @@
+# The two commands: `make run` and `make test`. Both install what is missing first (scripts/install-deps).
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+CONFIG     ?= examples/quickstart.yaml
+FUZZ_SECONDS ?= 15
+CMAKE_FLAGS ?= -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+.PHONY: all deps build run test unit-test integration-test asan-test fuzz-test bench clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+build: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD)
+
+run: build
+	$(BUILD)/ferry run $(CONFIG)
+
+# The whole suite: unit and integration tests on the release build, the unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, and a short run of every fuzz target.
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure
+	@$(MAKE) --no-print-directory asan-test
+	@$(MAKE) --no-print-directory fuzz-test
+
+unit-test: build
+	ctest --test-dir $(BUILD) --output-on-failure -L unit
+
+integration-test: build
+	ctest --test-dir $(BUILD) --output-on-failure -L integration
+
+asan-test: deps
+	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_BUILD_BENCH=OFF >/dev/null
+	@cmake --build $(ASAN_BUILD) --target unit_tests
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir $(ASAN_BUILD) --output-on-failure -L unit
+
+fuzz-test: deps
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON -DFERRY_BUILD_TESTS=OFF >/dev/null
+	@cmake --build $(FUZZ_BUILD)
+	@for f in $(FUZZ_BUILD)/tests/fuzz/fuzz_*; do \
+	  name=$$(basename $$f); corpus=tests/fuzz/corpus/$${name#fuzz_}; \
+	  echo "fuzzing $$name for $(FUZZ_SECONDS) s"; \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$name; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $(FUZZ_BUILD)/corpus/$$name $$corpus >$(FUZZ_BUILD)/$$name.log 2>&1 \
+	    || { tail -n 40 $(FUZZ_BUILD)/$$name.log; exit 1; }; \
+	done; echo "fuzz targets: no crash"
+
+bench: build
+	@scripts/install-deps --bench
+	bench/http_echo/run.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,233 @@
+#include "config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace ferry::config {
+namespace {
+
+using ::testing::HasSubstr;
+
+ValidationHooks Builtins() {
+  ValidationHooks hooks;
+  hooks.builtin_exists = [](std::string_view name) { return name == "echo" || name == "busy"; };
+  return hooks;
+}
+
+std::string ErrorOf(std::string_view yaml, const ValidationHooks& hooks = Builtins()) {
+  auto c = ParseConfig(yaml, "cfg.yaml", "/tmp", hooks);
+  EXPECT_FALSE(c.ok()) << "accepted:\n" << yaml;
+  return c.ok() ? "" : std::string(c.status().message());
+}
+
+TEST(ConfigTest, DefaultsFollowRayServe) {
+  auto c = ParseConfig(R"(
+applications:
+  - name: app
+    deployments:
+      - name: D
+        import_path: builtin:echo
+)", "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->http_options.host, "127.0.0.1");
+  EXPECT_EQ(c->http_options.port, 8000);
+  EXPECT_FALSE(c->http_options.request_timeout_s.has_value());
+  EXPECT_EQ(c->http_options.keep_alive_timeout_s, 90);
+  EXPECT_EQ(c->http_options.max_body_bytes, 64ll << 20);
+  const auto& app = c->applications.at(0);
+  EXPECT_EQ(app.route_prefix, "/");
+  EXPECT_EQ(app.ingress, "D");
+  const auto& d = app.deployments.at(0);
+  EXPECT_EQ(d.num_replicas, 1);
+  EXPECT_EQ(d.max_ongoing_requests, 5);
+  EXPECT_EQ(d.max_queued_requests, -1);
+  EXPECT_EQ(d.health_check_period_s, 10);
+  EXPECT_EQ(d.health_check_timeout_s, 30);
+  EXPECT_EQ(d.graceful_shutdown_timeout_s, 20);
+  EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 2);
+  EXPECT_EQ(d.resources.num_cpus, 1);
+  EXPECT_TRUE(d.user_config.is_null());
+  EXPECT_EQ(d.kind, DeploymentConfig::Kind::kBuiltin);
+  EXPECT_EQ(d.symbol, "echo");
+}
+
+TEST(ConfigTest, ReadsEveryField) {
+  auto c = ParseConfig(R"(
+http_options: {host: 0.0.0.0, port: 0, request_timeout_s: 2.5, keep_alive_timeout_s: 5, header_timeout_s: 1, max_body_bytes: 1024, num_threads: 3}
+applications:
+  - name: a
+    route_prefix: /a/b
+    ingress: Second
+    deployments:
+      - name: First
+        import_path: builtin:busy
+        args: {work_us: 100, nested: {list: [1, "two", 3.5, true, null]}}
+      - name: Second
+        import_path: builtin:echo
+        num_replicas: 3
+        max_ongoing_requests: 7
+        max_queued_requests: 9
+        user_config: {threshold: 0.5}
+        resources: {num_cpus: 0.5, num_gpus: 0}
+        health_check_period_s: 1
+        health_check_timeout_s: 2
+        graceful_shutdown_timeout_s: 3
+        graceful_shutdown_wait_loop_s: 4
+)", "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->http_options.host, "0.0.0.0");
+  EXPECT_EQ(c->http_options.port, 0);
+  EXPECT_EQ(*c->http_options.request_timeout_s, 2.5);
+  EXPECT_EQ(c->http_options.max_body_bytes, 1024);
+  EXPECT_EQ(c->http_options.num_threads, 3);
+  const auto& app = c->applications[0];
+  EXPECT_EQ(app.IngressDeployment().name, "Second");
+  EXPECT_EQ(app.deployments[0].args["work_us"], 100);
+  EXPECT_EQ(app.deployments[0].args["nested"]["list"][1], "two");
+  EXPECT_EQ(app.deployments[0].args["nested"]["list"][2], 3.5);
+  EXPECT_EQ(app.deployments[0].args["nested"]["list"][3], true);
+  EXPECT_TRUE(app.deployments[0].args["nested"]["list"][4].is_null());
+  const auto& d = app.deployments[1];
+  EXPECT_EQ(d.num_replicas, 3);
+  EXPECT_EQ(d.max_ongoing_requests, 7);
+  EXPECT_EQ(d.max_queued_requests, 9);
+  EXPECT_EQ(d.user_config["threshold"], 0.5);
+  EXPECT_EQ(d.resources.num_cpus, 0.5);
+  EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 4);
+}
+
+TEST(ConfigTest, YamlSyntaxErrorHasLineAndColumn) {
+  std::string e = ErrorOf("applications:\n  - name: [unclosed\n");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:3:"));
+  EXPECT_THAT(e, HasSubstr("yaml"));
+}
+
+TEST(ConfigTest, UnknownFieldIsNamedWithItsPosition) {
+  std::string e = ErrorOf(R"(applications:
+  - name: a
+    deployments:
+      - name: D
+        import_path: builtin:echo
+        num_replica: 2
+)");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:6:9: applications[0].deployments[0].num_replica: unknown field"));
+  EXPECT_THAT(e, HasSubstr("num_replicas"));  // the list of what was expected
+}
+
+TEST(ConfigTest, WrongTypeSaysWhatWasExpected) {
+  std::string e = ErrorOf(R"(applications:
+  - name: a
+    deployments:
+      - name: D
+        import_path: builtin:echo
+        num_replicas: two
+        max_ongoing_requests: 0
+        graceful_shutdown_timeout_s: "5"
+)");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:6:23: applications[0].deployments[0].num_replicas: expected an integer, got \"two\""));
+  EXPECT_THAT(e, HasSubstr("max_ongoing_requests: expected an integer from 1 to"));
+  EXPECT_THAT(e, HasSubstr("graceful_shutdown_timeout_s: expected a number"));
+}
+
+TEST(ConfigTest, DuplicatesAreRejected) {
+  std::string e = ErrorOf(R"(applications:
+  - name: a
+    route_prefix: /x
+    deployments:
+      - {name: D, import_path: "builtin:echo"}
+      - {name: D, import_path: "builtin:echo"}
+  - name: a
+    route_prefix: /x
+    deployments:
+      - {name: E, import_path: "builtin:echo"}
+)");
+  EXPECT_THAT(e, HasSubstr("duplicate deployment name \"D\""));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:7:5: applications[1].name: duplicate application name \"a\""));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:8:19: applications[1].route_prefix: duplicate route_prefix \"/x\""));
+}
+
+TEST(ConfigTest, DuplicateYamlKeyIsRejected) {
+  std::string e = ErrorOf(R"(applications:
+  - name: a
+    name: b
+    deployments: [{name: D, import_path: "builtin:echo"}]
+)");
+  EXPECT_THAT(e, HasSubstr("applications[0].name: duplicate field"));
+}
+
+TEST(ConfigTest, BadRoutePrefixesAreRejected) {
+  for (const char* p : {"echo", "/echo/", "/-/x", "/a b"}) {
+    std::string yaml = std::string("applications:\n  - name: a\n    route_prefix: \"") + p +
+                       "\"\n    deployments: [{name: D, import_path: \"builtin:echo\"}]\n";
+    EXPECT_THAT(ErrorOf(yaml), HasSubstr("route_prefix: expected a path")) << p;
+  }
+}
+
+TEST(ConfigTest, ImportPathsAreChecked) {
+  std::string e = ErrorOf(R"(applications:
+  - name: a
+    deployments:
+      - {name: A, import_path: "builtin:nope"}
+      - {name: B, import_path: "no-colon"}
+      - {name: C, import_path: "./missing.so:Model"}
+      - {name: E}
+)");
+  EXPECT_THAT(e, HasSubstr("no built-in deployment named \"nope\""));
+  EXPECT_THAT(e, HasSubstr("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\""));
+  EXPECT_THAT(e, HasSubstr("plugin file not found: /tmp/missing.so"));
+  EXPECT_THAT(e, HasSubstr("deployments[3].import_path: required"));
+}
+
+TEST(ConfigTest, PluginCheckHookErrorsAreReported) {
+  std::string lib = ::testing::TempDir() + "/fake_plugin.so";
+  std::ofstream(lib) << "not really a library";
+  ValidationHooks hooks = Builtins();
+  hooks.check_plugin = [](const std::string& path, const std::string& symbol) {
+    return absl::InvalidArgumentError("symbol ferry_deployment_" + symbol + " not found");
+  };
+  std::string yaml = "applications:\n  - name: a\n    deployments:\n      - {name: A, import_path: \"" + lib + ":Model\"}\n";
+  std::string e = ErrorOf(yaml, hooks);
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:4:32: applications[0].deployments[0].import_path: symbol ferry_deployment_Model not found"));
+  // The real check, in a child process, on a file that is not a shared library.
+  absl::Status s = CheckPluginInChildProcess(lib, "Model");
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.message()), HasSubstr("cannot load plugin"));
+}
+
+TEST(ConfigTest, ReportsEveryErrorAtOnce) {
+  std::string e = ErrorOf(R"(http_options: {port: 70000, bogus: 1}
+applications:
+  - name: a
+    ingress: Nope
+    deployments: [{name: D, import_path: "builtin:echo", max_queued_requests: -2}]
+)");
+  EXPECT_THAT(e, HasSubstr("http_options.port: expected an integer from 0 to 65535"));
+  EXPECT_THAT(e, HasSubstr("http_options.bogus: unknown field"));
+  EXPECT_THAT(e, HasSubstr("applications[0].ingress: no deployment named \"Nope\""));
+  EXPECT_THAT(e, HasSubstr("max_queued_requests: expected an integer from -1"));
+}
+
+TEST(ConfigTest, EmptyOrMissingApplications) {
+  EXPECT_THAT(ErrorOf(""), HasSubstr("expected a mapping"));
+  EXPECT_THAT(ErrorOf("http_options: {}\n"), HasSubstr("applications: required"));
+  EXPECT_THAT(ErrorOf("applications: []\n"), HasSubstr("applications: required"));
+  EXPECT_THAT(ErrorOf("- 1\n- 2\n"), HasSubstr("expected a mapping"));
+}
+
+TEST(ConfigTest, LoadConfigFileResolvesPluginsNextToTheFile) {
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "cfgdir";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "lib.so") << "x";
+  std::ofstream(dir / "c.yaml") << "applications:\n  - name: a\n    deployments: [{name: A, import_path: \"lib.so:M\"}]\n";
+  auto c = LoadConfigFile((dir / "c.yaml").string(), Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->applications[0].deployments[0].plugin_path, (dir / "lib.so").string());
+  EXPECT_EQ(c->applications[0].deployments[0].symbol, "M");
+  EXPECT_FALSE(LoadConfigFile((dir / "absent.yaml").string()).ok());
+}
+
+}  // namespace
+}  // namespace ferry::config

@@ -1,0 +1,205 @@
+#include "transport/frame.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace ferry::transport {
+namespace {
+
+std::string_view PayloadOf(const std::string& frame) { return std::string_view(frame).substr(kFrameHeaderSize); }
+
+FrameHeader HeaderOf(const std::string& frame) {
+  auto h = DecodeFrameHeader(std::string_view(frame).substr(0, kFrameHeaderSize));
+  EXPECT_TRUE(h.ok()) << h.status();
+  return *h;
+}
+
+RequestMessage SampleRequest() {
+  RequestMessage m;
+  m.request_id = "abc123";
+  m.method = "POST";
+  m.path = "/echo/x";
+  m.query = "a=1&b=2";
+  m.route_prefix = "/echo";
+  m.headers = {{"content-type", "text/plain"}, {"x-k", ""}};
+  m.body = std::string_view("body\0with nul", 13);
+  m.timeout_ms = 1500;
+  return m;
+}
+
+TEST(FrameTest, RequestRoundTrips) {
+  std::string frame;
+  AppendRequest(frame, 42, SampleRequest());
+  FrameHeader h = HeaderOf(frame);
+  EXPECT_EQ(h.kind, FrameKind::kRequest);
+  EXPECT_EQ(h.stream_id, 42u);
+  EXPECT_EQ(h.payload_size, frame.size() - kFrameHeaderSize);
+  RequestMessage got;
+  ASSERT_TRUE(DecodeRequest(PayloadOf(frame), &got).ok());
+  RequestMessage want = SampleRequest();
+  EXPECT_EQ(got.request_id, want.request_id);
+  EXPECT_EQ(got.method, want.method);
+  EXPECT_EQ(got.path, want.path);
+  EXPECT_EQ(got.query, want.query);
+  EXPECT_EQ(got.route_prefix, want.route_prefix);
+  EXPECT_EQ(got.headers, want.headers);
+  EXPECT_EQ(got.body, want.body);
+  EXPECT_EQ(got.timeout_ms, 1500u);
+}
+
+TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
+  std::string out;
+  AppendResponse(out, 7, {503, {{"retry-after", "1"}}, "busy"});
+  ResponseMessage r;
+  ASSERT_TRUE(DecodeResponse(PayloadOf(out), &r).ok());
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.headers.size(), 1u);
+  EXPECT_EQ(r.body, "busy");
+
+  std::string s;
+  AppendStatusReply(s, FrameKind::kHealthReply, 9, {false, "bad disk"});
+  StatusReply sr;
+  ASSERT_TRUE(DecodeStatusReply(PayloadOf(s), &sr).ok());
+  EXPECT_FALSE(sr.ok);
+  EXPECT_EQ(sr.message, "bad disk");
+
+  std::string st;
+  AppendStatsReply(st, 1, {3, 4, 5});
+  StatsReply stats;
+  ASSERT_TRUE(DecodeStatsReply(PayloadOf(st), &stats).ok());
+  EXPECT_EQ(stats.ongoing, 3u);
+  EXPECT_EQ(stats.queued, 4u);
+  EXPECT_EQ(stats.total, 5u);
+
+  std::string hello;
+  AppendHello(hello, 0, {kProtocolVersion, "proxy"});
+  Hello hm;
+  ASSERT_TRUE(DecodeHello(PayloadOf(hello), &hm).ok());
+  EXPECT_EQ(hm.client, "proxy");
+
+  std::string ack;
+  AppendHelloAck(ack, 0, {kProtocolVersion, "app#D#1", "D"});
+  HelloAck am;
+  ASSERT_TRUE(DecodeHelloAck(PayloadOf(ack), &am).ok());
+  EXPECT_EQ(am.replica_id, "app#D#1");
+
+  std::string rc;
+  AppendReconfigure(rc, 3, R"({"a":1})");
+  std::string_view config;
+  ASSERT_TRUE(DecodeReconfigure(PayloadOf(rc), &config).ok());
+  EXPECT_EQ(config, R"({"a":1})");
+
+  std::string cancel;
+  AppendEmpty(cancel, FrameKind::kCancel, 11);
+  EXPECT_EQ(cancel.size(), kFrameHeaderSize);
+  EXPECT_EQ(HeaderOf(cancel).kind, FrameKind::kCancel);
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(cancel)).ok());
+  EXPECT_FALSE(DecodeEmpty("x").ok());
+}
+
+TEST(FrameTest, EveryTruncationOfARequestIsRejected) {
+  std::string frame;
+  AppendRequest(frame, 1, SampleRequest());
+  std::string_view payload = PayloadOf(frame);
+  for (size_t n = 0; n < payload.size(); ++n) {
+    RequestMessage m;
+    absl::Status s = DecodeRequest(payload.substr(0, n), &m);
+    EXPECT_FALSE(s.ok()) << "accepted a request cut at " << n << " bytes";
+  }
+}
+
+TEST(FrameTest, TrailingBytesAreRejected) {
+  std::string frame;
+  AppendResponse(frame, 1, {200, {}, "ok"});
+  std::string payload(PayloadOf(frame));
+  payload.push_back('x');
+  ResponseMessage m;
+  absl::Status s = DecodeResponse(payload, &m);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("trailing"), std::string::npos);
+}
+
+TEST(FrameTest, LyingLengthsAreRejected) {
+  // A header count of 2^32-1 in a tiny payload must fail, not allocate.
+  std::string payload;
+  payload.append("\xc8\x00", 2);            // status 200
+  payload.append("\xff\xff\xff\xff", 4);    // header count
+  ResponseMessage m;
+  EXPECT_FALSE(DecodeResponse(payload, &m).ok());
+  // A string length beyond the payload.
+  std::string hello("\x01\x00\x00\x00\xff\x00\x00\x00ab", 10);
+  Hello h;
+  EXPECT_FALSE(DecodeHello(hello, &h).ok());
+}
+
+TEST(FrameTest, BadStatusIsRejected) {
+  std::string frame;
+  AppendResponse(frame, 1, {42, {}, ""});
+  ResponseMessage m;
+  EXPECT_FALSE(DecodeResponse(PayloadOf(frame), &m).ok());
+}
+
+TEST(FrameTest, BadHeadersAreRejected) {
+  std::string frame;
+  AppendEmpty(frame, FrameKind::kCancel, 1);
+  std::string bad_magic = frame;
+  bad_magic[0] ^= 0x55;
+  EXPECT_FALSE(DecodeFrameHeader(bad_magic).ok());
+  std::string bad_kind = frame;
+  bad_kind[2] = 99;
+  EXPECT_FALSE(DecodeFrameHeader(bad_kind).ok());
+  std::string bad_flags = frame;
+  bad_flags[3] = 1;
+  EXPECT_FALSE(DecodeFrameHeader(bad_flags).ok());
+  std::string too_big = frame;
+  too_big[7] = static_cast<char>(0x7f);  // payload size > kMaxFramePayload
+  EXPECT_FALSE(DecodeFrameHeader(too_big).ok());
+  EXPECT_FALSE(DecodeFrameHeader(std::string_view(frame).substr(0, 15)).ok());
+}
+
+TEST(FrameReaderTest, ReassemblesFramesFromAnySplit) {
+  std::string stream;
+  for (int i = 0; i < 20; ++i) {
+    RequestMessage m = SampleRequest();
+    std::string body(static_cast<size_t>(i * 97), 'x');
+    m.body = body;
+    AppendRequest(stream, static_cast<uint64_t>(i), m);
+  }
+  std::mt19937 rng(1);
+  for (int round = 0; round < 50; ++round) {
+    FrameReader reader;
+    size_t at = 0;
+    int seen = 0;
+    while (at < stream.size()) {
+      size_t n = std::min<size_t>(stream.size() - at, 1 + rng() % 300);
+      reader.Append(std::string_view(stream).substr(at, n));
+      at += n;
+      FrameHeader h;
+      std::string_view payload;
+      for (;;) {
+        auto got = reader.Next(&h, &payload);
+        ASSERT_TRUE(got.ok());
+        if (!*got) break;
+        RequestMessage m;
+        ASSERT_TRUE(DecodeRequest(payload, &m).ok());
+        EXPECT_EQ(h.stream_id, static_cast<uint64_t>(seen));
+        EXPECT_EQ(m.body.size(), static_cast<size_t>(seen * 97));
+        ++seen;
+      }
+    }
+    EXPECT_EQ(seen, 20);
+    EXPECT_EQ(reader.buffered(), 0u);
+  }
+}
+
+TEST(FrameReaderTest, MalformedHeaderStopsTheStream) {
+  FrameReader reader;
+  reader.Append(std::string(16, '\0'));
+  FrameHeader h;
+  std::string_view payload;
+  EXPECT_FALSE(reader.Next(&h, &payload).ok());
+}
+
+}  // namespace
+}  // namespace ferry::transport

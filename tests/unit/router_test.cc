@@ -1,0 +1,209 @@
+#include "router/router.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+namespace ferry::router {
+namespace {
+
+std::shared_ptr<const ReplicaEndpoint> Replica(uint64_t key) {
+  auto r = std::make_shared<ReplicaEndpoint>();
+  r->replica_id = "r" + std::to_string(key);
+  r->socket_path = "/tmp/r" + std::to_string(key);
+  r->key = key;
+  return r;
+}
+
+// A waiter that keeps the lease it gets.
+class HoldingWaiter : public Waiter {
+ public:
+  void OnAssigned(ReplicaLease lease) override {
+    ++calls;
+    held = std::move(lease);
+  }
+  int calls = 0;
+  ReplicaLease held;
+};
+
+TEST(RouterTest, NeverExceedsMaxOngoingPerReplica) {
+  auto router = Router::Create("D", 2, -1);
+  router->AddReplica(Replica(1));
+  router->AddReplica(Replica(2));
+  std::vector<ReplicaLease> leases;
+  std::map<uint64_t, int> per_replica;
+  for (int i = 0; i < 4; ++i) {
+    ReplicaLease lease;
+    ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &lease), Router::Result::kAssigned);
+    ++per_replica[lease.replica().key];
+    leases.push_back(std::move(lease));
+  }
+  EXPECT_EQ(per_replica[1], 2);
+  EXPECT_EQ(per_replica[2], 2);
+  ReplicaLease extra;
+  auto waiter = std::make_shared<HoldingWaiter>();
+  EXPECT_EQ(router->Acquire(waiter, &extra), Router::Result::kQueued);
+  EXPECT_FALSE(extra);
+  EXPECT_EQ(router->Stats().ongoing, 4);
+  EXPECT_EQ(router->Stats().queued, 1);
+  // A freed slot goes to the queued waiter, on the same replica.
+  uint64_t freed = leases[0].replica().key;
+  leases[0].Release();
+  EXPECT_EQ(waiter->calls, 1);
+  EXPECT_EQ(waiter->held.replica().key, freed);
+  EXPECT_EQ(router->Stats().queued, 0);
+  EXPECT_EQ(router->Stats().ongoing, 4);
+}
+
+TEST(RouterTest, QueueIsFifoAndBounded) {
+  auto router = Router::Create("D", 1, 2);
+  router->AddReplica(Replica(1));
+  ReplicaLease first;
+  ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &first), Router::Result::kAssigned);
+  auto a = std::make_shared<HoldingWaiter>();
+  auto b = std::make_shared<HoldingWaiter>();
+  ReplicaLease unused;
+  EXPECT_EQ(router->Acquire(a, &unused), Router::Result::kQueued);
+  EXPECT_EQ(router->Acquire(b, &unused), Router::Result::kQueued);
+  EXPECT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &unused), Router::Result::kRejected);
+  first.Release();
+  EXPECT_EQ(a->calls, 1);
+  EXPECT_EQ(b->calls, 0);
+  a->held.Release();
+  EXPECT_EQ(b->calls, 1);
+}
+
+TEST(RouterTest, ZeroQueueShedsAtOnce) {
+  auto router = Router::Create("D", 1, 0);
+  router->AddReplica(Replica(1));
+  ReplicaLease held, unused;
+  ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &held), Router::Result::kAssigned);
+  EXPECT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &unused), Router::Result::kRejected);
+}
+
+TEST(RouterTest, CancelledWaiterIsNeverCalled) {
+  auto router = Router::Create("D", 1, -1);
+  router->AddReplica(Replica(1));
+  ReplicaLease held, unused;
+  ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &held), Router::Result::kAssigned);
+  auto a = std::make_shared<HoldingWaiter>();
+  auto b = std::make_shared<HoldingWaiter>();
+  ASSERT_EQ(router->Acquire(a, &unused), Router::Result::kQueued);
+  ASSERT_EQ(router->Acquire(b, &unused), Router::Result::kQueued);
+  EXPECT_TRUE(router->Cancel(a.get()));
+  EXPECT_FALSE(router->Cancel(a.get()));
+  held.Release();
+  EXPECT_EQ(a->calls, 0);
+  EXPECT_EQ(b->calls, 1);
+  EXPECT_FALSE(router->Cancel(b.get()));  // already assigned
+}
+
+TEST(RouterTest, RequestsWaitForTheFirstReplica) {
+  auto router = Router::Create("D", 1, -1);
+  auto w = std::make_shared<HoldingWaiter>();
+  ReplicaLease unused;
+  EXPECT_EQ(router->Acquire(w, &unused), Router::Result::kQueued);
+  router->AddReplica(Replica(7));
+  EXPECT_EQ(w->calls, 1);
+  EXPECT_EQ(w->held.replica().key, 7u);
+}
+
+TEST(RouterTest, RemovedReplicaGetsNoNewRequestsAndCountsStayTrue) {
+  auto router = Router::Create("D", 10, -1);
+  router->AddReplica(Replica(1));
+  router->AddReplica(Replica(2));
+  std::vector<ReplicaLease> on_one, on_two;
+  for (int i = 0; i < 6; ++i) {
+    ReplicaLease l;
+    ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &l), Router::Result::kAssigned);
+    (l.replica().key == 1 ? on_one : on_two).push_back(std::move(l));
+  }
+  ASSERT_EQ(on_one.size(), 3u);  // two choices among two replicas: always the less loaded
+  on_two.clear();
+  router->RemoveReplica(1);
+  for (int i = 0; i < 20; ++i) {
+    ReplicaLease l;
+    if (router->Acquire(std::make_shared<HoldingWaiter>(), &l) == Router::Result::kAssigned) {
+      EXPECT_EQ(l.replica().key, 2u);
+    }
+  }
+  EXPECT_EQ(router->Stats().replicas, 1);
+  on_one.clear();  // releases on the removed replica must not corrupt replica 2's count
+  EXPECT_EQ(router->Stats().ongoing, 0);
+}
+
+TEST(RouterTest, PowerOfTwoChoicesBalancesLoad) {
+  auto router = Router::Create("D", 1000, -1);
+  for (uint64_t k = 1; k <= 4; ++k) router->AddReplica(Replica(k));
+  std::vector<ReplicaLease> held;
+  std::map<uint64_t, int> count;
+  for (int i = 0; i < 400; ++i) {
+    ReplicaLease l;
+    ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &l), Router::Result::kAssigned);
+    ++count[l.replica().key];
+    held.push_back(std::move(l));
+  }
+  // With two choices the most and least loaded differ by a few requests, not tens.
+  int lo = 1000, hi = 0;
+  for (auto& [k, c] : count) {
+    lo = std::min(lo, c);
+    hi = std::max(hi, c);
+  }
+  EXPECT_LE(hi - lo, 6) << "lo=" << lo << " hi=" << hi;
+}
+
+TEST(RouterTest, ConcurrentCallersKeepTheLimit) {
+  auto router = Router::Create("D", 3, -1);
+  router->AddReplica(Replica(1));
+  router->AddReplica(Replica(2));
+  std::atomic<int> active[3] = {0, 0, 0};
+  std::atomic<bool> violated{false};
+  std::atomic<int> done{0};
+  struct Worker : Waiter {
+    std::atomic<int>* active;
+    std::atomic<bool>* violated;
+    std::atomic<int>* done;
+    void Run(ReplicaLease lease) {
+      int now = ++active[lease.replica().key];
+      if (now > 3) violated->store(true);
+      --active[lease.replica().key];
+      lease.Release();
+      ++*done;
+    }
+    void OnAssigned(ReplicaLease lease) override { Run(std::move(lease)); }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 2000; ++i) {
+        auto w = std::make_shared<Worker>();
+        w->active = active;
+        w->violated = &violated;
+        w->done = &done;
+        ReplicaLease lease;
+        if (router->Acquire(w, &lease) == Router::Result::kAssigned) w->Run(std::move(lease));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(violated.load());
+  EXPECT_EQ(done.load(), 8000);
+  EXPECT_EQ(router->Stats().ongoing, 0);
+  EXPECT_EQ(router->Stats().queued, 0);
+}
+
+TEST(RouterTest, RaisingTheLimitDrainsTheQueue) {
+  auto router = Router::Create("D", 1, -1);
+  router->AddReplica(Replica(1));
+  ReplicaLease held, unused;
+  ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &held), Router::Result::kAssigned);
+  auto w = std::make_shared<HoldingWaiter>();
+  ASSERT_EQ(router->Acquire(w, &unused), Router::Result::kQueued);
+  router->SetLimits(2, -1);
+  EXPECT_EQ(w->calls, 1);
+}
+
+}  // namespace
+}  // namespace ferry::router

@@ -1,0 +1,127 @@
+// The SDK's C++ layer, exercised through the C ABI table it generates, as the host uses it.
+#include <ferry/deployment.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+struct FerryResponseSink {
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+struct FerryErrorSink {
+  std::string message;
+};
+
+namespace {
+
+void SetStatus(FerryResponseSink* s, int status) { s->status = status; }
+void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) { s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size)); }
+void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
+void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
+const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
+
+class Greeter : public ferry::Deployment {
+ public:
+  explicit Greeter(const ferry::Args& args) : greeting_(args.get<std::string>("greeting", "hello")) {
+    if (args.has("fail")) throw std::runtime_error("told to fail");
+  }
+  ferry::Response handle(const ferry::Request& req) override {
+    if (req.path() == "/throw") throw std::runtime_error("handler exploded");
+    return ferry::Response::FromJson({{"msg", greeting_ + " " + std::string(req.query_param("name"))},
+                                      {"x", std::string(req.header("x-k"))}});
+  }
+  void reconfigure(const ferry::Json& config) override { greeting_ = config.at("greeting").get<std::string>(); }
+
+ private:
+  std::string greeting_;
+};
+
+class Plain : public ferry::Deployment {
+ public:
+  explicit Plain(const ferry::Args&) {}
+  ferry::Response handle(const ferry::Request&) override { return ferry::Response::Text("ok"); }
+};
+
+FerryString S(std::string_view s) { return {s.data(), s.size()}; }
+
+FerryRequest MakeRequest(std::string_view path, std::string_view query, const std::vector<FerryHeader>& headers) {
+  FerryRequest r{};
+  r.struct_size = sizeof(r);
+  r.method = S("GET");
+  r.path = S(path);
+  r.query = S(query);
+  r.headers = headers.data();
+  r.num_headers = headers.size();
+  return r;
+}
+
+TEST(SdkTest, GeneratedTableCallsTheClass) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");
+  EXPECT_EQ(api->abi_version, FERRY_ABI_VERSION);
+  EXPECT_STREQ(api->name, "Greeter");
+  ASSERT_NE(api->reconfigure, nullptr);
+  EXPECT_EQ(api->check_health, nullptr);  // not overridden
+  void* instance = nullptr;
+  FerryErrorSink error;
+  std::string args = R"({"greeting": "hi"})";
+  ASSERT_EQ(api->create(&kHost, S(args), &instance, &error), FERRY_OK) << error.message;
+  std::vector<FerryHeader> headers = {{S("x-k"), S("v")}};
+  FerryRequest req = MakeRequest("/", "a=1&name=bob&c", headers);
+  FerryResponseSink sink;
+  ASSERT_EQ(api->handle(instance, &req, &sink, &error), FERRY_OK);
+  EXPECT_EQ(sink.status, 200);
+  EXPECT_EQ(ferry::Json::parse(sink.body)["msg"], "hi bob");
+  EXPECT_EQ(ferry::Json::parse(sink.body)["x"], "v");
+
+  std::string config = R"({"greeting": "hey"})";
+  ASSERT_EQ(api->reconfigure(instance, S(config), &error), FERRY_OK);
+  FerryResponseSink again;
+  ASSERT_EQ(api->handle(instance, &req, &again, &error), FERRY_OK);
+  EXPECT_EQ(ferry::Json::parse(again.body)["msg"], "hey bob");
+
+  std::string bad = R"({"nope": 1})";
+  EXPECT_EQ(api->reconfigure(instance, S(bad), &error), FERRY_ERROR);
+  EXPECT_FALSE(error.message.empty());
+  api->destroy(instance);
+}
+
+TEST(SdkTest, ExceptionsBecomeErrors) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");
+  void* instance = nullptr;
+  FerryErrorSink error;
+  std::string fail = R"({"fail": true})";
+  EXPECT_EQ(api->create(&kHost, S(fail), &instance, &error), FERRY_ERROR);
+  EXPECT_EQ(error.message, "told to fail");
+  std::string wrong_type = R"({"greeting": 5})";
+  EXPECT_EQ(api->create(&kHost, S(wrong_type), &instance, &error), FERRY_ERROR);
+  EXPECT_NE(error.message.find("args.greeting"), std::string::npos) << error.message;
+
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK);
+  FerryRequest req = MakeRequest("/throw", "", {});
+  FerryResponseSink sink;
+  FerryErrorSink handle_error;
+  EXPECT_EQ(api->handle(instance, &req, &sink, &handle_error), FERRY_ERROR);
+  EXPECT_EQ(handle_error.message, "handler exploded");
+  api->destroy(instance);
+}
+
+TEST(SdkTest, OptionalMethodsAreNullWhenNotOverridden) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Plain>("Plain");
+  EXPECT_EQ(api->reconfigure, nullptr);
+  EXPECT_EQ(api->check_health, nullptr);
+}
+
+TEST(SdkTest, QueryParamsAndCancellation) {
+  FerryRequest raw = MakeRequest("/", "a=1&b=&c&a=2", {});
+  ferry::Request req(&raw);
+  EXPECT_EQ(req.query_param("a"), "1");
+  EXPECT_EQ(req.query_param("b"), "");
+  EXPECT_EQ(req.query_param("c"), "");
+  EXPECT_EQ(req.query_param("zz").data(), nullptr);
+  EXPECT_FALSE(req.is_cancelled());
+  raw.is_cancelled = [](const FerryRequest*) { return 1; };
+  EXPECT_TRUE(req.is_cancelled());
+}
+
+}  // namespace
