@@ -20,6 +20,12 @@ const transport::HeaderList& JsonHeaders() {
   return headers;
 }
 
+// A shed request tells the client when to come back (as Ray Serve's 503s and 429s do).
+const transport::HeaderList& RetryLaterHeaders() {
+  static const transport::HeaderList headers = {{"content-type", "application/json"}, {"retry-after", "1"}};
+  return headers;
+}
+
 }  // namespace
 
 Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
@@ -107,13 +113,14 @@ void Call::Abandon() {
 
 void Call::Answer(const CallResult& result) {
   answered_ = true;
-  if (auto session = session_.lock()) DeliverResponse(*session, result, request_id_);
+  if (session_) DeliverResponse(*session_, result, request_id_);
+  session_.reset();
 }
 
 void Call::Fail(unsigned status, std::string_view message) {
   if (answered_) return;
   std::string body = ErrorJson(message, request_id_);
-  Answer(CallResult{status, JsonHeaders(), body});
+  Answer(CallResult{status, status == 503 ? RetryLaterHeaders() : JsonHeaders(), body});
 }
 
 ReplicaChannel::ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica)

@@ -41,11 +41,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Write(std::move(res), false);
   }
 
-  void CloseNow() { Close(); }
+  void CloseNow() { Close("L44"); }
 
   void CloseIfIdle() {
     close_after_response_ = true;
-    if (phase_ == Phase::kIdle) Close();
+    if (phase_ == Phase::kIdle) Close("L48");
   }
 
  private:
@@ -60,7 +60,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (self->phase_ == Phase::kIdle || self->phase_ == Phase::kReadingHeader || self->phase_ == Phase::kReadingBody) {
         if (self->phase_ != Phase::kIdle)
           FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
-        self->Close();
+        self->Close("L63");
       }
     });
   }
@@ -69,7 +69,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     phase_ = Phase::kIdle;
     call_.reset();
     if (close_after_response_ || worker_.draining()) {
-      Close();
+      Close("L72");
       return;
     }
     if (buffer_.size() > 0 || readable_) {
@@ -108,7 +108,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (hung_up) {
       if (call_ && call_->state() != Call::State::kDone)
         FERRY_LOG(kInfo, "proxy", "request ", call_->request_id(), ": client disconnected; cancelling");
-      Close();
+      Close("L111");
       return;
     }
     if (phase_ == Phase::kIdle) ReadHeader();
@@ -165,7 +165,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(socket_, asio::buffer(kContinue),
                         [self = shared_from_this(), read_body](const boost::system::error_code& ec, size_t) {
-                          if (ec || self->phase_ == Phase::kClosed) return self->Close();
+                          if (ec || self->phase_ == Phase::kClosed) return self->Close("L168");
                           read_body();
                         });
       return;
@@ -176,7 +176,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void OnReadError(const boost::system::error_code& ec) {
     if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
         ec == asio::error::connection_reset) {
-      Close();
+      Close("L179");
     } else if (ec == http::error::header_limit) {
       WriteError(http::status::request_header_fields_too_large,
                  ferry::StrCat("request header block exceeds ", worker_.options().max_header_bytes, " bytes"), true);
@@ -286,7 +286,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     request_id_.clear();
     response_ = {};
     if (ec || close_after_response_) {
-      Close();
+      Close("L289");
       return;
     }
     EnterIdle();
@@ -297,7 +297,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     counted_ = false;
   }
 
-  void Close() {
+  void Close(const char* why = "") {
+    FERRY_LOG(kDebug, "proxy", "close session: ", why, " phase ", static_cast<int>(phase_));
     if (phase_ == Phase::kClosed) return;
     phase_ = Phase::kClosed;
     Uncount();

@@ -60,7 +60,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   void Fail(unsigned status, std::string_view message);
 
   Worker& worker_;
-  std::weak_ptr<HttpSession> session_;
+  std::shared_ptr<HttpSession> session_;  // the session drops its call when done, breaking the cycle
   std::shared_ptr<const router::RoutingTable> table_;  // keeps route_ alive
   const router::Route* route_;
   std::string request_id_;
