@@ -19,16 +19,17 @@ BUILD_DIR = os.environ.get("FERRY_BUILD_DIR") or os.path.join(SOURCE_DIR, "build
 class Ferry:
     """A `ferry run` process serving a config written to a temporary file."""
 
-    def __init__(self, config_text, extra_args=(), ready=True, timeout=30):
+    def __init__(self, config_text=None, extra_args=(), ready=True, timeout=30, config_file=None, binary=None):
         self.dir = tempfile.TemporaryDirectory(prefix="ferry-test-")
-        self.config_path = os.path.join(self.dir.name, "config.yaml")
-        with open(self.config_path, "w") as f:
-            f.write(config_text)
+        self.config_path = config_file or os.path.join(self.dir.name, "config.yaml")
+        if config_file is None:
+            with open(self.config_path, "w") as f:
+                f.write(config_text)
         self.stdout_lines = []
         self.stderr_lines = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [FERRY_BIN, "run", self.config_path, "--http-port", "0", *extra_args],
+            [binary or FERRY_BIN, "run", self.config_path, "--http-port", "0", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self._readers = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),

@@ -1,0 +1,109 @@
+"""The out-of-tree plugin: install ferry with cmake --install, build examples/plugin against it with
+find_package(Ferry), and serve the result."""
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import requests
+
+from harness import BUILD_DIR, SOURCE_DIR, Ferry, run_ferry
+
+
+class PluginTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ferry-plugin-")
+        prefix = os.path.join(cls.tmp, "prefix")
+        build = os.path.join(cls.tmp, "build")
+        subprocess.run(["cmake", "--install", BUILD_DIR, "--prefix", prefix], check=True, capture_output=True)
+        subprocess.run(["cmake", "-S", os.path.join(SOURCE_DIR, "examples/plugin"), "-B", build, "-G", "Ninja",
+                        f"-DCMAKE_PREFIX_PATH={prefix}"], check=True, capture_output=True)
+        subprocess.run(["cmake", "--build", build], check=True, capture_output=True)
+        cls.prefix = prefix
+        cls.library = os.path.join(build, "libsentiment.so")
+        cls.installed_ferry = os.path.join(prefix, "bin/ferry")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_install_holds_the_sdk(self):
+        self.assertTrue(os.path.exists(os.path.join(self.prefix, "include/ferry/deployment.h")))
+        self.assertTrue(os.path.exists(os.path.join(self.prefix, "include/ferry/abi.h")))
+        self.assertTrue(os.access(self.installed_ferry, os.X_OK))
+        # Only the entry point is exported from the plugin.
+        out = subprocess.run(["nm", "-D", "--defined-only", self.library], capture_output=True, text=True).stdout
+        self.assertIn("ferry_deployment_Sentiment", out)
+
+    def test_serves_the_plugin(self):
+        config = f"""
+applications:
+  - name: sentiment
+    route_prefix: /sentiment
+    deployments:
+      - name: Sentiment
+        import_path: {self.library}:Sentiment
+        num_replicas: 2
+        args: {{positive: [good, fast], negative: [slow]}}
+        user_config: {{threshold: 1}}
+"""
+        ferry = Ferry(config)
+        try:
+            r = requests.post(ferry.url("/sentiment"), data="good and fast", timeout=10)
+            self.assertEqual(r.status_code, 200)
+            self.assertEqual(r.json(), {"label": "positive", "score": 2, "threshold": 1.0})
+            # user_config reached reconfigure(): one good word is under the threshold of 1.
+            r = requests.get(ferry.url("/sentiment?text=good"), timeout=10)
+            self.assertEqual(r.json()["label"], "neutral")
+            r = requests.get(ferry.url("/sentiment?text=slow+slow"), timeout=10)
+            self.assertEqual(r.json()["label"], "negative")
+        finally:
+            self.assertEqual(ferry.stop(), 0)
+            ferry.close()
+
+    def test_installed_binary_serves_the_example_config(self):
+        # examples/plugin/sentiment.yaml names build/libsentiment.so relative to itself.
+        work = os.path.join(self.tmp, "relative")
+        os.makedirs(os.path.join(work, "build"), exist_ok=True)
+        shutil.copy(self.library, os.path.join(work, "build/libsentiment.so"))
+        config_path = os.path.join(work, "sentiment.yaml")
+        shutil.copy(os.path.join(SOURCE_DIR, "examples/plugin/sentiment.yaml"), config_path)
+        ferry = Ferry(config_file=config_path, binary=self.installed_ferry)
+        try:
+            r = requests.get(ferry.url("/sentiment?text=great+and+fast"), timeout=10)
+            self.assertEqual(r.json()["label"], "positive")
+        finally:
+            self.assertEqual(ferry.stop(), 0)
+            ferry.close()
+
+    def test_missing_symbol_is_a_config_error(self):
+        config_dir = tempfile.mkdtemp(dir=self.tmp)
+        path = os.path.join(config_dir, "c.yaml")
+        with open(path, "w") as f:
+            f.write(f"applications:\n  - name: a\n    deployments:\n      - name: A\n        import_path: {self.library}:Nope\n")
+        r = run_ferry(["run", path])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(f"{path}:5:22: applications[0].deployments[0].import_path:", r.stderr)
+        self.assertIn("ferry_deployment_Nope not found", r.stderr)
+
+    def test_constructor_exception_from_a_plugin(self):
+        config = f"""
+applications:
+  - name: s
+    deployments:
+      - name: Sentiment
+        import_path: {self.library}:Sentiment
+        args: {{positive: []}}
+"""
+        ferry = Ferry(config, ready=False)
+        try:
+            self.assertNotEqual(ferry.wait_exit(30), 0)
+            self.assertIn("args.positive: the lexicon needs at least one word", ferry.stderr())
+        finally:
+            ferry.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
