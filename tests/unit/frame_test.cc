@@ -128,7 +128,7 @@ TEST(FrameTest, LyingLengthsAreRejected) {
   ResponseMessage m;
   EXPECT_FALSE(DecodeResponse(payload, &m).ok());
   // A string length beyond the payload.
-  std::string hello("\x01\x00\x00\x00\xff\x00\x00\x00ab", 10);
+  std::string hello = std::string("\x01\x00\x00\x00\xff\x00\x00\x00", 8) + "ab";
   Hello h;
   EXPECT_FALSE(DecodeHello(hello, &h).ok());
 }
