@@ -238,7 +238,6 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   ReadNumber(map, "health_check_period_s", 0, errors, &d.health_check_period_s);
   ReadNumber(map, "health_check_timeout_s", 0, errors, &d.health_check_timeout_s);
   ReadNumber(map, "graceful_shutdown_timeout_s", 0, errors, &d.graceful_shutdown_timeout_s);
-  ReadNumber(map, "graceful_shutdown_wait_loop_s", 0, errors, &d.graceful_shutdown_wait_loop_s);
   map.RejectUnknown();
   return d;
 }
@@ -414,8 +413,7 @@ json ToJson(const Config& config) {
                                   {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
                                   {"health_check_period_s", d.health_check_period_s},
                                   {"health_check_timeout_s", d.health_check_timeout_s},
-                                  {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
-                                  {"graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s}});
+                                  {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s}});
     }
     out["applications"].push_back(std::move(a));
   }

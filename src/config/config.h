@@ -37,7 +37,6 @@ struct DeploymentConfig {
   double health_check_period_s = 10;
   double health_check_timeout_s = 30;
   double graceful_shutdown_timeout_s = 20;
-  double graceful_shutdown_wait_loop_s = 2;
 };
 
 struct ApplicationConfig {

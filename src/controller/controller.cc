@@ -128,6 +128,11 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   endpoint->key = next_key_++;
   r.endpoint = endpoint;
   d->router->AddReplica(endpoint);
+  r.health = std::make_shared<HealthChecker>(
+      io_, replica_id, socket_path, std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_period_s * 1000)),
+      std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_timeout_s * 1000)),
+      [this](const std::string& id, const std::string& message) { OnUnhealthy(id, message); });
+  r.health->Start();
   d->ever_ready = true;
   FERRY_LOG(kInfo, "controller", "replica ", replica_id, " (pid ", pid, ") is RUNNING");
   ReportProgress(*d);
@@ -152,6 +157,10 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   auto it = d->replicas.find(replica_id);
   if (it != d->replicas.end()) {
     if (it->second.endpoint) d->router->RemoveReplica(it->second.endpoint->key);
+    if (it->second.health) {
+      d->health_check_failures += it->second.health->total_failures();
+      it->second.health->Stop();
+    }
     bool long_lived = std::chrono::steady_clock::now() - it->second.started > std::chrono::seconds(10);
     d->replicas.erase(it);
     if (long_lived) d->consecutive_failures = 0;
@@ -184,6 +193,20 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   });
 }
 
+void Controller::OnUnhealthy(const std::string& replica_id, const std::string& message) {
+  Deployment* d = FindByReplica(replica_id);
+  if (!d || shutting_down_) return;
+  auto it = d->replicas.find(replica_id);
+  if (it == d->replicas.end() || it->second.state != ReplicaState::kRunning) return;
+  FERRY_LOG(kWarning, "controller", "replica ", replica_id, " failed ", HealthChecker::kFailuresToReplace,
+            " health checks in a row (", message, "); taking it out of routing and replacing it");
+  // Out of routing now; requests already on it may finish during its graceful shutdown. Its exit starts
+  // the replacement through OnReplicaExited.
+  d->router->RemoveReplica(it->second.endpoint->key);
+  it->second.state = ReplicaState::kStopping;
+  agent_->StopReplica(replica_id, std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000)));
+}
+
 void Controller::Shutdown(std::function<void()> done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
@@ -192,6 +215,7 @@ void Controller::Shutdown(std::function<void()> done) {
     auto timeout = std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000));
     for (auto& [id, r] : d->replicas) {
       if (r.endpoint) d->router->RemoveReplica(r.endpoint->key);
+      if (r.health) r.health->Stop();
       r.state = ReplicaState::kStopping;
       agent_->StopReplica(id, timeout);
     }
@@ -209,6 +233,15 @@ void Controller::CheckShutdownDone() {
 int Controller::restarts(const std::string& application, const std::string& deployment) const {
   auto it = deployments_.find(ferry::StrCat(application, "/", deployment));
   return it == deployments_.end() ? 0 : it->second->restarts;
+}
+
+int Controller::health_check_failures(const std::string& application, const std::string& deployment) const {
+  auto it = deployments_.find(StrCat(application, "/", deployment));
+  if (it == deployments_.end()) return 0;
+  int n = it->second->health_check_failures;
+  for (const auto& [id, r] : it->second->replicas)
+    if (r.health) n += r.health->total_failures();
+  return n;
 }
 
 int Controller::running_replicas(const std::string& application, const std::string& deployment) const {

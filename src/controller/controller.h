@@ -15,6 +15,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "controller/internal/health_checker.h"
 #include "node/node_agent.h"
 #include "router/routing_table.h"
 
@@ -45,8 +46,9 @@ class Controller : public node::ReplicaListener {
   // deployment's graceful_shutdown_timeout_s. `done` runs once all replicas have exited.
   void Shutdown(std::function<void()> done);
 
-  // Replicas ever started to replace one that died.
+  // Replicas ever started to replace one that died or failed its health checks.
   int restarts(const std::string& application, const std::string& deployment) const;
+  int health_check_failures(const std::string& application, const std::string& deployment) const;
   int running_replicas(const std::string& application, const std::string& deployment) const;
 
   void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) override;
@@ -57,6 +59,7 @@ class Controller : public node::ReplicaListener {
     std::string id;
     ReplicaState state = ReplicaState::kStarting;
     std::shared_ptr<const router::ReplicaEndpoint> endpoint;
+    std::shared_ptr<HealthChecker> health;
     std::chrono::steady_clock::time_point started;
   };
   struct Deployment {
@@ -66,6 +69,7 @@ class Controller : public node::ReplicaListener {
     std::map<std::string, Replica> replicas;
     int consecutive_failures = 0;
     int restarts = 0;
+    int health_check_failures = 0;
     bool ever_ready = false;
     std::unique_ptr<boost::asio::steady_timer> backoff;
   };
@@ -75,6 +79,7 @@ class Controller : public node::ReplicaListener {
   void StartReplica(Deployment& d);
   Deployment* FindByReplica(const std::string& replica_id);
   void ReportProgress(const Deployment& d);
+  void OnUnhealthy(const std::string& replica_id, const std::string& message);
   void CheckShutdownDone();
 
   boost::asio::io_context& io_;

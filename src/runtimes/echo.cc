@@ -1,14 +1,38 @@
 // builtin:echo answers every request with what it received, as JSON: method, path, query, route_prefix,
 // headers, body and request id. For smoke tests, routing checks and measuring ferry's own overhead.
+//
+// It doubles as the game-day deployment: knobs inject the failures operators rehearse.
+//   args:        {fail_constructor: "text"}   the constructor throws "text"
+//   user_config: {healthy: false}             check_health fails
+//                {error_rate: 0.1}            that share of requests answers 500
+//                {delay_ms: 50}               every request waits that long first (cancellable)
 #include <ferry/deployment.h>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
 
 namespace ferry::runtimes {
 
 class Echo : public Deployment {
  public:
-  explicit Echo(const Args& args) { (void)args; }
+  explicit Echo(const Args& args) {
+    std::string fail = args.get<std::string>("fail_constructor", "");
+    if (!fail.empty()) throw std::runtime_error(fail);
+  }
 
   Response handle(const Request& req) override {
+    if (int delay = delay_ms_.load(std::memory_order_relaxed); delay > 0) {
+      auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay);
+      while (std::chrono::steady_clock::now() < until && !req.is_cancelled())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (double rate = error_rate_.load(std::memory_order_relaxed); rate > 0) {
+      thread_local std::mt19937_64 rng{std::random_device{}()};
+      if (std::uniform_real_distribution<double>(0, 1)(rng) < rate)
+        return Response::FromJson({{"error", "injected failure (user_config.error_rate " + std::to_string(rate) + ")"}}, 500);
+    }
     Json headers = Json::object();
     for (size_t i = 0; i < req.num_headers(); ++i) headers[std::string(req.header_name(i))] = req.header_value(i);
     Json body = {{"method", req.method()},
@@ -23,6 +47,28 @@ class Echo : public Deployment {
     r.body = body.dump(-1, ' ', false, Json::error_handler_t::replace);
     return r;
   }
+
+  void reconfigure(const Json& config) override {
+    if (!config.is_object()) throw std::invalid_argument("user_config: expected a mapping");
+    bool healthy = config.value("healthy", true);
+    double error_rate = config.value("error_rate", 0.0);
+    int delay_ms = config.value("delay_ms", 0);
+    if (error_rate < 0 || error_rate > 1) throw std::invalid_argument("user_config.error_rate: expected a number from 0 to 1");
+    if (delay_ms < 0) throw std::invalid_argument("user_config.delay_ms: expected a non-negative integer");
+    healthy_.store(healthy);
+    error_rate_.store(error_rate);
+    delay_ms_.store(delay_ms);
+  }
+
+  bool check_health() override {
+    if (!healthy_.load()) throw std::runtime_error("unhealthy: user_config.healthy is false");
+    return true;
+  }
+
+ private:
+  std::atomic<bool> healthy_{true};
+  std::atomic<double> error_rate_{0};
+  std::atomic<int> delay_ms_{0};
 };
 
 }  // namespace ferry::runtimes

@@ -227,6 +227,71 @@ applications:
             ferry.close()
 
 
+class HealthCheckTest(unittest.TestCase):
+    def test_unhealthy_replica_is_taken_out_and_replaced(self):
+        ferry = Ferry("""
+applications:
+  - name: sick
+    route_prefix: /sick
+    deployments:
+      - name: Sick
+        import_path: builtin:echo
+        user_config: {healthy: false}
+        health_check_period_s: 0.1
+        health_check_timeout_s: 1
+  - name: fine
+    route_prefix: /fine
+    deployments:
+      - {name: Fine, import_path: "builtin:echo", health_check_period_s: 0.1}
+""")
+        try:
+            first = set(ferry.replica_pids())
+            ferry.wait_for(lambda: "failed 3 health checks in a row" in ferry.stderr(), what="a health-check replacement")
+            self.assertIn("unhealthy: user_config.healthy is false", ferry.stderr())
+            self.assertIn("sick#Sick#", ferry.stderr().split("failed 3 health checks in a row")[0].splitlines()[-1])
+            # The replaced replica is gone and a new one took its place; the healthy deployment is untouched.
+            ferry.wait_for(lambda: len(set(ferry.replica_pids()) - first) >= 1, what="a replacement replica")
+            self.assertNotIn("fine#Fine#", "\n".join(l for l in ferry.stderr().splitlines() if "health check" in l))
+            r = requests.get(ferry.url("/fine"), timeout=10)
+            self.assertEqual(r.status_code, 200)
+        finally:
+            self.assertEqual(ferry.stop(), 0)
+            ferry.close()
+
+    def test_fault_injection_knobs(self):
+        ferry = Ferry("""
+applications:
+  - name: flaky
+    route_prefix: /flaky
+    deployments:
+      - {name: Flaky, import_path: "builtin:echo", user_config: {error_rate: 0.5, delay_ms: 20}, max_ongoing_requests: 20}
+""")
+        try:
+            with requests.Session() as s:
+                codes = [s.get(ferry.url("/flaky"), timeout=10).status_code for _ in range(200)]
+            failures = codes.count(500)
+            self.assertEqual(codes.count(200) + failures, 200)
+            self.assertTrue(50 <= failures <= 150, failures)  # 0.5 of 200, far outside chance at the edges
+            r = requests.get(ferry.url("/flaky"), timeout=10)
+            self.assertGreaterEqual(r.elapsed.total_seconds(), 0.02)
+        finally:
+            self.assertEqual(ferry.stop(), 0)
+            ferry.close()
+
+    def test_fail_constructor_knob(self):
+        ferry = Ferry("""
+applications:
+  - name: broken
+    deployments:
+      - {name: Broken, import_path: "builtin:echo", args: {fail_constructor: "model weights are corrupt"}}
+""", ready=False)
+        try:
+            self.assertNotEqual(ferry.wait_exit(30), 0)
+            self.assertIn("model weights are corrupt", ferry.stderr())
+        finally:
+            ferry.close()
+
+
 class ShutdownTest(unittest.TestCase):
     def test_sigterm_finishes_requests_in_flight(self):
         ferry = Ferry("""

@@ -47,7 +47,6 @@ applications:
   EXPECT_EQ(d.health_check_period_s, 10);
   EXPECT_EQ(d.health_check_timeout_s, 30);
   EXPECT_EQ(d.graceful_shutdown_timeout_s, 20);
-  EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 2);
   EXPECT_EQ(d.resources.num_cpus, 1);
   EXPECT_TRUE(d.user_config.is_null());
   EXPECT_EQ(d.kind, DeploymentConfig::Kind::kBuiltin);
@@ -75,7 +74,6 @@ applications:
         health_check_period_s: 1
         health_check_timeout_s: 2
         graceful_shutdown_timeout_s: 3
-        graceful_shutdown_wait_loop_s: 4
 )", "cfg.yaml", "/tmp", Builtins());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->http_options.host, "0.0.0.0");
@@ -96,7 +94,6 @@ applications:
   EXPECT_EQ(d.max_queued_requests, 9);
   EXPECT_EQ(d.user_config["threshold"], 0.5);
   EXPECT_EQ(d.resources.num_cpus, 0.5);
-  EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 4);
 }
 
 TEST(ConfigTest, YamlSyntaxErrorHasLineAndColumn) {
