@@ -35,7 +35,21 @@ uint16_t Worker::port() const {
   return acceptor_.local_endpoint(ec).port();
 }
 
-void Worker::Start() { DoAccept(); }
+void Worker::Start() {
+  DoAccept();
+  Sweep();
+}
+
+void Worker::Sweep() {
+  sweep_.expires_after(std::chrono::milliseconds(100));
+  sweep_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec) return;
+    auto now = Clock::now();
+    std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
+    for (HttpSession* s : sessions) CheckDeadline(s, now);
+    Sweep();
+  });
+}
 
 void Worker::DoAccept() {
   acceptor_.async_accept([this](const boost::system::error_code& ec, tcp::socket socket) {

@@ -17,7 +17,7 @@ namespace beast = boost::beast;
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(Worker& worker, tcp::socket socket) : worker_(worker), socket_(std::move(socket)), timer_(worker.io()) {}
+  HttpSession(Worker& worker, tcp::socket socket) : worker_(worker), socket_(std::move(socket)) {}
   ~HttpSession() { worker_.RemoveSession(this); }
 
   void Start() {
@@ -41,87 +41,74 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Write(std::move(res), false);
   }
 
-  void CloseNow() { Close("L44"); }
+  void CloseNow() { Close(); }
 
   void CloseIfIdle() {
     close_after_response_ = true;
-    if (phase_ == Phase::kIdle) Close("L48");
+    if (phase_ == Phase::kIdle) Close();
+  }
+
+  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kWriting, kClosed };
+
+  // Called by the worker's sweep a few times a second. Idle too long between requests, or too slow sending
+  // one: close. Requests being processed have their own deadline in their Call.
+  void CheckDeadline(Clock::time_point now) {
+    if (now < deadline_) return;
+    if (phase_ == Phase::kIdle || phase_ == Phase::kReadingHeader || phase_ == Phase::kReadingBody) {
+      if (phase_ != Phase::kIdle) FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
+      Close();
+    }
   }
 
  private:
-  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kWriting, kClosed };
-
-  void ArmTimer(std::chrono::milliseconds after) {
-    timer_.expires_after(after);
-    timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-      if (ec) return;
-      // Idle too long between requests, or too slow sending one: close. Requests being processed
-      // have their own deadline in their Call.
-      if (self->phase_ == Phase::kIdle || self->phase_ == Phase::kReadingHeader || self->phase_ == Phase::kReadingBody) {
-        if (self->phase_ != Phase::kIdle)
-          FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
-        self->Close("L63");
-      }
-    });
-  }
+  void SetDeadline(std::chrono::milliseconds after) { deadline_ = Clock::now() + after; }
 
   void EnterIdle() {
     phase_ = Phase::kIdle;
     call_.reset();
     if (close_after_response_ || worker_.draining()) {
-      Close("L72");
+      Close();
       return;
     }
-    if (buffer_.size() > 0 || readable_) {
+    SetDeadline(worker_.options().keep_alive_timeout);
+    if (buffer_.size() > 0) {
       ReadHeader();
       return;
     }
-    ArmTimer(worker_.options().keep_alive_timeout);
-    Watch();
+    ReadAhead();
   }
 
-  // Waits until the socket is readable without reading: the next request, or the client hanging up.
-  void Watch() {
-    if (watching_) return;
-    watching_ = true;
-    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const boost::system::error_code& ec) {
-      self->watching_ = false;
-      self->OnReadable(ec);
+  // Reads whatever comes next into the buffer: the next request, or the client hanging up. It runs while a
+  // request is processed too, which is how a disconnect cancels the request.
+  void ReadAhead() {
+    if (reading_ahead_) return;
+    reading_ahead_ = true;
+    socket_.async_read_some(buffer_.prepare(kReadAhead), [self = shared_from_this()](const boost::system::error_code& ec,
+                                                                                        size_t n) {
+      self->reading_ahead_ = false;
+      self->buffer_.commit(n);
+      self->OnReadAhead(ec);
     });
   }
 
-  void OnReadable(const boost::system::error_code& ec) {
+  void OnReadAhead(const boost::system::error_code& ec) {
     if (phase_ == Phase::kClosed) return;
-    bool hung_up = static_cast<bool>(ec);
-    if (!hung_up) {
-      char c;
-      ssize_t n = ::recv(socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n > 0) {
-        readable_ = true;
-      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-        Watch();
-        return;
-      } else {
-        hung_up = true;
-      }
-    }
-    if (hung_up) {
+    if (ec) {
       if (call_ && call_->state() != Call::State::kDone)
         FERRY_LOG(kInfo, "proxy", "request ", call_->request_id(), ": client disconnected; cancelling");
-      Close("L111");
+      Close();
       return;
     }
     if (phase_ == Phase::kIdle) ReadHeader();
-    // While processing or writing, the next (pipelined) request waits until the answer is out.
+    // While processing or writing, the next (pipelined) request waits in the buffer until the answer is out.
   }
 
   void ReadHeader() {
     phase_ = Phase::kReadingHeader;
-    readable_ = false;
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(worker_.options().max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
-    ArmTimer(worker_.options().header_timeout);
+    SetDeadline(worker_.options().header_timeout);
     http::async_read_header(socket_, buffer_, *parser_,
                             [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
                               self->OnHeader(ec);
@@ -149,8 +136,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     phase_ = Phase::kReadingBody;
     auto read_body = [self = shared_from_this()] {
-      auto body_time = std::max(self->worker_.options().header_timeout, std::chrono::milliseconds(60000));
-      self->ArmTimer(body_time);
+      self->SetDeadline(std::max(self->worker_.options().header_timeout, std::chrono::milliseconds(60000)));
       http::async_read(self->socket_, self->buffer_, *self->parser_,
                        [self](const boost::system::error_code& ec, size_t) {
                          if (self->phase_ == Phase::kClosed) return;
@@ -165,7 +151,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(socket_, asio::buffer(kContinue),
                         [self = shared_from_this(), read_body](const boost::system::error_code& ec, size_t) {
-                          if (ec || self->phase_ == Phase::kClosed) return self->Close("L168");
+                          if (ec || self->phase_ == Phase::kClosed) return self->Close();
                           read_body();
                         });
       return;
@@ -176,7 +162,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void OnReadError(const boost::system::error_code& ec) {
     if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
         ec == asio::error::connection_reset) {
-      Close("L179");
+      Close();
     } else if (ec == http::error::header_limit) {
       WriteError(http::status::request_header_fields_too_large,
                  ferry::StrCat("request header block exceeds ", worker_.options().max_header_bytes, " bytes"), true);
@@ -190,7 +176,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void OnRequest() {
-    timer_.cancel();
+    deadline_ = Clock::time_point::max();
     phase_ = Phase::kProcessing;
     http::request<http::string_body> req = parser_->release();
     parser_.reset();
@@ -215,8 +201,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     // While the call runs, watch for the client hanging up (or its next pipelined request).
-    if (buffer_.size() > 0) readable_ = true;
-    else Watch();
+    if (buffer_.size() == 0) ReadAhead();
     call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_);
     call_->Start(std::move(req));
   }
@@ -270,7 +255,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void Write(http::response<http::string_body>&& res, bool close) {
-    timer_.cancel();
+    deadline_ = Clock::time_point::max();
     phase_ = Phase::kWriting;
     if (close || close_after_response_ || worker_.draining()) close_after_response_ = true;
     res.keep_alive(!close_after_response_);
@@ -286,7 +271,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     request_id_.clear();
     response_ = {};
     if (ec || close_after_response_) {
-      Close("L289");
+      Close();
       return;
     }
     EnterIdle();
@@ -297,22 +282,21 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     counted_ = false;
   }
 
-  void Close(const char* why = "") {
-    FERRY_LOG(kDebug, "proxy", "close session: ", why, " phase ", static_cast<int>(phase_));
+  void Close() {
     if (phase_ == Phase::kClosed) return;
     phase_ = Phase::kClosed;
     Uncount();
     if (call_) call_->Abandon();
     call_.reset();
-    timer_.cancel();
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
     socket_.close(ignored);
   }
 
+  static constexpr size_t kReadAhead = 4096;
   Worker& worker_;
   tcp::socket socket_;
-  asio::steady_timer timer_;
+  Clock::time_point deadline_ = Clock::time_point::max();
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
@@ -320,8 +304,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::string request_id_;
   Phase phase_ = Phase::kIdle;
   unsigned version_ = 11;
-  bool watching_ = false;
-  bool readable_ = false;
+  bool reading_ahead_ = false;
   bool close_after_response_ = false;
   bool counted_ = false;
 };
@@ -333,6 +316,8 @@ void StartHttpSession(Worker& worker, tcp::socket socket) {
 void CloseWhenIdle(HttpSession* session) { session->CloseIfIdle(); }
 
 void CloseNow(HttpSession* session) { session->CloseNow(); }
+
+void CheckDeadline(HttpSession* session, Clock::time_point now) { session->CheckDeadline(now); }
 
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id) {
   session.Deliver(result, request_id);

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "common/common.h"
 #include "proxy/proxy.h"
 #include "router/router.h"
 #include "router/routing_table.h"
@@ -117,6 +118,7 @@ class Worker {
 
  private:
   void DoAccept();
+  void Sweep();
   const ProxyOptions& options_;
   router::RoutingTableCell* routing_;
   std::atomic<int>* in_flight_;
@@ -125,6 +127,7 @@ class Worker {
   std::unordered_set<HttpSession*> sessions_;
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
+  asio::steady_timer sweep_{io_};  // checks sessions' deadlines: one timer per thread, not per request
   std::unordered_map<uint64_t, std::shared_ptr<ReplicaChannel>> channels_;
 };
 
@@ -134,6 +137,8 @@ void StartHttpSession(Worker& worker, tcp::socket socket);
 void CloseWhenIdle(HttpSession* session);
 // Closes a session now, abandoning its request.
 void CloseNow(HttpSession* session);
+// Closes a session whose idle, header or body deadline has passed.
+void CheckDeadline(HttpSession* session, Clock::time_point now);
 // The session's answer to its current request (from its call).
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id);
 

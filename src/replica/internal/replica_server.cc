@@ -1,0 +1,506 @@
+#include "replica/internal/replica_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "common/common.h"
+#include "transport/frame.h"
+
+namespace ferry::replica {
+
+using transport::FrameHeader;
+using transport::FrameKind;
+
+namespace {
+
+constexpr uint64_t kListenId = 0;
+constexpr uint64_t kWakeId = 1;
+constexpr uint64_t kFirstConnectionId = 2;
+constexpr auto kStuckWriteLimit = std::chrono::seconds(30);
+// Below this average handle() time, queued requests are not worth waking a thread for.
+constexpr std::chrono::nanoseconds kInlineBelow = std::chrono::microseconds(50);
+
+class Connection;
+
+// One request between its frame and its answer.
+struct Task {
+  std::string payload;  // owns the bytes `request` points into
+  transport::RequestMessage request;
+  uint64_t stream_id = 0;
+  std::atomic<bool> cancelled{false};
+  std::shared_ptr<Connection> connection;
+};
+
+// One client connection. Reading is done by one thread at a time (the epoll registration is one-shot);
+// writing is group commit under write_mu_.
+class Connection {
+ public:
+  Connection(int fd, uint64_t id) : fd_(fd), id_(id) {}
+  ~Connection() { ::close(fd_); }
+  int fd() const { return fd_; }
+  uint64_t id() const { return id_; }
+  transport::FrameReader& reader() { return reader_; }  // only the thread holding the read event
+
+  // Appends a whole frame and makes sure it is written, by this thread or the one already writing.
+  void Send(std::string_view frame) {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    if (broken_) return;
+    pending_.append(frame);
+    if (flushing_) return;
+    flushing_ = true;
+    while (!pending_.empty() && !broken_) {
+      writing_.swap(pending_);
+      lock.unlock();
+      bool ok = WriteAll(writing_);
+      writing_.clear();
+      lock.lock();
+      if (!ok) broken_ = true;
+    }
+    flushing_ = false;
+  }
+
+  void AddTask(const std::shared_ptr<Task>& task) {
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    tasks_[task->stream_id] = task;
+  }
+  void RemoveTask(uint64_t stream_id) {
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    tasks_.erase(stream_id);
+  }
+  void CancelTask(uint64_t stream_id) {
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    auto it = tasks_.find(stream_id);
+    if (it != tasks_.end()) it->second->cancelled.store(true);
+  }
+  // The client is gone: every request it sent is cancelled, and answers to it are dropped.
+  void Abandon() {
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      broken_ = true;
+    }
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    for (auto& [id, task] : tasks_) task->cancelled.store(true);
+    tasks_.clear();
+    ::shutdown(fd_, SHUT_RDWR);
+  }
+
+ private:
+  bool WriteAll(std::string_view data) {
+    auto stuck_since = Clock::now();
+    while (!data.empty()) {
+      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        data.remove_prefix(static_cast<size_t>(n));
+        stuck_since = Clock::now();
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (Clock::now() - stuck_since > kStuckWriteLimit) return false;  // the client stopped reading
+        pollfd p{fd_, POLLOUT, 0};
+        ::poll(&p, 1, 100);
+        continue;
+      }
+      return false;
+    }
+    return true;
+  }
+
+  const int fd_;
+  const uint64_t id_;
+  transport::FrameReader reader_;
+  std::mutex write_mu_;
+  std::string pending_;  // guarded by write_mu_
+  std::string writing_;  // owned by the flushing thread
+  bool flushing_ = false;
+  bool broken_ = false;
+  std::mutex tasks_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Task>> tasks_;  // guarded by tasks_mu_
+};
+
+// Runs health checks and reconfigures on their own thread, so they never wait behind requests.
+class ControlThread {
+ public:
+  ControlThread() : thread_([this] { Loop(); }) {}
+  ~ControlThread() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Submit(std::function<void()> work) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      work_.push_back(std::move(work));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<void()> work;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !work_.empty(); });
+        if (work_.empty()) return;
+        work = std::move(work_.front());
+        work_.pop_front();
+      }
+      work();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> work_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+class ReplicaServer::Impl {
+ public:
+  Impl(const ReplicaSpec& spec, DeploymentHost& host)
+      : spec_(spec),
+        host_(host),
+        max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)),
+        threads_(max_running_ + 1) {}
+
+  ~Impl() {
+    if (listen_fd_ >= 0) ::close(listen_fd_);
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+    if (wake_fd_ >= 0) ::close(wake_fd_);
+    if (stop_fd_ >= 0) ::close(stop_fd_);
+  }
+
+  absl::Status Listen(const std::string& path) {
+    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
+    stop_fd_ = eventfd(0, EFD_CLOEXEC);
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (epoll_fd_ < 0 || wake_fd_ < 0 || stop_fd_ < 0 || listen_fd_ < 0)
+      return absl::InternalError(StrCat("replica set-up: ", std::strerror(errno)));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError(StrCat("socket path too long: ", path));
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    ::unlink(path.c_str());
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(listen_fd_, 128) != 0)
+      return absl::UnavailableError(StrCat("listen on ", path, ": ", std::strerror(errno)));
+    socket_path_ = path;
+    Register(listen_fd_, kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
+    Register(wake_fd_, kWakeId, EPOLLIN, EPOLL_CTL_ADD);
+    return absl::OkStatus();
+  }
+
+  void Run() {
+    std::vector<std::thread> workers;
+    for (int i = 0; i < threads_; ++i) workers.emplace_back([this] { WorkerLoop(); });
+    uint64_t value;
+    while (::read(stop_fd_, &value, sizeof(value)) < 0 && errno == EINTR) {
+    }
+    FERRY_LOG(kInfo, "replica", "draining ", ongoing_.load(), " ongoing requests");
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    ::unlink(socket_path_.c_str());
+    auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
+    while (ongoing_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (ongoing_.load() > 0)
+      FERRY_LOG(kWarning, "replica", "graceful_shutdown_timeout_s passed with ", ongoing_.load(), " requests ongoing");
+    stopping_.store(true);
+    uint64_t all = static_cast<uint64_t>(threads_);
+    ssize_t n = ::write(wake_fd_, &all, sizeof(all));
+    (void)n;
+    for (auto& t : workers) t.join();
+    std::lock_guard<std::mutex> lock(connections_mu_);
+    connections_.clear();
+  }
+
+  void RequestStop() {
+    uint64_t one = 1;
+    ssize_t n = ::write(stop_fd_, &one, sizeof(one));
+    (void)n;
+  }
+
+  uint32_t ongoing() const { return ongoing_.load(); }
+  uint64_t total() const { return total_.load(); }
+
+ private:
+  void Register(int fd, uint64_t id, uint32_t events, int op) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.u64 = id;
+    epoll_ctl(epoll_fd_, op, fd, &ev);
+  }
+
+  void WorkerLoop() {
+    epoll_event ev;
+    while (!stopping_.load(std::memory_order_relaxed)) {
+      if (std::shared_ptr<Task> task = PopTask()) {
+        RunTask(*task);
+        continue;
+      }
+      int n = epoll_wait(epoll_fd_, &ev, 1, -1);
+      if (n <= 0) continue;
+      if (ev.data.u64 == kWakeId) {
+        uint64_t value;
+        ssize_t r = ::read(wake_fd_, &value, sizeof(value));  // semaphore: takes one token
+        (void)r;
+      } else if (ev.data.u64 == kListenId) {
+        AcceptAll();
+      } else {
+        std::shared_ptr<Connection> c = Find(ev.data.u64);
+        if (c) OnReadable(c, ev.events);
+      }
+    }
+  }
+
+  // A queued task, if one may start now. At most max_running_ tasks run at once, so with one thread more
+  // than that, some thread is always free to read frames (cancels above all).
+  std::shared_ptr<Task> PopTask() {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (queue_.empty() || running_ >= max_running_) return nullptr;
+    ++running_;
+    std::shared_ptr<Task> t = std::move(queue_.front());
+    queue_.pop_front();
+    return t;
+  }
+
+  bool TryStartInline() {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (running_ >= max_running_ || !queue_.empty()) return false;
+    ++running_;
+    return true;
+  }
+
+  // Queues tasks for any thread. Whether to wake idle threads for them depends on how long handle()
+  // takes: for slow handlers every task gets its own thread; for fast ones (under kInlineBelow on average)
+  // a wake-up costs more than the task, so the threads already running drain the queue between reads.
+  void PushTasks(std::vector<std::shared_ptr<Task>>& tasks, size_t from) {
+    if (from >= tasks.size()) return;
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      for (size_t i = from; i < tasks.size(); ++i) queue_.push_back(std::move(tasks[i]));
+    }
+    if (handle_ns_.load(std::memory_order_relaxed) < kInlineBelow.count()) return;
+    uint64_t count = tasks.size() - from;
+    ssize_t n = ::write(wake_fd_, &count, sizeof(count));
+    (void)n;
+  }
+
+  void AcceptAll() {
+    for (;;) {
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) break;
+      auto c = std::make_shared<Connection>(fd, next_id_.fetch_add(1));
+      {
+        std::lock_guard<std::mutex> lock(connections_mu_);
+        connections_[c->id()] = c;
+      }
+      Register(fd, c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_ADD);
+    }
+    if (listen_fd_ >= 0 && !stopping_.load()) Register(listen_fd_, kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
+  }
+
+  std::shared_ptr<Connection> Find(uint64_t id) {
+    std::lock_guard<std::mutex> lock(connections_mu_);
+    auto it = connections_.find(id);
+    return it == connections_.end() ? nullptr : it->second;
+  }
+
+  void Drop(const std::shared_ptr<Connection>& c, std::string_view why) {
+    FERRY_LOG(kDebug, "replica", "client connection closed: ", why);
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd(), nullptr);
+    c->Abandon();
+    std::lock_guard<std::mutex> lock(connections_mu_);
+    connections_.erase(c->id());
+  }
+
+  // This thread holds the connection's one-shot read event: read what is there, re-arm, then act.
+  void OnReadable(const std::shared_ptr<Connection>& c, uint32_t events) {
+    static constexpr size_t kChunk = 64 * 1024;
+    bool eof = false;
+    for (;;) {
+      char* at = c->reader().Prepare(kChunk);
+      ssize_t n = ::read(c->fd(), at, kChunk);
+      if (n > 0) {
+        c->reader().Commit(static_cast<size_t>(n));
+        if (static_cast<size_t>(n) < kChunk) break;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      eof = true;  // 0: closed; < 0: error
+      break;
+    }
+    std::vector<std::shared_ptr<Task>> tasks;
+    FrameHeader header;
+    std::string_view payload;
+    for (;;) {
+      absl::StatusOr<bool> got = c->reader().Next(&header, &payload);
+      if (!got.ok()) {
+        Drop(c, Message(got.status()));
+        return;
+      }
+      if (!*got) break;
+      absl::Status s = OnFrame(c, header, payload, tasks);
+      if (!s.ok()) {
+        Drop(c, Message(s));
+        return;
+      }
+    }
+    if (eof) {
+      Drop(c, "peer closed the connection");
+      return;
+    }
+    Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
+    if (tasks.empty()) return;
+    if (TryStartInline()) {
+      PushTasks(tasks, 1);
+      RunTask(*tasks[0]);
+    } else {
+      PushTasks(tasks, 0);
+    }
+  }
+
+  absl::Status OnFrame(const std::shared_ptr<Connection>& c, const FrameHeader& header, std::string_view payload,
+                       std::vector<std::shared_ptr<Task>>& tasks) {
+    switch (header.kind) {
+      case FrameKind::kRequest: {
+        auto task = std::make_shared<Task>();
+        task->payload.assign(payload);
+        absl::Status s = transport::DecodeRequest(task->payload, &task->request);
+        if (!s.ok()) return s;
+        task->stream_id = header.stream_id;
+        task->connection = c;
+        c->AddTask(task);
+        ongoing_.fetch_add(1, std::memory_order_relaxed);
+        tasks.push_back(std::move(task));
+        return absl::OkStatus();
+      }
+      case FrameKind::kCancel:
+        c->CancelTask(header.stream_id);
+        return absl::OkStatus();
+      case FrameKind::kHello: {
+        transport::Hello hello;
+        absl::Status s = transport::DecodeHello(payload, &hello);
+        if (!s.ok()) return s;
+        if (hello.version != transport::kProtocolVersion)
+          return absl::FailedPreconditionError(StrCat("client speaks protocol version ", hello.version));
+        std::string frame;
+        transport::AppendHelloAck(frame, header.stream_id,
+                                  {transport::kProtocolVersion, spec_.replica_id, spec_.deployment});
+        c->Send(frame);
+        return absl::OkStatus();
+      }
+      case FrameKind::kStats: {
+        std::string frame;
+        transport::AppendStatsReply(frame, header.stream_id, {ongoing_.load(), 0, total_.load()});
+        c->Send(frame);
+        return absl::OkStatus();
+      }
+      case FrameKind::kHealth:
+      case FrameKind::kReconfigure: {
+        bool health = header.kind == FrameKind::kHealth;
+        std::string body(payload);
+        control_.Submit([this, c, body = std::move(body), health, id = header.stream_id] {
+          absl::Status s;
+          if (health) {
+            s = host_.CheckHealth();
+          } else {
+            std::string_view config;
+            s = transport::DecodeReconfigure(body, &config);
+            if (s.ok()) s = host_.Reconfigure(std::string(config));
+          }
+          std::string frame;
+          transport::AppendStatusReply(frame, health ? FrameKind::kHealthReply : FrameKind::kReconfigureReply, id,
+                                       {s.ok(), Message(s)});
+          c->Send(frame);
+        });
+        return absl::OkStatus();
+      }
+      default:
+        return absl::InvalidArgumentError(
+            StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a client"));
+    }
+  }
+
+  void RunTask(Task& task) {
+    FerryResponseSink response;
+    if (task.cancelled.load()) {
+      response.status = 499;
+      response.body = R"({"error": "request cancelled before it started"})";
+    } else {
+      auto start = Clock::now();
+      host_.Handle(task.request, task.cancelled, &response);
+      // Moving average of handle() time, 1/8 weight to the newest.
+      int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      int64_t avg = handle_ns_.load(std::memory_order_relaxed);
+      handle_ns_.store(avg + (took - avg) / 8, std::memory_order_relaxed);
+    }
+    thread_local transport::HeaderList headers;
+    thread_local std::string frame;
+    headers.clear();
+    for (const auto& [k, v] : response.headers) headers.emplace_back(k, v);
+    frame.clear();
+    transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
+    task.connection->Send(frame);
+    task.connection->RemoveTask(task.stream_id);
+    ongoing_.fetch_sub(1, std::memory_order_relaxed);
+    total_.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    --running_;
+  }
+
+  const ReplicaSpec& spec_;
+  DeploymentHost& host_;
+  const int max_running_;
+  const int threads_;
+  int epoll_fd_ = -1;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  int stop_fd_ = -1;
+  std::string socket_path_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint32_t> ongoing_{0};
+  // Starts high, so a new deployment gets parallel threads until it has shown that it is fast.
+  std::atomic<int64_t> handle_ns_{1'000'000};
+  std::atomic<uint64_t> total_{0};
+  std::atomic<uint64_t> next_id_{kFirstConnectionId};
+  std::mutex connections_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;  // guarded by connections_mu_
+  std::mutex queue_mu_;
+  std::deque<std::shared_ptr<Task>> queue_;  // guarded by queue_mu_
+  int running_ = 0;                           // guarded by queue_mu_
+  ControlThread control_;
+};
+
+ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host) : impl_(std::make_unique<Impl>(spec, host)) {}
+ReplicaServer::~ReplicaServer() = default;
+absl::Status ReplicaServer::Listen(const std::string& path) { return impl_->Listen(path); }
+void ReplicaServer::Run() { impl_->Run(); }
+void ReplicaServer::RequestStop() { impl_->RequestStop(); }
+uint32_t ReplicaServer::ongoing() const { return impl_->ongoing(); }
+uint64_t ReplicaServer::total() const { return impl_->total(); }
+
+}  // namespace ferry::replica

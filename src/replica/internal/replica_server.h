@@ -1,0 +1,41 @@
+// The replica's frame server. Built for the shortest path from a request frame to its answer: a pool of
+// threads shares one epoll set; the thread that reads a connection's bytes re-arms the connection for the
+// next reader, keeps one request to run itself (no hand-off to another thread), and queues any others for
+// idle threads. Answers are written by group commit: a writer appends its frame; whoever finds no flush
+// in progress writes everything pending in one syscall.
+// Thread-safe: Run() blocks the calling thread; RequestStop() may be called from any thread.
+#pragma once
+
+#include <absl/status/status.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "replica/internal/deployment_host.h"
+#include "replica/replica.h"
+
+namespace ferry::replica {
+
+class ReplicaServer {
+ public:
+  ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host);
+  ~ReplicaServer();
+
+  // Binds and listens on `path` (replacing a stale socket file).
+  absl::Status Listen(const std::string& path);
+  // Serves until RequestStop; then stops accepting, waits up to graceful_shutdown_timeout_s for requests
+  // in flight to finish, and returns.
+  void Run();
+  // Async-signal-safe.
+  void RequestStop();
+
+  uint32_t ongoing() const;
+  uint64_t total() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::replica
