@@ -14,7 +14,8 @@ RequestMessage TypicalRequest(const std::string& body) {
   m.path = "/echo/items/42";
   m.query = "verbose=1";
   m.route_prefix = "/echo";
-  m.headers = {{"host", "127.0.0.1:8000"}, {"user-agent", "wrk"}, {"accept", "*/*"}, {"content-type", "application/json"}};
+  m.headers = {
+      {"host", "127.0.0.1:8000"}, {"user-agent", "wrk"}, {"accept", "*/*"}, {"content-type", "application/json"}};
   m.body = body;
   m.timeout_ms = 30000;
   return m;

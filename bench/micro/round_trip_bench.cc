@@ -1,11 +1,11 @@
 // One proxy-to-replica round trip: a request frame over a Unix domain socket to a real replica server
 // running builtin:echo (in this process, on its own threads), and its response frame back. This is the
 // hop ferry adds between the HTTP proxy and user code.
-#include <benchmark/benchmark.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <benchmark/benchmark.h>
 #include <cstring>
 #include <thread>
 

@@ -1,9 +1,8 @@
 // A toy sentiment "model": scores text by counting words from a lexicon. It shows every part of the
 // SDK: constructor args, handle, reconfigure (user_config) and check_health.
-#include <ferry/deployment.h>
-
 #include <atomic>
 #include <cctype>
+#include <ferry/deployment.h>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -29,9 +28,7 @@ class Sentiment : public ferry::Deployment {
     return ferry::Response::FromJson({{"label", label}, {"score", score}, {"threshold", threshold}});
   }
 
-  void reconfigure(const ferry::Json& user_config) override {
-    threshold_.store(user_config.value("threshold", 0.0));
-  }
+  void reconfigure(const ferry::Json& user_config) override { threshold_.store(user_config.value("threshold", 0.0)); }
 
   bool check_health() override { return !positive_.empty(); }
 

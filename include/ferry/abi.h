@@ -88,12 +88,10 @@ typedef struct FerryDeploymentApi {
   const char* name;     /* the class name */
   /* Builds an instance from the deployment's args (a JSON object). On FERRY_OK *instance is set and
    * owned by the host until it passes it to destroy(). On FERRY_ERROR the message is in `error`. */
-  int (*create)(const FerryHostApi* host, FerryString args_json, void** instance,
-                FerryErrorSink* error);
+  int (*create)(const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error);
   void (*destroy)(void* instance);
   /* Answers one request through `response`. FERRY_ERROR answers 500 with the message in `error`. */
-  int (*handle)(void* instance, const FerryRequest* request, FerryResponseSink* response,
-                FerryErrorSink* error);
+  int (*handle)(void* instance, const FerryRequest* request, FerryResponseSink* response, FerryErrorSink* error);
   /* Applies a new user_config (JSON). NULL when the class has no reconfigure. */
   int (*reconfigure)(void* instance, FerryString user_config_json, FerryErrorSink* error);
   /* FERRY_OK when healthy. NULL when the class has no check_health. */

@@ -16,13 +16,12 @@
 // the exception's text; from handle(), an HTTP 500 carrying the text.
 #pragma once
 
-#include <ferry/abi.h>
-
 #include <cstring>
 #include <exception>
+#include <ferry/abi.h>
 #include <memory>
-#include <stdexcept>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -207,8 +206,10 @@ const FerryDeploymentApi* ApiFor(const char* name) {
       a.check_health = [](void* instance, FerryErrorSink* error) {
         int rc = FERRY_ERROR;
         int guard = Guard(error, [&] {
-          if (static_cast<T*>(instance)->check_health()) rc = FERRY_OK;
-          else SetError(Host(), error, "check_health returned false");
+          if (static_cast<T*>(instance)->check_health())
+            rc = FERRY_OK;
+          else
+            SetError(Host(), error, "check_health returned false");
         });
         return guard == FERRY_OK ? rc : FERRY_ERROR;
       };

@@ -21,10 +21,14 @@ std::string& ProcessTag() {
 
 const char* LevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "DEBUG";
-    case LogLevel::kInfo: return "INFO";
-    case LogLevel::kWarning: return "WARNING";
-    case LogLevel::kError: return "ERROR";
+    case LogLevel::kDebug:
+      return "DEBUG";
+    case LogLevel::kInfo:
+      return "INFO";
+    case LogLevel::kWarning:
+      return "WARNING";
+    case LogLevel::kError:
+      return "ERROR";
   }
   return "?";
 }
@@ -74,11 +78,16 @@ void Log::Write(LogLevel level, std::string_view component, std::string_view mes
 bool ParseLogLevel(std::string_view text, LogLevel* out) {
   std::string lower(text);
   for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower == "debug") *out = LogLevel::kDebug;
-  else if (lower == "info") *out = LogLevel::kInfo;
-  else if (lower == "warning" || lower == "warn") *out = LogLevel::kWarning;
-  else if (lower == "error") *out = LogLevel::kError;
-  else return false;
+  if (lower == "debug")
+    *out = LogLevel::kDebug;
+  else if (lower == "info")
+    *out = LogLevel::kInfo;
+  else if (lower == "warning" || lower == "warn")
+    *out = LogLevel::kWarning;
+  else if (lower == "error")
+    *out = LogLevel::kError;
+  else
+    return false;
   return true;
 }
 

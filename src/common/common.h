@@ -4,7 +4,6 @@
 
 #include <absl/status/status.h>
 #include <absl/strings/string_view.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -68,9 +67,9 @@ class Log {
   static std::atomic<int> level_;
 };
 
-#define FERRY_LOG(level, component, ...)                                                 \
-  do {                                                                                   \
-    if (::ferry::Log::Enabled(::ferry::LogLevel::level))                                 \
+#define FERRY_LOG(level, component, ...)                                                      \
+  do {                                                                                        \
+    if (::ferry::Log::Enabled(::ferry::LogLevel::level))                                      \
       ::ferry::Log::Write(::ferry::LogLevel::level, component, ::ferry::StrCat(__VA_ARGS__)); \
   } while (0)
 

@@ -1,12 +1,10 @@
-#include "common/common.h"
 #include "config/config.h"
 
-#include <absl/strings/str_join.h>
 #include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <yaml-cpp/yaml.h>
 
+#include <absl/strings/str_join.h>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -14,6 +12,9 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <yaml-cpp/yaml.h>
+
+#include "common/common.h"
 
 namespace ferry::config {
 namespace {
@@ -27,7 +28,9 @@ class Errors {
   void Add(const YAML::Mark& mark, std::string_view field, std::string_view message) {
     list_.push_back(ferry::StrCat(source_, ":", mark.line + 1, ":", mark.column + 1, ": ", field, ": ", message));
   }
-  void Add(const YAML::Node& node, std::string_view field, std::string_view message) { Add(node.Mark(), field, message); }
+  void Add(const YAML::Node& node, std::string_view field, std::string_view message) {
+    Add(node.Mark(), field, message);
+  }
   bool empty() const { return list_.empty(); }
   absl::Status ToStatus() const { return absl::InvalidArgumentError(absl::StrJoin(list_, "\n")); }
 
@@ -48,7 +51,8 @@ bool IsQuoted(const YAML::Node& node) { return node.Tag() == "!"; }
 // A mapping being read: remembers which keys were used, reports unknown and duplicate ones.
 class MapReader {
  public:
-  MapReader(const YAML::Node& node, std::string path, Errors& errors) : node_(node), path_(std::move(path)), errors_(errors) {
+  MapReader(const YAML::Node& node, std::string path, Errors& errors)
+      : node_(node), path_(std::move(path)), errors_(errors) {
     if (node.IsNull() || !node.IsDefined()) return;
     if (!node.IsMap()) {
       errors_.Add(node, path_, ferry::StrCat("expected a mapping, got ", Describe(node)));
@@ -62,7 +66,9 @@ class MapReader {
     }
   }
   bool ok() const { return ok_; }
-  std::string Field(std::string_view key) const { return path_.empty() ? std::string(key) : ferry::StrCat(path_, ".", key); }
+  std::string Field(std::string_view key) const {
+    return path_.empty() ? std::string(key) : ferry::StrCat(path_, ".", key);
+  }
   YAML::Node Get(const std::string& key) {
     used_.insert(key);
     if (!ok_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
@@ -75,7 +81,8 @@ class MapReader {
     for (const auto& item : node_) {
       std::string key = item.first.Scalar();
       if (used_.count(key)) continue;
-      errors_.Add(item.first, Field(key), ferry::StrCat("unknown field; expected one of: ", absl::StrJoin(used_, ", ")));
+      errors_.Add(item.first, Field(key),
+                  ferry::StrCat("unknown field; expected one of: ", absl::StrJoin(used_, ", ")));
     }
   }
   const YAML::Mark Mark() const { return node_.Mark(); }
@@ -148,7 +155,8 @@ void ReadString(MapReader& map, const std::string& key, Errors& errors, std::str
 json ToJsonValue(const YAML::Node& node) {
   switch (node.Type()) {
     case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
+    case YAML::NodeType::Undefined:
+      return nullptr;
     case YAML::NodeType::Sequence: {
       json out = json::array();
       for (const auto& item : node) out.push_back(ToJsonValue(item));
@@ -159,7 +167,8 @@ json ToJsonValue(const YAML::Node& node) {
       for (const auto& item : node) out[item.first.Scalar()] = ToJsonValue(item.second);
       return out;
     }
-    case YAML::NodeType::Scalar: break;
+    case YAML::NodeType::Scalar:
+      break;
   }
   const std::string& s = node.Scalar();
   if (IsQuoted(node)) return s;
@@ -181,12 +190,15 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     d.kind = DeploymentConfig::Kind::kBuiltin;
     d.symbol = path.substr(kBuiltin.size());
     if (hooks.builtin_exists && !hooks.builtin_exists(d.symbol))
-      errors.Add(node, field, ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo or builtin:busy)"));
+      errors.Add(
+          node, field,
+          ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo or builtin:busy)"));
     return;
   }
   size_t colon = path.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == path.size()) {
-    errors.Add(node, field, ferry::StrCat("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\", got \"", path, "\""));
+    errors.Add(node, field,
+               ferry::StrCat("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\", got \"", path, "\""));
     return;
   }
   d.kind = DeploymentConfig::Kind::kPlugin;
@@ -214,13 +226,17 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   if (d.name.empty()) errors.Add(map.Mark(), map.Field("name"), "required: a non-empty deployment name");
   YAML::Node import = map.Get("import_path");
   ReadString(map, "import_path", errors, &d.import_path);
-  if (!import.IsDefined()) errors.Add(map.Mark(), map.Field("import_path"), "required: builtin:NAME or path/to/lib.so:ClassName");
-  else if (!d.import_path.empty()) ReadImportPath(import, map.Field("import_path"), base_dir, hooks, errors, d);
+  if (!import.IsDefined())
+    errors.Add(map.Mark(), map.Field("import_path"), "required: builtin:NAME or path/to/lib.so:ClassName");
+  else if (!d.import_path.empty())
+    ReadImportPath(import, map.Field("import_path"), base_dir, hooks, errors, d);
 
   YAML::Node args = map.Get("args");
   if (args.IsDefined() && !args.IsNull()) {
-    if (!args.IsMap()) errors.Add(args, map.Field("args"), ferry::StrCat("expected a mapping, got ", Describe(args)));
-    else d.args = ToJsonValue(args);
+    if (!args.IsMap())
+      errors.Add(args, map.Field("args"), ferry::StrCat("expected a mapping, got ", Describe(args)));
+    else
+      d.args = ToJsonValue(args);
   }
   ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
   ReadInt(map, "max_ongoing_requests", 1, 100000, errors, &d.max_ongoing_requests);
@@ -261,7 +277,7 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   if (!ValidRoutePrefix(app.route_prefix))
     errors.Add(prefix.IsDefined() ? prefix.Mark() : map.Mark(), map.Field("route_prefix"),
                ferry::StrCat("expected a path starting with '/', without a trailing '/', not under /-/, got \"",
-                            app.route_prefix, "\""));
+                             app.route_prefix, "\""));
   YAML::Node ingress = map.Get("ingress");
   ReadString(map, "ingress", errors, &app.ingress);
   YAML::Node deployments = map.Get("deployments");
@@ -275,12 +291,14 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
       app.deployments.push_back(ReadDeployment(deployments[i], field, base_dir, hooks, errors));
       const std::string& name = app.deployments.back().name;
       if (!name.empty() && !names.insert(name).second)
-        errors.Add(deployments[i].Mark(), field + ".name", ferry::StrCat("duplicate deployment name \"", name, "\" in application \"", app.name, "\""));
+        errors.Add(deployments[i].Mark(), field + ".name",
+                   ferry::StrCat("duplicate deployment name \"", name, "\" in application \"", app.name, "\""));
     }
     if (app.ingress.empty()) {
       app.ingress = app.deployments.front().name;
     } else if (!names.count(app.ingress)) {
-      errors.Add(ingress, map.Field("ingress"), ferry::StrCat("no deployment named \"", app.ingress, "\" in this application"));
+      errors.Add(ingress, map.Field("ingress"),
+                 ferry::StrCat("no deployment named \"", app.ingress, "\" in this application"));
     }
   }
   map.RejectUnknown();
@@ -332,7 +350,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   }
   YAML::Node apps = top.Get("applications");
   if (!apps.IsDefined() || !apps.IsSequence() || apps.size() == 0) {
-    errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications", "required: a non-empty list of applications");
+    errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications",
+               "required: a non-empty list of applications");
   } else {
     std::set<std::string> names, prefixes;
     for (size_t i = 0; i < apps.size(); ++i) {
@@ -376,7 +395,7 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
       message = ferry::StrCat("cannot load plugin: ", dlerror());
     } else if (!dlsym(lib, entry.c_str())) {
       message = ferry::StrCat("plugin ", path, " has no deployment \"", symbol, "\" (symbol ", entry,
-                             " not found; export it with FERRY_DEPLOYMENT(", symbol, "))");
+                              " not found; export it with FERRY_DEPLOYMENT(", symbol, "))");
     }
     if (!message.empty()) {
       ssize_t n = write(fds[1], message.data(), message.size());
@@ -393,27 +412,39 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
   int status = 0;
   waitpid(pid, &status, 0);
   if (!message.empty()) return absl::InvalidArgumentError(message);
-  if (!WIFEXITED(status)) return absl::InvalidArgumentError(ferry::StrCat("loading plugin ", path, " crashed the loader"));
+  if (!WIFEXITED(status))
+    return absl::InvalidArgumentError(ferry::StrCat("loading plugin ", path, " crashed the loader"));
   return absl::OkStatus();
 }
 
 json ToJson(const Config& config) {
   json out;
   const HttpOptions& h = config.http_options;
-  out["http_options"] = {{"host", h.host}, {"port", h.port}, {"keep_alive_timeout_s", h.keep_alive_timeout_s},
-                         {"header_timeout_s", h.header_timeout_s}, {"max_body_bytes", h.max_body_bytes}};
+  out["http_options"] = {{"host", h.host},
+                         {"port", h.port},
+                         {"keep_alive_timeout_s", h.keep_alive_timeout_s},
+                         {"header_timeout_s", h.header_timeout_s},
+                         {"max_body_bytes", h.max_body_bytes}};
   out["http_options"]["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
   out["applications"] = json::array();
   for (const auto& app : config.applications) {
-    json a = {{"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
+    json a = {{"name", app.name},
+              {"route_prefix", app.route_prefix},
+              {"ingress", app.ingress},
+              {"deployments", json::array()}};
     for (const auto& d : app.deployments) {
-      a["deployments"].push_back({{"name", d.name}, {"import_path", d.import_path}, {"args", d.args},
-                                  {"num_replicas", d.num_replicas}, {"max_ongoing_requests", d.max_ongoing_requests},
-                                  {"max_queued_requests", d.max_queued_requests}, {"user_config", d.user_config},
-                                  {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
-                                  {"health_check_period_s", d.health_check_period_s},
-                                  {"health_check_timeout_s", d.health_check_timeout_s},
-                                  {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s}});
+      a["deployments"].push_back(
+          {{"name", d.name},
+           {"import_path", d.import_path},
+           {"args", d.args},
+           {"num_replicas", d.num_replicas},
+           {"max_ongoing_requests", d.max_ongoing_requests},
+           {"max_queued_requests", d.max_queued_requests},
+           {"user_config", d.user_config},
+           {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
+           {"health_check_period_s", d.health_check_period_s},
+           {"health_check_timeout_s", d.health_check_timeout_s},
+           {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s}});
     }
     out["applications"].push_back(std::move(a));
   }

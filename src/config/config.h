@@ -5,7 +5,6 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
-
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -53,7 +52,7 @@ struct HttpOptions {
   int port = 8000;
   std::optional<double> request_timeout_s;  // null (Ray Serve's default): no deadline
   double keep_alive_timeout_s = 90;
-  double header_timeout_s = 10;   // ferry: a client must finish its request headers within this
+  double header_timeout_s = 10;  // ferry: a client must finish its request headers within this
   int64_t max_body_bytes = 64ll << 20;
   int num_threads = 0;  // ferry: proxy I/O threads; 0 = one per core
 };

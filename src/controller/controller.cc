@@ -1,6 +1,5 @@
 #include "controller/controller.h"
 
-
 #include <algorithm>
 
 #include "common/common.h"
@@ -11,9 +10,12 @@ namespace asio = boost::asio;
 
 const char* ReplicaStateName(ReplicaState state) {
   switch (state) {
-    case ReplicaState::kStarting: return "STARTING";
-    case ReplicaState::kRunning: return "RUNNING";
-    case ReplicaState::kStopping: return "STOPPING";
+    case ReplicaState::kStarting:
+      return "STARTING";
+    case ReplicaState::kRunning:
+      return "RUNNING";
+    case ReplicaState::kStopping:
+      return "STOPPING";
   }
   return "?";
 }
@@ -113,7 +115,8 @@ void Controller::ReportProgress(const Deployment& d) {
   int ready = 0;
   for (const auto& [id, r] : d.replicas)
     if (r.state == ReplicaState::kRunning) ++ready;
-  callbacks_.on_progress(ferry::StrCat(d.application, "/", d.config.name, ": ", ready, "/", d.config.num_replicas, " replicas ready"));
+  callbacks_.on_progress(
+      ferry::StrCat(d.application, "/", d.config.name, ": ", ready, "/", d.config.num_replicas, " replicas ready"));
 }
 
 void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) {
@@ -129,7 +132,8 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   r.endpoint = endpoint;
   d->router->AddReplica(endpoint);
   r.health = std::make_shared<HealthChecker>(
-      io_, replica_id, socket_path, std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_period_s * 1000)),
+      io_, replica_id, socket_path,
+      std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_period_s * 1000)),
       std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_timeout_s * 1000)),
       [this](const std::string& id, const std::string& message) { OnUnhealthy(id, message); });
   r.health->Start();
@@ -174,7 +178,8 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
     // During start-up a deployment that cannot construct fails the deploy, as it would forever.
     if (!failed_) {
       failed_ = true;
-      if (callbacks_.on_deploy_failed) callbacks_.on_deploy_failed(ferry::StrCat(d->application, "/", d->config.name), message);
+      if (callbacks_.on_deploy_failed)
+        callbacks_.on_deploy_failed(ferry::StrCat(d->application, "/", d->config.name), message);
     }
     return;
   }
@@ -204,7 +209,8 @@ void Controller::OnUnhealthy(const std::string& replica_id, const std::string& m
   // the replacement through OnReplicaExited.
   d->router->RemoveReplica(it->second.endpoint->key);
   it->second.state = ReplicaState::kStopping;
-  agent_->StopReplica(replica_id, std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000)));
+  agent_->StopReplica(replica_id,
+                      std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000)));
 }
 
 void Controller::Shutdown(std::function<void()> done) {

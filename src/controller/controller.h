@@ -6,7 +6,6 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <functional>
@@ -37,7 +36,8 @@ class Controller : public node::ReplicaListener {
  public:
   static absl::StatusOr<std::unique_ptr<Controller>> Create(boost::asio::io_context& io, const config::Config& config,
                                                             std::string ferry_binary, std::string run_dir,
-                                                            router::RoutingTableCell* routing, ControllerCallbacks callbacks);
+                                                            router::RoutingTableCell* routing,
+                                                            ControllerCallbacks callbacks);
   ~Controller() override;
 
   // Publishes the routing table and starts every deployment's replicas.

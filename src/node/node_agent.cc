@@ -29,7 +29,11 @@ absl::StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Create(asio::io_context& i
 }
 
 NodeAgent::NodeAgent(asio::io_context& io, std::string ferry_binary, std::string run_dir, ReplicaListener* listener)
-    : io_(io), ferry_binary_(std::move(ferry_binary)), run_dir_(std::move(run_dir)), listener_(listener), sigchld_(io, SIGCHLD) {}
+    : io_(io),
+      ferry_binary_(std::move(ferry_binary)),
+      run_dir_(std::move(run_dir)),
+      listener_(listener),
+      sigchld_(io, SIGCHLD) {}
 
 NodeAgent::~NodeAgent() { KillAll(); }
 
@@ -40,7 +44,8 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
   std::string file_id = NewShortId(12);
   p->socket_path = ferry::StrCat(run_dir_, "/r-", file_id, ".sock");
   p->spec_path = ferry::StrCat(run_dir_, "/r-", file_id, ".json");
-  if (p->socket_path.size() >= 100) return absl::InvalidArgumentError(ferry::StrCat("run directory path too long: ", run_dir_));
+  if (p->socket_path.size() >= 100)
+    return absl::InvalidArgumentError(ferry::StrCat("run directory path too long: ", run_dir_));
   {
     std::ofstream out(p->spec_path);
     out << spec.ToJson().dump();
@@ -50,8 +55,10 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
   if (pipe2(fds, O_CLOEXEC) != 0) return absl::UnavailableError(ferry::StrCat("pipe: ", std::strerror(errno)));
   // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
   std::string status_fd = std::to_string(fds[1]);
-  std::vector<std::string> args = {ferry_binary_, "replica", "--spec", p->spec_path, "--socket", p->socket_path,
-                                   "--status-fd", status_fd};
+  static const char* kLevels[] = {"debug", "info", "warning", "error"};
+  std::vector<std::string> args = {
+      ferry_binary_,  "replica",     "--spec",  p->spec_path,  "--socket",
+      p->socket_path, "--status-fd", status_fd, "--log-level", kLevels[static_cast<int>(Log::level())]};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -88,30 +95,31 @@ void NodeAgent::ReadStatus(const std::string& replica_id) {
   if (it == processes_.end()) return;
   Process* p = it->second.get();
   auto chunk = std::make_shared<std::array<char, 4096>>();
-  p->status_pipe->async_read_some(asio::buffer(*chunk), [this, replica_id, chunk](const boost::system::error_code& ec, size_t n) {
-    auto it = processes_.find(replica_id);
-    if (it == processes_.end()) return;
-    Process* p = it->second.get();
-    if (ec) {  // EOF: the replica closed the pipe after reporting, or died
-      p->status_pipe.reset();
-      return;
-    }
-    p->status_buffer.append(chunk->data(), n);
-    size_t nl = p->status_buffer.find('\n');
-    if (nl == std::string::npos) {
-      ReadStatus(replica_id);
-      return;
-    }
-    nlohmann::json line = nlohmann::json::parse(p->status_buffer.substr(0, nl), nullptr, false);
-    p->status_buffer.clear();
-    if (line.is_object() && line.value("ready", false)) {
-      p->ready = true;
-      listener_->OnReplicaReady(replica_id, p->socket_path, p->pid);
-    } else if (line.is_object() && line.contains("error") && line["error"].is_string()) {
-      p->start_error = line["error"].get<std::string>();
-    }
-    ReadStatus(replica_id);
-  });
+  p->status_pipe->async_read_some(
+      asio::buffer(*chunk), [this, replica_id, chunk](const boost::system::error_code& ec, size_t n) {
+        auto it = processes_.find(replica_id);
+        if (it == processes_.end()) return;
+        Process* p = it->second.get();
+        if (ec) {  // EOF: the replica closed the pipe after reporting, or died
+          p->status_pipe.reset();
+          return;
+        }
+        p->status_buffer.append(chunk->data(), n);
+        size_t nl = p->status_buffer.find('\n');
+        if (nl == std::string::npos) {
+          ReadStatus(replica_id);
+          return;
+        }
+        nlohmann::json line = nlohmann::json::parse(p->status_buffer.substr(0, nl), nullptr, false);
+        p->status_buffer.clear();
+        if (line.is_object() && line.value("ready", false)) {
+          p->ready = true;
+          listener_->OnReplicaReady(replica_id, p->socket_path, p->pid);
+        } else if (line.is_object() && line.contains("error") && line["error"].is_string()) {
+          p->start_error = line["error"].get<std::string>();
+        }
+        ReadStatus(replica_id);
+      });
 }
 
 void NodeAgent::DrainStatus(Process& p) {
@@ -128,7 +136,8 @@ void NodeAgent::DrainStatus(Process& p) {
   size_t nl = p.status_buffer.find('\n');
   if (nl == std::string::npos) return;
   nlohmann::json line = nlohmann::json::parse(p.status_buffer.substr(0, nl), nullptr, false);
-  if (line.is_object() && line.contains("error") && line["error"].is_string()) p.start_error = line["error"].get<std::string>();
+  if (line.is_object() && line.contains("error") && line["error"].is_string())
+    p.start_error = line["error"].get<std::string>();
 }
 
 void NodeAgent::WatchChildren() {
@@ -149,9 +158,12 @@ void NodeAgent::Reap() {
       if (p->pid != pid) continue;
       DrainStatus(*p);
       std::string message;
-      if (!p->start_error.empty()) message = p->start_error;
-      else if (WIFSIGNALED(status)) message = ferry::StrCat("killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
-      else message = ferry::StrCat("exited with code ", WEXITSTATUS(status));
+      if (!p->start_error.empty())
+        message = p->start_error;
+      else if (WIFSIGNALED(status))
+        message = ferry::StrCat("killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+      else
+        message = ferry::StrCat("exited with code ", WEXITSTATUS(status));
       if (!p->ready && p->start_error.empty() && WIFEXITED(status) && WEXITSTATUS(status) == 127)
         message = ferry::StrCat("cannot execute ", ferry_binary_);
       bool was_ready = p->ready;

@@ -1,6 +1,5 @@
 #include "proxy/proxy.h"
 
-
 #include <boost/asio/post.hpp>
 #include <thread>
 
@@ -88,7 +87,8 @@ void Worker::ForgetChannel(uint64_t key, const ReplicaChannel* channel) {
 
 class Proxy::Impl {
  public:
-  explicit Impl(const ProxyOptions& options, router::RoutingTableCell* routing) : options_(options), routing_(routing) {}
+  explicit Impl(const ProxyOptions& options, router::RoutingTableCell* routing)
+      : options_(options), routing_(routing) {}
 
   absl::Status Listen() {
     boost::system::error_code ec;

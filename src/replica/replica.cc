@@ -1,10 +1,9 @@
 #include "replica/replica.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
-
-#include <signal.h>
 
 #include <fstream>
 #include <sstream>
@@ -15,13 +14,13 @@
 
 namespace ferry::replica {
 
-
 nlohmann::json ReplicaSpec::ToJson() const {
-  return {{"replica_id", replica_id},   {"application", application}, {"deployment", deployment},
-          {"import_path", import_path}, {"builtin", builtin},         {"plugin_path", plugin_path},
-          {"symbol", symbol},           {"args", args},               {"user_config", user_config},
-          {"max_ongoing_requests", max_ongoing_requests},             {"num_cpus", num_cpus},
-          {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s}};
+  return {{"replica_id", replica_id},   {"application", application},
+          {"deployment", deployment},   {"import_path", import_path},
+          {"builtin", builtin},         {"plugin_path", plugin_path},
+          {"symbol", symbol},           {"args", args},
+          {"user_config", user_config}, {"max_ongoing_requests", max_ongoing_requests},
+          {"num_cpus", num_cpus},       {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s}};
 }
 
 absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {

@@ -7,7 +7,6 @@
 
 #include <absl/base/thread_annotations.h>
 #include <absl/synchronization/mutex.h>
-
 #include <cstdint>
 #include <list>
 #include <memory>

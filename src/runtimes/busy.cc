@@ -1,11 +1,11 @@
 // builtin:busy spends `work_us` microseconds of CPU per request (from args, or the query's work_us, which
 // wins), then answers JSON with what it did. For load tests: it behaves like a model whose compute time
 // is known. It stops early when the request is cancelled, as a well-behaved model should.
-#include <ferry/deployment.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <chrono>
+#include <ferry/deployment.h>
 
 namespace ferry::runtimes {
 

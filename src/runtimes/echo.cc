@@ -6,10 +6,9 @@
 //   user_config: {healthy: false}             check_health fails
 //                {error_rate: 0.1}            that share of requests answers 500
 //                {delay_ms: 50}               every request waits that long first (cancellable)
-#include <ferry/deployment.h>
-
 #include <atomic>
 #include <chrono>
+#include <ferry/deployment.h>
 #include <random>
 #include <thread>
 
@@ -31,16 +30,14 @@ class Echo : public Deployment {
     if (double rate = error_rate_.load(std::memory_order_relaxed); rate > 0) {
       thread_local std::mt19937_64 rng{std::random_device{}()};
       if (std::uniform_real_distribution<double>(0, 1)(rng) < rate)
-        return Response::FromJson({{"error", "injected failure (user_config.error_rate " + std::to_string(rate) + ")"}}, 500);
+        return Response::FromJson({{"error", "injected failure (user_config.error_rate " + std::to_string(rate) + ")"}},
+                                  500);
     }
     Json headers = Json::object();
     for (size_t i = 0; i < req.num_headers(); ++i) headers[std::string(req.header_name(i))] = req.header_value(i);
-    Json body = {{"method", req.method()},
-                 {"path", req.path()},
-                 {"query", req.query()},
-                 {"route_prefix", req.route_prefix()},
-                 {"headers", std::move(headers)},
-                 {"body", req.body()},
+    Json body = {{"method", req.method()},        {"path", req.path()},
+                 {"query", req.query()},          {"route_prefix", req.route_prefix()},
+                 {"headers", std::move(headers)}, {"body", req.body()},
                  {"request_id", req.request_id()}};
     Response r;
     r.headers.emplace_back("content-type", "application/json");
@@ -53,7 +50,8 @@ class Echo : public Deployment {
     bool healthy = config.value("healthy", true);
     double error_rate = config.value("error_rate", 0.0);
     int delay_ms = config.value("delay_ms", 0);
-    if (error_rate < 0 || error_rate > 1) throw std::invalid_argument("user_config.error_rate: expected a number from 0 to 1");
+    if (error_rate < 0 || error_rate > 1)
+      throw std::invalid_argument("user_config.error_rate: expected a number from 0 to 1");
     if (delay_ms < 0) throw std::invalid_argument("user_config.delay_ms: expected a non-negative integer");
     healthy_.store(healthy);
     error_rate_.store(error_rate);

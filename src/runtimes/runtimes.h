@@ -3,7 +3,6 @@
 #pragma once
 
 #include <ferry/abi.h>
-
 #include <string>
 #include <string_view>
 #include <vector>

@@ -1,9 +1,9 @@
-#include "common/common.h"
 #include "transport/connection.h"
-
 
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+
+#include "common/common.h"
 
 namespace ferry::transport {
 
@@ -22,17 +22,17 @@ void FrameConnection::Start() {
     DoRead();
     return;
   }
-  socket_.async_connect(asio::local::stream_protocol::endpoint(path_),
-                        [self = shared_from_this()](const boost::system::error_code& ec) {
-                          if (self->closed_) return;
-                          if (ec) {
-                            self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", ec.message())));
-                            return;
-                          }
-                          self->connected_ = true;
-                          self->DoRead();
-                          self->Flush();
-                        });
+  socket_.async_connect(
+      asio::local::stream_protocol::endpoint(path_), [self = shared_from_this()](const boost::system::error_code& ec) {
+        if (self->closed_) return;
+        if (ec) {
+          self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", ec.message())));
+          return;
+        }
+        self->connected_ = true;
+        self->DoRead();
+        self->Flush();
+      });
 }
 
 void FrameConnection::Flush() {
@@ -60,31 +60,31 @@ void FrameConnection::DoWrite() {
 void FrameConnection::DoRead() {
   static constexpr size_t kReadChunk = 64 * 1024;
   char* at = reader_.Prepare(kReadChunk);
-  socket_.async_read_some(asio::buffer(at, kReadChunk), [self = shared_from_this()](const boost::system::error_code& ec,
-                                                                                     size_t n) {
-    if (self->closed_) return;
-    if (ec) {
-      self->Fail(ec == asio::error::eof ? absl::UnavailableError("peer closed the connection")
-                                        : absl::UnavailableError(ferry::StrCat("read: ", ec.message())));
-      return;
-    }
-    self->reader_.Commit(n);
-    FrameHeader header;
-    std::string_view payload;
-    while (!self->closed_) {
-      absl::StatusOr<bool> got = self->reader_.Next(&header, &payload);
-      if (!got.ok()) {
-        self->Fail(got.status());
-        return;
-      }
-      if (!*got) break;
-      if (self->handler_) self->handler_->OnFrame(header, payload);
-    }
-    if (!self->closed_) {
-      self->Flush();
-      self->DoRead();
-    }
-  });
+  socket_.async_read_some(
+      asio::buffer(at, kReadChunk), [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+        if (self->closed_) return;
+        if (ec) {
+          self->Fail(ec == asio::error::eof ? absl::UnavailableError("peer closed the connection")
+                                            : absl::UnavailableError(ferry::StrCat("read: ", ec.message())));
+          return;
+        }
+        self->reader_.Commit(n);
+        FrameHeader header;
+        std::string_view payload;
+        while (!self->closed_) {
+          absl::StatusOr<bool> got = self->reader_.Next(&header, &payload);
+          if (!got.ok()) {
+            self->Fail(got.status());
+            return;
+          }
+          if (!*got) break;
+          if (self->handler_) self->handler_->OnFrame(header, payload);
+        }
+        if (!self->closed_) {
+          self->Flush();
+          self->DoRead();
+        }
+      });
 }
 
 void FrameConnection::Fail(const absl::Status& why) { Close(why); }

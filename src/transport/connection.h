@@ -4,7 +4,6 @@
 #pragma once
 
 #include <absl/status/status.h>
-
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <memory>

@@ -1,8 +1,8 @@
-#include "common/common.h"
 #include "transport/frame.h"
 
-
 #include <cstring>
+
+#include "common/common.h"
 
 namespace ferry::transport {
 namespace {
@@ -121,17 +121,28 @@ bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 11; }
 
 const char* FrameKindName(FrameKind kind) {
   switch (kind) {
-    case FrameKind::kHello: return "hello";
-    case FrameKind::kHelloAck: return "hello_ack";
-    case FrameKind::kRequest: return "request";
-    case FrameKind::kResponse: return "response";
-    case FrameKind::kCancel: return "cancel";
-    case FrameKind::kHealth: return "health";
-    case FrameKind::kHealthReply: return "health_reply";
-    case FrameKind::kReconfigure: return "reconfigure";
-    case FrameKind::kReconfigureReply: return "reconfigure_reply";
-    case FrameKind::kStats: return "stats";
-    case FrameKind::kStatsReply: return "stats_reply";
+    case FrameKind::kHello:
+      return "hello";
+    case FrameKind::kHelloAck:
+      return "hello_ack";
+    case FrameKind::kRequest:
+      return "request";
+    case FrameKind::kResponse:
+      return "response";
+    case FrameKind::kCancel:
+      return "cancel";
+    case FrameKind::kHealth:
+      return "health";
+    case FrameKind::kHealthReply:
+      return "health_reply";
+    case FrameKind::kReconfigure:
+      return "reconfigure";
+    case FrameKind::kReconfigureReply:
+      return "reconfigure_reply";
+    case FrameKind::kStats:
+      return "stats";
+    case FrameKind::kStatsReply:
+      return "stats_reply";
   }
   return "unknown";
 }
@@ -156,11 +167,13 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(std::string_view bytes) {
   c.U8(&flags);
   c.U32(&h.payload_size);
   c.U64(&h.stream_id);
-  if (magic != kFrameMagic) return absl::InvalidArgumentError(ferry::StrCat("frame header: bad magic ", std::to_string(magic)));
+  if (magic != kFrameMagic)
+    return absl::InvalidArgumentError(ferry::StrCat("frame header: bad magic ", std::to_string(magic)));
   if (!IsKnownFrameKind(kind)) return absl::InvalidArgumentError(ferry::StrCat("frame header: unknown kind ", kind));
   if (flags != 0) return absl::InvalidArgumentError(ferry::StrCat("frame header: unknown flags ", flags));
   if (h.payload_size > kMaxFramePayload)
-    return absl::InvalidArgumentError(ferry::StrCat("frame header: payload of ", h.payload_size, " bytes exceeds the limit"));
+    return absl::InvalidArgumentError(
+        ferry::StrCat("frame header: payload of ", h.payload_size, " bytes exceeds the limit"));
   h.kind = static_cast<FrameKind>(kind);
   return h;
 }

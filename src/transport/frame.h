@@ -5,7 +5,6 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
-
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,17 +21,17 @@ inline constexpr uint16_t kFrameMagic = 0xF7E1;
 inline constexpr uint32_t kMaxFramePayload = 1u << 30;
 
 enum class FrameKind : uint8_t {
-  kHello = 1,            // client -> replica: version, client name
-  kHelloAck = 2,         // replica -> client: version, replica id, deployment
-  kRequest = 3,          // client -> replica: one HTTP request
-  kResponse = 4,         // replica -> client: the whole response to a request
-  kCancel = 5,           // client -> replica: stop working on a request
-  kHealth = 6,           // client -> replica: run check_health
-  kHealthReply = 7,      // replica -> client: ok flag, message
-  kReconfigure = 8,      // client -> replica: new user_config (JSON)
-  kReconfigureReply = 9, // replica -> client: ok flag, message
-  kStats = 10,           // client -> replica: ask for load figures
-  kStatsReply = 11,      // replica -> client: ongoing, queued, total
+  kHello = 1,             // client -> replica: version, client name
+  kHelloAck = 2,          // replica -> client: version, replica id, deployment
+  kRequest = 3,           // client -> replica: one HTTP request
+  kResponse = 4,          // replica -> client: the whole response to a request
+  kCancel = 5,            // client -> replica: stop working on a request
+  kHealth = 6,            // client -> replica: run check_health
+  kHealthReply = 7,       // replica -> client: ok flag, message
+  kReconfigure = 8,       // client -> replica: new user_config (JSON)
+  kReconfigureReply = 9,  // replica -> client: ok flag, message
+  kStats = 10,            // client -> replica: ask for load figures
+  kStatsReply = 11,       // replica -> client: ongoing, queued, total
 };
 
 bool IsKnownFrameKind(uint8_t kind);

@@ -27,8 +27,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view path = target.substr(0, target.find('?'));
   const ferry::router::Route* route = table.Match(path);
   ferry::transport::HeaderList headers;
-  for (const auto& f : req) headers.emplace_back(std::string_view(f.name_string().data(), f.name_string().size()),
-                                                 std::string_view(f.value().data(), f.value().size()));
+  for (const auto& f : req)
+    headers.emplace_back(std::string_view(f.name_string().data(), f.name_string().size()),
+                         std::string_view(f.value().data(), f.value().size()));
   ferry::transport::RequestMessage m;
   m.method = std::string_view(req.method_string().data(), req.method_string().size());
   m.path = path;

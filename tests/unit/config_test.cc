@@ -1,10 +1,9 @@
 #include "config/config.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 namespace ferry::config {
 namespace {
@@ -30,7 +29,8 @@ applications:
     deployments:
       - name: D
         import_path: builtin:echo
-)", "cfg.yaml", "/tmp", Builtins());
+)",
+                       "cfg.yaml", "/tmp", Builtins());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->http_options.host, "127.0.0.1");
   EXPECT_EQ(c->http_options.port, 8000);
@@ -74,7 +74,8 @@ applications:
         health_check_period_s: 1
         health_check_timeout_s: 2
         graceful_shutdown_timeout_s: 3
-)", "cfg.yaml", "/tmp", Builtins());
+)",
+                       "cfg.yaml", "/tmp", Builtins());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->http_options.host, "0.0.0.0");
   EXPECT_EQ(c->http_options.port, 0);
@@ -124,7 +125,8 @@ TEST(ConfigTest, WrongTypeSaysWhatWasExpected) {
         max_ongoing_requests: 0
         graceful_shutdown_timeout_s: "5"
 )");
-  EXPECT_THAT(e, HasSubstr("cfg.yaml:6:23: applications[0].deployments[0].num_replicas: expected an integer, got \"two\""));
+  EXPECT_THAT(
+      e, HasSubstr("cfg.yaml:6:23: applications[0].deployments[0].num_replicas: expected an integer, got \"two\""));
   EXPECT_THAT(e, HasSubstr("max_ongoing_requests: expected an integer from 1 to"));
   EXPECT_THAT(e, HasSubstr("graceful_shutdown_timeout_s: expected a number"));
 }
@@ -185,9 +187,12 @@ TEST(ConfigTest, PluginCheckHookErrorsAreReported) {
   hooks.check_plugin = [](const std::string& path, const std::string& symbol) {
     return absl::InvalidArgumentError("symbol ferry_deployment_" + symbol + " not found");
   };
-  std::string yaml = "applications:\n  - name: a\n    deployments:\n      - {name: A, import_path: \"" + lib + ":Model\"}\n";
+  std::string yaml =
+      "applications:\n  - name: a\n    deployments:\n      - {name: A, import_path: \"" + lib + ":Model\"}\n";
   std::string e = ErrorOf(yaml, hooks);
-  EXPECT_THAT(e, HasSubstr("cfg.yaml:4:32: applications[0].deployments[0].import_path: symbol ferry_deployment_Model not found"));
+  EXPECT_THAT(
+      e,
+      HasSubstr("cfg.yaml:4:32: applications[0].deployments[0].import_path: symbol ferry_deployment_Model not found"));
   // The real check, in a child process, on a file that is not a shared library.
   absl::Status s = CheckPluginInChildProcess(lib, "Model");
   EXPECT_FALSE(s.ok());
@@ -218,7 +223,8 @@ TEST(ConfigTest, LoadConfigFileResolvesPluginsNextToTheFile) {
   std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "cfgdir";
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "lib.so") << "x";
-  std::ofstream(dir / "c.yaml") << "applications:\n  - name: a\n    deployments: [{name: A, import_path: \"lib.so:M\"}]\n";
+  std::ofstream(dir / "c.yaml")
+      << "applications:\n  - name: a\n    deployments: [{name: A, import_path: \"lib.so:M\"}]\n";
   auto c = LoadConfigFile((dir / "c.yaml").string(), Builtins());
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->applications[0].deployments[0].plugin_path, (dir / "lib.so").string());

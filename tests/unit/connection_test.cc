@@ -1,11 +1,10 @@
 // FrameConnection over a real socket pair on one io_context.
 #include "transport/connection.h"
 
-#include <gtest/gtest.h>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/write.hpp>
+#include <gtest/gtest.h>
 
 namespace ferry::transport {
 namespace {

@@ -1,7 +1,6 @@
 #include "transport/frame.h"
 
 #include <gtest/gtest.h>
-
 #include <random>
 
 namespace ferry::transport {
@@ -123,8 +122,8 @@ TEST(FrameTest, TrailingBytesAreRejected) {
 TEST(FrameTest, LyingLengthsAreRejected) {
   // A header count of 2^32-1 in a tiny payload must fail, not allocate.
   std::string payload;
-  payload.append("\xc8\x00", 2);            // status 200
-  payload.append("\xff\xff\xff\xff", 4);    // header count
+  payload.append("\xc8\x00", 2);          // status 200
+  payload.append("\xff\xff\xff\xff", 4);  // header count
   ResponseMessage m;
   EXPECT_FALSE(DecodeResponse(payload, &m).ok());
   // A string length beyond the payload.

@@ -1,8 +1,7 @@
 #include "router/router.h"
 
-#include <gtest/gtest.h>
-
 #include <atomic>
+#include <gtest/gtest.h>
 #include <map>
 #include <thread>
 

@@ -1,7 +1,6 @@
 // The SDK's C++ layer, exercised through the C ABI table it generates, as the host uses it.
 #include <ferry/deployment.h>
 #include <gtest/gtest.h>
-
 #include <string>
 
 struct FerryResponseSink {
@@ -16,7 +15,9 @@ struct FerryErrorSink {
 namespace {
 
 void SetStatus(FerryResponseSink* s, int status) { s->status = status; }
-void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) { s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size)); }
+void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) {
+  s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size));
+}
 void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
 void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
 const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
@@ -28,8 +29,8 @@ class Greeter : public ferry::Deployment {
   }
   ferry::Response handle(const ferry::Request& req) override {
     if (req.path() == "/throw") throw std::runtime_error("handler exploded");
-    return ferry::Response::FromJson({{"msg", greeting_ + " " + std::string(req.query_param("name"))},
-                                      {"x", std::string(req.header("x-k"))}});
+    return ferry::Response::FromJson(
+        {{"msg", greeting_ + " " + std::string(req.query_param("name"))}, {"x", std::string(req.header("x-k"))}});
   }
   void reconfigure(const ferry::Json& config) override { greeting_ = config.at("greeting").get<std::string>(); }
 

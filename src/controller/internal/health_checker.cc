@@ -50,7 +50,8 @@ void HealthChecker::Probe() {
   timeout_timer_.async_wait([self = shared_from_this(), id = outstanding_](const boost::system::error_code& ec) {
     if (ec || self->outstanding_ != id) return;
     self->outstanding_ = 0;
-    self->Failed(StrCat("check_health did not answer within health_check_timeout_s (", self->timeout_.count() / 1000.0, " s)"));
+    self->Failed(
+        StrCat("check_health did not answer within health_check_timeout_s (", self->timeout_.count() / 1000.0, " s)"));
   });
 }
 
@@ -79,8 +80,8 @@ void HealthChecker::Failed(const std::string& message) {
   if (stopped_) return;
   ++failures_;
   ++total_failures_;
-  FERRY_LOG(kWarning, "controller", "replica ", replica_id_, " failed a health check (", failures_, "/", kFailuresToReplace,
-            "): ", message);
+  FERRY_LOG(kWarning, "controller", "replica ", replica_id_, " failed a health check (", failures_, "/",
+            kFailuresToReplace, "): ", message);
   if (failures_ >= kFailuresToReplace && !reported_) {
     reported_ = true;
     on_unhealthy_(replica_id_, message);

@@ -58,7 +58,7 @@ void Call::Start(http::request<http::string_body>&& request) {
       FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment,
                 " shed: max_queued_requests reached");
       Fail(503, ferry::StrCat("deployment ", route_->ingress_deployment,
-                             " is overloaded: every replica is at max_ongoing_requests and the queue is full"));
+                              " is overloaded: every replica is at max_ongoing_requests and the queue is full"));
       return;
   }
 }
@@ -75,7 +75,8 @@ void Call::Dispatch(router::ReplicaLease lease) {
   state_ = State::kDispatched;
   uint32_t timeout_ms = 0;
   if (worker_.options().request_timeout) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_.expiry() - asio::steady_timer::clock_type::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_.expiry() -
+                                                                      asio::steady_timer::clock_type::now());
     timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1, left.count()));
   }
   channel_ = worker_.ChannelTo(lease_.replica_ptr());
@@ -94,10 +95,11 @@ void Call::OnReplicaResponse(const CallResult& result) {
 void Call::OnDeadline() {
   if (answered_) return;
   FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment, " timed out after ",
-            worker_.options().request_timeout->count(), " ms (", state_ == State::kQueued ? "queued" : "on a replica", ")");
+            worker_.options().request_timeout->count(), " ms (", state_ == State::kQueued ? "queued" : "on a replica",
+            ")");
   Abandon();
-  Fail(504, ferry::StrCat("request timed out after request_timeout_s (", worker_.options().request_timeout->count() / 1000.0,
-                         " s)"));
+  Fail(504, ferry::StrCat("request timed out after request_timeout_s (",
+                          worker_.options().request_timeout->count() / 1000.0, " s)"));
 }
 
 void Call::Abandon() {
@@ -126,7 +128,8 @@ void Call::Fail(unsigned status, std::string_view message) {
 ReplicaChannel::ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica)
     : worker_(worker),
       replica_(std::move(replica)),
-      connection_(std::make_shared<transport::FrameConnection>(worker.io().get_executor(), replica_->socket_path, this)) {}
+      connection_(
+          std::make_shared<transport::FrameConnection>(worker.io().get_executor(), replica_->socket_path, this)) {}
 
 void ReplicaChannel::Start() {
   transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, "proxy"});
@@ -148,7 +151,8 @@ uint64_t ReplicaChannel::Send(const std::shared_ptr<Call>& call, const http::req
   for (const auto& field : request) {
     size_t at = arena.size();
     for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
-    headers.emplace_back(std::string_view(arena).substr(at), std::string_view(field.value().data(), field.value().size()));
+    headers.emplace_back(std::string_view(arena).substr(at),
+                         std::string_view(field.value().data(), field.value().size()));
   }
   std::string_view target(request.target().data(), request.target().size());
   size_t q = target.find('?');
@@ -206,11 +210,11 @@ void ReplicaChannel::OnClosed(const absl::Status& why) {
   auto self = shared_from_this();
   auto calls = std::move(calls_);
   calls_.clear();
-  if (!calls.empty())
-    FERRY_LOG(kWarning, "proxy", "connection to replica ", replica_->replica_id, " lost (", why.message(), "); failing ",
-              calls.size(), " requests with 502");
   for (auto& [id, call] : calls) {
-    std::string body = ErrorJson(ferry::StrCat("replica ", replica_->replica_id, " failed: ", why.message()), call->request_id());
+    FERRY_LOG(kWarning, "proxy", "request ", call->request_id(), " failed with 502: connection to replica ",
+              replica_->replica_id, " lost (", why.message(), ")");
+    std::string body =
+        ErrorJson(ferry::StrCat("replica ", replica_->replica_id, " failed: ", why.message()), call->request_id());
     call->OnReplicaResponse(CallResult{502, JsonHeaders(), body});
   }
   worker_.ForgetChannel(replica_->key, this);

@@ -55,7 +55,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void CheckDeadline(Clock::time_point now) {
     if (now < deadline_) return;
     if (phase_ == Phase::kIdle || phase_ == Phase::kReadingHeader || phase_ == Phase::kReadingBody) {
-      if (phase_ != Phase::kIdle) FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
+      if (phase_ != Phase::kIdle)
+        FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
       Close();
     }
   }
@@ -83,12 +84,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void ReadAhead() {
     if (reading_ahead_) return;
     reading_ahead_ = true;
-    socket_.async_read_some(buffer_.prepare(kReadAhead), [self = shared_from_this()](const boost::system::error_code& ec,
-                                                                                        size_t n) {
-      self->reading_ahead_ = false;
-      self->buffer_.commit(n);
-      self->OnReadAhead(ec);
-    });
+    socket_.async_read_some(buffer_.prepare(kReadAhead),
+                            [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+                              self->reading_ahead_ = false;
+                              self->buffer_.commit(n);
+                              self->OnReadAhead(ec);
+                            });
   }
 
   void OnReadAhead(const boost::system::error_code& ec) {
@@ -109,10 +110,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     parser_->header_limit(static_cast<uint32_t>(worker_.options().max_header_bytes));
     parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
     SetDeadline(worker_.options().header_timeout);
-    http::async_read_header(socket_, buffer_, *parser_,
-                            [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
-                              self->OnHeader(ec);
-                            });
+    http::async_read_header(
+        socket_, buffer_, *parser_,
+        [self = shared_from_this()](const boost::system::error_code& ec, size_t) { self->OnHeader(ec); });
   }
 
   void OnHeader(const boost::system::error_code& ec) {
@@ -126,7 +126,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (req.method() == http::verb::unknown) {
       WriteError(http::status::not_implemented,
                  ferry::StrCat("method ", std::string_view(req.method_string().data(), req.method_string().size()),
-                              " is not supported"),
+                               " is not supported"),
                  true);
       return;
     }
@@ -168,7 +168,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                  ferry::StrCat("request header block exceeds ", worker_.options().max_header_bytes, " bytes"), true);
     } else if (ec == http::error::body_limit) {
       WriteError(http::status::payload_too_large,
-                 ferry::StrCat("request body exceeds http_options.max_body_bytes (", worker_.options().max_body_bytes, " bytes)"),
+                 ferry::StrCat("request body exceeds http_options.max_body_bytes (", worker_.options().max_body_bytes,
+                               " bytes)"),
                  true);
     } else {
       WriteError(http::status::bad_request, ferry::StrCat("malformed HTTP request: ", ec.message()), true);

@@ -61,7 +61,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   void Fail(unsigned status, std::string_view message);
 
   Worker& worker_;
-  std::shared_ptr<HttpSession> session_;  // the session drops its call when done, breaking the cycle
+  std::shared_ptr<HttpSession> session_;               // the session drops its call when done, breaking the cycle
   std::shared_ptr<const router::RoutingTable> table_;  // keeps route_ alive
   const router::Route* route_;
   std::string request_id_;
@@ -102,7 +102,7 @@ class Worker {
          std::atomic<bool>* draining);
   absl::Status Listen(const tcp::endpoint& endpoint, bool reuse_port);
   uint16_t port() const;
-  void Start();  // spawns nothing: the caller runs io().run() on a thread
+  void Start();       // spawns nothing: the caller runs io().run() on a thread
   void BeginDrain();  // worker thread: stop accepting, close idle sessions
   void CloseAll();    // worker thread: close every session (queued calls leave their routers)
 

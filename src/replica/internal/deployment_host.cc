@@ -1,8 +1,8 @@
-#include "common/common.h"
 #include "replica/internal/deployment_host.h"
 
 #include <dlfcn.h>
 
+#include "common/common.h"
 #include "runtimes/runtimes.h"
 
 namespace ferry::replica {
@@ -50,18 +50,19 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
     }
     api = entry();
   }
-  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < sizeof(FerryDeploymentApi) ||
-      !api->create || !api->destroy || !api->handle) {
+  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < sizeof(FerryDeploymentApi) || !api->create ||
+      !api->destroy || !api->handle) {
     if (library) dlclose(library);
     return absl::FailedPreconditionError(ferry::StrCat("deployment ", spec.symbol, " was built for ferry ABI version ",
-                                                      api ? api->abi_version : 0, ", this ferry speaks ", FERRY_ABI_VERSION));
+                                                       api ? api->abi_version : 0, ", this ferry speaks ",
+                                                       FERRY_ABI_VERSION));
   }
   std::unique_ptr<DeploymentHost> host(new DeploymentHost(api, library));
   std::string args = spec.args.dump();
   FerryErrorSink error;
   if (api->create(&kHostApi, Str(args), &host->instance_, &error) != FERRY_OK) {
-    return absl::FailedPreconditionError(ferry::StrCat("constructor of ", spec.deployment, " failed: ",
-                                                      ErrorText(error, "no message")));
+    return absl::FailedPreconditionError(
+        ferry::StrCat("constructor of ", spec.deployment, " failed: ", ErrorText(error, "no message")));
   }
   if (!spec.user_config.is_null()) {
     absl::Status s = host->Reconfigure(spec.user_config.dump());
@@ -95,6 +96,8 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   raw.host_context = &context;
   FerryErrorSink error;
   if (api_->handle(instance_, &raw, response, &error) != FERRY_OK) {
+    FERRY_LOG(kWarning, "replica", "request ", request.request_id,
+              " failed in handle(): ", ErrorText(error, "no message"));
     *response = FerryResponseSink{};
     response->status = 500;
     response->headers.emplace_back("content-type", "application/json");

@@ -4,9 +4,8 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
-#include <ferry/abi.h>
-
 #include <atomic>
+#include <ferry/abi.h>
 #include <memory>
 #include <string>
 #include <vector>

@@ -223,7 +223,8 @@ class ReplicaServer::Impl {
     ::close(listen_fd_);
     listen_fd_ = -1;
     ::unlink(socket_path_.c_str());
-    auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
+    auto deadline =
+        Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
     while (ongoing_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     if (ongoing_.load() > 0)
       FERRY_LOG(kWarning, "replica", "graceful_shutdown_timeout_s passed with ", ongoing_.load(), " requests ongoing");
@@ -491,11 +492,12 @@ class ReplicaServer::Impl {
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;  // guarded by connections_mu_
   std::mutex queue_mu_;
   std::deque<std::shared_ptr<Task>> queue_;  // guarded by queue_mu_
-  int running_ = 0;                           // guarded by queue_mu_
+  int running_ = 0;                          // guarded by queue_mu_
   ControlThread control_;
 };
 
-ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host) : impl_(std::make_unique<Impl>(spec, host)) {}
+ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host)
+    : impl_(std::make_unique<Impl>(spec, host)) {}
 ReplicaServer::~ReplicaServer() = default;
 absl::Status ReplicaServer::Listen(const std::string& path) { return impl_->Listen(path); }
 void ReplicaServer::Run() { impl_->Run(); }

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <absl/status/status.h>
-
 #include <atomic>
 #include <memory>
 #include <string>
