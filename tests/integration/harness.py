@@ -98,6 +98,19 @@ class Ferry:
             t.join(timeout=5)
         return code
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Stops ferry gracefully; when the body passed, a graceful stop must also exit 0."""
+        try:
+            code = self.stop() if self.proc.poll() is None else self.proc.returncode
+        finally:
+            self.close()
+        if exc_type is None and code != 0:
+            raise AssertionError(f"ferry exited with {code} on SIGTERM:\n{self.stderr()[-4000:]}")
+        return False
+
     def close(self):
         if self.proc.poll() is None:
             self.proc.kill()

@@ -97,14 +97,13 @@ class RoutingTest(unittest.TestCase):
 
 class SheddingAndDeadlinesTest(unittest.TestCase):
     def test_queue_full_is_503_with_retry_after(self):
-        ferry = Ferry("""
+        with Ferry("""
 applications:
   - name: slow
     route_prefix: /slow
     deployments:
       - {name: Slow, import_path: "builtin:busy", args: {work_us: 1500000}, max_ongoing_requests: 1, max_queued_requests: 1}
-""")
-        try:
+""") as ferry:
             with cf.ThreadPoolExecutor(6) as pool:
                 futures = [pool.submit(requests.get, ferry.url("/slow"), timeout=30) for _ in range(6)]
                 results = [f.result() for f in futures]
@@ -115,20 +114,16 @@ applications:
             for r in shed:
                 self.assertEqual(r.headers["Retry-After"], "1")
                 self.assertIn("max_ongoing_requests", r.json()["error"])
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_timeout_is_504_and_cancels_the_work(self):
-        ferry = Ferry("""
+        with Ferry("""
 http_options: {request_timeout_s: 0.5}
 applications:
   - name: slow
     route_prefix: /slow
     deployments:
       - {name: Slow, import_path: "builtin:busy", max_ongoing_requests: 1}
-""")
-        try:
+""") as ferry:
             r = requests.get(ferry.url("/slow?work_us=20000000"), timeout=30)
             self.assertEqual(r.status_code, 504)
             self.assertIn("request_timeout_s", r.json()["error"])
@@ -137,19 +132,15 @@ applications:
             r = requests.get(ferry.url("/slow?work_us=1000"), timeout=30)
             self.assertEqual(r.status_code, 200, r.text)
             self.assertIn("timed out", ferry.stderr())
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_client_disconnect_cancels_the_request(self):
-        ferry = Ferry("""
+        with Ferry("""
 applications:
   - name: slow
     route_prefix: /slow
     deployments:
       - {name: Slow, import_path: "builtin:busy", max_ongoing_requests: 1}
-""")
-        try:
+""") as ferry:
             s = socket.create_connection(("127.0.0.1", ferry.port), timeout=10)
             s.sendall(b"GET /slow?work_us=30000000 HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.3)
@@ -158,22 +149,18 @@ applications:
             # No request_timeout_s here: had the work gone on, this would wait 30 s; the client gives up after 10.
             r = requests.get(ferry.url("/slow?work_us=1000"), timeout=10)
             self.assertEqual(r.status_code, 200)
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
 
 class ReplicaFailureTest(unittest.TestCase):
     def test_kill_9_under_load(self):
-        ferry = Ferry("""
+        with Ferry("""
 http_options: {request_timeout_s: 60}
 applications:
   - name: slow
     route_prefix: /slow
     deployments:
       - {name: Slow, import_path: "builtin:busy", num_replicas: 2, max_ongoing_requests: 2}
-""")
-        try:
+""") as ferry:
             pids = ferry.replica_pids()
             self.assertEqual(len(pids), 2)
             with cf.ThreadPoolExecutor(4) as pool:
@@ -206,19 +193,15 @@ applications:
                            what="a replacement replica")
             self.assertIn("killed by signal 9", ferry.stderr())
             self.assertIn("starting a replacement", ferry.stderr())
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_constructor_failure_exits_with_its_message(self):
-        ferry = Ferry("""
+        with Ferry("""
 applications:
   - name: bad
     route_prefix: /bad
     deployments:
       - {name: Broken, import_path: "builtin:busy", args: {work_us: -5}}
-""", ready=False)
-        try:
+""", ready=False) as ferry:
             code = ferry.wait_exit(30)
             self.assertNotEqual(code, 0)
             self.assertIn("args.work_us: expected a non-negative integer", ferry.stderr())
@@ -254,19 +237,15 @@ applications:
             self.assertNotIn("fine#Fine#", "\n".join(l for l in ferry.stderr().splitlines() if "health check" in l))
             r = requests.get(ferry.url("/fine"), timeout=10)
             self.assertEqual(r.status_code, 200)
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_fault_injection_knobs(self):
-        ferry = Ferry("""
+        with Ferry("""
 applications:
   - name: flaky
     route_prefix: /flaky
     deployments:
       - {name: Flaky, import_path: "builtin:echo", user_config: {error_rate: 0.5, delay_ms: 20}, max_ongoing_requests: 20}
-""")
-        try:
+""") as ferry:
             with requests.Session() as s:
                 codes = [s.get(ferry.url("/flaky"), timeout=10).status_code for _ in range(200)]
             failures = codes.count(500)
@@ -274,9 +253,6 @@ applications:
             self.assertTrue(50 <= failures <= 150, failures)  # 0.5 of 200, far outside chance at the edges
             r = requests.get(ferry.url("/flaky"), timeout=10)
             self.assertGreaterEqual(r.elapsed.total_seconds(), 0.02)
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_fail_constructor_knob(self):
         ferry = Ferry("""

@@ -49,8 +49,7 @@ applications:
         args: {{positive: [good, fast], negative: [slow]}}
         user_config: {{threshold: 1}}
 """
-        ferry = Ferry(config)
-        try:
+        with Ferry(config) as ferry:
             r = requests.post(ferry.url("/sentiment"), data="good and fast", timeout=10)
             self.assertEqual(r.status_code, 200)
             self.assertEqual(r.json(), {"label": "positive", "score": 2, "threshold": 1.0})
@@ -59,9 +58,6 @@ applications:
             self.assertEqual(r.json()["label"], "neutral")
             r = requests.get(ferry.url("/sentiment?text=slow+slow"), timeout=10)
             self.assertEqual(r.json()["label"], "negative")
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_installed_binary_serves_the_example_config(self):
         # examples/plugin/sentiment.yaml names build/libsentiment.so relative to itself.
@@ -70,13 +66,9 @@ applications:
         shutil.copy(self.library, os.path.join(work, "build/libsentiment.so"))
         config_path = os.path.join(work, "sentiment.yaml")
         shutil.copy(os.path.join(SOURCE_DIR, "examples/plugin/sentiment.yaml"), config_path)
-        ferry = Ferry(config_file=config_path, binary=self.installed_ferry)
-        try:
+        with Ferry(config_file=config_path, binary=self.installed_ferry) as ferry:
             r = requests.get(ferry.url("/sentiment?text=great+and+fast"), timeout=10)
             self.assertEqual(r.json()["label"], "positive")
-        finally:
-            self.assertEqual(ferry.stop(), 0)
-            ferry.close()
 
     def test_missing_symbol_is_a_config_error(self):
         config_dir = tempfile.mkdtemp(dir=self.tmp)
