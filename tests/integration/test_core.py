@@ -195,13 +195,14 @@ applications:
             self.assertIn("starting a replacement", ferry.stderr())
 
     def test_constructor_failure_exits_with_its_message(self):
-        with Ferry("""
+        ferry = Ferry("""
 applications:
   - name: bad
     route_prefix: /bad
     deployments:
       - {name: Broken, import_path: "builtin:busy", args: {work_us: -5}}
-""", ready=False) as ferry:
+""", ready=False)
+        try:
             code = ferry.wait_exit(30)
             self.assertNotEqual(code, 0)
             self.assertIn("args.work_us: expected a non-negative integer", ferry.stderr())
@@ -212,7 +213,7 @@ applications:
 
 class HealthCheckTest(unittest.TestCase):
     def test_unhealthy_replica_is_taken_out_and_replaced(self):
-        ferry = Ferry("""
+        with Ferry("""
 applications:
   - name: sick
     route_prefix: /sick
@@ -226,8 +227,7 @@ applications:
     route_prefix: /fine
     deployments:
       - {name: Fine, import_path: "builtin:echo", health_check_period_s: 0.1}
-""")
-        try:
+""") as ferry:
             first = set(ferry.replica_pids())
             ferry.wait_for(lambda: "failed 3 health checks in a row" in ferry.stderr(), what="a health-check replacement")
             self.assertIn("unhealthy: user_config.healthy is false", ferry.stderr())
