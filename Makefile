@@ -17,7 +17,9 @@ build: deps
 	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD)
 
-run: build
+run: deps
+	@cmake -S . -B $(BUILD) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) --target ferry
 	$(BUILD)/ferry run $(CONFIG)
 
 # The whole suite: unit and integration tests on the release build, the unit tests again under

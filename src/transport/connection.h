@@ -43,6 +43,8 @@ class FrameConnection : public std::enable_shared_from_this<FrameConnection> {
   // Forgets the handler (its owner is going away) and closes without calling it.
   void Detach();
   bool closed() const { return closed_; }
+  // True once the socket was connected (always, for the accepting side).
+  bool ever_connected() const { return connected_; }
   size_t bytes_pending() const { return pending_.size() + writing_.size(); }
 
  private:

@@ -45,6 +45,11 @@ void Call::Start(http::request<http::string_body>&& request) {
       if (!ec) self->OnDeadline();
     });
   }
+  Route();
+}
+
+void Call::Route() {
+  state_ = State::kQueued;
   router::ReplicaLease lease;
   switch (route_->router->Acquire(shared_from_this(), &lease)) {
     case router::Router::Result::kAssigned:
@@ -83,6 +88,24 @@ void Call::Dispatch(router::ReplicaLease lease) {
   stream_id_ = channel_->Send(shared_from_this(), request_, route_->route_prefix, timeout_ms);
 }
 
+void Call::OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::string_view why) {
+  if (state_ != State::kDispatched) return;
+  if (answered_ || abandoned_ || ++reroutes_ > kMaxReroutes) {
+    FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica.replica_id,
+              " unreachable (", why, ")");
+    std::string body = ErrorJson(StrCat("replica ", replica.replica_id, " unreachable: ", why), request_id_);
+    OnReplicaResponse(CallResult{502, JsonHeaders(), body});
+    return;
+  }
+  // The request never reached the replica (it died a moment ago and the controller has not taken it out
+  // of routing yet), so it is safe to send it elsewhere.
+  FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": replica ", replica.replica_id, " unreachable (", why,
+            "); routing again");
+  lease_.Release();
+  channel_.reset();
+  Route();
+}
+
 void Call::OnReplicaResponse(const CallResult& result) {
   if (state_ != State::kDispatched) return;
   state_ = State::kDone;
@@ -103,6 +126,7 @@ void Call::OnDeadline() {
 }
 
 void Call::Abandon() {
+  abandoned_ = true;
   if (state_ == State::kQueued) {
     route_->router->Cancel(this);  // when this loses a race with OnAssigned, the posted lease is dropped
     state_ = State::kDone;
@@ -210,7 +234,12 @@ void ReplicaChannel::OnClosed(const absl::Status& why) {
   auto self = shared_from_this();
   auto calls = std::move(calls_);
   calls_.clear();
+  const bool delivered = connection_->ever_connected();
   for (auto& [id, call] : calls) {
+    if (!delivered) {
+      call->OnReplicaUnreachable(*replica_, Message(why));
+      continue;
+    }
     FERRY_LOG(kWarning, "proxy", "request ", call->request_id(), " failed with 502: connection to replica ",
               replica_->replica_id, " lost (", why.message(), ")");
     std::string body =

@@ -47,14 +47,18 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   // Runs the call: takes a slot or queues, arms the deadline. Answers at once when shed.
   void Start(http::request<http::string_body>&& request);
   void OnAssigned(router::ReplicaLease lease) override;  // any thread
-  // From the channel: the replica answered, or the channel failed (status 502).
+  // From the channel: the replica answered, or the channel failed after the request was sent (502).
   void OnReplicaResponse(const CallResult& result);
+  // From the channel: the replica could not be reached, so the request was never delivered.
+  void OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::string_view why);
   // The client went away: stop the work, answer nobody.
   void Abandon();
   const std::string& request_id() const { return request_id_; }
   State state() const { return state_; }
 
  private:
+  static constexpr int kMaxReroutes = 3;
+  void Route();
   void Dispatch(router::ReplicaLease lease);
   void OnDeadline();
   void Answer(const CallResult& result);
@@ -72,6 +76,8 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   bool answered_ = false;
   std::shared_ptr<ReplicaChannel> channel_;
   uint64_t stream_id_ = 0;
+  int reroutes_ = 0;
+  bool abandoned_ = false;  // timed out or the client left: never routed again
 };
 
 // This worker's frame connection to one replica; many calls in flight on it.

@@ -1,8 +1,9 @@
 // The replica's frame server. Built for the shortest path from a request frame to its answer: a pool of
-// threads shares one epoll set; the thread that reads a connection's bytes re-arms the connection for the
-// next reader, keeps one request to run itself (no hand-off to another thread), and queues any others for
-// idle threads. Answers are written by group commit: a writer appends its frame; whoever finds no flush
-// in progress writes everything pending in one syscall.
+// max_ongoing_requests + 1 threads shares one epoll set; the thread that reads a connection's bytes re-arms
+// the connection for the next reader, keeps one request to run itself (no hand-off to another thread), and
+// queues any others for idle threads. At most max_ongoing_requests run at once, so one thread is always
+// free to read (cancels above all). Answers are written by group commit: a writer appends its frame;
+// whoever finds no flush in progress writes everything pending in one syscall.
 // Thread-safe: Run() blocks the calling thread; RequestStop() may be called from any thread.
 #pragma once
 
