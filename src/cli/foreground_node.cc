@@ -58,14 +58,19 @@ class ForegroundNode {
   absl::Status Create(const ForegroundOptions& options, router::RoutingTableCell* routing) {
     controller::ControllerCallbacks callbacks;
     callbacks.on_progress = [](const std::string& line) { std::cout << "ferry: starting " << line << std::endl; };
-    callbacks.on_all_ready = [this] { OnAllReady(); };
-    callbacks.on_deploy_failed = [this](const std::string& deployment, const std::string& message) {
+    callbacks.on_all_ready = [this] {
+      if (!serving_) OnAllReady();
+    };
+    callbacks.on_start_failure = [this](const std::string& deployment, const std::string& message) {
+      // At start-up a deployment that cannot start fails the run; once serving, the controller retries.
+      if (serving_ || failed_) return;
+      failed_ = true;
       std::cerr << "ferry: deployment " << deployment << " failed to start: " << message << std::endl;
       exit_code_ = 1;
       control_->Shutdown([this] { io_.stop(); });
     };
     absl::StatusOr<std::unique_ptr<controller::Controller>> created =
-        controller::Controller::Create(io_, config_, options.ferry_binary, options.run_dir, routing, callbacks);
+        controller::Controller::Create(io_, options.ferry_binary, options.run_dir, routing, nullptr, callbacks);
     if (!created.ok()) return created.status();
     control_ = std::move(*created);
     return absl::OkStatus();
@@ -73,7 +78,12 @@ class ForegroundNode {
 
   int Run() {
     WaitForSignal();
-    control_->Deploy();
+    control_->Start();
+    absl::Status applied = control_->Apply(config_);
+    if (!applied.ok()) {
+      std::cerr << "ferry: " << Message(applied) << std::endl;
+      return 1;
+    }
     io_.run();
     return exit_code_;
   }
@@ -135,6 +145,7 @@ class ForegroundNode {
   std::thread drainer_;
   std::atomic<bool> serving_{false};
   bool stopping_ = false;
+  bool failed_ = false;
   int exit_code_ = 0;
 };
 

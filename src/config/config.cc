@@ -254,6 +254,8 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   ReadNumber(map, "health_check_period_s", 0, errors, &d.health_check_period_s);
   ReadNumber(map, "health_check_timeout_s", 0, errors, &d.health_check_timeout_s);
   ReadNumber(map, "graceful_shutdown_timeout_s", 0, errors, &d.graceful_shutdown_timeout_s);
+  ReadInt(map, "max_constructor_retry_count", 1, 1000000, errors, &d.max_constructor_retry_count);
+  ReadNumber(map, "startup_timeout_s", 0, errors, &d.startup_timeout_s);
   map.RejectUnknown();
   return d;
 }
@@ -348,6 +350,20 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     ReadInt(hmap, "num_threads", 0, 256, errors, &h.num_threads);
     hmap.RejectUnknown();
   }
+  YAML::Node admin = top.Get("admin");
+  MapReader amap(admin, "admin", errors);
+  if (admin.IsDefined() && amap.ok()) {
+    AdminOptions& a = config.admin;
+    ReadString(amap, "host", errors, &a.host);
+    ReadInt(amap, "port", 0, 65535, errors, &a.port);
+    ReadString(amap, "auth_token", errors, &a.auth_token);
+    ReadString(amap, "auth_token_file", errors, &a.auth_token_file);
+    amap.RejectUnknown();
+    if (!a.auth_token_file.empty() && std::filesystem::path(a.auth_token_file).is_relative())
+      a.auth_token_file = (std::filesystem::path(base_dir) / a.auth_token_file).lexically_normal().string();
+    if (!a.auth_token.empty() && !a.auth_token_file.empty())
+      errors.Add(admin.Mark(), "admin", "set auth_token or auth_token_file, not both");
+  }
   YAML::Node apps = top.Get("applications");
   if (!apps.IsDefined() || !apps.IsSequence() || apps.size() == 0) {
     errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications",
@@ -417,37 +433,60 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
   return absl::OkStatus();
 }
 
+std::string DeploymentConfig::ResolvedImportPath() const {
+  return kind == Kind::kPlugin ? StrCat(plugin_path, ":", symbol) : import_path;
+}
+
+bool AdminOptions::IsLoopback() const { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
+
+absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin) {
+  if (!admin.auth_token.empty()) return admin.auth_token;
+  if (admin.auth_token_file.empty()) return std::string();
+  std::ifstream in(admin.auth_token_file);
+  std::string token;
+  if (!in || !std::getline(in, token))
+    return absl::NotFoundError(StrCat("admin.auth_token_file: cannot read ", admin.auth_token_file));
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) return absl::InvalidArgumentError(StrCat("admin.auth_token_file: ", admin.auth_token_file, " is empty"));
+  return token;
+}
+
+json ToJson(const HttpOptions& h) {
+  json out = {{"host", h.host},
+              {"port", h.port},
+              {"keep_alive_timeout_s", h.keep_alive_timeout_s},
+              {"header_timeout_s", h.header_timeout_s},
+              {"max_body_bytes", h.max_body_bytes},
+              {"num_threads", h.num_threads}};
+  out["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
+  return out;
+}
+
+json ToJson(const ApplicationConfig& app) {
+  json a = {{"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
+  for (const auto& d : app.deployments) {
+    a["deployments"].push_back({{"name", d.name},
+                                {"import_path", d.ResolvedImportPath()},
+                                {"args", d.args},
+                                {"num_replicas", d.num_replicas},
+                                {"max_ongoing_requests", d.max_ongoing_requests},
+                                {"max_queued_requests", d.max_queued_requests},
+                                {"user_config", d.user_config},
+                                {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
+                                {"health_check_period_s", d.health_check_period_s},
+                                {"health_check_timeout_s", d.health_check_timeout_s},
+                                {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
+                                {"max_constructor_retry_count", d.max_constructor_retry_count},
+                                {"startup_timeout_s", d.startup_timeout_s}});
+  }
+  return a;
+}
+
 json ToJson(const Config& config) {
   json out;
-  const HttpOptions& h = config.http_options;
-  out["http_options"] = {{"host", h.host},
-                         {"port", h.port},
-                         {"keep_alive_timeout_s", h.keep_alive_timeout_s},
-                         {"header_timeout_s", h.header_timeout_s},
-                         {"max_body_bytes", h.max_body_bytes}};
-  out["http_options"]["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
+  out["http_options"] = ToJson(config.http_options);
   out["applications"] = json::array();
-  for (const auto& app : config.applications) {
-    json a = {{"name", app.name},
-              {"route_prefix", app.route_prefix},
-              {"ingress", app.ingress},
-              {"deployments", json::array()}};
-    for (const auto& d : app.deployments) {
-      a["deployments"].push_back(
-          {{"name", d.name},
-           {"import_path", d.import_path},
-           {"args", d.args},
-           {"num_replicas", d.num_replicas},
-           {"max_ongoing_requests", d.max_ongoing_requests},
-           {"max_queued_requests", d.max_queued_requests},
-           {"user_config", d.user_config},
-           {"resources", {{"num_cpus", d.resources.num_cpus}, {"num_gpus", d.resources.num_gpus}}},
-           {"health_check_period_s", d.health_check_period_s},
-           {"health_check_timeout_s", d.health_check_timeout_s},
-           {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s}});
-    }
-    out["applications"].push_back(std::move(a));
-  }
+  for (const auto& app : config.applications) out["applications"].push_back(ToJson(app));
   return out;
 }
 

@@ -36,6 +36,11 @@ struct DeploymentConfig {
   double health_check_period_s = 10;
   double health_check_timeout_s = 30;
   double graceful_shutdown_timeout_s = 20;
+  int max_constructor_retry_count = 20;  // start failures in a row before the version is DEPLOY_FAILED
+  double startup_timeout_s = 300;        // ferry: a replica not ready by then counts as a failed start
+
+  // The import path with a plugin's library resolved to its absolute path.
+  std::string ResolvedImportPath() const;
 };
 
 struct ApplicationConfig {
@@ -57,9 +62,21 @@ struct HttpOptions {
   int num_threads = 0;  // ferry: proxy I/O threads; 0 = one per core
 };
 
+// The admin API (ferry deploy/status/config/shutdown talk to it). Deploying is running code, so binding
+// it anywhere but loopback requires a bearer token.
+struct AdminOptions {
+  std::string host = "127.0.0.1";
+  int port = 8265;
+  std::string auth_token;       // literal token
+  std::string auth_token_file;  // or a file holding it (first line)
+
+  bool IsLoopback() const;
+};
+
 struct Config {
   std::string source_path;  // the file it came from, for messages
   HttpOptions http_options;
+  AdminOptions admin;
   std::vector<ApplicationConfig> applications;
 };
 
@@ -84,7 +101,13 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ValidationH
 // child process so that a broken library cannot take this process down. Call before starting threads.
 absl::Status CheckPluginInChildProcess(const std::string& path, const std::string& symbol);
 
-// The config as JSON (the shape of the YAML), for status output.
+// The config as JSON (the shape of the YAML, plugin paths absolute). ParseConfig reads it back to an
+// equal config, which is how the controller stores and restores what it applied.
 nlohmann::json ToJson(const Config& config);
+nlohmann::json ToJson(const ApplicationConfig& app);
+nlohmann::json ToJson(const HttpOptions& http);
+
+// Reads the token of `admin` (auth_token, or the first line of auth_token_file). Empty when neither is set.
+absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin);
 
 }  // namespace ferry::config

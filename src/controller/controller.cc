@@ -1,262 +1,358 @@
+// The controller's API half: applying configs, history and rollback, persistence, status.
 #include "controller/controller.h"
 
-#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <fstream>
+#include <set>
+#include <sstream>
 
 #include "common/common.h"
+#include "controller/internal/state.h"
 
 namespace ferry::controller {
 
 namespace asio = boost::asio;
+using nlohmann::json;
 
-const char* ReplicaStateName(ReplicaState state) {
-  switch (state) {
-    case ReplicaState::kStarting:
-      return "STARTING";
-    case ReplicaState::kRunning:
-      return "RUNNING";
-    case ReplicaState::kStopping:
-      return "STOPPING";
+const char* ApplicationStatusName(ApplicationStatus status) {
+  switch (status) {
+    case ApplicationStatus::kNotStarted: return "NOT_STARTED";
+    case ApplicationStatus::kDeploying: return "DEPLOYING";
+    case ApplicationStatus::kRunning: return "RUNNING";
+    case ApplicationStatus::kDeployFailed: return "DEPLOY_FAILED";
+    case ApplicationStatus::kUnhealthy: return "UNHEALTHY";
+    case ApplicationStatus::kDeleting: return "DELETING";
   }
   return "?";
 }
 
-absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context& io, const config::Config& config,
-                                                               std::string ferry_binary, std::string run_dir,
-                                                               router::RoutingTableCell* routing,
-                                                               ControllerCallbacks callbacks) {
-  std::unique_ptr<Controller> c(new Controller(io, config, routing, std::move(callbacks)));
+const char* DeploymentStatusName(DeploymentStatus status) {
+  switch (status) {
+    case DeploymentStatus::kUpdating: return "UPDATING";
+    case DeploymentStatus::kHealthy: return "HEALTHY";
+    case DeploymentStatus::kUnhealthy: return "UNHEALTHY";
+    case DeploymentStatus::kUpscaling: return "UPSCALING";
+    case DeploymentStatus::kDownscaling: return "DOWNSCALING";
+    case DeploymentStatus::kDeployFailed: return "DEPLOY_FAILED";
+  }
+  return "?";
+}
+
+const char* ReplicaStateName(ReplicaState state) {
+  switch (state) {
+    case ReplicaState::kStarting: return "STARTING";
+    case ReplicaState::kUpdating: return "UPDATING";
+    case ReplicaState::kRecovering: return "RECOVERING";
+    case ReplicaState::kRunning: return "RUNNING";
+    case ReplicaState::kStopping: return "STOPPING";
+  }
+  return "?";
+}
+
+namespace {
+
+uint64_t Fnv1a(uint64_t h, std::string_view bytes) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string Hex(uint64_t v) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<size_t>(i)] = kDigits[v & 0xf];
+  return out;
+}
+
+bool SameDeployment(const config::DeploymentConfig& a, const config::DeploymentConfig& b) {
+  config::ApplicationConfig x, y;
+  x.deployments = {a};
+  y.deployments = {b};
+  return config::ToJson(x) == config::ToJson(y);
+}
+
+}  // namespace
+
+std::string DeploymentVersion(const config::DeploymentConfig& d) {
+  uint64_t h = 1469598103934665603ull;
+  h = Fnv1a(h, d.ResolvedImportPath());
+  h = Fnv1a(h, d.args.dump());
+  h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
+  if (d.kind == config::DeploymentConfig::Kind::kPlugin) {
+    // The library's contents: rebuilding a plugin in place is a new version too.
+    std::ifstream in(d.plugin_path, std::ios::binary);
+    char buf[1 << 16];
+    while (in.read(buf, sizeof(buf)) || in.gcount() > 0) h = Fnv1a(h, std::string_view(buf, static_cast<size_t>(in.gcount())));
+  }
+  return Hex(h).substr(0, 12);
+}
+
+absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context& io, std::string ferry_binary,
+                                                               std::string run_dir, router::RoutingTableCell* routing,
+                                                               StateStore* store, ControllerCallbacks callbacks,
+                                                               ControllerOptions options) {
+  std::unique_ptr<Controller> c(new Controller(io, routing, store, std::move(callbacks), options));
   absl::StatusOr<std::unique_ptr<node::NodeAgent>> agent =
       node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), c.get());
   if (!agent.ok()) return agent.status();
-  c->agent_ = std::move(*agent);
+  c->launcher_ = std::move(*agent);
   return c;
 }
 
-Controller::Controller(asio::io_context& io, const config::Config& config, router::RoutingTableCell* routing,
-                       ControllerCallbacks callbacks)
-    : io_(io), config_(config), routing_(routing), callbacks_(std::move(callbacks)) {}
+std::unique_ptr<Controller> Controller::CreateWithLauncher(asio::io_context& io, const LauncherFactory& make_launcher,
+                                                           router::RoutingTableCell* routing, StateStore* store,
+                                                           ControllerCallbacks callbacks, ControllerOptions options) {
+  std::unique_ptr<Controller> c(new Controller(io, routing, store, std::move(callbacks), options));
+  c->launcher_ = make_launcher(c.get());
+  return c;
+}
+
+Controller::Controller(asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
+                       ControllerCallbacks callbacks, ControllerOptions options)
+    : io_(io),
+      routing_(routing),
+      store_(store),
+      callbacks_(std::move(callbacks)),
+      options_(options),
+      tick_timer_(io) {}
 
 Controller::~Controller() {
-  if (agent_) agent_->KillAll();
+  if (launcher_) launcher_->KillAll();
 }
 
-void Controller::Deploy() {
-  std::vector<router::Route> routes;
-  for (const auto& app : config_.applications) {
-    for (const auto& dc : app.deployments) {
-      auto d = std::make_unique<Deployment>();
-      d->application = app.name;
-      d->config = dc;
-      d->router = router::Router::Create(dc.name, dc.max_ongoing_requests, dc.max_queued_requests);
-      if (dc.name == app.ingress) routes.push_back({app.route_prefix, app.name, dc.name, d->router});
-      deployments_[ferry::StrCat(app.name, "/", dc.name)] = std::move(d);
-    }
-  }
-  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes)));
-  for (auto& [name, d] : deployments_) {
-    ReportProgress(*d);
-    Reconcile(*d);
-  }
-  if (!failed_ && !all_ready_reported_) {
-    bool ready = std::all_of(deployments_.begin(), deployments_.end(),
-                             [](const auto& e) { return e.second->config.num_replicas == 0; });
-    if (ready) {
-      all_ready_reported_ = true;
-      if (callbacks_.on_all_ready) callbacks_.on_all_ready();
-    }
-  }
-}
-
-void Controller::Reconcile(Deployment& d) {
-  if (shutting_down_ || failed_ || (d.backoff && d.backoff->expiry() > std::chrono::steady_clock::now())) return;
-  int live = 0;
-  for (const auto& [id, r] : d.replicas)
-    if (r.state != ReplicaState::kStopping) ++live;
-  for (int i = live; i < d.config.num_replicas; ++i) StartReplica(d);
-}
-
-void Controller::StartReplica(Deployment& d) {
-  replica::ReplicaSpec spec;
-  spec.replica_id = ferry::StrCat(d.application, "#", d.config.name, "#", NewShortId(8));
-  spec.application = d.application;
-  spec.deployment = d.config.name;
-  spec.import_path = d.config.import_path;
-  spec.builtin = d.config.kind == config::DeploymentConfig::Kind::kBuiltin;
-  spec.plugin_path = d.config.plugin_path;
-  spec.symbol = d.config.symbol;
-  spec.args = d.config.args;
-  spec.user_config = d.config.user_config;
-  spec.max_ongoing_requests = d.config.max_ongoing_requests;
-  spec.num_cpus = d.config.resources.num_cpus;
-  spec.graceful_shutdown_timeout_s = d.config.graceful_shutdown_timeout_s;
-  absl::Status s = agent_->StartReplica(spec);
-  if (!s.ok()) {
-    FERRY_LOG(kError, "controller", "cannot start a replica of ", d.config.name, ": ", s.message());
-    if (!d.ever_ready) {
-      failed_ = true;
-      if (callbacks_.on_deploy_failed) callbacks_.on_deploy_failed(d.config.name, std::string(s.message()));
-    }
-    return;
-  }
-  Replica r;
-  r.id = spec.replica_id;
-  r.started = std::chrono::steady_clock::now();
-  d.replicas[r.id] = r;
-  by_replica_[r.id] = &d;
-}
-
-Controller::Deployment* Controller::FindByReplica(const std::string& replica_id) {
-  auto it = by_replica_.find(replica_id);
-  return it == by_replica_.end() ? nullptr : it->second;
-}
-
-void Controller::ReportProgress(const Deployment& d) {
-  if (!callbacks_.on_progress || all_ready_reported_) return;
-  int ready = 0;
-  for (const auto& [id, r] : d.replicas)
-    if (r.state == ReplicaState::kRunning) ++ready;
-  callbacks_.on_progress(
-      ferry::StrCat(d.application, "/", d.config.name, ": ", ready, "/", d.config.num_replicas, " replicas ready"));
-}
-
-void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) {
-  Deployment* d = FindByReplica(replica_id);
-  if (!d) return;
-  Replica& r = d->replicas[replica_id];
-  if (shutting_down_) return;
-  r.state = ReplicaState::kRunning;
-  auto endpoint = std::make_shared<router::ReplicaEndpoint>();
-  endpoint->replica_id = replica_id;
-  endpoint->socket_path = socket_path;
-  endpoint->key = next_key_++;
-  r.endpoint = endpoint;
-  d->router->AddReplica(endpoint);
-  r.health = std::make_shared<HealthChecker>(
-      io_, replica_id, socket_path,
-      std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_period_s * 1000)),
-      std::chrono::milliseconds(static_cast<int64_t>(d->config.health_check_timeout_s * 1000)),
-      [this](const std::string& id, const std::string& message) { OnUnhealthy(id, message); });
-  r.health->Start();
-  d->ever_ready = true;
-  FERRY_LOG(kInfo, "controller", "replica ", replica_id, " (pid ", pid, ") is RUNNING");
-  ReportProgress(*d);
-  if (!all_ready_reported_) {
-    bool all = true;
-    for (const auto& [name, dep] : deployments_) {
-      int running = 0;
-      for (const auto& [id, rep] : dep->replicas)
-        if (rep.state == ReplicaState::kRunning) ++running;
-      if (running < dep->config.num_replicas) all = false;
-    }
-    if (all) {
-      all_ready_reported_ = true;
-      if (callbacks_.on_all_ready) callbacks_.on_all_ready();
-    }
-  }
-}
-
-void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) {
-  Deployment* d = FindByReplica(replica_id);
-  if (!d) return;
-  auto it = d->replicas.find(replica_id);
-  if (it != d->replicas.end()) {
-    if (it->second.endpoint) d->router->RemoveReplica(it->second.endpoint->key);
-    if (it->second.health) {
-      d->health_check_failures += it->second.health->total_failures();
-      it->second.health->Stop();
-    }
-    bool long_lived = std::chrono::steady_clock::now() - it->second.started > std::chrono::seconds(10);
-    d->replicas.erase(it);
-    if (long_lived) d->consecutive_failures = 0;
-  }
-  by_replica_.erase(replica_id);
-  if (shutting_down_) {
-    CheckShutdownDone();
-    return;
-  }
-  if (!all_ready_reported_ && !was_ready) {
-    // During start-up a deployment that cannot construct fails the deploy, as it would forever.
-    if (!failed_) {
-      failed_ = true;
-      if (callbacks_.on_deploy_failed)
-        callbacks_.on_deploy_failed(ferry::StrCat(d->application, "/", d->config.name), message);
-    }
-    return;
-  }
-  FERRY_LOG(kWarning, "controller", "replica ", replica_id, " ", was_ready ? "died: " : "failed to start: ", message,
-            "; starting a replacement");
-  ++d->restarts;
-  ++d->consecutive_failures;
-  // Backoff: 0 for the first replacement, then 100 ms doubling up to 10 s.
-  int n = d->consecutive_failures - 1;
-  auto delay = std::chrono::milliseconds(n <= 0 ? 0 : std::min<int64_t>(10000, 100ll << std::min(n - 1, 10)));
-  d->backoff = std::make_unique<asio::steady_timer>(io_, delay);
-  d->backoff->async_wait([this, d](const boost::system::error_code& ec) {
+void Controller::Start() {
+  tick_timer_.expires_after(options_.tick);
+  tick_timer_.async_wait([this](const boost::system::error_code& ec) {
     if (ec) return;
-    d->backoff.reset();
-    Reconcile(*d);
+    Tick();
+    Start();
   });
 }
 
-void Controller::OnUnhealthy(const std::string& replica_id, const std::string& message) {
-  Deployment* d = FindByReplica(replica_id);
-  if (!d || shutting_down_) return;
-  auto it = d->replicas.find(replica_id);
-  if (it == d->replicas.end() || it->second.state != ReplicaState::kRunning) return;
-  FERRY_LOG(kWarning, "controller", "replica ", replica_id, " failed ", HealthChecker::kFailuresToReplace,
-            " health checks in a row (", message, "); taking it out of routing and replacing it");
-  // Out of routing now; requests already on it may finish during its graceful shutdown. Its exit starts
-  // the replacement through OnReplicaExited.
-  d->router->RemoveReplica(it->second.endpoint->key);
-  it->second.state = ReplicaState::kStopping;
-  agent_->StopReplica(replica_id,
-                      std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000)));
+void Controller::ScheduleTick() {
+  if (tick_scheduled_) return;
+  tick_scheduled_ = true;
+  asio::post(io_, [this] {
+    tick_scheduled_ = false;
+    Tick();
+  });
 }
 
-void Controller::Shutdown(std::function<void()> done) {
-  shutting_down_ = true;
-  shutdown_done_ = std::move(done);
-  for (auto& [name, d] : deployments_) {
-    if (d->backoff) d->backoff->cancel();
-    auto timeout = std::chrono::milliseconds(static_cast<int64_t>(d->config.graceful_shutdown_timeout_s * 1000));
-    for (auto& [id, r] : d->replicas) {
-      if (r.endpoint) d->router->RemoveReplica(r.endpoint->key);
-      if (r.health) r.health->Stop();
-      r.state = ReplicaState::kStopping;
-      agent_->StopReplica(id, timeout);
+absl::Status Controller::Apply(const config::Config& config) { return ApplyInternal(config, false, true); }
+
+absl::Status Controller::ApplyInternal(const config::Config& config, bool recovering, bool record_history) {
+  if (shutting_down_) return absl::UnavailableError("the node is shutting down");
+  const double now_s = WallSeconds();
+  std::set<std::string> wanted_apps, wanted_deployments;
+  bool changed = false;
+  for (const auto& app_config : config.applications) {
+    wanted_apps.insert(app_config.name);
+    auto& app = apps_[app_config.name];
+    json new_json = config::ToJson(app_config);
+    if (app && !app->deleting && config::ToJson(app->config) == new_json) {
+      for (const auto& d : app_config.deployments) wanted_deployments.insert(StrCat(app_config.name, "/", d.name));
+      continue;  // unchanged: applying the same config twice changes nothing
+    }
+    changed = true;
+    if (app && !app->deleting && record_history) {
+      auto& h = history_[app_config.name];
+      h.push_back({app->last_deployed_time_s, config::ToJson(app->config)});
+      while (h.size() > options_.history_per_application) h.pop_front();
+    }
+    if (!app) app = std::make_unique<Application>();
+    app->config = app_config;
+    app->deleting = false;
+    app->last_deployed_time_s = now_s;
+    app->message.clear();
+    for (const auto& dc : app_config.deployments) {
+      std::string key = StrCat(app_config.name, "/", dc.name);
+      wanted_deployments.insert(key);
+      auto& d = deployments_[key];
+      std::string version = DeploymentVersion(dc);
+      if (!d) {
+        d = std::make_unique<Deployment>();
+        d->application = app_config.name;
+        d->key = key;
+        d->router = router::Router::Create(dc.name, dc.max_ongoing_requests, dc.max_queued_requests);
+        d->recovering = recovering;
+      }
+      if (d->deleting || d->version != version || !SameDeployment(d->target, dc)) {
+        if (d->version != version) {
+          d->start_failures = 0;
+          d->version_failed = false;
+          d->message.clear();
+        }
+        d->deleting = false;
+        d->version = version;
+        d->reached_target = false;
+      }
+      d->target = dc;
+      d->router->SetLimits(dc.max_ongoing_requests, dc.max_queued_requests);
+    }
+    FERRY_LOG(kInfo, "controller", recovering ? "recovering" : "deploying", " application ", app_config.name);
+  }
+  for (auto& [name, app] : apps_) {
+    if (!wanted_apps.count(name) && !app->deleting) {
+      app->deleting = true;
+      changed = true;
+      FERRY_LOG(kInfo, "controller", "deleting application ", name);
     }
   }
-  CheckShutdownDone();
+  for (auto& [key, d] : deployments_) {
+    if (!wanted_deployments.count(key) && !d->deleting) {
+      d->deleting = true;
+      changed = true;
+    }
+  }
+  applied_ = config;
+  if (changed) waiting_all_ready_ = true;
+  PublishRoutes();
+  absl::Status saved = Persist();
+  ScheduleTick();
+  return saved;
 }
 
-void Controller::CheckShutdownDone() {
-  if (!shutdown_done_ || agent_->live_replicas() > 0) return;
-  auto done = std::move(shutdown_done_);
-  shutdown_done_ = nullptr;
-  done();
+absl::Status Controller::Restore() {
+  if (!store_) return absl::OkStatus();
+  absl::StatusOr<std::optional<std::string>> text = store_->Load();
+  if (!text.ok()) return text.status();
+  if (!*text) return absl::OkStatus();
+  json state = json::parse(**text, nullptr, false);
+  if (!state.is_object()) return absl::DataLossError("controller state is not JSON");
+  if (state.contains("history") && state["history"].is_object()) {
+    for (auto& [app, entries] : state["history"].items()) {
+      for (auto& e : entries) history_[app].push_back({e.value("time_s", 0.0), e.value("config", json())});
+    }
+  }
+  if (!state.contains("config") || state["config"].is_null()) return absl::OkStatus();
+  absl::StatusOr<config::Config> config = config::ParseConfig(state["config"].dump(), "controller state", "/");
+  if (!config.ok()) return absl::DataLossError(StrCat("stored config no longer loads: ", Message(config.status())));
+  FERRY_LOG(kInfo, "controller", "restoring ", config->applications.size(), " applications from the state store");
+  return ApplyInternal(*config, true, false);
 }
 
-int Controller::restarts(const std::string& application, const std::string& deployment) const {
-  auto it = deployments_.find(ferry::StrCat(application, "/", deployment));
-  return it == deployments_.end() ? 0 : it->second->restarts;
+absl::Status Controller::Rollback(const std::string& application) {
+  auto app = apps_.find(application);
+  if (app == apps_.end() || app->second->deleting)
+    return absl::NotFoundError(StrCat("no application named \"", application, "\""));
+  auto h = history_.find(application);
+  if (h == history_.end() || h->second.empty())
+    return absl::FailedPreconditionError(StrCat("application \"", application, "\" has no previous config"));
+  json doc = config::ToJson(*applied_);
+  json previous = h->second.back().config;
+  for (auto& a : doc["applications"])
+    if (a["name"] == application) a = previous;
+  absl::StatusOr<config::Config> config = config::ParseConfig(doc.dump(), "history", "/");
+  if (!config.ok()) return absl::FailedPreconditionError(StrCat("previous config no longer loads: ", Message(config.status())));
+  config->http_options = applied_->http_options;
+  config->admin = applied_->admin;
+  h->second.pop_back();  // the version rolled back from is not kept: rolling back again goes further back
+  FERRY_LOG(kInfo, "controller", "rolling application ", application, " back to its config of ", previous.dump().size(), " bytes");
+  return ApplyInternal(*config, false, false);
 }
 
-int Controller::health_check_failures(const std::string& application, const std::string& deployment) const {
-  auto it = deployments_.find(StrCat(application, "/", deployment));
-  if (it == deployments_.end()) return 0;
-  int n = it->second->health_check_failures;
-  for (const auto& [id, r] : it->second->replicas)
-    if (r.health) n += r.health->total_failures();
-  return n;
+absl::Status Controller::DeleteAll() {
+  config::Config empty;
+  if (applied_) {
+    empty.http_options = applied_->http_options;
+    empty.admin = applied_->admin;
+  }
+  return ApplyInternal(empty, false, true);
 }
 
-int Controller::running_replicas(const std::string& application, const std::string& deployment) const {
-  auto it = deployments_.find(ferry::StrCat(application, "/", deployment));
-  if (it == deployments_.end()) return 0;
-  int n = 0;
-  for (const auto& [id, r] : it->second->replicas)
-    if (r.state == ReplicaState::kRunning) ++n;
-  return n;
+void Controller::PublishRoutes() {
+  std::vector<router::Route> routes;
+  for (const auto& [name, app] : apps_) {
+    if (app->deleting) continue;
+    auto d = deployments_.find(StrCat(name, "/", app->config.ingress));
+    if (d == deployments_.end()) continue;
+    routes.push_back({app->config.route_prefix, name, app->config.ingress, d->second->router});
+  }
+  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes)));
+}
+
+absl::Status Controller::Persist() {
+  if (!store_) return absl::OkStatus();
+  json state = {{"version", 1}};
+  if (applied_) {
+    config::Config without_deleted = *applied_;
+    state["config"] = config::ToJson(without_deleted);
+  } else {
+    state["config"] = nullptr;
+  }
+  json history = json::object();
+  for (const auto& [app, entries] : history_) {
+    json list = json::array();
+    for (const auto& e : entries) list.push_back({{"time_s", e.time_s}, {"config", e.config}});
+    history[app] = std::move(list);
+  }
+  state["history"] = std::move(history);
+  absl::Status s = store_->Save(state.dump(1));
+  if (!s.ok()) FERRY_LOG(kError, "controller", "cannot save the controller state: ", Message(s));
+  return s;
+}
+
+ApplicationStatus Controller::application_status(const std::string& application) const {
+  auto it = apps_.find(application);
+  return it == apps_.end() ? ApplicationStatus::kNotStarted : it->second->status;
+}
+
+json Controller::StatusJson() const {
+  json apps = json::object();
+  for (const auto& [name, app] : apps_) {
+    json deployments = json::object();
+    for (const auto& dc : app->config.deployments) {
+      auto it = deployments_.find(StrCat(name, "/", dc.name));
+      if (it == deployments_.end()) continue;
+      const Deployment& d = *it->second;
+      json replicas = json::array();
+      json counts = json::object();
+      for (const auto& [id, r] : d.replicas) {
+        replicas.push_back({{"replica_id", id},
+                            {"state", ReplicaStateName(r.state)},
+                            {"pid", r.pid > 0 ? json(r.pid) : json(nullptr)},
+                            {"start_time_s", r.start_time_s},
+                            {"version", r.version}});
+        counts[ReplicaStateName(r.state)] = counts.value(ReplicaStateName(r.state), 0) + 1;
+      }
+      router::RouterStats stats = d.router->Stats();
+      deployments[dc.name] = {{"name", dc.name},
+                              {"status", DeploymentStatusName(d.status)},
+                              {"message", d.message},
+                              {"version", d.version},
+                              {"target_num_replicas", d.target.num_replicas},
+                              {"replica_states", counts},
+                              {"replicas", replicas},
+                              {"restarts", d.restarts},
+                              {"health_check_failures", d.health_check_failures},
+                              {"ongoing_requests", stats.ongoing},
+                              {"queued_requests", stats.queued}};
+    }
+    apps[name] = {{"name", name},
+                  {"route_prefix", app->config.route_prefix},
+                  {"status", ApplicationStatusName(app->status)},
+                  {"message", app->message},
+                  {"last_deployed_time_s", app->last_deployed_time_s},
+                  {"deployed_app_config", config::ToJson(app->config)},
+                  {"deployments", deployments}};
+  }
+  json out = {{"controller_info", {{"node_id", "local"}, {"pid", getpid()}}},
+              {"proxies", {{"local", "HEALTHY"}}},
+              {"applications", apps}};
+  if (applied_) out["http_options"] = config::ToJson(applied_->http_options);
+  return out;
+}
+
+json Controller::HistoryJson() const {
+  json out = json::object();
+  for (const auto& [app, entries] : history_) {
+    json list = json::array();
+    for (const auto& e : entries) list.push_back({{"deployed_time_s", e.time_s}, {"config", e.config}});
+    out[app] = std::move(list);
+  }
+  return out;
 }
 
 }  // namespace ferry::controller

@@ -1,97 +1,142 @@
 // The controller: holds the desired state (the applied config), compares it with the replicas the node
-// agent reports, and acts: starts missing replicas, replaces dead ones with backoff, stops them on
-// shutdown. It publishes the routing table the data plane reads and adds replicas to their deployment's
-// router when they get ready. Not thread-safe: every call, and every callback, on its io_context.
+// agent reports on every tick, and acts to converge: starts missing replicas, rolls deployments to new
+// versions (new replicas pass check_health before old ones stop taking traffic and drain), applies
+// num_replicas, max_ongoing_requests and user_config in place, replaces replicas that crash or fail health
+// checks, and deletes what left the config. It publishes the routing table the data plane reads, so the
+// data plane keeps serving on the last table whatever the controller is doing.
+// Not thread-safe: every call, and every callback, on its io_context's thread.
 #pragma once
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
+
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "config/config.h"
-#include "controller/internal/health_checker.h"
+#include "controller/state_store.h"
 #include "node/node_agent.h"
 #include "router/routing_table.h"
 
 namespace ferry::controller {
 
+// Statuses as Ray Serve names them.
+enum class ApplicationStatus { kNotStarted, kDeploying, kRunning, kDeployFailed, kUnhealthy, kDeleting };
+enum class DeploymentStatus { kUpdating, kHealthy, kUnhealthy, kUpscaling, kDownscaling, kDeployFailed };
+enum class ReplicaState { kStarting, kUpdating, kRecovering, kRunning, kStopping };
+const char* ApplicationStatusName(ApplicationStatus status);
+const char* DeploymentStatusName(DeploymentStatus status);
+const char* ReplicaStateName(ReplicaState state);
+
 struct ControllerCallbacks {
   // Start-up progress, one line such as "echo/Echo: 1/2 replicas ready".
   std::function<void(const std::string& line)> on_progress;
-  // Every replica of every deployment is ready for the first time.
+  // Every deployment of the applied config reached its target (once per Apply that changed something).
   std::function<void()> on_all_ready;
-  // A deployment could not start (its constructor threw, its replica died before getting ready).
-  std::function<void(const std::string& deployment, const std::string& message)> on_deploy_failed;
+  // A replica of `deployment` ("app/name") failed to start: its constructor threw, or it died or timed
+  // out before getting ready.
+  std::function<void(const std::string& deployment, const std::string& message)> on_start_failure;
 };
 
-enum class ReplicaState { kStarting, kRunning, kStopping };
-const char* ReplicaStateName(ReplicaState state);
+struct ControllerOptions {
+  std::chrono::milliseconds tick{100};
+  size_t history_per_application = 20;
+};
 
 class Controller : public node::ReplicaListener {
  public:
-  static absl::StatusOr<std::unique_ptr<Controller>> Create(boost::asio::io_context& io, const config::Config& config,
-                                                            std::string ferry_binary, std::string run_dir,
-                                                            router::RoutingTableCell* routing,
-                                                            ControllerCallbacks callbacks);
+  using LauncherFactory = std::function<std::unique_ptr<node::ReplicaLauncher>(node::ReplicaListener*)>;
+
+  // A controller whose replicas are processes of `ferry_binary`, started by a NodeAgent in `run_dir`.
+  // `store` (may be null: nothing persisted) must outlive the controller.
+  static absl::StatusOr<std::unique_ptr<Controller>> Create(boost::asio::io_context& io, std::string ferry_binary,
+                                                            std::string run_dir, router::RoutingTableCell* routing,
+                                                            StateStore* store, ControllerCallbacks callbacks,
+                                                            ControllerOptions options = {});
+  // A controller over any launcher (a simulated cluster, a test double).
+  static std::unique_ptr<Controller> CreateWithLauncher(boost::asio::io_context& io, const LauncherFactory& make_launcher,
+                                                        router::RoutingTableCell* routing, StateStore* store,
+                                                        ControllerCallbacks callbacks, ControllerOptions options = {});
   ~Controller() override;
 
-  // Publishes the routing table and starts every deployment's replicas.
-  void Deploy();
-  // Takes every replica out of routing, asks each to drain (SIGTERM) and kills what is left after its
-  // deployment's graceful_shutdown_timeout_s. `done` runs once all replicas have exited.
+  // Makes `config` the desired state, as Ray Serve's PUT does: applications left out are deleted, unchanged
+  // ones are untouched. Records each changed application's previous config in its history and saves the
+  // state. The config must have passed validation.
+  absl::Status Apply(const config::Config& config);
+  // Loads the state store and applies what it holds (replicas start as RECOVERING). OK when it is empty.
+  absl::Status Restore();
+  // Returns `application` to the config it had before its last change.
+  absl::Status Rollback(const std::string& application);
+  // Deletes every application.
+  absl::Status DeleteAll();
+  // Starts the periodic reconcile.
+  void Start();
+  // One reconcile pass over every deployment (the timer calls it; benchmarks call it directly).
+  void Tick();
+  // Takes every replica out of routing, drains and stops them; `done` runs once all have exited.
   void Shutdown(std::function<void()> done);
 
-  // Replicas ever started to replace one that died or failed its health checks.
-  int restarts(const std::string& application, const std::string& deployment) const;
-  int health_check_failures(const std::string& application, const std::string& deployment) const;
-  int running_replicas(const std::string& application, const std::string& deployment) const;
+  // Ray Serve's GET /api/serve/applications/ shape (plus ferry's counters).
+  nlohmann::json StatusJson() const;
+  nlohmann::json HistoryJson() const;
+  const std::optional<config::Config>& applied_config() const { return applied_; }
+  ApplicationStatus application_status(const std::string& application) const;
+  size_t replica_count() const { return by_replica_.size(); }
 
   void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) override;
   void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) override;
 
  private:
-  struct Replica {
-    std::string id;
-    ReplicaState state = ReplicaState::kStarting;
-    std::shared_ptr<const router::ReplicaEndpoint> endpoint;
-    std::shared_ptr<HealthChecker> health;
-    std::chrono::steady_clock::time_point started;
+  struct Replica;
+  struct Deployment;
+  struct Application;
+  struct HistoryEntry {
+    double time_s;
+    nlohmann::json config;  // ToJson(ApplicationConfig)
   };
-  struct Deployment {
-    std::string application;
-    config::DeploymentConfig config;
-    std::shared_ptr<router::Router> router;
-    std::map<std::string, Replica> replicas;
-    int consecutive_failures = 0;
-    int restarts = 0;
-    int health_check_failures = 0;
-    bool ever_ready = false;
-    std::unique_ptr<boost::asio::steady_timer> backoff;
-  };
-  Controller(boost::asio::io_context& io, const config::Config& config, router::RoutingTableCell* routing,
-             ControllerCallbacks callbacks);
-  void Reconcile(Deployment& d);
+
+  Controller(boost::asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
+             ControllerCallbacks callbacks, ControllerOptions options);
+  absl::Status ApplyInternal(const config::Config& config, bool recovering, bool record_history);
+  void ReconcileDeployment(Deployment& d, std::chrono::steady_clock::time_point now);
   void StartReplica(Deployment& d);
-  Deployment* FindByReplica(const std::string& replica_id);
+  void BeginStop(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
+  void AdvanceHealth(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
+  void AdvanceUpdate(Deployment& d, Replica& r);
+  void OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status);
+  void MarkRunning(Deployment& d, Replica& r);
+  void RecordStartFailure(Deployment& d, const std::string& message);
+  void UpdateStatuses();
+  void PublishRoutes();
+  absl::Status Persist();
+  void ScheduleTick();
   void ReportProgress(const Deployment& d);
-  void OnUnhealthy(const std::string& replica_id, const std::string& message);
-  void CheckShutdownDone();
+  Deployment* FindByReplica(const std::string& replica_id);
 
   boost::asio::io_context& io_;
-  config::Config config_;
   router::RoutingTableCell* routing_;
+  StateStore* store_;
   ControllerCallbacks callbacks_;
-  std::unique_ptr<node::NodeAgent> agent_;
+  ControllerOptions options_;
+  std::unique_ptr<node::ReplicaLauncher> launcher_;
+  boost::asio::steady_timer tick_timer_;
+  bool tick_scheduled_ = false;
+  std::optional<config::Config> applied_;
+  std::map<std::string, std::unique_ptr<Application>> apps_;
   std::map<std::string, std::unique_ptr<Deployment>> deployments_;  // by "app/deployment"
   std::map<std::string, Deployment*> by_replica_;
+  std::map<std::string, std::deque<HistoryEntry>> history_;
   uint64_t next_key_ = 1;
-  bool all_ready_reported_ = false;
-  bool failed_ = false;
+  uint64_t next_token_ = 1;
+  bool waiting_all_ready_ = false;
   bool shutting_down_ = false;
   std::function<void()> shutdown_done_;
 };

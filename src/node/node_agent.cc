@@ -13,10 +13,69 @@
 #include <vector>
 
 #include "common/common.h"
+#include "transport/connection.h"
 
 namespace ferry::node {
 
 namespace asio = boost::asio;
+
+// The agent's control connection to one ready replica: health checks and reconfigures, each answered by
+// its reply frame with the same stream id.
+class ControlChannel : public transport::FrameConnection::Handler, public std::enable_shared_from_this<ControlChannel> {
+ public:
+  ControlChannel(asio::io_context& io, const std::string& socket_path)
+      : connection_(std::make_shared<transport::FrameConnection>(io.get_executor(), socket_path, this)) {}
+  ~ControlChannel() override { Close(); }
+
+  void Start() {
+    transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, "node-agent"});
+    connection_->Start();
+  }
+  void Close() {
+    connection_->Detach();
+    FailAll(absl::UnavailableError("control connection closed"));
+  }
+  void Call(transport::FrameKind kind, std::string_view json, ReplicaLauncher::Done done) {
+    if (connection_->closed()) {
+      done(absl::UnavailableError("control connection to the replica is closed"));
+      return;
+    }
+    uint64_t id = next_id_++;
+    pending_[id] = std::move(done);
+    if (kind == transport::FrameKind::kReconfigure) {
+      transport::AppendReconfigure(connection_->output(), id, json);
+    } else {
+      transport::AppendEmpty(connection_->output(), kind, id);
+    }
+    connection_->Flush();
+  }
+
+  void OnFrame(const transport::FrameHeader& header, std::string_view payload) override {
+    if (header.kind != transport::FrameKind::kHealthReply && header.kind != transport::FrameKind::kReconfigureReply)
+      return;
+    auto it = pending_.find(header.stream_id);
+    if (it == pending_.end()) return;
+    ReplicaLauncher::Done done = std::move(it->second);
+    pending_.erase(it);
+    transport::StatusReply reply;
+    absl::Status s = transport::DecodeStatusReply(payload, &reply);
+    if (s.ok() && !reply.ok) s = absl::UnavailableError(std::string(reply.message));
+    done(s);
+  }
+  void OnClosed(const absl::Status& why) override {
+    FailAll(absl::UnavailableError(StrCat("control connection lost: ", Message(why))));
+  }
+
+ private:
+  void FailAll(const absl::Status& why) {
+    auto pending = std::move(pending_);
+    pending_.clear();
+    for (auto& [id, done] : pending) done(why);
+  }
+  std::shared_ptr<transport::FrameConnection> connection_;
+  std::map<uint64_t, ReplicaLauncher::Done> pending_;
+  uint64_t next_id_ = 1;
+};
 
 absl::StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Create(asio::io_context& io, std::string ferry_binary,
                                                              std::string run_dir, ReplicaListener* listener) {
@@ -114,6 +173,8 @@ void NodeAgent::ReadStatus(const std::string& replica_id) {
         p->status_buffer.clear();
         if (line.is_object() && line.value("ready", false)) {
           p->ready = true;
+          p->control = std::make_shared<ControlChannel>(io_, p->socket_path);
+          p->control->Start();
           listener_->OnReplicaReady(replica_id, p->socket_path, p->pid);
         } else if (line.is_object() && line.contains("error") && line["error"].is_string()) {
           p->start_error = line["error"].get<std::string>();
@@ -168,6 +229,7 @@ void NodeAgent::Reap() {
         message = ferry::StrCat("cannot execute ", ferry_binary_);
       bool was_ready = p->ready;
       std::string id = p->replica_id;
+      if (p->control) p->control->Close();
       LogLevel level = p->stop_requested ? LogLevel::kInfo : LogLevel::kWarning;
       std::error_code ignored;
       std::filesystem::remove(p->socket_path, ignored);
@@ -197,8 +259,28 @@ void NodeAgent::StopReplica(const std::string& replica_id, std::chrono::millisec
   });
 }
 
+ControlChannel* NodeAgent::ControlOf(const std::string& replica_id) {
+  auto it = processes_.find(replica_id);
+  return it == processes_.end() ? nullptr : it->second->control.get();
+}
+
+void NodeAgent::CheckHealth(const std::string& replica_id, Done done) {
+  ControlChannel* control = ControlOf(replica_id);
+  if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  control->Call(transport::FrameKind::kHealth, {}, std::move(done));
+}
+
+void NodeAgent::Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) {
+  ControlChannel* control = ControlOf(replica_id);
+  if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  control->Call(transport::FrameKind::kReconfigure, update.dump(), std::move(done));
+}
+
 void NodeAgent::KillAll() {
-  for (auto& [id, p] : processes_) ::kill(p->pid, SIGKILL);
+  for (auto& [id, p] : processes_) {
+    if (p->control) p->control->Close();
+    ::kill(p->pid, SIGKILL);
+  }
   for (auto& [id, p] : processes_) {
     int status;
     waitpid(p->pid, &status, 0);

@@ -1,20 +1,23 @@
-// The node agent: starts, watches and stops replica processes on this machine. Each replica is this same
-// ferry binary in replica mode, in its own process group (so a terminal's Ctrl-C reaches only the node),
-// killed by the kernel if the node dies. The agent reports what happens to a listener; what to do about it
-// (restart, give up) is the controller's decision.
+// The node agent: starts, watches and stops replica processes on this machine, and carries the
+// controller's control calls (check_health, reconfigure) to them. Each replica is this same ferry binary
+// in replica mode, in its own process group (so a terminal's Ctrl-C reaches only the node), killed by the
+// kernel if the node dies. The agent reports what happens to a listener; what to do about it (restart,
+// give up) is the controller's decision.
 // Not thread-safe: every call, and every listener callback, on the io_context passed to Create.
 #pragma once
 
+#include <absl/status/statusor.h>
 #include <sys/types.h>
 
-#include <absl/status/statusor.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "replica/replica.h"
@@ -31,19 +34,41 @@ class ReplicaListener {
   virtual void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) = 0;
 };
 
-class NodeAgent {
+// What the controller asks of the machine that runs replicas. NodeAgent is the single-node implementation;
+// cluster mode puts remote agents behind the same calls, and the controller's benchmark a simulated one.
+// Callbacks run on the controller's thread.
+class ReplicaLauncher {
+ public:
+  using Done = std::function<void(const absl::Status&)>;
+  virtual ~ReplicaLauncher() = default;
+  virtual absl::Status StartReplica(const replica::ReplicaSpec& spec) = 0;
+  // SIGTERM now (the replica finishes what it has), SIGKILL after `timeout`.
+  virtual void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) = 0;
+  // Runs the replica's check_health. `done` may never run if the replica hangs: callers keep their own
+  // deadline.
+  virtual void CheckHealth(const std::string& replica_id, Done done) = 0;
+  // Applies {"user_config": ..., "max_ongoing_requests": N} (either key optional) in place.
+  virtual void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) = 0;
+  virtual size_t live_replicas() const = 0;
+  // SIGKILL every replica; for a node that is going away.
+  virtual void KillAll() = 0;
+};
+
+class ControlChannel;
+
+class NodeAgent : public ReplicaLauncher {
  public:
   // `ferry_binary` is the executable to start in replica mode; `run_dir` holds sockets and specs.
   static absl::StatusOr<std::unique_ptr<NodeAgent>> Create(boost::asio::io_context& io, std::string ferry_binary,
                                                            std::string run_dir, ReplicaListener* listener);
-  ~NodeAgent();
+  ~NodeAgent() override;
 
-  absl::Status StartReplica(const replica::ReplicaSpec& spec);
-  // SIGTERM now (the replica drains its requests), SIGKILL after `timeout`.
-  void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout);
-  // SIGKILL every replica; for a node that is going away.
-  void KillAll();
-  size_t live_replicas() const { return processes_.size(); }
+  absl::Status StartReplica(const replica::ReplicaSpec& spec) override;
+  void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) override;
+  void CheckHealth(const std::string& replica_id, Done done) override;
+  void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) override;
+  void KillAll() override;
+  size_t live_replicas() const override { return processes_.size(); }
   const std::string& run_dir() const { return run_dir_; }
 
  private:
@@ -58,12 +83,14 @@ class NodeAgent {
     std::unique_ptr<boost::asio::posix::stream_descriptor> status_pipe;
     std::string status_buffer;
     std::unique_ptr<boost::asio::steady_timer> kill_timer;
+    std::shared_ptr<ControlChannel> control;  // opened when the replica is ready
   };
   NodeAgent(boost::asio::io_context& io, std::string ferry_binary, std::string run_dir, ReplicaListener* listener);
   void ReadStatus(const std::string& replica_id);
   void DrainStatus(Process& p);
   void WatchChildren();
   void Reap();
+  ControlChannel* ControlOf(const std::string& replica_id);
 
   boost::asio::io_context& io_;
   std::string ferry_binary_;

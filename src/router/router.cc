@@ -118,8 +118,8 @@ void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
     }
     if (slot) {
       --slot->in_flight;
-    } else {
-      --orphan_in_flight_;
+    } else if (auto it = removed_in_flight_.find(replica.key); it != removed_in_flight_.end() && --it->second <= 0) {
+      removed_in_flight_.erase(it);
     }
     DrainQueueLocked(&assignments);
   }
@@ -142,7 +142,7 @@ void Router::RemoveReplica(uint64_t key) {
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].replica->key != key) continue;
-    orphan_in_flight_ += slots_[i].in_flight;
+    if (slots_[i].in_flight > 0) removed_in_flight_[key] = slots_[i].in_flight;
     slots_.erase(slots_.begin() + static_cast<long>(i));
     return;
   }
@@ -159,11 +159,19 @@ void Router::SetLimits(int max_ongoing_requests, int max_queued_requests) {
   RunAssignments(assignments);
 }
 
+int Router::InFlight(uint64_t key) const {
+  absl::MutexLock lock(&mu_);
+  for (const Slot& slot : slots_)
+    if (slot.replica->key == key) return slot.in_flight;
+  auto it = removed_in_flight_.find(key);
+  return it == removed_in_flight_.end() ? 0 : it->second;
+}
+
 RouterStats Router::Stats() const {
   absl::MutexLock lock(&mu_);
   RouterStats s;
   s.replicas = static_cast<int>(slots_.size());
-  s.ongoing = orphan_in_flight_;
+  for (const auto& [key, n] : removed_in_flight_) s.ongoing += n;
   for (const Slot& slot : slots_) s.ongoing += slot.in_flight;
   s.queued = queued_;
   return s;

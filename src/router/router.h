@@ -11,6 +11,7 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace ferry::router {
@@ -86,6 +87,8 @@ class Router : public std::enable_shared_from_this<Router> {
   void AddReplica(std::shared_ptr<const ReplicaEndpoint> replica);
   void RemoveReplica(uint64_t key);
   void SetLimits(int max_ongoing_requests, int max_queued_requests);
+  // Requests holding a slot on the replica, whether it is still routed to or was removed.
+  int InFlight(uint64_t key) const;
 
   RouterStats Stats() const;
   const std::string& deployment() const { return deployment_; }
@@ -111,8 +114,9 @@ class Router : public std::enable_shared_from_this<Router> {
   int max_ongoing_ ABSL_GUARDED_BY(mu_);
   int max_queued_ ABSL_GUARDED_BY(mu_);
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  // Leases on replicas that were removed: counted until released so Stats stays true.
-  int orphan_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped
+  // once its count reaches zero.
+  std::unordered_map<uint64_t, int> removed_in_flight_ ABSL_GUARDED_BY(mu_);
   std::list<std::shared_ptr<Waiter>> queue_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rng_ ABSL_GUARDED_BY(mu_);

@@ -45,7 +45,8 @@ class Echo : public Deployment {
     return r;
   }
 
-  void reconfigure(const Json& config) override {
+  void reconfigure(const Json& user_config) override {
+    const Json config = user_config.is_null() ? Json::object() : user_config;  // removed: back to defaults
     if (!config.is_object()) throw std::invalid_argument("user_config: expected a mapping");
     bool healthy = config.value("healthy", true);
     double error_rate = config.value("error_rate", 0.0);

@@ -129,7 +129,11 @@ TEST(RouterTest, RemovedReplicaGetsNoNewRequestsAndCountsStayTrue) {
     }
   }
   EXPECT_EQ(router->Stats().replicas, 1);
+  EXPECT_EQ(router->InFlight(1), 3);  // a removed replica is drained until its last request ends
+  on_one.pop_back();
+  EXPECT_EQ(router->InFlight(1), 2);
   on_one.clear();  // releases on the removed replica must not corrupt replica 2's count
+  EXPECT_EQ(router->InFlight(1), 0);
   EXPECT_EQ(router->Stats().ongoing, 0);
 }
 

@@ -19,6 +19,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/common.h"
 #include "transport/frame.h"
 
@@ -180,10 +182,7 @@ class ControlThread {
 class ReplicaServer::Impl {
  public:
   Impl(const ReplicaSpec& spec, DeploymentHost& host)
-      : spec_(spec),
-        host_(host),
-        max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)),
-        threads_(max_running_ + 1) {}
+      : spec_(spec), host_(host), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {}
 
   ~Impl() {
     if (listen_fd_ >= 0) ::close(listen_fd_);
@@ -213,8 +212,10 @@ class ReplicaServer::Impl {
   }
 
   void Run() {
-    std::vector<std::thread> workers;
-    for (int i = 0; i < threads_; ++i) workers.emplace_back([this] { WorkerLoop(); });
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      for (int i = 0; i < max_running_ + 1; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+    }
     uint64_t value;
     while (::read(stop_fd_, &value, sizeof(value)) < 0 && errno == EINTR) {
     }
@@ -228,8 +229,13 @@ class ReplicaServer::Impl {
     while (ongoing_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     if (ongoing_.load() > 0)
       FERRY_LOG(kWarning, "replica", "graceful_shutdown_timeout_s passed with ", ongoing_.load(), " requests ongoing");
-    stopping_.store(true);
-    uint64_t all = static_cast<uint64_t>(threads_);
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      stopping_.store(true);
+      workers.swap(workers_);
+    }
+    uint64_t all = workers.size();
     ssize_t n = ::write(wake_fd_, &all, sizeof(all));
     (void)n;
     for (auto& t : workers) t.join();
@@ -429,9 +435,9 @@ class ReplicaServer::Impl {
           if (health) {
             s = host_.CheckHealth();
           } else {
-            std::string_view config;
-            s = transport::DecodeReconfigure(body, &config);
-            if (s.ok()) s = host_.Reconfigure(std::string(config));
+            std::string_view update;
+            s = transport::DecodeReconfigure(body, &update);
+            if (s.ok()) s = ApplyUpdate(update);
           }
           std::string frame;
           transport::AppendStatusReply(frame, health ? FrameKind::kHealthReply : FrameKind::kReconfigureReply, id,
@@ -444,6 +450,27 @@ class ReplicaServer::Impl {
         return absl::InvalidArgumentError(
             StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a client"));
     }
+  }
+
+  // A reconfigure frame's JSON: {"user_config": ..., "max_ongoing_requests": N}, either key optional.
+  absl::Status ApplyUpdate(std::string_view text) {
+    nlohmann::json update = nlohmann::json::parse(text, nullptr, false);
+    if (!update.is_object()) return absl::InvalidArgumentError("reconfigure: expected a JSON object");
+    if (auto it = update.find("max_ongoing_requests"); it != update.end()) {
+      if (!it->is_number_integer() || it->get<int>() < 1)
+        return absl::InvalidArgumentError("reconfigure: max_ongoing_requests must be a positive integer");
+      SetMaxRunning(std::clamp(it->get<int>(), 1, 256));
+    }
+    if (auto it = update.find("user_config"); it != update.end()) return host_.Reconfigure(it->dump());
+    return absl::OkStatus();
+  }
+
+  // More threads when the limit grows; a lower limit just lets fewer run.
+  void SetMaxRunning(int n) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    max_running_ = n;
+    while (static_cast<int>(workers_.size()) < n + 1 && !stopping_.load())
+      workers_.emplace_back([this] { WorkerLoop(); });
   }
 
   void RunTask(Task& task) {
@@ -475,8 +502,7 @@ class ReplicaServer::Impl {
 
   const ReplicaSpec& spec_;
   DeploymentHost& host_;
-  const int max_running_;
-  const int threads_;
+
   int epoll_fd_ = -1;
   int listen_fd_ = -1;
   int wake_fd_ = -1;
@@ -493,6 +519,8 @@ class ReplicaServer::Impl {
   std::mutex queue_mu_;
   std::deque<std::shared_ptr<Task>> queue_;  // guarded by queue_mu_
   int running_ = 0;                          // guarded by queue_mu_
+  int max_running_;                          // guarded by queue_mu_
+  std::vector<std::thread> workers_;         // guarded by queue_mu_
   ControlThread control_;
 };
 

@@ -1,0 +1,82 @@
+// The controller's picture of the world: what each application, deployment and replica is and where it
+// stands. Shared by the controller's two halves (controller.cc: the API; reconcile.cc: the loop).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "controller/controller.h"
+#include "router/router.h"
+
+namespace ferry::controller {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+struct Controller::Replica {
+  std::string id;
+  std::string version;
+  ReplicaState state = ReplicaState::kStarting;
+  bool recovering = false;  // started to bring back state after a node restart
+  bool ready = false;       // the process constructed its deployment
+  pid_t pid = -1;
+  double start_time_s = 0;
+  SteadyTime started;
+  std::shared_ptr<const router::ReplicaEndpoint> endpoint;  // set when ready
+  bool routed = false;                                      // in its router
+
+  // Health: the controller's own deadline for each check, since a hung replica never answers.
+  bool health_outstanding = false;
+  uint64_t health_token = 0;
+  SteadyTime health_deadline;
+  SteadyTime next_health;
+  int health_failures = 0;  // in a row
+
+  // What was applied in place (at start, then by reconfigure).
+  nlohmann::json applied_user_config;
+  int applied_max_ongoing = 0;
+  bool update_outstanding = false;
+  uint64_t update_token = 0;
+
+  // Stopping: out of routing first, SIGTERM once its last request is done (or the drain time is up).
+  bool stop_sent = false;
+  SteadyTime drain_deadline;
+};
+
+struct Controller::Deployment {
+  std::string application;
+  std::string key;  // "app/name"
+  config::DeploymentConfig target;
+  std::string version;  // of target's code: import path, args, resources, plugin file contents
+  std::shared_ptr<router::Router> router;
+  std::map<std::string, Replica> replicas;
+  bool deleting = false;
+  bool recovering = false;
+
+  int start_failures = 0;  // in a row, for the current version
+  bool version_failed = false;
+  int crash_streak = 0;  // running replicas lost in a row; drives the restart backoff
+  SteadyTime backoff_until;
+  bool unhealthy = false;  // lost a running replica; cleared when back at target
+  int restarts = 0;
+  int health_check_failures = 0;
+  std::string message;
+  DeploymentStatus status = DeploymentStatus::kUpdating;
+  bool reached_target = false;  // since the last change of target
+};
+
+struct Controller::Application {
+  config::ApplicationConfig config;
+  bool deleting = false;
+  double last_deployed_time_s = 0;
+  ApplicationStatus status = ApplicationStatus::kNotStarted;
+  std::string message;
+};
+
+// A deployment's code version: changes when anything that needs a new process changes.
+std::string DeploymentVersion(const config::DeploymentConfig& d);
+
+}  // namespace ferry::controller

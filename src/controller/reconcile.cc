@@ -1,0 +1,411 @@
+// The controller's loop half: each tick compares every deployment's replicas with its target and acts;
+// replica events from the node agent feed it.
+#include <algorithm>
+#include <cmath>
+
+#include "common/common.h"
+#include "controller/controller.h"
+#include "controller/internal/state.h"
+
+namespace ferry::controller {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr int kHealthFailuresToReplace = 3;  // Ray Serve's
+constexpr milliseconds kFirstHealthRetry{500};
+
+milliseconds Millis(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
+
+bool Serving(ReplicaState s) { return s == ReplicaState::kRunning || s == ReplicaState::kUpdating; }
+bool Starting(ReplicaState s) { return s == ReplicaState::kStarting || s == ReplicaState::kRecovering; }
+
+}  // namespace
+
+Controller::Deployment* Controller::FindByReplica(const std::string& replica_id) {
+  auto it = by_replica_.find(replica_id);
+  return it == by_replica_.end() ? nullptr : it->second;
+}
+
+void Controller::Tick() {
+  const SteadyTime now = std::chrono::steady_clock::now();
+  for (auto& [key, d] : deployments_) ReconcileDeployment(*d, now);
+  for (auto it = deployments_.begin(); it != deployments_.end();) {
+    if (it->second->deleting && it->second->replicas.empty()) {
+      FERRY_LOG(kInfo, "controller", "deployment ", it->first, " deleted");
+      it = deployments_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = apps_.begin(); it != apps_.end();) {
+    bool has_deployments = std::any_of(deployments_.begin(), deployments_.end(),
+                                       [&](const auto& d) { return d.second->application == it->first; });
+    if (it->second->deleting && !has_deployments) {
+      history_.erase(it->first);
+      it = apps_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  UpdateStatuses();
+  if (shutting_down_ && shutdown_done_ && launcher_->live_replicas() == 0) {
+    auto done = std::move(shutdown_done_);
+    shutdown_done_ = nullptr;
+    done();
+  }
+}
+
+void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
+  const config::DeploymentConfig& t = d.target;
+  // Each replica: stops in progress, start deadlines, health, in-place updates.
+  for (auto& [id, r] : d.replicas) {
+    if (r.state == ReplicaState::kStopping) {
+      bool drained = !r.endpoint || d.router->InFlight(r.endpoint->key) == 0;
+      if (!r.stop_sent && (drained || now >= r.drain_deadline)) {
+        launcher_->StopReplica(id, Millis(t.graceful_shutdown_timeout_s));
+        r.stop_sent = true;
+      }
+      continue;
+    }
+    if (!r.ready) {
+      if (now - r.started > Millis(t.startup_timeout_s)) {
+        std::string why = StrCat("replica ", id, " did not become ready within startup_timeout_s (", t.startup_timeout_s, " s)");
+        if (r.version == d.version) RecordStartFailure(d, why);
+        BeginStop(d, r, now);
+      }
+      continue;
+    }
+    AdvanceHealth(d, r, now);
+    if (Serving(r.state)) AdvanceUpdate(d, r);
+  }
+  if (d.deleting || shutting_down_) {
+    for (auto& [id, r] : d.replicas)
+      if (r.state != ReplicaState::kStopping) BeginStop(d, r, now);
+    return;
+  }
+
+  const int n = t.num_replicas;
+  std::vector<Replica*> current_starting, current_serving, old_starting, old_serving;
+  for (auto& [id, r] : d.replicas) {
+    if (r.state == ReplicaState::kStopping) continue;
+    bool current = r.version == d.version;
+    if (Starting(r.state)) (current ? current_starting : old_starting).push_back(&r);
+    else (current ? current_serving : old_serving).push_back(&r);
+  }
+  const int current_total = static_cast<int>(current_starting.size() + current_serving.size());
+  // An old-version replica that is not serving yet will never be needed.
+  for (Replica* r : old_starting) BeginStop(d, *r, now);
+  // Start current-version replicas, a bounded surge at a time (Ray Serve's 20%), so a rolling update
+  // adds capacity before it removes any.
+  if (!d.version_failed && now >= d.backoff_until) {
+    int surge = std::max(1, static_cast<int>(std::ceil(0.2 * n)));
+    int to_start = std::min(n - current_total, surge - static_cast<int>(current_starting.size()));
+    for (int i = 0; i < to_start; ++i) StartReplica(d);
+  }
+  // num_replicas went down: stop the extras, those not serving yet first, then the newest.
+  for (int extra = current_total - n; extra > 0; --extra) {
+    Replica* victim = nullptr;
+    if (!current_starting.empty()) {
+      victim = current_starting.back();
+      current_starting.pop_back();
+    } else {
+      auto newest = std::max_element(current_serving.begin(), current_serving.end(),
+                                     [](Replica* a, Replica* b) { return a->started < b->started; });
+      victim = *newest;
+      current_serving.erase(newest);
+    }
+    BeginStop(d, *victim, now);
+  }
+  // The old version keeps serving only what the new one cannot yet: capacity never dips during a rollout.
+  const int keep_old = std::max(0, n - static_cast<int>(current_serving.size()));
+  std::sort(old_serving.begin(), old_serving.end(), [](Replica* a, Replica* b) { return a->started < b->started; });
+  for (size_t i = static_cast<size_t>(keep_old); i < old_serving.size(); ++i) BeginStop(d, *old_serving[i], now);
+}
+
+void Controller::StartReplica(Deployment& d) {
+  const config::DeploymentConfig& t = d.target;
+  replica::ReplicaSpec spec;
+  spec.replica_id = StrCat(d.application, "#", t.name, "#", NewShortId(8));
+  spec.application = d.application;
+  spec.deployment = t.name;
+  spec.import_path = t.import_path;
+  spec.builtin = t.kind == config::DeploymentConfig::Kind::kBuiltin;
+  spec.plugin_path = t.plugin_path;
+  spec.symbol = t.symbol;
+  spec.args = t.args;
+  spec.user_config = t.user_config;
+  spec.max_ongoing_requests = t.max_ongoing_requests;
+  spec.num_cpus = t.resources.num_cpus;
+  spec.graceful_shutdown_timeout_s = t.graceful_shutdown_timeout_s;
+  absl::Status s = launcher_->StartReplica(spec);
+  if (!s.ok()) {
+    FERRY_LOG(kError, "controller", "cannot start a replica of ", d.key, ": ", Message(s));
+    RecordStartFailure(d, std::string(Message(s)));
+    return;
+  }
+  Replica& r = d.replicas[spec.replica_id];
+  r.id = spec.replica_id;
+  r.version = d.version;
+  r.state = d.recovering ? ReplicaState::kRecovering : ReplicaState::kStarting;
+  r.recovering = d.recovering;
+  r.started = std::chrono::steady_clock::now();
+  r.start_time_s = WallSeconds();
+  r.applied_user_config = t.user_config;
+  r.applied_max_ongoing = t.max_ongoing_requests;
+  by_replica_[r.id] = &d;
+}
+
+void Controller::BeginStop(Deployment& d, Replica& r, SteadyTime now) {
+  if (r.state == ReplicaState::kStopping) return;
+  if (r.routed) {
+    d.router->RemoveReplica(r.endpoint->key);
+    r.routed = false;
+  }
+  r.state = ReplicaState::kStopping;
+  r.drain_deadline = now + Millis(d.target.graceful_shutdown_timeout_s);
+  if (!r.ready) {  // never served: nothing to drain
+    launcher_->StopReplica(r.id, Millis(d.target.graceful_shutdown_timeout_s));
+    r.stop_sent = true;
+  }
+}
+
+void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
+  if (r.health_outstanding) {
+    if (now >= r.health_deadline)
+      OnHealthResult(r.id, r.health_token,
+                     absl::DeadlineExceededError(StrCat("check_health did not answer within health_check_timeout_s (",
+                                                        d.target.health_check_timeout_s, " s)")));
+    return;
+  }
+  if (now < r.next_health) return;
+  r.health_outstanding = true;
+  r.health_token = next_token_++;
+  r.health_deadline = now + Millis(d.target.health_check_timeout_s);
+  launcher_->CheckHealth(r.id, [this, id = r.id, token = r.health_token](const absl::Status& s) {
+    OnHealthResult(id, token, s);
+  });
+}
+
+void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status) {
+  Deployment* d = FindByReplica(replica_id);
+  if (!d) return;
+  auto it = d->replicas.find(replica_id);
+  if (it == d->replicas.end()) return;
+  Replica& r = it->second;
+  if (!r.health_outstanding || r.health_token != token || r.state == ReplicaState::kStopping) return;
+  r.health_outstanding = false;
+  const SteadyTime now = std::chrono::steady_clock::now();
+  const bool starting = Starting(r.state);
+  r.next_health = now + (starting ? std::min(kFirstHealthRetry, Millis(d->target.health_check_period_s))
+                                  : Millis(d->target.health_check_period_s));
+  if (status.ok()) {
+    r.health_failures = 0;
+    if (starting) MarkRunning(*d, r);
+    ScheduleTick();
+    return;
+  }
+  ++r.health_failures;
+  ++d->health_check_failures;
+  FERRY_LOG(kWarning, "controller", "replica ", replica_id, " failed a health check (", r.health_failures, "/",
+            kHealthFailuresToReplace, "): ", Message(status));
+  if (r.health_failures < kHealthFailuresToReplace) return;
+  std::string message = StrCat("replica ", replica_id, " failed ", kHealthFailuresToReplace, " health checks in a row (",
+                               Message(status), ")");
+  if (starting) {
+    // A new replica that never passes its check never takes traffic: a failed start.
+    if (r.version == d->version) RecordStartFailure(*d, message);
+  } else {
+    FERRY_LOG(kWarning, "controller", message, "; taking it out of routing and replacing it");
+    d->unhealthy = true;
+    d->message = message;
+    ++d->restarts;
+  }
+  BeginStop(*d, r, now);
+  ScheduleTick();
+}
+
+void Controller::MarkRunning(Deployment& d, Replica& r) {
+  r.state = ReplicaState::kRunning;
+  d.router->AddReplica(r.endpoint);
+  r.routed = true;
+  if (r.version == d.version) d.start_failures = 0;
+  FERRY_LOG(kInfo, "controller", "replica ", r.id, " (pid ", r.pid, ") is RUNNING");
+  ReportProgress(d);
+}
+
+void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
+  const config::DeploymentConfig& t = d.target;
+  if (r.version != d.version || r.update_outstanding) return;
+  json update = json::object();
+  if (r.applied_user_config != t.user_config) update["user_config"] = t.user_config;
+  if (r.applied_max_ongoing != t.max_ongoing_requests) update["max_ongoing_requests"] = t.max_ongoing_requests;
+  if (update.empty()) return;
+  r.update_outstanding = true;
+  r.update_token = next_token_++;
+  r.state = ReplicaState::kUpdating;
+  launcher_->Reconfigure(r.id, update, [this, id = r.id, token = r.update_token, update](const absl::Status& s) {
+    Deployment* d = FindByReplica(id);
+    if (!d) return;
+    auto it = d->replicas.find(id);
+    if (it == d->replicas.end() || it->second.update_token != token) return;
+    Replica& r = it->second;
+    r.update_outstanding = false;
+    if (r.state != ReplicaState::kUpdating) return;
+    if (s.ok()) {
+      if (update.contains("user_config")) r.applied_user_config = update["user_config"];
+      if (update.contains("max_ongoing_requests")) r.applied_max_ongoing = update["max_ongoing_requests"].get<int>();
+      r.state = ReplicaState::kRunning;
+      FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", update.dump());
+    } else {
+      // A replica that cannot take the new config is replaced by one constructed with it.
+      d->message = StrCat("reconfigure of replica ", id, " failed: ", Message(s));
+      FERRY_LOG(kWarning, "controller", d->message, "; replacing it");
+      r.state = ReplicaState::kRunning;
+      BeginStop(*d, r, std::chrono::steady_clock::now());
+    }
+    ScheduleTick();
+  });
+}
+
+void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
+  ++d.start_failures;
+  const int limit = d.target.max_constructor_retry_count;
+  d.message = StrCat("replica failed to start (", d.start_failures, " of max_constructor_retry_count ", limit, "): ", message);
+  auto delay = milliseconds(std::min<int64_t>(5000, 100ll << std::min(d.start_failures - 1, 10)));
+  d.backoff_until = std::chrono::steady_clock::now() + delay;
+  if (d.start_failures >= limit && !d.version_failed) {
+    d.version_failed = true;
+    d.message = StrCat("deployment failed to start after ", d.start_failures, " attempts: ", message);
+    FERRY_LOG(kError, "controller", d.key, " is DEPLOY_FAILED: ", message);
+  } else {
+    FERRY_LOG(kWarning, "controller", d.key, ": ", d.message);
+  }
+  if (callbacks_.on_start_failure) callbacks_.on_start_failure(d.key, message);
+}
+
+void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) {
+  Deployment* d = FindByReplica(replica_id);
+  if (!d) return;
+  Replica& r = d->replicas[replica_id];
+  r.ready = true;
+  r.pid = pid;
+  auto endpoint = std::make_shared<router::ReplicaEndpoint>();
+  endpoint->replica_id = replica_id;
+  endpoint->socket_path = socket_path;
+  endpoint->key = next_key_++;
+  r.endpoint = endpoint;
+  r.next_health = std::chrono::steady_clock::now();  // it serves once its first check passes
+  ScheduleTick();
+}
+
+void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) {
+  Deployment* d = FindByReplica(replica_id);
+  if (!d) return;
+  auto it = d->replicas.find(replica_id);
+  by_replica_.erase(replica_id);
+  if (it == d->replicas.end()) return;
+  Replica r = it->second;
+  d->replicas.erase(it);
+  if (r.routed) d->router->RemoveReplica(r.endpoint->key);
+  if (r.state != ReplicaState::kStopping && !shutting_down_ && !d->deleting) {
+    if (Starting(r.state)) {
+      if (r.version == d->version) RecordStartFailure(*d, message);
+    } else {
+      const auto now = std::chrono::steady_clock::now();
+      d->crash_streak = now - r.started > std::chrono::seconds(10) ? 1 : d->crash_streak + 1;
+      // Backoff: none for the first replacement, then 100 ms doubling up to 10 s.
+      int n = d->crash_streak - 1;
+      d->backoff_until = now + milliseconds(n <= 0 ? 0 : std::min<int64_t>(10000, 100ll << std::min(n - 1, 10)));
+      d->unhealthy = true;
+      ++d->restarts;
+      d->message = StrCat("replica ", replica_id, " died: ", message);
+      FERRY_LOG(kWarning, "controller", "replica ", replica_id, " died: ", message, "; starting a replacement");
+    }
+  }
+  (void)was_ready;
+  ScheduleTick();
+}
+
+void Controller::UpdateStatuses() {
+  for (auto& [key, d] : deployments_) {
+    const int n = d->target.num_replicas;
+    int current_serving = 0, current_total = 0, other = 0;
+    for (const auto& [id, r] : d->replicas) {
+      if (r.state == ReplicaState::kStopping) continue;
+      if (r.version != d->version) {
+        ++other;
+        continue;
+      }
+      ++current_total;
+      if (Serving(r.state)) ++current_serving;
+    }
+    if (d->version_failed) {
+      d->status = DeploymentStatus::kDeployFailed;
+    } else if (current_serving == n && current_total == n && other == 0) {
+      if (!d->reached_target || d->status != DeploymentStatus::kHealthy) d->message.clear();
+      d->status = DeploymentStatus::kHealthy;
+      d->unhealthy = false;
+      d->reached_target = true;
+      d->recovering = false;
+    } else if (d->unhealthy) {
+      d->status = DeploymentStatus::kUnhealthy;
+    } else if (other > 0 || !d->reached_target) {
+      d->status = current_total > n && other == 0 && d->reached_target ? DeploymentStatus::kDownscaling
+                                                                       : DeploymentStatus::kUpdating;
+    } else {
+      d->status = current_total > n ? DeploymentStatus::kDownscaling : DeploymentStatus::kUpscaling;
+    }
+  }
+  bool all_running = true;
+  for (auto& [name, app] : apps_) {
+    ApplicationStatus status = ApplicationStatus::kRunning;
+    std::string message;
+    if (app->deleting) {
+      status = ApplicationStatus::kDeleting;
+    } else {
+      for (const auto& dc : app->config.deployments) {
+        auto it = deployments_.find(StrCat(name, "/", dc.name));
+        if (it == deployments_.end()) continue;
+        const Deployment& d = *it->second;
+        if (d.status == DeploymentStatus::kDeployFailed) {
+          status = ApplicationStatus::kDeployFailed;
+          message = StrCat("deployment ", dc.name, ": ", d.message);
+        } else if (d.status == DeploymentStatus::kUnhealthy && status != ApplicationStatus::kDeployFailed) {
+          status = ApplicationStatus::kUnhealthy;
+          message = StrCat("deployment ", dc.name, ": ", d.message);
+        } else if (d.status == DeploymentStatus::kUpdating && status == ApplicationStatus::kRunning) {
+          status = ApplicationStatus::kDeploying;
+        }
+      }
+    }
+    app->status = status;
+    app->message = message;
+    if (status != ApplicationStatus::kRunning) all_running = false;
+  }
+  if (waiting_all_ready_ && all_running) {
+    waiting_all_ready_ = false;
+    if (callbacks_.on_all_ready) callbacks_.on_all_ready();
+  }
+}
+
+void Controller::ReportProgress(const Deployment& d) {
+  if (!callbacks_.on_progress || !waiting_all_ready_) return;
+  int ready = 0;
+  for (const auto& [id, r] : d.replicas)
+    if (Serving(r.state) && r.version == d.version) ++ready;
+  callbacks_.on_progress(StrCat(d.key, ": ", ready, "/", d.target.num_replicas, " replicas ready"));
+}
+
+void Controller::Shutdown(std::function<void()> done) {
+  shutting_down_ = true;
+  shutdown_done_ = std::move(done);
+  const SteadyTime now = std::chrono::steady_clock::now();
+  for (auto& [key, d] : deployments_)
+    for (auto& [id, r] : d->replicas) BeginStop(*d, r, now);
+  Tick();
+}
+
+}  // namespace ferry::controller
