@@ -1,16 +1,25 @@
-// The ferry command: `ferry run CONFIG` (the node in the foreground), and `ferry replica` (internal: the
-// mode the node agent starts replica processes in).
+// The ferry command. `ferry run` and `ferry start` run a node; deploy, status, config, rollback and
+// shutdown talk to a node's admin API; `replica` and `check-plugin` are internal modes.
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
-#include "cli/foreground_node.h"
+#include "cli/admin_client.h"
+#include "cli/node.h"
 #include "common/common.h"
 #include "config/config.h"
 #include "replica/replica.h"
@@ -19,34 +28,77 @@
 namespace ferry {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
+using cli::AdminRequest;
+using cli::AdminResponse;
+using cli::JsonToYaml;
+
+constexpr char kVersion[] = "0.2.0";
+constexpr char kDefaultAddress[] = "http://127.0.0.1:8265";
 
 constexpr char kUsage[] = R"(ferry — serve models from a YAML config, with Ray Serve's model and native speed.
 
 Usage:
-  ferry run CONFIG [options]   start a node in the foreground and serve CONFIG until Ctrl-C
-  ferry --help | -h            this text
-  ferry --version              the version
-  ferry run --help             the options of `ferry run`
+  ferry run CONFIG [options]        a node in the foreground serving CONFIG, until Ctrl-C
+  ferry start [CONFIG] [options]    a node as a daemon; it restores its applications after a restart
+  ferry deploy CONFIG               apply CONFIG to a running node (applications left out are deleted)
+  ferry status [--json]             applications, deployments and replicas of a node, as YAML
+  ferry config                      the config a node runs, as YAML
+  ferry rollback APPLICATION        return an application to the config it had before its last change
+  ferry shutdown                    drain and stop a node
+  ferry --help | ferry COMMAND --help | ferry --version
 
-See docs/config.md for the config format and README.md for a quickstart.
+Commands that talk to a node take --address URL (default http://127.0.0.1:8265, or $FERRY_ADDRESS) and
+--token TOKEN (or $FERRY_ADMIN_TOKEN) for a node whose admin API requires one.
+See docs/config.md for the config format and docs/operations.md for running nodes.
 )";
 
 constexpr char kRunUsage[] = R"(Usage: ferry run CONFIG [options]
 
 Loads CONFIG (YAML; see docs/config.md), starts one replica process per replica, shows progress
 while they start, and serves HTTP once every replica is ready. It prints one URL per application.
-On SIGINT or SIGTERM it stops accepting, lets requests in flight finish within the largest
-graceful_shutdown_timeout_s of the config, stops the replicas, and exits 0. A config error, a
-port that cannot be bound or a deployment that fails to start exits non-zero with the reason.
+The admin API (ferry deploy/status/...) listens too. On SIGINT or SIGTERM it stops accepting, lets
+requests in flight finish within the largest graceful_shutdown_timeout_s of the config, stops the
+replicas, and exits 0. A config error, a port that cannot be bound or a deployment that fails to start
+exits non-zero with the reason. Nothing is kept after exit (see ferry start for that).
 
 Options:
   --http-host HOST     listen on HOST instead of http_options.host
   --http-port PORT     listen on PORT instead of http_options.port (0: any free port)
   --threads N          proxy I/O threads instead of http_options.num_threads (0: one per core)
+  --admin-host HOST    admin API address instead of admin.host (default 127.0.0.1)
+  --admin-port PORT    admin API port instead of admin.port (default 8265; 0: any free port)
+  --admin-token-file F bearer token for the admin API, required when it listens off loopback
   --log-level LEVEL    debug, info (default), warning or error
   --run-dir DIR        where replica sockets live (default: a new directory under $TMPDIR or /tmp)
   -h, --help           this text
+)";
+
+constexpr char kStartUsage[] = R"(Usage: ferry start [CONFIG] [options]
+
+Starts a node as a daemon and returns once its admin API answers. The node keeps its state in
+--state-dir: the applied config and each application's history (controller-state.json), its log
+(ferry.log), its pid (ferry.pid) and replica sockets (run/). Started again after a crash or a reboot,
+it brings back the applications it ran. CONFIG, when given, sets http_options and admin for the node
+and is deployed once it is up. Stop it with ferry shutdown.
+
+Options:
+  --state-dir DIR      default $FERRY_STATE_DIR, else ~/.ferry
+  --foreground         do not daemonize; log to standard error
+  --http-host HOST, --http-port PORT, --threads N, --admin-host HOST, --admin-port PORT,
+  --admin-token-file F, --log-level LEVEL   as for ferry run
+  -h, --help           this text
+)";
+
+constexpr char kClientUsage[] = R"(Usage:
+  ferry deploy CONFIG [--address URL] [--token TOKEN]
+  ferry status [--json] [--address URL] [--token TOKEN]
+  ferry config [--address URL] [--token TOKEN]
+  ferry rollback APPLICATION [--address URL] [--token TOKEN]
+  ferry shutdown [--address URL] [--token TOKEN]
+
+--address defaults to $FERRY_ADDRESS, else http://127.0.0.1:8265; --token to $FERRY_ADMIN_TOKEN.
+deploy sends the whole file (relative plugin paths resolve against its directory); invalid configs are
+refused with every error found, and nothing running changes.
 )";
 
 std::string SelfExecutable() {
@@ -57,13 +109,10 @@ std::string SelfExecutable() {
   return buf;
 }
 
-struct RunFlags {
-  std::string config_path;
-  std::optional<std::string> http_host;
-  std::optional<int> http_port;
-  std::optional<int> threads;
-  std::string run_dir;
-};
+int Fail(const std::string& message, int code = 2) {
+  std::cerr << "ferry: " << message << "\n";
+  return code;
+}
 
 bool ParseInt(const std::string& s, int* out) {
   char* end = nullptr;
@@ -74,69 +123,316 @@ bool ParseInt(const std::string& s, int* out) {
   return true;
 }
 
-int Fail(const std::string& message, int code = 2) {
-  std::cerr << "ferry: " << message << "\n";
-  return code;
-}
+// Flags of the form --name VALUE and switches --name, plus positional arguments.
+struct Flags {
+  std::map<std::string, std::string> values;
+  std::set<std::string> switches;
+  std::vector<std::string> positional;
+  std::string error;
+  bool help = false;
 
-int Run(const RunFlags& flags) {
+  static Flags Parse(const std::vector<std::string>& args, const std::set<std::string>& with_value,
+                     const std::set<std::string>& switch_names, const char* usage_hint) {
+    Flags f;
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      if (a == "-h" || a == "--help") {
+        f.help = true;
+      } else if (with_value.count(a)) {
+        if (i + 1 >= args.size()) {
+          f.error = StrCat(a, " needs a value (see ", usage_hint, ")");
+          return f;
+        }
+        f.values[a] = args[++i];
+      } else if (switch_names.count(a)) {
+        f.switches.insert(a);
+      } else if (!a.empty() && a[0] == '-') {
+        f.error = StrCat("unknown option ", a, " (see ", usage_hint, ")");
+        return f;
+      } else {
+        f.positional.push_back(a);
+      }
+    }
+    return f;
+  }
+  std::optional<std::string> Get(const std::string& name) const {
+    auto it = values.find(name);
+    return it == values.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+};
+
+config::ValidationHooks Hooks(const std::string& self) {
   config::ValidationHooks hooks;
   hooks.builtin_exists = [](std::string_view name) { return runtimes::FindBuiltin(name) != nullptr; };
-  hooks.check_plugin = &config::CheckPluginInChildProcess;
-  absl::StatusOr<config::Config> loaded = config::LoadConfigFile(flags.config_path, hooks);
+  // Loading a plugin to check it happens in a fresh process (ferry check-plugin): a broken library cannot
+  // crash the node, and no thread of ours is forked mid-lock.
+  hooks.check_plugin = [self](const std::string& path, const std::string& symbol) -> absl::Status {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+    pid_t pid = fork();
+    if (pid == 0) {
+      dup2(fds[1], STDERR_FILENO);
+      int devnull = open("/dev/null", O_WRONLY);
+      if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
+      execl(self.c_str(), self.c_str(), "check-plugin", path.c_str(), symbol.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(fds[1]);
+    std::string message;
+    char buf[512];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof(buf))) > 0) message.append(buf, static_cast<size_t>(n));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
+    while (!message.empty() && message.back() == '\n') message.pop_back();
+    if (message.empty()) message = StrCat("loading plugin ", path, " crashed the loader");
+    return absl::InvalidArgumentError(message);
+  };
+  return hooks;
+}
+
+// Applies the node flags shared by run and start to `options`.
+std::optional<std::string> ApplyNodeFlags(const Flags& f, cli::NodeOptions& options) {
+  int n;
+  if (auto v = f.Get("--http-host")) options.http.host = *v;
+  if (auto v = f.Get("--http-port")) {
+    if (!ParseInt(*v, &n) || n < 0 || n > 65535) return "--http-port needs a port number (0-65535)";
+    options.http.port = n;
+  }
+  if (auto v = f.Get("--threads")) {
+    if (!ParseInt(*v, &n) || n < 0 || n > 256) return "--threads needs a number from 0 to 256";
+    options.http.num_threads = n;
+  }
+  if (auto v = f.Get("--admin-host")) options.admin.host = *v;
+  if (auto v = f.Get("--admin-port")) {
+    if (!ParseInt(*v, &n) || n < 0 || n > 65535) return "--admin-port needs a port number (0-65535)";
+    options.admin.port = n;
+  }
+  if (auto v = f.Get("--admin-token-file")) {
+    options.admin.auth_token_file = *v;
+    options.admin.auth_token.clear();
+  }
+  if (auto v = f.Get("--log-level")) {
+    LogLevel level;
+    if (!ParseLogLevel(*v, &level)) return "--log-level needs debug, info, warning or error";
+    Log::SetLevel(level);
+  }
+  return std::nullopt;
+}
+
+const std::set<std::string> kNodeFlags = {"--http-host",        "--http-port",  "--threads",
+                                          "--admin-host",       "--admin-port", "--log-level",
+                                          "--admin-token-file", "--run-dir",    "--state-dir"};
+
+std::optional<config::Config> LoadOrReport(const std::string& path, const config::ValidationHooks& hooks) {
+  absl::StatusOr<config::Config> loaded = config::LoadConfigFile(path, hooks);
   if (!loaded.ok()) {
     std::cerr << Message(loaded.status()) << "\n";
     std::cerr << "ferry: the config has errors; nothing was started\n";
-    return 1;
+    return std::nullopt;
   }
-  config::Config config = std::move(*loaded);
-  if (flags.http_host) config.http_options.host = *flags.http_host;
-  if (flags.http_port) config.http_options.port = *flags.http_port;
-  if (flags.threads) config.http_options.num_threads = *flags.threads;
-  return cli::RunForeground(config, {SelfExecutable(), flags.run_dir});
+  return std::move(*loaded);
 }
 
 int RunCommand(const std::vector<std::string>& args) {
-  RunFlags flags;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= args.size()) return false;
-      *out = args[++i];
-      return true;
-    };
-    std::string v;
-    int n;
-    if (a == "-h" || a == "--help") {
-      std::cout << kRunUsage;
-      return 0;
-    } else if (a == "--http-host") {
-      if (!value(&v)) return Fail("--http-host needs a value");
-      flags.http_host = v;
-    } else if (a == "--http-port") {
-      if (!value(&v) || !ParseInt(v, &n) || n < 0 || n > 65535)
-        return Fail("--http-port needs a port number (0-65535)");
-      flags.http_port = n;
-    } else if (a == "--threads") {
-      if (!value(&v) || !ParseInt(v, &n) || n < 0 || n > 256) return Fail("--threads needs a number from 0 to 256");
-      flags.threads = n;
-    } else if (a == "--log-level") {
-      LogLevel level;
-      if (!value(&v) || !ParseLogLevel(v, &level)) return Fail("--log-level needs debug, info, warning or error");
-      Log::SetLevel(level);
-    } else if (a == "--run-dir") {
-      if (!value(&v)) return Fail("--run-dir needs a directory");
-      flags.run_dir = v;
-    } else if (!a.empty() && a[0] == '-') {
-      return Fail(ferry::StrCat("unknown option ", a, " (see ferry run --help)"));
-    } else if (flags.config_path.empty()) {
-      flags.config_path = a;
-    } else {
-      return Fail(ferry::StrCat("unexpected argument ", a, " (see ferry run --help)"));
-    }
+  Flags f = Flags::Parse(args, kNodeFlags, {}, "ferry run --help");
+  if (f.help) return std::cout << kRunUsage, 0;
+  if (!f.error.empty()) return Fail(f.error);
+  if (f.positional.size() != 1) return Fail("ferry run needs exactly one CONFIG file (see ferry run --help)");
+  cli::NodeOptions options;
+  options.ferry_binary = SelfExecutable();
+  options.hooks = Hooks(options.ferry_binary);
+  std::optional<config::Config> config = LoadOrReport(f.positional[0], options.hooks);
+  if (!config) return 1;
+  options.http = config->http_options;
+  options.admin = config->admin;
+  if (auto error = ApplyNodeFlags(f, options)) return Fail(*error);
+  config->http_options = options.http;
+  options.run_dir = f.Get("--run-dir").value_or("");
+  options.initial_config = std::move(config);
+  options.serve_after_ready = true;
+  options.exit_on_start_failure = true;
+  return cli::RunNode(options);
+}
+
+std::string DefaultStateDir() {
+  if (const char* dir = getenv("FERRY_STATE_DIR"); dir && *dir) return dir;
+  const char* home = getenv("HOME");
+  return StrCat(home && *home ? home : "/tmp", "/.ferry");
+}
+
+// An existing node's pid from DIR/ferry.pid, if that process is alive.
+std::optional<pid_t> RunningNode(const std::string& pid_file) {
+  std::ifstream in(pid_file);
+  long pid = 0;
+  if (!(in >> pid) || pid <= 0) return std::nullopt;
+  if (kill(static_cast<pid_t>(pid), 0) != 0) return std::nullopt;
+  std::ifstream cmdline(StrCat("/proc/", pid, "/cmdline"));
+  std::string text((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+  if (text.find("ferry") == std::string::npos) return std::nullopt;  // the pid was reused by something else
+  return static_cast<pid_t>(pid);
+}
+
+int StartCommand(const std::vector<std::string>& args) {
+  Flags f = Flags::Parse(args, kNodeFlags, {"--foreground"}, "ferry start --help");
+  if (f.help) return std::cout << kStartUsage, 0;
+  if (!f.error.empty()) return Fail(f.error);
+  if (f.positional.size() > 1) return Fail("ferry start takes at most one CONFIG file (see ferry start --help)");
+  cli::NodeOptions options;
+  options.ferry_binary = SelfExecutable();
+  options.hooks = Hooks(options.ferry_binary);
+  if (!f.positional.empty()) {
+    std::optional<config::Config> config = LoadOrReport(f.positional[0], options.hooks);
+    if (!config) return 1;
+    options.http = config->http_options;
+    options.admin = config->admin;
+    options.initial_config = std::move(config);
   }
-  if (flags.config_path.empty()) return Fail("ferry run needs a CONFIG file (see ferry run --help)");
-  return Run(flags);
+  if (auto error = ApplyNodeFlags(f, options)) return Fail(*error);
+  if (options.initial_config) options.initial_config->http_options = options.http;
+  std::string state_dir = std::filesystem::absolute(f.Get("--state-dir").value_or(DefaultStateDir())).string();
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir + "/run", ec);
+  if (ec) return Fail(StrCat("cannot create ", state_dir, ": ", ec.message()), 1);
+  options.state_dir = state_dir;
+  options.run_dir = state_dir + "/run";
+  const std::string pid_file = state_dir + "/ferry.pid";
+  if (auto pid = RunningNode(pid_file))
+    return Fail(StrCat("a node already runs from ", state_dir, " (pid ", *pid, ")"), 1);
+
+  if (f.switches.count("--foreground")) {
+    std::ofstream(pid_file) << getpid() << "\n";
+    int code = cli::RunNode(options);
+    std::filesystem::remove(pid_file, ec);
+    return code;
+  }
+  // Daemonize: the child runs the node with its output in the log; the parent waits for it to be ready.
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) != 0) return Fail("pipe failed", 1);
+  pid_t child = fork();
+  if (child < 0) return Fail("fork failed", 1);
+  if (child == 0) {
+    close(ready[0]);
+    setsid();
+    int log = open((state_dir + "/ferry.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    if (log >= 0) {
+      dup2(log, STDOUT_FILENO);
+      dup2(log, STDERR_FILENO);
+    }
+    std::ofstream(pid_file) << getpid() << "\n";
+    options.on_ready = [fd = ready[1]](const std::string& summary) {
+      std::string line = summary + "\n";
+      ssize_t n = write(fd, line.data(), line.size());
+      (void)n;
+      close(fd);
+    };
+    int code = cli::RunNode(options);
+    std::filesystem::remove(pid_file, ec);
+    _exit(code);
+  }
+  close(ready[1]);
+  std::string summary;
+  char buf[1024];
+  ssize_t n;
+  while ((n = read(ready[0], buf, sizeof(buf))) > 0) summary.append(buf, static_cast<size_t>(n));
+  close(ready[0]);
+  if (summary.empty()) {
+    int status = 0;
+    waitpid(child, &status, WNOHANG);
+    std::cerr << "ferry: the node did not start; see " << state_dir << "/ferry.log\n";
+    std::ifstream log(state_dir + "/ferry.log");
+    std::string line, tail;
+    std::vector<std::string> lines;
+    while (std::getline(log, line)) lines.push_back(line);
+    for (size_t i = lines.size() > 10 ? lines.size() - 10 : 0; i < lines.size(); ++i) std::cerr << lines[i] << "\n";
+    return 1;
+  }
+  std::cout << summary << "ferry: node started (pid " << child << "); state in " << state_dir << ", log in "
+            << state_dir << "/ferry.log\n";
+  return 0;
+}
+
+struct ClientContext {
+  std::string address;
+  std::string token;
+};
+
+std::optional<ClientContext> ClientFrom(const Flags& f) {
+  ClientContext c;
+  const char* env_address = getenv("FERRY_ADDRESS");
+  c.address = f.Get("--address").value_or(env_address && *env_address ? env_address : kDefaultAddress);
+  const char* env_token = getenv("FERRY_ADMIN_TOKEN");
+  c.token = f.Get("--token").value_or(env_token ? env_token : "");
+  return c;
+}
+
+// Prints a failed admin call's reason; returns the exit code.
+int ReportHttpError(const AdminResponse& r) {
+  nlohmann::json body = nlohmann::json::parse(r.body, nullptr, false);
+  std::cerr << "ferry: the node answered " << r.status;
+  if (body.is_object() && body.contains("error")) std::cerr << ": " << body["error"].get<std::string>();
+  std::cerr << "\n";
+  if (body.is_object() && body.contains("errors"))
+    for (const auto& e : body["errors"]) std::cerr << e.get<std::string>() << "\n";
+  return 1;
+}
+
+int ClientCommand(const std::string& command, const std::vector<std::string>& args) {
+  Flags f = Flags::Parse(args, {"--address", "--token"}, {"--json"}, "ferry --help");
+  if (f.help) return std::cout << kClientUsage, 0;
+  if (!f.error.empty()) return Fail(f.error);
+  std::optional<ClientContext> c = ClientFrom(f);
+  absl::StatusOr<AdminResponse> r;
+  if (command == "deploy") {
+    if (f.positional.size() != 1) return Fail("ferry deploy needs one CONFIG file");
+    std::ifstream in(f.positional[0], std::ios::binary);
+    if (!in) return Fail(StrCat(f.positional[0], ": cannot read config file"), 1);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string dir = std::filesystem::absolute(f.positional[0]).parent_path().string();
+    r = AdminRequest(c->address, "PUT", "/api/serve/applications/", text.str(), c->token,
+                     {{"x-ferry-config-dir", dir}, {"x-ferry-config-file", f.positional[0]}});
+  } else if (command == "status") {
+    r = AdminRequest(c->address, "GET", "/api/serve/applications/", "", c->token);
+  } else if (command == "config") {
+    r = AdminRequest(c->address, "GET", "/api/ferry/config", "", c->token);
+  } else if (command == "rollback") {
+    if (f.positional.size() != 1) return Fail("ferry rollback needs an APPLICATION name");
+    r = AdminRequest(c->address, "POST", StrCat("/api/ferry/applications/", f.positional[0], "/rollback"), "",
+                     c->token);
+  } else if (command == "shutdown") {
+    r = AdminRequest(c->address, "POST", "/api/ferry/shutdown", "", c->token);
+  }
+  if (!r.ok()) return Fail(std::string(Message(r.status())), 1);
+  if (r->status != 200) return ReportHttpError(*r);
+  nlohmann::json body = nlohmann::json::parse(r->body, nullptr, false);
+  if (command == "status") {
+    if (f.switches.count("--json")) {
+      std::cout << body.dump(2) << "\n";
+      return 0;
+    }
+    nlohmann::json brief = {{"proxies", body["proxies"]}, {"applications", nlohmann::json::object()}};
+    for (auto& [name, app] : body["applications"].items()) {
+      nlohmann::json deployments = nlohmann::json::object();
+      for (auto& [dname, d] : app["deployments"].items())
+        deployments[dname] = {
+            {"status", d["status"]}, {"replica_states", d["replica_states"]}, {"message", d["message"]}};
+      brief["applications"][name] = {{"status", app["status"]},
+                                     {"message", app["message"]},
+                                     {"last_deployed_time_s", app["last_deployed_time_s"]},
+                                     {"deployments", deployments}};
+    }
+    std::cout << JsonToYaml(brief);
+  } else if (command == "config") {
+    std::cout << (body.is_null() ? "# nothing deployed\n" : JsonToYaml(body));
+  } else {
+    std::cout << "ferry: " << body.value("result", "done") << "\n";
+  }
+  return 0;
 }
 
 int ReplicaCommand(const std::vector<std::string>& args) {
@@ -158,6 +454,17 @@ int ReplicaCommand(const std::vector<std::string>& args) {
   return replica::RunReplica(options);
 }
 
+// ferry check-plugin PATH SYMBOL: exit 0 when the library loads and exports the deployment.
+int CheckPluginCommand(const std::vector<std::string>& args) {
+  if (args.size() != 2) return Fail("usage: ferry check-plugin LIBRARY CLASS");
+  absl::Status s = config::CheckPluginInChildProcess(args[0], args[1]);
+  if (!s.ok()) {
+    std::cerr << Message(s) << "\n";
+    return 1;
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace ferry
 
@@ -174,6 +481,11 @@ int main(int argc, char** argv) {
   std::string command = args[0];
   args.erase(args.begin());
   if (command == "run") return ferry::RunCommand(args);
+  if (command == "start") return ferry::StartCommand(args);
+  if (command == "deploy" || command == "status" || command == "config" || command == "rollback" ||
+      command == "shutdown")
+    return ferry::ClientCommand(command, args);
   if (command == "replica") return ferry::ReplicaCommand(args);
+  if (command == "check-plugin") return ferry::CheckPluginCommand(args);
   return ferry::Fail(ferry::StrCat("unknown command \"", command, "\" (see ferry --help)"));
 }

@@ -335,6 +335,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   YAML::Node http = top.Get("http_options");
   MapReader hmap(http, "http_options", errors);
   if (http.IsDefined() && hmap.ok()) {
+    config.has_http_options = true;
     HttpOptions& h = config.http_options;
     ReadString(hmap, "host", errors, &h.host);
     ReadInt(hmap, "port", 0, 65535, errors, &h.port);
@@ -353,6 +354,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   YAML::Node admin = top.Get("admin");
   MapReader amap(admin, "admin", errors);
   if (admin.IsDefined() && amap.ok()) {
+    config.has_admin = true;
     AdminOptions& a = config.admin;
     ReadString(amap, "host", errors, &a.host);
     ReadInt(amap, "port", 0, 65535, errors, &a.port);
@@ -437,7 +439,7 @@ std::string DeploymentConfig::ResolvedImportPath() const {
   return kind == Kind::kPlugin ? StrCat(plugin_path, ":", symbol) : import_path;
 }
 
-bool AdminOptions::IsLoopback() const { return host == "127.0.0.1" || host == "::1" || host == "localhost"; }
+bool AdminOptions::IsLoopback() const { return host.rfind("127.", 0) == 0 || host == "::1" || host == "localhost"; }
 
 absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin) {
   if (!admin.auth_token.empty()) return admin.auth_token;
@@ -447,7 +449,8 @@ absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin) {
   if (!in || !std::getline(in, token))
     return absl::NotFoundError(StrCat("admin.auth_token_file: cannot read ", admin.auth_token_file));
   while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  if (token.empty()) return absl::InvalidArgumentError(StrCat("admin.auth_token_file: ", admin.auth_token_file, " is empty"));
+  if (token.empty())
+    return absl::InvalidArgumentError(StrCat("admin.auth_token_file: ", admin.auth_token_file, " is empty"));
   return token;
 }
 
@@ -463,7 +466,8 @@ json ToJson(const HttpOptions& h) {
 }
 
 json ToJson(const ApplicationConfig& app) {
-  json a = {{"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
+  json a = {
+      {"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
   for (const auto& d : app.deployments) {
     a["deployments"].push_back({{"name", d.name},
                                 {"import_path", d.ResolvedImportPath()},

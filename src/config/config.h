@@ -77,6 +77,8 @@ struct Config {
   std::string source_path;  // the file it came from, for messages
   HttpOptions http_options;
   AdminOptions admin;
+  bool has_http_options = false;  // the file had the section (else the defaults above)
+  bool has_admin = false;
   std::vector<ApplicationConfig> applications;
 };
 

@@ -29,7 +29,7 @@ class Ferry:
         self.stderr_lines = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [binary or FERRY_BIN, "run", self.config_path, "--http-port", "0", *extra_args],
+            [binary or FERRY_BIN, "run", self.config_path, "--http-port", "0", "--admin-port", "0", *extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
         self._readers = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
@@ -58,8 +58,10 @@ class Ferry:
         deadline = time.time() + timeout
         while time.time() < deadline:
             m = re.search(r"listening on http://[0-9.]+:(\d+)", self.stdout())
-            if m and "ferry: ready" in self.stdout():
+            a = re.search(r"admin API at (http://[0-9.]+:\d+)", self.stdout())
+            if m and a and "ferry: ready" in self.stdout():
                 self.port = int(m.group(1))
+                self.admin = a.group(1)
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(f"ferry exited with {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}")

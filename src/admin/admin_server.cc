@@ -1,0 +1,278 @@
+#include "admin/admin_server.h"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "common/common.h"
+
+namespace ferry::admin {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kMaxConfigBytes = 16 << 20;
+constexpr auto kControllerWait = std::chrono::seconds(30);
+
+struct Reply {
+  http::status status = http::status::ok;
+  json body;
+};
+
+Reply Error(http::status status, std::string_view message) { return {status, {{"error", message}}}; }
+
+std::vector<std::string> Lines(std::string_view text) {
+  std::vector<std::string> out;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    out.emplace_back(text.substr(0, nl));
+    if (nl == std::string_view::npos) break;
+    text.remove_prefix(nl + 1);
+  }
+  return out;
+}
+
+// Constant-time comparison, so the token cannot be guessed byte by byte from response times.
+bool SameToken(std::string_view given, std::string_view expected) {
+  if (expected.empty() || given.size() != expected.size()) return false;
+  unsigned diff = 0;
+  for (size_t i = 0; i < given.size(); ++i)
+    diff |= static_cast<unsigned char>(given[i]) ^ static_cast<unsigned char>(expected[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+class AdminServer::Impl {
+ public:
+  Impl(AdminServerOptions options, asio::io_context& control_io, controller::Controller* controller)
+      : options_(std::move(options)), control_io_(control_io), controller_(controller) {}
+
+  absl::Status Listen() {
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(options_.host, ec);
+    if (ec) return absl::InvalidArgumentError(StrCat("admin.host: not an IP address: ", options_.host));
+    tcp::endpoint endpoint(address, static_cast<uint16_t>(options_.port));
+    acceptor_.open(endpoint.protocol(), ec);
+    if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(endpoint, ec);
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      return absl::UnavailableError(
+          StrCat("admin API: cannot listen on ", options_.host, ":", options_.port, ": ", ec.message()));
+    return absl::OkStatus();
+  }
+
+  uint16_t port() const {
+    boost::system::error_code ec;
+    return acceptor_.local_endpoint(ec).port();
+  }
+
+  void Start() {
+    DoAccept();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  void Stop() {
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+    // Connections are served on their own threads: shut their sockets and wait for them to finish.
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+    idle_.wait_for(lock, std::chrono::seconds(35), [this] { return open_.empty(); });
+  }
+
+ private:
+  void DoAccept() {
+    acceptor_.async_accept([this](const boost::system::error_code& ec, tcp::socket socket) {
+      if (ec) return;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;
+        open_.insert(socket.native_handle());
+      }
+      std::thread([this, socket = std::move(socket)]() mutable {
+        Serve(socket);
+        std::lock_guard<std::mutex> lock(mu_);
+        open_.erase(socket.native_handle());  // before the socket closes and its number can be reused
+        idle_.notify_all();
+      }).detach();
+      DoAccept();
+    });
+  }
+
+  // One connection, served synchronously on its own short-lived thread: the admin API is low-volume and a
+  // slow deploy must not hold up a status call.
+  void Serve(tcp::socket& socket) {
+    beast::flat_buffer buffer;
+    struct timeval tv {
+      30, 0
+    };
+    setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    for (;;) {
+      http::request_parser<http::string_body> parser;
+      parser.body_limit(kMaxConfigBytes);
+      parser.header_limit(16 * 1024);
+      boost::system::error_code ec;
+      http::read(socket, buffer, parser, ec);
+      if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset) return;
+      Reply reply;
+      bool keep_alive = false;
+      if (ec == http::error::body_limit) {
+        reply = Error(http::status::payload_too_large, "config larger than 16 MiB");
+      } else if (ec) {
+        reply = Error(http::status::bad_request, StrCat("malformed HTTP request: ", ec.message()));
+      } else {
+        keep_alive = parser.get().keep_alive();
+        reply = Handle(parser.get());
+      }
+      http::response<http::string_body> res{reply.status, 11};
+      res.set(http::field::content_type, "application/json");
+      if (reply.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
+      res.body() = reply.body.is_null() ? std::string() : reply.body.dump(2);
+      res.keep_alive(keep_alive);
+      res.prepare_payload();
+      http::write(socket, res, ec);
+      if (ec || !keep_alive) return;
+    }
+  }
+
+  // Runs `work` on the controller's thread and waits for its answer.
+  template <typename T>
+  std::optional<T> OnController(std::function<T()> work) {
+    auto promise = std::make_shared<std::promise<T>>();
+    std::future<T> future = promise->get_future();
+    asio::post(control_io_, [promise, work = std::move(work)] { promise->set_value(work()); });
+    if (future.wait_for(kControllerWait) != std::future_status::ready) return std::nullopt;
+    return future.get();
+  }
+
+  Reply Handle(const http::request<http::string_body>& req) {
+    if (!options_.token.empty()) {
+      auto it = req.find(http::field::authorization);
+      std::string_view given =
+          it == req.end() ? std::string_view() : std::string_view(it->value().data(), it->value().size());
+      if (given.rfind("Bearer ", 0) != 0 || !SameToken(given.substr(7), options_.token))
+        return Error(http::status::unauthorized,
+                     "missing or wrong bearer token (Authorization: Bearer <admin.auth_token>)");
+    }
+    std::string_view target(req.target().data(), req.target().size());
+    std::string_view path = target.substr(0, target.find('?'));
+    if (!path.empty() && path.back() != '/' && path == "/api/serve/applications") path = "/api/serve/applications/";
+    const http::verb method = req.method();
+    if (path == "/api/serve/applications/") {
+      if (method == http::verb::get) return Wrap(OnController<json>([this] { return controller_->StatusJson(); }));
+      if (method == http::verb::put) return Deploy(req);
+      if (method == http::verb::delete_) return Apply([this] { return controller_->DeleteAll(); }, "deleted");
+      return Error(http::status::method_not_allowed, "use GET, PUT or DELETE on /api/serve/applications/");
+    }
+    if (path == "/api/ferry/history" && method == http::verb::get)
+      return Wrap(OnController<json>([this] { return controller_->HistoryJson(); }));
+    if (path == "/api/ferry/config" && method == http::verb::get) {
+      return Wrap(OnController<json>([this] {
+        const auto& applied = controller_->applied_config();
+        return applied ? config::ToJson(*applied) : json(nullptr);
+      }));
+    }
+    static constexpr std::string_view kRollback = "/api/ferry/applications/";
+    if (path.rfind(kRollback, 0) == 0 && path.size() > kRollback.size() + 9 &&
+        path.substr(path.size() - 9) == "/rollback") {
+      if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to roll back");
+      std::string app(path.substr(kRollback.size(), path.size() - kRollback.size() - 9));
+      return Apply([this, app] { return controller_->Rollback(app); }, "rolled back");
+    }
+    if (path == "/api/ferry/shutdown") {
+      if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to shut down");
+      if (options_.on_shutdown) options_.on_shutdown();
+      return {http::status::ok, {{"result", "shutting down"}}};
+    }
+    return Error(http::status::not_found, StrCat("no admin endpoint at ", path));
+  }
+
+  Reply Wrap(std::optional<json> body) {
+    if (!body) return Error(http::status::service_unavailable, "the controller did not answer in time");
+    return {http::status::ok, std::move(*body)};
+  }
+
+  Reply Apply(std::function<absl::Status()> work, std::string_view done) {
+    std::optional<absl::Status> s = OnController<absl::Status>(std::move(work));
+    if (!s) return Error(http::status::service_unavailable, "the controller did not answer in time");
+    if (s->ok()) return {http::status::ok, {{"result", done}}};
+    http::status code = absl::IsNotFound(*s)             ? http::status::not_found
+                        : absl::IsFailedPrecondition(*s) ? http::status::conflict
+                        : absl::IsInvalidArgument(*s)    ? http::status::bad_request
+                                                         : http::status::service_unavailable;
+    return Error(code, Message(*s));
+  }
+
+  Reply Deploy(const http::request<http::string_body>& req) {
+    std::string base_dir = "/";
+    auto dir = req.find("x-ferry-config-dir");
+    if (dir != req.end() && !dir->value().empty() && dir->value()[0] == '/') base_dir = std::string(dir->value());
+    std::string source = "request body";
+    auto name = req.find("x-ferry-config-file");
+    if (name != req.end() && !name->value().empty()) source = std::string(name->value());
+    absl::StatusOr<config::Config> parsed = config::ParseConfig(req.body(), source, base_dir, options_.hooks);
+    if (!parsed.ok()) {
+      return {http::status::bad_request,
+              {{"error", "invalid config: nothing was changed"}, {"errors", Lines(Message(parsed.status()))}}};
+    }
+    config::Config config = std::move(*parsed);
+    if (config.has_http_options && config::ToJson(config.http_options) != config::ToJson(options_.node_http)) {
+      return {http::status::bad_request,
+              {{"error", "invalid config: nothing was changed"},
+               {"errors",
+                {StrCat("http_options: the node serves with ", config::ToJson(options_.node_http).dump(),
+                        "; they are set when the node starts and cannot change while it runs")}}}};
+    }
+    if (config.has_admin) {
+      return {http::status::bad_request,
+              {{"error", "invalid config: nothing was changed"},
+               {"errors", {"admin: the admin API is configured when the node starts (ferry start / ferry run)"}}}};
+    }
+    config.http_options = options_.node_http;
+    return Apply([this, config] { return controller_->Apply(config); }, "deployed");
+  }
+
+  AdminServerOptions options_;
+  asio::io_context& control_io_;
+  controller::Controller* controller_;
+  asio::io_context io_{1};
+  tcp::acceptor acceptor_{io_};
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable idle_;
+  std::set<int> open_;     // guarded by mu_: sockets being served
+  bool stopping_ = false;  // guarded by mu_
+};
+
+absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Create(AdminServerOptions options,
+                                                                 asio::io_context& control_io,
+                                                                 controller::Controller* controller) {
+  auto impl = std::make_unique<Impl>(std::move(options), control_io, controller);
+  absl::Status s = impl->Listen();
+  if (!s.ok()) return s;
+  return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
+}
+
+AdminServer::AdminServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AdminServer::~AdminServer() { impl_->Stop(); }
+uint16_t AdminServer::port() const { return impl_->port(); }
+void AdminServer::Start() { impl_->Start(); }
+void AdminServer::Stop() { impl_->Stop(); }
+
+}  // namespace ferry::admin

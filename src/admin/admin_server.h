@@ -1,0 +1,45 @@
+// The admin API: Ray Serve's REST endpoints for applications (PUT/GET/DELETE /api/serve/applications/)
+// plus ferry's history, rollback, applied config and shutdown. It parses and validates configs itself
+// and hands only valid ones to the controller, on the controller's thread. With a token configured, every
+// request must carry `Authorization: Bearer <token>`.
+// Thread-safe: Create/Start/Stop from one thread; it serves on its own thread.
+#pragma once
+
+#include <absl/status/statusor.h>
+#include <boost/asio/io_context.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "controller/controller.h"
+
+namespace ferry::admin {
+
+struct AdminServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8265;
+  std::string token;                  // empty: no authentication (allowed only on loopback; the caller checks)
+  config::HttpOptions node_http;      // what the node's proxy runs with: deployed configs must agree
+  config::ValidationHooks hooks;      // for validating deployed configs
+  std::function<void()> on_shutdown;  // POST /api/ferry/shutdown
+};
+
+class AdminServer {
+ public:
+  // Binds the port. `controller` lives on `control_io`; every call to it is posted there.
+  static absl::StatusOr<std::unique_ptr<AdminServer>> Create(AdminServerOptions options,
+                                                             boost::asio::io_context& control_io,
+                                                             controller::Controller* controller);
+  ~AdminServer();
+  uint16_t port() const;
+  void Start();
+  void Stop();
+
+ private:
+  class Impl;
+  explicit AdminServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::admin

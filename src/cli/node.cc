@@ -1,0 +1,228 @@
+#include "cli/node.h"
+
+#include <signal.h>
+#include <stdlib.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "admin/admin_server.h"
+#include "common/common.h"
+#include "controller/controller.h"
+#include "controller/state_store.h"
+#include "proxy/proxy.h"
+#include "router/routing_table.h"
+
+namespace ferry::cli {
+namespace {
+
+std::chrono::milliseconds Millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+proxy::ProxyOptions ProxyOptionsFrom(const config::HttpOptions& h) {
+  proxy::ProxyOptions options;
+  options.host = h.host;
+  options.port = h.port;
+  options.num_threads =
+      h.num_threads > 0 ? h.num_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (h.request_timeout_s) options.request_timeout = Millis(*h.request_timeout_s);
+  options.keep_alive_timeout = Millis(h.keep_alive_timeout_s);
+  options.header_timeout = Millis(h.header_timeout_s);
+  options.max_body_bytes = h.max_body_bytes;
+  return options;
+}
+
+// The largest graceful_shutdown_timeout_s of what is deployed: how long the proxy lets requests finish.
+double DrainSeconds(const std::optional<config::Config>& config) {
+  double drain_s = 0;
+  if (!config) return drain_s;
+  for (const auto& app : config->applications)
+    for (const auto& d : app.deployments) drain_s = std::max(drain_s, d.graceful_shutdown_timeout_s);
+  return drain_s;
+}
+
+class Node {
+ public:
+  Node(const NodeOptions& options, std::unique_ptr<proxy::Proxy> proxy)
+      : options_(options), proxy_(std::move(proxy)), signals_(io_, SIGINT, SIGTERM) {}
+
+  ~Node() {
+    if (admin_) admin_->Stop();
+    if (drainer_.joinable()) drainer_.join();
+    proxy_->Stop();
+    control_.reset();  // kills whatever replica is left
+  }
+
+  absl::Status Create(router::RoutingTableCell* routing, const std::string& run_dir) {
+    if (!options_.state_dir.empty()) {
+      absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
+          controller::EmbeddedStateStore::Open(options_.state_dir);
+      if (!store.ok()) return store.status();
+      store_ = std::move(*store);
+    }
+    controller::ControllerCallbacks callbacks;
+    if (options_.serve_after_ready)
+      callbacks.on_progress = [](const std::string& line) { std::cout << "ferry: starting " << line << std::endl; };
+    callbacks.on_all_ready = [this] {
+      if (!http_open_) OpenHttp();
+    };
+    callbacks.on_start_failure = [this](const std::string& deployment, const std::string& message) {
+      if (!options_.exit_on_start_failure || http_open_ || failed_) return;
+      failed_ = true;
+      std::cerr << "ferry: deployment " << deployment << " failed to start: " << message << std::endl;
+      exit_code_ = 1;
+      control_->Shutdown([this] { io_.stop(); });
+    };
+    absl::StatusOr<std::unique_ptr<controller::Controller>> created =
+        controller::Controller::Create(io_, options_.ferry_binary, run_dir, routing, store_.get(), callbacks);
+    if (!created.ok()) return created.status();
+    control_ = std::move(*created);
+
+    absl::StatusOr<std::string> token = config::LoadAdminToken(options_.admin);
+    if (!token.ok()) return token.status();
+    if (token->empty() && !options_.admin.IsLoopback())
+      return absl::FailedPreconditionError(
+          StrCat("the admin API would listen on ", options_.admin.host,
+                 " without a token: deploying runs code, so off loopback it needs admin.auth_token or "
+                 "admin.auth_token_file (or --admin-token-file)"));
+    admin::AdminServerOptions admin;
+    admin.host = options_.admin.host;
+    admin.port = options_.admin.port;
+    admin.token = *token;
+    admin.node_http = options_.http;
+    admin.hooks = options_.hooks;
+    admin.on_shutdown = [this] { boost::asio::post(io_, [this] { BeginStop("admin API shutdown"); }); };
+    absl::StatusOr<std::unique_ptr<admin::AdminServer>> server = admin::AdminServer::Create(admin, io_, control_.get());
+    if (!server.ok()) return server.status();
+    admin_ = std::move(*server);
+    return absl::OkStatus();
+  }
+
+  int Run() {
+    WaitForSignal();
+    admin_->Start();
+    control_->Start();
+    absl::Status restored = control_->Restore();
+    if (!restored.ok()) std::cerr << "ferry: could not restore the saved state: " << Message(restored) << std::endl;
+    if (options_.initial_config) {
+      absl::Status applied = control_->Apply(*options_.initial_config);
+      if (!applied.ok()) std::cerr << "ferry: " << Message(applied) << std::endl;
+    }
+    if (!options_.serve_after_ready) OpenHttp();
+    io_.run();
+    return exit_code_;
+  }
+
+ private:
+  void OpenHttp() {
+    proxy_->Start();
+    http_open_ = true;
+    std::string base = StrCat("http://", options_.http.host, ":", proxy_->port());
+    std::string summary =
+        StrCat("ferry: listening on ", base, "\nferry: admin API at http://", options_.admin.host, ":", admin_->port());
+    if (const auto& applied = control_->applied_config()) {
+      for (const auto& app : applied->applications)
+        summary += StrCat("\nferry: application \"", app.name, "\" at ", base,
+                          app.route_prefix == "/" ? "/" : app.route_prefix);
+    }
+    summary += "\nferry: ready";
+    std::cout << summary << std::endl;
+    if (options_.on_ready) options_.on_ready(summary);
+  }
+
+  void WaitForSignal() {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+      if (!ec) BeginStop(strsignal(signo));
+    });
+  }
+
+  void BeginStop(const std::string& why) {
+    if (stopping_) {
+      std::cerr << "ferry: second signal; stopping now" << std::endl;
+      exit_code_ = 1;
+      proxy_->Stop();  // drops requests in flight, which also ends the drain
+      io_.stop();
+      return;
+    }
+    stopping_ = true;
+    double drain_s = DrainSeconds(control_->applied_config());
+    std::cout << "ferry: " << why << ": draining " << proxy_->in_flight() << " requests in flight (up to " << drain_s
+              << " s)" << std::endl;
+    WaitForSignal();
+    // Draining blocks; do it off the control thread so that replicas keep being watched meanwhile.
+    drainer_ = std::thread([this, drain_s] {
+      int left = http_open_ ? proxy_->Drain(Millis(drain_s)) : 0;
+      boost::asio::post(io_, [this, left] { StopReplicas(left); });
+    });
+  }
+
+  void StopReplicas(int requests_left) {
+    if (requests_left > 0)
+      std::cerr << "ferry: graceful_shutdown_timeout_s passed with " << requests_left << " requests in flight"
+                << std::endl;
+    proxy_->Stop();
+    control_->Shutdown([this] {
+      std::cout << "ferry: stopped" << std::endl;
+      io_.stop();
+    });
+  }
+
+  const NodeOptions& options_;
+  boost::asio::io_context io_{1};
+  std::unique_ptr<proxy::Proxy> proxy_;
+  std::unique_ptr<controller::StateStore> store_;
+  std::unique_ptr<controller::Controller> control_;
+  std::unique_ptr<admin::AdminServer> admin_;
+  boost::asio::signal_set signals_;
+  std::thread drainer_;
+  std::atomic<bool> http_open_{false};
+  bool stopping_ = false;
+  bool failed_ = false;
+  int exit_code_ = 0;
+};
+
+}  // namespace
+
+int RunNode(const NodeOptions& options) {
+  router::RoutingTableCell routing;
+  absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(ProxyOptionsFrom(options.http), &routing);
+  if (!proxy.ok()) {
+    std::cerr << "ferry: " << Message(proxy.status()) << std::endl;
+    return 1;
+  }
+  std::string run_dir = options.run_dir;
+  bool own_run_dir = run_dir.empty();
+  if (own_run_dir) {
+    const char* tmp = getenv("TMPDIR");
+    std::string pattern = StrCat(tmp && *tmp ? tmp : "/tmp", "/ferry-XXXXXX");
+    if (!mkdtemp(pattern.data())) {
+      std::cerr << "ferry: cannot create a run directory: " << strerror(errno) << std::endl;
+      return 1;
+    }
+    run_dir = pattern;
+  }
+  int code;
+  {
+    Node node(options, std::move(*proxy));
+    absl::Status created = node.Create(&routing, run_dir);
+    if (!created.ok()) {
+      std::cerr << "ferry: " << Message(created) << std::endl;
+      code = 1;
+    } else {
+      code = node.Run();
+    }
+  }
+  if (own_run_dir) {
+    std::error_code ignored;
+    std::filesystem::remove_all(run_dir, ignored);
+  }
+  return code;
+}
+
+}  // namespace ferry::cli
