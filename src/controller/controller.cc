@@ -1,6 +1,7 @@
 // The controller's API half: applying configs, history and rollback, persistence, status.
 #include "controller/controller.h"
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
 #include <fstream>
 #include <set>
@@ -151,7 +152,13 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
     wanted_apps.insert(app_config.name);
     auto& app = apps_[app_config.name];
     json new_json = config::ToJson(app_config);
-    if (app && !app->deleting && config::ToJson(app->config) == new_json) {
+    std::map<std::string, std::string> versions;  // a plugin rebuilt in place changes only its version
+    for (const auto& dc : app_config.deployments) versions[dc.name] = DeploymentVersion(dc);
+    if (app && !app->deleting && config::ToJson(app->config) == new_json &&
+        std::all_of(app_config.deployments.begin(), app_config.deployments.end(), [&](const auto& dc) {
+          auto it = deployments_.find(StrCat(app_config.name, "/", dc.name));
+          return it != deployments_.end() && it->second->version == versions[dc.name];
+        })) {
       for (const auto& d : app_config.deployments) wanted_deployments.insert(StrCat(app_config.name, "/", d.name));
       continue;  // unchanged: applying the same config twice changes nothing
     }
@@ -170,7 +177,7 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
       std::string key = StrCat(app_config.name, "/", dc.name);
       wanted_deployments.insert(key);
       auto& d = deployments_[key];
-      std::string version = DeploymentVersion(dc);
+      const std::string& version = versions[dc.name];
       if (!d) {
         d = std::make_unique<Deployment>();
         d->application = app_config.name;

@@ -3,6 +3,7 @@
 //
 // It doubles as the game-day deployment: knobs inject the failures operators rehearse.
 //   args:        {fail_constructor: "text"}   the constructor throws "text"
+//                {constructor_delay_s: 5}     the constructor takes that long (a slow model load)
 //   user_config: {healthy: false}             check_health fails
 //                {error_rate: 0.1}            that share of requests answers 500
 //                {delay_ms: 50}               every request waits that long first (cancellable)
@@ -17,6 +18,8 @@ namespace ferry::runtimes {
 class Echo : public Deployment {
  public:
   explicit Echo(const Args& args) {
+    double delay_s = args.get<double>("constructor_delay_s", 0);
+    if (delay_s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(delay_s * 1000)));
     std::string fail = args.get<std::string>("fail_constructor", "");
     if (!fail.empty()) throw std::runtime_error(fail);
   }

@@ -213,6 +213,15 @@ class LifecycleTest(unittest.TestCase):
         self.deploy(V1.replace("args: {version: 1}", "args: {version: 3}"))
         self.wait_running()
 
+    def test_replica_that_never_gets_ready_in_time_fails_the_deploy(self):
+        before = replica_ids(self.address, "app", "Model")
+        self.deploy(V1.replace("args: {version: 1}", "args: {constructor_delay_s: 30}\n"
+                               "        startup_timeout_s: 0.5\n        max_constructor_retry_count: 1"))
+        wait_until(lambda: app_status(self.address, "app") == "DEPLOY_FAILED", what="DEPLOY_FAILED")
+        self.assertIn("did not become ready within startup_timeout_s (0.5 s)", status(self.address)["applications"]["app"]["message"])
+        self.assertEqual(replica_ids(self.address, "app", "Model"), before)
+        self.assertEqual(requests.get(self.url, timeout=10).status_code, 200)
+
     def test_replica_that_starts_failing_health_checks_is_replaced(self):
         self.deploy(V1.replace("num_replicas: 2", "num_replicas: 1"))
         wait_until(lambda: len(replica_ids(self.address, "app", "Model")) == 1, what="1 replica")

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 
 import requests
@@ -69,6 +70,29 @@ applications:
         with Ferry(config_file=config_path, binary=self.installed_ferry) as ferry:
             r = requests.get(ferry.url("/sentiment?text=great+and+fast"), timeout=10)
             self.assertEqual(r.json()["label"], "positive")
+
+    def test_a_rebuilt_plugin_is_a_new_version(self):
+        from test_lifecycle import ferry_cli, replica_ids, wait_until, app_status
+        lib = os.path.join(self.tmp, "versioned", "libsentiment.so")
+        os.makedirs(os.path.dirname(lib), exist_ok=True)
+        shutil.copy(self.library, lib)
+        config_path = os.path.join(os.path.dirname(lib), "c.yaml")
+        with open(config_path, "w") as f:
+            f.write("applications:\n  - name: s\n    route_prefix: /s\n    deployments:\n"
+                    "      - {name: Sentiment, import_path: libsentiment.so:Sentiment, health_check_period_s: 0.2}\n")
+        with Ferry(config_file=config_path) as ferry:
+            before = replica_ids(ferry.admin, "s", "Sentiment")
+            r = ferry_cli(ferry.admin, "deploy", config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            time.sleep(0.5)
+            self.assertEqual(replica_ids(ferry.admin, "s", "Sentiment"), before)  # same file: nothing to do
+            with open(lib, "ab") as f:
+                f.write(b"\0" * 64)  # a different build of the library, as far as ferry can tell
+            r = ferry_cli(ferry.admin, "deploy", config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            wait_until(lambda: app_status(ferry.admin, "s") == "RUNNING" and
+                       not set(replica_ids(ferry.admin, "s", "Sentiment")) & set(before), what="a new version")
+            self.assertEqual(requests.get(ferry.url("/s?text=good"), timeout=10).json()["label"], "positive")
 
     def test_missing_symbol_is_a_config_error(self):
         config_dir = tempfile.mkdtemp(dir=self.tmp)
