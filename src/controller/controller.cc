@@ -17,35 +17,52 @@ using nlohmann::json;
 
 const char* ApplicationStatusName(ApplicationStatus status) {
   switch (status) {
-    case ApplicationStatus::kNotStarted: return "NOT_STARTED";
-    case ApplicationStatus::kDeploying: return "DEPLOYING";
-    case ApplicationStatus::kRunning: return "RUNNING";
-    case ApplicationStatus::kDeployFailed: return "DEPLOY_FAILED";
-    case ApplicationStatus::kUnhealthy: return "UNHEALTHY";
-    case ApplicationStatus::kDeleting: return "DELETING";
+    case ApplicationStatus::kNotStarted:
+      return "NOT_STARTED";
+    case ApplicationStatus::kDeploying:
+      return "DEPLOYING";
+    case ApplicationStatus::kRunning:
+      return "RUNNING";
+    case ApplicationStatus::kDeployFailed:
+      return "DEPLOY_FAILED";
+    case ApplicationStatus::kUnhealthy:
+      return "UNHEALTHY";
+    case ApplicationStatus::kDeleting:
+      return "DELETING";
   }
   return "?";
 }
 
 const char* DeploymentStatusName(DeploymentStatus status) {
   switch (status) {
-    case DeploymentStatus::kUpdating: return "UPDATING";
-    case DeploymentStatus::kHealthy: return "HEALTHY";
-    case DeploymentStatus::kUnhealthy: return "UNHEALTHY";
-    case DeploymentStatus::kUpscaling: return "UPSCALING";
-    case DeploymentStatus::kDownscaling: return "DOWNSCALING";
-    case DeploymentStatus::kDeployFailed: return "DEPLOY_FAILED";
+    case DeploymentStatus::kUpdating:
+      return "UPDATING";
+    case DeploymentStatus::kHealthy:
+      return "HEALTHY";
+    case DeploymentStatus::kUnhealthy:
+      return "UNHEALTHY";
+    case DeploymentStatus::kUpscaling:
+      return "UPSCALING";
+    case DeploymentStatus::kDownscaling:
+      return "DOWNSCALING";
+    case DeploymentStatus::kDeployFailed:
+      return "DEPLOY_FAILED";
   }
   return "?";
 }
 
 const char* ReplicaStateName(ReplicaState state) {
   switch (state) {
-    case ReplicaState::kStarting: return "STARTING";
-    case ReplicaState::kUpdating: return "UPDATING";
-    case ReplicaState::kRecovering: return "RECOVERING";
-    case ReplicaState::kRunning: return "RUNNING";
-    case ReplicaState::kStopping: return "STOPPING";
+    case ReplicaState::kStarting:
+      return "STARTING";
+    case ReplicaState::kUpdating:
+      return "UPDATING";
+    case ReplicaState::kRecovering:
+      return "RECOVERING";
+    case ReplicaState::kRunning:
+      return "RUNNING";
+    case ReplicaState::kStopping:
+      return "STOPPING";
   }
   return "?";
 }
@@ -85,7 +102,8 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
     // The library's contents: rebuilding a plugin in place is a new version too.
     std::ifstream in(d.plugin_path, std::ios::binary);
     char buf[1 << 16];
-    while (in.read(buf, sizeof(buf)) || in.gcount() > 0) h = Fnv1a(h, std::string_view(buf, static_cast<size_t>(in.gcount())));
+    while (in.read(buf, sizeof(buf)) || in.gcount() > 0)
+      h = Fnv1a(h, std::string_view(buf, static_cast<size_t>(in.gcount())));
   }
   return Hex(h).substr(0, 12);
 }
@@ -112,12 +130,7 @@ std::unique_ptr<Controller> Controller::CreateWithLauncher(asio::io_context& io,
 
 Controller::Controller(asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
                        ControllerCallbacks callbacks, ControllerOptions options)
-    : io_(io),
-      routing_(routing),
-      store_(store),
-      callbacks_(std::move(callbacks)),
-      options_(options),
-      tick_timer_(io) {}
+    : io_(io), routing_(routing), store_(store), callbacks_(std::move(callbacks)), options_(options), tick_timer_(io) {}
 
 Controller::~Controller() {
   if (launcher_) launcher_->KillAll();
@@ -190,10 +203,10 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
           d->start_failures = 0;
           d->version_failed = false;
           d->message.clear();
+          d->reached_target = false;
         }
         d->deleting = false;
         d->version = version;
-        d->reached_target = false;
       }
       d->target = dc;
       d->router->SetLimits(dc.max_ongoing_requests, dc.max_queued_requests);
@@ -252,11 +265,13 @@ absl::Status Controller::Rollback(const std::string& application) {
   for (auto& a : doc["applications"])
     if (a["name"] == application) a = previous;
   absl::StatusOr<config::Config> config = config::ParseConfig(doc.dump(), "history", "/");
-  if (!config.ok()) return absl::FailedPreconditionError(StrCat("previous config no longer loads: ", Message(config.status())));
+  if (!config.ok())
+    return absl::FailedPreconditionError(StrCat("previous config no longer loads: ", Message(config.status())));
   config->http_options = applied_->http_options;
   config->admin = applied_->admin;
   h->second.pop_back();  // the version rolled back from is not kept: rolling back again goes further back
-  FERRY_LOG(kInfo, "controller", "rolling application ", application, " back to its config of ", previous.dump().size(), " bytes");
+  FERRY_LOG(kInfo, "controller", "rolling application ", application, " back to its config of ", previous.dump().size(),
+            " bytes");
   return ApplyInternal(*config, false, false);
 }
 

@@ -9,7 +9,6 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
@@ -62,7 +61,8 @@ class Controller : public node::ReplicaListener {
                                                             StateStore* store, ControllerCallbacks callbacks,
                                                             ControllerOptions options = {});
   // A controller over any launcher (a simulated cluster, a test double).
-  static std::unique_ptr<Controller> CreateWithLauncher(boost::asio::io_context& io, const LauncherFactory& make_launcher,
+  static std::unique_ptr<Controller> CreateWithLauncher(boost::asio::io_context& io,
+                                                        const LauncherFactory& make_launcher,
                                                         router::RoutingTableCell* routing, StateStore* store,
                                                         ControllerCallbacks callbacks, ControllerOptions options = {});
   ~Controller() override;

@@ -72,7 +72,8 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
     }
     if (!r.ready) {
       if (now - r.started > Millis(t.startup_timeout_s)) {
-        std::string why = StrCat("replica ", id, " did not become ready within startup_timeout_s (", t.startup_timeout_s, " s)");
+        std::string why =
+            StrCat("replica ", id, " did not become ready within startup_timeout_s (", t.startup_timeout_s, " s)");
         if (r.version == d.version) RecordStartFailure(d, why);
         BeginStop(d, r, now);
       }
@@ -92,16 +93,18 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   for (auto& [id, r] : d.replicas) {
     if (r.state == ReplicaState::kStopping) continue;
     bool current = r.version == d.version;
-    if (Starting(r.state)) (current ? current_starting : old_starting).push_back(&r);
-    else (current ? current_serving : old_serving).push_back(&r);
+    if (Starting(r.state))
+      (current ? current_starting : old_starting).push_back(&r);
+    else
+      (current ? current_serving : old_serving).push_back(&r);
   }
   const int current_total = static_cast<int>(current_starting.size() + current_serving.size());
   // An old-version replica that is not serving yet will never be needed.
   for (Replica* r : old_starting) BeginStop(d, *r, now);
-  // Start current-version replicas, a bounded surge at a time (Ray Serve's 20%), so a rolling update
-  // adds capacity before it removes any.
+  // Start current-version replicas. While an old version serves, a bounded surge at a time (Ray Serve's
+  // 20%), so a rolling update adds capacity before it removes any; otherwise all that are missing.
   if (!d.version_failed && now >= d.backoff_until) {
-    int surge = std::max(1, static_cast<int>(std::ceil(0.2 * n)));
+    int surge = old_serving.empty() ? n : std::max(1, static_cast<int>(std::ceil(0.2 * n)));
     int to_start = std::min(n - current_total, surge - static_cast<int>(current_starting.size()));
     for (int i = 0; i < to_start; ++i) StartReplica(d);
   }
@@ -184,9 +187,8 @@ void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
   r.health_outstanding = true;
   r.health_token = next_token_++;
   r.health_deadline = now + Millis(d.target.health_check_timeout_s);
-  launcher_->CheckHealth(r.id, [this, id = r.id, token = r.health_token](const absl::Status& s) {
-    OnHealthResult(id, token, s);
-  });
+  launcher_->CheckHealth(
+      r.id, [this, id = r.id, token = r.health_token](const absl::Status& s) { OnHealthResult(id, token, s); });
 }
 
 void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status) {
@@ -203,8 +205,10 @@ void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, c
                                   : Millis(d->target.health_check_period_s));
   if (status.ok()) {
     r.health_failures = 0;
-    if (starting) MarkRunning(*d, r);
-    ScheduleTick();
+    if (starting) {
+      MarkRunning(*d, r);
+      ScheduleTick();
+    }
     return;
   }
   ++r.health_failures;
@@ -212,8 +216,8 @@ void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, c
   FERRY_LOG(kWarning, "controller", "replica ", replica_id, " failed a health check (", r.health_failures, "/",
             kHealthFailuresToReplace, "): ", Message(status));
   if (r.health_failures < kHealthFailuresToReplace) return;
-  std::string message = StrCat("replica ", replica_id, " failed ", kHealthFailuresToReplace, " health checks in a row (",
-                               Message(status), ")");
+  std::string message = StrCat("replica ", replica_id, " failed ", kHealthFailuresToReplace,
+                               " health checks in a row (", Message(status), ")");
   if (starting) {
     // A new replica that never passes its check never takes traffic: a failed start.
     if (r.version == d->version) RecordStartFailure(*d, message);
@@ -273,7 +277,8 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
 void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
   ++d.start_failures;
   const int limit = d.target.max_constructor_retry_count;
-  d.message = StrCat("replica failed to start (", d.start_failures, " of max_constructor_retry_count ", limit, "): ", message);
+  d.message =
+      StrCat("replica failed to start (", d.start_failures, " of max_constructor_retry_count ", limit, "): ", message);
   auto delay = milliseconds(std::min<int64_t>(5000, 100ll << std::min(d.start_failures - 1, 10)));
   d.backoff_until = std::chrono::steady_clock::now() + delay;
   if (d.start_failures >= limit && !d.version_failed) {

@@ -65,7 +65,7 @@ struct Controller::Deployment {
   int health_check_failures = 0;
   std::string message;
   DeploymentStatus status = DeploymentStatus::kUpdating;
-  bool reached_target = false;  // since the last change of target
+  bool reached_target = false;  // the current version has run at its target once
 };
 
 struct Controller::Application {

@@ -1,0 +1,252 @@
+// The controller's reconcile logic against a launcher without processes.
+#include "controller/controller.h"
+
+#include <filesystem>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/fake_launcher.h"
+
+namespace ferry::controller {
+namespace {
+
+using ::testing::HasSubstr;
+
+config::Config Parse(const std::string& yaml) {
+  config::ValidationHooks hooks;
+  hooks.builtin_exists = [](std::string_view) { return true; };
+  auto c = config::ParseConfig(yaml, "test.yaml", "/tmp", hooks);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+std::string App(int replicas, const std::string& args = "{v: 1}", const std::string& extra = "") {
+  return "applications:\n  - name: app\n    route_prefix: /app\n    deployments:\n      - name: D\n"
+         "        import_path: builtin:echo\n        health_check_period_s: 0\n        num_replicas: " +
+         std::to_string(replicas) + "\n        args: " + args + "\n" + extra;
+}
+
+class ControllerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make(nullptr); }
+
+  void Make(StateStore* store) {
+    controller_ = Controller::CreateWithLauncher(io_,
+                                                 [this](node::ReplicaListener* listener) {
+                                                   auto fake = std::make_unique<testing::FakeLauncher>(listener);
+                                                   fake_ = fake.get();
+                                                   return fake;
+                                                 },
+                                                 &routing_, store, {});
+  }
+
+  // Ticks, lets started replicas get ready and pass their first check, ticks again.
+  void Settle(int rounds = 6) {
+    for (int i = 0; i < rounds; ++i) {
+      controller_->Tick();
+      fake_->FinishStarts();
+      fake_->FinishStops();
+      io_.poll();
+    }
+  }
+
+  nlohmann::json Deployment() { return controller_->StatusJson()["applications"]["app"]["deployments"]["D"]; }
+  std::string AppStatus() { return controller_->StatusJson()["applications"]["app"]["status"]; }
+  int Routed() {
+    const router::Route* r = routing_.Get()->Match("/app");
+    return r ? r->router->Stats().replicas : -1;
+  }
+
+  boost::asio::io_context io_;
+  router::RoutingTableCell routing_;
+  std::unique_ptr<Controller> controller_;
+  testing::FakeLauncher* fake_ = nullptr;
+};
+
+TEST_F(ControllerTest, AppliesAConfigAndReportsRunning) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  EXPECT_EQ(AppStatus(), "NOT_STARTED");
+  controller_->Tick();
+  EXPECT_EQ(fake_->started.size(), 2u);
+  EXPECT_EQ(Routed(), 0);  // routed only once ready and healthy
+  EXPECT_EQ(Deployment()["status"], "UPDATING");
+  Settle();
+  EXPECT_EQ(AppStatus(), "RUNNING");
+  EXPECT_EQ(Deployment()["status"], "HEALTHY");
+  EXPECT_EQ(Deployment()["replica_states"]["RUNNING"], 2);
+  EXPECT_EQ(Routed(), 2);
+  EXPECT_EQ(fake_->started.size(), 2u);
+}
+
+TEST_F(ControllerTest, SameConfigTwiceChangesNothing) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  EXPECT_EQ(fake_->started.size(), 2u);
+  EXPECT_TRUE(fake_->stopped.empty());
+  EXPECT_TRUE(controller_->HistoryJson().empty());
+}
+
+TEST_F(ControllerTest, RollingUpdateNeverDropsBelowTarget) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(4))).ok());
+  Settle();
+  ASSERT_EQ(Routed(), 4);
+  ASSERT_TRUE(controller_->Apply(Parse(App(4, "{v: 2}"))).ok());
+  std::set<std::string> old_ids;
+  for (const auto& s : fake_->started) old_ids.insert(s.replica_id);
+  for (int i = 0; i < 40 && !(AppStatus() == "RUNNING" && fake_->stopped.size() == 4); ++i) {
+    controller_->Tick();
+    EXPECT_GE(Routed(), 4) << "capacity dipped at step " << i;
+    // At most one new replica (20% of 4, at least 1) starts at a time.
+    EXPECT_LE(Deployment()["replica_states"].value("STARTING", 0), 1);
+    fake_->FinishStarts();
+    fake_->FinishStops();
+  }
+  EXPECT_EQ(AppStatus(), "RUNNING");
+  EXPECT_EQ(fake_->started.size(), 8u);
+  EXPECT_EQ(std::set<std::string>(fake_->stopped.begin(), fake_->stopped.end()), old_ids);
+  EXPECT_EQ(controller_->HistoryJson()["app"].size(), 1u);
+}
+
+TEST_F(ControllerTest, UserConfigAndLimitsApplyInPlace) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  ASSERT_TRUE(
+      controller_
+          ->Apply(Parse(App(2, "{v: 1}", "        user_config: {threshold: 3}\n        max_ongoing_requests: 9\n")))
+          .ok());
+  Settle();
+  EXPECT_EQ(fake_->started.size(), 2u);  // no restart
+  ASSERT_EQ(fake_->reconfigures.size(), 2u);
+  EXPECT_EQ(fake_->reconfigures[0].second["user_config"]["threshold"], 3);
+  EXPECT_EQ(fake_->reconfigures[0].second["max_ongoing_requests"], 9);
+  EXPECT_EQ(Deployment()["status"], "HEALTHY");
+}
+
+TEST_F(ControllerTest, ScalingUpAndDown) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(1))).ok());
+  Settle();
+  ASSERT_TRUE(controller_->Apply(Parse(App(3))).ok());
+  controller_->Tick();
+  EXPECT_EQ(Deployment()["status"], "UPSCALING");
+  Settle();
+  EXPECT_EQ(Routed(), 3);
+  ASSERT_TRUE(controller_->Apply(Parse(App(1))).ok());
+  Settle();
+  EXPECT_EQ(Routed(), 1);
+  EXPECT_EQ(fake_->stopped.size(), 2u);
+  EXPECT_EQ(Deployment()["status"], "HEALTHY");
+}
+
+TEST_F(ControllerTest, FailedVersionKeepsTheOldOneServing) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  ASSERT_TRUE(controller_->Apply(Parse(App(2, "{v: 2}", "        max_constructor_retry_count: 1\n"))).ok());
+  controller_->Tick();
+  fake_->FinishStarts("constructor said no");
+  controller_->Tick();
+  EXPECT_EQ(AppStatus(), "DEPLOY_FAILED");
+  EXPECT_THAT(controller_->StatusJson()["applications"]["app"]["message"].get<std::string>(),
+              HasSubstr("constructor said no"));
+  EXPECT_EQ(Routed(), 2);
+  EXPECT_TRUE(fake_->stopped.empty());
+  Settle();
+  EXPECT_EQ(fake_->started.size(), 3u);  // no more attempts at the failed version
+}
+
+TEST_F(ControllerTest, CrashedReplicaIsReplaced) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  std::string victim = fake_->started[0].replica_id;
+  fake_->Crash(victim);
+  EXPECT_EQ(Routed(), 1);
+  controller_->Tick();
+  EXPECT_EQ(Deployment()["status"], "UNHEALTHY");
+  Settle();
+  EXPECT_EQ(Routed(), 2);
+  EXPECT_EQ(Deployment()["restarts"], 1);
+  EXPECT_EQ(Deployment()["status"], "HEALTHY");
+}
+
+TEST_F(ControllerTest, UnhealthyReplicaLeavesRoutingAndIsReplaced) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  std::string sick = fake_->started[0].replica_id;
+  fake_->unhealthy.insert(sick);
+  for (int i = 0; i < 3; ++i) controller_->Tick();
+  EXPECT_EQ(Routed(), 1);  // out of routing before it stops
+  EXPECT_EQ(Deployment()["health_check_failures"], 3);
+  Settle();
+  EXPECT_THAT(fake_->stopped, ::testing::Contains(sick));
+  EXPECT_EQ(Routed(), 2);
+  EXPECT_EQ(Deployment()["restarts"], 1);
+}
+
+TEST_F(ControllerTest, DeletingAnApplicationStopsItAndRemovesItsRoute) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  ASSERT_TRUE(controller_->DeleteAll().ok());
+  EXPECT_EQ(routing_.Get()->Match("/app"), nullptr);
+  controller_->Tick();
+  EXPECT_EQ(AppStatus(), "DELETING");
+  Settle();
+  EXPECT_TRUE(controller_->StatusJson()["applications"].empty());
+  EXPECT_EQ(fake_->live().size(), 0u);
+}
+
+TEST_F(ControllerTest, RollbackReturnsToThePreviousConfig) {
+  EXPECT_FALSE(controller_->Rollback("app").ok());
+  ASSERT_TRUE(controller_->Apply(Parse(App(1))).ok());
+  Settle();
+  EXPECT_TRUE(absl::IsFailedPrecondition(controller_->Rollback("app")));
+  ASSERT_TRUE(controller_->Apply(Parse(App(3))).ok());
+  Settle();
+  ASSERT_TRUE(controller_->Rollback("app").ok());
+  Settle();
+  EXPECT_EQ(Routed(), 1);
+  EXPECT_EQ(controller_->applied_config()->applications[0].deployments[0].num_replicas, 1);
+}
+
+TEST_F(ControllerTest, StateSurvivesARestart) {
+  std::string dir = ::testing::TempDir() + "/controller-state";
+  std::filesystem::remove_all(dir);
+  auto store = EmbeddedStateStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  Make(store->get());
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  ASSERT_TRUE(controller_->Apply(Parse(App(3))).ok());
+  Settle();
+  controller_.reset();
+  // A new node on the same state directory.
+  auto reopened = EmbeddedStateStore::Open(dir);
+  Make(reopened->get());
+  ASSERT_TRUE(controller_->Restore().ok());
+  controller_->Tick();
+  EXPECT_EQ(Deployment()["replica_states"]["RECOVERING"], 3);
+  Settle();
+  EXPECT_EQ(AppStatus(), "RUNNING");
+  EXPECT_EQ(controller_->HistoryJson()["app"].size(), 1u);
+  ASSERT_TRUE(controller_->Rollback("app").ok());  // history came back too
+  Settle();
+  EXPECT_EQ(Routed(), 2);
+}
+
+TEST(StateStoreTest, SavesAtomicallyAndLoads) {
+  std::string dir = ::testing::TempDir() + "/store-test";
+  std::filesystem::remove_all(dir);
+  auto store = EmbeddedStateStore::Open(dir);
+  ASSERT_TRUE(store.ok());
+  auto empty = (*store)->Load();
+  ASSERT_TRUE(empty.ok());
+  EXPECT_FALSE(empty->has_value());
+  ASSERT_TRUE((*store)->Save("{\"a\": 1}").ok());
+  ASSERT_TRUE((*store)->Save("{\"a\": 2}").ok());
+  auto loaded = (*store)->Load();
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(**loaded, "{\"a\": 2}");
+  EXPECT_FALSE(std::filesystem::exists((*store)->path() + ".tmp"));
+}
+
+}  // namespace
+}  // namespace ferry::controller
