@@ -54,6 +54,8 @@ fuzz-test: deps
 bench: build
 	@scripts/install-deps --bench
 	bench/http_echo/run.sh
+	/usr/bin/python3 bench/lifecycle/run.py
+	$(BUILD)/bench/micro_bench
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
