@@ -3,7 +3,6 @@
 // checks come due every health_check_period_s, so few per tick) and the worst tick, where every replica
 // is due a health check at once.
 #include <benchmark/benchmark.h>
-
 #include <sstream>
 
 #include "common/common.h"
@@ -32,14 +31,13 @@ void RunTicks(benchmark::State& state, double health_period_s) {
   boost::asio::io_context io;
   router::RoutingTableCell routing;
   testing::FakeLauncher* fake = nullptr;
-  auto controller = Controller::CreateWithLauncher(
-      io,
-      [&](node::ReplicaListener* listener) {
-        auto f = std::make_unique<testing::FakeLauncher>(listener);
-        fake = f.get();
-        return f;
-      },
-      &routing, nullptr, {});
+  auto controller = Controller::CreateWithLauncher(io,
+                                                   [&](node::ReplicaListener* listener) {
+                                                     auto f = std::make_unique<testing::FakeLauncher>(listener);
+                                                     fake = f.get();
+                                                     return f;
+                                                   },
+                                                   &routing, nullptr, {});
   if (!controller->Apply(BigConfig(100, 10, 10, health_period_s)).ok()) state.SkipWithError("apply failed");
   for (int i = 0; i < 5; ++i) {
     controller->Tick();
@@ -52,7 +50,8 @@ void RunTicks(benchmark::State& state, double health_period_s) {
     io.poll();
   }
   state.counters["replicas"] = static_cast<double>(controller->replica_count());
-  state.counters["health_checks_per_tick"] = static_cast<double>(fake->health_checks) / static_cast<double>(state.iterations() + 5);
+  state.counters["health_checks_per_tick"] =
+      static_cast<double>(fake->health_checks) / static_cast<double>(state.iterations() + 5);
 }
 
 void BM_ReconcileTickSteady(benchmark::State& state) { RunTicks(state, 10); }

@@ -6,9 +6,9 @@
 // Not thread-safe: every call, and every listener callback, on the io_context passed to Create.
 #pragma once
 
-#include <absl/status/statusor.h>
 #include <sys/types.h>
 
+#include <absl/status/statusor.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
