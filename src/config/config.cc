@@ -217,6 +217,42 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
   }
 }
 
+std::optional<double> ReadOptionalNumber(MapReader& map, const std::string& key, double min, Errors& errors) {
+  YAML::Node node = map.Get(key);
+  if (!node.IsDefined() || node.IsNull()) return std::nullopt;
+  double v = 0;
+  ReadNumber(map, key, min, errors, &v);
+  return v;
+}
+
+AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& path, Errors& errors) {
+  AutoscalingConfig a;
+  MapReader map(node, path, errors);
+  if (!map.ok()) return a;
+  ReadInt(map, "min_replicas", 0, 10000, errors, &a.min_replicas);
+  ReadInt(map, "max_replicas", 1, 10000, errors, &a.max_replicas);
+  YAML::Node initial = map.Get("initial_replicas");
+  if (initial.IsDefined() && !initial.IsNull()) {
+    int v = 0;
+    ReadInt(map, "initial_replicas", 0, 10000, errors, &v);
+    a.initial_replicas = v;
+  }
+  ReadNumber(map, "target_ongoing_requests", 0.001, errors, &a.target_ongoing_requests);
+  ReadNumber(map, "upscale_delay_s", 0, errors, &a.upscale_delay_s);
+  ReadNumber(map, "downscale_delay_s", 0, errors, &a.downscale_delay_s);
+  a.downscale_to_zero_delay_s = ReadOptionalNumber(map, "downscale_to_zero_delay_s", 0, errors);
+  a.upscaling_factor = ReadOptionalNumber(map, "upscaling_factor", 0.001, errors);
+  a.downscaling_factor = ReadOptionalNumber(map, "downscaling_factor", 0.001, errors);
+  ReadNumber(map, "metrics_interval_s", 0.01, errors, &a.metrics_interval_s);
+  ReadNumber(map, "look_back_period_s", 0.01, errors, &a.look_back_period_s);
+  map.RejectUnknown();
+  if (a.min_replicas > a.max_replicas)
+    errors.Add(node, path, StrCat("min_replicas (", a.min_replicas, ") is above max_replicas (", a.max_replicas, ")"));
+  if (a.initial_replicas && (*a.initial_replicas < a.min_replicas || *a.initial_replicas > a.max_replicas))
+    errors.Add(node, path + ".initial_replicas", "expected a value from min_replicas to max_replicas");
+  return a;
+}
+
 DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path, const std::string& base_dir,
                                 const ValidationHooks& hooks, Errors& errors) {
   DeploymentConfig d;
@@ -238,7 +274,22 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
     else
       d.args = ToJsonValue(args);
   }
-  ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
+  YAML::Node num_replicas = map.Get("num_replicas");
+  bool auto_replicas = num_replicas.IsDefined() && num_replicas.IsScalar() && num_replicas.Scalar() == "auto";
+  if (!auto_replicas) ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
+  YAML::Node autoscaling = map.Get("autoscaling_config");
+  if (autoscaling.IsDefined() && !autoscaling.IsNull()) {
+    if (num_replicas.IsDefined() && !auto_replicas)
+      errors.Add(num_replicas, map.Field("num_replicas"), "set num_replicas or autoscaling_config, not both");
+    d.autoscaling_config = ReadAutoscaling(autoscaling, map.Field("autoscaling_config"), errors);
+  } else if (auto_replicas) {
+    // Ray Serve's num_replicas: "auto": autoscaling from 1 to 100 replicas, 2 requests each.
+    AutoscalingConfig a;
+    a.min_replicas = 1;
+    a.max_replicas = 100;
+    a.target_ongoing_requests = 2;
+    d.autoscaling_config = a;
+  }
   ReadInt(map, "max_ongoing_requests", 1, 100000, errors, &d.max_ongoing_requests);
   ReadInt(map, "max_queued_requests", -1, 100000000, errors, &d.max_queued_requests);
   YAML::Node user_config = map.Get("user_config");
@@ -454,6 +505,21 @@ absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin) {
   return token;
 }
 
+json ToJson(const AutoscalingConfig& a) {
+  auto opt = [](const auto& v) { return v ? json(*v) : json(nullptr); };
+  return {{"min_replicas", a.min_replicas},
+          {"max_replicas", a.max_replicas},
+          {"initial_replicas", opt(a.initial_replicas)},
+          {"target_ongoing_requests", a.target_ongoing_requests},
+          {"upscale_delay_s", a.upscale_delay_s},
+          {"downscale_delay_s", a.downscale_delay_s},
+          {"downscale_to_zero_delay_s", opt(a.downscale_to_zero_delay_s)},
+          {"upscaling_factor", opt(a.upscaling_factor)},
+          {"downscaling_factor", opt(a.downscaling_factor)},
+          {"metrics_interval_s", a.metrics_interval_s},
+          {"look_back_period_s", a.look_back_period_s}};
+}
+
 json ToJson(const HttpOptions& h) {
   json out = {{"host", h.host},
               {"port", h.port},
@@ -482,6 +548,10 @@ json ToJson(const ApplicationConfig& app) {
                                 {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
                                 {"max_constructor_retry_count", d.max_constructor_retry_count},
                                 {"startup_timeout_s", d.startup_timeout_s}});
+    if (d.autoscaling_config) {  // one or the other, as in the config file
+      a["deployments"].back().erase("num_replicas");
+      a["deployments"].back()["autoscaling_config"] = ToJson(*d.autoscaling_config);
+    }
   }
   return a;
 }

@@ -20,6 +20,21 @@ struct Resources {
   double num_gpus = 0;
 };
 
+// Ray Serve's autoscaling_config, with its defaults.
+struct AutoscalingConfig {
+  int min_replicas = 1;
+  int max_replicas = 1;
+  std::optional<int> initial_replicas;  // default: min_replicas
+  double target_ongoing_requests = 2;
+  double upscale_delay_s = 30;
+  double downscale_delay_s = 600;
+  std::optional<double> downscale_to_zero_delay_s;  // default: downscale_delay_s
+  std::optional<double> upscaling_factor;           // default: 1 (no smoothing)
+  std::optional<double> downscaling_factor;         // default: 1
+  double metrics_interval_s = 10;
+  double look_back_period_s = 30;
+};
+
 struct DeploymentConfig {
   enum class Kind { kBuiltin, kPlugin };
   std::string name;
@@ -28,7 +43,8 @@ struct DeploymentConfig {
   std::string plugin_path;  // absolute path of the shared library (kPlugin)
   std::string symbol;       // class name (kPlugin) or built-in name (kBuiltin)
   nlohmann::json args = nlohmann::json::object();
-  int num_replicas = 1;
+  int num_replicas = 1;  // ignored when autoscaling_config is set
+  std::optional<AutoscalingConfig> autoscaling_config;
   int max_ongoing_requests = 5;
   int max_queued_requests = -1;  // -1: unbounded
   nlohmann::json user_config;    // null when absent
@@ -108,6 +124,7 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
 nlohmann::json ToJson(const Config& config);
 nlohmann::json ToJson(const ApplicationConfig& app);
 nlohmann::json ToJson(const HttpOptions& http);
+nlohmann::json ToJson(const AutoscalingConfig& autoscaling);
 
 // Reads the token of `admin` (auth_token, or the first line of auth_token_file). Empty when neither is set.
 absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin);

@@ -210,6 +210,18 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
       }
       d->target = dc;
       d->router->SetLimits(dc.max_ongoing_requests, dc.max_queued_requests);
+      if (dc.autoscaling_config) {
+        const config::AutoscalingConfig& a = *dc.autoscaling_config;
+        if (!d->autoscaler) {
+          d->autoscaler = std::make_unique<AutoscalingPolicy>(a);
+          d->autoscaled_replicas = d->autoscaler->InitialReplicas();
+        } else {
+          d->autoscaler->set_config(a);
+          d->autoscaled_replicas = std::clamp(d->autoscaled_replicas, a.min_replicas, a.max_replicas);
+        }
+      } else {
+        d->autoscaler.reset();
+      }
     }
     FERRY_LOG(kInfo, "controller", recovering ? "recovering" : "deploying", " application ", app_config.name);
   }
@@ -344,13 +356,24 @@ json Controller::StatusJson() const {
                               {"status", DeploymentStatusName(d.status)},
                               {"message", d.message},
                               {"version", d.version},
-                              {"target_num_replicas", d.target.num_replicas},
+                              {"target_num_replicas", d.TargetReplicas()},
                               {"replica_states", counts},
                               {"replicas", replicas},
                               {"restarts", d.restarts},
                               {"health_check_failures", d.health_check_failures},
                               {"ongoing_requests", stats.ongoing},
                               {"queued_requests", stats.queued}};
+      if (d.autoscaler) {
+        json decisions = json::array();
+        for (const auto& decision : d.decisions) decisions.push_back(decision);
+        deployments[dc.name]["autoscaling"] = {
+            {"target_replicas", d.autoscaled_replicas},
+            {"min_replicas", d.autoscaler->config().min_replicas},
+            {"max_replicas", d.autoscaler->config().max_replicas},
+            {"average_load", d.autoscaler->AverageLoad(std::chrono::steady_clock::now())},
+            {"last_cold_start_s", d.last_cold_start_s >= 0 ? json(d.last_cold_start_s) : json(nullptr)},
+            {"decisions", decisions}};
+      }
     }
     apps[name] = {{"name", name},
                   {"route_prefix", app->config.route_prefix},

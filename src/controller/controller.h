@@ -107,6 +107,7 @@ class Controller : public node::ReplicaListener {
              ControllerCallbacks callbacks, ControllerOptions options);
   absl::Status ApplyInternal(const config::Config& config, bool recovering, bool record_history);
   void ReconcileDeployment(Deployment& d, std::chrono::steady_clock::time_point now);
+  void Autoscale(Deployment& d, std::chrono::steady_clock::time_point now);
   void StartReplica(Deployment& d);
   void BeginStop(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceHealth(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);

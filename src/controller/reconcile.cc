@@ -29,9 +29,32 @@ Controller::Deployment* Controller::FindByReplica(const std::string& replica_id)
   return it == by_replica_.end() ? nullptr : it->second;
 }
 
+void Controller::Autoscale(Deployment& d, SteadyTime now) {
+  if (!d.autoscaler || d.deleting || shutting_down_) return;
+  router::RouterStats stats = d.router->Stats();
+  d.autoscaler->MaybeRecord(now, stats.ongoing + stats.queued);
+  std::optional<AutoscalingDecision> decision =
+      d.autoscaler->Decide(now, d.autoscaled_replicas, stats.replicas, stats.queued);
+  if (!decision) return;
+  if (decision->from == 0 && !d.cold_start_began) d.cold_start_began = now;
+  d.autoscaled_replicas = decision->to;
+  FERRY_LOG(kInfo, "controller", "autoscaling ", d.key, ": ", decision->from, " -> ", decision->to, " replicas (",
+            decision->reason, ")");
+  d.decisions.push_back({{"time_s", WallSeconds()},
+                         {"from", decision->from},
+                         {"to", decision->to},
+                         {"average_load", decision->average_load},
+                         {"desired", decision->desired},
+                         {"reason", decision->reason}});
+  while (d.decisions.size() > 20) d.decisions.pop_front();
+}
+
 void Controller::Tick() {
   const SteadyTime now = std::chrono::steady_clock::now();
-  for (auto& [key, d] : deployments_) ReconcileDeployment(*d, now);
+  for (auto& [key, d] : deployments_) {
+    Autoscale(*d, now);
+    ReconcileDeployment(*d, now);
+  }
   for (auto it = deployments_.begin(); it != deployments_.end();) {
     if (it->second->deleting && it->second->replicas.empty()) {
       FERRY_LOG(kInfo, "controller", "deployment ", it->first, " deleted");
@@ -88,7 +111,7 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
     return;
   }
 
-  const int n = t.num_replicas;
+  const int n = d.TargetReplicas();
   std::vector<Replica*> current_starting, current_serving, old_starting, old_serving;
   for (auto& [id, r] : d.replicas) {
     if (r.state == ReplicaState::kStopping) continue;
@@ -237,6 +260,12 @@ void Controller::MarkRunning(Deployment& d, Replica& r) {
   r.routed = true;
   if (r.version == d.version) d.start_failures = 0;
   FERRY_LOG(kInfo, "controller", "replica ", r.id, " (pid ", r.pid, ") is RUNNING");
+  if (d.cold_start_began) {
+    d.last_cold_start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - *d.cold_start_began).count();
+    d.cold_start_began.reset();
+    FERRY_LOG(kInfo, "controller", d.key, " cold start: first replica RUNNING ", d.last_cold_start_s * 1000,
+              " ms after requests arrived with none");
+  }
   ReportProgress(d);
 }
 
@@ -336,7 +365,7 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
 
 void Controller::UpdateStatuses() {
   for (auto& [key, d] : deployments_) {
-    const int n = d->target.num_replicas;
+    const int n = d->TargetReplicas();
     int current_serving = 0, current_total = 0, other = 0;
     for (const auto& [id, r] : d->replicas) {
       if (r.state == ReplicaState::kStopping) continue;
@@ -401,7 +430,7 @@ void Controller::ReportProgress(const Deployment& d) {
   int ready = 0;
   for (const auto& [id, r] : d.replicas)
     if (Serving(r.state) && r.version == d.version) ++ready;
-  callbacks_.on_progress(StrCat(d.key, ": ", ready, "/", d.target.num_replicas, " replicas ready"));
+  callbacks_.on_progress(StrCat(d.key, ": ", ready, "/", d.TargetReplicas(), " replicas ready"));
 }
 
 void Controller::Shutdown(std::function<void()> done) {

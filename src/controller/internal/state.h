@@ -3,12 +3,15 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "controller/autoscaling_policy.h"
 #include "controller/controller.h"
 #include "router/router.h"
 
@@ -66,6 +69,15 @@ struct Controller::Deployment {
   std::string message;
   DeploymentStatus status = DeploymentStatus::kUpdating;
   bool reached_target = false;  // the current version has run at its target once
+
+  // Autoscaling (when target.autoscaling_config is set).
+  std::unique_ptr<AutoscalingPolicy> autoscaler;
+  int autoscaled_replicas = 0;
+  std::deque<nlohmann::json> decisions;  // the latest, newest last
+  std::optional<SteadyTime> cold_start_began;
+  double last_cold_start_s = -1;
+
+  int TargetReplicas() const { return autoscaler ? autoscaled_replicas : target.num_replicas; }
 };
 
 struct Controller::Application {
