@@ -96,6 +96,12 @@ typedef struct FerryDeploymentApi {
   int (*reconfigure)(void* instance, FerryString user_config_json, FerryErrorSink* error);
   /* FERRY_OK when healthy. NULL when the class has no check_health. */
   int (*check_health)(void* instance, FerryErrorSink* error);
+  /* Answers `count` requests at once, writing responses[i] for requests[i]. FERRY_ERROR fails the whole
+   * batch with the message in `error`; to fail one item, answer it with an error status. NULL when the
+   * class has no handle_batch (then it is never batched). Added after version 1's first tables: read it
+   * only when struct_size covers it. */
+  int (*handle_batch)(void* instance, const FerryRequest* const* requests, size_t count,
+                      FerryResponseSink* const* responses, FerryErrorSink* error);
 } FerryDeploymentApi;
 
 typedef const FerryDeploymentApi* (*FerryDeploymentEntry)(void);

@@ -7,6 +7,8 @@
 //     ferry::Response handle(const ferry::Request& req) override;
 //     void reconfigure(const ferry::Json& user_config) override;  // optional
 //     bool check_health() override;                               // optional
+//     // optional: with `batching` in the config, requests arrive in batches here instead of handle()
+//     std::vector<ferry::Response> handle_batch(std::span<const ferry::Request> batch) override;
 //   };
 //   FERRY_DEPLOYMENT(Classifier)
 //
@@ -20,6 +22,7 @@
 #include <exception>
 #include <ferry/abi.h>
 #include <memory>
+#include <span>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -128,6 +131,14 @@ class Deployment {
   virtual void reconfigure(const Json& user_config) { (void)user_config; }
   // Return false (or throw) to report the replica unhealthy.
   virtual bool check_health() { return true; }
+  // With `batching` configured, up to max_batch_size requests at once; one response per request, in
+  // order. An item answered with an error status fails only its own request; throwing fails the batch.
+  virtual std::vector<Response> handle_batch(std::span<const Request> batch) {
+    std::vector<Response> out;
+    out.reserve(batch.size());
+    for (const Request& r : batch) out.push_back(handle(r));
+    return out;
+  }
 };
 
 namespace internal {
@@ -147,10 +158,23 @@ template <typename T>
 struct OverridesReconfigure<T, std::void_t<decltype(&T::reconfigure)>>
     : std::bool_constant<!std::is_same_v<decltype(&T::reconfigure), decltype(&Deployment::reconfigure)>> {};
 template <typename T, typename = void>
+struct OverridesHandleBatch : std::false_type {};
+template <typename T>
+struct OverridesHandleBatch<T, std::void_t<decltype(&T::handle_batch)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::handle_batch), decltype(&Deployment::handle_batch)>> {};
+template <typename T, typename = void>
 struct OverridesCheckHealth : std::false_type {};
 template <typename T>
 struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
     : std::bool_constant<!std::is_same_v<decltype(&T::check_health), decltype(&Deployment::check_health)>> {};
+
+inline void Emit(const Response& r, FerryResponseSink* sink) {
+  const FerryHostApi* host = Host();
+  host->set_status(sink, r.status);
+  for (const auto& [k, v] : r.headers)
+    host->add_header(sink, FerryString{k.data(), k.size()}, FerryString{v.data(), v.size()});
+  host->set_body(sink, FerryString{r.body.data(), r.body.size()});
+}
 
 // Runs `body`, turning any exception into FERRY_ERROR with its text.
 template <typename F>
@@ -185,15 +209,23 @@ const FerryDeploymentApi* ApiFor(const char* name) {
     };
     a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
     a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
-      return Guard(error, [&] {
-        Response r = static_cast<T*>(instance)->handle(Request(request));
-        const FerryHostApi* host = Host();
-        host->set_status(sink, r.status);
-        for (const auto& [k, v] : r.headers)
-          host->add_header(sink, FerryString{k.data(), k.size()}, FerryString{v.data(), v.size()});
-        host->set_body(sink, FerryString{r.body.data(), r.body.size()});
-      });
+      return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
     };
+    if constexpr (OverridesHandleBatch<T>::value) {
+      a.handle_batch = [](void* instance, const FerryRequest* const* requests, size_t count,
+                          FerryResponseSink* const* sinks, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          std::vector<Request> batch;
+          batch.reserve(count);
+          for (size_t i = 0; i < count; ++i) batch.emplace_back(requests[i]);
+          std::vector<Response> out = static_cast<T*>(instance)->handle_batch(std::span<const Request>(batch));
+          if (out.size() != count)
+            throw std::length_error("handle_batch returned " + std::to_string(out.size()) + " responses for " +
+                                    std::to_string(count) + " requests");
+          for (size_t i = 0; i < count; ++i) Emit(out[i], sinks[i]);
+        });
+      };
+    }
     if constexpr (OverridesReconfigure<T>::value) {
       a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
         return Guard(error, [&] {

@@ -277,6 +277,24 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   YAML::Node num_replicas = map.Get("num_replicas");
   bool auto_replicas = num_replicas.IsDefined() && num_replicas.IsScalar() && num_replicas.Scalar() == "auto";
   if (!auto_replicas) ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
+  YAML::Node batching = map.Get("batching");
+  if (batching.IsDefined() && !batching.IsNull()) {
+    MapReader bmap(batching, map.Field("batching"), errors);
+    if (bmap.ok()) {
+      BatchingConfig b;
+      ReadInt(bmap, "max_batch_size", 1, 100000, errors, &b.max_batch_size);
+      ReadNumber(bmap, "batch_wait_timeout_s", 0, errors, &b.batch_wait_timeout_s);
+      ReadInt(bmap, "max_concurrent_batches", 1, 256, errors, &b.max_concurrent_batches);
+      YAML::Node adaptive = bmap.Get("adaptive");
+      if (adaptive.IsDefined()) {
+        if (!adaptive.IsScalar() || (adaptive.Scalar() != "true" && adaptive.Scalar() != "false"))
+          errors.Add(adaptive, bmap.Field("adaptive"), StrCat("expected true or false, got ", Describe(adaptive)));
+        else b.adaptive = adaptive.Scalar() == "true";
+      }
+      bmap.RejectUnknown();
+      d.batching = b;
+    }
+  }
   YAML::Node autoscaling = map.Get("autoscaling_config");
   if (autoscaling.IsDefined() && !autoscaling.IsNull()) {
     if (num_replicas.IsDefined() && !auto_replicas)
@@ -520,6 +538,13 @@ json ToJson(const AutoscalingConfig& a) {
           {"look_back_period_s", a.look_back_period_s}};
 }
 
+json ToJson(const BatchingConfig& b) {
+  return {{"max_batch_size", b.max_batch_size},
+          {"batch_wait_timeout_s", b.batch_wait_timeout_s},
+          {"max_concurrent_batches", b.max_concurrent_batches},
+          {"adaptive", b.adaptive}};
+}
+
 json ToJson(const HttpOptions& h) {
   json out = {{"host", h.host},
               {"port", h.port},
@@ -548,6 +573,7 @@ json ToJson(const ApplicationConfig& app) {
                                 {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
                                 {"max_constructor_retry_count", d.max_constructor_retry_count},
                                 {"startup_timeout_s", d.startup_timeout_s}});
+    if (d.batching) a["deployments"].back()["batching"] = ToJson(*d.batching);
     if (d.autoscaling_config) {  // one or the other, as in the config file
       a["deployments"].back().erase("num_replicas");
       a["deployments"].back()["autoscaling_config"] = ToJson(*d.autoscaling_config);

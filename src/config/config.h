@@ -35,6 +35,14 @@ struct AutoscalingConfig {
   double look_back_period_s = 30;
 };
 
+// Ray Serve's @serve.batch parameters, plus ferry's adaptive wait.
+struct BatchingConfig {
+  int max_batch_size = 10;
+  double batch_wait_timeout_s = 0.01;
+  int max_concurrent_batches = 1;
+  bool adaptive = false;  // ferry: wait only as long as the next requests are likely to take to arrive
+};
+
 struct DeploymentConfig {
   enum class Kind { kBuiltin, kPlugin };
   std::string name;
@@ -45,6 +53,7 @@ struct DeploymentConfig {
   nlohmann::json args = nlohmann::json::object();
   int num_replicas = 1;  // ignored when autoscaling_config is set
   std::optional<AutoscalingConfig> autoscaling_config;
+  std::optional<BatchingConfig> batching;
   int max_ongoing_requests = 5;
   int max_queued_requests = -1;  // -1: unbounded
   nlohmann::json user_config;    // null when absent
@@ -125,6 +134,7 @@ nlohmann::json ToJson(const Config& config);
 nlohmann::json ToJson(const ApplicationConfig& app);
 nlohmann::json ToJson(const HttpOptions& http);
 nlohmann::json ToJson(const AutoscalingConfig& autoscaling);
+nlohmann::json ToJson(const BatchingConfig& batching);
 
 // Reads the token of `admin` (auth_token, or the first line of auth_token_file). Empty when neither is set.
 absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin);

@@ -98,6 +98,7 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
   h = Fnv1a(h, d.ResolvedImportPath());
   h = Fnv1a(h, d.args.dump());
   h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
+  if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());  // the replica's execution mode
   if (d.kind == config::DeploymentConfig::Kind::kPlugin) {
     // The library's contents: rebuilding a plugin in place is a new version too.
     std::ifstream in(d.plugin_path, std::ios::binary);

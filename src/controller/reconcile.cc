@@ -166,6 +166,7 @@ void Controller::StartReplica(Deployment& d) {
   spec.max_ongoing_requests = t.max_ongoing_requests;
   spec.num_cpus = t.resources.num_cpus;
   spec.graceful_shutdown_timeout_s = t.graceful_shutdown_timeout_s;
+  if (t.batching) spec.batching = config::ToJson(*t.batching);
   absl::Status s = launcher_->StartReplica(spec);
   if (!s.ok()) {
     FERRY_LOG(kError, "controller", "cannot start a replica of ", d.key, ": ", Message(s));

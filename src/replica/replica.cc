@@ -20,7 +20,8 @@ nlohmann::json ReplicaSpec::ToJson() const {
           {"builtin", builtin},         {"plugin_path", plugin_path},
           {"symbol", symbol},           {"args", args},
           {"user_config", user_config}, {"max_ongoing_requests", max_ongoing_requests},
-          {"num_cpus", num_cpus},       {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s}};
+          {"num_cpus", num_cpus},       {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s},
+          {"batching", batching}};
 }
 
 absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {
@@ -38,6 +39,7 @@ absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {
     s.max_ongoing_requests = j.at("max_ongoing_requests").get<int>();
     s.num_cpus = j.at("num_cpus").get<double>();
     s.graceful_shutdown_timeout_s = j.at("graceful_shutdown_timeout_s").get<double>();
+    s.batching = j.value("batching", nlohmann::json());
     return s;
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(ferry::StrCat("bad replica spec: ", e.what()));

@@ -22,6 +22,7 @@ struct ReplicaSpec {
   int max_ongoing_requests = 5;
   double num_cpus = 1;
   double graceful_shutdown_timeout_s = 20;
+  nlohmann::json batching;  // null: not batched; else {max_batch_size, batch_wait_timeout_s, ...}
 
   nlohmann::json ToJson() const;
   static absl::StatusOr<ReplicaSpec> FromJson(const nlohmann::json& json);

@@ -1,48 +1,98 @@
 // builtin:busy spends `work_us` microseconds of CPU per request (from args, or the query's work_us, which
 // wins), then answers JSON with what it did. For load tests: it behaves like a model whose compute time
 // is known. It stops early when the request is cancelled, as a well-behaved model should.
+//
+// With `batching` configured it runs handle_batch: `batch_cost_us` (args) once per batch plus work_us per
+// request, like a model whose fixed cost per call is shared by the batch. Every answer carries
+// `batch_size`, the size of the batch it ran in. `?fail=1` makes that one request answer 500, to show that a
+// failing item fails only itself.
+#include <ferry/deployment.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <chrono>
-#include <ferry/deployment.h>
 
 namespace ferry::runtimes {
 
 class Busy : public Deployment {
  public:
-  explicit Busy(const Args& args) : work_us_(args.get<long long>("work_us", 0)) {
+  explicit Busy(const Args& args)
+      : work_us_(args.get<long long>("work_us", 0)), batch_cost_us_(args.get<long long>("batch_cost_us", 0)) {
     if (work_us_ < 0) throw std::invalid_argument("args.work_us: expected a non-negative integer");
+    if (batch_cost_us_ < 0) throw std::invalid_argument("args.batch_cost_us: expected a non-negative integer");
   }
 
   Response handle(const Request& req) override {
-    long long work_us = work_us_;
-    std::string_view q = req.query_param("work_us");
-    if (!q.empty()) {
-      long long v = 0;
-      auto [end, ec] = std::from_chars(q.data(), q.data() + q.size(), v);
-      if (ec != std::errc() || end != q.data() + q.size() || v < 0)
-        return Response::FromJson({{"error", "query parameter work_us: expected a non-negative integer"}}, 400);
-      work_us = v;
-    }
-    using Clock = std::chrono::steady_clock;
-    const auto start = Clock::now();
-    const auto until = start + std::chrono::microseconds(work_us);
-    volatile uint64_t sink = 0;
-    bool cancelled = false;
-    while (Clock::now() < until) {
-      for (int i = 0; i < 1000; ++i) sink = sink * 6364136223846793005ull + 1442695040888963407ull;
-      if (req.is_cancelled()) {
-        cancelled = true;
-        break;
+    long long work_us = 0;
+    if (!WorkOf(req, &work_us)) return BadWork();
+    auto start = Clock::now();
+    bool cancelled = Spin(work_us, req);
+    return Answer(req, work_us, start, cancelled, 1);
+  }
+
+  std::vector<Response> handle_batch(std::span<const Request> batch) override {
+    std::vector<long long> work(batch.size());
+    auto start = Clock::now();
+    Spin(batch_cost_us_, batch.front());
+    std::vector<Response> out;
+    out.reserve(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Request& req = batch[i];
+      if (!WorkOf(req, &work[i])) {
+        out.push_back(BadWork());
+        continue;
       }
+      if (req.query_param("fail") == "1") {
+        out.push_back(Response::FromJson({{"error", "this item failed (?fail=1)"}, {"batch_size", batch.size()}}, 500));
+        continue;
+      }
+      bool cancelled = Spin(work[i], req);
+      out.push_back(Answer(req, work[i], start, cancelled, batch.size()));
     }
-    auto spent = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
-    return Response::FromJson({{"work_us", work_us}, {"spent_us", spent}, {"cancelled", cancelled}, {"pid", getpid()}});
+    return out;
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  bool WorkOf(const Request& req, long long* work_us) const {
+    *work_us = work_us_;
+    std::string_view q = req.query_param("work_us");
+    if (q.empty()) return true;
+    long long v = 0;
+    auto [end, ec] = std::from_chars(q.data(), q.data() + q.size(), v);
+    if (ec != std::errc() || end != q.data() + q.size() || v < 0) return false;
+    *work_us = v;
+    return true;
+  }
+
+  static Response BadWork() {
+    return Response::FromJson({{"error", "query parameter work_us: expected a non-negative integer"}}, 400);
+  }
+
+  // Burns `us` of CPU; stops early and returns true when the request is cancelled.
+  static bool Spin(long long us, const Request& req) {
+    const auto until = Clock::now() + std::chrono::microseconds(us);
+    volatile uint64_t sink = 0;
+    while (Clock::now() < until) {
+      for (int i = 0; i < 1000; ++i) sink = sink * 6364136223846793005ull + 1442695040888963407ull;
+      if (req.is_cancelled()) return true;
+    }
+    return false;
+  }
+
+  static Response Answer(const Request& req, long long work_us, Clock::time_point start, bool cancelled, size_t batch_size) {
+    (void)req;
+    auto spent = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+    return Response::FromJson({{"work_us", work_us},
+                               {"spent_us", spent},
+                               {"cancelled", cancelled},
+                               {"batch_size", batch_size},
+                               {"pid", getpid()}});
+  }
+
   long long work_us_;
+  long long batch_cost_us_;
 };
 
 }  // namespace ferry::runtimes

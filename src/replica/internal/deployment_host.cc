@@ -2,6 +2,8 @@
 
 #include <dlfcn.h>
 
+#include <cstddef>
+
 #include "common/common.h"
 #include "runtimes/runtimes.h"
 
@@ -50,7 +52,7 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
     }
     api = entry();
   }
-  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < sizeof(FerryDeploymentApi) || !api->create ||
+  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < offsetof(FerryDeploymentApi, handle_batch) || !api->create ||
       !api->destroy || !api->handle) {
     if (library) dlclose(library);
     return absl::FailedPreconditionError(ferry::StrCat("deployment ", spec.symbol, " was built for ferry ABI version ",
@@ -69,6 +71,12 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
     if (!s.ok()) return s;
   }
   return host;
+}
+
+DeploymentHost::DeploymentHost(const FerryDeploymentApi* api, void* library) : api_(api), library_(library) {
+  // Tables from before handle_batch existed end before it.
+  if (api->struct_size >= offsetof(FerryDeploymentApi, handle_batch) + sizeof(api->handle_batch))
+    handle_batch_ = api->handle_batch;
 }
 
 DeploymentHost::~DeploymentHost() {
@@ -103,6 +111,49 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
     response->headers.emplace_back("content-type", "application/json");
     nlohmann::json body = {{"error", ErrorText(error, "handler failed")}, {"request_id", request.request_id}};
     response->body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+}
+
+void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessage*>& requests,
+                                 const std::vector<const std::atomic<bool>*>& cancelled,
+                                 std::vector<FerryResponseSink>* responses) {
+  const size_t n = requests.size();
+  std::vector<std::vector<FerryHeader>> headers(n);
+  std::vector<CancelContext> contexts(n);
+  std::vector<FerryRequest> raw(n);
+  std::vector<const FerryRequest*> raw_ptrs(n);
+  responses->assign(n, FerryResponseSink{});
+  std::vector<FerryResponseSink*> sinks(n);
+  for (size_t i = 0; i < n; ++i) {
+    const transport::RequestMessage& r = *requests[i];
+    for (const auto& [k, v] : r.headers) headers[i].push_back(FerryHeader{Str(k), Str(v)});
+    contexts[i].cancelled = cancelled[i];
+    FerryRequest& f = raw[i];
+    f.struct_size = sizeof(FerryRequest);
+    f.request_id = Str(r.request_id);
+    f.method = Str(r.method);
+    f.path = Str(r.path);
+    f.query = Str(r.query);
+    f.route_prefix = Str(r.route_prefix);
+    f.headers = headers[i].data();
+    f.num_headers = headers[i].size();
+    f.body = Str(r.body);
+    f.is_cancelled = &IsCancelled;
+    f.host_context = &contexts[i];
+    raw_ptrs[i] = &raw[i];
+    sinks[i] = &(*responses)[i];
+  }
+  FerryErrorSink error;
+  if (handle_batch_(instance_, raw_ptrs.data(), n, sinks.data(), &error) == FERRY_OK) return;
+  std::string message = ErrorText(error, "handle_batch failed");
+  FERRY_LOG(kWarning, "replica", "a batch of ", n, " requests failed in handle_batch(): ", message);
+  for (size_t i = 0; i < n; ++i) {
+    FerryResponseSink& out = (*responses)[i];
+    out = FerryResponseSink{};
+    out.status = 500;
+    out.headers.emplace_back("content-type", "application/json");
+    nlohmann::json body = {{"error", message}, {"request_id", requests[i]->request_id}};
+    out.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
 }
 

@@ -35,12 +35,19 @@ class DeploymentHost {
   // Runs handle(). A plugin error becomes 500 with the message in a JSON body.
   void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
               FerryResponseSink* response);
+  // True when the deployment has handle_batch.
+  bool can_batch() const { return handle_batch_ != nullptr; }
+  // Runs handle_batch over `requests`; responses[i] answers requests[i]. A failed batch answers every
+  // request 500 with the message.
+  void HandleBatch(const std::vector<const transport::RequestMessage*>& requests,
+                   const std::vector<const std::atomic<bool>*>& cancelled, std::vector<FerryResponseSink>* responses);
   absl::Status Reconfigure(const std::string& user_config_json);
   absl::Status CheckHealth();
 
  private:
-  DeploymentHost(const FerryDeploymentApi* api, void* library) : api_(api), library_(library) {}
+  DeploymentHost(const FerryDeploymentApi* api, void* library);
   const FerryDeploymentApi* api_;
+  decltype(FerryDeploymentApi::handle_batch) handle_batch_ = nullptr;
   void* library_;  // dlopen handle, or nullptr for built-ins
   void* instance_ = nullptr;
 };

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "replica/internal/batcher.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {
@@ -181,7 +182,21 @@ class ControlThread {
 class ReplicaServer::Impl {
  public:
   Impl(const ReplicaSpec& spec, DeploymentHost& host)
-      : spec_(spec), host_(host), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {}
+      : spec_(spec), host_(host), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {
+    if (spec.batching.is_object()) {
+      if (!host.can_batch()) {
+        FERRY_LOG(kWarning, "replica", spec.deployment, " has no handle_batch: batching is off, requests go to handle()");
+      } else {
+        BatcherOptions b;
+        b.max_batch_size = spec.batching.value("max_batch_size", 10);
+        b.batch_wait_timeout = std::chrono::nanoseconds(static_cast<int64_t>(spec.batching.value("batch_wait_timeout_s", 0.01) * 1e9));
+        b.max_concurrent_batches = spec.batching.value("max_concurrent_batches", 1);
+        b.adaptive = spec.batching.value("adaptive", false);
+        batcher_ = std::make_unique<Batcher<std::shared_ptr<Task>>>(
+            b, [this](std::vector<std::shared_ptr<Task>>& batch) { RunBatch(batch); });
+      }
+    }
+  }
 
   ~Impl() {
     if (listen_fd_ >= 0) ::close(listen_fd_);
@@ -381,6 +396,10 @@ class ReplicaServer::Impl {
     }
     Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
     if (tasks.empty()) return;
+    if (batcher_) {
+      for (auto& task : tasks) batcher_->Add(std::move(task));
+      return;
+    }
     if (TryStartInline()) {
       PushTasks(tasks, 1);
       RunTask(*tasks[0]);
@@ -472,6 +491,42 @@ class ReplicaServer::Impl {
       workers_.emplace_back([this] { WorkerLoop(); });
   }
 
+  void RunBatch(std::vector<std::shared_ptr<Task>>& batch) {
+    std::vector<const transport::RequestMessage*> requests;
+    std::vector<const std::atomic<bool>*> cancelled;
+    std::vector<Task*> live;
+    for (auto& task : batch) {
+      if (task->cancelled.load()) {  // gone before its batch ran: answered alone
+        FerryResponseSink response;
+        response.status = 499;
+        response.body = R"({"error": "request cancelled before it started"})";
+        Complete(*task, response);
+        continue;
+      }
+      requests.push_back(&task->request);
+      cancelled.push_back(&task->cancelled);
+      live.push_back(task.get());
+    }
+    if (live.empty()) return;
+    std::vector<FerryResponseSink> responses;
+    host_.HandleBatch(requests, cancelled, &responses);
+    for (size_t i = 0; i < live.size(); ++i) Complete(*live[i], responses[i]);
+  }
+
+  // Sends `task`'s answer and forgets it.
+  void Complete(Task& task, const FerryResponseSink& response) {
+    thread_local transport::HeaderList headers;
+    thread_local std::string frame;
+    headers.clear();
+    for (const auto& [k, v] : response.headers) headers.emplace_back(k, v);
+    frame.clear();
+    transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
+    task.connection->Send(frame);
+    task.connection->RemoveTask(task.stream_id);
+    ongoing_.fetch_sub(1, std::memory_order_relaxed);
+    total_.fetch_add(1, std::memory_order_relaxed);
+  }
+
   void RunTask(Task& task) {
     FerryResponseSink response;
     if (task.cancelled.load()) {
@@ -485,16 +540,7 @@ class ReplicaServer::Impl {
       int64_t avg = handle_ns_.load(std::memory_order_relaxed);
       handle_ns_.store(avg + (took - avg) / 8, std::memory_order_relaxed);
     }
-    thread_local transport::HeaderList headers;
-    thread_local std::string frame;
-    headers.clear();
-    for (const auto& [k, v] : response.headers) headers.emplace_back(k, v);
-    frame.clear();
-    transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
-    task.connection->Send(frame);
-    task.connection->RemoveTask(task.stream_id);
-    ongoing_.fetch_sub(1, std::memory_order_relaxed);
-    total_.fetch_add(1, std::memory_order_relaxed);
+    Complete(task, response);
     std::lock_guard<std::mutex> lock(queue_mu_);
     --running_;
   }
@@ -521,6 +567,8 @@ class ReplicaServer::Impl {
   int max_running_;                          // guarded by queue_mu_
   std::vector<std::thread> workers_;         // guarded by queue_mu_
   ControlThread control_;
+  // Last: destroyed first, so no batch runs while the rest goes away.
+  std::unique_ptr<Batcher<std::shared_ptr<Task>>> batcher_;
 };
 
 ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host)

@@ -1,0 +1,119 @@
+// Dynamic batching in a replica, after Ray Serve's @serve.batch: requests wait in a queue; a batch closes
+// when it has max_batch_size requests or its oldest request has waited batch_wait_timeout_s, and up to
+// max_concurrent_batches run at once. In adaptive mode a batch waits only when requests kept arriving while
+// the previous batch ran (there is concurrent load to batch), and then no longer than the missing requests
+// are likely to take to arrive (from the recent gap between arrivals), capped by batch_wait_timeout_s. A
+// lone client, whose next request comes only after its answer, is never held waiting for company.
+// Thread-safe: Add from any thread; batches run on the batcher's own threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+namespace ferry::replica {
+
+struct BatcherOptions {
+  int max_batch_size = 10;
+  std::chrono::nanoseconds batch_wait_timeout = std::chrono::milliseconds(10);
+  int max_concurrent_batches = 1;
+  bool adaptive = false;
+};
+
+template <typename Item>
+class Batcher {
+ public:
+  using RunBatch = std::function<void(std::vector<Item>& batch)>;
+  Batcher(const BatcherOptions& options, RunBatch run) : options_(options), run_(std::move(run)) {
+    for (int i = 0; i < std::max(1, options_.max_concurrent_batches); ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~Batcher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  void Add(Item item) {
+    auto now = std::chrono::steady_clock::now();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (last_arrival_) {
+        auto gap = now - *last_arrival_;
+        gap_ = gap_.count() == 0 ? gap : gap_ + (gap - gap_) / 8;
+      }
+      last_arrival_ = now;
+      ++arrivals_;
+      queue_.push_back({std::move(item), now});
+    }
+    cv_.notify_all();
+  }
+
+  size_t queued() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queue_.size();
+  }
+
+ private:
+  struct Waiting {
+    Item item;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  // How long the oldest request may wait for the batch to fill. Caller holds mu_.
+  std::chrono::nanoseconds WaitLocked() const {
+    if (!options_.adaptive) return options_.batch_wait_timeout;
+    if (arrivals_during_last_batch_ == 0 || gap_.count() == 0 || gap_ >= options_.batch_wait_timeout)
+      return std::chrono::nanoseconds(0);
+    auto missing = static_cast<int64_t>(options_.max_batch_size) - static_cast<int64_t>(queue_.size());
+    return std::min(options_.batch_wait_timeout, std::chrono::nanoseconds(gap_ * std::max<int64_t>(missing, 0)));
+  }
+
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    std::vector<Item> batch;
+    for (;;) {
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping
+      while (!stopping_ && !queue_.empty() && static_cast<int>(queue_.size()) < options_.max_batch_size) {
+        auto deadline = queue_.front().since + WaitLocked();
+        if (std::chrono::steady_clock::now() >= deadline) break;
+        cv_.wait_until(lock, deadline);
+      }
+      if (queue_.empty()) continue;  // another thread took them
+      batch.clear();
+      while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch_size) {
+        batch.push_back(std::move(queue_.front().item));
+        queue_.pop_front();
+      }
+      const uint64_t arrivals_before = arrivals_;
+      lock.unlock();
+      run_(batch);
+      lock.lock();
+      arrivals_during_last_batch_ = arrivals_ - arrivals_before;
+    }
+  }
+
+  const BatcherOptions options_;
+  RunBatch run_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Waiting> queue_;  // guarded by mu_
+  std::optional<std::chrono::steady_clock::time_point> last_arrival_;  // guarded by mu_
+  std::chrono::steady_clock::duration gap_{0};  // guarded by mu_: moving average between arrivals
+  uint64_t arrivals_ = 0;                        // guarded by mu_
+  uint64_t arrivals_during_last_batch_ = 0;      // guarded by mu_
+  bool stopping_ = false;                        // guarded by mu_
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace ferry::replica
