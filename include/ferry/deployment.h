@@ -22,8 +22,8 @@
 #include <exception>
 #include <ferry/abi.h>
 #include <memory>
-#include <span>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>

@@ -289,7 +289,8 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
       if (adaptive.IsDefined()) {
         if (!adaptive.IsScalar() || (adaptive.Scalar() != "true" && adaptive.Scalar() != "false"))
           errors.Add(adaptive, bmap.Field("adaptive"), StrCat("expected true or false, got ", Describe(adaptive)));
-        else b.adaptive = adaptive.Scalar() == "true";
+        else
+          b.adaptive = adaptive.Scalar() == "true";
       }
       bmap.RejectUnknown();
       d.batching = b;

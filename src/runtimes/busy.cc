@@ -6,11 +6,11 @@
 // request, like a model whose fixed cost per call is shared by the batch. Every answer carries
 // `batch_size`, the size of the batch it ran in. `?fail=1` makes that one request answer 500, to show that a
 // failing item fails only itself.
-#include <ferry/deployment.h>
 #include <unistd.h>
 
 #include <charconv>
 #include <chrono>
+#include <ferry/deployment.h>
 
 namespace ferry::runtimes {
 
@@ -81,7 +81,8 @@ class Busy : public Deployment {
     return false;
   }
 
-  static Response Answer(const Request& req, long long work_us, Clock::time_point start, bool cancelled, size_t batch_size) {
+  static Response Answer(const Request& req, long long work_us, Clock::time_point start, bool cancelled,
+                         size_t batch_size) {
     (void)req;
     auto spent = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
     return Response::FromJson({{"work_us", work_us},

@@ -107,12 +107,12 @@ class Batcher {
   RunBatch run_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Waiting> queue_;  // guarded by mu_
+  std::deque<Waiting> queue_;                                          // guarded by mu_
   std::optional<std::chrono::steady_clock::time_point> last_arrival_;  // guarded by mu_
   std::chrono::steady_clock::duration gap_{0};  // guarded by mu_: moving average between arrivals
-  uint64_t arrivals_ = 0;                        // guarded by mu_
-  uint64_t arrivals_during_last_batch_ = 0;      // guarded by mu_
-  bool stopping_ = false;                        // guarded by mu_
+  uint64_t arrivals_ = 0;                       // guarded by mu_
+  uint64_t arrivals_during_last_batch_ = 0;     // guarded by mu_
+  bool stopping_ = false;                       // guarded by mu_
   std::vector<std::thread> threads_;
 };
 

@@ -52,8 +52,8 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
     }
     api = entry();
   }
-  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < offsetof(FerryDeploymentApi, handle_batch) || !api->create ||
-      !api->destroy || !api->handle) {
+  if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < offsetof(FerryDeploymentApi, handle_batch) ||
+      !api->create || !api->destroy || !api->handle) {
     if (library) dlclose(library);
     return absl::FailedPreconditionError(ferry::StrCat("deployment ", spec.symbol, " was built for ferry ABI version ",
                                                        api ? api->abi_version : 0, ", this ferry speaks ",

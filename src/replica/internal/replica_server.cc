@@ -185,11 +185,13 @@ class ReplicaServer::Impl {
       : spec_(spec), host_(host), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {
     if (spec.batching.is_object()) {
       if (!host.can_batch()) {
-        FERRY_LOG(kWarning, "replica", spec.deployment, " has no handle_batch: batching is off, requests go to handle()");
+        FERRY_LOG(kWarning, "replica", spec.deployment,
+                  " has no handle_batch: batching is off, requests go to handle()");
       } else {
         BatcherOptions b;
         b.max_batch_size = spec.batching.value("max_batch_size", 10);
-        b.batch_wait_timeout = std::chrono::nanoseconds(static_cast<int64_t>(spec.batching.value("batch_wait_timeout_s", 0.01) * 1e9));
+        b.batch_wait_timeout =
+            std::chrono::nanoseconds(static_cast<int64_t>(spec.batching.value("batch_wait_timeout_s", 0.01) * 1e9));
         b.max_concurrent_batches = spec.batching.value("max_concurrent_batches", 1);
         b.adaptive = spec.batching.value("adaptive", false);
         batcher_ = std::make_unique<Batcher<std::shared_ptr<Task>>>(
