@@ -55,6 +55,8 @@ bench: build
 	@scripts/install-deps --bench
 	bench/http_echo/run.sh
 	/usr/bin/python3 bench/lifecycle/run.py
+	/usr/bin/python3 bench/batching/run.py
+	/usr/bin/python3 bench/autoscale/run.py
 	$(BUILD)/bench/micro_bench
 
 clean:
