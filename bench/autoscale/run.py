@@ -52,7 +52,8 @@ def main():
         start = time.monotonic()
         clients = []
 
-        def client(stop_at):
+        def client(start_at, stop_at):
+            time.sleep(max(0.0, start_at - time.monotonic()))
             with requests.Session() as s:
                 while time.monotonic() < stop_at:
                     t0 = time.monotonic()
@@ -64,7 +65,7 @@ def main():
         t = 0
         for seconds, n in PHASES:
             for _ in range(n):
-                th = threading.Thread(target=client, args=(start + t + seconds,), daemon=True)
+                th = threading.Thread(target=client, args=(start + t, start + t + seconds), daemon=True)
                 th.start()
                 clients.append(th)
             t += seconds
@@ -78,7 +79,7 @@ def main():
             samples.append((now, running, d["autoscaling"]["target_replicas"]))
             if reached is None and now >= step_at and running == 4:
                 reached = now - step_at
-            time.sleep(0.25)
+            time.sleep(0.05)
         for th in clients:
             th.join(timeout=30)
         # p99 per 1 s bucket.
@@ -90,7 +91,7 @@ def main():
             rows.append((second, max(reps) if reps else None, len(bucket), p99))
         print(f"{'t (s)':>5} {'replicas':>8} {'req/s':>6} {'p99 ms':>7}")
         for second, reps, count, p99 in rows:
-            print(f"{second:>5} {reps if reps is not None else '-':>8} {count:>6} {p99 if p99 is None else round(p99, 1):>7}")
+            print(f"{second:>5} {str(reps if reps is not None else '-'):>8} {count:>6} {'-' if p99 is None else f'{p99:.1f}':>7}")
         errors = sum(1 for _, _, c in latencies if c != 200)
         target = UPSCALE_DELAY_S + METRICS_INTERVAL_S + 0.1
         print(f"\nstep at t={step_at}s from 1 to 12 clients; 4 replicas RUNNING after "

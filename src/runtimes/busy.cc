@@ -2,8 +2,8 @@
 // wins), then answers JSON with what it did. For load tests: it behaves like a model whose compute time
 // is known. It stops early when the request is cancelled, as a well-behaved model should.
 //
-// With `batching` configured it runs handle_batch: `batch_cost_us` (args) once per batch plus work_us per
-// request, like a model whose fixed cost per call is shared by the batch. Every answer carries
+// `batch_cost_us` (args) is a fixed cost per call, like a model's: handle() pays it for its one request;
+// with `batching` configured, handle_batch pays it once per batch plus work_us per request. Every answer carries
 // `batch_size`, the size of the batch it ran in. `?fail=1` makes that one request answer 500, to show that a
 // failing item fails only itself.
 #include <unistd.h>
@@ -26,7 +26,8 @@ class Busy : public Deployment {
     long long work_us = 0;
     if (!WorkOf(req, &work_us)) return BadWork();
     auto start = Clock::now();
-    bool cancelled = Spin(work_us, req);
+    // An unbatched call pays the fixed cost too: it is a batch of one.
+    bool cancelled = Spin(batch_cost_us_ + work_us, req);
     return Answer(req, work_us, start, cancelled, 1);
   }
 
