@@ -418,9 +418,20 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
     nlohmann::json brief = {{"proxies", body["proxies"]}, {"applications", nlohmann::json::object()}};
     for (auto& [name, app] : body["applications"].items()) {
       nlohmann::json deployments = nlohmann::json::object();
-      for (auto& [dname, d] : app["deployments"].items())
+      for (auto& [dname, d] : app["deployments"].items()) {
         deployments[dname] = {
             {"status", d["status"]}, {"replica_states", d["replica_states"]}, {"message", d["message"]}};
+        if (d.contains("autoscaling")) {
+          const auto& a = d["autoscaling"];
+          nlohmann::json summary = {{"target_replicas", a["target_replicas"]},
+                                    {"min_replicas", a["min_replicas"]},
+                                    {"max_replicas", a["max_replicas"]},
+                                    {"average_load", a["average_load"]},
+                                    {"last_cold_start_s", a["last_cold_start_s"]}};
+          if (!a["decisions"].empty()) summary["last_decision"] = a["decisions"].back();
+          deployments[dname]["autoscaling"] = summary;
+        }
+      }
       brief["applications"][name] = {{"status", app["status"]},
                                      {"message", app["message"]},
                                      {"last_deployed_time_s", app["last_deployed_time_s"]},

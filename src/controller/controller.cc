@@ -134,6 +134,7 @@ Controller::Controller(asio::io_context& io, router::RoutingTableCell* routing, 
     : io_(io), routing_(routing), store_(store), callbacks_(std::move(callbacks)), options_(options), tick_timer_(io) {}
 
 Controller::~Controller() {
+  for (auto& [key, d] : deployments_) d->router->SetStarvedHook(nullptr);
   if (launcher_) launcher_->KillAll();
 }
 
@@ -216,12 +217,15 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
         if (!d->autoscaler) {
           d->autoscaler = std::make_unique<AutoscalingPolicy>(a);
           d->autoscaled_replicas = d->autoscaler->InitialReplicas();
+          // A request waiting with no replica starts one now, not at the next tick.
+          d->router->SetStarvedHook([this] { asio::post(io_, [this] { ScheduleTick(); }); });
         } else {
           d->autoscaler->set_config(a);
           d->autoscaled_replicas = std::clamp(d->autoscaled_replicas, a.min_replicas, a.max_replicas);
         }
       } else {
         d->autoscaler.reset();
+        d->router->SetStarvedHook(nullptr);
       }
     }
     FERRY_LOG(kInfo, "controller", recovering ? "recovering" : "deploying", " application ", app_config.name);

@@ -64,6 +64,19 @@ ReplicaLease Router::TakeLocked(int index) {
 }
 
 Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease) {
+  std::shared_ptr<const std::function<void()>> starved;
+  Result result = AcquireLocked(waiter, lease, &starved);
+  if (starved) (*starved)();
+  return result;
+}
+
+void Router::SetStarvedHook(std::function<void()> hook) {
+  absl::MutexLock lock(&mu_);
+  starved_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;
+}
+
+Router::Result Router::AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+                                     std::shared_ptr<const std::function<void()>>* starved) {
   absl::MutexLock lock(&mu_);
   // FIFO: while others wait, a newcomer queues behind them.
   if (queued_ == 0) {
@@ -77,6 +90,7 @@ Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLea
   waiter->position_ = queue_.insert(queue_.end(), waiter);
   waiter->queued_ = true;
   ++queued_;
+  if (slots_.empty()) *starved = starved_hook_;
   return Result::kQueued;
 }
 

@@ -8,6 +8,7 @@
 #include <absl/base/thread_annotations.h>
 #include <absl/synchronization/mutex.h>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <string>
@@ -89,6 +90,9 @@ class Router : public std::enable_shared_from_this<Router> {
   void SetLimits(int max_ongoing_requests, int max_queued_requests);
   // Requests holding a slot on the replica, whether it is still routed to or was removed.
   int InFlight(uint64_t key) const;
+  // Called (on the caller's thread, without the lock) when a request queues while the router has no
+  // replica at all: a cold start is due. Empty: nothing is called.
+  void SetStarvedHook(std::function<void()> hook);
 
   RouterStats Stats() const;
   const std::string& deployment() const { return deployment_; }
@@ -100,6 +104,8 @@ class Router : public std::enable_shared_from_this<Router> {
     int in_flight = 0;
   };
   Router(std::string deployment, int max_ongoing, int max_queued);
+  Result AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+                       std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
   // Index of the replica to use, or -1 when all are full.
   int PickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -120,6 +126,7 @@ class Router : public std::enable_shared_from_this<Router> {
   std::list<std::shared_ptr<Waiter>> queue_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rng_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::function<void()>> starved_hook_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::router

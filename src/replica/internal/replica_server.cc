@@ -14,6 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -512,7 +513,23 @@ class ReplicaServer::Impl {
     if (live.empty()) return;
     std::vector<FerryResponseSink> responses;
     host_.HandleBatch(requests, cancelled, &responses);
-    for (size_t i = 0; i < live.size(); ++i) Complete(*live[i], responses[i]);
+    // A batch's answers leave together: one write per connection, not one per request.
+    std::map<Connection*, std::string> frames;
+    transport::HeaderList headers;
+    for (size_t i = 0; i < live.size(); ++i) {
+      headers.clear();
+      for (const auto& [k, v] : responses[i].headers) headers.emplace_back(k, v);
+      transport::AppendResponse(frames[live[i]->connection.get()], live[i]->stream_id,
+                                {static_cast<uint16_t>(responses[i].status), headers, responses[i].body});
+    }
+    for (auto& [connection, bytes] : frames) connection->Send(bytes);
+    for (Task* task : live) Forget(*task);
+  }
+
+  void Forget(Task& task) {
+    task.connection->RemoveTask(task.stream_id);
+    ongoing_.fetch_sub(1, std::memory_order_relaxed);
+    total_.fetch_add(1, std::memory_order_relaxed);
   }
 
   // Sends `task`'s answer and forgets it.
@@ -524,9 +541,7 @@ class ReplicaServer::Impl {
     frame.clear();
     transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
     task.connection->Send(frame);
-    task.connection->RemoveTask(task.stream_id);
-    ongoing_.fetch_sub(1, std::memory_order_relaxed);
-    total_.fetch_add(1, std::memory_order_relaxed);
+    Forget(task);
   }
 
   void RunTask(Task& task) {
