@@ -61,7 +61,7 @@ class Node:
             if a and a["status"] == "RUNNING" and all(
                     all(r["state"] == "RUNNING" for r in d["replicas"]) for d in a["deployments"].values()):
                 return
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise RuntimeError(f"{app} not RUNNING")
 
     def close(self):

@@ -22,11 +22,31 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStat
 FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
 
 struct CancelContext {
-  const std::atomic<bool>* cancelled;
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;
+}
+
+// Points `raw` at `request`'s fields; `headers` and `context` must outlive the call it is used for.
+void FillRequest(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
+                 std::vector<FerryHeader>& headers, CancelContext& context, FerryRequest& raw) {
+  headers.clear();
+  for (const auto& [k, v] : request.headers) headers.push_back(FerryHeader{Str(k), Str(v)});
+  context.cancelled = &cancelled;
+  raw = FerryRequest{};
+  raw.struct_size = sizeof(FerryRequest);
+  raw.request_id = Str(request.request_id);
+  raw.method = Str(request.method);
+  raw.path = Str(request.path);
+  raw.query = Str(request.query);
+  raw.route_prefix = Str(request.route_prefix);
+  raw.headers = headers.data();
+  raw.num_headers = headers.size();
+  raw.body = Str(request.body);
+  raw.is_cancelled = &IsCancelled;
+  raw.host_context = &context;
 }
 
 std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
@@ -87,21 +107,9 @@ DeploymentHost::~DeploymentHost() {
 void DeploymentHost::Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
                             FerryResponseSink* response) {
   thread_local std::vector<FerryHeader> headers;
-  headers.clear();
-  for (const auto& [k, v] : request.headers) headers.push_back(FerryHeader{Str(k), Str(v)});
-  CancelContext context{&cancelled};
-  FerryRequest raw{};
-  raw.struct_size = sizeof(FerryRequest);
-  raw.request_id = Str(request.request_id);
-  raw.method = Str(request.method);
-  raw.path = Str(request.path);
-  raw.query = Str(request.query);
-  raw.route_prefix = Str(request.route_prefix);
-  raw.headers = headers.data();
-  raw.num_headers = headers.size();
-  raw.body = Str(request.body);
-  raw.is_cancelled = &IsCancelled;
-  raw.host_context = &context;
+  CancelContext context;
+  FerryRequest raw;
+  FillRequest(request, cancelled, headers, context, raw);
   FerryErrorSink error;
   if (api_->handle(instance_, &raw, response, &error) != FERRY_OK) {
     FERRY_LOG(kWarning, "replica", "request ", request.request_id,
@@ -125,21 +133,7 @@ void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessa
   responses->assign(n, FerryResponseSink{});
   std::vector<FerryResponseSink*> sinks(n);
   for (size_t i = 0; i < n; ++i) {
-    const transport::RequestMessage& r = *requests[i];
-    for (const auto& [k, v] : r.headers) headers[i].push_back(FerryHeader{Str(k), Str(v)});
-    contexts[i].cancelled = cancelled[i];
-    FerryRequest& f = raw[i];
-    f.struct_size = sizeof(FerryRequest);
-    f.request_id = Str(r.request_id);
-    f.method = Str(r.method);
-    f.path = Str(r.path);
-    f.query = Str(r.query);
-    f.route_prefix = Str(r.route_prefix);
-    f.headers = headers[i].data();
-    f.num_headers = headers[i].size();
-    f.body = Str(r.body);
-    f.is_cancelled = &IsCancelled;
-    f.host_context = &contexts[i];
+    FillRequest(*requests[i], *cancelled[i], headers[i], contexts[i], raw[i]);
     raw_ptrs[i] = &raw[i];
     sinks[i] = &(*responses)[i];
   }
