@@ -35,7 +35,8 @@ def main():
     try:
         print(f"busy: batch_cost_us {BATCH_COST_US}, work_us {WORK_US}, 1 replica, wrk -c64 for {DURATION} s")
         print(f"{'max_batch_size':>14} {'req/s':>9} {'ideal':>9} {'of ideal':>9} {'p50 ms':>8} {'p99 ms':>8}")
-        for b in (1, 2, 4, 8, 16, 32, 64):
+        sizes = [int(x) for x in os.environ.get("BATCH_SIZES", "1,2,4,8,16,32,64").split(",")]
+        for b in sizes:
             node.deploy(config(f"        batching: {{max_batch_size: {b}, batch_wait_timeout_s: 0.01}}\n"))
             node.wait_running("m")
             wrk(node.url("/m"), 64, 2)  # warm-up

@@ -44,18 +44,32 @@ class Batcher {
   }
 
   void Add(Item item) {
+    std::vector<Item> one;
+    one.push_back(std::move(item));
+    AddAll(one);
+  }
+
+  // Adds several requests under one lock. Batch threads are woken only when there is something new for
+  // them to decide: the first request of a batch (its wait starts) or a full batch.
+  void AddAll(std::vector<Item>& items) {
     auto now = std::chrono::steady_clock::now();
+    bool wake = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (last_arrival_) {
-        auto gap = now - *last_arrival_;
-        gap_ = gap_.count() == 0 ? gap : gap_ + (gap - gap_) / 8;
+      for (Item& item : items) {
+        if (last_arrival_) {
+          auto gap = now - *last_arrival_;
+          gap_ = gap_.count() == 0 ? gap : gap_ + (gap - gap_) / 8;
+        }
+        last_arrival_ = now;
+        ++arrivals_;
+        queue_.push_back({std::move(item), now});
+        const size_t n = queue_.size();
+        wake = wake || n == 1 || n % static_cast<size_t>(options_.max_batch_size) == 0;
       }
-      last_arrival_ = now;
-      ++arrivals_;
-      queue_.push_back({std::move(item), now});
+      wake = wake || options_.adaptive;  // the adaptive wait depends on every arrival
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
   }
 
   size_t queued() const {

@@ -400,7 +400,7 @@ class ReplicaServer::Impl {
     Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
     if (tasks.empty()) return;
     if (batcher_) {
-      for (auto& task : tasks) batcher_->Add(std::move(task));
+      batcher_->AddAll(tasks);
       return;
     }
     if (TryStartInline()) {
