@@ -91,6 +91,12 @@ bool ParseLogLevel(std::string_view text, LogLevel* out) {
   return true;
 }
 
+std::string HexString(uint64_t value, int chars) {
+  std::string out;
+  AppendHex(out, value, chars > 16 ? 16 : chars);
+  return out;
+}
+
 std::string NewRequestId() {
   std::string id;
   id.reserve(32);

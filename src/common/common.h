@@ -79,6 +79,9 @@ bool ParseLogLevel(std::string_view text, LogLevel* out);
 // A new request id: 32 lower-case hex characters (128 random bits), as Ray Serve's are. Thread-safe.
 std::string NewRequestId();
 
+// `value`'s lowest `chars` hex digits (up to 16), lower case, most significant first.
+std::string HexString(uint64_t value, int chars = 16);
+
 // A short random hex id for replicas and runs. Thread-safe.
 std::string NewShortId(int hex_chars = 8);
 

@@ -409,12 +409,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     HttpOptions& h = config.http_options;
     ReadString(hmap, "host", errors, &h.host);
     ReadInt(hmap, "port", 0, 65535, errors, &h.port);
-    YAML::Node timeout = hmap.Get("request_timeout_s");
-    if (timeout.IsDefined() && !timeout.IsNull()) {
-      double v = 0;
-      ReadNumber(hmap, "request_timeout_s", 0, errors, &v);
-      if (v > 0) h.request_timeout_s = v;
-    }
+    std::optional<double> timeout = ReadOptionalNumber(hmap, "request_timeout_s", 0, errors);
+    if (timeout && *timeout > 0) h.request_timeout_s = timeout;
     ReadNumber(hmap, "keep_alive_timeout_s", 0, errors, &h.keep_alive_timeout_s);
     ReadNumber(hmap, "header_timeout_s", 0, errors, &h.header_timeout_s);
     ReadInt(hmap, "max_body_bytes", 0, 1ll << 40, errors, &h.max_body_bytes);

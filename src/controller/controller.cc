@@ -77,13 +77,6 @@ uint64_t Fnv1a(uint64_t h, std::string_view bytes) {
   return h;
 }
 
-std::string Hex(uint64_t v) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out(16, '0');
-  for (int i = 15; i >= 0; --i, v >>= 4) out[static_cast<size_t>(i)] = kDigits[v & 0xf];
-  return out;
-}
-
 bool SameDeployment(const config::DeploymentConfig& a, const config::DeploymentConfig& b) {
   config::ApplicationConfig x, y;
   x.deployments = {a};
@@ -106,7 +99,7 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
     while (in.read(buf, sizeof(buf)) || in.gcount() > 0)
       h = Fnv1a(h, std::string_view(buf, static_cast<size_t>(in.gcount())));
   }
-  return Hex(h).substr(0, 12);
+  return HexString(h, 12);
 }
 
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context& io, std::string ferry_binary,
