@@ -32,7 +32,6 @@ using cli::AdminRequest;
 using cli::AdminResponse;
 using cli::JsonToYaml;
 
-constexpr char kVersion[] = "0.2.0";
 constexpr char kDefaultAddress[] = "http://127.0.0.1:8265";
 
 constexpr char kUsage[] = R"(ferry — serve models from a YAML config, with Ray Serve's model and native speed.
@@ -164,6 +163,16 @@ struct Flags {
 config::ValidationHooks Hooks(const std::string& self) {
   config::ValidationHooks hooks;
   hooks.builtin_exists = [](std::string_view name) { return runtimes::FindBuiltin(name) != nullptr; };
+  hooks.runtime_library = [self](std::string_view name) -> std::string {
+    std::string file = StrCat("libferry_runtime_", name, ".so");
+    for (const std::filesystem::path& dir : {std::filesystem::path(self).parent_path(),
+                                             std::filesystem::path(FERRY_RUNTIME_DIR)}) {
+      std::error_code ec;
+      std::filesystem::path candidate = dir / file;
+      if (std::filesystem::is_regular_file(candidate, ec)) return candidate.string();
+    }
+    return "";
+  };
   // Loading a plugin to check it happens in a fresh process (ferry check-plugin): a broken library cannot
   // crash the node, and no thread of ours is forked mid-lock.
   hooks.check_plugin = [self](const std::string& path, const std::string& symbol) -> absl::Status {

@@ -13,6 +13,9 @@
 
 namespace ferry {
 
+// Ferry's release, printed by `ferry version` and reported at GET /v2.
+inline constexpr char kVersion[] = "0.3.0";
+
 // Debian's Abseil has its own string_view type, distinct from std::string_view: these helpers accept
 // both, so the rest of the code can use std::string_view throughout.
 inline std::string_view View(absl::string_view s) { return std::string_view(s.data(), s.size()); }

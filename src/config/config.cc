@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <yaml-cpp/yaml.h>
@@ -186,6 +187,35 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
                     const ValidationHooks& hooks, Errors& errors, DeploymentConfig& d) {
   static constexpr std::string_view kBuiltin = "builtin:";
   const std::string& path = d.import_path;
+  struct RuntimeKind {
+    std::string_view prefix, runtime, symbol, library_needed;
+  };
+  static constexpr RuntimeKind kRuntimes[] = {{"torchscript:", "torchscript", "TorchScript", "LibTorch"},
+                                              {"xgboost:", "xgboost", "XGBoost", "libxgboost"}};
+  for (const RuntimeKind& r : kRuntimes) {
+    if (path.rfind(r.prefix, 0) != 0) continue;
+    d.kind = DeploymentConfig::Kind::kRuntime;
+    d.runtime = r.runtime;
+    d.symbol = r.symbol;
+    std::filesystem::path model(path.substr(r.prefix.size()));
+    if (model.empty()) {
+      errors.Add(node, field, ferry::StrCat("expected ", r.prefix, "PATH to a model file"));
+      return;
+    }
+    if (model.is_relative()) model = std::filesystem::path(base_dir) / model;
+    d.model_path = model.lexically_normal().string();
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(d.model_path, ec))
+      errors.Add(node, field, ferry::StrCat("model file not found: ", d.model_path));
+    if (hooks.runtime_library) {
+      d.plugin_path = hooks.runtime_library(r.runtime);
+      if (d.plugin_path.empty())
+        errors.Add(node, field,
+                   ferry::StrCat("this ferry was built without the ", r.runtime, " runtime (", r.library_needed,
+                                 " was not found when it was built)"));
+    }
+    return;
+  }
   if (path.rfind(kBuiltin, 0) == 0) {
     d.kind = DeploymentConfig::Kind::kBuiltin;
     d.symbol = path.substr(kBuiltin.size());
@@ -198,7 +228,9 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
   size_t colon = path.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == path.size()) {
     errors.Add(node, field,
-               ferry::StrCat("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\", got \"", path, "\""));
+               ferry::StrCat("expected \"builtin:NAME\", \"torchscript:PATH\", \"xgboost:PATH\" or "
+                             "\"path/to/lib.so:ClassName\", got \"",
+                             path, "\""));
     return;
   }
   d.kind = DeploymentConfig::Kind::kPlugin;
@@ -215,6 +247,25 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     absl::Status s = hooks.check_plugin(d.plugin_path, d.symbol);
     if (!s.ok()) errors.Add(node, field, Message(s));
   }
+}
+
+// args.model_name and args.model_version: what the deployment is served as under /v2/models/.
+void ReadModelName(MapReader& map, DeploymentConfig& d, Errors& errors) {
+  YAML::Node args = map.Get("args");
+  auto read = [&](const char* key, std::string* out) {
+    if (!d.args.is_object() || !d.args.contains(key)) return;
+    const json& v = d.args[key];
+    YAML::Node at = args[key];
+    if (v.is_string() && !v.get<std::string>().empty() && v.get<std::string>().find('/') == std::string::npos)
+      *out = v.get<std::string>();
+    else if (v.is_number_integer() && std::string(key) == "model_version")
+      *out = std::to_string(v.get<long long>());
+    else
+      errors.Add(at, ferry::StrCat(map.Field("args"), ".", key), "expected a non-empty name without '/'");
+  };
+  read("model_name", &d.model_name);
+  read("model_version", &d.model_version);
+  if (d.model_name.empty() && d.kind == DeploymentConfig::Kind::kRuntime) d.model_name = d.name;
 }
 
 std::optional<double> ReadOptionalNumber(MapReader& map, const std::string& key, double min, Errors& errors) {
@@ -274,6 +325,7 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
     else
       d.args = ToJsonValue(args);
   }
+  ReadModelName(map, d, errors);
   YAML::Node num_replicas = map.Get("num_replicas");
   bool auto_replicas = num_replicas.IsDefined() && num_replicas.IsScalar() && num_replicas.Scalar() == "auto";
   if (!auto_replicas) ReadInt(map, "num_replicas", 0, 10000, errors, &d.num_replicas);
@@ -334,6 +386,7 @@ bool ValidRoutePrefix(const std::string& p) {
   if (p.empty() || p[0] != '/') return false;
   if (p.size() > 1 && p.back() == '/') return false;
   if (p.rfind("/-/", 0) == 0 || p == "/-") return false;
+  if (p.rfind("/v2/", 0) == 0 || p == "/v2") return false;  // the Open Inference Protocol's endpoints
   return p.find_first_of("?# \t") == std::string::npos;
 }
 
@@ -348,7 +401,7 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   ReadString(map, "route_prefix", errors, &app.route_prefix);
   if (!ValidRoutePrefix(app.route_prefix))
     errors.Add(prefix.IsDefined() ? prefix.Mark() : map.Mark(), map.Field("route_prefix"),
-               ferry::StrCat("expected a path starting with '/', without a trailing '/', not under /-/, got \"",
+               ferry::StrCat("expected a path starting with '/', without a trailing '/', not under /-/ or /v2, got \"",
                              app.route_prefix, "\""));
   YAML::Node ingress = map.Get("ingress");
   ReadString(map, "ingress", errors, &app.ingress);
@@ -450,6 +503,22 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
                    ferry::StrCat("duplicate route_prefix \"", app.route_prefix, "\""));
       }
     }
+    // Model names are one namespace across applications: /v2/models/{name} must mean one deployment.
+    std::map<std::string, std::string> models;  // model name -> "application/deployment"
+    for (size_t i = 0; i < config.applications.size(); ++i) {
+      const ApplicationConfig& app = config.applications[i];
+      for (size_t j = 0; j < app.deployments.size(); ++j) {
+        const DeploymentConfig& d = app.deployments[j];
+        if (d.model_name.empty()) continue;
+        std::string who = ferry::StrCat(app.name, "/", d.name);
+        auto [it, fresh] = models.emplace(d.model_name, who);
+        if (fresh) continue;
+        YAML::Node dn = apps[i]["deployments"][j];
+        errors.Add(dn.Mark(), ferry::StrCat("applications[", i, "].deployments[", j, "]"),
+                   ferry::StrCat("model name \"", d.model_name, "\" is already served by ", it->second,
+                                 "; set args.model_name to tell them apart"));
+      }
+    }
   }
   top.RejectUnknown();
   if (!errors.empty()) return errors.ToStatus();
@@ -502,7 +571,9 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
 }
 
 std::string DeploymentConfig::ResolvedImportPath() const {
-  return kind == Kind::kPlugin ? StrCat(plugin_path, ":", symbol) : import_path;
+  if (kind == Kind::kPlugin) return StrCat(plugin_path, ":", symbol);
+  if (kind == Kind::kRuntime) return StrCat(runtime, ":", model_path);
+  return import_path;
 }
 
 bool AdminOptions::IsLoopback() const { return host.rfind("127.", 0) == 0 || host == "::1" || host == "localhost"; }

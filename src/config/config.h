@@ -44,12 +44,19 @@ struct BatchingConfig {
 };
 
 struct DeploymentConfig {
-  enum class Kind { kBuiltin, kPlugin };
+  // kRuntime: a model runtime (torchscript:PATH, xgboost:PATH), a plugin library shipped with ferry.
+  enum class Kind { kBuiltin, kPlugin, kRuntime };
   std::string name;
   std::string import_path;  // as written in the config
   Kind kind = Kind::kBuiltin;
-  std::string plugin_path;  // absolute path of the shared library (kPlugin)
-  std::string symbol;       // class name (kPlugin) or built-in name (kBuiltin)
+  std::string plugin_path;  // absolute path of the shared library (kPlugin, kRuntime)
+  std::string symbol;       // class name (kPlugin, kRuntime) or built-in name (kBuiltin)
+  std::string runtime;      // "torchscript" or "xgboost" (kRuntime)
+  std::string model_path;   // absolute path of the model file (kRuntime)
+  // The name it is served under at /v2/models/{model_name}: args.model_name, else the deployment's name
+  // for a model runtime; empty when the deployment is not a model.
+  std::string model_name;
+  std::string model_version;  // args.model_version; empty: unversioned
   nlohmann::json args = nlohmann::json::object();
   int num_replicas = 1;  // ignored when autoscaling_config is set
   std::optional<AutoscalingConfig> autoscaling_config;
@@ -111,6 +118,9 @@ struct Config {
 struct ValidationHooks {
   // True when `name` is a built-in deployment (import_path "builtin:<name>").
   std::function<bool(std::string_view name)> builtin_exists;
+  // The shared library of model runtime `name` ("torchscript", "xgboost"), or empty when this ferry was
+  // built without it. Unset: runtimes are not checked (and plugin_path stays empty).
+  std::function<std::string(std::string_view name)> runtime_library;
   // OK when the shared library at `path` loads and exports the deployment `symbol`.
   std::function<absl::Status(const std::string& path, const std::string& symbol)> check_plugin;
 };

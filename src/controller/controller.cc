@@ -92,9 +92,10 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
   h = Fnv1a(h, d.args.dump());
   h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
   if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());  // the replica's execution mode
-  if (d.kind == config::DeploymentConfig::Kind::kPlugin) {
-    // The library's contents: rebuilding a plugin in place is a new version too.
-    std::ifstream in(d.plugin_path, std::ios::binary);
+  if (d.kind != config::DeploymentConfig::Kind::kBuiltin) {
+    // The plugin library's or the model file's contents: replacing either in place is a new version too.
+    std::ifstream in(d.kind == config::DeploymentConfig::Kind::kRuntime ? d.model_path : d.plugin_path,
+                     std::ios::binary);
     char buf[1 << 16];
     while (in.read(buf, sizeof(buf)) || in.gcount() > 0)
       h = Fnv1a(h, std::string_view(buf, static_cast<size_t>(in.gcount())));
@@ -302,7 +303,14 @@ void Controller::PublishRoutes() {
     if (d == deployments_.end()) continue;
     routes.push_back({app->config.route_prefix, name, app->config.ingress, d->second->router});
   }
-  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes)));
+  std::vector<router::ModelRoute> models;
+  for (const auto& [key, d] : deployments_) {
+    auto app = apps_.find(d->application);
+    if (app == apps_.end() || app->second->deleting || d->deleting || d->target.model_name.empty()) continue;
+    models.push_back({d->target.model_name, d->target.model_version,
+                      {StrCat("/v2/models/", d->target.model_name), d->application, d->target.name, d->router}});
+  }
+  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes), std::move(models)));
 }
 
 absl::Status Controller::Persist() {

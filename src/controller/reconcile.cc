@@ -162,6 +162,13 @@ void Controller::StartReplica(Deployment& d) {
   spec.plugin_path = t.plugin_path;
   spec.symbol = t.symbol;
   spec.args = t.args;
+  if (t.kind == config::DeploymentConfig::Kind::kRuntime) {
+    // A model runtime learns its file, its served name and its CPU share from its args.
+    spec.args["model_path"] = t.model_path;
+    spec.args["model_name"] = t.model_name;
+    if (!t.model_version.empty()) spec.args["model_version"] = t.model_version;
+    if (!spec.args.contains("num_cpus")) spec.args["num_cpus"] = t.resources.num_cpus;
+  }
   spec.user_config = t.user_config;
   spec.max_ongoing_requests = t.max_ongoing_requests;
   spec.num_cpus = t.resources.num_cpus;

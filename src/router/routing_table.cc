@@ -10,9 +10,17 @@ bool PrefixMatches(std::string_view prefix, std::string_view path) {
   return path.size() == prefix.size() || path[prefix.size()] == '/';
 }
 
-RoutingTable::RoutingTable(std::vector<Route> routes) : routes_(std::move(routes)) {
+RoutingTable::RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models)
+    : routes_(std::move(routes)), models_(std::move(models)) {
   std::stable_sort(routes_.begin(), routes_.end(),
                    [](const Route& a, const Route& b) { return a.route_prefix.size() > b.route_prefix.size(); });
+  std::sort(models_.begin(), models_.end(), [](const ModelRoute& a, const ModelRoute& b) { return a.name < b.name; });
+}
+
+const ModelRoute* RoutingTable::FindModel(std::string_view name) const {
+  auto it = std::lower_bound(models_.begin(), models_.end(), name,
+                             [](const ModelRoute& m, std::string_view n) { return m.name < n; });
+  return it != models_.end() && it->name == name ? &*it : nullptr;
 }
 
 const Route* RoutingTable::Match(std::string_view path) const {

@@ -1,4 +1,5 @@
-// The routing table: route_prefix -> application -> its ingress deployment's router. The controller builds
+// The routing table: route_prefix -> application -> its ingress deployment's router, and model name ->
+// the model's deployment router (the Open Inference Protocol's /v2/models/{name}). The controller builds
 // a new table on every change and publishes it; the data plane reads immutable snapshots.
 // Thread-safe: a RoutingTable is immutable; RoutingTableCell swaps snapshots atomically.
 #pragma once
@@ -20,15 +21,26 @@ struct Route {
   std::shared_ptr<Router> router;
 };
 
+// A deployment served as a model. `route` is its router, with route_prefix "/v2/models/{name}".
+struct ModelRoute {
+  std::string name;
+  std::string version;  // empty: unversioned
+  Route route;
+};
+
 class RoutingTable {
  public:
-  explicit RoutingTable(std::vector<Route> routes);
+  explicit RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models = {});
   // The route with the longest route_prefix that matches `path` at a segment boundary, or nullptr.
   const Route* Match(std::string_view path) const;
   const std::vector<Route>& routes() const { return routes_; }
+  // The model named `name`, or nullptr.
+  const ModelRoute* FindModel(std::string_view name) const;
+  const std::vector<ModelRoute>& models() const { return models_; }  // by name
 
  private:
   std::vector<Route> routes_;  // longest prefix first
+  std::vector<ModelRoute> models_;
 };
 
 // Holds the current table. Writers publish whole tables; readers take a snapshot per request.

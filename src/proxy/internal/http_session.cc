@@ -191,6 +191,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       ServeOwnEndpoint(path);
       return;
     }
+    if (path == "/v2" || path.rfind("/v2/", 0) == 0) {
+      ServeInferenceProtocol(std::move(req), path);
+      return;
+    }
     if (target.empty() || target[0] != '/') {
       WriteError(http::status::bad_request, "request target must be an absolute path", true);
       return;
@@ -234,6 +238,72 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     WriteError(http::status::not_found, ferry::StrCat("no proxy endpoint at ", path), false);
+  }
+
+  // The Open Inference Protocol (V2): health and server metadata here; a model's metadata and infer go
+  // to one of its replicas, whose SDK speaks the protocol.
+  void ServeInferenceProtocol(http::request<http::string_body>&& req, std::string_view path) {
+    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
+    const bool post = req.method() == http::verb::post;
+    std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
+    auto answer = [&](nlohmann::json body) { WriteText(http::status::ok, body.dump(), "application/json"); };
+    auto wrong_method = [&](std::string_view allowed) {
+      WriteError(http::status::method_not_allowed, ferry::StrCat(path, " accepts ", allowed), false);
+    };
+    if (path == "/v2" || path == "/v2/") {
+      if (!get) return wrong_method("GET");
+      return answer({{"name", "ferry"}, {"version", kVersion}, {"extensions", {"binary_tensor_data"}}});
+    }
+    if (path == "/v2/health/live") {
+      if (!get) return wrong_method("GET");
+      return answer({{"live", !worker_.draining()}});
+    }
+    if (path == "/v2/health/ready") {
+      if (!get) return wrong_method("GET");
+      std::string waiting;
+      for (const router::ModelRoute& m : table->models())
+        if (m.route.router->Stats().replicas == 0) ferry::StrAppend(&waiting, waiting.empty() ? "" : ", ", m.name);
+      if (worker_.draining()) return WriteError(http::status::service_unavailable, "this node is being drained", false);
+      if (!waiting.empty())
+        return WriteError(http::status::bad_request, ferry::StrCat("not ready: no replica serves model(s) ", waiting),
+                          false);
+      return answer({{"ready", true}});
+    }
+    static constexpr std::string_view kModels = "/v2/models/";
+    if (path.rfind(kModels, 0) != 0 || path.size() == kModels.size())
+      return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
+    std::string_view rest = path.substr(kModels.size());
+    std::string_view name = rest.substr(0, rest.find('/'));
+    rest.remove_prefix(name.size());
+    std::string_view version;
+    if (rest.rfind("/versions/", 0) == 0) {
+      rest.remove_prefix(std::string_view("/versions/").size());
+      version = rest.substr(0, rest.find('/'));
+      rest.remove_prefix(version.size());
+    }
+    const router::ModelRoute* model = table->FindModel(name);
+    if (!model) return WriteError(http::status::not_found, ferry::StrCat("unknown model '", name, "'"), false);
+    if (!version.empty() && version != model->version)
+      return WriteError(http::status::not_found,
+                        model->version.empty()
+                            ? ferry::StrCat("model '", name, "' has no version '", version, "' (it is unversioned)")
+                            : ferry::StrCat("model '", name, "' has no version '", version, "' (it serves version '",
+                                            model->version, "')"),
+                        false);
+    if (rest == "/ready") {
+      if (!get) return wrong_method("GET");
+      if (model->route.router->Stats().replicas == 0)
+        return WriteError(http::status::bad_request, ferry::StrCat("model '", name, "' is not ready: no replica is running"),
+                          false);
+      return answer({{"name", model->name}, {"ready", true}});
+    }
+    if (rest.empty() && !get) return wrong_method("GET");
+    if (rest == "/infer" && !post) return wrong_method("POST");
+    if (!rest.empty() && rest != "/infer")
+      return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
+    if (buffer_.size() == 0) ReadAhead();
+    call_ = std::make_shared<Call>(worker_, shared_from_this(), table, &model->route, request_id_);
+    call_->Start(std::move(req));
   }
 
   void WriteText(http::status status, std::string body, std::string_view content_type) {
