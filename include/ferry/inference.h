@@ -44,7 +44,21 @@
 namespace ferry {
 
 // The protocol's tensor element types.
-enum class DataType : uint8_t { kBool, kUint8, kUint16, kUint32, kUint64, kInt8, kInt16, kInt32, kInt64, kFp16, kFp32, kFp64, kBytes };
+enum class DataType : uint8_t {
+  kBool,
+  kUint8,
+  kUint16,
+  kUint32,
+  kUint64,
+  kInt8,
+  kInt16,
+  kInt32,
+  kInt64,
+  kFp16,
+  kFp32,
+  kFp64,
+  kBytes
+};
 
 inline std::string_view DataTypeName(DataType t) {
   static constexpr std::string_view kNames[] = {"BOOL",  "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
@@ -73,13 +87,13 @@ struct Half {
     uint32_t abs = x & 0x7fffffffu;
     if (abs >= 0x7f800000u) return {static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0))};
     if (abs >= 0x477ff000u) return {static_cast<uint16_t>(sign | 0x7c00u)};  // rounds past 65504: infinity
-    if (abs < 0x38800000u) {  // a subnormal half (or zero): round half to even at bit 24 + shift
-      int shift = 126 - static_cast<int>(abs >> 23);
+    if (abs < 0x38800000u) {                          // a subnormal half (or zero): value / 2^-24, rounded half to even
+      int shift = 126 - static_cast<int>(abs >> 23);  // 14..; the 24-bit significand is shifted right by it
       if (shift > 24) return {sign};
       uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-      uint32_t half = mant >> (shift + 1);
-      uint32_t rest = mant & ((1u << (shift + 1)) - 1);
-      uint32_t mid = 1u << shift;
+      uint32_t half = mant >> shift;
+      uint32_t rest = mant & ((1u << shift) - 1);
+      uint32_t mid = 1u << (shift - 1);
       if (rest > mid || (rest == mid && (half & 1u))) ++half;
       return {static_cast<uint16_t>(sign | half)};
     }
@@ -104,9 +118,9 @@ struct Half {
 // The C++ element type of each fixed-size datatype (BOOL is `bool`, FP16 is `ferry::Half`).
 template <typename T>
 struct DataTypeOf;
-#define FERRY_DATATYPE_OF(T, D) \
-  template <>                   \
-  struct DataTypeOf<T> {        \
+#define FERRY_DATATYPE_OF(T, D)                    \
+  template <>                                      \
+  struct DataTypeOf<T> {                           \
     static constexpr DataType value = DataType::D; \
   };
 FERRY_DATATYPE_OF(bool, kBool)
@@ -218,8 +232,8 @@ class Tensor {
  private:
   void Check(DataType wanted) const {
     if (wanted != datatype_)
-      throw std::invalid_argument("tensor " + name_ + " holds " + std::string(DataTypeName(datatype_)) +
-                                  ", read as " + std::string(DataTypeName(wanted)));
+      throw std::invalid_argument("tensor " + name_ + " holds " + std::string(DataTypeName(datatype_)) + ", read as " +
+                                  std::string(DataTypeName(wanted)));
   }
   std::string name_;
   DataType datatype_ = DataType::kFp32;
@@ -322,7 +336,9 @@ inline std::vector<TensorSpec> SpecsFromJson(const Json& j, const std::string& w
     std::optional<DataType> dt = e.contains("datatype") && e["datatype"].is_string()
                                      ? ParseDataType(e["datatype"].get<std::string>())
                                      : std::nullopt;
-    if (!dt) throw std::invalid_argument(at + ".datatype: expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES");
+    if (!dt)
+      throw std::invalid_argument(
+          at + ".datatype: expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES");
     s.datatype = *dt;
     if (!e.contains("shape") || !e["shape"].is_array())
       throw std::invalid_argument(at + ".shape: expected a list of sizes (-1 for any)");
@@ -429,18 +445,30 @@ void FillTyped(const Json& data, Tensor& t) {
 
 inline void FillFromJson(const Json& data, Tensor& t) {
   switch (t.datatype()) {
-    case DataType::kBool: return FillTyped<bool>(data, t);
-    case DataType::kUint8: return FillTyped<uint8_t>(data, t);
-    case DataType::kUint16: return FillTyped<uint16_t>(data, t);
-    case DataType::kUint32: return FillTyped<uint32_t>(data, t);
-    case DataType::kUint64: return FillTyped<uint64_t>(data, t);
-    case DataType::kInt8: return FillTyped<int8_t>(data, t);
-    case DataType::kInt16: return FillTyped<int16_t>(data, t);
-    case DataType::kInt32: return FillTyped<int32_t>(data, t);
-    case DataType::kInt64: return FillTyped<int64_t>(data, t);
-    case DataType::kFp16: return FillTyped<Half>(data, t);
-    case DataType::kFp32: return FillTyped<float>(data, t);
-    case DataType::kFp64: return FillTyped<double>(data, t);
+    case DataType::kBool:
+      return FillTyped<bool>(data, t);
+    case DataType::kUint8:
+      return FillTyped<uint8_t>(data, t);
+    case DataType::kUint16:
+      return FillTyped<uint16_t>(data, t);
+    case DataType::kUint32:
+      return FillTyped<uint32_t>(data, t);
+    case DataType::kUint64:
+      return FillTyped<uint64_t>(data, t);
+    case DataType::kInt8:
+      return FillTyped<int8_t>(data, t);
+    case DataType::kInt16:
+      return FillTyped<int16_t>(data, t);
+    case DataType::kInt32:
+      return FillTyped<int32_t>(data, t);
+    case DataType::kInt64:
+      return FillTyped<int64_t>(data, t);
+    case DataType::kFp16:
+      return FillTyped<Half>(data, t);
+    case DataType::kFp32:
+      return FillTyped<float>(data, t);
+    case DataType::kFp64:
+      return FillTyped<double>(data, t);
     case DataType::kBytes: {
       std::vector<std::string>& out = t.mutable_strings();
       size_t i = 0;
@@ -478,11 +506,13 @@ inline void FillFromBinary(std::string_view chunk, Tensor& t) {
     uint32_t len = 0;
     for (int b = 3; b >= 0; --b) len = (len << 8) | static_cast<uint8_t>(chunk[at + static_cast<size_t>(b)]);
     at += 4;
-    if (chunk.size() - at < len) Fail(Where(t.name()) + ": binary BYTES element " + std::to_string(i) + " is cut short");
+    if (chunk.size() - at < len)
+      Fail(Where(t.name()) + ": binary BYTES element " + std::to_string(i) + " is cut short");
     out[i].assign(chunk.data() + at, len);
     at += len;
   }
-  if (at != chunk.size()) Fail(Where(t.name()) + ": binary BYTES data is longer than its " + std::to_string(out.size()) + " elements");
+  if (at != chunk.size())
+    Fail(Where(t.name()) + ": binary BYTES data is longer than its " + std::to_string(out.size()) + " elements");
 }
 
 inline Shape ReadShape(const Json& j, const std::string& name) {
@@ -502,14 +532,15 @@ inline Shape ReadShape(const Json& j, const std::string& name) {
 // Parses an infer request body. `binary_header_length` is the Inference-Header-Content-Length header's
 // value when present (the JSON is that long and binary tensor data follows). Throws InferError 400
 // naming what is wrong.
-inline InferRequest ParseInferRequest(std::string_view body, std::optional<size_t> binary_header_length = std::nullopt) {
+inline InferRequest ParseInferRequest(std::string_view body,
+                                      std::optional<size_t> binary_header_length = std::nullopt) {
   using internal::Fail;
   using internal::Where;
   std::string_view json_text = body, binary;
   if (binary_header_length) {
     if (*binary_header_length > body.size())
-      Fail("Inference-Header-Content-Length (" + std::to_string(*binary_header_length) +
-           ") is larger than the body (" + std::to_string(body.size()) + " bytes)");
+      Fail("Inference-Header-Content-Length (" + std::to_string(*binary_header_length) + ") is larger than the body (" +
+           std::to_string(body.size()) + " bytes)");
     json_text = body.substr(0, *binary_header_length);
     binary = body.substr(*binary_header_length);
   }
@@ -577,8 +608,8 @@ inline InferRequest ParseInferRequest(std::string_view body, std::optional<size_
       if (data->is_array() && data->empty()) leaves = 0;
       if (!data->is_array()) Fail(Where(n) + ": \"data\" must be an array");
       if (static_cast<int64_t>(leaves) != count)
-        Fail(Where(n) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(count) + " elements, \"data\" has " +
-             std::to_string(leaves));
+        Fail(Where(n) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(count) +
+             " elements, \"data\" has " + std::to_string(leaves));
       internal::FillFromJson(*data, t);
     }
     req.inputs.push_back(std::move(t));
@@ -611,8 +642,8 @@ inline void Validate(const ModelMetadata& m, const InferRequest& req, std::strin
         Fail("unknown input '" + t.name() + "': model '" + std::string(model_name) + "' takes " + names);
       }
       if (spec->datatype != t.datatype())
-        Fail(Where(t.name()) + ": datatype " + std::string(DataTypeName(t.datatype())) + " does not match the model's " +
-             std::string(DataTypeName(spec->datatype)));
+        Fail(Where(t.name()) + ": datatype " + std::string(DataTypeName(t.datatype())) +
+             " does not match the model's " + std::string(DataTypeName(spec->datatype)));
       bool ok = spec->shape.size() == t.shape().size();
       for (size_t i = 0; ok && i < spec->shape.size(); ++i) ok = spec->shape[i] < 0 || spec->shape[i] == t.shape()[i];
       if (!ok)
@@ -626,7 +657,8 @@ inline void Validate(const ModelMetadata& m, const InferRequest& req, std::strin
     for (const std::string& o : req.outputs) {
       bool known = false;
       for (const TensorSpec& s : m.outputs) known = known || s.name == o;
-      if (!known) Fail("unknown output '" + o + "' requested: model '" + std::string(model_name) + "' has no such output");
+      if (!known)
+        Fail("unknown output '" + o + "' requested: model '" + std::string(model_name) + "' has no such output");
     }
   }
 }
@@ -667,18 +699,30 @@ void AppendData(std::string& out, const Tensor& t) {
 
 inline void AppendTensorData(std::string& out, const Tensor& t) {
   switch (t.datatype()) {
-    case DataType::kBool: return AppendData<bool>(out, t);
-    case DataType::kUint8: return AppendData<uint8_t>(out, t);
-    case DataType::kUint16: return AppendData<uint16_t>(out, t);
-    case DataType::kUint32: return AppendData<uint32_t>(out, t);
-    case DataType::kUint64: return AppendData<uint64_t>(out, t);
-    case DataType::kInt8: return AppendData<int8_t>(out, t);
-    case DataType::kInt16: return AppendData<int16_t>(out, t);
-    case DataType::kInt32: return AppendData<int32_t>(out, t);
-    case DataType::kInt64: return AppendData<int64_t>(out, t);
-    case DataType::kFp16: return AppendData<Half>(out, t);
-    case DataType::kFp32: return AppendData<float>(out, t);
-    case DataType::kFp64: return AppendData<double>(out, t);
+    case DataType::kBool:
+      return AppendData<bool>(out, t);
+    case DataType::kUint8:
+      return AppendData<uint8_t>(out, t);
+    case DataType::kUint16:
+      return AppendData<uint16_t>(out, t);
+    case DataType::kUint32:
+      return AppendData<uint32_t>(out, t);
+    case DataType::kUint64:
+      return AppendData<uint64_t>(out, t);
+    case DataType::kInt8:
+      return AppendData<int8_t>(out, t);
+    case DataType::kInt16:
+      return AppendData<int16_t>(out, t);
+    case DataType::kInt32:
+      return AppendData<int32_t>(out, t);
+    case DataType::kInt64:
+      return AppendData<int64_t>(out, t);
+    case DataType::kFp16:
+      return AppendData<Half>(out, t);
+    case DataType::kFp32:
+      return AppendData<float>(out, t);
+    case DataType::kFp64:
+      return AppendData<double>(out, t);
     case DataType::kBytes: {
       out += '[';
       for (size_t i = 0; i < t.strings().size(); ++i) {
@@ -854,9 +898,10 @@ class Model : public Deployment {
         results.assign(runnable.size(), InferResponse::Error(500, e.what()));
       }
       if (results.size() != runnable.size())
-        results.assign(runnable.size(), InferResponse::Error(500, "infer_batch returned " + std::to_string(results.size()) +
-                                                                      " responses for " + std::to_string(runnable.size()) +
-                                                                      " requests"));
+        results.assign(
+            runnable.size(),
+            InferResponse::Error(500, "infer_batch returned " + std::to_string(results.size()) + " responses for " +
+                                          std::to_string(runnable.size()) + " requests"));
     }
     std::vector<Response> out(batch.size());
     for (size_t k = 0; k < runnable.size(); ++k) {

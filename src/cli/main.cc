@@ -165,8 +165,8 @@ config::ValidationHooks Hooks(const std::string& self) {
   hooks.builtin_exists = [](std::string_view name) { return runtimes::FindBuiltin(name) != nullptr; };
   hooks.runtime_library = [self](std::string_view name) -> std::string {
     std::string file = StrCat("libferry_runtime_", name, ".so");
-    for (const std::filesystem::path& dir : {std::filesystem::path(self).parent_path(),
-                                             std::filesystem::path(FERRY_RUNTIME_DIR)}) {
+    for (const std::filesystem::path& dir :
+         {std::filesystem::path(self).parent_path(), std::filesystem::path(FERRY_RUNTIME_DIR)}) {
       std::error_code ec;
       std::filesystem::path candidate = dir / file;
       if (std::filesystem::is_regular_file(candidate, ec)) return candidate.string();

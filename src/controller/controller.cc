@@ -307,7 +307,8 @@ void Controller::PublishRoutes() {
   for (const auto& [key, d] : deployments_) {
     auto app = apps_.find(d->application);
     if (app == apps_.end() || app->second->deleting || d->deleting || d->target.model_name.empty()) continue;
-    models.push_back({d->target.model_name, d->target.model_version,
+    models.push_back({d->target.model_name,
+                      d->target.model_version,
                       {StrCat("/v2/models/", d->target.model_name), d->application, d->target.name, d->router}});
   }
   routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes), std::move(models)));

@@ -293,8 +293,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (rest == "/ready") {
       if (!get) return wrong_method("GET");
       if (model->route.router->Stats().replicas == 0)
-        return WriteError(http::status::bad_request, ferry::StrCat("model '", name, "' is not ready: no replica is running"),
-                          false);
+        return WriteError(http::status::bad_request,
+                          ferry::StrCat("model '", name, "' is not ready: no replica is running"), false);
       return answer({{"name", model->name}, {"ready", true}});
     }
     if (rest.empty() && !get) return wrong_method("GET");

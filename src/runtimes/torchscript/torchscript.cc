@@ -12,12 +12,12 @@
 // output__0, output__1, ... and typed from the warm-up run. Inputs are passed to forward() in the order
 // of the metadata. When every input's first dimension is -1 (a batch dimension), a batch of requests is
 // stacked along it into one forward() call and the outputs are split back.
-#include <ferry/inference.h>
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <algorithm>
 #include <cmath>
+#include <ferry/inference.h>
 #include <string>
 #include <vector>
 
@@ -26,31 +26,51 @@ namespace {
 
 std::optional<c10::ScalarType> TorchType(DataType t) {
   switch (t) {
-    case DataType::kBool: return torch::kBool;
-    case DataType::kUint8: return torch::kUInt8;
-    case DataType::kInt8: return torch::kInt8;
-    case DataType::kInt16: return torch::kInt16;
-    case DataType::kInt32: return torch::kInt32;
-    case DataType::kInt64: return torch::kInt64;
-    case DataType::kFp16: return torch::kFloat16;
-    case DataType::kFp32: return torch::kFloat32;
-    case DataType::kFp64: return torch::kFloat64;
-    default: return std::nullopt;  // UINT16/32/64 and BYTES have no torch type
+    case DataType::kBool:
+      return torch::kBool;
+    case DataType::kUint8:
+      return torch::kUInt8;
+    case DataType::kInt8:
+      return torch::kInt8;
+    case DataType::kInt16:
+      return torch::kInt16;
+    case DataType::kInt32:
+      return torch::kInt32;
+    case DataType::kInt64:
+      return torch::kInt64;
+    case DataType::kFp16:
+      return torch::kFloat16;
+    case DataType::kFp32:
+      return torch::kFloat32;
+    case DataType::kFp64:
+      return torch::kFloat64;
+    default:
+      return std::nullopt;  // UINT16/32/64 and BYTES have no torch type
   }
 }
 
 std::optional<DataType> FerryType(c10::ScalarType t) {
   switch (t) {
-    case torch::kBool: return DataType::kBool;
-    case torch::kUInt8: return DataType::kUint8;
-    case torch::kInt8: return DataType::kInt8;
-    case torch::kInt16: return DataType::kInt16;
-    case torch::kInt32: return DataType::kInt32;
-    case torch::kInt64: return DataType::kInt64;
-    case torch::kFloat16: return DataType::kFp16;
-    case torch::kFloat32: return DataType::kFp32;
-    case torch::kFloat64: return DataType::kFp64;
-    default: return std::nullopt;
+    case torch::kBool:
+      return DataType::kBool;
+    case torch::kUInt8:
+      return DataType::kUint8;
+    case torch::kInt8:
+      return DataType::kInt8;
+    case torch::kInt16:
+      return DataType::kInt16;
+    case torch::kInt32:
+      return DataType::kInt32;
+    case torch::kInt64:
+      return DataType::kInt64;
+    case torch::kFloat16:
+      return DataType::kFp16;
+    case torch::kFloat32:
+      return DataType::kFp32;
+    case torch::kFloat64:
+      return DataType::kFp64;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -66,10 +86,11 @@ class TorchScript : public Model {
   explicit TorchScript(const Args& args) {
     path_ = args.get<std::string>("model_path", "");
     name_ = args.get<std::string>("model_name", "");
-    if (args.has("model_version")) versions_.push_back(args.json().at("model_version").is_string()
-                                                           ? args.get<std::string>("model_version", "")
-                                                           : args.json().at("model_version").dump());
-    if (path_.empty()) throw std::invalid_argument("args.model_path: required (the import path torchscript:PATH sets it)");
+    if (args.has("model_version"))
+      versions_.push_back(args.json().at("model_version").is_string() ? args.get<std::string>("model_version", "")
+                                                                      : args.json().at("model_version").dump());
+    if (path_.empty())
+      throw std::invalid_argument("args.model_path: required (the import path torchscript:PATH sets it)");
     int threads = args.get<int>("intra_op_threads", 0);
     if (threads <= 0) threads = std::max(1, static_cast<int>(std::ceil(args.get<double>("num_cpus", 1.0))));
     at::set_num_threads(threads);
@@ -112,7 +133,10 @@ class TorchScript : public Model {
   }
 
   ModelMetadata metadata() const override {
-    return ModelMetadata{.name = name_, .versions = versions_, .platform = "pytorch_torchscript", .inputs = inputs_,
+    return ModelMetadata{.name = name_,
+                         .versions = versions_,
+                         .platform = "pytorch_torchscript",
+                         .inputs = inputs_,
                          .outputs = outputs_};
   }
 
@@ -143,7 +167,8 @@ class TorchScript : public Model {
     std::vector<InferResponse> responses(batch.size());
     int64_t at = 0;
     for (size_t k = 0; k < batch.size(); ++k) {
-      for (size_t i = 0; i < outs.size(); ++i) responses[k].outputs.push_back(ToTensor(outs[i].narrow(0, at, rows[k]), i));
+      for (size_t i = 0; i < outs.size(); ++i)
+        responses[k].outputs.push_back(ToTensor(outs[i].narrow(0, at, rows[k]), i));
       at += rows[k];
     }
     return responses;
@@ -190,7 +215,8 @@ class TorchScript : public Model {
     } else if (out.isTensorList()) {
       for (const at::Tensor& t : out.toTensorVector()) outs.push_back(t);
     } else {
-      throw InferError(500, "model " + path_ + " returned " + out.tagKind() + ", expected a tensor or a tuple of tensors");
+      throw InferError(500,
+                       "model " + path_ + " returned " + out.tagKind() + ", expected a tensor or a tuple of tensors");
     }
     return outs;
   }
@@ -228,7 +254,8 @@ class TorchScript : public Model {
     if (outputs_.empty()) {
       for (size_t i = 0; i < outs.size(); ++i) {
         std::optional<DataType> dt = FerryType(outs[i].scalar_type());
-        if (!dt) throw std::invalid_argument("model " + path_ + ": output " + std::to_string(i) + " has an unsupported type");
+        if (!dt)
+          throw std::invalid_argument("model " + path_ + ": output " + std::to_string(i) + " has an unsupported type");
         Shape shape(outs[i].sizes().begin(), outs[i].sizes().end());
         if (batchable_ && !shape.empty()) shape[0] = -1;
         outputs_.push_back({"output__" + std::to_string(i), *dt, shape});

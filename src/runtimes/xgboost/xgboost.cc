@@ -7,12 +7,12 @@
 // args.input_name, default input__0) and one FP32 output (args.output_name, default output__0) shaped
 // [-1] or [-1, num_class] as the objective predicts; args.inputs/args.outputs override it. A batch's rows
 // are predicted in one call and split back per request.
-#include <ferry/inference.h>
 #include <xgboost/c_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ferry/inference.h>
 #include <string>
 #include <vector>
 
@@ -24,9 +24,9 @@ class XGBoost : public Model {
   explicit XGBoost(const Args& args) {
     path_ = args.get<std::string>("model_path", "");
     name_ = args.get<std::string>("model_name", "");
-    if (args.has("model_version")) versions_.push_back(args.json().at("model_version").is_string()
-                                                           ? args.get<std::string>("model_version", "")
-                                                           : args.json().at("model_version").dump());
+    if (args.has("model_version"))
+      versions_.push_back(args.json().at("model_version").is_string() ? args.get<std::string>("model_version", "")
+                                                                      : args.json().at("model_version").dump());
     if (path_.empty()) throw std::invalid_argument("args.model_path: required (the import path xgboost:PATH sets it)");
     Check(XGBoosterCreate(nullptr, 0, &booster_), "create a booster");
     if (XGBoosterLoadModel(booster_, path_.c_str()) != 0) {
@@ -48,13 +48,14 @@ class XGBoost : public Model {
     Predict(zeros.data(), 1, &out_shape);
     Shape output{-1};
     if (out_shape.size() > 1) output.insert(output.end(), out_shape.begin() + 1, out_shape.end());
-    inputs_ = args.has("inputs") ? oip::SpecsFromJson(args.json().at("inputs"), "args.inputs")
-                                 : std::vector<TensorSpec>{{args.get<std::string>("input_name", "input__0"),
-                                                            DataType::kFp32,
-                                                            {-1, features_}}};
-    outputs_ = args.has("outputs") ? oip::SpecsFromJson(args.json().at("outputs"), "args.outputs")
-                                   : std::vector<TensorSpec>{{args.get<std::string>("output_name", "output__0"),
-                                                              DataType::kFp32, output}};
+    inputs_ = args.has("inputs")
+                  ? oip::SpecsFromJson(args.json().at("inputs"), "args.inputs")
+                  : std::vector<TensorSpec>{
+                        {args.get<std::string>("input_name", "input__0"), DataType::kFp32, {-1, features_}}};
+    outputs_ =
+        args.has("outputs")
+            ? oip::SpecsFromJson(args.json().at("outputs"), "args.outputs")
+            : std::vector<TensorSpec>{{args.get<std::string>("output_name", "output__0"), DataType::kFp32, output}};
     if (inputs_.size() != 1 || inputs_[0].datatype != DataType::kFp32 || inputs_[0].shape.size() != 2 ||
         (inputs_[0].shape[1] != features_ && inputs_[0].shape[1] != -1))
       throw std::invalid_argument("args.inputs: an XGBoost model takes one FP32 input shaped [-1, " +
@@ -67,7 +68,8 @@ class XGBoost : public Model {
   }
 
   ModelMetadata metadata() const override {
-    return ModelMetadata{.name = name_, .versions = versions_, .platform = "xgboost", .inputs = inputs_, .outputs = outputs_};
+    return ModelMetadata{
+        .name = name_, .versions = versions_, .platform = "xgboost", .inputs = inputs_, .outputs = outputs_};
   }
 
   InferResponse infer(const InferRequest& request) override {
@@ -96,8 +98,8 @@ class XGBoost : public Model {
     for (size_t k = 0; k < batch.size(); ++k) {
       Shape shape = all.shape();
       shape[0] = counts[k];
-      std::span<const float> values = all.data<float>().subspan(static_cast<size_t>(at * per_row),
-                                                                static_cast<size_t>(counts[k] * per_row));
+      std::span<const float> values =
+          all.data<float>().subspan(static_cast<size_t>(at * per_row), static_cast<size_t>(counts[k] * per_row));
       out[k].outputs.push_back(Tensor::From<float>(outputs_[0].name, shape, values));
       at += counts[k];
     }
@@ -115,8 +117,8 @@ class XGBoost : public Model {
 
   int64_t Rows(const Tensor& x) const {
     if (x.shape().size() != 2 || x.shape()[1] != features_)
-      throw InferError(400, "input '" + x.name() + "': shape " + ShapeString(x.shape()) + " does not match the model's [-1, " +
-                                std::to_string(features_) + "]");
+      throw InferError(400, "input '" + x.name() + "': shape " + ShapeString(x.shape()) +
+                                " does not match the model's [-1, " + std::to_string(features_) + "]");
     return x.shape()[0];
   }
 
@@ -141,7 +143,8 @@ class XGBoost : public Model {
     bst_ulong out_dim = 0;
     const float* result = nullptr;
     std::string interface = array.dump();
-    if (XGBoosterPredictFromDense(booster_, interface.c_str(), config.c_str(), nullptr, &out_shape, &out_dim, &result) != 0)
+    if (XGBoosterPredictFromDense(booster_, interface.c_str(), config.c_str(), nullptr, &out_shape, &out_dim,
+                                  &result) != 0)
       throw InferError(500, "XGBoost prediction failed: " + FirstLine(XGBGetLastError()));
     shape->assign(out_shape, out_shape + out_dim);
     if (shape->empty() || (*shape)[0] != rows) shape->insert(shape->begin(), rows);  // a scalar per row
