@@ -70,10 +70,16 @@ class Node:
         self.log.close()
 
 
-def wrk(url, connections, seconds):
+def wrk(url, connections, seconds, script=None, env=None, timeout_s=None):
+    """wrk's requests/s, p50/p99 (µs) and non-2xx count. `script` is a Lua file (with `env` for it);
+    `timeout_s` raises wrk's 2 s request timeout for slow models."""
     threads = 1 if connections == 1 else 2
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-                         capture_output=True, text=True).stdout
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    if timeout_s:
+        cmd += ["--timeout", f"{timeout_s}s"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, env={**os.environ, **(env or {})}).stdout
 
     def us(v):
         n = float(re.sub(r"[a-z]+$", "", v))

@@ -358,59 +358,6 @@ namespace internal {
 
 inline std::string Where(const std::string& tensor) { return "input '" + tensor + "'"; }
 
-// Counts the leaf elements of `data` (flat or nested arrays), and checks nesting is arrays all the way.
-inline void CountLeaves(const Json& data, size_t* count) {
-  if (data.is_array()) {
-    for (const Json& e : data) CountLeaves(e, count);
-  } else {
-    ++*count;
-  }
-}
-
-template <typename T>
-bool ConvertNumber(const Json& v, T* out) {
-  if constexpr (std::is_same_v<T, bool>) {
-    if (!v.is_boolean()) return false;
-    *out = v.get<bool>();
-    return true;
-  } else if constexpr (std::is_same_v<T, Half> || std::is_floating_point_v<T>) {
-    double d;
-    if (v.is_number_float())
-      d = v.get<double>();
-    else if (v.is_number_unsigned())
-      d = static_cast<double>(v.get<uint64_t>());
-    else if (v.is_number_integer())
-      d = static_cast<double>(v.get<int64_t>());
-    else
-      return false;
-    if constexpr (std::is_same_v<T, Half>)
-      *out = Half::FromFloat(static_cast<float>(d));
-    else
-      *out = static_cast<T>(d);
-    return true;
-  } else {
-    if (v.is_number_unsigned()) {
-      uint64_t u = v.get<uint64_t>();
-      if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
-      *out = static_cast<T>(u);
-      return true;
-    }
-    if (v.is_number_integer()) {
-      int64_t i = v.get<int64_t>();
-      if constexpr (std::is_unsigned_v<T>) {
-        if (i < 0 || static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max())) return false;
-      } else {
-        if (i < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
-            i > static_cast<int64_t>(std::numeric_limits<T>::max()))
-          return false;
-      }
-      *out = static_cast<T>(i);
-      return true;
-    }
-    return false;
-  }
-}
-
 inline const char* Expected(DataType t) {
   switch (t) {
     case DataType::kBool:
@@ -418,7 +365,7 @@ inline const char* Expected(DataType t) {
     case DataType::kFp16:
     case DataType::kFp32:
     case DataType::kFp64:
-      return "a number";
+      return "a number in the datatype's range";
     case DataType::kBytes:
       return "a string";
     default:
@@ -426,65 +373,281 @@ inline const char* Expected(DataType t) {
   }
 }
 
-template <typename T>
-void FillTyped(const Json& data, Tensor& t) {
-  std::span<T> out = t.mutable_data<T>();
-  size_t i = 0;
-  auto visit = [&](const Json& node, auto&& self) -> void {
-    if (node.is_array()) {
-      for (const Json& e : node) self(e, self);
-      return;
-    }
-    if (!ConvertNumber<T>(node, &out[i]))
-      Fail(Where(t.name()) + ": element " + std::to_string(i) + " (" + node.dump() + ") is not " +
-           Expected(t.datatype()) + " for " + std::string(DataTypeName(t.datatype())));
-    ++i;
-  };
-  visit(data, visit);
-}
-
-inline void FillFromJson(const Json& data, Tensor& t) {
-  switch (t.datatype()) {
-    case DataType::kBool:
-      return FillTyped<bool>(data, t);
-    case DataType::kUint8:
-      return FillTyped<uint8_t>(data, t);
-    case DataType::kUint16:
-      return FillTyped<uint16_t>(data, t);
-    case DataType::kUint32:
-      return FillTyped<uint32_t>(data, t);
-    case DataType::kUint64:
-      return FillTyped<uint64_t>(data, t);
-    case DataType::kInt8:
-      return FillTyped<int8_t>(data, t);
-    case DataType::kInt16:
-      return FillTyped<int16_t>(data, t);
-    case DataType::kInt32:
-      return FillTyped<int32_t>(data, t);
-    case DataType::kInt64:
-      return FillTyped<int64_t>(data, t);
-    case DataType::kFp16:
-      return FillTyped<Half>(data, t);
-    case DataType::kFp32:
-      return FillTyped<float>(data, t);
-    case DataType::kFp64:
-      return FillTyped<double>(data, t);
-    case DataType::kBytes: {
-      std::vector<std::string>& out = t.mutable_strings();
-      size_t i = 0;
-      auto visit = [&](const Json& node, auto&& self) -> void {
-        if (node.is_array()) {
-          for (const Json& e : node) self(e, self);
-          return;
-        }
-        if (!node.is_string())
-          Fail(Where(t.name()) + ": element " + std::to_string(i) + " (" + node.dump() + ") is not a string for BYTES");
-        out[i++] = node.get<std::string>();
-      };
-      visit(data, visit);
-      return;
+// A forward-only reader of JSON text. An infer request's tensor data, its only large part, is parsed from
+// the text straight into typed storage (no document tree, no strtod); the small parts (shape, parameters,
+// outputs) are handed to nlohmann as text slices.
+class JsonText {
+ public:
+  explicit JsonText(std::string_view text) : s_(text) {}
+  char Peek() {
+    SkipWs();
+    return p_ < s_.size() ? s_[p_] : '\0';
+  }
+  bool AtEnd() {
+    SkipWs();
+    return p_ >= s_.size();
+  }
+  bool Consume(char c) {
+    if (Peek() != c) return false;
+    ++p_;
+    return true;
+  }
+  void Expect(char c) {
+    if (!Consume(c)) Syntax(std::string("expected '") + c + "'");
+  }
+  [[noreturn]] void Syntax(const std::string& what) const {
+    throw InferError(400, "request body is not valid JSON: " + what + " at byte " + std::to_string(p_));
+  }
+  // Calls on_key(key) with the cursor at each member's value; on_key must consume the value.
+  template <typename F>
+  void Object(F&& on_key) {
+    Expect('{');
+    if (Consume('}')) return;
+    do {
+      if (Peek() != '"') Syntax("expected a member name");
+      std::string key = String();
+      Expect(':');
+      on_key(key);
+    } while (Consume(','));
+    Expect('}');
+  }
+  // Calls on_element() with the cursor at each element; on_element must consume it.
+  template <typename F>
+  void Array(F&& on_element) {
+    Expect('[');
+    if (Consume(']')) return;
+    do on_element();
+    while (Consume(','));
+    Expect(']');
+  }
+  std::string String() {
+    Expect('"');
+    std::string out;
+    for (;;) {
+      size_t end = s_.find_first_of("\"\\", p_);
+      if (end == std::string_view::npos) Syntax("unterminated string");
+      for (size_t i = p_; i < end; ++i)
+        if (static_cast<unsigned char>(s_[i]) < 0x20) Syntax("control character in a string");
+      out.append(s_.data() + p_, end - p_);
+      p_ = end + 1;
+      if (s_[end] == '"') return out;
+      if (p_ >= s_.size()) Syntax("unterminated string");
+      char e = s_[p_++];
+      switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+          out += e;
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'u':
+          AppendUtf8(out, CodePoint());
+          break;
+        default:
+          Syntax("bad escape in a string");
+      }
     }
   }
+  // Skips one value and returns its text.
+  std::string_view Value() {
+    char c = Peek();
+    size_t start = p_;
+    if (c == '"') {
+      String();
+    } else if (c == '{' || c == '[') {
+      int depth = 0;
+      do {
+        char d = s_[p_];
+        if (d == '"') {
+          String();
+          continue;
+        }
+        if (d == '{' || d == '[') ++depth;
+        if (d == '}' || d == ']') --depth;
+        ++p_;
+      } while (depth > 0 && p_ < s_.size());
+      if (depth > 0) Syntax("unterminated array or object");
+    } else {
+      p_ = Scalar().size() + start;
+    }
+    if (p_ == start) Syntax("expected a value");
+    return s_.substr(start, p_ - start);
+  }
+  // The text of the scalar at the cursor: up to the next ',', ']', '}' or white space.
+  std::string_view Scalar() {
+    SkipWs();
+    size_t end = p_;
+    while (end < s_.size() && !std::strchr(",]} \t\r\n", s_[end])) ++end;
+    std::string_view token = s_.substr(p_, end - p_);
+    p_ = end;
+    return token;
+  }
+  size_t pos() const { return p_; }
+
+ private:
+  void SkipWs() {
+    while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\n' || s_[p_] == '\r' || s_[p_] == '\t')) ++p_;
+  }
+  uint32_t Hex4() {
+    if (s_.size() - p_ < 4) Syntax("bad \\u escape");
+    uint32_t v = 0;
+    auto r = std::from_chars(s_.data() + p_, s_.data() + p_ + 4, v, 16);
+    if (r.ec != std::errc() || r.ptr != s_.data() + p_ + 4) Syntax("bad \\u escape");
+    p_ += 4;
+    return v;
+  }
+  uint32_t CodePoint() {
+    uint32_t cp = Hex4();
+    if (cp >= 0xd800 && cp < 0xdc00) {  // a surrogate pair
+      if (s_.substr(p_, 2) != "\\u") Syntax("unpaired surrogate in a string");
+      p_ += 2;
+      uint32_t low = Hex4();
+      if (low < 0xdc00 || low > 0xdfff) Syntax("unpaired surrogate in a string");
+      cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+    } else if (cp >= 0xdc00 && cp < 0xe000) {
+      Syntax("unpaired surrogate in a string");
+    }
+    return cp;
+  }
+  static void AppendUtf8(std::string& out, uint32_t cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xc0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xe0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else {
+      out += static_cast<char>(0xf0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    }
+  }
+  std::string_view s_;
+  size_t p_ = 0;
+};
+
+// Parses one JSON number token into T (true/false for bool). False when it is not one, or out of range.
+template <typename T>
+bool ParseToken(std::string_view tok, T* out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    if (tok == "true" || tok == "false") {
+      *out = tok == "true";
+      return true;
+    }
+    return false;
+  } else {
+    if (tok.empty() || !(tok[0] == '-' || (tok[0] >= '0' && tok[0] <= '9'))) return false;  // no inf, nan, "1"
+    const char* end = tok.data() + tok.size();
+    if constexpr (std::is_same_v<T, Half>) {
+      float f;
+      auto r = std::from_chars(tok.data(), end, f);
+      if (r.ec != std::errc() || r.ptr != end) return false;
+      *out = Half::FromFloat(f);
+      return true;
+    } else {
+      auto r = std::from_chars(tok.data(), end, *out);  // integers reject "1.5", "1e2" and, unsigned, "-1"
+      return r.ec == std::errc() && r.ptr == end;
+    }
+  }
+}
+
+inline std::string Quote(std::string_view token) {
+  return std::string(token.substr(0, 40)) + (token.size() > 40 ? "..." : "");
+}
+
+// Reads `data` (a JSON array, flat or nested, row-major) into t. Counts every element so a wrong count
+// is reported as such.
+template <typename T>
+void FillFromText(std::string_view data, Tensor& t) {
+  JsonText r(data);
+  const size_t capacity = static_cast<size_t>(t.size());
+  size_t count = 0;
+  T* out = nullptr;
+  std::vector<std::string>* strings = nullptr;
+  if constexpr (std::is_same_v<T, std::string>)
+    strings = &t.mutable_strings();
+  else
+    out = t.mutable_data<T>().data();
+  auto element = [&](auto& self) -> void {
+    if (r.Peek() == '[') return r.Array([&] { self(self); });
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (r.Peek() != '"')
+        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) +
+             ") is not a string for BYTES");
+      std::string v = r.String();
+      if (count < capacity) (*strings)[count] = std::move(v);
+    } else {
+      std::string_view tok = r.Scalar();
+      T v{};
+      if (!ParseToken<T>(tok, &v))
+        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(tok) + ") is not " +
+             Expected(t.datatype()) + " for " + std::string(DataTypeName(t.datatype())));
+      if (count < capacity) out[count] = v;
+    }
+    ++count;
+  };
+  if (r.Peek() != '[') Fail(Where(t.name()) + ": \"data\" must be an array");
+  element(element);
+  if (!r.AtEnd()) r.Syntax("unexpected text after \"data\"");
+  if (count != capacity)
+    Fail(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(capacity) +
+         " elements, \"data\" has " + std::to_string(count));
+}
+
+inline void FillFromJsonText(std::string_view data, Tensor& t) {
+  switch (t.datatype()) {
+    case DataType::kBool:
+      return FillFromText<bool>(data, t);
+    case DataType::kUint8:
+      return FillFromText<uint8_t>(data, t);
+    case DataType::kUint16:
+      return FillFromText<uint16_t>(data, t);
+    case DataType::kUint32:
+      return FillFromText<uint32_t>(data, t);
+    case DataType::kUint64:
+      return FillFromText<uint64_t>(data, t);
+    case DataType::kInt8:
+      return FillFromText<int8_t>(data, t);
+    case DataType::kInt16:
+      return FillFromText<int16_t>(data, t);
+    case DataType::kInt32:
+      return FillFromText<int32_t>(data, t);
+    case DataType::kInt64:
+      return FillFromText<int64_t>(data, t);
+    case DataType::kFp16:
+      return FillFromText<Half>(data, t);
+    case DataType::kFp32:
+      return FillFromText<float>(data, t);
+    case DataType::kFp64:
+      return FillFromText<double>(data, t);
+    case DataType::kBytes:
+      return FillFromText<std::string>(data, t);
+  }
+}
+
+// A small part of the request (shape, parameters, outputs) as a document.
+inline Json ParseSlice(std::string_view text) {
+  Json j = Json::parse(text, nullptr, false);
+  if (j.is_discarded()) Fail("request body is not valid JSON: bad value " + Quote(text));
+  return j;
 }
 
 // Reads `n` bytes of the binary section for tensor `t` (the binary tensor extension).
@@ -544,81 +707,108 @@ inline InferRequest ParseInferRequest(std::string_view body,
     json_text = body.substr(0, *binary_header_length);
     binary = body.substr(*binary_header_length);
   }
-  Json j = Json::parse(json_text, nullptr, false);
-  if (j.is_discarded()) Fail("request body is not valid JSON");
-  if (!j.is_object()) Fail("request body must be a JSON object with \"inputs\"");
+  internal::JsonText r(json_text);
+  if (r.Peek() != '{') {
+    if (Json::accept(json_text)) Fail("request body must be a JSON object with \"inputs\"");
+    Fail("request body is not valid JSON");
+  }
+  struct RawInput {
+    std::optional<std::string> name, datatype;
+    std::string_view shape, parameters, data;
+  };
   InferRequest req;
-  if (auto it = j.find("id"); it != j.end()) {
-    if (!it->is_string()) Fail("\"id\" must be a string");
-    req.id = it->get<std::string>();
-  }
-  if (auto it = j.find("parameters"); it != j.end()) {
-    if (!it->is_object()) Fail("\"parameters\" must be an object");
-    req.parameters = std::move(*it);
-  }
-  auto inputs = j.find("inputs");
-  if (inputs == j.end()) Fail("\"inputs\" is required");
-  if (!inputs->is_array() || inputs->empty()) Fail("\"inputs\" must be a non-empty array of tensors");
+  std::vector<RawInput> raw;
+  bool has_inputs = false;
+  std::string_view outputs;
+  r.Object([&](const std::string& key) {
+    if (key == "id") {
+      if (r.Peek() != '"') Fail("\"id\" must be a string");
+      req.id = r.String();
+    } else if (key == "parameters") {
+      req.parameters = internal::ParseSlice(r.Value());
+      if (!req.parameters.is_object()) Fail("\"parameters\" must be an object");
+    } else if (key == "inputs") {
+      has_inputs = true;
+      if (r.Peek() != '[') Fail("\"inputs\" must be a non-empty array of tensors");
+      r.Array([&] {
+        const std::string at = "inputs[" + std::to_string(raw.size()) + "]";
+        if (r.Peek() != '{') Fail(at + " must be an object");
+        RawInput in;
+        r.Object([&](const std::string& field) {
+          if (field == "name") {
+            if (r.Peek() != '"') Fail(at + ": \"name\" must be a non-empty string");
+            in.name = r.String();
+          } else if (field == "datatype" && r.Peek() == '"') {
+            in.datatype = r.String();
+          } else if (field == "shape") {
+            in.shape = r.Value();
+          } else if (field == "parameters") {
+            in.parameters = r.Value();
+          } else if (field == "data") {
+            in.data = r.Value();
+          } else {
+            r.Value();
+          }
+        });
+        if (!in.name || in.name->empty()) Fail(at + ": \"name\" must be a non-empty string");
+        raw.push_back(std::move(in));
+      });
+    } else if (key == "outputs") {
+      outputs = r.Value();
+    } else {
+      r.Value();
+    }
+  });
+  if (!r.AtEnd()) r.Syntax("unexpected text after the request object");
+  if (!has_inputs) Fail("\"inputs\" is required");
+  if (raw.empty()) Fail("\"inputs\" must be a non-empty array of tensors");
   size_t binary_at = 0;
-  for (size_t k = 0; k < inputs->size(); ++k) {
-    const Json& in = (*inputs)[k];
-    if (!in.is_object()) Fail("inputs[" + std::to_string(k) + "] must be an object");
-    auto name = in.find("name");
-    if (name == in.end() || !name->is_string() || name->get_ref<const std::string&>().empty())
-      Fail("inputs[" + std::to_string(k) + "]: \"name\" must be a non-empty string");
-    const std::string& n = name->get_ref<const std::string&>();
+  for (RawInput& in : raw) {
+    const std::string& n = *in.name;
     for (const Tensor& seen : req.inputs)
       if (seen.name() == n) Fail(Where(n) + " appears twice");
-    auto dt = in.find("datatype");
-    if (dt == in.end() || !dt->is_string()) Fail(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
-    std::optional<DataType> datatype = ParseDataType(dt->get_ref<const std::string&>());
+    if (!in.datatype) Fail(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
+    std::optional<DataType> datatype = ParseDataType(*in.datatype);
     if (!datatype)
-      Fail(Where(n) + ": unknown datatype \"" + dt->get<std::string>() +
+      Fail(Where(n) + ": unknown datatype \"" + *in.datatype +
            "\" (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES)");
-    auto sh = in.find("shape");
-    if (sh == in.end()) Fail(Where(n) + ": \"shape\" is required");
-    Shape shape = internal::ReadShape(*sh, n);
+    if (in.shape.empty()) Fail(Where(n) + ": \"shape\" is required");
+    Shape shape = internal::ReadShape(internal::ParseSlice(in.shape), n);
     const int64_t count = ElementCount(shape);
     if (count > static_cast<int64_t>(body.size()))  // every element takes at least one byte of the body
       Fail(Where(n) + ": shape " + ShapeString(shape) + " has " + std::to_string(count) +
            " elements, more than the request could carry");
     Tensor t(n, *datatype, std::move(shape));
     std::optional<uint64_t> binary_size;
-    if (auto p = in.find("parameters"); p != in.end()) {
-      if (!p->is_object()) Fail(Where(n) + ": \"parameters\" must be an object");
-      if (auto b = p->find("binary_data_size"); b != p->end()) {
+    if (!in.parameters.empty()) {
+      Json p = internal::ParseSlice(in.parameters);
+      if (!p.is_object()) Fail(Where(n) + ": \"parameters\" must be an object");
+      if (auto b = p.find("binary_data_size"); b != p.end()) {
         if (!b->is_number_unsigned() && !(b->is_number_integer() && b->get<int64_t>() >= 0))
           Fail(Where(n) + ": binary_data_size must be a non-negative integer");
         binary_size = b->get<uint64_t>();
       }
     }
-    auto data = in.find("data");
     if (binary_size) {
       if (!binary_header_length)
         Fail(Where(n) + ": binary_data_size is set but the request has no Inference-Header-Content-Length header");
-      if (data != in.end()) Fail(Where(n) + ": has both \"data\" and binary_data_size");
+      if (!in.data.empty()) Fail(Where(n) + ": has both \"data\" and binary_data_size");
       if (*binary_size > binary.size() - binary_at)
         Fail(Where(n) + ": binary_data_size " + std::to_string(*binary_size) + " runs past the end of the body");
       internal::FillFromBinary(binary.substr(binary_at, *binary_size), t);
       binary_at += *binary_size;
     } else {
-      if (data == in.end()) Fail(Where(n) + ": \"data\" is required");
-      size_t leaves = 0;
-      internal::CountLeaves(*data, &leaves);
-      if (data->is_array() && data->empty()) leaves = 0;
-      if (!data->is_array()) Fail(Where(n) + ": \"data\" must be an array");
-      if (static_cast<int64_t>(leaves) != count)
-        Fail(Where(n) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(count) +
-             " elements, \"data\" has " + std::to_string(leaves));
-      internal::FillFromJson(*data, t);
+      if (in.data.empty()) Fail(Where(n) + ": \"data\" is required");
+      internal::FillFromJsonText(in.data, t);
     }
     req.inputs.push_back(std::move(t));
   }
   if (binary_at != binary.size())
     Fail("the body has " + std::to_string(binary.size() - binary_at) + " bytes of binary data that no input claims");
-  if (auto outs = j.find("outputs"); outs != j.end()) {
-    if (!outs->is_array()) Fail("\"outputs\" must be an array of {\"name\": ...}");
-    for (const Json& o : *outs) {
+  if (!outputs.empty()) {
+    Json outs = internal::ParseSlice(outputs);
+    if (!outs.is_array()) Fail("\"outputs\" must be an array of {\"name\": ...}");
+    for (const Json& o : outs) {
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
         Fail("\"outputs\" must be an array of {\"name\": ...}");
       req.outputs.push_back(o["name"].get<std::string>());
@@ -904,10 +1094,13 @@ class Model : public Deployment {
                                           std::to_string(runnable.size()) + " requests"));
     }
     std::vector<Response> out(batch.size());
+    const std::string batch_size = std::to_string(runnable.size());
     for (size_t k = 0; k < runnable.size(); ++k) {
       Prepared& p = prepared[runnable_index[k]];
       p.request = std::move(runnable[k]);
       out[runnable_index[k]] = Finish(p, results[k]);
+      // How many requests the model ran together: lets a client see batching at work.
+      out[runnable_index[k]].headers.emplace_back("ferry-batch-size", batch_size);
     }
     for (size_t i = 0; i < prepared.size(); ++i)
       if (prepared[i].answer) out[i] = std::move(*prepared[i].answer);

@@ -143,7 +143,8 @@ class AdminServer::Impl {
       http::response<http::string_body> res{reply.status, 11};
       res.set(http::field::content_type, "application/json");
       if (reply.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
-      res.body() = reply.body.is_null() ? std::string() : reply.body.dump(2);
+      res.body() = reply.body.is_null() ? std::string()
+                                        : reply.body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
       res.keep_alive(keep_alive);
       res.prepare_payload();
       http::write(socket, res, ec);

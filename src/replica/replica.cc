@@ -52,7 +52,7 @@ ReplicaServer* g_server = nullptr;  // for the signal handler
 
 void WriteStatus(int fd, const nlohmann::json& line) {
   if (fd < 0) return;
-  std::string text = line.dump() + "\n";
+  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   ssize_t n = ::write(fd, text.data(), text.size());
   (void)n;
 }

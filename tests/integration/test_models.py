@@ -92,9 +92,13 @@ class ModelsTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.ferry.close()
 
+    batch_sizes = []
+
     def infer(self, model, inputs, expect=200, **extra):
         r = requests.post(self.ferry.url(f"/v2/models/{model}/infer"), json={"inputs": inputs, **extra}, timeout=30)
         self.assertEqual(r.status_code, expect, r.text)
+        if "ferry-batch-size" in r.headers:
+            self.batch_sizes.append(int(r.headers["ferry-batch-size"]))
         return r.json()
 
     def test_torchscript_outputs_equal_pytorch(self):
@@ -139,6 +143,7 @@ class ModelsTest(unittest.TestCase):
                 return list(pool.map(lambda x: self.infer(model, [tensor("input__0", x)]), xs))
 
         plain, batched = run("mlp"), run("mlp_batched")
+        self.assertGreater(max(self.batch_sizes), 1)  # the batched deployment really ran batches
         for x, a, b in zip(xs, plain, batched):
             self.assertEqual(output(a, "output__0").shape, (x.shape[0], 4))
             np.testing.assert_array_equal(output(a, "output__0"), output(b, "output__0"))
@@ -240,7 +245,7 @@ class ModelFilesTest(unittest.TestCase):
             f.write(text)
         try:
             return subprocess.run([FERRY_BIN, "run", f.name, "--http-port", "0", "--admin-port", "0"],
-                                  capture_output=True, text=True, timeout=120)
+                                  capture_output=True, text=True, errors="replace", timeout=120)
         finally:
             os.unlink(f.name)
 

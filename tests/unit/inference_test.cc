@@ -143,6 +143,31 @@ TEST(OipParseTest, MalformedRequestsNameWhatIsWrong) {
       HasSubstr("\"outputs\""));
 }
 
+TEST(OipParseTest, AnyMemberOrderEscapesAndWhiteSpace) {
+  ferry::InferRequest r = ferry::oip::ParseInferRequest(
+      "{ \"unknown\": {\"a\": [1, {\"b\": \"]\"}]},\n \"inputs\" : [ { \"data\" : [ [ 1.5e1 , -0.25 ] ] ,"
+      " \"shape\": [1, 2], \"datatype\": \"FP64\", \"name\": \"x\" },"
+      " {\"name\": \"s\", \"datatype\": \"BYTES\", \"shape\": [2], \"data\": [\"a\\\"b\\n\", "
+      "\"\\u00e9\\ud83d\\ude00\"]} ] }\n");
+  EXPECT_EQ(r.input("x").data<double>()[0], 15.0);
+  EXPECT_EQ(r.input("x").data<double>()[1], -0.25);
+  EXPECT_EQ(r.input("s").strings()[0], "a\"b\n");
+  EXPECT_EQ(r.input("s").strings()[1], "\xc3\xa9\xf0\x9f\x98\x80");  // é and U+1F600 in UTF-8
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": 5}]})"),
+              HasSubstr("\"data\" must be an array"));
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]} x)"),
+              HasSubstr("not valid JSON"));
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1,]}]})"),
+              HasSubstr("element 1 () is not a number"));
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [nan]}]})"),
+              HasSubstr("element 0 (nan) is not a number"));
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1e99]}]})"),
+              HasSubstr("in the datatype's range for FP32"));
+  EXPECT_THAT(ParseError(R"({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["\ud800"]}]})"),
+              HasSubstr("unpaired surrogate"));
+  EXPECT_THAT(ParseError(R"({"id": 5, "inputs": []})"), HasSubstr("\"id\" must be a string"));
+}
+
 TEST(OipParseTest, BinaryTensorExtension) {
   std::string json =
       R"({"inputs": [{"name": "f", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}},
@@ -359,6 +384,8 @@ TEST(ModelTest, ABatchRunsOnceAndFailsOnlyItsBadItems) {
   EXPECT_EQ(Doubler::batches.load(), before + 1);
   EXPECT_EQ(Doubler::last_batch_size, 3u);  // the malformed item never reaches the model
   EXPECT_EQ(sinks[0].status, 200);
+  EXPECT_EQ(sinks[0].header("ferry-batch-size"), "3");
+  EXPECT_EQ(sinks[1].header("ferry-batch-size"), "");
   EXPECT_EQ(Json::parse(sinks[0].body)["outputs"][0]["data"], Json::array({2}));
   EXPECT_EQ(sinks[1].status, 400);
   EXPECT_EQ(sinks[2].status, 422);

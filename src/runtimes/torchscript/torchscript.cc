@@ -74,11 +74,13 @@ std::optional<DataType> FerryType(c10::ScalarType t) {
   }
 }
 
-// The first line of a c10::Error's text (the rest is a C++ backtrace).
+// The first line of a c10::Error's text (the rest is a C++ backtrace), printable.
 std::string FirstLine(const std::exception& e) {
   std::string s = e.what();
-  size_t nl = s.find('\n');
-  return nl == std::string::npos ? s : s.substr(0, nl);
+  std::string line = s.substr(0, s.find('\n'));
+  for (char& c : line)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return line;
 }
 
 class TorchScript : public Model {

@@ -107,9 +107,12 @@ class XGBoost : public Model {
   }
 
  private:
+  // The first line of XGBoost's error, printable: it may quote bytes of a corrupt model file.
   static std::string FirstLine(const std::string& s) {
-    size_t nl = s.find('\n');
-    return nl == std::string::npos ? s : s.substr(0, nl);
+    std::string line = s.substr(0, s.find('\n'));
+    for (char& c : line)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+    return line;
   }
   void Check(int rc, const char* what) const {
     if (rc != 0) throw std::runtime_error(std::string("XGBoost: cannot ") + what + ": " + FirstLine(XGBGetLastError()));
