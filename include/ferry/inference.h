@@ -491,12 +491,29 @@ class JsonText {
   std::string_view Scalar() {
     SkipWs();
     size_t end = p_;
-    while (end < s_.size() && !std::strchr(",]} \t\r\n", s_[end])) ++end;
+    while (end < s_.size()) {
+      char c = s_[end];
+      if (c == ',' || c == ']' || c == '}' || c == ' ' || c == '\n' || c == '\r' || c == '\t') break;
+      ++end;
+    }
     std::string_view token = s_.substr(p_, end - p_);
     p_ = end;
     return token;
   }
   size_t pos() const { return p_; }
+  void set_pos(size_t p) { p_ = p; }
+  // The unread text, after white space.
+  std::string_view Rest() {
+    SkipWs();
+    return s_.substr(p_);
+  }
+  void Skip(size_t n) { p_ += n; }
+  // True when the next character ends a value: ',', ']', '}', white space or the end.
+  bool AtDelimiter() const {
+    if (p_ >= s_.size()) return true;
+    char c = s_[p_];
+    return c == ',' || c == ']' || c == '}' || c == ' ' || c == '\n' || c == '\r' || c == '\t';
+  }
 
  private:
   void SkipWs() {
@@ -544,40 +561,47 @@ class JsonText {
   size_t p_ = 0;
 };
 
-// Parses one JSON number token into T (true/false for bool). False when it is not one, or out of range.
+// Reads one element at the cursor into T: a JSON number (true/false for bool), parsed in place by
+// from_chars. False, with the cursor where it was, when it is not one or is out of T's range.
 template <typename T>
-bool ParseToken(std::string_view tok, T* out) {
+bool ReadElement(JsonText& r, T* out) {
+  std::string_view rest = r.Rest();
+  const size_t start = r.pos();
+  bool ok = false;
   if constexpr (std::is_same_v<T, bool>) {
-    if (tok == "true" || tok == "false") {
-      *out = tok == "true";
-      return true;
+    if (rest.rfind("true", 0) == 0 || rest.rfind("false", 0) == 0) {
+      *out = rest[0] == 't';
+      r.Skip(*out ? 4 : 5);
+      ok = true;
     }
-    return false;
-  } else {
-    if (tok.empty() || !(tok[0] == '-' || (tok[0] >= '0' && tok[0] <= '9'))) return false;  // no inf, nan, "1"
-    const char* end = tok.data() + tok.size();
+  } else if (!rest.empty() && (rest[0] == '-' || (rest[0] >= '0' && rest[0] <= '9'))) {  // no inf, nan, "1"
+    const char* end = rest.data() + rest.size();
+    std::from_chars_result res;
     if constexpr (std::is_same_v<T, Half>) {
       float f;
-      auto r = std::from_chars(tok.data(), end, f);
-      if (r.ec != std::errc() || r.ptr != end) return false;
-      *out = Half::FromFloat(f);
-      return true;
+      res = std::from_chars(rest.data(), end, f);
+      if (res.ec == std::errc()) *out = Half::FromFloat(f);
     } else {
-      auto r = std::from_chars(tok.data(), end, *out);  // integers reject "1.5", "1e2" and, unsigned, "-1"
-      return r.ec == std::errc() && r.ptr == end;
+      res = std::from_chars(rest.data(), end, *out);  // integers stop at "." or "e"; unsigned reject "-"
+    }
+    if (res.ec == std::errc()) {
+      r.Skip(static_cast<size_t>(res.ptr - rest.data()));
+      ok = true;
     }
   }
+  if (ok && r.AtDelimiter()) return true;
+  r.set_pos(start);
+  return false;
 }
 
 inline std::string Quote(std::string_view token) {
   return std::string(token.substr(0, 40)) + (token.size() > 40 ? "..." : "");
 }
 
-// Reads `data` (a JSON array, flat or nested, row-major) into t. Counts every element so a wrong count
-// is reported as such.
+// Reads a JSON array (flat or nested, row-major) at the cursor into t. Counts every element so a wrong
+// count is reported as such.
 template <typename T>
-void FillFromText(std::string_view data, Tensor& t) {
-  JsonText r(data);
+void FillFromText(JsonText& r, Tensor& t) {
   const size_t capacity = static_cast<size_t>(t.size());
   size_t count = 0;
   T* out = nullptr;
@@ -595,10 +619,9 @@ void FillFromText(std::string_view data, Tensor& t) {
       std::string v = r.String();
       if (count < capacity) (*strings)[count] = std::move(v);
     } else {
-      std::string_view tok = r.Scalar();
       T v{};
-      if (!ParseToken<T>(tok, &v))
-        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(tok) + ") is not " +
+      if (!ReadElement<T>(r, &v))
+        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) + ") is not " +
              Expected(t.datatype()) + " for " + std::string(DataTypeName(t.datatype())));
       if (count < capacity) out[count] = v;
     }
@@ -606,13 +629,12 @@ void FillFromText(std::string_view data, Tensor& t) {
   };
   if (r.Peek() != '[') Fail(Where(t.name()) + ": \"data\" must be an array");
   element(element);
-  if (!r.AtEnd()) r.Syntax("unexpected text after \"data\"");
   if (count != capacity)
     Fail(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(capacity) +
          " elements, \"data\" has " + std::to_string(count));
 }
 
-inline void FillFromJsonText(std::string_view data, Tensor& t) {
+inline void FillFromJsonText(JsonText& data, Tensor& t) {
   switch (t.datatype()) {
     case DataType::kBool:
       return FillFromText<bool>(data, t);
@@ -715,6 +737,22 @@ inline InferRequest ParseInferRequest(std::string_view body,
   struct RawInput {
     std::optional<std::string> name, datatype;
     std::string_view shape, parameters, data;
+    std::optional<Tensor> tensor;  // read in place when "data" came after "datatype" and "shape"
+  };
+  // A zero-filled tensor for an input whose datatype and shape have been read.
+  auto make_tensor = [&body](const std::string& n, const std::optional<std::string>& dt, std::string_view shape_text) {
+    if (!dt) Fail(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
+    std::optional<DataType> datatype = ParseDataType(*dt);
+    if (!datatype)
+      Fail(Where(n) + ": unknown datatype \"" + *dt +
+           "\" (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES)");
+    if (shape_text.empty()) Fail(Where(n) + ": \"shape\" is required");
+    Shape shape = internal::ReadShape(internal::ParseSlice(shape_text), n);
+    const int64_t count = ElementCount(shape);
+    if (count > static_cast<int64_t>(body.size()))  // every element takes at least one byte of the body
+      Fail(Where(n) + ": shape " + ShapeString(shape) + " has " + std::to_string(count) +
+           " elements, more than the request could carry");
+    return Tensor(n, *datatype, std::move(shape));
   };
   InferRequest req;
   std::vector<RawInput> raw;
@@ -745,7 +783,13 @@ inline InferRequest ParseInferRequest(std::string_view body,
           } else if (field == "parameters") {
             in.parameters = r.Value();
           } else if (field == "data") {
-            in.data = r.Value();
+            if (in.name && !in.name->empty() && in.datatype && !in.shape.empty()) {
+              in.tensor = make_tensor(*in.name, in.datatype, in.shape);
+              in.data = r.Rest().substr(0, 1);  // marks "data" as present
+              internal::FillFromJsonText(r, *in.tensor);
+            } else {
+              in.data = r.Value();
+            }
           } else {
             r.Value();
           }
@@ -767,18 +811,7 @@ inline InferRequest ParseInferRequest(std::string_view body,
     const std::string& n = *in.name;
     for (const Tensor& seen : req.inputs)
       if (seen.name() == n) Fail(Where(n) + " appears twice");
-    if (!in.datatype) Fail(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
-    std::optional<DataType> datatype = ParseDataType(*in.datatype);
-    if (!datatype)
-      Fail(Where(n) + ": unknown datatype \"" + *in.datatype +
-           "\" (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES)");
-    if (in.shape.empty()) Fail(Where(n) + ": \"shape\" is required");
-    Shape shape = internal::ReadShape(internal::ParseSlice(in.shape), n);
-    const int64_t count = ElementCount(shape);
-    if (count > static_cast<int64_t>(body.size()))  // every element takes at least one byte of the body
-      Fail(Where(n) + ": shape " + ShapeString(shape) + " has " + std::to_string(count) +
-           " elements, more than the request could carry");
-    Tensor t(n, *datatype, std::move(shape));
+    Tensor t = in.tensor ? std::move(*in.tensor) : make_tensor(n, in.datatype, in.shape);
     std::optional<uint64_t> binary_size;
     if (!in.parameters.empty()) {
       Json p = internal::ParseSlice(in.parameters);
@@ -799,7 +832,11 @@ inline InferRequest ParseInferRequest(std::string_view body,
       binary_at += *binary_size;
     } else {
       if (in.data.empty()) Fail(Where(n) + ": \"data\" is required");
-      internal::FillFromJsonText(in.data, t);
+      if (!in.tensor) {
+        internal::JsonText data(in.data);
+        internal::FillFromJsonText(data, t);
+        if (!data.AtEnd()) data.Syntax("unexpected text after \"data\"");
+      }
     }
     req.inputs.push_back(std::move(t));
   }

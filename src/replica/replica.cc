@@ -73,6 +73,10 @@ int RunReplica(const ReplicaOptions& options) {
     return 2;
   }
   Log::SetProcessTag(spec->replica_id);
+  // OpenMP threads (LibTorch's and XGBoost's) that spin between a model's calls take the CPU that this
+  // replica's I/O threads and the node's proxy need; they sleep instead unless the environment says
+  // otherwise. Set before the deployment's library (and so libgomp) is loaded, which reads it once.
+  setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
   absl::StatusOr<std::unique_ptr<DeploymentHost>> host = DeploymentHost::Create(*spec);
   if (!host.ok()) {
     FERRY_LOG(kError, "replica", host.status().message());
