@@ -314,7 +314,8 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   YAML::Node import = map.Get("import_path");
   ReadString(map, "import_path", errors, &d.import_path);
   if (!import.IsDefined())
-    errors.Add(map.Mark(), map.Field("import_path"), "required: builtin:NAME or path/to/lib.so:ClassName");
+    errors.Add(map.Mark(), map.Field("import_path"),
+               "required: builtin:NAME, torchscript:PATH, xgboost:PATH or path/to/lib.so:ClassName");
   else if (!d.import_path.empty())
     ReadImportPath(import, map.Field("import_path"), base_dir, hooks, errors, d);
 

@@ -51,6 +51,7 @@ class Busy : public Deployment {
       }
       until += std::chrono::microseconds(work[i]);
       bool cancelled = SpinUntil(until, req);
+      if (cancelled) until = Clock::now();  // it stopped early: the next item's work starts now
       out.push_back(Answer(req, work[i], start, cancelled, batch.size()));
     }
     return out;

@@ -175,9 +175,67 @@ TEST(ConfigTest, ImportPathsAreChecked) {
       - {name: E}
 )");
   EXPECT_THAT(e, HasSubstr("no built-in deployment named \"nope\""));
-  EXPECT_THAT(e, HasSubstr("expected \"builtin:NAME\" or \"path/to/lib.so:ClassName\""));
+  EXPECT_THAT(e, HasSubstr("expected \"builtin:NAME\", \"torchscript:PATH\", \"xgboost:PATH\" or "
+                           "\"path/to/lib.so:ClassName\", got \"no-colon\""));
   EXPECT_THAT(e, HasSubstr("plugin file not found: /tmp/missing.so"));
   EXPECT_THAT(e, HasSubstr("deployments[3].import_path: required"));
+}
+
+TEST(ConfigTest, ModelRuntimesAndModelNames) {
+  std::string model = std::filesystem::path(::testing::TempDir() + "/model.pt").lexically_normal().string();
+  std::ofstream(model) << "weights";
+  ValidationHooks hooks = Builtins();
+  hooks.runtime_library = [](std::string_view name) -> std::string {
+    return name == "torchscript" ? "/opt/ferry/lib/libferry_runtime_torchscript.so" : "";
+  };
+  auto config = ParseConfig(
+      "applications:\n  - name: a\n    deployments:\n"
+      "      - {name: M, import_path: \"torchscript:" +
+          model +
+          "\"}\n"
+          "      - {name: P, import_path: \"builtin:echo\", args: {model_name: p, model_version: 3}}\n"
+          "      - {name: Q, import_path: \"builtin:echo\"}\n",
+      "cfg.yaml", "/tmp", hooks);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const auto& ds = config->applications[0].deployments;
+  EXPECT_EQ(ds[0].kind, DeploymentConfig::Kind::kRuntime);
+  EXPECT_EQ(ds[0].runtime, "torchscript");
+  EXPECT_EQ(ds[0].symbol, "TorchScript");
+  EXPECT_EQ(ds[0].model_path, model);
+  EXPECT_EQ(ds[0].plugin_path, "/opt/ferry/lib/libferry_runtime_torchscript.so");
+  EXPECT_EQ(ds[0].model_name, "M");  // a model runtime is served under its deployment's name
+  EXPECT_EQ(ds[0].ResolvedImportPath(), "torchscript:" + model);
+  EXPECT_EQ(ds[1].model_name, "p");
+  EXPECT_EQ(ds[1].model_version, "3");
+  EXPECT_EQ(ds[2].model_name, "");  // not a model
+  // It round-trips through ToJson like every config.
+  auto again = ParseConfig(ToJson(*config).dump(), "json", "/", hooks);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->applications[0].deployments[0].model_path, model);
+
+  std::string e = ErrorOf(
+      "applications:\n  - name: a\n    route_prefix: /v2/x\n    deployments:\n"
+      "      - {name: M, import_path: \"xgboost:" +
+          model +
+          "\"}\n"
+          "      - {name: N, import_path: \"torchscript:missing.pt\"}\n"
+          "  - name: b\n    route_prefix: /b\n    deployments:\n"
+          "      - {name: O, import_path: \"torchscript:" +
+          model +
+          "\", args: {model_name: M}}\n"
+          "      - {name: R, import_path: \"torchscript:\"}\n"
+          "      - {name: S, import_path: \"builtin:echo\", args: {model_name: \"a/b\"}}\n",
+      hooks);
+  EXPECT_THAT(
+      e, HasSubstr("route_prefix: expected a path starting with '/', without a trailing '/', not under /-/ or /v2"));
+  EXPECT_THAT(e,
+              HasSubstr("cfg.yaml:5:32: applications[0].deployments[0].import_path: this ferry was built without the "
+                        "xgboost runtime (libxgboost was not found when it was built)"));
+  EXPECT_THAT(e, HasSubstr("deployments[1].import_path: model file not found: /tmp/missing.pt"));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:10:9: applications[1].deployments[0]: model name \"M\" is already served by a/M; "
+                           "set args.model_name to tell them apart"));
+  EXPECT_THAT(e, HasSubstr("deployments[1].import_path: expected torchscript:PATH to a model file"));
+  EXPECT_THAT(e, HasSubstr("deployments[2].args.model_name: expected a non-empty name without '/'"));
 }
 
 TEST(ConfigTest, PluginCheckHookErrorsAreReported) {
