@@ -428,6 +428,7 @@ class JsonText {
       if (end == std::string_view::npos) Syntax("unterminated string");
       for (size_t i = p_; i < end; ++i)
         if (static_cast<unsigned char>(s_[i]) < 0x20) Syntax("control character in a string");
+      if (!ValidUtf8(s_.substr(p_, end - p_))) Syntax("invalid UTF-8 in a string");
       out.append(s_.data() + p_, end - p_);
       p_ = end + 1;
       if (s_[end] == '"') return out;
@@ -516,6 +517,28 @@ class JsonText {
   }
 
  private:
+  static bool ValidUtf8(std::string_view s) {
+    for (size_t i = 0; i < s.size();) {
+      unsigned char c = static_cast<unsigned char>(s[i]);
+      if (c < 0x80) {
+        ++i;
+        continue;
+      }
+      size_t n = (c >= 0xc2 && c <= 0xdf) ? 1 : (c >= 0xe0 && c <= 0xef) ? 2 : (c >= 0xf0 && c <= 0xf4) ? 3 : 0;
+      if (n == 0 || s.size() - i <= n) return false;
+      uint32_t cp = c & (0x3f >> n);
+      for (size_t k = 1; k <= n; ++k) {
+        unsigned char d = static_cast<unsigned char>(s[i + k]);
+        if ((d & 0xc0) != 0x80) return false;
+        cp = (cp << 6) | (d & 0x3f);
+      }
+      // no overlong forms, no surrogates, nothing past U+10FFFF
+      if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp < 0xe000))
+        return false;
+      i += n + 1;
+    }
+    return true;
+  }
   void SkipWs() {
     while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\n' || s_[p_] == '\r' || s_[p_] == '\t')) ++p_;
   }
@@ -892,7 +915,10 @@ inline void Validate(const ModelMetadata& m, const InferRequest& req, std::strin
 
 namespace internal {
 
-inline void AppendJsonString(std::string& out, std::string_view s) { out += Json(std::string(s)).dump(); }
+// A JSON string; bytes that are not UTF-8 (BYTES tensors may hold anything) become U+FFFD.
+inline void AppendJsonString(std::string& out, std::string_view s) {
+  out += Json(std::string(s)).dump(-1, ' ', false, Json::error_handler_t::replace);
+}
 
 template <typename T>
 void AppendNumber(std::string& out, T v) {

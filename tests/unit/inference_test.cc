@@ -166,6 +166,17 @@ TEST(OipParseTest, AnyMemberOrderEscapesAndWhiteSpace) {
   EXPECT_THAT(ParseError(R"({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["\ud800"]}]})"),
               HasSubstr("unpaired surrogate"));
   EXPECT_THAT(ParseError(R"({"id": 5, "inputs": []})"), HasSubstr("\"id\" must be a string"));
+  for (std::string bad : {"\x84", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf5\x80\x80\x80"})
+    EXPECT_THAT(
+        ParseError(R"({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": [")" + bad + "\"]}]}"),
+        HasSubstr("invalid UTF-8"))
+        << bad;
+  // Binary BYTES may hold any bytes; a JSON answer replaces what is not UTF-8.
+  ferry::InferRequest none;
+  ferry::InferResponse resp;
+  resp.outputs.push_back(Tensor::FromStrings("s", {1}, {"a\x84"}));
+  std::optional<size_t> json_length;
+  EXPECT_THAT(ferry::oip::SerializeInferResponse(none, resp, "m", "", &json_length), HasSubstr("\"a\xef\xbf\xbd\""));
 }
 
 TEST(OipParseTest, BinaryTensorExtension) {
