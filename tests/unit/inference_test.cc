@@ -7,19 +7,7 @@
 #include <gtest/gtest.h>
 #include <string>
 
-struct FerryResponseSink {
-  int status = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-  std::string header(std::string_view name) const {
-    for (const auto& [k, v] : headers)
-      if (k == name) return v;
-    return "";
-  }
-};
-struct FerryErrorSink {
-  std::string message;
-};
+#include "common/sdk_host.h"
 
 namespace {
 
@@ -29,14 +17,8 @@ using ferry::Json;
 using ferry::Tensor;
 using ::testing::HasSubstr;
 
-void SetStatus(FerryResponseSink* s, int status) { s->status = status; }
-void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) {
-  s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size));
-}
-void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
-void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
-const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
-FerryString S(std::string_view s) { return {s.data(), s.size()}; }
+using ferry::testing::kHost;
+using ferry::testing::S;
 
 // The message of the InferError that parsing `body` throws ("" when it parses).
 std::string ParseError(std::string_view body, std::optional<size_t> header_length = std::nullopt) {
@@ -310,14 +292,7 @@ class Doubler : public ferry::Model {
 
 FerryRequest MakeRequest(std::string_view method, std::string_view path, std::string_view body,
                          const std::vector<FerryHeader>& headers = {}) {
-  FerryRequest r{};
-  r.struct_size = sizeof(r);
-  r.method = S(method);
-  r.path = S(path);
-  r.body = S(body);
-  r.headers = headers.data();
-  r.num_headers = headers.size();
-  return r;
+  return ferry::testing::MakeRequest(method, path, "", body, headers);
 }
 
 TEST(ModelTest, SpeaksTheProtocolThroughTheAbi) {

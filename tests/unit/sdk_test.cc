@@ -3,24 +3,16 @@
 #include <gtest/gtest.h>
 #include <string>
 
-struct FerryResponseSink {
-  int status = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-};
-struct FerryErrorSink {
-  std::string message;
-};
+#include "common/sdk_host.h"
 
 namespace {
 
-void SetStatus(FerryResponseSink* s, int status) { s->status = status; }
-void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) {
-  s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size));
+using ferry::testing::kHost;
+using ferry::testing::S;
+
+FerryRequest MakeRequest(std::string_view path, std::string_view query, const std::vector<FerryHeader>& headers) {
+  return ferry::testing::MakeRequest("GET", path, query, "", headers);
 }
-void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
-void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
-const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
 
 class Greeter : public ferry::Deployment {
  public:
@@ -43,19 +35,6 @@ class Plain : public ferry::Deployment {
   explicit Plain(const ferry::Args&) {}
   ferry::Response handle(const ferry::Request&) override { return ferry::Response::Text("ok"); }
 };
-
-FerryString S(std::string_view s) { return {s.data(), s.size()}; }
-
-FerryRequest MakeRequest(std::string_view path, std::string_view query, const std::vector<FerryHeader>& headers) {
-  FerryRequest r{};
-  r.struct_size = sizeof(r);
-  r.method = S("GET");
-  r.path = S(path);
-  r.query = S(query);
-  r.headers = headers.data();
-  r.num_headers = headers.size();
-  return r;
-}
 
 TEST(SdkTest, GeneratedTableCallsTheClass) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");

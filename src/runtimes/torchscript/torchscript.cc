@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "runtimes/model_args.h"
+
 namespace ferry::runtimes {
 namespace {
 
@@ -75,27 +77,16 @@ std::optional<DataType> FerryType(c10::ScalarType t) {
 }
 
 // The first line of a c10::Error's text (the rest is a C++ backtrace), printable.
-std::string FirstLine(const std::exception& e) {
-  std::string s = e.what();
-  std::string line = s.substr(0, s.find('\n'));
-  for (char& c : line)
-    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
-  return line;
-}
+std::string FirstLine(const std::exception& e) { return PrintableFirstLine(e.what()); }
 
 class TorchScript : public Model {
  public:
   explicit TorchScript(const Args& args) {
-    path_ = args.get<std::string>("model_path", "");
-    name_ = args.get<std::string>("model_name", "");
-    if (args.has("model_version"))
-      versions_.push_back(args.json().at("model_version").is_string() ? args.get<std::string>("model_version", "")
-                                                                      : args.json().at("model_version").dump());
-    if (path_.empty())
-      throw std::invalid_argument("args.model_path: required (the import path torchscript:PATH sets it)");
-    int threads = args.get<int>("intra_op_threads", 0);
-    if (threads <= 0) threads = std::max(1, static_cast<int>(std::ceil(args.get<double>("num_cpus", 1.0))));
-    at::set_num_threads(threads);
+    ModelArgs model = ModelArgs::Read(args, "torchscript", "intra_op_threads");
+    path_ = model.path;
+    name_ = model.name;
+    versions_ = model.versions;
+    at::set_num_threads(model.threads);
     try {
       at::set_num_interop_threads(1);
     } catch (const std::exception&) {

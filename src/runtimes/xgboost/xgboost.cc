@@ -16,18 +16,18 @@
 #include <string>
 #include <vector>
 
+#include "runtimes/model_args.h"
+
 namespace ferry::runtimes {
 namespace {
 
 class XGBoost : public Model {
  public:
   explicit XGBoost(const Args& args) {
-    path_ = args.get<std::string>("model_path", "");
-    name_ = args.get<std::string>("model_name", "");
-    if (args.has("model_version"))
-      versions_.push_back(args.json().at("model_version").is_string() ? args.get<std::string>("model_version", "")
-                                                                      : args.json().at("model_version").dump());
-    if (path_.empty()) throw std::invalid_argument("args.model_path: required (the import path xgboost:PATH sets it)");
+    ModelArgs model = ModelArgs::Read(args, "xgboost", "nthread");
+    path_ = model.path;
+    name_ = model.name;
+    versions_ = model.versions;
     Check(XGBoosterCreate(nullptr, 0, &booster_), "create a booster");
     if (XGBoosterLoadModel(booster_, path_.c_str()) != 0) {
       std::string why = XGBGetLastError();
@@ -35,9 +35,7 @@ class XGBoost : public Model {
       booster_ = nullptr;
       throw std::runtime_error("cannot load XGBoost model " + path_ + ": " + FirstLine(why));
     }
-    int threads = args.get<int>("nthread", 0);
-    if (threads <= 0) threads = std::max(1, static_cast<int>(std::ceil(args.get<double>("num_cpus", 1.0))));
-    Check(XGBoosterSetParam(booster_, "nthread", std::to_string(threads).c_str()), "set nthread");
+    Check(XGBoosterSetParam(booster_, "nthread", std::to_string(model.threads).c_str()), "set nthread");
     bst_ulong features = 0;
     Check(XGBoosterGetNumFeature(booster_, &features), "read the number of features");
     features_ = static_cast<int64_t>(features);
@@ -107,13 +105,7 @@ class XGBoost : public Model {
   }
 
  private:
-  // The first line of XGBoost's error, printable: it may quote bytes of a corrupt model file.
-  static std::string FirstLine(const std::string& s) {
-    std::string line = s.substr(0, s.find('\n'));
-    for (char& c : line)
-      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
-    return line;
-  }
+  static std::string FirstLine(std::string_view text) { return PrintableFirstLine(text); }
   void Check(int rc, const char* what) const {
     if (rc != 0) throw std::runtime_error(std::string("XGBoost: cannot ") + what + ": " + FirstLine(XGBGetLastError()));
   }

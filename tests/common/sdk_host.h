@@ -1,0 +1,52 @@
+// A host for SDK tests: the sinks and FerryHostApi table the replica host provides, and FerryRequest
+// construction, so that a test drives a plugin's generated ABI table exactly as ferry does.
+#pragma once
+
+#include <ferry/abi.h>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+struct FerryResponseSink {
+  int status = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string header(std::string_view name) const {
+    for (const auto& [k, v] : headers)
+      if (k == name) return v;
+    return "";
+  }
+};
+struct FerryErrorSink {
+  std::string message;
+};
+
+namespace ferry::testing {
+
+inline void SetStatus(FerryResponseSink* s, int status) { s->status = status; }
+inline void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) {
+  s->headers.emplace_back(std::string(k.data, k.size), std::string(v.data, v.size));
+}
+inline void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
+inline void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
+inline const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus,
+                                   &AddHeader,           &SetBody,          &SetError};
+
+inline FerryString S(std::string_view s) { return {s.data(), s.size()}; }
+
+// A request whose views point at the arguments: they must outlive it.
+inline FerryRequest MakeRequest(std::string_view method, std::string_view path, std::string_view query,
+                                std::string_view body, const std::vector<FerryHeader>& headers = {}) {
+  FerryRequest r{};
+  r.struct_size = sizeof(r);
+  r.method = S(method);
+  r.path = S(path);
+  r.query = S(query);
+  r.body = S(body);
+  r.headers = headers.data();
+  r.num_headers = headers.size();
+  return r;
+}
+
+}  // namespace ferry::testing
