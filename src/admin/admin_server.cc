@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/common.h"
+#include "metrics/metrics.h"
 
 namespace ferry::admin {
 
@@ -28,8 +29,11 @@ constexpr uint64_t kMaxConfigBytes = 16 << 20;
 constexpr auto kControllerWait = std::chrono::seconds(30);
 
 struct Reply {
+  Reply() = default;
+  Reply(http::status s, json b) : status(s), body(std::move(b)) {}
   http::status status = http::status::ok;
   json body;
+  std::optional<std::string> text;  // sent instead of `body`: the Prometheus text format
 };
 
 Reply Error(http::status status, std::string_view message) { return {status, {{"error", message}}}; }
@@ -141,10 +145,13 @@ class AdminServer::Impl {
         reply = Handle(parser.get());
       }
       http::response<http::string_body> res{reply.status, 11};
-      res.set(http::field::content_type, "application/json");
+      res.set(http::field::content_type, reply.text ? "text/plain; version=0.0.4; charset=utf-8" : "application/json");
       if (reply.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
-      res.body() = reply.body.is_null() ? std::string()
-                                        : reply.body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+      if (reply.text)
+        res.body() = std::move(*reply.text);
+      else
+        res.body() = reply.body.is_null() ? std::string()
+                                          : reply.body.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
       res.keep_alive(keep_alive);
       res.prepare_payload();
       http::write(socket, res, ec);
@@ -180,6 +187,15 @@ class AdminServer::Impl {
       if (method == http::verb::put) return Deploy(req);
       if (method == http::verb::delete_) return Apply([this] { return controller_->DeleteAll(); }, "deleted");
       return Error(http::status::method_not_allowed, "use GET, PUT or DELETE on /api/serve/applications/");
+    }
+    if (path == "/metrics") {
+      if (method != http::verb::get) return Error(http::status::method_not_allowed, "use GET on /metrics");
+      // The node's own series (proxy), then what the controller's state says (replicas, queues, scaling).
+      std::optional<std::string> state = OnController<std::string>([this] { return controller_->MetricsText(); });
+      if (!state) return Error(http::status::service_unavailable, "the controller did not answer in time");
+      Reply r;
+      r.text = (options_.metrics ? options_.metrics->Render() : std::string()) + *state;
+      return r;
     }
     if (path == "/api/ferry/history" && method == http::verb::get)
       return Wrap(OnController<json>([this] { return controller_->HistoryJson(); }));

@@ -14,15 +14,20 @@
 #include "config/config.h"
 #include "controller/controller.h"
 
+namespace ferry::metrics {
+class Registry;
+}
+
 namespace ferry::admin {
 
 struct AdminServerOptions {
   std::string host = "127.0.0.1";
   int port = 8265;
-  std::string token;                  // empty: no authentication (allowed only on loopback; the caller checks)
-  config::HttpOptions node_http;      // what the node's proxy runs with: deployed configs must agree
-  config::ValidationHooks hooks;      // for validating deployed configs
-  std::function<void()> on_shutdown;  // POST /api/ferry/shutdown
+  std::string token;                     // empty: no authentication (allowed only on loopback; the caller checks)
+  config::HttpOptions node_http;         // what the node's proxy runs with: deployed configs must agree
+  config::ValidationHooks hooks;         // for validating deployed configs
+  std::function<void()> on_shutdown;     // POST /api/ferry/shutdown
+  metrics::Registry* metrics = nullptr;  // GET /metrics renders it, then the controller's state
 };
 
 class AdminServer {

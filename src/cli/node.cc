@@ -15,6 +15,7 @@
 #include "common/common.h"
 #include "controller/controller.h"
 #include "controller/state_store.h"
+#include "metrics/metrics.h"
 #include "proxy/proxy.h"
 #include "router/routing_table.h"
 
@@ -49,8 +50,8 @@ double DrainSeconds(const std::optional<config::Config>& config) {
 
 class Node {
  public:
-  Node(const NodeOptions& options, std::unique_ptr<proxy::Proxy> proxy)
-      : options_(options), proxy_(std::move(proxy)), signals_(io_, SIGINT, SIGTERM) {}
+  Node(const NodeOptions& options, std::unique_ptr<proxy::Proxy> proxy, metrics::Registry* metrics)
+      : options_(options), proxy_(std::move(proxy)), metrics_(metrics), signals_(io_, SIGINT, SIGTERM) {}
 
   ~Node() {
     if (admin_) admin_->Stop();
@@ -98,6 +99,7 @@ class Node {
     admin.node_http = options_.http;
     admin.hooks = options_.hooks;
     admin.on_shutdown = [this] { boost::asio::post(io_, [this] { BeginStop("admin API shutdown"); }); };
+    admin.metrics = metrics_;
     absl::StatusOr<std::unique_ptr<admin::AdminServer>> server = admin::AdminServer::Create(admin, io_, control_.get());
     if (!server.ok()) return server.status();
     admin_ = std::move(*server);
@@ -176,6 +178,7 @@ class Node {
   const NodeOptions& options_;
   boost::asio::io_context io_{1};
   std::unique_ptr<proxy::Proxy> proxy_;
+  metrics::Registry* metrics_;
   std::unique_ptr<controller::StateStore> store_;
   std::unique_ptr<controller::Controller> control_;
   std::unique_ptr<admin::AdminServer> admin_;
@@ -191,7 +194,10 @@ class Node {
 
 int RunNode(const NodeOptions& options) {
   router::RoutingTableCell routing;
-  absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(ProxyOptionsFrom(options.http), &routing);
+  metrics::Registry registry;  // the node's metrics: GET /metrics on the admin port
+  proxy::ProxyOptions proxy_options = ProxyOptionsFrom(options.http);
+  proxy_options.metrics = &registry;
+  absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(proxy_options, &routing);
   if (!proxy.ok()) {
     std::cerr << "ferry: " << Message(proxy.status()) << std::endl;
     return 1;
@@ -209,7 +215,7 @@ int RunNode(const NodeOptions& options) {
   }
   int code;
   {
-    Node node(options, std::move(*proxy));
+    Node node(options, std::move(*proxy), &registry);
     absl::Status created = node.Create(&routing, run_dir);
     if (!created.ok()) {
       std::cerr << "ferry: " << Message(created) << std::endl;

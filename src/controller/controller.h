@@ -86,6 +86,9 @@ class Controller : public node::ReplicaListener {
 
   // Ray Serve's GET /api/serve/applications/ shape (plus ferry's counters).
   nlohmann::json StatusJson() const;
+  // The state as Prometheus metrics (text format): replicas by state, target replicas, starts, restarts,
+  // health-check failures, cold starts, queued requests per deployment, ongoing requests per replica.
+  std::string MetricsText() const;
   nlohmann::json HistoryJson() const;
   const std::optional<config::Config>& applied_config() const { return applied_; }
   ApplicationStatus application_status(const std::string& application) const;

@@ -174,6 +174,7 @@ void Controller::StartReplica(Deployment& d) {
   spec.num_cpus = t.resources.num_cpus;
   spec.graceful_shutdown_timeout_s = t.graceful_shutdown_timeout_s;
   if (t.batching) spec.batching = config::ToJson(*t.batching);
+  ++d.starts;
   absl::Status s = launcher_->StartReplica(spec);
   if (!s.ok()) {
     FERRY_LOG(kError, "controller", "cannot start a replica of ", d.key, ": ", Message(s));
@@ -270,6 +271,7 @@ void Controller::MarkRunning(Deployment& d, Replica& r) {
   FERRY_LOG(kInfo, "controller", "replica ", r.id, " (pid ", r.pid, ") is RUNNING");
   if (d.cold_start_began) {
     d.last_cold_start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - *d.cold_start_began).count();
+    ++d.cold_starts;
     d.cold_start_began.reset();
     FERRY_LOG(kInfo, "controller", d.key, " cold start: first replica RUNNING ", d.last_cold_start_s * 1000,
               " ms after requests arrived with none");

@@ -9,8 +9,60 @@
 namespace ferry::proxy {
 
 Worker::Worker(const ProxyOptions& options, router::RoutingTableCell* routing, std::atomic<int>* in_flight,
-               std::atomic<bool>* draining)
-    : options_(options), routing_(routing), in_flight_(in_flight), draining_(draining) {}
+               std::atomic<bool>* draining, ProxyMetrics* metrics)
+    : options_(options), routing_(routing), in_flight_(in_flight), draining_(draining), metrics_(metrics) {}
+
+ProxyMetrics::ProxyMetrics(metrics::Registry& r)
+    : requests(r.AddCounter("ferry_num_http_requests_total", "HTTP requests answered by the proxy, by status code.",
+                            {"application", "route", "code"})),
+      latency(r.AddHistogram("ferry_http_request_duration_seconds",
+                             "End-to-end latency at the proxy, from a parsed request to its answer.",
+                             {"application", "route"}, metrics::LatencyBucketsSeconds())),
+      queue_wait(r.AddHistogram("ferry_deployment_queue_wait_seconds",
+                                "Time a request waited in the router for a replica slot.",
+                                {"application", "deployment"}, metrics::LatencyBucketsSeconds())),
+      rejected(r.AddCounter("ferry_num_rejected_requests_total",
+                            "Requests answered 503: every replica at max_ongoing_requests and the queue full.",
+                            {"application", "deployment"})),
+      timed_out(r.AddCounter("ferry_num_timed_out_requests_total", "Requests answered 504: request_timeout_s passed.",
+                             {"application", "deployment"})) {}
+
+RouteSeries* Worker::Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route) {
+  if (!metrics_) return nullptr;
+  if (table != series_table_) {  // routes are pointers into a table: a new table, new keys
+    series_by_route_.clear();
+    series_table_ = table;
+  }
+  auto cached = series_by_route_.find(route);
+  if (cached != series_by_route_.end()) return cached->second;
+  std::string application = route ? route->application : "";
+  std::string prefix = route ? route->route_prefix : "";
+  std::string deployment = route ? route->ingress_deployment : "";
+  std::unique_ptr<RouteSeries>& s = series_[ferry::StrCat(application, "\n", prefix, "\n", deployment)];
+  if (!s) {
+    s = std::make_unique<RouteSeries>();
+    s->application = application;
+    s->route = prefix;
+    s->deployment = deployment;
+    s->latency = &metrics_->latency.With({application, prefix});
+    if (route) {
+      s->queue_wait = &metrics_->queue_wait.With({application, deployment});
+      s->rejected = &metrics_->rejected.With({application, deployment});
+      s->timed_out = &metrics_->timed_out.With({application, deployment});
+    }
+  }
+  series_by_route_[route] = s.get();
+  return s.get();
+}
+
+void Worker::RecordResponse(RouteSeries* series, unsigned status, std::optional<Clock::time_point> started) {
+  if (!series) return;
+  if (status >= series->codes.size()) status = 0;
+  metrics::Counter*& counter = series->codes[status];
+  if (!counter) counter = &metrics_->requests.With({series->application, series->route, std::to_string(status)});
+  counter->Inc();
+  if (started) series->latency->Observe(std::chrono::duration<double>(Clock::now() - *started).count());
+}
 
 absl::Status Worker::Listen(const tcp::endpoint& endpoint, bool reuse_port) {
   boost::system::error_code ec;
@@ -88,7 +140,9 @@ void Worker::ForgetChannel(uint64_t key, const ReplicaChannel* channel) {
 class Proxy::Impl {
  public:
   explicit Impl(const ProxyOptions& options, router::RoutingTableCell* routing)
-      : options_(options), routing_(routing) {}
+      : options_(options),
+        routing_(routing),
+        metrics_(options.metrics ? std::make_unique<ProxyMetrics>(*options.metrics) : nullptr) {}
 
   absl::Status Listen() {
     boost::system::error_code ec;
@@ -97,7 +151,7 @@ class Proxy::Impl {
     int threads = std::max(1, options_.num_threads);
     uint16_t port = static_cast<uint16_t>(options_.port);
     for (int i = 0; i < threads; ++i) {
-      auto worker = std::make_unique<Worker>(options_, routing_, &in_flight_, &draining_);
+      auto worker = std::make_unique<Worker>(options_, routing_, &in_flight_, &draining_, metrics_.get());
       // The first worker picks the port (it may be 0); the others share it through SO_REUSEPORT.
       absl::Status s = worker->Listen(tcp::endpoint(address, port), threads > 1);
       if (!s.ok()) return s;
@@ -149,6 +203,7 @@ class Proxy::Impl {
  private:
   ProxyOptions options_;
   router::RoutingTableCell* routing_;
+  std::unique_ptr<ProxyMetrics> metrics_;  // before workers_: they point at it
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
   std::vector<std::unique_ptr<Worker>> workers_;

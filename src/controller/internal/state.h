@@ -66,6 +66,8 @@ struct Controller::Deployment {
   bool unhealthy = false;  // lost a running replica; cleared when back at target
   int restarts = 0;
   int health_check_failures = 0;
+  uint64_t starts = 0;       // replica processes started, ever (for metrics)
+  uint64_t cold_starts = 0;  // starts from zero replicas with requests waiting
   std::string message;
   DeploymentStatus status = DeploymentStatus::kUpdating;
   bool reached_target = false;  // the current version has run at its target once

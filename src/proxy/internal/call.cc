@@ -29,13 +29,14 @@ const transport::HeaderList& RetryLaterHeaders() {
 }  // namespace
 
 Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
-           const router::Route* route, std::string request_id)
+           const router::Route* route, std::string request_id, RouteSeries* series)
     : worker_(worker),
       session_(session),
       table_(std::move(table)),
       route_(route),
       request_id_(std::move(request_id)),
-      deadline_(worker.io()) {}
+      deadline_(worker.io()),
+      series_(series) {}
 
 void Call::Start(http::request<http::string_body>&& request) {
   request_ = std::move(request);
@@ -58,6 +59,7 @@ void Call::Route() {
     case router::Router::Result::kQueued:
       return;
     case router::Router::Result::kRejected:
+      if (series_) series_->rejected->Inc();
       state_ = State::kDone;
       deadline_.cancel();
       FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment,
@@ -76,6 +78,8 @@ void Call::OnAssigned(router::ReplicaLease lease) {
 }
 
 void Call::Dispatch(router::ReplicaLease lease) {
+  if (series_ && reroutes_ == 0)
+    series_->queue_wait->Observe(std::chrono::duration<double>(Clock::now() - routed_at_).count());
   lease_ = std::move(lease);
   state_ = State::kDispatched;
   uint32_t timeout_ms = 0;
@@ -117,6 +121,7 @@ void Call::OnReplicaResponse(const CallResult& result) {
 
 void Call::OnDeadline() {
   if (answered_) return;
+  if (series_) series_->timed_out->Inc();
   FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment, " timed out after ",
             worker_.options().request_timeout->count(), " ms (", state_ == State::kQueued ? "queued" : "on a replica",
             ")");

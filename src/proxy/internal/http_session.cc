@@ -184,6 +184,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     std::string_view target(req.target().data(), req.target().size());
     std::string_view path = target.substr(0, target.find('?'));
     request_id_ = RequestIdFrom(req);
+    started_ = Clock::now();
+    series_ = nullptr;  // the proxy's own endpoints and unmatched paths: set on first use below
     worker_.in_flight().fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
     if (!req.keep_alive()) close_after_response_ = true;
@@ -207,7 +209,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     // While the call runs, watch for the client hanging up (or its next pipelined request).
     if (buffer_.size() == 0) ReadAhead();
-    call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_);
+    series_ = worker_.Series(table, route);
+    call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_, series_);
     call_->Start(std::move(req));
   }
 
@@ -302,7 +305,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!rest.empty() && rest != "/infer")
       return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
     if (buffer_.size() == 0) ReadAhead();
-    call_ = std::make_shared<Call>(worker_, shared_from_this(), table, &model->route, request_id_);
+    series_ = worker_.Series(table, &model->route);
+    call_ = std::make_shared<Call>(worker_, shared_from_this(), table, &model->route, request_id_, series_);
     call_->Start(std::move(req));
   }
 
@@ -326,6 +330,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void Write(http::response<http::string_body>&& res, bool close) {
+    RecordResponse(res.result_int());
     deadline_ = Clock::time_point::max();
     phase_ = Phase::kWriting;
     if (close || close_after_response_ || worker_.draining()) close_after_response_ = true;
@@ -346,6 +351,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     EnterIdle();
+  }
+
+  // Counts this answer: on its route's series, or the proxy's own (own endpoints, unmatched paths, and
+  // errors before a request was parsed, which have no latency).
+  void RecordResponse(unsigned status) {
+    RouteSeries* series = series_ ? series_ : worker_.Series(worker_.routing().Get(), nullptr);
+    worker_.RecordResponse(series, status, started_);
+    series_ = nullptr;
+    started_.reset();
   }
 
   void Uncount() {
@@ -378,6 +392,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool reading_ahead_ = false;
   bool close_after_response_ = false;
   bool counted_ = false;
+  RouteSeries* series_ = nullptr;             // the current request's, once routed
+  std::optional<Clock::time_point> started_;  // when the current request was parsed
 };
 
 void StartHttpSession(Worker& worker, tcp::socket socket) {

@@ -2,17 +2,20 @@
 // replicas. Everything here runs on its worker's thread unless a comment says otherwise.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/http.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "common/common.h"
+#include "metrics/metrics.h"
 #include "proxy/proxy.h"
 #include "router/router.h"
 #include "router/routing_table.h"
@@ -28,6 +31,26 @@ class Worker;
 class HttpSession;
 class ReplicaChannel;
 
+// The proxy's metric families, shared by its workers.
+struct ProxyMetrics {
+  explicit ProxyMetrics(metrics::Registry& registry);
+  metrics::Family<metrics::Counter>& requests;      // application, route, code
+  metrics::Family<metrics::Histogram>& latency;     // application, route: parsed request -> answer written
+  metrics::Family<metrics::Histogram>& queue_wait;  // application, deployment: routed -> sent to a replica
+  metrics::Family<metrics::Counter>& rejected;      // application, deployment: 503, every replica and the queue full
+  metrics::Family<metrics::Counter>& timed_out;     // application, deployment: 504, request_timeout_s passed
+};
+
+// One route's series as a worker holds them: looked up once per route, not per request.
+struct RouteSeries {
+  std::string application, route, deployment;
+  metrics::Histogram* latency = nullptr;
+  metrics::Histogram* queue_wait = nullptr;  // null for the proxy's own endpoints
+  metrics::Counter* rejected = nullptr;
+  metrics::Counter* timed_out = nullptr;
+  std::array<metrics::Counter*, 600> codes{};  // by HTTP status, created on first use
+};
+
 // What a finished call hands back to its session.
 struct CallResult {
   unsigned status = 200;
@@ -42,7 +65,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
  public:
   enum class State { kQueued, kDispatched, kDone };
   Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
-       const router::Route* route, std::string request_id);
+       const router::Route* route, std::string request_id, RouteSeries* series);
 
   // Runs the call: takes a slot or queues, arms the deadline. Answers at once when shed.
   void Start(http::request<http::string_body>&& request);
@@ -78,6 +101,8 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   uint64_t stream_id_ = 0;
   int reroutes_ = 0;
   bool abandoned_ = false;  // timed out or the client left: never routed again
+  RouteSeries* series_;     // null when the proxy keeps no metrics
+  Clock::time_point routed_at_ = Clock::now();
 };
 
 // This worker's frame connection to one replica; many calls in flight on it.
@@ -105,7 +130,7 @@ class ReplicaChannel : public transport::FrameConnection::Handler, public std::e
 class Worker {
  public:
   Worker(const ProxyOptions& options, router::RoutingTableCell* routing, std::atomic<int>* in_flight,
-         std::atomic<bool>* draining);
+         std::atomic<bool>* draining, ProxyMetrics* metrics);
   absl::Status Listen(const tcp::endpoint& endpoint, bool reuse_port);
   uint16_t port() const;
   void Start();       // spawns nothing: the caller runs io().run() on a thread
@@ -122,6 +147,12 @@ class Worker {
   void AddSession(HttpSession* s) { sessions_.insert(s); }
   void RemoveSession(HttpSession* s) { sessions_.erase(s); }
 
+  // The series of `route` in `table` (null route: the proxy's own endpoints and unmatched paths); null
+  // when the proxy keeps no metrics.
+  RouteSeries* Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route);
+  // Counts an answer with `status` on `series`, and its latency when the request was parsed at `started`.
+  void RecordResponse(RouteSeries* series, unsigned status, std::optional<Clock::time_point> started);
+
  private:
   void DoAccept();
   void Sweep();
@@ -135,6 +166,12 @@ class Worker {
   tcp::acceptor acceptor_{io_};
   asio::steady_timer sweep_{io_};  // checks sessions' deadlines: one timer per thread, not per request
   std::unordered_map<uint64_t, std::shared_ptr<ReplicaChannel>> channels_;
+  // Metrics: series by route for the table in use (pointer keys, cleared when the table changes), and
+  // every series this worker made, by "application\nroute\ndeployment".
+  ProxyMetrics* metrics_;  // null: no metrics
+  std::shared_ptr<const router::RoutingTable> series_table_;
+  std::unordered_map<const router::Route*, RouteSeries*> series_by_route_;
+  std::unordered_map<std::string, std::unique_ptr<RouteSeries>> series_;
 };
 
 // Starts serving one accepted connection.

@@ -1,0 +1,68 @@
+// The controller's state as Prometheus metrics, rendered on a scrape (on the controller's thread).
+#include <string>
+
+#include "controller/controller.h"
+#include "controller/internal/state.h"
+#include "metrics/metrics.h"
+
+namespace ferry::controller {
+
+std::string Controller::MetricsText() const {
+  using metrics::Type;
+  std::string out;
+  metrics::SampleWriter w(&out);
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  auto labels = [](const Deployment& d) {
+    return Labels{{"application", d.application}, {"deployment", d.target.name}};
+  };
+  auto per_deployment = [&](const char* name, const char* help, Type type, auto value) {
+    w.Header(name, help, type);
+    for (const auto& [key, d] : deployments_) w.Sample(name, labels(*d), static_cast<double>(value(*d)));
+  };
+
+  w.Header("ferry_deployment_replicas", "Replicas of a deployment by state (STARTING, RUNNING, ...).", Type::kGauge);
+  for (const auto& [key, d] : deployments_) {
+    int count[5] = {0, 0, 0, 0, 0};
+    for (const auto& [id, r] : d->replicas) ++count[static_cast<int>(r.state)];
+    for (int s = 0; s < 5; ++s) {
+      Labels l = labels(*d);
+      l.emplace_back("state", ReplicaStateName(static_cast<ReplicaState>(s)));
+      w.Sample("ferry_deployment_replicas", l, count[s]);
+    }
+  }
+  per_deployment("ferry_deployment_target_replicas",
+                 "Replicas the deployment should have: num_replicas, or the autoscaler's decision.", Type::kGauge,
+                 [](const Deployment& d) { return d.TargetReplicas(); });
+  per_deployment("ferry_autoscaling_enabled", "1 when the deployment has an autoscaling_config.", Type::kGauge,
+                 [](const Deployment& d) { return d.autoscaler ? 1 : 0; });
+  per_deployment("ferry_deployment_replica_starts_total", "Replica processes started.", Type::kCounter,
+                 [](const Deployment& d) { return d.starts; });
+  per_deployment("ferry_deployment_replica_restarts_total",
+                 "Running replicas lost (crashed or failing health checks) and replaced.", Type::kCounter,
+                 [](const Deployment& d) { return d.restarts; });
+  per_deployment("ferry_deployment_health_check_failures_total", "Failed or timed-out health checks.", Type::kCounter,
+                 [](const Deployment& d) { return d.health_check_failures; });
+  per_deployment("ferry_deployment_cold_starts_total", "Starts from zero replicas with requests waiting.",
+                 Type::kCounter, [](const Deployment& d) { return d.cold_starts; });
+  w.Header("ferry_deployment_last_cold_start_seconds",
+           "Time from the first request that found no replica to the first replica RUNNING, last cold start.",
+           Type::kGauge);
+  for (const auto& [key, d] : deployments_)
+    if (d->last_cold_start_s >= 0)
+      w.Sample("ferry_deployment_last_cold_start_seconds", labels(*d), d->last_cold_start_s);
+  per_deployment("ferry_deployment_queued_requests", "Requests waiting in the router for a replica slot.", Type::kGauge,
+                 [](const Deployment& d) { return d.router->Stats().queued; });
+  w.Header("ferry_replica_ongoing_requests", "Requests the router has on a replica (sent, not yet answered).",
+           Type::kGauge);
+  for (const auto& [key, d] : deployments_) {
+    for (const auto& [id, r] : d->replicas) {
+      if (!r.endpoint) continue;
+      Labels l = labels(*d);
+      l.emplace_back("replica", id);
+      w.Sample("ferry_replica_ongoing_requests", l, d->router->InFlight(r.endpoint->key));
+    }
+  }
+  return out;
+}
+
+}  // namespace ferry::controller

@@ -1,0 +1,184 @@
+#include "metrics/metrics.h"
+
+#include <charconv>
+#include <cmath>
+
+namespace ferry::metrics {
+
+Histogram::Histogram(const std::vector<double>& bounds)
+    : bounds_(bounds), counts_(std::make_unique<std::atomic<uint64_t>[]>(bounds.size() + 1)) {
+  for (size_t i = 0; i <= bounds_.size(); ++i) counts_[i].store(0, std::memory_order_relaxed);
+}
+
+void Histogram::Observe(double v) {
+  size_t i = 0;
+  while (i < bounds_.size() && v > bounds_[i]) ++i;
+  counts_[i].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  sum_.fetch_add(v, std::memory_order_relaxed);
+}
+
+const std::vector<double>& LatencyBucketsSeconds() {
+  static const std::vector<double> kBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                               0.01,    0.025,  0.05,    0.1,    0.25,  0.5,    1,
+                                               2.5,     5,      10,      30,     60,    300,    600};
+  return kBuckets;
+}
+
+const std::vector<double>& BatchSizeBuckets() {
+  static const std::vector<double> kBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+  return kBuckets;
+}
+
+std::string EscapeLabel(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
+  }
+  return out;
+}
+
+std::string FormatValue(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[64];
+  // Whole numbers as integers ("300000", not "3e+05"), others in their shortest exact form.
+  auto r = std::abs(v) < 1e15 && v == std::floor(v) ? std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(v))
+                                                    : std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
+}
+
+namespace {
+
+const char* TypeName(Type t) {
+  switch (t) {
+    case Type::kCounter:
+      return "counter";
+    case Type::kGauge:
+      return "gauge";
+    case Type::kHistogram:
+      return "histogram";
+  }
+  return "untyped";
+}
+
+void AppendHeader(std::string* out, std::string_view name, std::string_view help, Type type) {
+  *out += "# HELP ";
+  *out += name;
+  *out += ' ';
+  *out += help;
+  *out += "\n# TYPE ";
+  *out += name;
+  *out += ' ';
+  *out += TypeName(type);
+  *out += '\n';
+}
+
+}  // namespace
+
+std::string FamilyBase::SeriesPrefix(const std::string& metric, const std::vector<std::string>& values) const {
+  std::string s = metric;
+  s += '{';
+  for (size_t i = 0; i < label_names_.size() && i < values.size(); ++i) {
+    if (i) s += ',';
+    s += label_names_[i];
+    s += "=\"";
+    s += EscapeLabel(values[i]);
+    s += '"';
+  }
+  return s;
+}
+
+void FamilyBase::RenderHeader(std::string* out) const { AppendHeader(out, name_, help_, type_); }
+
+template <>
+void Family<Counter>::Render(std::string* out) const {
+  RenderHeader(out);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [values, c] : series_) *out += SeriesPrefix(name_, values) + "} " + FormatValue(c->value()) + "\n";
+}
+
+template <>
+void Family<Gauge>::Render(std::string* out) const {
+  RenderHeader(out);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [values, g] : series_) *out += SeriesPrefix(name_, values) + "} " + FormatValue(g->value()) + "\n";
+}
+
+template <>
+void Family<Histogram>::Render(std::string* out) const {
+  RenderHeader(out);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [values, h] : series_) {
+    std::string bucket = SeriesPrefix(name_ + "_bucket", values);
+    if (!values.empty()) bucket += ',';
+    // Read the buckets first: count is then at least their total, as a scrape racing Observe may see.
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < h->bounds().size(); ++i) {
+      cumulative += h->bucket(i);
+      *out += bucket + "le=\"" + FormatValue(h->bounds()[i]) + "\"} " + std::to_string(cumulative) + "\n";
+    }
+    cumulative += h->bucket(h->bounds().size());
+    *out += bucket + "le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
+    *out += SeriesPrefix(name_ + "_sum", values) + "} " + FormatValue(h->sum()) + "\n";
+    *out += SeriesPrefix(name_ + "_count", values) + "} " + std::to_string(cumulative) + "\n";
+  }
+}
+
+void SampleWriter::Header(std::string_view name, std::string_view help, Type type) {
+  AppendHeader(out_, name, help, type);
+}
+
+void SampleWriter::Sample(std::string_view name, const std::vector<std::pair<std::string, std::string>>& labels,
+                          double value) {
+  *out_ += name;
+  *out_ += '{';
+  for (size_t i = 0; i < labels.size(); ++i) {
+    if (i) *out_ += ',';
+    *out_ += labels[i].first + "=\"" + EscapeLabel(labels[i].second) + "\"";
+  }
+  *out_ += "} " + FormatValue(value) + "\n";
+}
+
+Family<Counter>& Registry::AddCounter(std::string name, std::string help, std::vector<std::string> labels) {
+  auto f = std::make_unique<Family<Counter>>(std::move(name), std::move(help), Type::kCounter, std::move(labels));
+  Family<Counter>& ref = *f;
+  std::lock_guard<std::mutex> lock(mu_);
+  families_.push_back(std::move(f));
+  return ref;
+}
+
+Family<Gauge>& Registry::AddGauge(std::string name, std::string help, std::vector<std::string> labels) {
+  auto f = std::make_unique<Family<Gauge>>(std::move(name), std::move(help), Type::kGauge, std::move(labels));
+  Family<Gauge>& ref = *f;
+  std::lock_guard<std::mutex> lock(mu_);
+  families_.push_back(std::move(f));
+  return ref;
+}
+
+Family<Histogram>& Registry::AddHistogram(std::string name, std::string help, std::vector<std::string> labels,
+                                          const std::vector<double>& bounds) {
+  auto f = std::make_unique<Family<Histogram>>(std::move(name), std::move(help), Type::kHistogram, std::move(labels),
+                                               bounds);
+  Family<Histogram>& ref = *f;
+  std::lock_guard<std::mutex> lock(mu_);
+  families_.push_back(std::move(f));
+  return ref;
+}
+
+std::string Registry::Render() const {
+  std::string out;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& f : families_) f->Render(&out);
+  return out;
+}
+
+}  // namespace ferry::metrics

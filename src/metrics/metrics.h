@@ -1,0 +1,144 @@
+// Metrics in the Prometheus text format: counters, gauges and histograms in labelled families, kept in
+// a Registry that renders them for a scrape. Recording is lock-free (relaxed atomics on a series the
+// caller holds); creating a series takes the family's lock once, so hot paths look a series up once and
+// keep the reference. Series live as long as the registry: label values must be bounded (application,
+// deployment, route, replica, code), never per request or per user.
+// Thread-safe: everything here may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry::metrics {
+
+class Counter {
+ public:
+  void Inc(uint64_t n = 1) { value_.fetch_add(n, std::memory_order_relaxed); }
+  uint64_t value() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> value_{0};
+};
+
+class Gauge {
+ public:
+  void Set(double v) { value_.store(v, std::memory_order_relaxed); }
+  void Add(double v) { value_.fetch_add(v, std::memory_order_relaxed); }
+  double value() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<double> value_{0};
+};
+
+// Buckets are upper bounds, ascending; +Inf is implied.
+class Histogram {
+ public:
+  explicit Histogram(const std::vector<double>& bounds);
+  void Observe(double v);
+  const std::vector<double>& bounds() const { return bounds_; }
+  // Non-cumulative count of bucket i (i == bounds().size() is +Inf).
+  uint64_t bucket(size_t i) const { return counts_[i].load(std::memory_order_relaxed); }
+  uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  double sum() const { return sum_.load(std::memory_order_relaxed); }
+
+ private:
+  const std::vector<double> bounds_;
+  std::unique_ptr<std::atomic<uint64_t>[]> counts_;
+  std::atomic<uint64_t> count_{0};
+  std::atomic<double> sum_{0};
+};
+
+// Latency buckets in seconds (Prometheus' base unit): Ray Serve's range (1 ms ... 600 s), with finer steps
+// below 1 ms for a server whose requests take microseconds.
+const std::vector<double>& LatencyBucketsSeconds();
+// Batch sizes 1 ... 1024.
+const std::vector<double>& BatchSizeBuckets();
+
+enum class Type { kCounter, kGauge, kHistogram };
+
+class FamilyBase {
+ public:
+  FamilyBase(std::string name, std::string help, Type type, std::vector<std::string> label_names)
+      : name_(std::move(name)), help_(std::move(help)), type_(type), label_names_(std::move(label_names)) {}
+  virtual ~FamilyBase() = default;
+  const std::string& name() const { return name_; }
+  virtual void Render(std::string* out) const = 0;
+
+ protected:
+  // `name{a="x",b="y"` (no closing brace) for a series' label values, escaped.
+  std::string SeriesPrefix(const std::string& metric, const std::vector<std::string>& values) const;
+  void RenderHeader(std::string* out) const;
+
+  const std::string name_, help_;
+  const Type type_;
+  const std::vector<std::string> label_names_;
+};
+
+template <typename T>
+class Family : public FamilyBase {
+ public:
+  Family(std::string name, std::string help, Type type, std::vector<std::string> label_names,
+         std::vector<double> bounds = {})
+      : FamilyBase(std::move(name), std::move(help), type, std::move(label_names)), bounds_(std::move(bounds)) {}
+
+  // The series with these label values (in label_names order), created on first use. The reference stays
+  // valid as long as the registry.
+  T& With(const std::vector<std::string>& values) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = series_.find(values);
+    if (it == series_.end()) it = series_.emplace(values, Make()).first;
+    return *it->second;
+  }
+  void Render(std::string* out) const override;
+
+ private:
+  std::unique_ptr<T> Make() const {
+    if constexpr (std::is_same_v<T, Histogram>)
+      return std::make_unique<Histogram>(bounds_);
+    else
+      return std::make_unique<T>();
+  }
+  const std::vector<double> bounds_;
+  mutable std::mutex mu_;
+  std::map<std::vector<std::string>, std::unique_ptr<T>> series_;
+};
+
+// Writes gauge samples computed at scrape time (from state someone else owns).
+class SampleWriter {
+ public:
+  explicit SampleWriter(std::string* out) : out_(out) {}
+  // `# HELP` and `# TYPE` once per metric, before its samples.
+  void Header(std::string_view name, std::string_view help, Type type);
+  void Sample(std::string_view name, const std::vector<std::pair<std::string, std::string>>& labels, double value);
+
+ private:
+  std::string* out_;
+};
+
+class Registry {
+ public:
+  Family<Counter>& AddCounter(std::string name, std::string help, std::vector<std::string> labels);
+  Family<Gauge>& AddGauge(std::string name, std::string help, std::vector<std::string> labels);
+  Family<Histogram>& AddHistogram(std::string name, std::string help, std::vector<std::string> labels,
+                                  const std::vector<double>& bounds);
+  // The families, in the order they were added, as the Prometheus text exposition format (0.0.4).
+  std::string Render() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<FamilyBase>> families_;
+};
+
+// Escapes a label value for the text format (backslash, quote, newline).
+std::string EscapeLabel(std::string_view value);
+// A number as the text format writes it (+Inf, -Inf, NaN; integers without a fraction).
+std::string FormatValue(double v);
+
+}  // namespace ferry::metrics

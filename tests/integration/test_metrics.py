@@ -1,0 +1,117 @@
+"""Metrics as operators read them: GET /metrics on the admin port, checked by promtool, scraped by a real
+Prometheus server (Debian's prometheus package) on loopback and queried through its HTTP API."""
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import requests
+
+from harness import Ferry
+
+CONFIG = """
+applications:
+  - name: echo
+    route_prefix: /echo
+    deployments:
+      - name: Echo
+        import_path: builtin:echo
+        num_replicas: 2
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class MetricsTest(unittest.TestCase):
+    def test_metrics_endpoint_counts_what_clients_saw(self):
+        with Ferry(CONFIG) as ferry:
+            for _ in range(20):
+                self.assertEqual(requests.get(ferry.url("/echo/x"), timeout=10).status_code, 200)
+            self.assertEqual(requests.get(ferry.url("/missing"), timeout=10).status_code, 404)
+            r = requests.get(ferry.admin + "/metrics", timeout=10)
+            self.assertEqual(r.status_code, 200)
+            self.assertTrue(r.headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+            text = r.text
+            self.assertIn('ferry_num_http_requests_total{application="echo",route="/echo",code="200"} 20\n', text)
+            self.assertIn('ferry_num_http_requests_total{application="",route="",code="404"} 1\n', text)
+            self.assertIn('ferry_http_request_duration_seconds_count{application="echo",route="/echo"} 20\n', text)
+            self.assertIn('ferry_deployment_queue_wait_seconds_count{application="echo",deployment="Echo"} 20\n', text)
+            self.assertIn('ferry_deployment_replicas{application="echo",deployment="Echo",state="RUNNING"} 2\n', text)
+            self.assertIn('ferry_deployment_target_replicas{application="echo",deployment="Echo"} 2\n', text)
+            self.assertIn('ferry_deployment_replica_starts_total{application="echo",deployment="Echo"} 2\n', text)
+            self.assertEqual(text.count("ferry_replica_ongoing_requests{"), 2)
+            check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_a_real_prometheus_scrapes_and_queries_ferry(self):
+        with Ferry(CONFIG) as ferry, tempfile.TemporaryDirectory(prefix="ferry-prom-") as work:
+            admin = ferry.admin.removeprefix("http://")
+            config = os.path.join(work, "prometheus.yml")
+            with open(config, "w") as f:
+                f.write(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ferry\n"
+                        f"    static_configs:\n      - targets: ['{admin}']\n")
+            port = free_port()
+            prom = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={work}/data",
+                                     f"--web.listen-address=127.0.0.1:{port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stop = threading.Event()
+
+            def load():  # bounded: at most 60 s or until the test is done
+                end = time.monotonic() + 60
+                while not stop.is_set() and time.monotonic() < end:
+                    requests.get(ferry.url("/echo"), timeout=10)
+                    time.sleep(0.005)
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            try:
+                api = f"http://127.0.0.1:{port}/api/v1/query"
+
+                def query(q):
+                    try:
+                        r = requests.get(api, params={"query": q}, timeout=5).json()
+                    except (requests.RequestException, ValueError):
+                        return None
+                    result = r.get("data", {}).get("result", [])
+                    return float(result[0]["value"][1]) if result else None
+
+                up = wait_until(lambda: query('up{job="ferry"}'), 60, "Prometheus to scrape ferry")
+                self.assertEqual(up, 1.0)
+                rate = wait_until(lambda: query('sum(rate(ferry_num_http_requests_total{route="/echo",code="200"}[5s]))'),
+                                  60, "a request rate")
+                self.assertGreater(rate, 1.0)
+                p99 = wait_until(lambda: query('histogram_quantile(0.99, sum by (le) '
+                                               '(rate(ferry_http_request_duration_seconds_bucket{route="/echo"}[5s])))'),
+                                 60, "a p99 latency")
+                self.assertGreater(p99, 0.0)
+                self.assertLess(p99, 1.0)  # an echo answers in well under a second
+                running = wait_until(lambda: query('sum(ferry_deployment_replicas{state="RUNNING"})'), 30, "replicas")
+                self.assertEqual(running, 2.0)
+            finally:
+                stop.set()
+                loader.join()
+                prom.terminate()
+                prom.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    unittest.main()

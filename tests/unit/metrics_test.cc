@@ -1,0 +1,73 @@
+// The metrics registry and its Prometheus text rendering.
+#include "metrics/metrics.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <thread>
+#include <vector>
+
+namespace ferry::metrics {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(MetricsTest, CountersAndGaugesRenderWithTheirLabels) {
+  Registry r;
+  Family<Counter>& requests = r.AddCounter("x_requests_total", "Requests.", {"route", "code"});
+  requests.With({"/a", "200"}).Inc();
+  requests.With({"/a", "200"}).Inc(2);
+  requests.With({"/b \"q\"\n", "500"}).Inc();
+  r.AddGauge("x_queue", "Queued.", {}).With({}).Set(2.5);
+  std::string text = r.Render();
+  EXPECT_THAT(text, HasSubstr("# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\n"));
+  EXPECT_THAT(text, HasSubstr("x_requests_total{route=\"/a\",code=\"200\"} 3\n"));
+  EXPECT_THAT(text, HasSubstr("x_requests_total{route=\"/b \\\"q\\\"\\n\",code=\"500\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("# TYPE x_queue gauge\nx_queue{} 2.5\n"));
+  EXPECT_EQ(&requests.With({"/a", "200"}), &requests.With({"/a", "200"}));  // one series per label set
+}
+
+TEST(MetricsTest, HistogramBucketsAreCumulative) {
+  Registry r;
+  Histogram& h = r.AddHistogram("x_latency_seconds", "Latency.", {"route"}, {1, 10, 300000}).With({"/a"});
+  for (double v : {0.5, 1.0, 2.0, 9.0, 11.0, 400000.0}) h.Observe(v);
+  std::string text = r.Render();
+  EXPECT_THAT(text, HasSubstr("# TYPE x_latency_seconds histogram\n"));
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_bucket{route=\"/a\",le=\"1\"} 2\n"));  // le is inclusive
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_bucket{route=\"/a\",le=\"10\"} 4\n"));
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_bucket{route=\"/a\",le=\"300000\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_bucket{route=\"/a\",le=\"+Inf\"} 6\n"));
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_sum{route=\"/a\"} 400023.5\n"));
+  EXPECT_THAT(text, HasSubstr("x_latency_seconds_count{route=\"/a\"} 6\n"));
+}
+
+TEST(MetricsTest, ConcurrentRecordingLosesNothing) {
+  Registry r;
+  Family<Counter>& c = r.AddCounter("x_total", "X.", {"t"});
+  Histogram& h = r.AddHistogram("x_seconds", "X.", {}, LatencyBucketsSeconds()).With({});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10000; ++i) {
+        c.With({"same"}).Inc();
+        h.Observe(1.0);
+      }
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(c.With({"same"}).value(), 40000u);
+  EXPECT_EQ(h.count(), 40000u);
+  EXPECT_EQ(h.sum(), 40000.0);
+}
+
+TEST(MetricsTest, SampleWriterAndValues) {
+  std::string out;
+  SampleWriter w(&out);
+  w.Header("x_replicas", "Replicas.", Type::kGauge);
+  w.Sample("x_replicas", {{"state", "RUNNING"}}, 3);
+  EXPECT_EQ(out, "# HELP x_replicas Replicas.\n# TYPE x_replicas gauge\nx_replicas{state=\"RUNNING\"} 3\n");
+  EXPECT_EQ(FormatValue(0.25), "0.25");
+  EXPECT_EQ(FormatValue(1e300), "1e+300");
+  EXPECT_EQ(FormatValue(-1.0 / 0.0), "-Inf");
+}
+
+}  // namespace
+}  // namespace ferry::metrics
