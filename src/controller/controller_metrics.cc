@@ -1,6 +1,10 @@
 // The controller's state as Prometheus metrics, rendered on a scrape (on the controller's thread).
+#include <unistd.h>
+
+#include <fstream>
 #include <string>
 
+#include "common/common.h"
 #include "controller/controller.h"
 #include "controller/internal/state.h"
 #include "metrics/metrics.h"
@@ -60,6 +64,19 @@ std::string Controller::MetricsText() const {
       Labels l = labels(*d);
       l.emplace_back("replica", id);
       w.Sample("ferry_replica_ongoing_requests", l, d->router->InFlight(r.endpoint->key));
+    }
+  }
+  w.Header("ferry_replica_memory_bytes", "Resident memory of a replica process (from /proc).", Type::kGauge);
+  static const long kPageSize = sysconf(_SC_PAGESIZE);
+  for (const auto& [key, d] : deployments_) {
+    for (const auto& [id, r] : d->replicas) {
+      if (r.pid <= 0) continue;
+      std::ifstream statm(StrCat("/proc/", r.pid, "/statm"));
+      long size = 0, resident = 0;
+      if (!(statm >> size >> resident)) continue;  // gone between the tick and the scrape
+      Labels l = labels(*d);
+      l.emplace_back("replica", id);
+      w.Sample("ferry_replica_memory_bytes", l, static_cast<double>(resident) * static_cast<double>(kPageSize));
     }
   }
   return out;

@@ -1,6 +1,8 @@
 """Metrics as operators read them: GET /metrics on the admin port, checked by promtool, scraped by a real
 Prometheus server (Debian's prometheus package) on loopback and queried through its HTTP API."""
+import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -10,7 +12,9 @@ import unittest
 
 import requests
 
-from harness import Ferry
+from harness import SOURCE_DIR, Ferry
+
+DASHBOARD = os.path.join(SOURCE_DIR, "deploy", "grafana", "ferry.json")
 
 CONFIG = """
 applications:
@@ -59,6 +63,9 @@ class MetricsTest(unittest.TestCase):
             self.assertIn('ferry_deployment_target_replicas{application="echo",deployment="Echo"} 2\n', text)
             self.assertIn('ferry_deployment_replica_starts_total{application="echo",deployment="Echo"} 2\n', text)
             self.assertEqual(text.count("ferry_replica_ongoing_requests{"), 2)
+            memory = [float(v) for v in re.findall(r"^ferry_replica_memory_bytes\{.*\} (\S+)$", text, re.M)]
+            self.assertEqual(len(memory), 2)
+            self.assertTrue(all(1 << 20 < m < 1 << 32 for m in memory), memory)  # a replica's RSS: MiBs
             check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
@@ -106,6 +113,20 @@ class MetricsTest(unittest.TestCase):
                 self.assertLess(p99, 1.0)  # an echo answers in well under a second
                 running = wait_until(lambda: query('sum(ferry_deployment_replicas{state="RUNNING"})'), 30, "replicas")
                 self.assertEqual(running, 2.0)
+
+                # Every query of the Grafana dashboard parses and runs, and names metrics ferry exports.
+                exported = set(re.findall(r"^# TYPE (\S+)", requests.get(ferry.admin + "/metrics", timeout=10).text,
+                                          re.M))
+                with open(DASHBOARD) as f:
+                    dashboard = json.load(f)
+                exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+                self.assertGreaterEqual(len(exprs), 10)
+                for expr in exprs:
+                    q = expr.replace("$__rate_interval", "5s")
+                    r = requests.get(api, params={"query": q}, timeout=5).json()
+                    self.assertEqual(r["status"], "success", f"{q}: {r}")
+                    for name in re.findall(r"\b(ferry_[a-z_]+?)(?:_bucket)?\b", q):
+                        self.assertIn(name, exported, f"dashboard query {q} names {name}")
             finally:
                 stop.set()
                 loader.join()
