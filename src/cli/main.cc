@@ -20,6 +20,7 @@
 
 #include "cli/admin_client.h"
 #include "cli/node.h"
+#include "cli/status.h"
 #include "common/common.h"
 #include "config/config.h"
 #include "replica/replica.h"
@@ -40,7 +41,7 @@ Usage:
   ferry run CONFIG [options]        a node in the foreground serving CONFIG, until Ctrl-C
   ferry start [CONFIG] [options]    a node as a daemon; it restores its applications after a restart
   ferry deploy CONFIG               apply CONFIG to a running node (applications left out are deleted)
-  ferry status [--json]             applications, deployments and replicas of a node, as YAML
+  ferry status [--json] [--watch]   applications, deployments, replicas and live traffic of a node
   ferry config                      the config a node runs, as YAML
   ferry rollback APPLICATION        return an application to the config it had before its last change
   ferry shutdown                    drain and stop a node
@@ -90,7 +91,7 @@ Options:
 
 constexpr char kClientUsage[] = R"(Usage:
   ferry deploy CONFIG [--address URL] [--token TOKEN]
-  ferry status [--json] [--address URL] [--token TOKEN]
+  ferry status [--json] [--watch] [--interval S] [--count N] [--address URL] [--token TOKEN]
   ferry config [--address URL] [--token TOKEN]
   ferry rollback APPLICATION [--address URL] [--token TOKEN]
   ferry shutdown [--address URL] [--token TOKEN]
@@ -391,10 +392,25 @@ int ReportHttpError(const AdminResponse& r) {
 }
 
 int ClientCommand(const std::string& command, const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, {"--address", "--token"}, {"--json"}, "ferry --help");
+  Flags f =
+      Flags::Parse(args, {"--address", "--token", "--interval", "--count"}, {"--json", "--watch"}, "ferry --help");
   if (f.help) return std::cout << kClientUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   std::optional<ClientContext> c = ClientFrom(f);
+  if (command == "status" && !f.switches.count("--json")) {
+    // Live traffic needs two scrapes of /metrics, --interval apart (1 s by default).
+    cli::StatusOptions s{c->address, c->token};
+    s.watch = f.switches.count("--watch") > 0;
+    if (auto v = f.Get("--interval")) {
+      char* end = nullptr;
+      s.interval_s = std::strtod(v->c_str(), &end);
+      if (end == v->c_str() || *end || !(s.interval_s > 0))
+        return Fail("--interval needs a positive number of seconds");
+    }
+    if (auto v = f.Get("--count"); v && (!ParseInt(*v, &s.count) || s.count < 0))
+      return Fail("--count needs a non-negative integer (0: until Ctrl-C)");
+    return cli::RunStatus(s);
+  }
   absl::StatusOr<AdminResponse> r;
   if (command == "deploy") {
     if (f.positional.size() != 1) return Fail("ferry deploy needs one CONFIG file");
@@ -420,33 +436,7 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
   if (r->status != 200) return ReportHttpError(*r);
   nlohmann::json body = nlohmann::json::parse(r->body, nullptr, false);
   if (command == "status") {
-    if (f.switches.count("--json")) {
-      std::cout << body.dump(2) << "\n";
-      return 0;
-    }
-    nlohmann::json brief = {{"proxies", body["proxies"]}, {"applications", nlohmann::json::object()}};
-    for (auto& [name, app] : body["applications"].items()) {
-      nlohmann::json deployments = nlohmann::json::object();
-      for (auto& [dname, d] : app["deployments"].items()) {
-        deployments[dname] = {
-            {"status", d["status"]}, {"replica_states", d["replica_states"]}, {"message", d["message"]}};
-        if (d.contains("autoscaling")) {
-          const auto& a = d["autoscaling"];
-          nlohmann::json summary = {{"target_replicas", a["target_replicas"]},
-                                    {"min_replicas", a["min_replicas"]},
-                                    {"max_replicas", a["max_replicas"]},
-                                    {"average_load", a["average_load"]},
-                                    {"last_cold_start_s", a["last_cold_start_s"]}};
-          if (!a["decisions"].empty()) summary["last_decision"] = a["decisions"].back();
-          deployments[dname]["autoscaling"] = summary;
-        }
-      }
-      brief["applications"][name] = {{"status", app["status"]},
-                                     {"message", app["message"]},
-                                     {"last_deployed_time_s", app["last_deployed_time_s"]},
-                                     {"deployments", deployments}};
-    }
-    std::cout << JsonToYaml(brief);
+    std::cout << body.dump(2) << "\n";  // --json: the admin API's document, as it is
   } else if (command == "config") {
     std::cout << (body.is_null() ? "# nothing deployed\n" : JsonToYaml(body));
   } else {

@@ -181,4 +181,82 @@ std::string Registry::Render() const {
   return out;
 }
 
+std::vector<Sample> ParseText(std::string_view text) {
+  std::vector<Sample> out;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    if (line.empty() || line[0] == '#') continue;
+    Sample s;
+    size_t i = 0;
+    while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+    s.name = std::string(line.substr(0, i));
+    bool ok = !s.name.empty();
+    if (ok && i < line.size() && line[i] == '{') {
+      ++i;
+      while (ok && i < line.size() && line[i] != '}') {
+        size_t eq = line.find('=', i);
+        if (eq == std::string_view::npos || eq + 1 >= line.size() || line[eq + 1] != '"') {
+          ok = false;
+          break;
+        }
+        std::string key(line.substr(i, eq - i));
+        std::string value;
+        size_t j = eq + 2;
+        for (; j < line.size() && line[j] != '"'; ++j) {
+          if (line[j] == '\\' && j + 1 < line.size()) {
+            ++j;
+            value += line[j] == 'n' ? '\n' : line[j];
+          } else {
+            value += line[j];
+          }
+        }
+        if (j >= line.size()) {
+          ok = false;
+          break;
+        }
+        s.labels[key] = value;
+        i = j + 1;
+        if (i < line.size() && line[i] == ',') ++i;
+      }
+      ++i;  // the '}'
+    }
+    if (!ok || i >= line.size()) continue;
+    std::string_view value = line.substr(i);
+    while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    value = value.substr(0, value.find(' '));  // a timestamp may follow
+    if (value == "+Inf") {
+      s.value = INFINITY;
+    } else if (value == "-Inf") {
+      s.value = -INFINITY;
+    } else if (value == "NaN") {
+      s.value = NAN;
+    } else {
+      auto r = std::from_chars(value.data(), value.data() + value.size(), s.value);
+      if (r.ec != std::errc() || r.ptr != value.data() + value.size()) continue;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+double Quantile(double q, const std::map<double, double>& cumulative) {
+  if (cumulative.empty()) return NAN;
+  double total = cumulative.rbegin()->second;
+  if (!(total > 0)) return NAN;
+  double rank = q * total;
+  double lower_bound = 0, lower_count = 0;
+  for (const auto& [bound, count] : cumulative) {
+    if (count >= rank) {
+      if (std::isinf(bound)) return lower_bound;  // in the +Inf bucket: the highest finite bound
+      if (count == lower_count) return bound;
+      return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count);
+    }
+    lower_bound = bound;
+    lower_count = count;
+  }
+  return lower_bound;
+}
+
 }  // namespace ferry::metrics

@@ -136,6 +136,22 @@ class Registry {
   std::vector<std::unique_ptr<FamilyBase>> families_;
 };
 
+// One sample of a scrape, read back from the text format.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+  std::string label(const std::string& key) const {
+    auto it = labels.find(key);
+    return it == labels.end() ? std::string() : it->second;
+  }
+};
+// Reads the text format's samples (comments and malformed lines are skipped).
+std::vector<Sample> ParseText(std::string_view text);
+// The q-quantile (0..1) of a histogram from its cumulative buckets (upper bound -> count, +Inf included),
+// interpolating linearly inside the bucket as Prometheus' histogram_quantile does. NaN without samples.
+double Quantile(double q, const std::map<double, double>& cumulative);
+
 // Escapes a label value for the text format (backslash, quote, newline).
 std::string EscapeLabel(std::string_view value);
 // A number as the text format writes it (+Inf, -Inf, NaN; integers without a fraction).

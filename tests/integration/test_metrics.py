@@ -12,7 +12,7 @@ import unittest
 
 import requests
 
-from harness import SOURCE_DIR, Ferry
+from harness import FERRY_BIN, SOURCE_DIR, Ferry
 
 DASHBOARD = os.path.join(SOURCE_DIR, "deploy", "grafana", "ferry.json")
 
@@ -68,6 +68,40 @@ class MetricsTest(unittest.TestCase):
             self.assertTrue(all(1 << 20 < m < 1 << 32 for m in memory), memory)  # a replica's RSS: MiBs
             check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_status_shows_live_traffic_and_watch_redraws(self):
+        with Ferry(CONFIG) as ferry:
+            stop = threading.Event()
+
+            def load():  # bounded: at most 30 s or until the test is done
+                end = time.monotonic() + 30
+                while not stop.is_set() and time.monotonic() < end:
+                    requests.get(ferry.url("/echo"), timeout=10)
+                    requests.get(ferry.url("/echo?x"), timeout=10, headers={"x-request-id": "r"})
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            try:
+                time.sleep(0.3)
+                r = subprocess.run([FERRY_BIN, "status", "--address", ferry.admin, "--interval", "0.5"],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                rps = float(re.search(r"requests_per_s: (\S+)", r.stdout).group(1))
+                self.assertGreater(rps, 10)
+                self.assertEqual(re.search(r"error_rate: (\S+)", r.stdout).group(1), "0.0")
+                p99 = float(re.search(r"p99_ms: (\S+)", r.stdout).group(1))
+                p50 = float(re.search(r"p50_ms: (\S+)", r.stdout).group(1))
+                self.assertTrue(0 < p50 <= p99 < 1000, r.stdout)
+                self.assertRegex(r.stdout, r"ongoing_requests: \d+")
+                self.assertIn("queued_requests: 0", r.stdout)
+                r = subprocess.run([FERRY_BIN, "status", "--address", ferry.admin, "--watch", "--count", "2",
+                                    "--interval", "0.3"], capture_output=True, text=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout.count("\x1b[H\x1b[2J# ferry status at"), 2)
+                self.assertEqual(r.stdout.count("requests_per_s:"), 2)
+            finally:
+                stop.set()
+                loader.join()
 
     def test_a_real_prometheus_scrapes_and_queries_ferry(self):
         with Ferry(CONFIG) as ferry, tempfile.TemporaryDirectory(prefix="ferry-prom-") as work:

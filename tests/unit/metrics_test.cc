@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <cmath>
 #include <thread>
 #include <vector>
 
@@ -67,6 +68,29 @@ TEST(MetricsTest, SampleWriterAndValues) {
   EXPECT_EQ(FormatValue(0.25), "0.25");
   EXPECT_EQ(FormatValue(1e300), "1e+300");
   EXPECT_EQ(FormatValue(-1.0 / 0.0), "-Inf");
+}
+
+TEST(MetricsTest, TextReadsBackAndQuantilesInterpolate) {
+  Registry r;
+  r.AddCounter("x_total", "X.", {"route"}).With({"/a \"b\""}).Inc(7);
+  Histogram& h = r.AddHistogram("x_seconds", "X.", {}, {0.1, 0.2, 0.4}).With({});
+  for (int i = 0; i < 50; ++i) h.Observe(0.05);
+  for (int i = 0; i < 50; ++i) h.Observe(0.15);
+  std::vector<Sample> samples = ParseText(r.Render() + "garbage line\nx_other 5 1700000000000\n");
+  ASSERT_GE(samples.size(), 7u);
+  EXPECT_EQ(samples[0].name, "x_total");
+  EXPECT_EQ(samples[0].label("route"), "/a \"b\"");
+  EXPECT_EQ(samples[0].value, 7);
+  EXPECT_EQ(samples.back().name, "x_other");
+  EXPECT_EQ(samples.back().value, 5);  // the timestamp is not the value
+  std::map<double, double> buckets;
+  for (const Sample& s : samples)
+    if (s.name == "x_seconds_bucket") buckets[s.label("le") == "+Inf" ? INFINITY : std::stod(s.label("le"))] = s.value;
+  EXPECT_DOUBLE_EQ(Quantile(0.5, buckets), 0.1);    // the 50th of 100 is the top of the first bucket
+  EXPECT_DOUBLE_EQ(Quantile(0.75, buckets), 0.15);  // halfway through the second
+  EXPECT_DOUBLE_EQ(Quantile(0.99, buckets), 0.198);
+  EXPECT_TRUE(std::isnan(Quantile(0.5, {})));
+  EXPECT_EQ(Quantile(0.99, {{0.1, 1}, {INFINITY, 10}}), 0.1);  // in +Inf: the highest finite bound
 }
 
 }  // namespace
