@@ -3,6 +3,8 @@
 #include <condition_variable>
 #include <gtest/gtest.h>
 #include <mutex>
+#include <set>
+#include <thread>
 
 namespace ferry::replica {
 namespace {
@@ -69,6 +71,41 @@ TEST(BatcherTest, AdaptiveModeRunsALoneRequestAtOnce) {
     ASSERT_TRUE(r.WaitItems(static_cast<size_t>(i + 1)));
   }
   EXPECT_EQ(r.batches.size(), 3u);
+}
+
+TEST(BatcherTest, AdaptiveModeBatchesAFixedPoolOfClientsWithoutWaitingForMaxBatchSize) {
+  // Four clients, each sending its next request only after its answer (a closed loop), far fewer than
+  // max_batch_size: with a fixed wait every batch would wait out the hour; adaptive batches them anyway.
+  Recorder r;
+  BatcherOptions o;
+  o.max_batch_size = 64;
+  o.batch_wait_timeout = 1h;
+  o.adaptive = true;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<int> done;
+  Batcher<int> b(o, [&](std::vector<int>& batch) {
+    r.Run()(batch);
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i : batch) done.insert(i);
+    cv.notify_all();
+  });
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c)
+    clients.emplace_back([&, c] {
+      for (int round = 0; round < 20; ++round) {
+        int item = round * 4 + c;
+        b.Add(item);
+        std::unique_lock<std::mutex> lock(mu);
+        ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return done.count(item) > 0; })) << "item " << item << " waited";
+      }
+    });
+  for (auto& t : clients) t.join();
+  ASSERT_TRUE(r.WaitItems(80));
+  size_t largest = 0;
+  for (const auto& batch : r.batches) largest = std::max(largest, batch.size());
+  EXPECT_GE(largest, 2u);
+  EXPECT_LE(largest, 4u);
 }
 
 TEST(BatcherTest, NeverMoreThanMaxBatchSize) {

@@ -1,9 +1,10 @@
 // Dynamic batching in a replica, after Ray Serve's @serve.batch: requests wait in a queue; a batch closes
 // when it has max_batch_size requests or its oldest request has waited batch_wait_timeout_s, and up to
-// max_concurrent_batches run at once. In adaptive mode a batch waits only when requests kept arriving while
-// the previous batch ran (there is concurrent load to batch), and then no longer than the missing requests
-// are likely to take to arrive (from the recent gap between arrivals), capped by batch_wait_timeout_s. A
-// lone client, whose next request comes only after its answer, is never held waiting for company.
+// max_concurrent_batches run at once. In adaptive mode a batch waits only for as many requests as were about
+// recently (the previous batch plus what arrived while it ran, at most max_batch_size), and no longer than
+// the missing ones are likely to take to arrive (from the recent gap between arrivals), capped by
+// batch_wait_timeout_s. A lone client, whose next request comes only after its answer, is never held
+// waiting for company; a fixed pool of N clients gets batches of N.
 // Thread-safe: Add from any thread; batches run on the batcher's own threads.
 #pragma once
 
@@ -84,12 +85,16 @@ class Batcher {
   };
 
   // How long the oldest request may wait for the batch to fill. Caller holds mu_.
+  // Adaptive: the batch is expected to hold as many requests as were about recently (the last batch and
+  // what arrived while it ran), so a fixed pool of N clients gets batches of N without waiting for
+  // max_batch_size, and a lone client (a batch of 1, nothing arriving meanwhile) never waits.
   std::chrono::nanoseconds WaitLocked() const {
     if (!options_.adaptive) return options_.batch_wait_timeout;
-    if (arrivals_during_last_batch_ == 0 || gap_.count() == 0 || gap_ >= options_.batch_wait_timeout)
-      return std::chrono::nanoseconds(0);
-    auto missing = static_cast<int64_t>(options_.max_batch_size) - static_cast<int64_t>(queue_.size());
-    return std::min(options_.batch_wait_timeout, std::chrono::nanoseconds(gap_ * std::max<int64_t>(missing, 0)));
+    const int64_t expected = std::min<int64_t>(options_.max_batch_size,
+                                               static_cast<int64_t>(last_batch_size_ + arrivals_during_last_batch_));
+    const int64_t missing = expected - static_cast<int64_t>(queue_.size());
+    if (missing <= 0 || gap_.count() == 0 || gap_ >= options_.batch_wait_timeout) return std::chrono::nanoseconds(0);
+    return std::min(options_.batch_wait_timeout, std::chrono::nanoseconds(gap_ * missing));
   }
 
   void Loop() {
@@ -109,6 +114,7 @@ class Batcher {
         batch.push_back(std::move(queue_.front().item));
         queue_.pop_front();
       }
+      last_batch_size_ = batch.size();
       const uint64_t arrivals_before = arrivals_;
       lock.unlock();
       run_(batch);
@@ -126,6 +132,7 @@ class Batcher {
   std::chrono::steady_clock::duration gap_{0};  // guarded by mu_: moving average between arrivals
   uint64_t arrivals_ = 0;                       // guarded by mu_
   uint64_t arrivals_during_last_batch_ = 0;     // guarded by mu_
+  uint64_t last_batch_size_ = 0;                // guarded by mu_
   bool stopping_ = false;                       // guarded by mu_
   std::vector<std::thread> threads_;
 };
