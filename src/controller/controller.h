@@ -114,6 +114,7 @@ class Controller : public node::ReplicaListener {
   void StartReplica(Deployment& d);
   void BeginStop(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceHealth(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
+  void PollStats(Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceUpdate(Deployment& d, Replica& r);
   void OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status);
   void MarkRunning(Deployment& d, Replica& r);

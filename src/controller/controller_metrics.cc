@@ -66,6 +66,30 @@ std::string Controller::MetricsText() const {
       w.Sample("ferry_replica_ongoing_requests", l, d->router->InFlight(r.endpoint->key));
     }
   }
+  w.Header("ferry_replica_processing_seconds",
+           "Time a replica spent on each request: handle(), or the whole batch it ran in (polled every second).",
+           Type::kHistogram);
+  for (const auto& [key, d] : deployments_) {
+    for (const auto& [id, r] : d->replicas) {
+      if (!r.stats) continue;
+      Labels l = labels(*d);
+      l.emplace_back("replica", id);
+      w.HistogramSamples("ferry_replica_processing_seconds", l, metrics::LatencyBucketsSeconds(),
+                         r.stats->processing_seconds.counts, r.stats->processing_seconds.sum);
+    }
+  }
+  w.Header("ferry_replica_batch_size", "Requests per batch a replica ran (deployments with batching).",
+           Type::kHistogram);
+  for (const auto& [key, d] : deployments_) {
+    if (!d->target.batching) continue;
+    for (const auto& [id, r] : d->replicas) {
+      if (!r.stats) continue;
+      Labels l = labels(*d);
+      l.emplace_back("replica", id);
+      w.HistogramSamples("ferry_replica_batch_size", l, metrics::BatchSizeBuckets(), r.stats->batch_size.counts,
+                         r.stats->batch_size.sum);
+    }
+  }
   w.Header("ferry_replica_memory_bytes", "Resident memory of a replica process (from /proc).", Type::kGauge);
   static const long kPageSize = sysconf(_SC_PAGESIZE);
   for (const auto& [key, d] : deployments_) {

@@ -16,6 +16,8 @@ namespace {
 
 constexpr int kHealthFailuresToReplace = 3;  // Ray Serve's
 constexpr milliseconds kFirstHealthRetry{500};
+constexpr milliseconds kStatsPeriod{1000};  // how fresh a replica's histograms are in /metrics
+constexpr milliseconds kStatsGiveUp{5000};  // a stats request unanswered this long is asked again
 
 milliseconds Millis(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
 
@@ -103,6 +105,7 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
       continue;
     }
     AdvanceHealth(d, r, now);
+    PollStats(r, now);
     if (Serving(r.state)) AdvanceUpdate(d, r);
   }
   if (d.deleting || shutting_down_) {
@@ -221,6 +224,24 @@ void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
   r.health_deadline = now + Millis(d.target.health_check_timeout_s);
   launcher_->CheckHealth(
       r.id, [this, id = r.id, token = r.health_token](const absl::Status& s) { OnHealthResult(id, token, s); });
+}
+
+// Every kStatsPeriod, a running replica's stats: the processing-time and batch-size histograms /metrics shows.
+void Controller::PollStats(Replica& r, SteadyTime now) {
+  if (r.state != ReplicaState::kRunning) return;
+  if (r.stats_outstanding && now - r.stats_sent < kStatsGiveUp) return;
+  if (!r.stats_outstanding && now < r.next_stats) return;
+  r.stats_outstanding = true;
+  r.stats_sent = now;
+  r.next_stats = now + kStatsPeriod;
+  launcher_->GetStats(r.id, [this, id = r.id](absl::StatusOr<transport::StatsReply> stats) {
+    Deployment* d = FindByReplica(id);
+    if (!d) return;
+    auto it = d->replicas.find(id);
+    if (it == d->replicas.end()) return;
+    it->second.stats_outstanding = false;
+    if (stats.ok()) it->second.stats = std::move(*stats);
+  });
 }
 
 void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status) {

@@ -148,6 +148,23 @@ void SampleWriter::Sample(std::string_view name, const std::vector<std::pair<std
   *out_ += "} " + FormatValue(value) + "\n";
 }
 
+void SampleWriter::HistogramSamples(std::string_view name,
+                                    const std::vector<std::pair<std::string, std::string>>& labels,
+                                    const std::vector<double>& bounds, const std::vector<uint64_t>& counts,
+                                    double sum) {
+  if (counts.size() != bounds.size() + 1) return;
+  std::string bucket = std::string(name) + "_bucket";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i <= bounds.size(); ++i) {
+    cumulative += counts[i];
+    auto l = labels;
+    l.emplace_back("le", i < bounds.size() ? FormatValue(bounds[i]) : "+Inf");
+    Sample(bucket, l, static_cast<double>(cumulative));
+  }
+  Sample(std::string(name) + "_sum", labels, sum);
+  Sample(std::string(name) + "_count", labels, static_cast<double>(cumulative));
+}
+
 Family<Counter>& Registry::AddCounter(std::string name, std::string help, std::vector<std::string> labels) {
   auto f = std::make_unique<Family<Counter>>(std::move(name), std::move(help), Type::kCounter, std::move(labels));
   Family<Counter>& ref = *f;

@@ -117,6 +117,10 @@ class SampleWriter {
   // `# HELP` and `# TYPE` once per metric, before its samples.
   void Header(std::string_view name, std::string_view help, Type type);
   void Sample(std::string_view name, const std::vector<std::pair<std::string, std::string>>& labels, double value);
+  // A histogram's samples (_bucket per bound and +Inf, _sum, _count) from non-cumulative `counts`, one per
+  // bound and a last one for +Inf; counts of another length are skipped.
+  void HistogramSamples(std::string_view name, const std::vector<std::pair<std::string, std::string>>& labels,
+                        const std::vector<double>& bounds, const std::vector<uint64_t>& counts, double sum);
 
  private:
   std::string* out_;

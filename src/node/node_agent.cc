@@ -35,9 +35,22 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
     connection_->Detach();
     FailAll(absl::UnavailableError("control connection closed"));
   }
+  // The reply's payload reaches `reply` (status and stats replies); errors reach it with an empty payload.
+  using Reply = std::function<void(const absl::Status&, std::string_view payload)>;
+
   void Call(transport::FrameKind kind, std::string_view json, ReplicaLauncher::Done done) {
+    CallForReply(kind, json, [done = std::move(done)](const absl::Status& s, std::string_view payload) {
+      if (!s.ok()) return done(s);
+      transport::StatusReply reply;
+      absl::Status decoded = transport::DecodeStatusReply(payload, &reply);
+      if (decoded.ok() && !reply.ok) decoded = absl::UnavailableError(std::string(reply.message));
+      done(decoded);
+    });
+  }
+
+  void CallForReply(transport::FrameKind kind, std::string_view json, Reply done) {
     if (connection_->closed()) {
-      done(absl::UnavailableError("control connection to the replica is closed"));
+      done(absl::UnavailableError("control connection to the replica is closed"), {});
       return;
     }
     uint64_t id = next_id_++;
@@ -51,16 +64,14 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   }
 
   void OnFrame(const transport::FrameHeader& header, std::string_view payload) override {
-    if (header.kind != transport::FrameKind::kHealthReply && header.kind != transport::FrameKind::kReconfigureReply)
+    if (header.kind != transport::FrameKind::kHealthReply && header.kind != transport::FrameKind::kReconfigureReply &&
+        header.kind != transport::FrameKind::kStatsReply)
       return;
     auto it = pending_.find(header.stream_id);
     if (it == pending_.end()) return;
-    ReplicaLauncher::Done done = std::move(it->second);
+    Reply done = std::move(it->second);
     pending_.erase(it);
-    transport::StatusReply reply;
-    absl::Status s = transport::DecodeStatusReply(payload, &reply);
-    if (s.ok() && !reply.ok) s = absl::UnavailableError(std::string(reply.message));
-    done(s);
+    done(absl::OkStatus(), payload);
   }
   void OnClosed(const absl::Status& why) override {
     FailAll(absl::UnavailableError(StrCat("control connection lost: ", Message(why))));
@@ -70,10 +81,10 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   void FailAll(const absl::Status& why) {
     auto pending = std::move(pending_);
     pending_.clear();
-    for (auto& [id, done] : pending) done(why);
+    for (auto& [id, done] : pending) done(why, {});
   }
   std::shared_ptr<transport::FrameConnection> connection_;
-  std::map<uint64_t, ReplicaLauncher::Done> pending_;
+  std::map<uint64_t, Reply> pending_;
   uint64_t next_id_ = 1;
 };
 
@@ -274,6 +285,19 @@ void NodeAgent::Reconfigure(const std::string& replica_id, const nlohmann::json&
   ControlChannel* control = ControlOf(replica_id);
   if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
   control->Call(transport::FrameKind::kReconfigure, update.dump(), std::move(done));
+}
+
+void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
+  ControlChannel* control = ControlOf(replica_id);
+  if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  control->CallForReply(transport::FrameKind::kStats, {},
+                        [done = std::move(done)](const absl::Status& s, std::string_view payload) {
+                          if (!s.ok()) return done(s);
+                          transport::StatsReply reply;
+                          absl::Status decoded = transport::DecodeStatsReply(payload, &reply);
+                          if (!decoded.ok()) return done(decoded);
+                          done(std::move(reply));
+                        });
 }
 
 void NodeAgent::KillAll() {

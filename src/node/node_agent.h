@@ -21,6 +21,7 @@
 #include <string>
 
 #include "replica/replica.h"
+#include "transport/frame.h"
 
 namespace ferry::node {
 
@@ -49,6 +50,9 @@ class ReplicaLauncher {
   virtual void CheckHealth(const std::string& replica_id, Done done) = 0;
   // Applies {"user_config": ..., "max_ongoing_requests": N} (either key optional) in place.
   virtual void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) = 0;
+  // The replica's load and histograms (processing time, batch sizes) since it started.
+  using StatsDone = std::function<void(absl::StatusOr<transport::StatsReply>)>;
+  virtual void GetStats(const std::string& replica_id, StatsDone done) = 0;
   virtual size_t live_replicas() const = 0;
   // SIGKILL every replica; for a node that is going away.
   virtual void KillAll() = 0;
@@ -67,6 +71,7 @@ class NodeAgent : public ReplicaLauncher {
   void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) override;
   void CheckHealth(const std::string& replica_id, Done done) override;
   void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) override;
+  void GetStats(const std::string& replica_id, StatsDone done) override;
   void KillAll() override;
   size_t live_replicas() const override { return processes_.size(); }
   const std::string& run_dir() const { return run_dir_; }

@@ -1,5 +1,6 @@
 #include "transport/frame.h"
 
+#include <bit>
 #include <cstring>
 
 #include "common/common.h"
@@ -87,6 +88,7 @@ class Cursor {
     }
     return true;
   }
+  bool done() const { return data_.empty(); }
   absl::Status Finish(std::string_view what) const {
     if (failed_) return absl::InvalidArgumentError(ferry::StrCat("malformed ", what, " frame: truncated"));
     if (!data_.empty())
@@ -236,6 +238,11 @@ void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m)
   PutU32(out, m.ongoing);
   PutU32(out, m.queued);
   PutU64(out, m.total);
+  for (const HistogramCounts* h : {&m.processing_seconds, &m.batch_size}) {
+    PutU32(out, static_cast<uint32_t>(h->counts.size()));
+    for (uint64_t c : h->counts) PutU64(out, c);
+    PutU64(out, std::bit_cast<uint64_t>(h->sum));
+  }
   EndFrame(out, at);
 }
 
@@ -285,7 +292,21 @@ absl::Status DecodeReconfigure(std::string_view payload, std::string_view* user_
 
 absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
   Cursor c(payload);
-  c.U32(&out->ongoing) && c.U32(&out->queued) && c.U64(&out->total);
+  bool ok = c.U32(&out->ongoing) && c.U32(&out->queued) && c.U64(&out->total);
+  if (ok && !c.done()) {
+    for (HistogramCounts* h : {&out->processing_seconds, &out->batch_size}) {
+      uint32_t n = 0;
+      uint64_t sum = 0;
+      if (!c.U32(&n)) break;
+      if (n > 256)
+        return absl::InvalidArgumentError(ferry::StrCat("stats reply: ", n, " histogram buckets (at most 256)"));
+      h->counts.assign(n, 0);
+      bool read = true;
+      for (uint32_t i = 0; read && i < n; ++i) read = c.U64(&h->counts[i]);
+      if (!read || !c.U64(&sum)) break;
+      h->sum = std::bit_cast<double>(sum);
+    }
+  }
   return c.Finish("stats reply");
 }
 

@@ -79,10 +79,18 @@ struct StatusReply {  // kHealthReply, kReconfigureReply
   bool ok = true;
   std::string_view message;
 };
+// A histogram as a replica keeps it: non-cumulative counts per bucket (the last is +Inf) and the sum.
+struct HistogramCounts {
+  std::vector<uint64_t> counts;
+  double sum = 0;
+};
 struct StatsReply {
   uint32_t ongoing = 0;
   uint32_t queued = 0;
   uint64_t total = 0;
+  // Since the replica started (both optional on the wire: an older replica sends neither).
+  HistogramCounts processing_seconds;  // per request, handle() or its share of a batch
+  HistogramCounts batch_size;          // per batch run
 };
 
 // Each Append* writes a whole frame (header and payload) at the end of `out`.

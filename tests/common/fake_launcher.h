@@ -34,6 +34,14 @@ class FakeLauncher : public node::ReplicaLauncher {
     reconfigures.emplace_back(replica_id, update);
     done(fail_reconfigure ? absl::InvalidArgumentError("bad user_config") : absl::OkStatus());
   }
+  void GetStats(const std::string& replica_id, StatsDone done) override {
+    if (!live_.count(replica_id)) return done(absl::NotFoundError("not running"));
+    transport::StatsReply stats;
+    stats.total = 7;
+    stats.processing_seconds = {{1, 2}, 0.5};
+    stats.batch_size = {{3}, 3};
+    done(stats);
+  }
   size_t live_replicas() const override { return live_.size(); }
   void KillAll() override { live_.clear(); }
 

@@ -66,6 +66,15 @@ class MetricsTest(unittest.TestCase):
             memory = [float(v) for v in re.findall(r"^ferry_replica_memory_bytes\{.*\} (\S+)$", text, re.M)]
             self.assertEqual(len(memory), 2)
             self.assertTrue(all(1 << 20 < m < 1 << 32 for m in memory), memory)  # a replica's RSS: MiBs
+            # The replicas' own histograms reach the node's endpoint (polled every second).
+            def processed():
+                t = requests.get(ferry.admin + "/metrics", timeout=10).text
+                counts = re.findall(r'^ferry_replica_processing_seconds_count\{application="echo".*\} (\S+)$', t, re.M)
+                return t if sum(float(c) for c in counts) == 20 else None
+
+            text = wait_until(processed, 15, "the replicas' processing histograms")
+            self.assertEqual(text.count('ferry_replica_processing_seconds_bucket{application="echo",deployment="Echo"'),
+                             2 * 22)  # two replicas, 21 bounds + Inf
             check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
@@ -159,7 +168,7 @@ class MetricsTest(unittest.TestCase):
                     q = expr.replace("$__rate_interval", "5s")
                     r = requests.get(api, params={"query": q}, timeout=5).json()
                     self.assertEqual(r["status"], "success", f"{q}: {r}")
-                    for name in re.findall(r"\b(ferry_[a-z_]+?)(?:_bucket)?\b", q):
+                    for name in re.findall(r"\b(ferry_[a-z_]+?)(?:_bucket|_sum|_count)?\b", q):
                         self.assertIn(name, exported, f"dashboard query {q} names {name}")
             finally:
                 stop.set()

@@ -8,7 +8,9 @@ xgboost's; batched and unbatched answers from ferry are compared exactly (bit fo
 import concurrent.futures as cf
 import json
 import os
+import re
 import struct
+import time
 import subprocess
 import sys
 import tempfile
@@ -144,6 +146,18 @@ class ModelsTest(unittest.TestCase):
 
         plain, batched = run("mlp"), run("mlp_batched")
         self.assertGreater(max(self.batch_sizes), 1)  # the batched deployment really ran batches
+        # ... and its replica's batch-size histogram reaches /metrics (polled every second).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
+            count = re.search(r'^ferry_replica_batch_size_count\{application="mlp-batched".*\} (\S+)$', text, re.M)
+            total = re.search(r'^ferry_replica_batch_size_sum\{application="mlp-batched".*\} (\S+)$', text, re.M)
+            if count and total and float(total.group(1)) >= len(xs):
+                break
+            time.sleep(0.2)
+        batches = float(count.group(1))
+        self.assertGreaterEqual(float(total.group(1)), len(xs))  # every request counted in some batch
+        self.assertLess(batches, float(total.group(1)))  # fewer batches than requests: batched
         for x, a, b in zip(xs, plain, batched):
             self.assertEqual(output(a, "output__0").shape, (x.shape[0], 4))
             np.testing.assert_array_equal(output(a, "output__0"), output(b, "output__0"))

@@ -70,6 +70,22 @@ TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
   EXPECT_EQ(stats.ongoing, 3u);
   EXPECT_EQ(stats.queued, 4u);
   EXPECT_EQ(stats.total, 5u);
+  EXPECT_TRUE(stats.processing_seconds.counts.empty());
+
+  // With histograms; and a reply without them (an older replica's) still decodes.
+  StatsReply full{1, 0, 9, {{2, 7, 0}, 0.125}, {{0, 3}, 12}};
+  std::string sh;
+  AppendStatsReply(sh, 2, full);
+  StatsReply back;
+  ASSERT_TRUE(DecodeStatsReply(PayloadOf(sh), &back).ok());
+  EXPECT_EQ(back.processing_seconds.counts, (std::vector<uint64_t>{2, 7, 0}));
+  EXPECT_EQ(back.processing_seconds.sum, 0.125);
+  EXPECT_EQ(back.batch_size.counts, (std::vector<uint64_t>{0, 3}));
+  EXPECT_EQ(back.batch_size.sum, 12);
+  std::string_view old_reply = PayloadOf(st);
+  EXPECT_TRUE(DecodeStatsReply(old_reply, &back).ok());
+  std::string_view cut = PayloadOf(sh);
+  EXPECT_FALSE(DecodeStatsReply(cut.substr(0, cut.size() - 3), &back).ok());
 
   std::string hello;
   AppendHello(hello, 0, {kProtocolVersion, "proxy"});

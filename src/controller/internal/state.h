@@ -14,6 +14,7 @@
 #include "controller/autoscaling_policy.h"
 #include "controller/controller.h"
 #include "router/router.h"
+#include "transport/frame.h"
 
 namespace ferry::controller {
 
@@ -43,6 +44,12 @@ struct Controller::Replica {
   int applied_max_ongoing = 0;
   bool update_outstanding = false;
   uint64_t update_token = 0;
+
+  // Stats (for /metrics): polled every second while it runs.
+  bool stats_outstanding = false;
+  SteadyTime stats_sent;
+  SteadyTime next_stats;
+  std::optional<transport::StatsReply> stats;
 
   // Stopping: out of routing first, SIGTERM once its last request is done (or the drain time is up).
   bool stop_sent = false;

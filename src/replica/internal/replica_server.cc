@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "metrics/metrics.h"
 #include "replica/internal/batcher.h"
 #include "transport/frame.h"
 
@@ -443,7 +444,8 @@ class ReplicaServer::Impl {
       }
       case FrameKind::kStats: {
         std::string frame;
-        transport::AppendStatsReply(frame, header.stream_id, {ongoing_.load(), 0, total_.load()});
+        transport::StatsReply stats{ongoing_.load(), 0, total_.load(), Counts(processing_), Counts(batch_size_)};
+        transport::AppendStatsReply(frame, header.stream_id, stats);
         c->Send(frame);
         return absl::OkStatus();
       }
@@ -512,7 +514,12 @@ class ReplicaServer::Impl {
     }
     if (live.empty()) return;
     std::vector<FerryResponseSink> responses;
+    auto start = Clock::now();
     host_.HandleBatch(requests, cancelled, &responses);
+    // Every request of a batch took the batch's time.
+    double took = std::chrono::duration<double>(Clock::now() - start).count();
+    for (size_t i = 0; i < live.size(); ++i) processing_.Observe(took);
+    batch_size_.Observe(static_cast<double>(live.size()));
     // A batch's answers leave together: one write per connection, not one per request.
     std::map<Connection*, std::string> frames;
     transport::HeaderList headers;
@@ -554,6 +561,7 @@ class ReplicaServer::Impl {
       host_.Handle(task.request, task.cancelled, &response);
       // Moving average of handle() time, 1/8 weight to the newest.
       int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      processing_.Observe(static_cast<double>(took) / 1e9);
       int64_t avg = handle_ns_.load(std::memory_order_relaxed);
       handle_ns_.store(avg + (took - avg) / 8, std::memory_order_relaxed);
     }
@@ -562,8 +570,18 @@ class ReplicaServer::Impl {
     --running_;
   }
 
+  static transport::HistogramCounts Counts(const metrics::Histogram& h) {
+    transport::HistogramCounts out;
+    for (size_t i = 0; i <= h.bounds().size(); ++i) out.counts.push_back(h.bucket(i));
+    out.sum = h.sum();
+    return out;
+  }
+
   const ReplicaSpec& spec_;
   DeploymentHost& host_;
+  // Reported in stats replies; the node renders them as this replica's histograms.
+  metrics::Histogram processing_{metrics::LatencyBucketsSeconds()};
+  metrics::Histogram batch_size_{metrics::BatchSizeBuckets()};
 
   int epoll_fd_ = -1;
   int listen_fd_ = -1;
