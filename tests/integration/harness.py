@@ -124,6 +124,26 @@ class Ferry:
         self.dir.cleanup()
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for peers that need a port number up front)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(predicate, timeout=60, what="condition"):
+    """Polls `predicate` until it returns something true (returned) or `timeout` seconds pass (fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def run_ferry(args, timeout=60):
     """Runs ferry to completion (for commands that should fail fast)."""
     return subprocess.run([FERRY_BIN, *args], capture_output=True, text=True, timeout=timeout)

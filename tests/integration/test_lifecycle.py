@@ -4,7 +4,6 @@ daemon that survives kill -9 of itself, invalid configs that change nothing, and
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -13,7 +12,7 @@ import unittest
 
 import requests
 
-from harness import FERRY_BIN, Ferry, run_ferry
+from harness import FERRY_BIN, Ferry, free_port, wait_until
 
 
 def ferry_cli(address, *args, token=None, timeout=60):
@@ -57,15 +56,6 @@ def app_status(address, app):
 def replica_ids(address, app, deployment):
     d = status(address)["applications"][app]["deployments"][deployment]
     return sorted(r["replica_id"] for r in d["replicas"] if r["state"] != "STOPPING")
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Load:
@@ -275,14 +265,6 @@ class LifecycleTest(unittest.TestCase):
         self.assertEqual(r.status_code, 200)
         wait_until(lambda: not status(self.address)["applications"], what="everything deleted")
         self.assertEqual(requests.get(self.url, timeout=10).status_code, 404)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class DaemonTest(unittest.TestCase):

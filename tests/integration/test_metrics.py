@@ -3,7 +3,6 @@ Prometheus server (Debian's prometheus package) on loopback and queried through 
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import threading
@@ -12,7 +11,7 @@ import unittest
 
 import requests
 
-from harness import FERRY_BIN, SOURCE_DIR, Ferry
+from harness import FERRY_BIN, SOURCE_DIR, Ferry, free_port, wait_until
 
 DASHBOARD = os.path.join(SOURCE_DIR, "deploy", "grafana", "ferry.json")
 
@@ -25,24 +24,6 @@ applications:
         import_path: builtin:echo
         num_replicas: 2
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class MetricsTest(unittest.TestCase):

@@ -9,7 +9,6 @@ import concurrent.futures as cf
 import json
 import os
 import re
-import struct
 import time
 import subprocess
 import sys
@@ -280,7 +279,7 @@ class ModelFilesTest(unittest.TestCase):
             finally:
                 os.unlink(f.name)
             self.assertNotEqual(r.returncode, 0, runtime)
-            self.assertIn(f"deployment a/m failed to start", r.stderr)
+            self.assertIn("deployment a/m failed to start", r.stderr)
             self.assertIn(f"cannot load {'TorchScript' if runtime == 'torchscript' else 'XGBoost'} model {f.name}",
                           r.stderr)
 
