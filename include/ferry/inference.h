@@ -759,7 +759,8 @@ inline InferRequest ParseInferRequest(std::string_view body,
   }
   struct RawInput {
     std::optional<std::string> name, datatype;
-    std::string_view shape, parameters, data;
+    std::string_view shape, parameters, data;  // data: its text, when read after the rest
+    bool has_data = false;
     std::optional<Tensor> tensor;  // read in place when "data" came after "datatype" and "shape"
   };
   // A zero-filled tensor for an input whose datatype and shape have been read.
@@ -806,9 +807,9 @@ inline InferRequest ParseInferRequest(std::string_view body,
           } else if (field == "parameters") {
             in.parameters = r.Value();
           } else if (field == "data") {
+            in.has_data = true;
             if (in.name && !in.name->empty() && in.datatype && !in.shape.empty()) {
               in.tensor = make_tensor(*in.name, in.datatype, in.shape);
-              in.data = r.Rest().substr(0, 1);  // marks "data" as present
               internal::FillFromJsonText(r, *in.tensor);
             } else {
               in.data = r.Value();
@@ -848,13 +849,13 @@ inline InferRequest ParseInferRequest(std::string_view body,
     if (binary_size) {
       if (!binary_header_length)
         Fail(Where(n) + ": binary_data_size is set but the request has no Inference-Header-Content-Length header");
-      if (!in.data.empty()) Fail(Where(n) + ": has both \"data\" and binary_data_size");
+      if (in.has_data) Fail(Where(n) + ": has both \"data\" and binary_data_size");
       if (*binary_size > binary.size() - binary_at)
         Fail(Where(n) + ": binary_data_size " + std::to_string(*binary_size) + " runs past the end of the body");
       internal::FillFromBinary(binary.substr(binary_at, *binary_size), t);
       binary_at += *binary_size;
     } else {
-      if (in.data.empty()) Fail(Where(n) + ": \"data\" is required");
+      if (!in.has_data) Fail(Where(n) + ": \"data\" is required");
       if (!in.tensor) {
         internal::JsonText data(in.data);
         internal::FillFromJsonText(data, t);

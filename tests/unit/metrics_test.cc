@@ -1,9 +1,9 @@
 // The metrics registry and its Prometheus text rendering.
 #include "metrics/metrics.h"
 
+#include <cmath>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <cmath>
 #include <thread>
 #include <vector>
 
