@@ -16,6 +16,7 @@
 #include "controller/controller.h"
 #include "controller/state_store.h"
 #include "metrics/metrics.h"
+#include "tracing/tracing.h"
 #include "proxy/proxy.h"
 #include "router/routing_table.h"
 
@@ -50,8 +51,13 @@ double DrainSeconds(const std::optional<config::Config>& config) {
 
 class Node {
  public:
-  Node(const NodeOptions& options, std::unique_ptr<proxy::Proxy> proxy, metrics::Registry* metrics)
-      : options_(options), proxy_(std::move(proxy)), metrics_(metrics), signals_(io_, SIGINT, SIGTERM) {}
+  Node(const NodeOptions& options, std::unique_ptr<proxy::Proxy> proxy, metrics::Registry* metrics,
+       tracing::Tracer* tracer)
+      : options_(options),
+        proxy_(std::move(proxy)),
+        metrics_(metrics),
+        tracer_(tracer),
+        signals_(io_, SIGINT, SIGTERM) {}
 
   ~Node() {
     if (admin_) admin_->Stop();
@@ -80,8 +86,10 @@ class Node {
       exit_code_ = 1;
       control_->Shutdown([this] { io_.stop(); });
     };
-    absl::StatusOr<std::unique_ptr<controller::Controller>> created =
-        controller::Controller::Create(io_, options_.ferry_binary, run_dir, routing, store_.get(), callbacks);
+    controller::ControllerOptions controller_options;
+    controller_options.tracer = tracer_;
+    absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
+        io_, options_.ferry_binary, run_dir, routing, store_.get(), callbacks, controller_options);
     if (!created.ok()) return created.status();
     control_ = std::move(*created);
 
@@ -179,6 +187,7 @@ class Node {
   boost::asio::io_context io_{1};
   std::unique_ptr<proxy::Proxy> proxy_;
   metrics::Registry* metrics_;
+  tracing::Tracer* tracer_;
   std::unique_ptr<controller::StateStore> store_;
   std::unique_ptr<controller::Controller> control_;
   std::unique_ptr<admin::AdminServer> admin_;
@@ -194,9 +203,17 @@ class Node {
 
 int RunNode(const NodeOptions& options) {
   router::RoutingTableCell routing;
+  // The config's log encoding from the first line on (its level applies with the config).
+  if (options.initial_config && options.initial_config->logging_config)
+    Log::SetEncoding(options.initial_config->logging_config->encoding);
   metrics::Registry registry;  // the node's metrics: GET /metrics on the admin port
+  // The node's spans (proxy and queue); the config's `tracing` turns it on. Outlives the proxy.
+  tracing::Tracer tracer({{"service.name", std::string("ferry")},
+                          {"service.instance.id", StrCat("node-", getpid())},
+                          {"process.pid", static_cast<int64_t>(getpid())}});
   proxy::ProxyOptions proxy_options = ProxyOptionsFrom(options.http);
   proxy_options.metrics = &registry;
+  proxy_options.tracer = &tracer;
   absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(proxy_options, &routing);
   if (!proxy.ok()) {
     std::cerr << "ferry: " << Message(proxy.status()) << std::endl;
@@ -215,7 +232,7 @@ int RunNode(const NodeOptions& options) {
   }
   int code;
   {
-    Node node(options, std::move(*proxy), &registry);
+    Node node(options, std::move(*proxy), &registry, &tracer);
     absl::Status created = node.Create(&routing, run_dir);
     if (!created.ok()) {
       std::cerr << "ferry: " << Message(created) << std::endl;

@@ -14,12 +14,85 @@ std::atomic<int> Log::level_{static_cast<int>(LogLevel::kInfo)};
 
 namespace {
 
+std::atomic<int> g_encoding{static_cast<int>(LogEncoding::kText)};
+
 std::string& ProcessTag() {
   static std::string tag;
   return tag;
 }
 
-const char* LevelName(LogLevel level) {
+std::vector<std::pair<std::string, std::string>>& ProcessFields() {
+  static std::vector<std::pair<std::string, std::string>> fields;
+  return fields;
+}
+
+void AppendHex(std::string& out, uint64_t value, int chars) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (int i = chars - 1; i >= 0; --i) out.push_back(kDigits[(value >> (i * 4)) & 0xf]);
+}
+
+// The length of the valid UTF-8 sequence at the start of `s`, or 0 when it is not one.
+size_t Utf8SequenceLength(std::string_view s) {
+  auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  auto continuation = [&](size_t i) { return i < s.size() && (byte(i) & 0xc0) == 0x80; };
+  unsigned char c = byte(0);
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) return continuation(1) ? 2 : 0;
+  if (c >= 0xe0 && c <= 0xef) {
+    if (!continuation(1) || !continuation(2)) return 0;
+    if (c == 0xe0 && byte(1) < 0xa0) return 0;  // overlong
+    if (c == 0xed && byte(1) > 0x9f) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xf0 && c <= 0xf4) {
+    if (!continuation(1) || !continuation(2) || !continuation(3)) return 0;
+    if (c == 0xf0 && byte(1) < 0x90) return 0;
+    if (c == 0xf4 && byte(1) > 0x8f) return 0;
+    return 4;
+  }
+  return 0;
+}
+
+void AppendStamp(std::string& out) {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm parts;
+  gmtime_r(&ts.tv_sec, &parts);
+  char stamp[40];
+  int n = snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", parts.tm_year + 1900,
+                   parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, ts.tv_nsec / 1000000);
+  out.append(stamp, n > 0 ? static_cast<size_t>(n) : 0);
+}
+
+void AppendNumber(std::string& out, double v) {
+  if (v == static_cast<double>(static_cast<long long>(v)) && v > -1e15 && v < 1e15) {
+    out.append(std::to_string(static_cast<long long>(v)));
+    return;
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof(buf), "%.6g", v);
+  out.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
+}
+
+}  // namespace
+
+uint64_t RandomWord() {
+  thread_local std::mt19937_64 engine([] {
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(getpid());
+  }());
+  return engine();
+}
+
+namespace internal {
+void AppendDouble(std::string& out, double v) {
+  char buf[32];
+  int n = snprintf(buf, sizeof(buf), "%g", v);
+  out.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
+}
+}  // namespace internal
+
+const char* LogLevelName(LogLevel level) {
   switch (level) {
     case LogLevel::kDebug:
       return "DEBUG";
@@ -33,46 +106,121 @@ const char* LevelName(LogLevel level) {
   return "?";
 }
 
-uint64_t RandomWord() {
-  thread_local std::mt19937_64 engine([] {
-    std::random_device rd;
-    return (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(getpid());
-  }());
-  return engine();
+const char* LogEncodingName(LogEncoding encoding) { return encoding == LogEncoding::kJson ? "JSON" : "TEXT"; }
+
+bool ParseLogEncoding(std::string_view text, LogEncoding* out) {
+  std::string upper(text);
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (upper == "TEXT")
+    *out = LogEncoding::kText;
+  else if (upper == "JSON")
+    *out = LogEncoding::kJson;
+  else
+    return false;
+  return true;
 }
 
-void AppendHex(std::string& out, uint64_t value, int chars) {
+void AppendJsonString(std::string& out, std::string_view text) {
   static constexpr char kDigits[] = "0123456789abcdef";
-  for (int i = chars - 1; i >= 0; --i) out.push_back(kDigits[(value >> (i * 4)) & 0xf]);
+  out.push_back('"');
+  while (!text.empty()) {
+    unsigned char c = static_cast<unsigned char>(text[0]);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+    } else if (c == '\n') {
+      out.append("\\n");
+    } else if (c == '\t') {
+      out.append("\\t");
+    } else if (c == '\r') {
+      out.append("\\r");
+    } else if (c < 0x20 || c == 0x7f) {
+      out.append("\\u00");
+      out.push_back(kDigits[c >> 4]);
+      out.push_back(kDigits[c & 0xf]);
+    } else if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      size_t n = Utf8SequenceLength(text);
+      if (n == 0) {
+        out.append("\\ufffd");
+        n = 1;
+      } else {
+        out.append(text.substr(0, n));
+      }
+      text.remove_prefix(n);
+      continue;
+    }
+    text.remove_prefix(1);
+  }
+  out.push_back('"');
 }
-
-}  // namespace
-
-namespace internal {
-void AppendDouble(std::string& out, double v) {
-  char buf[32];
-  int n = snprintf(buf, sizeof(buf), "%g", v);
-  out.append(buf, n > 0 ? static_cast<size_t>(n) : 0);
-}
-}  // namespace internal
 
 void Log::SetLevel(LogLevel level) { level_.store(static_cast<int>(level)); }
 LogLevel Log::level() { return static_cast<LogLevel>(level_.load()); }
+void Log::SetEncoding(LogEncoding encoding) { g_encoding.store(static_cast<int>(encoding)); }
+LogEncoding Log::encoding() { return static_cast<LogEncoding>(g_encoding.load(std::memory_order_relaxed)); }
 void Log::SetProcessTag(std::string tag) { ProcessTag() = std::move(tag); }
+void Log::SetProcessFields(std::vector<std::pair<std::string, std::string>> fields) {
+  ProcessFields() = std::move(fields);
+}
 
-void Log::Write(LogLevel level, std::string_view component, std::string_view message) {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  tm parts;
-  gmtime_r(&ts.tv_sec, &parts);
-  char stamp[40];
-  snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", parts.tm_year + 1900, parts.tm_mon + 1,
-           parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, ts.tv_nsec / 1000000);
-  std::string line = ferry::StrCat(stamp, " ", LevelName(level), " ", component);
-  if (!ProcessTag().empty()) ferry::StrAppend(&line, " [", ProcessTag(), "]");
-  ferry::StrAppend(&line, " ", message, "\n");
-  ssize_t unused = ::write(STDERR_FILENO, line.data(), line.size());
-  (void)unused;
+void Log::Format(LogLevel level, std::string_view component, std::string_view message,
+                 std::initializer_list<LogField> fields, std::string* out) {
+  std::string& line = *out;
+  if (encoding() == LogEncoding::kJson) {
+    line.append("{\"asctime\": \"");
+    AppendStamp(line);
+    StrAppend(&line, "\", \"levelname\": \"", LogLevelName(level), "\", \"component_name\": ");
+    AppendJsonString(line, component);
+    line.append(", \"message\": ");
+    AppendJsonString(line, message);
+    for (const auto& [key, value] : ProcessFields()) {
+      line.append(", ");
+      AppendJsonString(line, key);
+      line.append(": ");
+      AppendJsonString(line, value);
+    }
+    for (const LogField& f : fields) {
+      line.append(", ");
+      AppendJsonString(line, f.key);
+      line.append(": ");
+      if (f.is_number)
+        AppendNumber(line, f.number);
+      else
+        AppendJsonString(line, f.text);
+    }
+    line.append("}\n");
+    return;
+  }
+  AppendStamp(line);
+  StrAppend(&line, " ", LogLevelName(level), " ", component);
+  if (!ProcessTag().empty()) StrAppend(&line, " [", ProcessTag(), "]");
+  StrAppend(&line, " ", message);
+  for (const LogField& f : fields) {
+    if (f.json_only) continue;
+    StrAppend(&line, " ", f.key, "=");
+    if (f.is_number)
+      AppendNumber(line, f.number);
+    else
+      line.append(f.text.empty() ? std::string_view("-") : f.text);
+  }
+  line.push_back('\n');
+}
+
+void Log::WriteLines(std::string_view lines) {
+  while (!lines.empty()) {
+    ssize_t n = ::write(STDERR_FILENO, lines.data(), lines.size());
+    if (n <= 0) return;
+    lines.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+void Log::Write(LogLevel level, std::string_view component, std::string_view message,
+                std::initializer_list<LogField> fields) {
+  std::string line;
+  Format(level, component, message, fields, &line);
+  WriteLines(line);
 }
 
 bool ParseLogLevel(std::string_view text, LogLevel* out) {
@@ -84,7 +232,7 @@ bool ParseLogLevel(std::string_view text, LogLevel* out) {
     *out = LogLevel::kInfo;
   else if (lower == "warning" || lower == "warn")
     *out = LogLevel::kWarning;
-  else if (lower == "error")
+  else if (lower == "error" || lower == "critical")  // Ray Serve's CRITICAL: ferry's highest level
     *out = LogLevel::kError;
   else
     return false;

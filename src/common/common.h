@@ -9,7 +9,10 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <initializer_list>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace ferry {
 
@@ -54,16 +57,50 @@ void StrAppend(std::string* out, const Args&... args) {
 }
 
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
+// TEXT: "time LEVEL component [tag] message key=value..."; JSON: one object per line with Ray Serve's keys
+// (asctime, levelname, component_name, message, ...), for log shippers.
+enum class LogEncoding { kText, kJson };
 
-// Process-wide logger writing one line per call to stderr: time, level, component, message. Thread-safe:
-// a line is written with one write(2), so lines from threads and processes do not interleave.
+// A structured field of a log line: a string or a number.
+struct LogField {
+  LogField(std::string_view k, std::string_view v) : key(k), text(v) {}
+  LogField(std::string_view k, const std::string& v) : key(k), text(v) {}
+  LogField(std::string_view k, const char* v) : key(k), text(v) {}
+  LogField(std::string_view k, double v) : key(k), number(v), is_number(true) {}
+  LogField(std::string_view k, int v) : key(k), number(v), is_number(true) {}
+  LogField(std::string_view k, unsigned v) : key(k), number(v), is_number(true) {}
+  std::string_view key;
+  std::string_view text;
+  double number = 0;
+  bool is_number = false;
+  bool json_only = false;  // TEXT lines leave it out (their message already says it)
+};
+inline LogField JsonOnly(LogField f) {
+  f.json_only = true;
+  return f;
+}
+
+// Process-wide logger writing one line per call to stderr: time, level, component, message, and fields.
+// Thread-safe: a line is written with one write(2), so lines from threads and processes do not interleave.
+// Set the level, encoding and process fields before starting threads, or accept that a line written
+// meanwhile may use the old ones.
 class Log {
  public:
   static void SetLevel(LogLevel level);
   static LogLevel level();
-  // A tag in every line of this process, such as the replica id.
+  static void SetEncoding(LogEncoding encoding);
+  static LogEncoding encoding();
+  // A tag in every TEXT line of this process, such as the replica id.
   static void SetProcessTag(std::string tag);
-  static void Write(LogLevel level, std::string_view component, std::string_view message);
+  // Fields in every JSON line of this process (replica, deployment, application).
+  static void SetProcessFields(std::vector<std::pair<std::string, std::string>> fields);
+  static void Write(LogLevel level, std::string_view component, std::string_view message,
+                    std::initializer_list<LogField> fields = {});
+  // Appends one formatted line (with its newline) to `out`, for callers that write lines in blocks.
+  static void Format(LogLevel level, std::string_view component, std::string_view message,
+                     std::initializer_list<LogField> fields, std::string* out);
+  // Writes formatted lines as they are, in one write(2).
+  static void WriteLines(std::string_view lines);
   static bool Enabled(LogLevel level) { return static_cast<int>(level) >= level_.load(std::memory_order_relaxed); }
 
  private:
@@ -76,6 +113,14 @@ class Log {
       ::ferry::Log::Write(::ferry::LogLevel::level, component, ::ferry::StrCat(__VA_ARGS__)); \
   } while (0)
 
+// Parses "TEXT" or "JSON" (any case).
+bool ParseLogEncoding(std::string_view text, LogEncoding* out);
+const char* LogEncodingName(LogEncoding encoding);
+const char* LogLevelName(LogLevel level);  // "DEBUG", "INFO", "WARNING", "ERROR"
+
+// Appends `text` to `out` as a JSON string (quoted, escaped; invalid UTF-8 becomes U+FFFD).
+void AppendJsonString(std::string& out, std::string_view text);
+
 // Parses "debug", "info", "warning", "error" (any case).
 bool ParseLogLevel(std::string_view text, LogLevel* out);
 
@@ -84,6 +129,9 @@ std::string NewRequestId();
 
 // `value`'s lowest `chars` hex digits (up to 16), lower case, most significant first.
 std::string HexString(uint64_t value, int chars = 16);
+
+// 64 random bits (a per-thread generator seeded from the OS). Thread-safe.
+uint64_t RandomWord();
 
 // A short random hex id for replicas and runs. Thread-safe.
 std::string NewShortId(int hex_chars = 8);

@@ -16,6 +16,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/common.h"
+#include "tracing/tracing.h"
 
 namespace ferry::config {
 namespace {
@@ -304,6 +305,59 @@ AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& pat
   return a;
 }
 
+void ReadBool(MapReader& map, const std::string& key, Errors& errors, bool* out) {
+  YAML::Node node = map.Get(key);
+  if (!node.IsDefined()) return;
+  const std::string& v = node.IsScalar() && !IsQuoted(node) ? node.Scalar() : std::string();
+  if (v == "true" || v == "True" || v == "TRUE")
+    *out = true;
+  else if (v == "false" || v == "False" || v == "FALSE")
+    *out = false;
+  else
+    errors.Add(node, map.Field(key), StrCat("expected true or false, got ", Describe(node)));
+}
+
+// A logging_config section (top level, application or deployment); nullopt when absent.
+std::optional<LoggingConfig> ReadLogging(MapReader& parent, Errors& errors) {
+  YAML::Node node = parent.Get("logging_config");
+  if (!node.IsDefined() || node.IsNull()) return std::nullopt;
+  MapReader map(node, parent.Field("logging_config"), errors);
+  if (!map.ok()) return std::nullopt;
+  LoggingConfig l;
+  YAML::Node encoding = map.Get("encoding");
+  if (encoding.IsDefined() && (!encoding.IsScalar() || !ParseLogEncoding(encoding.Scalar(), &l.encoding)))
+    errors.Add(encoding, map.Field("encoding"), StrCat("expected TEXT or JSON, got ", Describe(encoding)));
+  YAML::Node level = map.Get("log_level");
+  if (level.IsDefined() && (!level.IsScalar() || !ParseLogLevel(level.Scalar(), &l.log_level)))
+    errors.Add(level, map.Field("log_level"),
+               StrCat("expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got ", Describe(level)));
+  ReadBool(map, "enable_access_log", errors, &l.enable_access_log);
+  map.RejectUnknown();
+  return l;
+}
+
+std::optional<TracingConfig> ReadTracing(MapReader& top, Errors& errors) {
+  YAML::Node node = top.Get("tracing");
+  if (!node.IsDefined() || node.IsNull()) return std::nullopt;
+  MapReader map(node, "tracing", errors);
+  if (!map.ok()) return std::nullopt;
+  TracingConfig t;
+  YAML::Node endpoint = map.Get("otlp_endpoint");
+  ReadString(map, "otlp_endpoint", errors, &t.otlp_endpoint);
+  if (!endpoint.IsDefined()) {
+    errors.Add(map.Mark(), map.Field("otlp_endpoint"),
+               "required: the collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces");
+  } else if (!t.otlp_endpoint.empty()) {
+    absl::StatusOr<tracing::HttpEndpoint> parsed = tracing::ParseHttpEndpoint(t.otlp_endpoint);
+    if (!parsed.ok()) errors.Add(endpoint, map.Field("otlp_endpoint"), Message(parsed.status()));
+  }
+  YAML::Node ratio = map.Get("sampling_ratio");
+  ReadNumber(map, "sampling_ratio", 0, errors, &t.sampling_ratio);
+  if (t.sampling_ratio > 1) errors.Add(ratio, map.Field("sampling_ratio"), "expected a number from 0 to 1");
+  map.RejectUnknown();
+  return t;
+}
+
 DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path, const std::string& base_dir,
                                 const ValidationHooks& hooks, Errors& errors) {
   DeploymentConfig d;
@@ -379,6 +433,7 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   ReadNumber(map, "graceful_shutdown_timeout_s", 0, errors, &d.graceful_shutdown_timeout_s);
   ReadInt(map, "max_constructor_retry_count", 1, 1000000, errors, &d.max_constructor_retry_count);
   ReadNumber(map, "startup_timeout_s", 0, errors, &d.startup_timeout_s);
+  d.logging_config = ReadLogging(map, errors);
   map.RejectUnknown();
   return d;
 }
@@ -406,6 +461,7 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
                              app.route_prefix, "\""));
   YAML::Node ingress = map.Get("ingress");
   ReadString(map, "ingress", errors, &app.ingress);
+  app.logging_config = ReadLogging(map, errors);
   YAML::Node deployments = map.Get("deployments");
   if (!deployments.IsDefined() || !deployments.IsSequence() || deployments.size() == 0) {
     errors.Add(deployments.IsDefined() ? deployments.Mark() : map.Mark(), map.Field("deployments"),
@@ -486,6 +542,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     if (!a.auth_token.empty() && !a.auth_token_file.empty())
       errors.Add(admin.Mark(), "admin", "set auth_token or auth_token_file, not both");
   }
+  config.logging_config = ReadLogging(top, errors);
+  config.tracing = ReadTracing(top, errors);
   YAML::Node apps = top.Get("applications");
   if (!apps.IsDefined() || !apps.IsSequence() || apps.size() == 0) {
     errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications",
@@ -523,6 +581,11 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   }
   top.RejectUnknown();
   if (!errors.empty()) return errors.ToStatus();
+  for (ApplicationConfig& app : config.applications)
+    for (DeploymentConfig& d : app.deployments)
+      d.logging = d.logging_config     ? *d.logging_config
+                  : app.logging_config ? *app.logging_config
+                                       : config.logging_config.value_or(LoggingConfig{});
   return config;
 }
 
@@ -625,6 +688,13 @@ json ToJson(const HttpOptions& h) {
   return out;
 }
 
+json ToJson(const LoggingConfig& l) {
+  std::string level = LogLevelName(l.log_level);
+  return {{"encoding", LogEncodingName(l.encoding)}, {"log_level", level}, {"enable_access_log", l.enable_access_log}};
+}
+
+json ToJson(const TracingConfig& t) { return {{"otlp_endpoint", t.otlp_endpoint}, {"sampling_ratio", t.sampling_ratio}}; }
+
 json ToJson(const ApplicationConfig& app) {
   json a = {
       {"name", app.name}, {"route_prefix", app.route_prefix}, {"ingress", app.ingress}, {"deployments", json::array()}};
@@ -643,17 +713,21 @@ json ToJson(const ApplicationConfig& app) {
                                 {"max_constructor_retry_count", d.max_constructor_retry_count},
                                 {"startup_timeout_s", d.startup_timeout_s}});
     if (d.batching) a["deployments"].back()["batching"] = ToJson(*d.batching);
+    if (d.logging_config) a["deployments"].back()["logging_config"] = ToJson(*d.logging_config);
     if (d.autoscaling_config) {  // one or the other, as in the config file
       a["deployments"].back().erase("num_replicas");
       a["deployments"].back()["autoscaling_config"] = ToJson(*d.autoscaling_config);
     }
   }
+  if (app.logging_config) a["logging_config"] = ToJson(*app.logging_config);
   return a;
 }
 
 json ToJson(const Config& config) {
   json out;
   out["http_options"] = ToJson(config.http_options);
+  if (config.logging_config) out["logging_config"] = ToJson(*config.logging_config);
+  if (config.tracing) out["tracing"] = ToJson(*config.tracing);
   out["applications"] = json::array();
   for (const auto& app : config.applications) out["applications"].push_back(ToJson(app));
   return out;

@@ -13,7 +13,25 @@
 #include <string_view>
 #include <vector>
 
+#include "common/common.h"
+
 namespace ferry::config {
+
+// Ray Serve's logging_config. A deployment's replaces its application's, which replaces the top level's
+// (whole, not field by field, as Ray Serve's dict options are).
+struct LoggingConfig {
+  LogEncoding encoding = LogEncoding::kText;
+  LogLevel log_level = LogLevel::kInfo;
+  bool enable_access_log = true;
+  bool operator==(const LoggingConfig&) const = default;
+};
+
+// ferry's tracing: spans of sampled requests go to an OTLP/HTTP collector. Top level only.
+struct TracingConfig {
+  std::string otlp_endpoint;  // http://host:4318/v1/traces
+  double sampling_ratio = 0.01;
+  bool operator==(const TracingConfig&) const = default;
+};
 
 struct Resources {
   double num_cpus = 1;
@@ -70,6 +88,8 @@ struct DeploymentConfig {
   double graceful_shutdown_timeout_s = 20;
   int max_constructor_retry_count = 20;  // start failures in a row before the version is DEPLOY_FAILED
   double startup_timeout_s = 300;        // ferry: a replica not ready by then counts as a failed start
+  std::optional<LoggingConfig> logging_config;  // as written for this deployment
+  LoggingConfig logging;  // in effect: this deployment's, else its application's, else the top level's
 
   // The import path with a plugin's library resolved to its absolute path.
   std::string ResolvedImportPath() const;
@@ -79,6 +99,7 @@ struct ApplicationConfig {
   std::string name;
   std::string route_prefix = "/";
   std::string ingress;  // a deployment name; defaults to the first deployment
+  std::optional<LoggingConfig> logging_config;  // as written; the default for its deployments
   std::vector<DeploymentConfig> deployments;
 
   const DeploymentConfig& IngressDeployment() const;
@@ -111,6 +132,8 @@ struct Config {
   AdminOptions admin;
   bool has_http_options = false;  // the file had the section (else the defaults above)
   bool has_admin = false;
+  std::optional<LoggingConfig> logging_config;  // the node's own logs, and the default for applications
+  std::optional<TracingConfig> tracing;         // none: tracing off
   std::vector<ApplicationConfig> applications;
 };
 
@@ -145,6 +168,8 @@ nlohmann::json ToJson(const ApplicationConfig& app);
 nlohmann::json ToJson(const HttpOptions& http);
 nlohmann::json ToJson(const AutoscalingConfig& autoscaling);
 nlohmann::json ToJson(const BatchingConfig& batching);
+nlohmann::json ToJson(const LoggingConfig& logging);
+nlohmann::json ToJson(const TracingConfig& tracing);
 
 // Reads the token of `admin` (auth_token, or the first line of auth_token_file). Empty when neither is set.
 absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin);

@@ -9,6 +9,7 @@
 
 #include "common/common.h"
 #include "controller/internal/state.h"
+#include "tracing/tracing.h"
 
 namespace ferry::controller {
 
@@ -125,7 +126,13 @@ std::unique_ptr<Controller> Controller::CreateWithLauncher(asio::io_context& io,
 
 Controller::Controller(asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
                        ControllerCallbacks callbacks, ControllerOptions options)
-    : io_(io), routing_(routing), store_(store), callbacks_(std::move(callbacks)), options_(options), tick_timer_(io) {}
+    : io_(io),
+      routing_(routing),
+      store_(store),
+      callbacks_(std::move(callbacks)),
+      options_(options),
+      tick_timer_(io),
+      base_log_level_(Log::level()) {}
 
 Controller::~Controller() {
   for (auto& [key, d] : deployments_) d->router->SetStarvedHook(nullptr);
@@ -238,6 +245,7 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
     }
   }
   applied_ = config;
+  ApplyNodeObservability(config);
   if (changed) waiting_all_ready_ = true;
   PublishRoutes();
   absl::Status saved = Persist();
@@ -295,13 +303,34 @@ absl::Status Controller::DeleteAll() {
   return ApplyInternal(empty, false, true);
 }
 
+void Controller::ApplyNodeObservability(const config::Config& config) {
+  const config::LoggingConfig logging = config.logging_config.value_or(config::LoggingConfig{});
+  Log::SetEncoding(logging.encoding);
+  Log::SetLevel(config.logging_config ? logging.log_level : base_log_level_);
+  if (!options_.tracer) return;
+  tracing::TracingOptions t;
+  if (config.tracing) {
+    t.otlp_endpoint = config.tracing->otlp_endpoint;
+    t.sampling_ratio = config.tracing->sampling_ratio;
+  }
+  absl::Status s = options_.tracer->Configure(t);  // validated with the config: cannot fail here
+  if (!s.ok()) FERRY_LOG(kError, "controller", "tracing not configured: ", Message(s));
+}
+
+json Controller::ReplicaLogging(const Deployment& d) const { return config::ToJson(d.target.logging); }
+
+json Controller::ReplicaTracing() const {
+  return applied_ && applied_->tracing ? config::ToJson(*applied_->tracing) : json(nullptr);
+}
+
 void Controller::PublishRoutes() {
   std::vector<router::Route> routes;
   for (const auto& [name, app] : apps_) {
     if (app->deleting) continue;
     auto d = deployments_.find(StrCat(name, "/", app->config.ingress));
     if (d == deployments_.end()) continue;
-    routes.push_back({app->config.route_prefix, name, app->config.ingress, d->second->router});
+    routes.push_back({app->config.route_prefix, name, app->config.ingress, d->second->router,
+                      d->second->target.logging.enable_access_log});
   }
   std::vector<router::ModelRoute> models;
   for (const auto& [key, d] : deployments_) {
@@ -309,9 +338,11 @@ void Controller::PublishRoutes() {
     if (app == apps_.end() || app->second->deleting || d->deleting || d->target.model_name.empty()) continue;
     models.push_back({d->target.model_name,
                       d->target.model_version,
-                      {StrCat("/v2/models/", d->target.model_name), d->application, d->target.name, d->router}});
+                      {StrCat("/v2/models/", d->target.model_name), d->application, d->target.name, d->router,
+                       d->target.logging.enable_access_log}});
   }
-  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes), std::move(models)));
+  const bool access_log = !applied_ || !applied_->logging_config || applied_->logging_config->enable_access_log;
+  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes), std::move(models), access_log));
 }
 
 absl::Status Controller::Persist() {

@@ -25,6 +25,10 @@
 #include "node/node_agent.h"
 #include "router/routing_table.h"
 
+namespace ferry::tracing {
+class Tracer;
+}
+
 namespace ferry::controller {
 
 // Statuses as Ray Serve names them.
@@ -48,6 +52,8 @@ struct ControllerCallbacks {
 struct ControllerOptions {
   std::chrono::milliseconds tick{100};
   size_t history_per_application = 20;
+  // This process's tracer, configured from the config's `tracing` on every apply; null: not traced.
+  tracing::Tracer* tracer = nullptr;
 };
 
 class Controller : public node::ReplicaListener {
@@ -121,6 +127,11 @@ class Controller : public node::ReplicaListener {
   void RecordStartFailure(Deployment& d, const std::string& message);
   void UpdateStatuses();
   void PublishRoutes();
+  // The top level's logging_config for this process's own lines, and `tracing` for its tracer.
+  void ApplyNodeObservability(const config::Config& config);
+  // What a replica of `d` is told about logs and traces (at start, and by reconfigure when it changes).
+  nlohmann::json ReplicaLogging(const Deployment& d) const;
+  nlohmann::json ReplicaTracing() const;
   absl::Status Persist();
   void ScheduleTick();
   void ReportProgress(const Deployment& d);
@@ -144,6 +155,7 @@ class Controller : public node::ReplicaListener {
   bool waiting_all_ready_ = false;
   bool shutting_down_ = false;
   std::function<void()> shutdown_done_;
+  const LogLevel base_log_level_;  // the level the node started with (--log-level), when the config sets none
 };
 
 }  // namespace ferry::controller

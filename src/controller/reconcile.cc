@@ -177,6 +177,8 @@ void Controller::StartReplica(Deployment& d) {
   spec.num_cpus = t.resources.num_cpus;
   spec.graceful_shutdown_timeout_s = t.graceful_shutdown_timeout_s;
   if (t.batching) spec.batching = config::ToJson(*t.batching);
+  spec.logging = ReplicaLogging(d);
+  spec.tracing = ReplicaTracing();
   ++d.starts;
   absl::Status s = launcher_->StartReplica(spec);
   if (!s.ok()) {
@@ -193,6 +195,8 @@ void Controller::StartReplica(Deployment& d) {
   r.start_time_s = WallSeconds();
   r.applied_user_config = t.user_config;
   r.applied_max_ongoing = t.max_ongoing_requests;
+  r.applied_logging = spec.logging;
+  r.applied_tracing = spec.tracing;
   by_replica_[r.id] = &d;
 }
 
@@ -306,6 +310,9 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
   json update = json::object();
   if (r.applied_user_config != t.user_config) update["user_config"] = t.user_config;
   if (r.applied_max_ongoing != t.max_ongoing_requests) update["max_ongoing_requests"] = t.max_ongoing_requests;
+  // Logs and traces change in place too: a new log level is no reason to restart a model.
+  if (json logging = ReplicaLogging(d); r.applied_logging != logging) update["logging_config"] = logging;
+  if (json tracing = ReplicaTracing(); r.applied_tracing != tracing) update["tracing"] = tracing;
   if (update.empty()) return;
   r.update_outstanding = true;
   r.update_token = next_token_++;
@@ -321,6 +328,8 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
     if (s.ok()) {
       if (update.contains("user_config")) r.applied_user_config = update["user_config"];
       if (update.contains("max_ongoing_requests")) r.applied_max_ongoing = update["max_ongoing_requests"].get<int>();
+      if (update.contains("logging_config")) r.applied_logging = update["logging_config"];
+      if (update.contains("tracing")) r.applied_tracing = update["tracing"];
       r.state = ReplicaState::kRunning;
       FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", update.dump());
     } else {

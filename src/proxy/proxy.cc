@@ -91,9 +91,16 @@ void Worker::Start() {
   Sweep();
 }
 
+void Worker::FlushAccessLog() {
+  if (access_log_.empty()) return;
+  Log::WriteLines(access_log_);
+  access_log_.clear();
+}
+
 void Worker::Sweep() {
   sweep_.expires_after(std::chrono::milliseconds(100));
   sweep_.async_wait([this](const boost::system::error_code& ec) {
+    FlushAccessLog();
     if (ec) return;
     auto now = Clock::now();
     std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
@@ -196,6 +203,7 @@ class Proxy::Impl {
     for (auto& w : workers_) w->io().stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
+    for (auto& w : workers_) w->FlushAccessLog();
   }
 
   int in_flight() const { return in_flight_.load(); }

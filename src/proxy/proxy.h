@@ -1,6 +1,7 @@
 // The HTTP ingress of a node: accepts HTTP/1.1 (keep-alive, pipelining), matches the longest route_prefix,
 // hands the request to the ingress deployment's router, forwards it to the chosen replica as a frame, and
-// writes the replica's answer back. Answers /-/healthz and /-/routes itself. One io_context and one thread
+// writes the replica's answer back. Answers /-/healthz and /-/routes itself. Writes one access line per
+// request to a route (logging_config.enable_access_log), in blocks every 100 ms. One io_context and one thread
 // per core, each with its own acceptor (SO_REUSEPORT), connections and replica channels: nothing on the
 // request path is shared between threads except the routers' short critical sections.
 // Thread-safe: Create/Start/Drain/Stop from one controlling thread.
@@ -19,6 +20,9 @@
 namespace ferry::metrics {
 class Registry;
 }
+namespace ferry::tracing {
+class Tracer;
+}
 
 namespace ferry::proxy {
 
@@ -33,6 +37,9 @@ struct ProxyOptions {
   size_t max_header_bytes = 16 * 1024;
   // Where the proxy's metrics go (requests by code, latency, queue wait, 503s, 504s); null: none.
   metrics::Registry* metrics = nullptr;
+  // Traces sampled requests (spans for the proxy and the queue; the replica gets the trace context in its
+  // `traceparent` header); null: none.
+  tracing::Tracer* tracer = nullptr;
 };
 
 class Proxy {

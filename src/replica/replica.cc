@@ -11,6 +11,7 @@
 #include "common/common.h"
 #include "replica/internal/deployment_host.h"
 #include "replica/internal/replica_server.h"
+#include "tracing/tracing.h"
 
 namespace ferry::replica {
 
@@ -21,7 +22,8 @@ nlohmann::json ReplicaSpec::ToJson() const {
           {"symbol", symbol},           {"args", args},
           {"user_config", user_config}, {"max_ongoing_requests", max_ongoing_requests},
           {"num_cpus", num_cpus},       {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s},
-          {"batching", batching}};
+          {"batching", batching},       {"logging", logging},
+          {"tracing", tracing}};
 }
 
 absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {
@@ -40,6 +42,8 @@ absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {
     s.num_cpus = j.at("num_cpus").get<double>();
     s.graceful_shutdown_timeout_s = j.at("graceful_shutdown_timeout_s").get<double>();
     s.batching = j.value("batching", nlohmann::json());
+    s.logging = j.value("logging", nlohmann::json());
+    s.tracing = j.value("tracing", nlohmann::json());
     return s;
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(ferry::StrCat("bad replica spec: ", e.what()));
@@ -73,6 +77,16 @@ int RunReplica(const ReplicaOptions& options) {
     return 2;
   }
   Log::SetProcessTag(spec->replica_id);
+  Log::SetProcessFields(
+      {{"application", spec->application}, {"deployment", spec->deployment}, {"replica", spec->replica_id}});
+  if (absl::Status s = ApplyLogging(spec->logging); !s.ok()) FERRY_LOG(kWarning, "replica", Message(s));
+  // This replica's spans go to the collector from here, as every OpenTelemetry-instrumented process's do.
+  tracing::Tracer tracer({{"service.name", std::string("ferry")},
+                          {"service.instance.id", spec->replica_id},
+                          {"ferry.application", spec->application},
+                          {"ferry.deployment", spec->deployment},
+                          {"process.pid", static_cast<int64_t>(getpid())}});
+  if (absl::Status s = ApplyTracing(&tracer, spec->tracing); !s.ok()) FERRY_LOG(kWarning, "replica", Message(s));
   // OpenMP threads (LibTorch's and XGBoost's) that spin between a model's calls take the CPU that this
   // replica's I/O threads and the node's proxy need; they sleep instead unless the environment says
   // otherwise. Set before the deployment's library (and so libgomp) is loaded, which reads it once.
@@ -83,7 +97,7 @@ int RunReplica(const ReplicaOptions& options) {
     WriteStatus(options.status_fd, {{"error", std::string(host.status().message())}});
     return 1;
   }
-  ReplicaServer server(*spec, **host);
+  ReplicaServer server(*spec, **host, &tracer);
   absl::Status listening = server.Listen(options.socket_path);
   if (!listening.ok()) {
     WriteStatus(options.status_fd, {{"error", std::string(listening.message())}});

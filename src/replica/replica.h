@@ -23,6 +23,8 @@ struct ReplicaSpec {
   double num_cpus = 1;
   double graceful_shutdown_timeout_s = 20;
   nlohmann::json batching;  // null: not batched; else {max_batch_size, batch_wait_timeout_s, ...}
+  nlohmann::json logging;   // {encoding, log_level, enable_access_log}; null: the defaults (TEXT, INFO)
+  nlohmann::json tracing;   // {otlp_endpoint, sampling_ratio}; null: no spans
 
   nlohmann::json ToJson() const;
   static absl::StatusOr<ReplicaSpec> FromJson(const nlohmann::json& json);

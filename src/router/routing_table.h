@@ -19,6 +19,7 @@ struct Route {
   std::string application;
   std::string ingress_deployment;
   std::shared_ptr<Router> router;
+  bool access_log = true;  // the proxy writes an access line for each request (logging_config.enable_access_log)
 };
 
 // A deployment served as a model. `route` is its router, with route_prefix "/v2/models/{name}".
@@ -30,17 +31,20 @@ struct ModelRoute {
 
 class RoutingTable {
  public:
-  explicit RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models = {});
+  // `access_log`: whether requests that match no route get access lines (the top level's setting).
+  explicit RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models = {}, bool access_log = true);
   // The route with the longest route_prefix that matches `path` at a segment boundary, or nullptr.
   const Route* Match(std::string_view path) const;
   const std::vector<Route>& routes() const { return routes_; }
   // The model named `name`, or nullptr.
   const ModelRoute* FindModel(std::string_view name) const;
   const std::vector<ModelRoute>& models() const { return models_; }  // by name
+  bool access_log() const { return access_log_; }
 
  private:
   std::vector<Route> routes_;  // longest prefix first
   std::vector<ModelRoute> models_;
+  bool access_log_;
 };
 
 // Holds the current table. Writers publish whole tables; readers take a snapshot per request.

@@ -42,6 +42,8 @@ struct Controller::Replica {
   // What was applied in place (at start, then by reconfigure).
   nlohmann::json applied_user_config;
   int applied_max_ongoing = 0;
+  nlohmann::json applied_logging;  // {"encoding", "log_level", "enable_access_log"}
+  nlohmann::json applied_tracing;  // {"otlp_endpoint", "sampling_ratio"}, or null: off
   bool update_outstanding = false;
   uint64_t update_token = 0;
 

@@ -26,6 +26,14 @@ const transport::HeaderList& RetryLaterHeaders() {
   return headers;
 }
 
+bool IsTraceparent(boost::beast::string_view name) {
+  static constexpr std::string_view kName = "traceparent";
+  if (name.size() != kName.size()) return false;
+  for (size_t i = 0; i < kName.size(); ++i)
+    if ((name[i] | 0x20) != kName[i]) return false;
+  return true;
+}
+
 }  // namespace
 
 Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
@@ -37,6 +45,12 @@ Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr
       request_id_(std::move(request_id)),
       deadline_(worker.io()),
       series_(series) {}
+
+void Call::SetTrace(const tracing::SpanContext& context) {
+  trace_ = context;
+  traceparent_ = tracing::FormatTraceparent(context);
+  queued_at_ns_ = tracing::UnixNanos();
+}
 
 void Call::Start(http::request<http::string_body>&& request) {
   request_ = std::move(request);
@@ -81,6 +95,21 @@ void Call::Dispatch(router::ReplicaLease lease) {
   if (series_ && reroutes_ == 0)
     series_->queue_wait->Observe(std::chrono::duration<double>(Clock::now() - routed_at_).count());
   lease_ = std::move(lease);
+  replica_ = lease_.replica_ptr();
+  if (trace_.sampled && reroutes_ == 0) {
+    tracing::Span span;
+    span.trace_id = trace_.trace_id;
+    span.span_id = tracing::NewSpanId();
+    span.parent_span_id = trace_.span_id;
+    span.name = "ferry.queue";
+    span.start_unix_ns = queued_at_ns_;
+    span.end_unix_ns = tracing::UnixNanos();
+    span.attributes = {{"ferry.application", route_->application},
+                       {"ferry.deployment", route_->ingress_deployment},
+                       {"ferry.replica", replica_->replica_id},
+                       {"ferry.request_id", request_id_}};
+    worker_.tracer()->Record(std::move(span));
+  }
   state_ = State::kDispatched;
   uint32_t timeout_ms = 0;
   if (worker_.options().request_timeout) {
@@ -177,12 +206,16 @@ uint64_t ReplicaChannel::Send(const std::shared_ptr<Call>& call, const http::req
   arena.clear();
   arena.reserve(total);
   headers.clear();
+  const bool traced = call->trace().sampled;
   for (const auto& field : request) {
+    if (traced && IsTraceparent(field.name_string())) continue;  // replaced below
     size_t at = arena.size();
     for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
     headers.emplace_back(std::string_view(arena).substr(at),
                          std::string_view(field.value().data(), field.value().size()));
   }
+  // The replica's spans are children of the proxy's.
+  if (traced) headers.emplace_back("traceparent", call->traceparent());
   std::string_view target(request.target().data(), request.target().size());
   size_t q = target.find('?');
   transport::RequestMessage m;

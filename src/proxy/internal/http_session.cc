@@ -204,14 +204,60 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
     const router::Route* route = table->Match(path);
     if (!route) {
+      if (table->access_log()) BeginAccess(req, path, nullptr, table);
       WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", path), false);
       return;
     }
     // While the call runs, watch for the client hanging up (or its next pipelined request).
     if (buffer_.size() == 0) ReadAhead();
+    StartCall(std::move(req), path, std::move(table), route);
+  }
+
+  // Sends a request to `route`'s deployment: its metrics series, its access line, its trace.
+  void StartCall(http::request<http::string_body>&& req, std::string_view path,
+                 std::shared_ptr<const router::RoutingTable> table, const router::Route* route) {
     series_ = worker_.Series(table, route);
+    if (route->access_log) BeginAccess(req, path, route, table);
+    tracing::SpanContext trace;
+    if (tracing::Tracer* tracer = worker_.tracer(); tracer && tracer->enabled()) trace = BeginTrace(*tracer, req, path, route);
     call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_, series_);
+    if (trace.sampled) call_->SetTrace(trace);
     call_->Start(std::move(req));
+  }
+
+  // Remembers what the access line of this request needs that the request itself will no longer hold.
+  void BeginAccess(const http::request<http::string_body>& req, std::string_view path, const router::Route* route,
+                   const std::shared_ptr<const router::RoutingTable>& table) {
+    if (!Log::Enabled(LogLevel::kInfo)) return;
+    access_ = true;
+    method_.assign(req.method_string().data(), req.method_string().size());
+    path_.assign(path);
+    route_ = route;
+    route_table_ = table;  // keeps route_ alive
+  }
+
+  tracing::SpanContext BeginTrace(const tracing::Tracer& tracer, const http::request<http::string_body>& req,
+                                  std::string_view path, const router::Route* route) {
+    tracing::SpanContext parent;
+    if (auto it = req.find("traceparent"); it != req.end())
+      tracing::ParseTraceparent(std::string_view(it->value().data(), it->value().size()), &parent);
+    tracing::SpanContext context = tracer.StartSpan(parent);
+    if (!context.sampled) return context;
+    span_.emplace();
+    span_->trace_id = context.trace_id;
+    span_->span_id = context.span_id;
+    span_->parent_span_id = parent.valid() ? parent.span_id : 0;
+    span_->kind = tracing::SpanKind::kServer;
+    span_->start_unix_ns = tracing::UnixNanos();
+    std::string_view method(req.method_string().data(), req.method_string().size());
+    span_->name = ferry::StrCat(method, " ", route->route_prefix);
+    span_->attributes = {{"http.request.method", std::string(method)},
+                         {"url.path", std::string(path)},
+                         {"http.route", route->route_prefix},
+                         {"ferry.application", route->application},
+                         {"ferry.deployment", route->ingress_deployment},
+                         {"ferry.request_id", request_id_}};
+    return context;
   }
 
   std::string RequestIdFrom(const http::request<http::string_body>& req) {
@@ -305,9 +351,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!rest.empty() && rest != "/infer")
       return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
     if (buffer_.size() == 0) ReadAhead();
-    series_ = worker_.Series(table, &model->route);
-    call_ = std::make_shared<Call>(worker_, shared_from_this(), table, &model->route, request_id_, series_);
-    call_->Start(std::move(req));
+    StartCall(std::move(req), path, table, &model->route);
   }
 
   void WriteText(http::status status, std::string body, std::string_view content_type) {
@@ -358,8 +402,49 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void RecordResponse(unsigned status) {
     RouteSeries* series = series_ ? series_ : worker_.Series(worker_.routing().Get(), nullptr);
     worker_.RecordResponse(series, status, started_);
+    std::string_view replica = call_ ? call_->replica_id() : std::string_view();
+    std::string trace_id;
+    if (span_) {
+      if (access_) trace_id = tracing::TraceIdHex(span_->trace_id);
+      EndTrace(status, replica);
+    }
+    if (access_) WriteAccessLine(status, replica, trace_id);
     series_ = nullptr;
     started_.reset();
+  }
+
+  void EndTrace(unsigned status, std::string_view replica) {
+    span_->end_unix_ns = tracing::UnixNanos();
+    span_->attributes.push_back({"http.response.status_code", static_cast<int64_t>(status)});
+    if (!replica.empty()) span_->attributes.push_back({"ferry.replica", std::string(replica)});
+    span_->error = status >= 500;  // OpenTelemetry's HTTP server rule: 4xx are the client's
+    worker_.tracer()->Record(std::move(*span_));
+    span_.reset();
+  }
+
+  // One line per request: what a user greps for when one request went wrong.
+  void WriteAccessLine(unsigned status, std::string_view replica, std::string_view trace_id) {
+    access_ = false;
+    double ms = started_ ? std::chrono::duration<double, std::milli>(Clock::now() - *started_).count() : 0;
+    char latency[32];
+    snprintf(latency, sizeof(latency), "%.3fms", ms);
+    const router::Route* r = route_;
+    std::string& out = worker_.access_log();
+    Log::Format(LogLevel::kInfo, "access", ferry::StrCat(method_, " ", path_, " ", status, " ", latency),
+                {{"request_id", request_id_},
+                 JsonOnly({"method", method_}),
+                 JsonOnly({"path", path_}),
+                 {"route", r ? std::string_view(r->route_prefix) : std::string_view()},
+                 {"application", r ? std::string_view(r->application) : std::string_view()},
+                 {"deployment", r ? std::string_view(r->ingress_deployment) : std::string_view()},
+                 {"replica", replica},
+                 JsonOnly({"status_code", status}),
+                 JsonOnly({"latency_ms", ms}),
+                 {"trace_id", trace_id}},
+                &out);
+    route_ = nullptr;
+    route_table_.reset();
+    if (out.size() >= kAccessLogBlock) worker_.FlushAccessLog();
   }
 
   void Uncount() {
@@ -379,6 +464,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   static constexpr size_t kReadAhead = 4096;
+  static constexpr size_t kAccessLogBlock = 64 * 1024;
   Worker& worker_;
   tcp::socket socket_;
   Clock::time_point deadline_ = Clock::time_point::max();
@@ -394,6 +480,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool counted_ = false;
   RouteSeries* series_ = nullptr;             // the current request's, once routed
   std::optional<Clock::time_point> started_;  // when the current request was parsed
+  // The current request's access line: written when it is answered.
+  bool access_ = false;
+  std::string method_, path_;
+  const router::Route* route_ = nullptr;  // null: it matched no route
+  std::shared_ptr<const router::RoutingTable> route_table_;
+  std::optional<tracing::Span> span_;  // the proxy's span of the current request, when it is traced
 };
 
 void StartHttpSession(Worker& worker, tcp::socket socket) {

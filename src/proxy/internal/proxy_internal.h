@@ -19,6 +19,7 @@
 #include "proxy/proxy.h"
 #include "router/router.h"
 #include "router/routing_table.h"
+#include "tracing/tracing.h"
 #include "transport/connection.h"
 
 namespace ferry::proxy {
@@ -69,6 +70,11 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
 
   // Runs the call: takes a slot or queues, arms the deadline. Answers at once when shed.
   void Start(http::request<http::string_body>&& request);
+  // Traces this call under the proxy's span `context` (sampled): a queue span, and the replica's
+  // traceparent. Before Start.
+  void SetTrace(const tracing::SpanContext& context);
+  const tracing::SpanContext& trace() const { return trace_; }
+  const std::string& traceparent() const { return traceparent_; }
   void OnAssigned(router::ReplicaLease lease) override;  // any thread
   // From the channel: the replica answered, or the channel failed after the request was sent (502).
   void OnReplicaResponse(const CallResult& result);
@@ -78,6 +84,8 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   void Abandon();
   const std::string& request_id() const { return request_id_; }
   State state() const { return state_; }
+  // The replica it was last sent to; empty before that.
+  std::string_view replica_id() const { return replica_ ? std::string_view(replica_->replica_id) : std::string_view(); }
 
  private:
   static constexpr int kMaxReroutes = 3;
@@ -103,6 +111,10 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   bool abandoned_ = false;  // timed out or the client left: never routed again
   RouteSeries* series_;     // null when the proxy keeps no metrics
   Clock::time_point routed_at_ = Clock::now();
+  std::shared_ptr<const router::ReplicaEndpoint> replica_;
+  tracing::SpanContext trace_;  // the proxy span's; not sampled: no spans
+  std::string traceparent_;     // what the replica is sent when traced
+  int64_t queued_at_ns_ = 0;
 };
 
 // This worker's frame connection to one replica; many calls in flight on it.
@@ -152,6 +164,10 @@ class Worker {
   RouteSeries* Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route);
   // Counts an answer with `status` on `series`, and its latency when the request was parsed at `started`.
   void RecordResponse(RouteSeries* series, unsigned status, std::optional<Clock::time_point> started);
+  // Access lines wait here and are written in one block by the sweep (or when the block is large).
+  std::string& access_log() { return access_log_; }
+  void FlushAccessLog();
+  tracing::Tracer* tracer() const { return options_.tracer; }
 
  private:
   void DoAccept();
@@ -172,6 +188,7 @@ class Worker {
   std::shared_ptr<const router::RoutingTable> series_table_;
   std::unordered_map<const router::Route*, RouteSeries*> series_by_route_;
   std::unordered_map<std::string, std::unique_ptr<RouteSeries>> series_;
+  std::string access_log_;
 };
 
 // Starts serving one accepted connection.

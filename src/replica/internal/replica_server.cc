@@ -24,6 +24,7 @@
 #include "common/common.h"
 #include "metrics/metrics.h"
 #include "replica/internal/batcher.h"
+#include "tracing/tracing.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {
@@ -42,6 +43,19 @@ constexpr std::chrono::nanoseconds kInlineBelow = std::chrono::microseconds(50);
 
 class Connection;
 
+// A traced request's spans here: "ferry.replica" from its frame's arrival to its answer, and the user
+// code's inside it. The user code sees a `traceparent` naming its own span, so that what it calls joins
+// the trace.
+struct TaskTrace {
+  tracing::SpanContext parent;  // the proxy's span
+  uint64_t replica_span = 0;
+  uint64_t user_span = 0;
+  int64_t arrived_ns = 0;
+  int64_t user_start_ns = 0;
+  int64_t user_end_ns = 0;
+  std::string traceparent;  // the value the user code sees
+};
+
 // One request between its frame and its answer.
 struct Task {
   std::string payload;  // owns the bytes `request` points into
@@ -49,6 +63,7 @@ struct Task {
   uint64_t stream_id = 0;
   std::atomic<bool> cancelled{false};
   std::shared_ptr<Connection> connection;
+  std::unique_ptr<TaskTrace> trace;  // null: not traced
 };
 
 // One client connection. Reading is done by one thread at a time (the epoll registration is one-shot);
@@ -181,10 +196,37 @@ class ControlThread {
 
 }  // namespace
 
+absl::Status ApplyLogging(const nlohmann::json& logging) {
+  LogEncoding encoding = LogEncoding::kText;
+  LogLevel level = LogLevel::kInfo;
+  if (logging.is_object()) {
+    std::string e = logging.value("encoding", "TEXT"), l = logging.value("log_level", "INFO");
+    if (!ParseLogEncoding(e, &encoding)) return absl::InvalidArgumentError(StrCat("logging_config: bad encoding ", e));
+    if (!ParseLogLevel(l, &level)) return absl::InvalidArgumentError(StrCat("logging_config: bad log_level ", l));
+  } else if (!logging.is_null()) {
+    return absl::InvalidArgumentError("logging_config: expected an object");
+  }
+  Log::SetEncoding(encoding);
+  Log::SetLevel(level);
+  return absl::OkStatus();
+}
+
+absl::Status ApplyTracing(tracing::Tracer* tracer, const nlohmann::json& t) {
+  if (!tracer) return absl::OkStatus();
+  tracing::TracingOptions options;
+  if (t.is_object()) {
+    options.otlp_endpoint = t.value("otlp_endpoint", "");
+    options.sampling_ratio = t.value("sampling_ratio", 0.01);
+  } else if (!t.is_null()) {
+    return absl::InvalidArgumentError("tracing: expected an object");
+  }
+  return tracer->Configure(options);
+}
+
 class ReplicaServer::Impl {
  public:
-  Impl(const ReplicaSpec& spec, DeploymentHost& host)
-      : spec_(spec), host_(host), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {
+  Impl(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer)
+      : spec_(spec), host_(host), tracer_(tracer), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {
     if (spec.batching.is_object()) {
       if (!host.can_batch()) {
         FERRY_LOG(kWarning, "replica", spec.deployment,
@@ -422,6 +464,7 @@ class ReplicaServer::Impl {
         if (!s.ok()) return s;
         task->stream_id = header.stream_id;
         task->connection = c;
+        if (tracer_ && tracer_->enabled()) StartTrace(*task);
         c->AddTask(task);
         ongoing_.fetch_add(1, std::memory_order_relaxed);
         tasks.push_back(std::move(task));
@@ -475,10 +518,74 @@ class ReplicaServer::Impl {
     }
   }
 
-  // A reconfigure frame's JSON: {"user_config": ..., "max_ongoing_requests": N}, either key optional.
+  // Traces `task` when it carries a sampled traceparent.
+  void StartTrace(Task& task) {
+    for (auto& [name, value] : task.request.headers) {
+      if (name != "traceparent") continue;
+      tracing::SpanContext parent;
+      if (!tracing::ParseTraceparent(value, &parent) || !parent.sampled) return;
+      auto t = std::make_unique<TaskTrace>();
+      t->parent = parent;
+      t->arrived_ns = tracing::UnixNanos();
+      t->replica_span = tracing::NewSpanId();
+      t->user_span = tracing::NewSpanId();
+      t->traceparent = tracing::FormatTraceparent({parent.trace_id, t->user_span, true});
+      value = t->traceparent;
+      task.trace = std::move(t);
+      return;
+    }
+  }
+
+  // Records the spans of a traced task that was just answered with `status`.
+  void EndTrace(const Task& task, int status, size_t batch_size) {
+    const TaskTrace& t = *task.trace;
+    const int64_t now = tracing::UnixNanos();
+    const std::string request_id(task.request.request_id);
+    if (t.user_start_ns != 0) {
+      tracing::Span user;
+      user.trace_id = t.parent.trace_id;
+      user.span_id = t.user_span;
+      user.parent_span_id = t.replica_span;
+      user.name = StrCat(spec_.deployment, batch_size ? ".handle_batch" : ".handle");
+      user.start_unix_ns = t.user_start_ns;
+      user.end_unix_ns = t.user_end_ns;
+      user.attributes = {{"ferry.deployment", spec_.deployment},
+                         {"code.function", std::string(batch_size ? "handle_batch" : "handle")},
+                         {"ferry.request_id", request_id}};
+      if (batch_size) user.attributes.push_back({"ferry.batch_size", static_cast<int64_t>(batch_size)});
+      user.error = status >= 500;
+      tracer_->Record(std::move(user));
+    }
+    tracing::Span replica;
+    replica.trace_id = t.parent.trace_id;
+    replica.span_id = t.replica_span;
+    replica.parent_span_id = t.parent.span_id;
+    replica.name = "ferry.replica";
+    replica.kind = tracing::SpanKind::kServer;
+    replica.start_unix_ns = t.arrived_ns;
+    replica.end_unix_ns = now;
+    replica.attributes = {{"ferry.application", spec_.application},
+                          {"ferry.deployment", spec_.deployment},
+                          {"ferry.replica", spec_.replica_id},
+                          {"ferry.request_id", request_id},
+                          {"http.response.status_code", static_cast<int64_t>(status)}};
+    replica.error = status >= 500;
+    tracer_->Record(std::move(replica));
+  }
+
+  // A reconfigure frame's JSON: {"user_config": ..., "max_ongoing_requests": N, "logging_config": {...},
+  // "tracing": {...} or null}, every key optional.
   absl::Status ApplyUpdate(std::string_view text) {
     nlohmann::json update = nlohmann::json::parse(text, nullptr, false);
     if (!update.is_object()) return absl::InvalidArgumentError("reconfigure: expected a JSON object");
+    if (auto it = update.find("logging_config"); it != update.end()) {
+      absl::Status s = ApplyLogging(*it);
+      if (!s.ok()) return s;
+    }
+    if (auto it = update.find("tracing"); it != update.end()) {
+      absl::Status s = ApplyTracing(tracer_, *it);
+      if (!s.ok()) return s;
+    }
     if (auto it = update.find("max_ongoing_requests"); it != update.end()) {
       if (!it->is_number_integer() || it->get<int>() < 1)
         return absl::InvalidArgumentError("reconfigure: max_ongoing_requests must be a positive integer");
@@ -515,7 +622,14 @@ class ReplicaServer::Impl {
     if (live.empty()) return;
     std::vector<FerryResponseSink> responses;
     auto start = Clock::now();
+    const bool traced = std::any_of(live.begin(), live.end(), [](Task* t) { return t->trace != nullptr; });
+    const int64_t user_start = traced ? tracing::UnixNanos() : 0;
     host_.HandleBatch(requests, cancelled, &responses);
+    if (traced) {
+      const int64_t user_end = tracing::UnixNanos();
+      for (Task* t : live)
+        if (t->trace) t->trace->user_start_ns = user_start, t->trace->user_end_ns = user_end;
+    }
     // Every request of a batch took the batch's time.
     double took = std::chrono::duration<double>(Clock::now() - start).count();
     for (size_t i = 0; i < live.size(); ++i) processing_.Observe(took);
@@ -530,6 +644,8 @@ class ReplicaServer::Impl {
                                 {static_cast<uint16_t>(responses[i].status), headers, responses[i].body});
     }
     for (auto& [connection, bytes] : frames) connection->Send(bytes);
+    for (size_t i = 0; i < live.size(); ++i)
+      if (live[i]->trace) EndTrace(*live[i], responses[i].status, live.size());
     for (Task* task : live) Forget(*task);
   }
 
@@ -548,6 +664,7 @@ class ReplicaServer::Impl {
     frame.clear();
     transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
     task.connection->Send(frame);
+    if (task.trace) EndTrace(task, response.status, 0);
     Forget(task);
   }
 
@@ -558,7 +675,9 @@ class ReplicaServer::Impl {
       response.body = R"({"error": "request cancelled before it started"})";
     } else {
       auto start = Clock::now();
+      if (task.trace) task.trace->user_start_ns = tracing::UnixNanos();
       host_.Handle(task.request, task.cancelled, &response);
+      if (task.trace) task.trace->user_end_ns = tracing::UnixNanos();
       // Moving average of handle() time, 1/8 weight to the newest.
       int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
       processing_.Observe(static_cast<double>(took) / 1e9);
@@ -579,6 +698,7 @@ class ReplicaServer::Impl {
 
   const ReplicaSpec& spec_;
   DeploymentHost& host_;
+  tracing::Tracer* tracer_;
   // Reported in stats replies; the node renders them as this replica's histograms.
   metrics::Histogram processing_{metrics::LatencyBucketsSeconds()};
   metrics::Histogram batch_size_{metrics::BatchSizeBuckets()};
@@ -606,8 +726,8 @@ class ReplicaServer::Impl {
   std::unique_ptr<Batcher<std::shared_ptr<Task>>> batcher_;
 };
 
-ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host)
-    : impl_(std::make_unique<Impl>(spec, host)) {}
+ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer)
+    : impl_(std::make_unique<Impl>(spec, host, tracer)) {}
 ReplicaServer::~ReplicaServer() = default;
 absl::Status ReplicaServer::Listen(const std::string& path) { return impl_->Listen(path); }
 void ReplicaServer::Run() { impl_->Run(); }

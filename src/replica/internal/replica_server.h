@@ -10,16 +10,28 @@
 #include <absl/status/status.h>
 #include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "replica/internal/deployment_host.h"
 #include "replica/replica.h"
 
+namespace ferry::tracing {
+class Tracer;
+}
+
 namespace ferry::replica {
+
+// Applies a logging_config ({encoding, log_level, enable_access_log}; null: the defaults) to this process.
+absl::Status ApplyLogging(const nlohmann::json& logging);
+// Configures `tracer` from {otlp_endpoint, sampling_ratio} (null: off). No-op without a tracer.
+absl::Status ApplyTracing(tracing::Tracer* tracer, const nlohmann::json& tracing);
 
 class ReplicaServer {
  public:
-  ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host);
+  // `tracer` (may be null) records the spans of requests that arrive with a sampled `traceparent`: the
+  // replica's and the user code's. Reconfigure frames may change its settings and the log settings.
+  ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer = nullptr);
   ~ReplicaServer();
 
   // Binds and listens on `path` (replacing a stale socket file).

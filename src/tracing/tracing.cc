@@ -1,0 +1,363 @@
+#include "tracing/tracing.h"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "common/common.h"
+
+namespace ferry::tracing {
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;  // upper case is invalid in traceparent
+}
+
+// Reads exactly `digits` lower-case hex digits (at most 16) from `text` at `at`.
+bool ReadHex(std::string_view text, size_t at, size_t digits, uint64_t* out) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < digits; ++i) {
+    int d = HexValue(text[at + i]);
+    if (d < 0) return false;
+    v = (v << 4) | static_cast<uint64_t>(d);
+  }
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+bool ParseTraceparent(std::string_view h, SpanContext* out) {
+  // version "-" trace-id "-" parent-id "-" flags: 2 + 1 + 32 + 1 + 16 + 1 + 2 = 55.
+  constexpr size_t kSize = 55;
+  if (h.size() < kSize || h[2] != '-' || h[35] != '-' || h[52] != '-') return false;
+  uint64_t version, high, low, span, flags;
+  if (!ReadHex(h, 0, 2, &version) || version == 0xff) return false;
+  if (version == 0 && h.size() != kSize) return false;
+  if (version != 0 && h.size() > kSize && h[kSize] != '-') return false;
+  if (!ReadHex(h, 3, 16, &high) || !ReadHex(h, 19, 16, &low) || !ReadHex(h, 36, 16, &span) ||
+      !ReadHex(h, 53, 2, &flags))
+    return false;
+  if ((high | low) == 0 || span == 0) return false;
+  out->trace_id = {high, low};
+  out->span_id = span;
+  out->sampled = (flags & 1) != 0;
+  return true;
+}
+
+std::string TraceIdHex(const TraceId& id) { return HexString(id.high) + HexString(id.low); }
+std::string SpanIdHex(uint64_t id) { return HexString(id); }
+
+std::string FormatTraceparent(const SpanContext& c) {
+  return StrCat("00-", TraceIdHex(c.trace_id), "-", SpanIdHex(c.span_id), c.sampled ? "-01" : "-00");
+}
+
+TraceId NewTraceId() {
+  TraceId id;
+  while (!id.valid()) id = {RandomWord(), RandomWord()};
+  return id;
+}
+
+uint64_t NewSpanId() {
+  uint64_t id = 0;
+  while (id == 0) id = RandomWord();
+  return id;
+}
+
+int64_t UnixNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+namespace {
+
+nlohmann::json AttributeJson(const Attribute& a) {
+  nlohmann::json value;
+  if (const auto* s = std::get_if<std::string>(&a.value)) {
+    value["stringValue"] = *s;
+  } else if (const auto* i = std::get_if<int64_t>(&a.value)) {
+    value["intValue"] = std::to_string(*i);  // int64 is a string in protobuf's JSON mapping
+  } else if (const auto* d = std::get_if<double>(&a.value)) {
+    value["doubleValue"] = *d;
+  } else {
+    value["boolValue"] = std::get<bool>(a.value);
+  }
+  return {{"key", a.key}, {"value", std::move(value)}};
+}
+
+nlohmann::json AttributesJson(const std::vector<Attribute>& attributes) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const Attribute& a : attributes) out.push_back(AttributeJson(a));
+  return out;
+}
+
+}  // namespace
+
+std::string EncodeOtlpJson(const std::vector<Span>& spans, const std::vector<Attribute>& resource) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const Span& s : spans) {
+    nlohmann::json span = {{"traceId", TraceIdHex(s.trace_id)},
+                           {"spanId", SpanIdHex(s.span_id)},
+                           {"name", s.name},
+                           {"kind", static_cast<int>(s.kind)},
+                           {"startTimeUnixNano", std::to_string(s.start_unix_ns)},
+                           {"endTimeUnixNano", std::to_string(s.end_unix_ns)},
+                           {"attributes", AttributesJson(s.attributes)}};
+    if (s.parent_span_id != 0) span["parentSpanId"] = SpanIdHex(s.parent_span_id);
+    if (s.error) {
+      span["status"] = {{"code", 2}};  // STATUS_CODE_ERROR
+      if (!s.status_message.empty()) span["status"]["message"] = s.status_message;
+    }
+    list.push_back(std::move(span));
+  }
+  nlohmann::json doc = {
+      {"resourceSpans",
+       {{{"resource", {{"attributes", AttributesJson(resource)}}},
+         {"scopeSpans", {{{"scope", {{"name", "ferry"}, {"version", kVersion}}}, {"spans", std::move(list)}}}}}}}};
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.rfind("https://", 0) == 0)
+    return absl::InvalidArgumentError("https is not supported; send to a collector over http:// (e.g. a local agent)");
+  if (url.rfind(kScheme, 0) != 0) return absl::InvalidArgumentError("expected an http:// URL");
+  std::string_view rest = url.substr(kScheme.size());
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  HttpEndpoint e;
+  if (slash != std::string_view::npos) e.path = std::string(rest.substr(slash));
+  if (authority.empty()) return absl::InvalidArgumentError("the URL has no host");
+  if (authority.front() == '[') {  // [IPv6]:port
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return absl::InvalidArgumentError("unterminated [IPv6 address]");
+    e.host = std::string(authority.substr(1, close - 1));
+    authority.remove_prefix(close + 1);
+    if (!authority.empty() && authority.front() != ':') return absl::InvalidArgumentError("bad host:port");
+    if (!authority.empty()) e.port = std::string(authority.substr(1));
+  } else {
+    size_t colon = authority.rfind(':');
+    e.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) e.port = std::string(authority.substr(colon + 1));
+  }
+  if (e.host.empty()) return absl::InvalidArgumentError("the URL has no host");
+  bool digits = !e.port.empty() && e.port.size() <= 5;
+  for (char c : e.port) digits = digits && c >= '0' && c <= '9';
+  if (!digits || std::stoi(e.port) == 0 || std::stoi(e.port) > 65535)
+    return absl::InvalidArgumentError(StrCat("bad port '", e.port, "'"));
+  return e;
+}
+
+namespace {
+
+// Waits until `fd` is ready for `events` or `deadline` passes.
+bool WaitFor(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    int n = ::poll(&p, 1, static_cast<int>(left));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return false;
+  }
+}
+
+}  // namespace
+
+absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const std::string where = StrCat(endpoint.host, ":", endpoint.port, endpoint.path);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(endpoint.host.c_str(), endpoint.port.c_str(), &hints, &found); rc != 0)
+    return absl::UnavailableError(StrCat(where, ": ", gai_strerror(rc)));
+  int fd = -1;
+  std::string why = "no address";
+  for (addrinfo* a = found; a && fd < 0; a = a->ai_next) {
+    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      why = std::strerror(errno);
+      ::close(fd);
+      fd = -1;
+      continue;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (!WaitFor(fd, POLLOUT, deadline) || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+      why = err ? std::strerror(err) : "connect timed out";
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(found);
+  if (fd < 0) return absl::UnavailableError(StrCat(where, ": ", why));
+  std::string request = StrCat("POST ", endpoint.path, " HTTP/1.1\r\nHost: ", endpoint.host, ":", endpoint.port,
+                               "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
+                               "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n\r\n");
+  request.append(body);
+  std::string_view left = request;
+  absl::Status status;
+  while (!left.empty() && status.ok()) {
+    ssize_t n = ::send(fd, left.data(), left.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      left.remove_prefix(static_cast<size_t>(n));
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!WaitFor(fd, POLLOUT, deadline)) status = absl::DeadlineExceededError(StrCat(where, ": send timed out"));
+    } else {
+      status = absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    }
+  }
+  std::string answer;
+  while (status.ok() && answer.find("\r\n") == std::string::npos && answer.size() < 4096) {
+    char buf[1024];
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+      answer.append(buf, static_cast<size_t>(n));
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!WaitFor(fd, POLLIN, deadline)) status = absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
+    } else {
+      status = absl::UnavailableError(StrCat(where, ": closed without an answer"));
+    }
+  }
+  ::close(fd);
+  if (!status.ok()) return status;
+  // "HTTP/1.1 200 OK"
+  std::string_view line = std::string_view(answer).substr(0, answer.find("\r\n"));
+  size_t space = line.find(' ');
+  if (line.rfind("HTTP/", 0) != 0 || space == std::string_view::npos || line.size() < space + 4)
+    return absl::UnavailableError(StrCat(where, ": not an HTTP answer"));
+  if (line[space + 1] != '2') return absl::UnavailableError(StrCat(where, " answered ", line.substr(space + 1)));
+  return absl::OkStatus();
+}
+
+Tracer::Tracer(std::vector<Attribute> resource)
+    : resource_(std::move(resource)), thread_([this] { ExportLoop(); }) {}
+
+Tracer::~Tracer() {
+  Flush();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+absl::Status Tracer::Configure(const TracingOptions& options) {
+  HttpEndpoint endpoint;
+  if (!options.otlp_endpoint.empty()) {
+    absl::StatusOr<HttpEndpoint> parsed = ParseHttpEndpoint(options.otlp_endpoint);
+    if (!parsed.ok()) return parsed.status();
+    endpoint = *parsed;
+  }
+  if (!(options.sampling_ratio >= 0 && options.sampling_ratio <= 1))
+    return absl::InvalidArgumentError("sampling_ratio must be between 0 and 1");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    endpoint_ = endpoint;
+    has_endpoint_ = !options.otlp_endpoint.empty();
+  }
+  const bool on = !options.otlp_endpoint.empty();
+  always_.store(on && options.sampling_ratio >= 1);
+  // ratio * 2^64, computed in long double so that small ratios keep their precision.
+  long double bound = static_cast<long double>(options.sampling_ratio) * 18446744073709551616.0L;
+  threshold_.store(on && options.sampling_ratio < 1 ? static_cast<uint64_t>(bound) : 0);
+  enabled_.store(on);
+  return absl::OkStatus();
+}
+
+SpanContext Tracer::StartSpan(const SpanContext& parent) const {
+  SpanContext c;
+  if (!enabled()) return c;
+  if (parent.valid()) {
+    c.trace_id = parent.trace_id;
+    c.sampled = parent.sampled;
+  } else {
+    c.trace_id = NewTraceId();
+    c.sampled = always_.load(std::memory_order_relaxed) || c.trace_id.low < threshold_.load(std::memory_order_relaxed);
+  }
+  c.span_id = NewSpanId();
+  return c;
+}
+
+void Tracer::Record(Span span) {
+  bool full;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    full = queue_.size() >= kMaxQueued;
+    if (!full) queue_.push_back(std::move(span));
+    if (queue_.size() < kMaxBatch) return;
+  }
+  if (full) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  wake_.notify_one();
+}
+
+void Tracer::Flush() {
+  std::unique_lock<std::mutex> lock(mu_);
+  uint64_t ticket = ++flush_requested_;
+  wake_.notify_one();
+  flushed_.wait(lock, [&] { return flush_done_ >= ticket || stopping_; });
+}
+
+void Tracer::ExportLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    wake_.wait_for(lock, kExportInterval,
+                   [&] { return stopping_ || queue_.size() >= kMaxBatch || flush_requested_ > flush_done_; });
+    const uint64_t flush_to = flush_requested_;
+    while (!queue_.empty()) {
+      std::vector<Span> batch;
+      if (queue_.size() <= kMaxBatch) {
+        batch.swap(queue_);
+      } else {
+        batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + kMaxBatch));
+        queue_.erase(queue_.begin(), queue_.begin() + kMaxBatch);
+      }
+      lock.unlock();
+      ExportBatch(batch);
+      lock.lock();
+    }
+    flush_done_ = flush_to;
+    flushed_.notify_all();
+    if (stopping_) return;
+  }
+}
+
+void Tracer::ExportBatch(std::vector<Span>& batch) {
+  HttpEndpoint endpoint;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!has_endpoint_) return;  // tracing was turned off: what was queued goes nowhere
+    endpoint = endpoint_;
+  }
+  absl::Status s = PostJson(endpoint, EncodeOtlpJson(batch, resource_), std::chrono::seconds(5));
+  if (s.ok()) {
+    exported_.fetch_add(batch.size(), std::memory_order_relaxed);
+    return;
+  }
+  dropped_.fetch_add(batch.size(), std::memory_order_relaxed);
+  // One warning per interval at most: a collector that is down must not flood the log.
+  auto now = Clock::now();
+  if (now - last_warning_ >= std::chrono::seconds(10)) {
+    last_warning_ = now;
+    FERRY_LOG(kWarning, "tracing", "could not export ", batch.size(), " spans: ", Message(s), " (",
+              dropped_.load(), " spans dropped so far)");
+  }
+}
+
+}  // namespace ferry::tracing
