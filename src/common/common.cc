@@ -218,6 +218,7 @@ void Log::WriteLines(std::string_view lines) {
 
 void Log::Write(LogLevel level, std::string_view component, std::string_view message,
                 std::initializer_list<LogField> fields) {
+  if (!Enabled(level)) return;
   std::string line;
   Format(level, component, message, fields, &line);
   WriteLines(line);

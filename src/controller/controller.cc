@@ -161,6 +161,7 @@ absl::Status Controller::Apply(const config::Config& config) { return ApplyInter
 
 absl::Status Controller::ApplyInternal(const config::Config& config, bool recovering, bool record_history) {
   if (shutting_down_) return absl::UnavailableError("the node is shutting down");
+  ApplyNodeObservability(config);
   const double now_s = WallSeconds();
   std::set<std::string> wanted_apps, wanted_deployments;
   bool changed = false;
@@ -245,7 +246,6 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
     }
   }
   applied_ = config;
-  ApplyNodeObservability(config);
   if (changed) waiting_all_ready_ = true;
   PublishRoutes();
   absl::Status saved = Persist();
@@ -296,9 +296,11 @@ absl::Status Controller::Rollback(const std::string& application) {
 
 absl::Status Controller::DeleteAll() {
   config::Config empty;
-  if (applied_) {
+  if (applied_) {  // the node's own settings stay
     empty.http_options = applied_->http_options;
     empty.admin = applied_->admin;
+    empty.logging_config = applied_->logging_config;
+    empty.tracing = applied_->tracing;
   }
   return ApplyInternal(empty, false, true);
 }

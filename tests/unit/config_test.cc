@@ -290,5 +290,90 @@ TEST(ConfigTest, LoadConfigFileResolvesPluginsNextToTheFile) {
   EXPECT_FALSE(LoadConfigFile((dir / "absent.yaml").string()).ok());
 }
 
+TEST(ConfigTest, LoggingConfigCascadesFromTopToApplicationToDeployment) {
+  auto c = ParseConfig(R"(
+logging_config: {encoding: JSON, log_level: WARNING}
+applications:
+  - name: a
+    route_prefix: /a
+    deployments:
+      - {name: Inherits, import_path: builtin:echo}
+      - name: Own
+        import_path: builtin:echo
+        logging_config: {log_level: DEBUG}
+  - name: b
+    route_prefix: /b
+    logging_config: {enable_access_log: false, encoding: TEXT, log_level: CRITICAL}
+    deployments:
+      - {name: FromApp, import_path: builtin:echo}
+  - name: c
+    route_prefix: /c
+    deployments:
+      - {name: FromTop, import_path: builtin:echo}
+)",
+                       "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->logging_config.has_value());
+  EXPECT_EQ(c->logging_config->encoding, LogEncoding::kJson);
+  EXPECT_EQ(c->logging_config->log_level, LogLevel::kWarning);
+  EXPECT_TRUE(c->logging_config->enable_access_log);
+  const auto& a = c->applications[0];
+  EXPECT_EQ(a.deployments[0].logging, *c->logging_config);
+  // A deployment's logging_config replaces the one above it whole: its unset fields are the defaults.
+  EXPECT_EQ(a.deployments[1].logging.log_level, LogLevel::kDebug);
+  EXPECT_EQ(a.deployments[1].logging.encoding, LogEncoding::kText);
+  const auto& b = c->applications[1].deployments[0].logging;
+  EXPECT_FALSE(b.enable_access_log);
+  EXPECT_EQ(b.log_level, LogLevel::kError);
+  EXPECT_EQ(c->applications[2].deployments[0].logging, *c->logging_config);
+  // What is written survives the round trip through JSON (how the controller stores it).
+  auto again = ParseConfig(ToJson(*c).dump(), "stored", "/tmp", Builtins());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(ToJson(*again), ToJson(*c));
+  EXPECT_EQ(again->applications[1].deployments[0].logging, b);
+  EXPECT_FALSE(again->applications[0].logging_config.has_value());
+}
+
+TEST(ConfigTest, TracingIsReadAndChecked) {
+  auto c = ParseConfig(R"(
+tracing: {otlp_endpoint: "http://127.0.0.1:4318/v1/traces"}
+applications:
+  - name: a
+    deployments: [{name: D, import_path: builtin:echo}]
+)",
+                       "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->tracing.has_value());
+  EXPECT_EQ(c->tracing->otlp_endpoint, "http://127.0.0.1:4318/v1/traces");
+  EXPECT_EQ(c->tracing->sampling_ratio, 0.01);  // Ray Serve's tracing samples 1% by default
+  auto again = ParseConfig(ToJson(*c).dump(), "stored", "/tmp", Builtins());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->tracing, c->tracing);
+
+  std::string e = ErrorOf(R"(
+tracing:
+  otlp_endpoint: https://collector:4318/v1/traces
+  sampling_ratio: 2
+  export: fast
+logging_config:
+  encoding: XML
+  log_level: LOUD
+  enable_access_log: sometimes
+applications:
+  - name: a
+    deployments: [{name: D, import_path: builtin:echo, logging_config: {logs_dir: /tmp}}]
+)");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:3:18: tracing.otlp_endpoint: https is not supported"));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:4:19: tracing.sampling_ratio: expected a number from 0 to 1"));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:5:3: tracing.export: unknown field"));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:7:13: logging_config.encoding: expected TEXT or JSON, got \"XML\""));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:8:14: logging_config.log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"));
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:9:22: logging_config.enable_access_log: expected true or false"));
+  EXPECT_THAT(e, HasSubstr("applications[0].deployments[0].logging_config.logs_dir: unknown field"));
+  EXPECT_THAT(ErrorOf("tracing: {sampling_ratio: 1}\napplications: [{name: a, deployments: [{name: D, import_path: "
+                      "builtin:echo}]}]\n"),
+              HasSubstr("cfg.yaml:1:10: tracing.otlp_endpoint: required"));
+}
+
 }  // namespace
 }  // namespace ferry::config

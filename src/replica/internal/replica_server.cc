@@ -537,9 +537,10 @@ class ReplicaServer::Impl {
   }
 
   // Records the spans of a traced task that was just answered with `status`.
-  void EndTrace(const Task& task, int status, size_t batch_size) {
+  // `answered_ns`: when its answer was handed to the connection.
+  void EndTrace(const Task& task, int status, size_t batch_size, int64_t answered_ns) {
     const TaskTrace& t = *task.trace;
-    const int64_t now = tracing::UnixNanos();
+    const int64_t now = answered_ns;
     const std::string request_id(task.request.request_id);
     if (t.user_start_ns != 0) {
       tracing::Span user;
@@ -643,9 +644,10 @@ class ReplicaServer::Impl {
       transport::AppendResponse(frames[live[i]->connection.get()], live[i]->stream_id,
                                 {static_cast<uint16_t>(responses[i].status), headers, responses[i].body});
     }
+    const int64_t answered_ns = traced ? tracing::UnixNanos() : 0;
     for (auto& [connection, bytes] : frames) connection->Send(bytes);
     for (size_t i = 0; i < live.size(); ++i)
-      if (live[i]->trace) EndTrace(*live[i], responses[i].status, live.size());
+      if (live[i]->trace) EndTrace(*live[i], responses[i].status, live.size(), answered_ns);
     for (Task* task : live) Forget(*task);
   }
 
@@ -663,8 +665,9 @@ class ReplicaServer::Impl {
     for (const auto& [k, v] : response.headers) headers.emplace_back(k, v);
     frame.clear();
     transport::AppendResponse(frame, task.stream_id, {static_cast<uint16_t>(response.status), headers, response.body});
+    const int64_t answered_ns = task.trace ? tracing::UnixNanos() : 0;
     task.connection->Send(frame);
-    if (task.trace) EndTrace(task, response.status, 0);
+    if (task.trace) EndTrace(task, response.status, 0, answered_ns);
     Forget(task);
   }
 
