@@ -190,11 +190,13 @@ class AdminServer::Impl {
     }
     if (path == "/metrics") {
       if (method != http::verb::get) return Error(http::status::method_not_allowed, "use GET on /metrics");
+      if (!options_.metrics)
+        return Error(http::status::not_found, "metrics are off: this node was started with --no-metrics");
       // The node's own series (proxy), then what the controller's state says (replicas, queues, scaling).
       std::optional<std::string> state = OnController<std::string>([this] { return controller_->MetricsText(); });
       if (!state) return Error(http::status::service_unavailable, "the controller did not answer in time");
       Reply r;
-      r.text = (options_.metrics ? options_.metrics->Render() : std::string()) + *state;
+      r.text = options_.metrics->Render() + *state;
       return r;
     }
     if (path == "/api/ferry/history" && method == http::verb::get)

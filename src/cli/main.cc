@@ -68,7 +68,8 @@ Options:
   --admin-host HOST    admin API address instead of admin.host (default 127.0.0.1)
   --admin-port PORT    admin API port instead of admin.port (default 8265; 0: any free port)
   --admin-token-file F bearer token for the admin API, required when it listens off loopback
-  --log-level LEVEL    debug, info (default), warning or error
+  --log-level LEVEL    debug, info (default), warning or error (the config's logging_config.log_level wins)
+  --no-metrics         record no metrics (GET /metrics answers 404); for benchmarks and the frugal
   --run-dir DIR        where replica sockets live (default: a new directory under $TMPDIR or /tmp)
   -h, --help           this text
 )";
@@ -85,7 +86,7 @@ Options:
   --state-dir DIR      default $FERRY_STATE_DIR, else ~/.ferry
   --foreground         do not daemonize; log to standard error
   --http-host HOST, --http-port PORT, --threads N, --admin-host HOST, --admin-port PORT,
-  --admin-token-file F, --log-level LEVEL   as for ferry run
+  --admin-token-file F, --log-level LEVEL, --no-metrics   as for ferry run
   -h, --help           this text
 )";
 
@@ -206,6 +207,7 @@ config::ValidationHooks Hooks(const std::string& self) {
 // Applies the node flags shared by run and start to `options`.
 std::optional<std::string> ApplyNodeFlags(const Flags& f, cli::NodeOptions& options) {
   int n;
+  options.metrics = !f.switches.count("--no-metrics");
   if (auto v = f.Get("--http-host")) options.http.host = *v;
   if (auto v = f.Get("--http-port")) {
     if (!ParseInt(*v, &n) || n < 0 || n > 65535) return "--http-port needs a port number (0-65535)";
@@ -247,7 +249,7 @@ std::optional<config::Config> LoadOrReport(const std::string& path, const config
 }
 
 int RunCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, kNodeFlags, {}, "ferry run --help");
+  Flags f = Flags::Parse(args, kNodeFlags, {"--no-metrics"}, "ferry run --help");
   if (f.help) return std::cout << kRunUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.size() != 1) return Fail("ferry run needs exactly one CONFIG file (see ferry run --help)");
@@ -286,7 +288,7 @@ std::optional<pid_t> RunningNode(const std::string& pid_file) {
 }
 
 int StartCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, kNodeFlags, {"--foreground"}, "ferry start --help");
+  Flags f = Flags::Parse(args, kNodeFlags, {"--foreground", "--no-metrics"}, "ferry start --help");
   if (f.help) return std::cout << kStartUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.size() > 1) return Fail("ferry start takes at most one CONFIG file (see ferry start --help)");

@@ -212,7 +212,7 @@ int RunNode(const NodeOptions& options) {
                           {"service.instance.id", StrCat("node-", getpid())},
                           {"process.pid", static_cast<int64_t>(getpid())}});
   proxy::ProxyOptions proxy_options = ProxyOptionsFrom(options.http);
-  proxy_options.metrics = &registry;
+  proxy_options.metrics = options.metrics ? &registry : nullptr;
   proxy_options.tracer = &tracer;
   absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(proxy_options, &routing);
   if (!proxy.ok()) {
@@ -232,7 +232,7 @@ int RunNode(const NodeOptions& options) {
   }
   int code;
   {
-    Node node(options, std::move(*proxy), &registry, &tracer);
+    Node node(options, std::move(*proxy), options.metrics ? &registry : nullptr, &tracer);
     absl::Status created = node.Create(&routing, run_dir);
     if (!created.ok()) {
       std::cerr << "ferry: " << Message(created) << std::endl;

@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""bench/http_echo/observability.py: what metrics, tracing and access lines cost on bench/http_echo's load.
+
+The echo config of bench/http_echo (1 replica, max_ongoing_requests 100), under wrk with 64 connections,
+served by one ferry binary in four setups, alternating rounds so that drift hits every setup alike:
+  off        --no-metrics, enable_access_log false, no tracing
+  metrics    metrics on (the default), no access lines, no tracing
+  traced     metrics on, tracing at sampling_ratio 0.01 to a real OTLP/HTTP receiver on loopback
+  all        as traced, plus the default access line per request (TEXT, to a file)
+The issue's target: "traced" within 5% of "off". Prints requests/s per round, the medians, and the ratios.
+Usage: bench/http_echo/observability.py [SECONDS] [ROUNDS]     (needs wrk and a built ferry)
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../tests/integration"))
+from common import FERRY, free_port, wrk  # noqa: E402
+from otlp_receiver import OtlpReceiver  # noqa: E402
+
+import requests  # noqa: E402
+
+SETUPS = ("off", "metrics", "traced", "all")
+
+
+def config(port, setup, endpoint):
+    lines = [f"http_options: {{host: 127.0.0.1, port: {port}}}"]
+    if setup in ("traced", "all"):
+        lines.append(f'tracing: {{otlp_endpoint: "{endpoint}", sampling_ratio: 0.01}}')
+    if setup != "all":
+        lines.append("logging_config: {enable_access_log: false}")
+    lines.append("""applications:
+  - name: echo
+    route_prefix: /echo
+    deployments:
+      - {name: Echo, import_path: "builtin:echo", num_replicas: 1, max_ongoing_requests: 100}""")
+    return "\n".join(lines) + "\n"
+
+
+def run_setup(setup, seconds, receiver, work):
+    port = free_port()
+    path = os.path.join(work, f"{setup}.yaml")
+    with open(path, "w") as f:
+        f.write(config(port, setup, receiver.url))
+    args = [FERRY, "run", path, "--admin-port", "0"]
+    if setup == "off":
+        args.append("--no-metrics")
+    with open(os.path.join(work, f"{setup}.log"), "a") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            url = f"http://127.0.0.1:{port}/echo"
+            for _ in range(200):
+                try:
+                    if requests.get(url, timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)
+            wrk(url, 64, 2)  # warm-up
+            return wrk(url, 64, seconds)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def main():
+    seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    results = {s: [] for s in SETUPS}
+    with OtlpReceiver() as receiver, tempfile.TemporaryDirectory(prefix="ferry-obs-bench-") as work:
+        for r in range(rounds):
+            for setup in SETUPS:
+                m = run_setup(setup, seconds, receiver, work)
+                results[setup].append(m)
+                print(f"round {r + 1} {setup:8s} {m['rps']:10,.0f} req/s  p50 {m['p50_us']:6.0f} us  "
+                      f"p99 {m['p99_us']:6.0f} us  non-2xx {m['non_2xx']}", flush=True)
+        spans = len(receiver.all_spans())
+        traced_requests = sum(m["rps"] * seconds for s in ("traced", "all") for m in results[s])
+        print(f"\nspans received: {spans} from ~{traced_requests:,.0f} traced-setup requests "
+              f"({spans / 4 / max(traced_requests, 1) * 100:.2f}% sampled; 4 spans a request); "
+              f"receiver errors: {len(receiver.errors)}")
+    median = {s: statistics.median(m["rps"] for m in results[s]) for s in SETUPS}
+    print("\nmedian req/s: " + ", ".join(f"{s} {median[s]:,.0f}" for s in SETUPS))
+    for s in SETUPS[1:]:
+        print(f"  {s:8s} vs off: {median[s] / median['off']:.3f}x  ({(1 - median[s] / median['off']) * 100:+.1f}% cost)")
+    print("target: traced >= 0.95x off")
+
+
+if __name__ == "__main__":
+    main()
