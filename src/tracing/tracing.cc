@@ -285,10 +285,14 @@ SpanContext Tracer::StartSpan(const SpanContext& parent) const {
     c.trace_id = parent.trace_id;
     c.sampled = parent.sampled;
   } else {
-    c.trace_id = NewTraceId();
-    c.sampled = always_.load(std::memory_order_relaxed) || c.trace_id.low < threshold_.load(std::memory_order_relaxed);
+    // The decision comes first and ids only for traces that are kept: most requests cost one random draw.
+    const uint64_t low = RandomWord();
+    c.sampled = always_.load(std::memory_order_relaxed) || low < threshold_.load(std::memory_order_relaxed);
+    if (!c.sampled) return c;
+    c.trace_id = {RandomWord(), low};
+    if (!c.trace_id.valid()) c.trace_id.high = 1;
   }
-  c.span_id = NewSpanId();
+  if (c.sampled) c.span_id = NewSpanId();
   return c;
 }
 

@@ -122,7 +122,7 @@ class Tracer {
 
   // The context of a new span for a request that arrived with `parent` (invalid when it had none): the
   // parent's trace and sampling decision, or a new trace sampled at sampling_ratio. Not sampled when
-  // tracing is off.
+  // tracing is off. Ids are made only for sampled spans (an unsampled context has no span id).
   SpanContext StartSpan(const SpanContext& parent) const;
 
   // Queues a finished span for export. Never blocks on the network.
