@@ -16,9 +16,9 @@
 #include "controller/controller.h"
 #include "controller/state_store.h"
 #include "metrics/metrics.h"
-#include "tracing/tracing.h"
 #include "proxy/proxy.h"
 #include "router/routing_table.h"
+#include "tracing/tracing.h"
 
 namespace ferry::cli {
 namespace {

@@ -20,9 +20,9 @@ struct NodeOptions {
   config::AdminOptions admin;
   std::optional<config::Config> initial_config;  // applied at start (after restoring the state dir)
   bool serve_after_ready = false;                // open the HTTP port only once the initial config is running
-  bool metrics = true;  // false (--no-metrics): the proxy records no series and /metrics answers 404
-  bool exit_on_start_failure = false;            // a deployment failing to start before that ends the node
-  config::ValidationHooks hooks;                 // for configs deployed through the admin API
+  bool metrics = true;                 // false (--no-metrics): the proxy records no series and /metrics answers 404
+  bool exit_on_start_failure = false;  // a deployment failing to start before that ends the node
+  config::ValidationHooks hooks;       // for configs deployed through the admin API
   // Called once the node serves its admin API (and, with serve_after_ready, HTTP): a line to print.
   std::function<void(const std::string& summary)> on_ready;
 };

@@ -53,15 +53,25 @@ size_t Utf8SequenceLength(std::string_view s) {
   return 0;
 }
 
+// "2026-11-26T08:01:02.345Z". The date and time are formatted once a second per thread: a busy proxy
+// writes an access line per request.
 void AppendStamp(std::string& out) {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  tm parts;
-  gmtime_r(&ts.tv_sec, &parts);
-  char stamp[40];
-  int n = snprintf(stamp, sizeof(stamp), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", parts.tm_year + 1900,
-                   parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, ts.tv_nsec / 1000000);
-  out.append(stamp, n > 0 ? static_cast<size_t>(n) : 0);
+  thread_local time_t cached_second = -1;
+  thread_local char cached[24];
+  if (ts.tv_sec != cached_second) {
+    tm parts;
+    gmtime_r(&ts.tv_sec, &parts);
+    snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d.", parts.tm_year + 1900, parts.tm_mon + 1,
+             parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec);
+    cached_second = ts.tv_sec;
+  }
+  out.append(cached, 20);
+  const long ms = ts.tv_nsec / 1000000;
+  const char tail[] = {static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
+                       static_cast<char>('0' + ms % 10), 'Z'};
+  out.append(tail, 4);
 }
 
 void AppendNumber(std::string& out, double v) {

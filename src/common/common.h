@@ -7,9 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
-#include <initializer_list>
 #include <type_traits>
 #include <utility>
 #include <vector>

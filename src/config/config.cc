@@ -693,7 +693,9 @@ json ToJson(const LoggingConfig& l) {
   return {{"encoding", LogEncodingName(l.encoding)}, {"log_level", level}, {"enable_access_log", l.enable_access_log}};
 }
 
-json ToJson(const TracingConfig& t) { return {{"otlp_endpoint", t.otlp_endpoint}, {"sampling_ratio", t.sampling_ratio}}; }
+json ToJson(const TracingConfig& t) {
+  return {{"otlp_endpoint", t.otlp_endpoint}, {"sampling_ratio", t.sampling_ratio}};
+}
 
 json ToJson(const ApplicationConfig& app) {
   json a = {

@@ -86,8 +86,8 @@ struct DeploymentConfig {
   double health_check_period_s = 10;
   double health_check_timeout_s = 30;
   double graceful_shutdown_timeout_s = 20;
-  int max_constructor_retry_count = 20;  // start failures in a row before the version is DEPLOY_FAILED
-  double startup_timeout_s = 300;        // ferry: a replica not ready by then counts as a failed start
+  int max_constructor_retry_count = 20;         // start failures in a row before the version is DEPLOY_FAILED
+  double startup_timeout_s = 300;               // ferry: a replica not ready by then counts as a failed start
   std::optional<LoggingConfig> logging_config;  // as written for this deployment
   LoggingConfig logging;  // in effect: this deployment's, else its application's, else the top level's
 
@@ -98,7 +98,7 @@ struct DeploymentConfig {
 struct ApplicationConfig {
   std::string name;
   std::string route_prefix = "/";
-  std::string ingress;  // a deployment name; defaults to the first deployment
+  std::string ingress;                          // a deployment name; defaults to the first deployment
   std::optional<LoggingConfig> logging_config;  // as written; the default for its deployments
   std::vector<DeploymentConfig> deployments;
 

@@ -140,21 +140,21 @@ class Tracer {
   const std::vector<Attribute> resource_;
   // sampling_ratio as a bound on a trace id's low word: 0 samples nothing, UINT64_MAX everything.
   std::atomic<uint64_t> threshold_{0};
-  std::atomic<bool> always_{false};         // sampling_ratio >= 1
+  std::atomic<bool> always_{false};   // sampling_ratio >= 1
   std::atomic<bool> enabled_{false};  // an endpoint is set
   std::atomic<uint64_t> exported_{0};
   std::atomic<uint64_t> dropped_{0};
   std::mutex mu_;
   std::condition_variable wake_;
   std::condition_variable flushed_;
-  std::vector<Span> queue_;            // guarded by mu_
-  HttpEndpoint endpoint_;              // guarded by mu_
-  bool has_endpoint_ = false;          // guarded by mu_
-  uint64_t flush_requested_ = 0;       // guarded by mu_
-  uint64_t flush_done_ = 0;            // guarded by mu_
-  bool stopping_ = false;              // guarded by mu_
+  std::vector<Span> queue_;                               // guarded by mu_
+  HttpEndpoint endpoint_;                                 // guarded by mu_
+  bool has_endpoint_ = false;                             // guarded by mu_
+  uint64_t flush_requested_ = 0;                          // guarded by mu_
+  uint64_t flush_done_ = 0;                               // guarded by mu_
+  bool stopping_ = false;                                 // guarded by mu_
   std::chrono::steady_clock::time_point last_warning_{};  // exporter thread only
-  std::thread thread_;                 // last: starts once the rest is set up
+  std::thread thread_;                                    // last: starts once the rest is set up
 };
 
 }  // namespace ferry::tracing

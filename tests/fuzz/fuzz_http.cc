@@ -51,7 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ferry::tracing::SpanContext context;
     if (ferry::tracing::ParseTraceparent(value, &context)) {
       if (!context.valid()) __builtin_trap();
-      if (value.substr(0, 3) == "00-" && ferry::tracing::FormatTraceparent(context).substr(0, 53) != value.substr(0, 53))
+      if (value.substr(0, 3) == "00-" &&
+          ferry::tracing::FormatTraceparent(context).substr(0, 53) != value.substr(0, 53))
         __builtin_trap();
     }
   }

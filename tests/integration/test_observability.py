@@ -201,6 +201,10 @@ applications:
       - name: Texty
         import_path: builtin:echo
         logging_config: {encoding: TEXT}
+  - name: slow
+    route_prefix: /slow
+    deployments:
+      - {name: Slow, import_path: builtin:busy, args: {work_us: 2000000}}
 """
 
 
@@ -247,6 +251,16 @@ class LoggingTest(unittest.TestCase):
             for line in list(ferry.stderr_lines):
                 if "[texty#" not in line:
                     self.assertIsInstance(json.loads(line), dict, line)
+
+    def test_a_request_the_client_gave_up_on_gets_a_499_line(self):
+        with Ferry(ACCESS_CONFIG) as ferry:
+            with self.assertRaises(requests.exceptions.Timeout):
+                requests.get(ferry.url("/slow"), timeout=0.3)
+            line = wait_until(lambda: [j for j in json_lines_of(ferry) if j.get("component_name") == "access"
+                                       and j.get("path") == "/slow"], timeout=10, what="the access line")[0]
+            self.assertEqual(line["status_code"], 499)
+            self.assertTrue(line["replica"].startswith("slow#Slow#"), line)
+            self.assertGreaterEqual(line["latency_ms"], 250)
 
     def test_a_deploy_changes_logging_in_place(self):
         with Ferry(ACCESS_CONFIG) as ferry:

@@ -367,7 +367,8 @@ applications:
   EXPECT_THAT(e, HasSubstr("cfg.yaml:4:19: tracing.sampling_ratio: expected a number from 0 to 1"));
   EXPECT_THAT(e, HasSubstr("cfg.yaml:5:3: tracing.export: unknown field"));
   EXPECT_THAT(e, HasSubstr("cfg.yaml:7:13: logging_config.encoding: expected TEXT or JSON, got \"XML\""));
-  EXPECT_THAT(e, HasSubstr("cfg.yaml:8:14: logging_config.log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"));
+  EXPECT_THAT(e,
+              HasSubstr("cfg.yaml:8:14: logging_config.log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"));
   EXPECT_THAT(e, HasSubstr("cfg.yaml:9:22: logging_config.enable_access_log: expected true or false"));
   EXPECT_THAT(e, HasSubstr("applications[0].deployments[0].logging_config.logs_dir: unknown field"));
   EXPECT_THAT(ErrorOf("tracing: {sampling_ratio: 1}\napplications: [{name: a, deployments: [{name: D, import_path: "

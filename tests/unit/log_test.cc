@@ -1,6 +1,5 @@
 // The logger's two encodings, as a log shipper reads them.
 #include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -63,8 +62,9 @@ TEST_F(LogTest, JsonEscapesControlCharactersAndReplacesInvalidUtf8) {
   std::string line = Line(LogLevel::kError, message);
   ASSERT_EQ(line.find('\n'), line.size() - 1) << "a raw newline would split the line";
   json j = json::parse(line);  // throws on invalid UTF-8 or bad escapes
-  EXPECT_EQ(j["message"], "quote \" backslash \\ newline \n tab \t bell \x07 caf\xc3\xa9 bad \xef\xbf\xbd\xef\xbf\xbd end "
-                          "\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_EQ(j["message"],
+            "quote \" backslash \\ newline \n tab \t bell \x07 caf\xc3\xa9 bad \xef\xbf\xbd\xef\xbf\xbd end "
+            "\xef\xbf\xbd\xef\xbf\xbd");
   // Overlong encodings and surrogates are not UTF-8 either.
   json k = json::parse(Line(LogLevel::kError, "\xc0\xaf \xed\xa0\x80"));
   EXPECT_EQ(k["message"].get<std::string>().find('\xc0'), std::string::npos);

@@ -1,11 +1,11 @@
 #include "tracing/tracing.h"
 
 #include <arpa/inet.h>
-#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <gtest/gtest.h>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -72,10 +72,8 @@ TEST(OtlpJson, EncodesTheProtocolsJsonMapping) {
   s.kind = SpanKind::kServer;
   s.start_unix_ns = 1700000000123456789;
   s.end_unix_ns = 1700000000223456789;
-  s.attributes = {{"http.route", std::string("/echo")},
-                  {"http.response.status_code", int64_t{503}},
-                  {"ratio", 0.5},
-                  {"ok", false}};
+  s.attributes = {
+      {"http.route", std::string("/echo")}, {"http.response.status_code", int64_t{503}}, {"ratio", 0.5}, {"ok", false}};
   s.error = true;
   Span root;
   root.trace_id = s.trace_id;

@@ -204,7 +204,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
     const router::Route* route = table->Match(path);
     if (!route) {
-      if (table->access_log()) BeginAccess(req, path, nullptr, table);
+      if (table->access_log()) BeginAccess(req, path, nullptr);
       WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", path), false);
       return;
     }
@@ -217,23 +217,24 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void StartCall(http::request<http::string_body>&& req, std::string_view path,
                  std::shared_ptr<const router::RoutingTable> table, const router::Route* route) {
     series_ = worker_.Series(table, route);
-    if (route->access_log) BeginAccess(req, path, route, table);
+    if (route->access_log) BeginAccess(req, path, route);
     tracing::SpanContext trace;
-    if (tracing::Tracer* tracer = worker_.tracer(); tracer && tracer->enabled()) trace = BeginTrace(*tracer, req, path, route);
+    if (tracing::Tracer* tracer = worker_.tracer(); tracer && tracer->enabled())
+      trace = BeginTrace(*tracer, req, path, route);
     call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_, series_);
     if (trace.sampled) call_->SetTrace(trace);
     call_->Start(std::move(req));
   }
 
   // Remembers what the access line of this request needs that the request itself will no longer hold.
-  void BeginAccess(const http::request<http::string_body>& req, std::string_view path, const router::Route* route,
-                   const std::shared_ptr<const router::RoutingTable>& table) {
+  // `route` (null: none matched) stays valid while call_ holds its routing table: the line is written
+  // before call_ is let go.
+  void BeginAccess(const http::request<http::string_body>& req, std::string_view path, const router::Route* route) {
     if (!Log::Enabled(LogLevel::kInfo)) return;
     access_ = true;
     method_.assign(req.method_string().data(), req.method_string().size());
     path_.assign(path);
     route_ = route;
-    route_table_ = table;  // keeps route_ alive
   }
 
   tracing::SpanContext BeginTrace(const tracing::Tracer& tracer, const http::request<http::string_body>& req,
@@ -402,15 +403,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void RecordResponse(unsigned status) {
     RouteSeries* series = series_ ? series_ : worker_.Series(worker_.routing().Get(), nullptr);
     worker_.RecordResponse(series, status, started_);
-    std::string_view replica = call_ ? call_->replica_id() : std::string_view();
-    std::string trace_id;
-    if (span_) {
-      if (access_) trace_id = tracing::TraceIdHex(span_->trace_id);
-      EndTrace(status, replica);
-    }
-    if (access_) WriteAccessLine(status, replica, trace_id);
+    if (span_ || access_) EndRequest(status);
     series_ = nullptr;
     started_.reset();
+  }
+
+  // The current request's span and access line, once its outcome (`status`) is known.
+  void EndRequest(unsigned status) {
+    std::string_view replica = call_ ? call_->replica_id() : std::string_view();
+    std::string trace_id = span_ && access_ ? tracing::TraceIdHex(span_->trace_id) : std::string();
+    if (span_) EndTrace(status, replica);
+    if (access_) WriteAccessLine(status, replica, trace_id);
   }
 
   void EndTrace(unsigned status, std::string_view replica) {
@@ -430,7 +433,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     snprintf(latency, sizeof(latency), "%.3fms", ms);
     const router::Route* r = route_;
     std::string& out = worker_.access_log();
-    Log::Format(LogLevel::kInfo, "access", ferry::StrCat(method_, " ", path_, " ", status, " ", latency),
+    thread_local std::string message;
+    message.clear();
+    ferry::StrAppend(&message, method_, " ", path_, " ", status, " ", latency);
+    Log::Format(LogLevel::kInfo, "access", message,
                 {{"request_id", request_id_},
                  JsonOnly({"method", method_}),
                  JsonOnly({"path", path_}),
@@ -443,7 +449,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                  {"trace_id", trace_id}},
                 &out);
     route_ = nullptr;
-    route_table_.reset();
     if (out.size() >= kAccessLogBlock) worker_.FlushAccessLog();
   }
 
@@ -457,6 +462,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     phase_ = Phase::kClosed;
     Uncount();
     if (call_) call_->Abandon();
+    // A request the client gave up on still gets its span and access line, with nginx's 499.
+    if (span_ || access_) EndRequest(kClientClosedRequest);
     call_.reset();
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -464,6 +471,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   static constexpr size_t kReadAhead = 4096;
+  static constexpr unsigned kClientClosedRequest = 499;
   static constexpr size_t kAccessLogBlock = 64 * 1024;
   Worker& worker_;
   tcp::socket socket_;
@@ -483,9 +491,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The current request's access line: written when it is answered.
   bool access_ = false;
   std::string method_, path_;
-  const router::Route* route_ = nullptr;  // null: it matched no route
-  std::shared_ptr<const router::RoutingTable> route_table_;
-  std::optional<tracing::Span> span_;  // the proxy's span of the current request, when it is traced
+  const router::Route* route_ = nullptr;  // null: it matched no route; else owned by call_'s table
+  std::optional<tracing::Span> span_;     // the proxy's span of the current request, when it is traced
 };
 
 void StartHttpSession(Worker& worker, tcp::socket socket) {
