@@ -48,6 +48,11 @@ MODELS = {
             "scale": 1, "ferry": [{"replicas": 1, "threads": 2, "max_batch_size": 32, "batch_wait_timeout_s": 0.001}]},
 }
 
+# FERRY_SETUPS='{"mlp": [{"replicas": 1, "threads": 2, "max_batch_size": 64, ...}]}' replaces a model's
+# ferry setups (for trying batch settings without editing this file); "adaptive": true is passed on.
+for _name, _setups in json.loads(os.environ.get("FERRY_SETUPS", "{}")).items():
+    MODELS[_name]["ferry"] = _setups
+
 
 def ceiling(models_dir, spec, replicas, threads, batch, seconds):
     """`replicas` plain LibTorch loops at once, each with `threads` intra-op threads: samples/s summed."""
@@ -140,7 +145,8 @@ def main():
             spec = MODELS[name]
             body, header_length = write_body(work, name, spec)
             for setup in spec["ferry"]:
-                batching = {k: setup[k] for k in ("max_batch_size", "batch_wait_timeout_s")}
+                batching = {k: setup[k] for k in ("max_batch_size", "batch_wait_timeout_s", "adaptive") if k in setup}
+                batching = {k: str(v).lower() if isinstance(v, bool) else v for k, v in batching.items()}
                 fields = ", ".join(f"{k}: {v}" for k, v in batching.items())
                 node.deploy(f"""applications:
   - name: {name}
@@ -191,7 +197,7 @@ def main():
             if r["non_2xx"]:
                 note += f"; non-2xx {r['non_2xx']}"
             label = (f"ferry ({b['replicas']}x{b['threads']} thr, batch {b['max_batch_size']}, "
-                     f"wait {b['batch_wait_timeout_s'] * 1000:g} ms)")
+                     f"wait {b['batch_wait_timeout_s'] * 1000:g} ms{', adaptive' if b.get('adaptive') else ''})")
             print(f"{name:<9} {label:<44} {r['rps']:>9.1f} {r['p50_us'] / 1000:>9.2f} {r['p99_us'] / 1000:>9.2f}  {note}")
         for server in ("fastapi_1w", "fastapi_2w"):
             r = row[server]
