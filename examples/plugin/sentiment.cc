@@ -1,5 +1,5 @@
 // A toy sentiment "model": scores text by counting words from a lexicon. It shows every part of the
-// SDK: constructor args, handle, reconfigure (user_config) and check_health.
+// SDK: constructor args, handle, reconfigure (user_config), check_health, and ferry::log.
 #include <atomic>
 #include <cctype>
 #include <ferry/deployment.h>
@@ -14,6 +14,8 @@ class Sentiment : public ferry::Deployment {
     for (const auto& w : args.get<std::vector<std::string>>("positive", {"good", "great", "love"})) positive_.insert(w);
     for (const auto& w : args.get<std::vector<std::string>>("negative", {"bad", "awful", "hate"})) negative_.insert(w);
     if (positive_.empty()) throw std::invalid_argument("args.positive: the lexicon needs at least one word");
+    ferry::log::Info("lexicon: " + std::to_string(positive_.size()) + " positive and " +
+                     std::to_string(negative_.size()) + " negative words");
   }
 
   ferry::Response handle(const ferry::Request& req) override {

@@ -73,7 +73,15 @@ typedef struct FerryHostApi {
   void (*add_header)(FerryResponseSink* sink, FerryString name, FerryString value);
   void (*set_body)(FerryResponseSink* sink, FerryString body);
   void (*set_error)(FerryErrorSink* sink, FerryString message);
+  /* Writes one line to the replica's log at `level` (FERRY_LOG_DEBUG ... FERRY_LOG_ERROR), with the
+   * replica's id (and, inside handle(), the request's id) in the encoding of the deployment's
+   * logging_config; lines below its log_level are dropped. Any thread. Added after version 1's first
+   * tables: read it only when struct_size covers it. */
+  void (*log)(int level, FerryString message);
 } FerryHostApi;
+
+/* Levels of FerryHostApi.log. */
+enum { FERRY_LOG_DEBUG = 0, FERRY_LOG_INFO = 1, FERRY_LOG_WARNING = 2, FERRY_LOG_ERROR = 3 };
 
 /* Result codes of the plugin's functions. */
 enum {

@@ -18,6 +18,8 @@
 // the exception's text; from handle(), an HTTP 500 carrying the text.
 #pragma once
 
+#include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <ferry/abi.h>
@@ -252,6 +254,27 @@ const FerryDeploymentApi* ApiFor(const char* name) {
 }
 
 }  // namespace internal
+
+// Logging from deployment code. A line goes to the replica's log with the replica's id (and, inside
+// handle(), the request's id), in the encoding of the deployment's logging_config; lines below its
+// log_level are dropped. Thread-safe. Before the host has created the deployment (in static
+// initialisers), lines go to standard error as they are.
+namespace log {
+inline void Write(int level, std::string_view message) {
+  const FerryHostApi* host = internal::Host();
+  if (host && host->struct_size >= offsetof(FerryHostApi, log) + sizeof(host->log) && host->log) {
+    host->log(level, FerryString{message.data(), message.size()});
+    return;
+  }
+  std::string line(message);
+  line.push_back('\n');
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+inline void Debug(std::string_view message) { Write(FERRY_LOG_DEBUG, message); }
+inline void Info(std::string_view message) { Write(FERRY_LOG_INFO, message); }
+inline void Warning(std::string_view message) { Write(FERRY_LOG_WARNING, message); }
+inline void Error(std::string_view message) { Write(FERRY_LOG_ERROR, message); }
+}  // namespace log
 }  // namespace ferry
 
 // Exports `Class` as a deployment named `Class` (import_path: libx.so:Class).

@@ -7,6 +7,8 @@
 //   user_config: {healthy: false}             check_health fails
 //                {error_rate: 0.1}            that share of requests answers 500
 //                {delay_ms: 50}               every request waits that long first (cancellable)
+//   header:      x-echo-log: TEXT             writes TEXT to the replica's log through ferry::log (to
+//                                             check what a log shipper receives from user code)
 #include <atomic>
 #include <chrono>
 #include <ferry/deployment.h>
@@ -25,6 +27,7 @@ class Echo : public Deployment {
   }
 
   Response handle(const Request& req) override {
+    if (std::string_view line = req.header("x-echo-log"); !line.empty()) log::Info(line);
     if (int delay = delay_ms_.load(std::memory_order_relaxed); delay > 0) {
       auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay);
       while (std::chrono::steady_clock::now() < until && !req.is_cancelled())

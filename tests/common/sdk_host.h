@@ -30,8 +30,16 @@ inline void AddHeader(FerryResponseSink* s, FerryString k, FerryString v) {
 }
 inline void SetBody(FerryResponseSink* s, FerryString b) { s->body.assign(b.data, b.size); }
 inline void SetError(FerryErrorSink* s, FerryString m) { s->message.assign(m.data, m.size); }
-inline const FerryHostApi kHost = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus,
-                                   &AddHeader,           &SetBody,          &SetError};
+// What plugins logged through FerryHostApi.log, as "LEVEL message".
+inline std::vector<std::string>& LoggedLines() {
+  static std::vector<std::string> lines;
+  return lines;
+}
+inline void LogLine(int level, FerryString m) {
+  LoggedLines().push_back(std::to_string(level) + " " + std::string(m.data, m.size));
+}
+inline const FerryHostApi kHost = {
+    sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError, &LogLine};
 
 inline FerryString S(std::string_view s) { return {s.data(), s.size()}; }
 

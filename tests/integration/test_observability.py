@@ -252,6 +252,24 @@ class LoggingTest(unittest.TestCase):
                 if "[texty#" not in line:
                     self.assertIsInstance(json.loads(line), dict, line)
 
+    def test_user_code_lines_carry_the_replica_and_the_request(self):
+        with Ferry(ACCESS_CONFIG) as ferry:
+            r = requests.get(ferry.url("/echo"), headers={"x-echo-log": "model says \"hi\""}, timeout=10)
+            texty = requests.get(ferry.url("/texty"), headers={"x-echo-log": "plain words"}, timeout=10)
+            quiet = requests.get(ferry.url("/quiet"), headers={"x-echo-log": "quiet words"}, timeout=10)
+            line = wait_until(lambda: [j for j in json_lines_of(ferry) if j.get("component_name") == "user"],
+                              timeout=10, what="the user code's line")[0]
+            self.assertEqual(line["message"], 'model says "hi"')
+            self.assertEqual(line["request_id"], r.headers["x-request-id"])
+            self.assertTrue(line["replica"].startswith("app#Echo#"), line)
+            self.assertEqual(line["levelname"], "INFO")
+            text = wait_until(lambda: [l for l in ferry.stderr_lines if "plain words" in l], timeout=10,
+                              what="the TEXT line")[0]
+            self.assertRegex(text, r" INFO user \[texty#Texty#[0-9a-f]+\] plain words request_id=" +
+                             texty.headers["x-request-id"])
+            self.assertEqual(quiet.status_code, 200)
+            self.assertFalse(any("quiet words" in l for l in ferry.stderr_lines))  # quiet logs at ERROR
+
     def test_a_request_the_client_gave_up_on_gets_a_499_line(self):
         with Ferry(ACCESS_CONFIG) as ferry:
             with self.assertRaises(requests.exceptions.Timeout):

@@ -59,6 +59,10 @@ applications:
             self.assertEqual(r.json()["label"], "neutral")
             r = requests.get(ferry.url("/sentiment?text=slow+slow"), timeout=10)
             self.assertEqual(r.json()["label"], "negative")
+            # The constructor's ferry::log line, once per replica, tagged with the replica's id.
+            lines = [l for l in ferry.stderr_lines if "lexicon: 2 positive and 1 negative words" in l]
+            self.assertEqual(len(lines), 2, ferry.stderr())
+            self.assertTrue(all(" INFO user [sentiment#Sentiment#" in l for l in lines), lines)
 
     def test_installed_binary_serves_the_example_config(self):
         # examples/plugin/sentiment.yaml names build/libsentiment.so relative to itself.

@@ -36,6 +36,40 @@ class Plain : public ferry::Deployment {
   ferry::Response handle(const ferry::Request&) override { return ferry::Response::Text("ok"); }
 };
 
+class Chatty : public ferry::Deployment {
+ public:
+  explicit Chatty(const ferry::Args&) { ferry::log::Info("constructed"); }
+  ferry::Response handle(const ferry::Request&) override {
+    ferry::log::Warning("handled");
+    ferry::log::Debug("details");
+    return ferry::Response::Text("ok");
+  }
+};
+
+TEST(SdkTest, LogLinesGoThroughTheHost) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Chatty>("Chatty");
+  ferry::testing::LoggedLines().clear();
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&kHost, S("{}"), &instance, &error), FERRY_OK);
+  FerryRequest req = MakeRequest("/", "", {});
+  FerryResponseSink sink;
+  ASSERT_EQ(api->handle(instance, &req, &sink, &error), FERRY_OK);
+  EXPECT_EQ(ferry::testing::LoggedLines(), (std::vector<std::string>{"1 constructed", "2 handled", "0 details"}));
+  api->destroy(instance);
+
+  // A host from before FerryHostApi.log (its struct_size ends at set_error; what follows is not its to
+  // read, here a valid pointer that must not be called): lines go to stderr instead.
+  FerryHostApi old = kHost;
+  old.struct_size = offsetof(FerryHostApi, log);
+  ferry::testing::LoggedLines().clear();
+  ::testing::internal::CaptureStderr();
+  ASSERT_EQ(api->create(&old, S("{}"), &instance, &error), FERRY_OK);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "constructed\n");
+  EXPECT_TRUE(ferry::testing::LoggedLines().empty());
+  api->destroy(instance);
+}
+
 TEST(SdkTest, GeneratedTableCallsTheClass) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");
   EXPECT_EQ(api->abi_version, FERRY_ABI_VERSION);

@@ -17,7 +17,26 @@ void AddHeader(FerryResponseSink* sink, FerryString name, FerryString value) {
 void SetBody(FerryResponseSink* sink, FerryString body) { sink->body.assign(body.data, body.size); }
 void SetError(FerryErrorSink* sink, FerryString message) { sink->message.assign(message.data, message.size); }
 
-const FerryHostApi kHostApi = {sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError};
+// The request this thread is running handle() for: the request id of the lines its code logs.
+thread_local std::string_view t_request_id;
+
+// Deployment code's log lines: component "user", with the request id when there is one (the process's
+// fields add the replica, deployment and application).
+void HostLog(int level, FerryString message) {
+  LogLevel l = level <= FERRY_LOG_DEBUG     ? LogLevel::kDebug
+               : level == FERRY_LOG_INFO    ? LogLevel::kInfo
+               : level == FERRY_LOG_WARNING ? LogLevel::kWarning
+                                            : LogLevel::kError;
+  if (!Log::Enabled(l)) return;
+  std::string_view text(message.data, message.size);
+  if (t_request_id.empty())
+    Log::Write(l, "user", text);
+  else
+    Log::Write(l, "user", text, {{"request_id", t_request_id}});
+}
+
+const FerryHostApi kHostApi = {
+    sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError, &HostLog};
 
 FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
 
@@ -111,7 +130,10 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   FerryRequest raw;
   FillRequest(request, cancelled, headers, context, raw);
   FerryErrorSink error;
-  if (api_->handle(instance_, &raw, response, &error) != FERRY_OK) {
+  t_request_id = request.request_id;
+  const int rc = api_->handle(instance_, &raw, response, &error);
+  t_request_id = {};
+  if (rc != FERRY_OK) {
     FERRY_LOG(kWarning, "replica", "request ", request.request_id,
               " failed in handle(): ", ErrorText(error, "no message"));
     *response = FerryResponseSink{};
