@@ -262,10 +262,9 @@ absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::
 Tracer::Tracer(std::vector<Attribute> resource) : resource_(std::move(resource)), thread_([this] { ExportLoop(); }) {}
 
 Tracer::~Tracer() {
-  Flush();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+    stopping_ = true;  // the exporter sends what is queued, then returns
   }
   wake_.notify_all();
   thread_.join();
@@ -352,8 +351,13 @@ void Tracer::ExportLoop() {
         queue_.erase(queue_.begin(), queue_.begin() + kMaxBatch);
       }
       lock.unlock();
-      ExportBatch(batch);
+      const bool sent = ExportBatch(batch);
       lock.lock();
+      if (!sent && stopping_) {
+        // A process on its way out does not wait on a collector that failed: the rest is dropped.
+        dropped_.fetch_add(queue_.size(), std::memory_order_relaxed);
+        queue_.clear();
+      }
     }
     flush_done_ = flush_to;
     flushed_.notify_all();
@@ -361,17 +365,20 @@ void Tracer::ExportLoop() {
   }
 }
 
-void Tracer::ExportBatch(std::vector<Span>& batch) {
+bool Tracer::ExportBatch(std::vector<Span>& batch) {
   HttpEndpoint endpoint;
+  bool stopping;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!has_endpoint_) return;  // tracing was turned off: what was queued goes nowhere
+    if (!has_endpoint_) return true;  // tracing was turned off: what was queued goes nowhere
     endpoint = endpoint_;
+    stopping = stopping_;
   }
-  absl::Status s = PostJson(endpoint, EncodeOtlpJson(batch, resource_), std::chrono::seconds(5));
+  absl::Status s =
+      PostJson(endpoint, EncodeOtlpJson(batch, resource_), stopping ? kShutdownExportTimeout : kExportTimeout);
   if (s.ok()) {
     exported_.fetch_add(batch.size(), std::memory_order_relaxed);
-    return;
+    return true;
   }
   dropped_.fetch_add(batch.size(), std::memory_order_relaxed);
   // One warning per interval at most: a collector that is down must not flood the log.
@@ -381,6 +388,7 @@ void Tracer::ExportBatch(std::vector<Span>& batch) {
     FERRY_LOG(kWarning, "tracing", "could not export ", batch.size(), " spans: ", Message(s), " (", dropped_.load(),
               " spans dropped so far)");
   }
+  return false;
 }
 
 }  // namespace ferry::tracing

@@ -8,6 +8,7 @@
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -108,10 +109,14 @@ class Tracer {
   static constexpr size_t kMaxQueued = 2048;
   static constexpr size_t kMaxBatch = 512;
   static constexpr std::chrono::milliseconds kExportInterval{1000};
+  static constexpr std::chrono::milliseconds kExportTimeout{5000};
+  // At exit: how long one export may take; after a failed one the rest is dropped, so a process never
+  // waits long on a collector that is gone.
+  static constexpr std::chrono::milliseconds kShutdownExportTimeout{1000};
 
   // `resource`: attributes of this process (service.name and ferry's own) on every export.
   explicit Tracer(std::vector<Attribute> resource);
-  ~Tracer();  // exports what is queued (for up to a few seconds), then stops
+  ~Tracer();  // exports what is queued (giving up after one failed export), then stops
   Tracer(const Tracer&) = delete;
   Tracer& operator=(const Tracer&) = delete;
 
@@ -135,7 +140,7 @@ class Tracer {
 
  private:
   void ExportLoop();
-  void ExportBatch(std::vector<Span>& batch);
+  bool ExportBatch(std::vector<Span>& batch);  // false: the collector did not take it
 
   const std::vector<Attribute> resource_;
   // sampling_ratio as a bound on a trace id's low word: 0 samples nothing, UINT64_MAX everything.

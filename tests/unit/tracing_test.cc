@@ -122,7 +122,8 @@ TEST(HttpEndpoint, SplitsAndRejects) {
     EXPECT_FALSE(ParseHttpEndpoint(bad).ok()) << bad;
 }
 
-// A collector on loopback that answers every POST with `status` and keeps the bodies.
+// A collector on loopback that answers every POST with `status` (0: never answers, keeping the
+// connection open) and keeps the bodies.
 class FakeCollector {
  public:
   explicit FakeCollector(int status = 200) : status_(status) {
@@ -141,6 +142,7 @@ class FakeCollector {
     ::shutdown(fd_, SHUT_RDWR);
     ::close(fd_);
     thread_.join();
+    for (int c : silent_) ::close(c);
   }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/traces"; }
   std::vector<json> bodies() {
@@ -170,6 +172,10 @@ class FakeCollector {
         std::lock_guard<std::mutex> lock(mu_);
         bodies_.push_back(json::parse(in.substr(in.find("\r\n\r\n") + 4), nullptr, false));
       }
+      if (status_ == 0) {
+        silent_.push_back(c);
+        continue;
+      }
       std::string answer = "HTTP/1.1 " + std::to_string(status_) + " X\r\nContent-Length: 0\r\n\r\n";
       ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
       ::close(c);
@@ -180,6 +186,7 @@ class FakeCollector {
   uint16_t port_ = 0;
   std::mutex mu_;
   std::vector<json> bodies_;
+  std::vector<int> silent_;  // connections left unanswered (serving thread only)
   std::thread thread_;
 };
 
@@ -269,6 +276,17 @@ TEST(Tracer, CountsWhatACollectorRefusesAndWhatOverflows) {
   tracer.Flush();
   EXPECT_EQ(tracer.exported(), 0u);
   EXPECT_EQ(tracer.dropped(), 1u + Tracer::kMaxQueued * 2);
+}
+
+TEST(Tracer, AtExitGivesUpAfterOneFailedExport) {
+  FakeCollector silent(0);
+  {
+    Tracer tracer({});
+    ASSERT_TRUE(tracer.Configure({silent.url(), 1.0}).ok());
+    for (size_t i = 0; i < Tracer::kMaxBatch * 3; ++i) tracer.Record(MakeSpan("x"));
+  }  // three batches queued; the collector never answers the first
+  // One export was attempted; the other batches were dropped instead of each waiting out its timeout.
+  EXPECT_EQ(silent.bodies().size(), 1u);
 }
 
 }  // namespace
