@@ -55,13 +55,13 @@ RouteSeries* Worker::Series(const std::shared_ptr<const router::RoutingTable>& t
   return s.get();
 }
 
-void Worker::RecordResponse(RouteSeries* series, unsigned status, std::optional<Clock::time_point> started) {
+void Worker::RecordResponse(RouteSeries* series, unsigned status, std::optional<double> seconds) {
   if (!series) return;
   if (status >= series->codes.size()) status = 0;
   metrics::Counter*& counter = series->codes[status];
   if (!counter) counter = &metrics_->requests.With({series->application, series->route, std::to_string(status)});
   counter->Inc();
-  if (started) series->latency->Observe(std::chrono::duration<double>(Clock::now() - *started).count());
+  if (seconds) series->latency->Observe(*seconds);
 }
 
 absl::Status Worker::Listen(const tcp::endpoint& endpoint, bool reuse_port) {

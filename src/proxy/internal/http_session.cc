@@ -402,18 +402,25 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // errors before a request was parsed, which have no latency).
   void RecordResponse(unsigned status) {
     RouteSeries* series = series_ ? series_ : worker_.Series(worker_.routing().Get(), nullptr);
-    worker_.RecordResponse(series, status, started_);
-    if (span_ || access_) EndRequest(status);
+    const std::optional<double> seconds = Elapsed();
+    worker_.RecordResponse(series, status, seconds);
+    if (span_ || access_) EndRequest(status, seconds);
     series_ = nullptr;
     started_.reset();
   }
 
+  // Seconds since the current request was parsed; none before that.
+  std::optional<double> Elapsed() const {
+    if (!started_) return std::nullopt;
+    return std::chrono::duration<double>(Clock::now() - *started_).count();
+  }
+
   // The current request's span and access line, once its outcome (`status`) is known.
-  void EndRequest(unsigned status) {
+  void EndRequest(unsigned status, std::optional<double> seconds) {
     std::string_view replica = call_ ? call_->replica_id() : std::string_view();
     std::string trace_id = span_ && access_ ? tracing::TraceIdHex(span_->trace_id) : std::string();
     if (span_) EndTrace(status, replica);
-    if (access_) WriteAccessLine(status, replica, trace_id);
+    if (access_) WriteAccessLine(status, replica, trace_id, seconds.value_or(0) * 1000);
   }
 
   void EndTrace(unsigned status, std::string_view replica) {
@@ -426,9 +433,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   // One line per request: what a user greps for when one request went wrong.
-  void WriteAccessLine(unsigned status, std::string_view replica, std::string_view trace_id) {
+  void WriteAccessLine(unsigned status, std::string_view replica, std::string_view trace_id, double ms) {
     access_ = false;
-    double ms = started_ ? std::chrono::duration<double, std::milli>(Clock::now() - *started_).count() : 0;
     char latency[32];
     snprintf(latency, sizeof(latency), "%.3fms", ms);
     const router::Route* r = route_;
@@ -463,7 +469,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Uncount();
     if (call_) call_->Abandon();
     // A request the client gave up on still gets its span and access line, with nginx's 499.
-    if (span_ || access_) EndRequest(kClientClosedRequest);
+    if (span_ || access_) EndRequest(kClientClosedRequest, Elapsed());
     call_.reset();
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);

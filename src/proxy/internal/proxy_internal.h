@@ -162,8 +162,8 @@ class Worker {
   // The series of `route` in `table` (null route: the proxy's own endpoints and unmatched paths); null
   // when the proxy keeps no metrics.
   RouteSeries* Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route);
-  // Counts an answer with `status` on `series`, and its latency when the request was parsed at `started`.
-  void RecordResponse(RouteSeries* series, unsigned status, std::optional<Clock::time_point> started);
+  // Counts an answer with `status` on `series`, and its latency (none for errors before a request was parsed).
+  void RecordResponse(RouteSeries* series, unsigned status, std::optional<double> seconds);
   // Access lines wait here and are written in one block by the sweep (or when the block is large).
   std::string& access_log() { return access_log_; }
   void FlushAccessLog();

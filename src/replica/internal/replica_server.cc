@@ -540,7 +540,6 @@ class ReplicaServer::Impl {
   // `answered_ns`: when its answer was handed to the connection.
   void EndTrace(const Task& task, int status, size_t batch_size, int64_t answered_ns) {
     const TaskTrace& t = *task.trace;
-    const int64_t now = answered_ns;
     const std::string request_id(task.request.request_id);
     if (t.user_start_ns != 0) {
       tracing::Span user;
@@ -564,7 +563,7 @@ class ReplicaServer::Impl {
     replica.name = "ferry.replica";
     replica.kind = tracing::SpanKind::kServer;
     replica.start_unix_ns = t.arrived_ns;
-    replica.end_unix_ns = now;
+    replica.end_unix_ns = answered_ns;
     replica.attributes = {{"ferry.application", spec_.application},
                           {"ferry.deployment", spec_.deployment},
                           {"ferry.replica", spec_.replica_id},
