@@ -176,7 +176,12 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
           auto it = deployments_.find(StrCat(app_config.name, "/", dc.name));
           return it != deployments_.end() && it->second->version == versions[dc.name];
         })) {
-      for (const auto& d : app_config.deployments) wanted_deployments.insert(StrCat(app_config.name, "/", d.name));
+      // Unchanged, but for what it inherits from the top level: the logging_config in effect.
+      for (const auto& dc : app_config.deployments) {
+        std::string key = StrCat(app_config.name, "/", dc.name);
+        deployments_[key]->target.logging = dc.logging;
+        wanted_deployments.insert(std::move(key));
+      }
       continue;  // unchanged: applying the same config twice changes nothing
     }
     changed = true;

@@ -302,6 +302,20 @@ class LoggingTest(unittest.TestCase):
             self.assertFalse(any(j.get("request_id") == quiet_id for j in after))
             self.assertEqual(sorted(ferry.replica_pids()), pids)
 
+    def test_a_top_level_change_reaches_applications_that_inherit_it(self):
+        with Ferry(ACCESS_CONFIG) as ferry:
+            pids = sorted(ferry.replica_pids())
+            quieter = ACCESS_CONFIG.replace("logging_config: {encoding: JSON}",
+                                            "logging_config: {encoding: JSON, enable_access_log: false}")
+            r = requests.put(f"{ferry.admin}/api/serve/applications/", data=quieter, timeout=10)
+            self.assertEqual(r.status_code, 200, r.text)
+            time.sleep(0.3)  # the routing table is published with the deploy; lines flush every 100 ms
+            quiet_id = requests.get(ferry.url("/echo"), timeout=10).headers["x-request-id"]
+            time.sleep(0.3)
+            self.assertFalse(any(j.get("request_id") == quiet_id for j in json_lines_of(ferry)
+                                 if j.get("component_name") == "access"))
+            self.assertEqual(sorted(ferry.replica_pids()), pids)
+
     def test_top_level_level_applies_to_the_node(self):
         config = ACCESS_CONFIG.replace("logging_config: {encoding: JSON}", "logging_config: {log_level: WARNING}")
         with Ferry(config) as ferry:
