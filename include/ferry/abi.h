@@ -57,6 +57,10 @@ typedef struct FerryRequest {
    * computations should poll it and return early. */
   int (*is_cancelled)(const struct FerryRequest* self);
   void* host_context; /* for is_cancelled; opaque to the plugin */
+  /* What the deployment's prepare() made of this request before its batch ran, or NULL (no prepare(),
+   * or it failed). Owned by the plugin; the host hands it to release() after the request is answered.
+   * Added after version 1's first tables: read it only when struct_size covers it. */
+  void* prepared;
 } FerryRequest;
 
 /* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
@@ -110,6 +114,16 @@ typedef struct FerryDeploymentApi {
    * only when struct_size covers it. */
   int (*handle_batch)(void* instance, const FerryRequest* const* requests, size_t count,
                       FerryResponseSink* const* responses, FerryErrorSink* error);
+  /* Work on one request that needs no other request (parsing, validation), done as soon as the request
+   * arrives, on the thread that received it, while its batch is still gathering: handle_batch() then has
+   * only the batch's own work left. Called for batched deployments only, concurrently with
+   * handle_batch() of other requests. On FERRY_OK *state reaches handle_batch() as the request's
+   * `prepared` and then release(); on FERRY_ERROR the message is logged and the request goes to
+   * handle_batch() unprepared. NULL when the class has no prepare. Added after version 1's first tables:
+   * read them only when struct_size covers them. */
+  int (*prepare)(void* instance, const FerryRequest* request, void** state, FerryErrorSink* error);
+  /* Frees what prepare() returned. Any thread, once per successful prepare(). */
+  void (*release)(void* instance, void* state);
 } FerryDeploymentApi;
 
 typedef const FerryDeploymentApi* (*FerryDeploymentEntry)(void);

@@ -9,6 +9,8 @@
 //     bool check_health() override;                               // optional
 //     // optional: with `batching` in the config, requests arrive in batches here instead of handle()
 //     std::vector<ferry::Response> handle_batch(std::span<const ferry::Request> batch) override;
+//     // optional, with batching: per-request work done as each request arrives (see prepare())
+//     std::any prepare(const ferry::Request& req) override;
 //   };
 //   FERRY_DEPLOYMENT(Classifier)
 //
@@ -18,6 +20,7 @@
 // the exception's text; from handle(), an HTTP 500 carrying the text.
 #pragma once
 
+#include <any>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -94,6 +97,12 @@ class Request {
   }
   // True once the client went away or the deadline passed: stop working and return anything.
   bool is_cancelled() const { return raw_->is_cancelled && raw_->is_cancelled(raw_) != 0; }
+  // What the deployment's prepare() returned for this request, or null (not prepared: no batching, an
+  // older host, or prepare() threw). Mutable, so handle_batch() may move parts out of it.
+  std::any* prepared() const {
+    if (raw_->struct_size < offsetof(FerryRequest, prepared) + sizeof(raw_->prepared)) return nullptr;
+    return static_cast<std::any*>(raw_->prepared);
+  }
 
  private:
   static std::string_view View(FerryString s) { return {s.data, s.size}; }
@@ -141,6 +150,16 @@ class Deployment {
     for (const Request& r : batch) out.push_back(handle(r));
     return out;
   }
+  // With batching: work on one request that needs no other request (parsing, validating), run as soon
+  // as the request arrives, on the replica's receiving thread, while its batch is still gathering; what
+  // it returns is the request's prepared() in handle_batch(). So the batch, which every request in it
+  // waits for, runs only the work that needs the batch. Runs concurrently with handle_batch() and with
+  // other prepare() calls. An exception here is logged and the request reaches handle_batch()
+  // unprepared (prepared() null), so handle_batch() must cope with both.
+  virtual std::any prepare(const Request& request) {
+    (void)request;
+    return {};
+  }
 };
 
 namespace internal {
@@ -164,6 +183,11 @@ struct OverridesHandleBatch : std::false_type {};
 template <typename T>
 struct OverridesHandleBatch<T, std::void_t<decltype(&T::handle_batch)>>
     : std::bool_constant<!std::is_same_v<decltype(&T::handle_batch), decltype(&Deployment::handle_batch)>> {};
+template <typename T, typename = void>
+struct OverridesPrepare : std::false_type {};
+template <typename T>
+struct OverridesPrepare<T, std::void_t<decltype(&T::prepare)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::prepare), decltype(&Deployment::prepare)>> {};
 template <typename T, typename = void>
 struct OverridesCheckHealth : std::false_type {};
 template <typename T>
@@ -227,6 +251,12 @@ const FerryDeploymentApi* ApiFor(const char* name) {
           for (size_t i = 0; i < count; ++i) Emit(out[i], sinks[i]);
         });
       };
+    }
+    if constexpr (OverridesPrepare<T>::value) {
+      a.prepare = [](void* instance, const FerryRequest* request, void** state, FerryErrorSink* error) {
+        return Guard(error, [&] { *state = new std::any(static_cast<T*>(instance)->prepare(Request(request))); });
+      };
+      a.release = [](void*, void* state) { delete static_cast<std::any*>(state); };
     }
     if constexpr (OverridesReconfigure<T>::value) {
       a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {

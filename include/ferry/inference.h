@@ -1125,7 +1125,7 @@ class Model : public Deployment {
   }
 
   Response handle(const Request& request) final {
-    Prepared p = Prepare(request);
+    Prepared p = Take(request);
     if (p.answer) return std::move(*p.answer);
     return Finish(p, Guarded([&] { return infer(p.request); }));
   }
@@ -1136,7 +1136,7 @@ class Model : public Deployment {
     std::vector<InferRequest> runnable;
     std::vector<size_t> runnable_index;
     for (const Request& r : batch) {
-      prepared.push_back(Prepare(r));
+      prepared.push_back(Take(r));
       if (!prepared.back().answer) {
         runnable_index.push_back(prepared.size() - 1);
         runnable.push_back(std::move(prepared.back().request));
@@ -1171,6 +1171,10 @@ class Model : public Deployment {
     return out;
   }
 
+  // Parses and validates a request as it arrives (batched deployments), so that its batch only runs
+  // the model.
+  std::any prepare(const Request& request) final { return std::make_shared<Prepared>(Prepare(request)); }
+
   // metadata(), computed once.
   const ModelMetadata& cached_metadata() const {
     std::call_once(metadata_once_, [this] { metadata_ = metadata(); });
@@ -1183,6 +1187,18 @@ class Model : public Deployment {
     InferRequest request;
     std::string name, version;
   };
+
+  // The request parsed and validated: by prepare() when it arrived, or now.
+  Prepared Take(const Request& request) {
+    if (std::any* state = request.prepared()) {
+      if (auto* held = std::any_cast<std::shared_ptr<Prepared>>(state); held && *held) {
+        Prepared p = std::move(**held);
+        p.request.http = &request;  // prepare() saw another view of the same request
+        return p;
+      }
+    }
+    return Prepare(request);
+  }
 
   template <typename F>
   static InferResponse Guarded(F&& run) {

@@ -6,33 +6,59 @@
 // with `batching` configured, handle_batch pays it once per batch plus work_us per request. Every answer carries
 // `batch_size`, the size of the batch it ran in. `?fail=1` makes that one request answer 500, to show that a
 // failing item fails only itself.
+//
+// `prepare_us` (args) is per-request work that needs no batch, like parsing a request body: with batching it
+// is spent in prepare(), as the request arrives; otherwise in handle(). A batched answer says where it was
+// spent: `"prepared": "on arrival"` (prepare() ran on another thread before the batch) or `"in batch"`.
+//
+// `prepare_us` (args) is per-request work that needs no batch, like parsing a request body: with batching it
+// is spent in prepare(), as the request arrives; otherwise in handle(). A batched answer says where it was
+// spent: `"prepared": "on arrival"` (prepare() ran on another thread before the batch) or `"in batch"`.
 #include <unistd.h>
 
+#include <any>
 #include <charconv>
 #include <chrono>
 #include <ferry/deployment.h>
+#include <thread>
 
 namespace ferry::runtimes {
 
 class Busy : public Deployment {
  public:
   explicit Busy(const Args& args)
-      : work_us_(args.get<long long>("work_us", 0)), batch_cost_us_(args.get<long long>("batch_cost_us", 0)) {
+      : work_us_(args.get<long long>("work_us", 0)),
+        batch_cost_us_(args.get<long long>("batch_cost_us", 0)),
+        prepare_us_(args.get<long long>("prepare_us", 0)) {
     if (work_us_ < 0) throw std::invalid_argument("args.work_us: expected a non-negative integer");
     if (batch_cost_us_ < 0) throw std::invalid_argument("args.batch_cost_us: expected a non-negative integer");
+    if (prepare_us_ < 0) throw std::invalid_argument("args.prepare_us: expected a non-negative integer");
+  }
+
+  // Spends prepare_us as the request arrives; remembers the thread, so that its answer can say whether
+  // the work really happened apart from the batch.
+  std::any prepare(const Request& req) override {
+    SpinUntil(Clock::now() + std::chrono::microseconds(prepare_us_), req);
+    return std::this_thread::get_id();
   }
 
   Response handle(const Request& req) override {
     long long work_us = 0;
     if (!WorkOf(req, &work_us)) return BadWork();
     auto start = Clock::now();
-    // An unbatched call pays the fixed cost too: it is a batch of one.
-    bool cancelled = SpinUntil(start + std::chrono::microseconds(batch_cost_us_ + work_us), req);
-    return Answer(req, work_us, start, cancelled, 1);
+    // An unbatched call pays the fixed cost and the preparation too: it is a batch of one.
+    bool cancelled = SpinUntil(start + std::chrono::microseconds(prepare_us_ + batch_cost_us_ + work_us), req);
+    return Response::FromJson(Answer(work_us, start, cancelled, 1));
   }
 
   std::vector<Response> handle_batch(std::span<const Request> batch) override {
     std::vector<long long> work(batch.size());
+    std::vector<bool> apart(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::any* p = batch[i].prepared();
+      apart[i] = p && std::any_cast<std::thread::id>(*p) != std::this_thread::get_id();
+      if (!p) SpinUntil(Clock::now() + std::chrono::microseconds(prepare_us_), batch[i]);  // not prepared yet
+    }
     auto start = Clock::now();
     // Deadlines run from the batch's start, so the batch costs exactly batch_cost + the sum of its work.
     auto until = start + std::chrono::microseconds(batch_cost_us_);
@@ -52,7 +78,9 @@ class Busy : public Deployment {
       until += std::chrono::microseconds(work[i]);
       bool cancelled = SpinUntil(until, req);
       if (cancelled) until = Clock::now();  // it stopped early: the next item's work starts now
-      out.push_back(Answer(req, work[i], start, cancelled, batch.size()));
+      Json answer = Answer(work[i], start, cancelled, batch.size());
+      answer["prepared"] = apart[i] ? "on arrival" : "in batch";
+      out.push_back(Response::FromJson(answer));
     }
     return out;
   }
@@ -86,19 +114,18 @@ class Busy : public Deployment {
     return false;
   }
 
-  static Response Answer(const Request& req, long long work_us, Clock::time_point start, bool cancelled,
-                         size_t batch_size) {
-    (void)req;
+  static Json Answer(long long work_us, Clock::time_point start, bool cancelled, size_t batch_size) {
     auto spent = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
-    return Response::FromJson({{"work_us", work_us},
-                               {"spent_us", spent},
-                               {"cancelled", cancelled},
-                               {"batch_size", batch_size},
-                               {"pid", getpid()}});
+    return {{"work_us", work_us},
+            {"spent_us", spent},
+            {"cancelled", cancelled},
+            {"batch_size", batch_size},
+            {"pid", getpid()}};
   }
 
   long long work_us_;
   long long batch_cost_us_;
+  long long prepare_us_;
 };
 
 }  // namespace ferry::runtimes

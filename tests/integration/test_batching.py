@@ -80,6 +80,15 @@ class BatchingTest(unittest.TestCase):
             sizes = [r.json()["batch_size"] for r in burst(ferry, 24)]
             self.assertGreater(max(sizes), 1)
 
+    def test_per_request_work_is_done_as_requests_arrive_not_in_the_batch(self):
+        # prepare_us is spent in the deployment's prepare(), which the replica runs on the thread that
+        # received the request, before the batch: every batched answer says so.
+        with Ferry(BATCHED.replace("batch_cost_us: 20000", "batch_cost_us: 20000, prepare_us: 300")) as ferry:
+            results = burst(ferry, 24)
+            self.assertEqual({r.status_code for r in results}, {200})
+            self.assertGreater(max(r.json()["batch_size"] for r in results), 1)
+            self.assertEqual({r.json()["prepared"] for r in results}, {"on arrival"})
+
     def test_deployments_without_handle_batch_are_not_batched(self):
         with Ferry("""
 applications:

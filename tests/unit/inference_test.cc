@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <string>
+#include <thread>
 
 #include "common/sdk_host.h"
 
@@ -378,6 +379,74 @@ TEST(ModelTest, ABatchRunsOnceAndFailsOnlyItsBadItems) {
   EXPECT_EQ(Json::parse(sinks[2].body)["error"], "negative input");
   EXPECT_EQ(sinks[3].status, 200);
   EXPECT_EQ(Json::parse(sinks[3].body)["outputs"][0]["data"], Json::array({8, 10}));
+  api->destroy(instance);
+}
+
+// prepare() parses and validates a request as it arrives; handle_batch() then answers it exactly as it
+// would have unprepared, on whatever thread prepare() ran.
+TEST(ModelTest, PreparedRequestsAnswerAsUnprepared) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Doubler>("Doubler");
+  ASSERT_NE(api->prepare, nullptr);
+  ASSERT_NE(api->release, nullptr);
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK);
+  std::vector<std::string> bodies = {
+      R"({"id": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})",
+      R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["bad"]}]})",
+      R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [-1]}]})",
+      R"({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [4, 5]}]})",
+      R"({"inputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1]}]})"};
+  auto run = [&](bool prepare) {
+    std::vector<FerryRequest> requests;
+    for (const std::string& b : bodies) requests.push_back(MakeRequest("POST", "/v2/models/d/infer", b));
+    std::vector<void*> states(requests.size(), nullptr);
+    if (prepare) {
+      std::thread receiver([&] {  // the replica prepares on its receiving thread, not the batch's
+        for (size_t i = 0; i < requests.size(); ++i) {
+          FerryErrorSink e;
+          EXPECT_EQ(api->prepare(instance, &requests[i], &states[i], &e), FERRY_OK) << e.message;
+          EXPECT_NE(states[i], nullptr);
+        }
+      });
+      receiver.join();
+      for (size_t i = 0; i < requests.size(); ++i) requests[i].prepared = states[i];
+    }
+    std::vector<const FerryRequest*> ptrs;
+    for (const FerryRequest& r : requests) ptrs.push_back(&r);
+    std::vector<FerryResponseSink> sinks(bodies.size());
+    std::vector<FerryResponseSink*> sink_ptrs;
+    for (FerryResponseSink& s : sinks) sink_ptrs.push_back(&s);
+    EXPECT_EQ(api->handle_batch(instance, ptrs.data(), ptrs.size(), sink_ptrs.data(), &error), FERRY_OK);
+    for (void* state : states) api->release(instance, state);
+    return sinks;
+  };
+  std::vector<FerryResponseSink> plain = run(false), prepared = run(true);
+  ASSERT_EQ(plain.size(), prepared.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_EQ(prepared[i].status, plain[i].status) << i;
+    EXPECT_EQ(prepared[i].body, plain[i].body) << i;
+    EXPECT_EQ(prepared[i].headers, plain[i].headers) << i;
+  }
+  EXPECT_EQ(Json::parse(prepared[0].body)["id"], "a");
+  EXPECT_EQ(Json::parse(prepared[3].body)["outputs"][0]["data"], Json::array({8, 10}));
+  EXPECT_EQ(prepared[1].status, 400);
+  EXPECT_EQ(prepared[4].status, 400);
+
+  // A host whose FerryRequest ends before `prepared`: the field is not read, the SDK prepares itself.
+  FerryRequest old = MakeRequest("POST", "/v2/models/d/infer", bodies[3]);
+  void* state = nullptr;
+  ASSERT_EQ(api->prepare(instance, &old, &state, &error), FERRY_OK);
+  old.struct_size = offsetof(FerryRequest, prepared);
+  ferry::Request view(&old);
+  EXPECT_EQ(view.prepared(), nullptr);
+  old.prepared = reinterpret_cast<void*>(0x1);  // beyond its struct_size: must not be touched
+  const FerryRequest* one = &old;
+  FerryResponseSink sink;
+  FerryResponseSink* sink_ptr = &sink;
+  ASSERT_EQ(api->handle_batch(instance, &one, 1, &sink_ptr, &error), FERRY_OK);
+  EXPECT_EQ(Json::parse(sink.body)["outputs"][0]["data"], Json::array({8, 10}));
+  api->release(instance, state);
   api->destroy(instance);
 }
 

@@ -1,4 +1,5 @@
 // The SDK's C++ layer, exercised through the C ABI table it generates, as the host uses it.
+#include <any>
 #include <ferry/deployment.h>
 #include <gtest/gtest.h>
 #include <string>
@@ -124,6 +125,69 @@ TEST(SdkTest, OptionalMethodsAreNullWhenNotOverridden) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Plain>("Plain");
   EXPECT_EQ(api->reconfigure, nullptr);
   EXPECT_EQ(api->check_health, nullptr);
+  EXPECT_EQ(api->handle_batch, nullptr);
+  EXPECT_EQ(api->prepare, nullptr);
+  EXPECT_EQ(api->release, nullptr);
+}
+
+// Counts words in prepare() (as a request arrives) and sums them per batch in handle_batch().
+class WordCounter : public ferry::Deployment {
+ public:
+  explicit WordCounter(const ferry::Args&) {}
+  ferry::Response handle(const ferry::Request& req) override {
+    return ferry::Response::Text(std::to_string(Count(req)));
+  }
+  std::any prepare(const ferry::Request& req) override {
+    if (req.body() == "throw") throw std::runtime_error("cannot prepare that");
+    return Count(req);
+  }
+  std::vector<ferry::Response> handle_batch(std::span<const ferry::Request> batch) override {
+    std::vector<ferry::Response> out;
+    for (const ferry::Request& r : batch) {
+      std::any* p = r.prepared();
+      out.push_back(ferry::Response::Text(p ? "prepared " + std::to_string(std::any_cast<int>(*p))
+                                            : "unprepared " + std::to_string(Count(r))));
+    }
+    return out;
+  }
+
+ private:
+  static int Count(const ferry::Request& req) {
+    int n = 0;
+    bool in_word = false;
+    for (char c : req.body()) {
+      n += !in_word && c != ' ';
+      in_word = c != ' ';
+    }
+    return n;
+  }
+};
+
+TEST(SdkTest, PrepareStateReachesHandleBatchAndIsReleased) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<WordCounter>("WordCounter");
+  ASSERT_NE(api->prepare, nullptr);
+  ASSERT_NE(api->release, nullptr);
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&kHost, S("{}"), &instance, &error), FERRY_OK);
+  FerryRequest a = ferry::testing::MakeRequest("POST", "/", "", "one two three");
+  FerryRequest b = ferry::testing::MakeRequest("POST", "/", "", "throw");
+  void* state_a = nullptr;
+  void* state_b = nullptr;
+  ASSERT_EQ(api->prepare(instance, &a, &state_a, &error), FERRY_OK);
+  FerryErrorSink b_error;
+  EXPECT_EQ(api->prepare(instance, &b, &state_b, &b_error), FERRY_ERROR);
+  EXPECT_EQ(b_error.message, "cannot prepare that");
+  EXPECT_EQ(state_b, nullptr);
+  a.prepared = state_a;
+  const FerryRequest* batch[] = {&a, &b};
+  FerryResponseSink out[2];
+  FerryResponseSink* sinks[] = {&out[0], &out[1]};
+  ASSERT_EQ(api->handle_batch(instance, batch, 2, sinks, &error), FERRY_OK);
+  EXPECT_EQ(out[0].body, "prepared 3");
+  EXPECT_EQ(out[1].body, "unprepared 1");  // its prepare() failed: handle_batch() copes
+  api->release(instance, state_a);         // under ASan, a state not freed here is a leak
+  api->destroy(instance);
 }
 
 TEST(SdkTest, QueryParamsAndCancellation) {

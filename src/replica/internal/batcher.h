@@ -109,7 +109,6 @@ class Batcher {
         cv_.wait_until(lock, deadline);
       }
       if (queue_.empty()) continue;  // another thread took them
-      batch.clear();
       while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch_size) {
         batch.push_back(std::move(queue_.front().item));
         queue_.pop_front();
@@ -118,6 +117,7 @@ class Batcher {
       const uint64_t arrivals_before = arrivals_;
       lock.unlock();
       run_(batch);
+      batch.clear();  // the requests' memory is freed here, not under the lock when the next batch forms
       lock.lock();
       arrivals_during_last_batch_ = arrivals_ - arrivals_before;
     }

@@ -113,9 +113,14 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
 }
 
 DeploymentHost::DeploymentHost(const FerryDeploymentApi* api, void* library) : api_(api), library_(library) {
-  // Tables from before handle_batch existed end before it.
+  // Tables from before handle_batch (or prepare) existed end before it.
   if (api->struct_size >= offsetof(FerryDeploymentApi, handle_batch) + sizeof(api->handle_batch))
     handle_batch_ = api->handle_batch;
+  if (api->struct_size >= offsetof(FerryDeploymentApi, release) + sizeof(api->release) && api->prepare &&
+      api->release) {
+    prepare_ = api->prepare;
+    release_ = api->release;
+  }
 }
 
 DeploymentHost::~DeploymentHost() {
@@ -144,9 +149,30 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   }
 }
 
+void* DeploymentHost::Prepare(const transport::RequestMessage& request, const std::atomic<bool>& cancelled) {
+  if (!prepare_) return nullptr;
+  thread_local std::vector<FerryHeader> headers;
+  CancelContext context;
+  FerryRequest raw;
+  FillRequest(request, cancelled, headers, context, raw);
+  FerryErrorSink error;
+  void* state = nullptr;
+  t_request_id = request.request_id;
+  const int rc = prepare_(instance_, &raw, &state, &error);
+  t_request_id = {};
+  if (rc == FERRY_OK) return state;
+  FERRY_LOG(kWarning, "replica", "request ", request.request_id,
+            " failed in prepare() (handle_batch gets it unprepared): ", ErrorText(error, "no message"));
+  return nullptr;
+}
+
+void DeploymentHost::Release(void* state) {
+  if (state) release_(instance_, state);
+}
+
 void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessage*>& requests,
                                  const std::vector<const std::atomic<bool>*>& cancelled,
-                                 std::vector<FerryResponseSink>* responses) {
+                                 const std::vector<void*>& prepared, std::vector<FerryResponseSink>* responses) {
   const size_t n = requests.size();
   std::vector<std::vector<FerryHeader>> headers(n);
   std::vector<CancelContext> contexts(n);
@@ -156,6 +182,7 @@ void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessa
   std::vector<FerryResponseSink*> sinks(n);
   for (size_t i = 0; i < n; ++i) {
     FillRequest(*requests[i], *cancelled[i], headers[i], contexts[i], raw[i]);
+    if (!prepared.empty()) raw[i].prepared = prepared[i];
     raw_ptrs[i] = &raw[i];
     sinks[i] = &(*responses)[i];
   }

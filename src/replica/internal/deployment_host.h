@@ -37,10 +37,18 @@ class DeploymentHost {
               FerryResponseSink* response);
   // True when the deployment has handle_batch.
   bool can_batch() const { return handle_batch_ != nullptr; }
-  // Runs handle_batch over `requests`; responses[i] answers requests[i]. A failed batch answers every
-  // request 500 with the message.
+  // True when the deployment has prepare() (per-request work before its batch).
+  bool can_prepare() const { return prepare_ != nullptr; }
+  // Runs prepare() on a request that just arrived: its state for HandleBatch, to be given back to
+  // Release() once the request is answered; null when prepare() failed (logged) or there is none.
+  void* Prepare(const transport::RequestMessage& request, const std::atomic<bool>& cancelled);
+  void Release(void* state);
+  // Runs handle_batch over `requests`; responses[i] answers requests[i]; prepared[i] (when `prepared`
+  // is not empty) is what Prepare returned for requests[i]. A failed batch answers every request 500
+  // with the message.
   void HandleBatch(const std::vector<const transport::RequestMessage*>& requests,
-                   const std::vector<const std::atomic<bool>*>& cancelled, std::vector<FerryResponseSink>* responses);
+                   const std::vector<const std::atomic<bool>*>& cancelled, const std::vector<void*>& prepared,
+                   std::vector<FerryResponseSink>* responses);
   absl::Status Reconfigure(const std::string& user_config_json);
   absl::Status CheckHealth();
 
@@ -48,6 +56,8 @@ class DeploymentHost {
   DeploymentHost(const FerryDeploymentApi* api, void* library);
   const FerryDeploymentApi* api_;
   decltype(FerryDeploymentApi::handle_batch) handle_batch_ = nullptr;
+  decltype(FerryDeploymentApi::prepare) prepare_ = nullptr;
+  decltype(FerryDeploymentApi::release) release_ = nullptr;
   void* library_;  // dlopen handle, or nullptr for built-ins
   void* instance_ = nullptr;
 };

@@ -64,6 +64,16 @@ struct Task {
   std::atomic<bool> cancelled{false};
   std::shared_ptr<Connection> connection;
   std::unique_ptr<TaskTrace> trace;  // null: not traced
+  // What the deployment's prepare() made of the request as it arrived (batched deployments); released
+  // with the task, after its answer.
+  void* prepared = nullptr;
+  DeploymentHost* host = nullptr;
+  Task() = default;
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() {
+    if (prepared) host->Release(prepared);
+  }
 };
 
 // One client connection. Reading is done by one thread at a time (the epoll registration is one-shot);
@@ -443,6 +453,14 @@ class ReplicaServer::Impl {
     Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
     if (tasks.empty()) return;
     if (batcher_) {
+      // Each request's own work (a model's parsing and validation) happens now, while its batch
+      // gathers, instead of inside the batch that every request in it waits for.
+      if (host_.can_prepare()) {
+        for (auto& task : tasks) {
+          task->host = &host_;
+          task->prepared = host_.Prepare(task->request, task->cancelled);
+        }
+      }
       batcher_->AddAll(tasks);
       return;
     }
@@ -606,6 +624,7 @@ class ReplicaServer::Impl {
   void RunBatch(std::vector<std::shared_ptr<Task>>& batch) {
     std::vector<const transport::RequestMessage*> requests;
     std::vector<const std::atomic<bool>*> cancelled;
+    std::vector<void*> prepared;
     std::vector<Task*> live;
     for (auto& task : batch) {
       if (task->cancelled.load()) {  // gone before its batch ran: answered alone
@@ -617,6 +636,7 @@ class ReplicaServer::Impl {
       }
       requests.push_back(&task->request);
       cancelled.push_back(&task->cancelled);
+      prepared.push_back(task->prepared);
       live.push_back(task.get());
     }
     if (live.empty()) return;
@@ -624,7 +644,7 @@ class ReplicaServer::Impl {
     auto start = Clock::now();
     const bool traced = std::any_of(live.begin(), live.end(), [](Task* t) { return t->trace != nullptr; });
     const int64_t user_start = traced ? tracing::UnixNanos() : 0;
-    host_.HandleBatch(requests, cancelled, &responses);
+    host_.HandleBatch(requests, cancelled, prepared, &responses);
     if (traced) {
       const int64_t user_end = tracing::UnixNanos();
       for (Task* t : live)

@@ -142,44 +142,72 @@ class TorchScript : public Model {
     return r;
   }
 
+  // One forward() for the whole batch: each input's rows are copied into one tensor (one allocation, no
+  // per-request torch operations) and each output is cut back into the requests' rows by byte offsets.
   std::vector<InferResponse> infer_batch(std::span<const InferRequest> batch) override {
     std::vector<int64_t> rows;
     if (!batchable_ || batch.size() < 2 || !RowsOf(batch, &rows)) return Model::infer_batch(batch);
-    std::vector<torch::jit::IValue> args;
-    for (const TensorSpec& s : inputs_) {
-      std::vector<at::Tensor> parts;
-      parts.reserve(batch.size());
-      for (const InferRequest& r : batch) parts.push_back(View(r.input(s.name)));
-      args.emplace_back(torch::cat(parts, 0));
-    }
-    std::vector<at::Tensor> outs = Forward(args);
     int64_t total = 0;
     for (int64_t n : rows) total += n;
-    for (const at::Tensor& o : outs)
+    std::vector<torch::jit::IValue> args;
+    for (const TensorSpec& s : inputs_) {
+      const Tensor& first = batch.front().input(s.name);
+      std::vector<int64_t> shape(first.shape().begin(), first.shape().end());
+      shape[0] = total;
+      at::Tensor stacked = torch::empty(shape, torch::TensorOptions().dtype(*TorchType(first.datatype())));
+      auto* at = static_cast<std::byte*>(stacked.data_ptr());
+      for (const InferRequest& r : batch) {
+        std::span<const std::byte> bytes = r.input(s.name).bytes();
+        std::memcpy(at, bytes.data(), bytes.size());
+        at += bytes.size();
+      }
+      args.emplace_back(std::move(stacked));
+    }
+    std::vector<at::Tensor> outs = Forward(args);
+    for (at::Tensor& o : outs) {
       if (o.dim() == 0 || o.size(0) != total) return Model::infer_batch(batch);  // not split by rows: one at a time
+      o = o.contiguous();
+    }
     std::vector<InferResponse> responses(batch.size());
-    int64_t at = 0;
-    for (size_t k = 0; k < batch.size(); ++k) {
-      for (size_t i = 0; i < outs.size(); ++i)
-        responses[k].outputs.push_back(ToTensor(outs[i].narrow(0, at, rows[k]), i));
-      at += rows[k];
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const at::Tensor& o = outs[i];
+      std::optional<DataType> dt = FerryType(o.scalar_type());
+      if (!dt) throw InferError(500, "output " + std::to_string(i) + " has a type ferry cannot send");
+      const size_t row_bytes = static_cast<size_t>(o.numel() / total) * o.element_size();
+      const auto* from = static_cast<const std::byte*>(o.data_ptr());
+      Shape shape(o.sizes().begin(), o.sizes().end());
+      for (size_t k = 0; k < batch.size(); ++k) {
+        shape[0] = rows[k];
+        Tensor part(OutputName(i), *dt, shape);
+        const size_t n = static_cast<size_t>(rows[k]) * row_bytes;
+        if (n) std::memcpy(part.mutable_bytes().data(), from, n);
+        from += n;
+        responses[k].outputs.push_back(std::move(part));
+      }
     }
     return responses;
   }
 
  private:
-  // Every input of each request shares its first dimension (its rows); false when one does not.
+  // Every input of each request shares its first dimension (its rows), and every request's other
+  // dimensions equal the first request's; false when not.
   bool RowsOf(std::span<const InferRequest> batch, std::vector<int64_t>* rows) const {
     for (const InferRequest& r : batch) {
       int64_t n = -1;
       for (const TensorSpec& s : inputs_) {
         const Tensor& t = r.input(s.name);
         if (t.shape().empty() || (n >= 0 && t.shape()[0] != n)) return false;
+        const Shape& first = batch.front().input(s.name).shape();
+        if (!std::equal(t.shape().begin() + 1, t.shape().end(), first.begin() + 1, first.end())) return false;
         n = t.shape()[0];
       }
       rows->push_back(n);
     }
     return true;
+  }
+
+  std::string OutputName(size_t index) const {
+    return index < outputs_.size() ? outputs_[index].name : "output__" + std::to_string(index);
   }
 
   // A torch view of an SDK tensor's bytes (no copy; the request outlives the forward call).
@@ -218,8 +246,7 @@ class TorchScript : public Model {
     at::Tensor t = source.contiguous();
     std::optional<DataType> dt = FerryType(t.scalar_type());
     if (!dt) throw InferError(500, "output " + std::to_string(index) + " has a type ferry cannot send");
-    std::string name = index < outputs_.size() ? outputs_[index].name : "output__" + std::to_string(index);
-    Tensor out(std::move(name), *dt, Shape(t.sizes().begin(), t.sizes().end()));
+    Tensor out(OutputName(index), *dt, Shape(t.sizes().begin(), t.sizes().end()));
     if (out.ByteSize()) std::memcpy(out.mutable_bytes().data(), t.data_ptr(), out.ByteSize());
     return out;
   }
