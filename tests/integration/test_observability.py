@@ -124,12 +124,19 @@ class TracingTest(unittest.TestCase):
         r = requests.post(self.ferry.url("/batched"), data="b",
                           headers={"traceparent": f"00-{trace}-6666666666666666-01"}, timeout=10)
         self.assertEqual(r.status_code, 200)
-        spans = {s["name"]: s for s in self.wait_trace(trace, 4)}
+        spans = {s["name"]: s for s in self.wait_trace(trace, 5)}
         self.assertIn("Batched.handle_batch", spans)
         user = spans["Batched.handle_batch"]
         self.assertEqual(user["attrs"]["ferry.batch_size"], 1)
         self.assertEqual(user["attrs"]["code.function"], "handle_batch")
         self.assertEqual(user["parentSpanId"], spans["ferry.replica"]["spanId"])
+        # The deployment's prepare() ran as the request arrived, before its batch: a span of its own.
+        prepare = spans["Batched.prepare"]
+        self.assertEqual(prepare["parentSpanId"], spans["ferry.replica"]["spanId"])
+        self.assertEqual(prepare["attrs"]["code.function"], "prepare")
+        self.assertEqual(prepare["attrs"]["ferry.request_id"], r.headers["x-request-id"])
+        self.assertLessEqual(int(spans["ferry.replica"]["startTimeUnixNano"]), int(prepare["startTimeUnixNano"]))
+        self.assertLessEqual(int(prepare["endTimeUnixNano"]), int(user["startTimeUnixNano"]))
 
     def test_server_errors_mark_spans_as_errors(self):
         trace = "77777777777777777777777777777777"

@@ -53,6 +53,8 @@ struct TaskTrace {
   int64_t arrived_ns = 0;
   int64_t user_start_ns = 0;
   int64_t user_end_ns = 0;
+  int64_t prepare_start_ns = 0;  // the deployment's prepare(), when it ran (batched deployments)
+  int64_t prepare_end_ns = 0;
   std::string traceparent;  // the value the user code sees
 };
 
@@ -458,7 +460,9 @@ class ReplicaServer::Impl {
       if (host_.can_prepare()) {
         for (auto& task : tasks) {
           task->host = &host_;
+          if (task->trace) task->trace->prepare_start_ns = tracing::UnixNanos();
           task->prepared = host_.Prepare(task->request, task->cancelled);
+          if (task->trace) task->trace->prepare_end_ns = tracing::UnixNanos();
         }
       }
       batcher_->AddAll(tasks);
@@ -559,6 +563,19 @@ class ReplicaServer::Impl {
   void EndTrace(const Task& task, int status, size_t batch_size, int64_t answered_ns) {
     const TaskTrace& t = *task.trace;
     const std::string request_id(task.request.request_id);
+    if (t.prepare_start_ns != 0) {
+      tracing::Span prepare;
+      prepare.trace_id = t.parent.trace_id;
+      prepare.span_id = tracing::NewSpanId();
+      prepare.parent_span_id = t.replica_span;
+      prepare.name = StrCat(spec_.deployment, ".prepare");
+      prepare.start_unix_ns = t.prepare_start_ns;
+      prepare.end_unix_ns = t.prepare_end_ns;
+      prepare.attributes = {{"ferry.deployment", spec_.deployment},
+                            {"code.function", std::string("prepare")},
+                            {"ferry.request_id", request_id}};
+      tracer_->Record(std::move(prepare));
+    }
     if (t.user_start_ns != 0) {
       tracing::Span user;
       user.trace_id = t.parent.trace_id;
