@@ -10,10 +10,6 @@
 // `prepare_us` (args) is per-request work that needs no batch, like parsing a request body: with batching it
 // is spent in prepare(), as the request arrives; otherwise in handle(). A batched answer says where it was
 // spent: `"prepared": "on arrival"` (prepare() ran on another thread before the batch) or `"in batch"`.
-//
-// `prepare_us` (args) is per-request work that needs no batch, like parsing a request body: with batching it
-// is spent in prepare(), as the request arrives; otherwise in handle(). A batched answer says where it was
-// spent: `"prepared": "on arrival"` (prepare() ran on another thread before the batch) or `"in batch"`.
 #include <unistd.h>
 
 #include <any>
