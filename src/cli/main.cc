@@ -185,6 +185,7 @@ config::ValidationHooks Hooks(const std::string& self) {
       dup2(fds[1], STDERR_FILENO);
       int devnull = open("/dev/null", O_WRONLY);
       if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
+      CloseInheritedDescriptors(-1);
       execl(self.c_str(), self.c_str(), "check-plugin", path.c_str(), symbol.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }

@@ -1,5 +1,6 @@
 #include "common/common.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -274,6 +275,25 @@ double WallSeconds() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<double>(ts.tv_sec) + ts.tv_nsec / 1e9;
+}
+
+void CloseInheritedDescriptors(int keep) {
+  auto close_from_to = [](unsigned first, unsigned last) {
+    if (first > last) return;
+    if (close_range(first, last, 0) == 0) return;
+    // Kernels before 5.9 lack close_range: close one by one up to the descriptor limit.
+    rlimit limit{};
+    unsigned end = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < (1u << 20)
+                       ? static_cast<unsigned>(limit.rlim_cur)
+                       : (1u << 20);
+    for (unsigned fd = first; fd <= last && fd < end; ++fd) close(static_cast<int>(fd));
+  };
+  if (keep < 3) {
+    close_from_to(3, ~0u);
+  } else {
+    close_from_to(3, static_cast<unsigned>(keep) - 1);
+    close_from_to(static_cast<unsigned>(keep) + 1, ~0u);
+  }
 }
 
 }  // namespace ferry

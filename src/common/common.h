@@ -139,6 +139,11 @@ std::string NewShortId(int hex_chars = 8);
 // Seconds since the Unix epoch, as a double (for status and logs).
 double WallSeconds();
 
+// For a child between fork() and exec(): closes every descriptor from 3 up except `keep` (-1: none), so
+// the program it becomes holds none of the parent's sockets, pipes or files (Asio opens its sockets
+// without close-on-exec). Async-signal-safe.
+void CloseInheritedDescriptors(int keep);
+
 using Clock = std::chrono::steady_clock;
 
 }  // namespace ferry

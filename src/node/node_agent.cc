@@ -147,6 +147,7 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
     fcntl(fds[1], F_SETFD, 0);  // the status pipe's write end survives exec
+    CloseInheritedDescriptors(fds[1]);  // the node's listeners and connections do not
     execv(argv[0], argv.data());
     _exit(127);
   }

@@ -53,6 +53,19 @@ def app_status(address, app):
     return status(address)["applications"].get(app, {}).get("status")
 
 
+def open_sockets(pid):
+    """The socket inodes among a process's open descriptors."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target)
+    return inodes
+
+
 def replica_ids(address, app, deployment):
     d = status(address)["applications"][app]["deployments"][deployment]
     return sorted(r["replica_id"] for r in d["replicas"] if r["state"] != "STOPPING")
@@ -284,6 +297,13 @@ class DaemonTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 wait_until(lambda: app_status(address, "app") == "RUNNING", what="deployed")
                 self.assertEqual(requests.get(f"http://127.0.0.1:{http_port}/app", timeout=10).status_code, 200)
+                # Replicas hold none of the node's sockets (its listeners above all): a node restarted while
+                # they are still dying can bind its ports again, and nothing it accepted lives on in them.
+                pids = [r["pid"] for r in status(address)["applications"]["app"]["deployments"]["Model"]["replicas"]]
+                self.assertTrue(pids)
+                node_sockets = open_sockets(pid)
+                for replica_pid in pids:
+                    self.assertEqual(open_sockets(replica_pid) & node_sockets, set(), f"replica pid {replica_pid}")
                 # A crash: the node and (through PR_SET_PDEATHSIG) its replicas die.
                 os.kill(pid, signal.SIGKILL)
                 wait_until(lambda: gone(pid), what="node gone")
