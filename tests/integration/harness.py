@@ -85,20 +85,21 @@ class Ferry:
         raise AssertionError(f"timed out waiting for {what}:\n{self.stderr()[-4000:]}")
 
     def wait_exit(self, timeout=30):
+        """Waits for ferry to exit, then for its output to be read to the end (stdout()/stderr() are whole)."""
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"ferry did not exit in {timeout}s")
+        for t in self._readers:
+            t.join(timeout=5)
+        return code
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.wait_exit(timeout)
-        for t in self._readers:
-            t.join(timeout=5)
-        return code
+        return self.wait_exit(timeout)
 
     def __enter__(self):
         return self
