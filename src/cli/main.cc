@@ -185,7 +185,7 @@ config::ValidationHooks Hooks(const std::string& self) {
       dup2(fds[1], STDERR_FILENO);
       int devnull = open("/dev/null", O_WRONLY);
       if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
-      CloseInheritedDescriptors(-1);
+      CloseDescriptorsFrom(3);
       execl(self.c_str(), self.c_str(), "check-plugin", path.c_str(), symbol.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -457,6 +457,8 @@ int ReplicaCommand(const std::vector<std::string>& args) {
       options.socket_path = args[i + 1];
     else if (args[i] == "--status-fd")
       ParseInt(args[i + 1], &options.status_fd);
+    else if (args[i] == "--log-fd")
+      ParseInt(args[i + 1], &options.log_fd);
     else if (args[i] == "--log-level") {
       LogLevel level;
       if (ParseLogLevel(args[i + 1], &level)) Log::SetLevel(level);

@@ -16,6 +16,7 @@ std::atomic<int> Log::level_{static_cast<int>(LogLevel::kInfo)};
 namespace {
 
 std::atomic<int> g_encoding{static_cast<int>(LogEncoding::kText)};
+std::atomic<int> g_output{STDERR_FILENO};
 
 std::string& ProcessTag() {
   static std::string tag;
@@ -176,17 +177,26 @@ void Log::SetProcessFields(std::vector<std::pair<std::string, std::string>> fiel
   ProcessFields() = std::move(fields);
 }
 
+void Log::SetOutput(int fd) { g_output.store(fd); }
+
 void Log::Format(LogLevel level, std::string_view component, std::string_view message,
                  std::initializer_list<LogField> fields, std::string* out) {
+  FormatAs(encoding(), ProcessTag(), ProcessFields(), level, component, message, fields, out);
+}
+
+void Log::FormatAs(LogEncoding encoding, std::string_view tag,
+                   const std::vector<std::pair<std::string, std::string>>& process_fields, LogLevel level,
+                   std::string_view component, std::string_view message, std::initializer_list<LogField> fields,
+                   std::string* out) {
   std::string& line = *out;
-  if (encoding() == LogEncoding::kJson) {
+  if (encoding == LogEncoding::kJson) {
     line.append("{\"asctime\": \"");
     AppendStamp(line);
     StrAppend(&line, "\", \"levelname\": \"", LogLevelName(level), "\", \"component_name\": ");
     AppendJsonString(line, component);
     line.append(", \"message\": ");
     AppendJsonString(line, message);
-    for (const auto& [key, value] : ProcessFields()) {
+    for (const auto& [key, value] : process_fields) {
       line.append(", ");
       AppendJsonString(line, key);
       line.append(": ");
@@ -206,7 +216,7 @@ void Log::Format(LogLevel level, std::string_view component, std::string_view me
   }
   AppendStamp(line);
   StrAppend(&line, " ", LogLevelName(level), " ", component);
-  if (!ProcessTag().empty()) StrAppend(&line, " [", ProcessTag(), "]");
+  if (!tag.empty()) StrAppend(&line, " [", tag, "]");
   StrAppend(&line, " ", message);
   for (const LogField& f : fields) {
     if (f.json_only) continue;
@@ -221,7 +231,7 @@ void Log::Format(LogLevel level, std::string_view component, std::string_view me
 
 void Log::WriteLines(std::string_view lines) {
   while (!lines.empty()) {
-    ssize_t n = ::write(STDERR_FILENO, lines.data(), lines.size());
+    ssize_t n = ::write(g_output.load(std::memory_order_relaxed), lines.data(), lines.size());
     if (n <= 0) return;
     lines.remove_prefix(static_cast<size_t>(n));
   }
@@ -277,23 +287,13 @@ double WallSeconds() {
   return static_cast<double>(ts.tv_sec) + ts.tv_nsec / 1e9;
 }
 
-void CloseInheritedDescriptors(int keep) {
-  auto close_from_to = [](unsigned first, unsigned last) {
-    if (first > last) return;
-    if (close_range(first, last, 0) == 0) return;
-    // Kernels before 5.9 lack close_range: close one by one up to the descriptor limit.
-    rlimit limit{};
-    unsigned end = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < (1u << 20)
-                       ? static_cast<unsigned>(limit.rlim_cur)
-                       : (1u << 20);
-    for (unsigned fd = first; fd <= last && fd < end; ++fd) close(static_cast<int>(fd));
-  };
-  if (keep < 3) {
-    close_from_to(3, ~0u);
-  } else {
-    close_from_to(3, static_cast<unsigned>(keep) - 1);
-    close_from_to(static_cast<unsigned>(keep) + 1, ~0u);
-  }
+void CloseDescriptorsFrom(int first) {
+  if (close_range(static_cast<unsigned>(first), ~0u, 0) == 0) return;
+  // Kernels before 5.9 lack close_range: close one by one up to the descriptor limit.
+  rlimit limit{};
+  int end = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < (1u << 20) ? static_cast<int>(limit.rlim_cur)
+                                                                                 : (1 << 20);
+  for (int fd = first; fd < end; ++fd) close(fd);
 }
 
 }  // namespace ferry

@@ -99,8 +99,17 @@ class Log {
   // Appends one formatted line (with its newline) to `out`, for callers that write lines in blocks.
   static void Format(LogLevel level, std::string_view component, std::string_view message,
                      std::initializer_list<LogField> fields, std::string* out);
+  // The same, for a line on behalf of another process (the node writes what a replica printed): its
+  // encoding, TEXT tag and JSON fields instead of this process's.
+  static void FormatAs(LogEncoding encoding, std::string_view tag,
+                       const std::vector<std::pair<std::string, std::string>>& process_fields, LogLevel level,
+                       std::string_view component, std::string_view message, std::initializer_list<LogField> fields,
+                       std::string* out);
   // Writes formatted lines as they are, in one write(2).
   static void WriteLines(std::string_view lines);
+  // Where lines go: standard error unless set (a replica writes to the node's, while its own standard
+  // output and error are pipes the node reads).
+  static void SetOutput(int fd);
   static bool Enabled(LogLevel level) { return static_cast<int>(level) >= level_.load(std::memory_order_relaxed); }
 
  private:
@@ -139,10 +148,10 @@ std::string NewShortId(int hex_chars = 8);
 // Seconds since the Unix epoch, as a double (for status and logs).
 double WallSeconds();
 
-// For a child between fork() and exec(): closes every descriptor from 3 up except `keep` (-1: none), so
-// the program it becomes holds none of the parent's sockets, pipes or files (Asio opens its sockets
-// without close-on-exec). Async-signal-safe.
-void CloseInheritedDescriptors(int keep);
+// For a child between fork() and exec(): closes every descriptor from `first` up, so the program it
+// becomes holds none of the parent's sockets, pipes or files (Asio opens its sockets without
+// close-on-exec). Move the descriptors the child keeps below `first` before. Async-signal-safe.
+void CloseDescriptorsFrom(int first);
 
 using Clock = std::chrono::steady_clock;
 

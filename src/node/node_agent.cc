@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <boost/asio/read.hpp>
 #include <cstring>
 #include <filesystem>
@@ -88,6 +89,73 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   uint64_t next_id_ = 1;
 };
 
+// How a replica's printed lines are logged: its encoding (which a reconfigure may change), TEXT tag and
+// JSON fields.
+struct ReplicaOutputStyle {
+  LogEncoding encoding = LogEncoding::kText;
+  std::string tag;
+  std::vector<std::pair<std::string, std::string>> fields;
+};
+
+// Reads one of a replica's output pipes until EOF (every writer gone: the replica and anything it
+// started) and logs each line as the replica's. It outlives the replica: what a crashing replica wrote
+// last is still in the pipe and still logged. Stdout lines are INFO, stderr lines WARNING; neither is
+// filtered by log_level, which governs log calls, not what a process prints.
+class ReplicaOutput : public std::enable_shared_from_this<ReplicaOutput> {
+ public:
+  static constexpr size_t kMaxLine = 16 * 1024;  // longer lines are logged in pieces of this size
+
+  ReplicaOutput(asio::io_context& io, int fd, std::string_view stream, std::shared_ptr<ReplicaOutputStyle> style)
+      : pipe_(io, fd),
+        stream_(stream),
+        level_(stream == "stdout" ? LogLevel::kInfo : LogLevel::kWarning),
+        style_(std::move(style)) {}
+
+  void Start() { Read(); }
+
+ private:
+  void Read() {
+    pipe_.async_read_some(asio::buffer(chunk_),
+                          [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+                            self->buffer_.append(self->chunk_.data(), n);
+                            self->LogLines(/*eof=*/static_cast<bool>(ec));
+                            if (!ec) self->Read();
+                          });
+  }
+
+  // Logs the complete lines in the buffer (and, at EOF, what is left), in one write. Blank lines are left out.
+  void LogLines(bool eof) {
+    std::string out;
+    size_t start = 0;
+    while (start < buffer_.size()) {
+      size_t nl = buffer_.find('\n', start), end, next;
+      if (nl != std::string::npos && nl - start <= kMaxLine) {
+        end = nl;
+        next = nl + 1;
+      } else if (buffer_.size() - start >= kMaxLine) {
+        end = next = start + kMaxLine;
+      } else if (eof) {
+        end = next = buffer_.size();
+      } else {
+        break;
+      }
+      std::string_view line(buffer_.data() + start, end - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (!line.empty()) Log::FormatAs(style_->encoding, style_->tag, style_->fields, level_, stream_, line, {}, &out);
+      start = next;
+    }
+    buffer_.erase(0, start);
+    if (!out.empty()) Log::WriteLines(out);
+  }
+
+  asio::posix::stream_descriptor pipe_;
+  std::string stream_;
+  LogLevel level_;
+  std::shared_ptr<ReplicaOutputStyle> style_;  // shared by a replica's two streams; a reconfigure changes its encoding
+  std::array<char, 8192> chunk_;
+  std::string buffer_;
+};
+
 absl::StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Create(asio::io_context& io, std::string ferry_binary,
                                                              std::string run_dir, ReplicaListener* listener) {
   std::error_code ec;
@@ -116,28 +184,36 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
   p->spec_path = ferry::StrCat(run_dir_, "/r-", file_id, ".json");
   if (p->socket_path.size() >= 100)
     return absl::InvalidArgumentError(ferry::StrCat("run directory path too long: ", run_dir_));
+  LogEncoding encoding;
+  LogLevel ignored_level;
+  if (absl::Status s = replica::ParseLogging(spec.logging, &encoding, &ignored_level); !s.ok()) return s;
   {
     std::ofstream out(p->spec_path);
     out << spec.ToJson().dump();
     if (!out) return absl::UnavailableError(ferry::StrCat("cannot write ", p->spec_path));
   }
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return absl::UnavailableError(ferry::StrCat("pipe: ", std::strerror(errno)));
-  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-  std::string status_fd = std::to_string(fds[1]);
+  // The status pipe, and the replica's standard output and error.
+  int fds[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};  // pipe2 leaves them as they are on failure
+  if (pipe2(fds, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+    const int saved = errno;
+    for (int fd : {fds[0], fds[1], out[0], out[1], err[0], err[1]})
+      if (fd >= 0) close(fd);
+    return absl::UnavailableError(ferry::StrCat("pipe: ", std::strerror(saved)));
+  }
+  // In the child: fd 1 and 2 the output pipes, 3 the status pipe, 4 the node's stderr (its log lines).
   static const char* kLevels[] = {"debug", "info", "warning", "error"};
   std::vector<std::string> args = {
-      ferry_binary_,  "replica",     "--spec",  p->spec_path,  "--socket",
-      p->socket_path, "--status-fd", status_fd, "--log-level", kLevels[static_cast<int>(Log::level())]};
+      ferry_binary_, "replica", "--spec",   p->spec_path, "--socket",    p->socket_path,
+      "--status-fd", "3",       "--log-fd", "4",          "--log-level", kLevels[static_cast<int>(Log::level())]};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return absl::UnavailableError(ferry::StrCat("fork: ", std::strerror(errno)));
+    const int saved = errno;
+    for (int fd : {fds[0], fds[1], out[0], out[1], err[0], err[1]}) close(fd);
+    return absl::UnavailableError(ferry::StrCat("fork: ", std::strerror(saved)));
   }
   if (pid == 0) {
     setpgid(0, 0);
@@ -146,12 +222,26 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
-    fcntl(fds[1], F_SETFD, 0);  // the status pipe's write end survives exec
-    CloseInheritedDescriptors(fds[1]);  // the node's listeners and connections do not
+    // Out of the way of 0-4 first, then into place (dup2 clears close-on-exec on the copies).
+    const int status_w = fcntl(fds[1], F_DUPFD_CLOEXEC, 10), log_w = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 10);
+    const int out_w = fcntl(out[1], F_DUPFD_CLOEXEC, 10), err_w = fcntl(err[1], F_DUPFD_CLOEXEC, 10);
+    if (status_w < 0 || log_w < 0 || out_w < 0 || err_w < 0) _exit(126);
+    if (dup2(out_w, STDOUT_FILENO) < 0 || dup2(err_w, STDERR_FILENO) < 0 || dup2(status_w, 3) < 0 || dup2(log_w, 4) < 0)
+      _exit(126);
+    CloseDescriptorsFrom(5);  // nothing else of the node's: its listeners, connections, pipes
     execv(argv[0], argv.data());
     _exit(127);
   }
   close(fds[1]);
+  close(out[1]);
+  close(err[1]);
+  auto style = std::make_shared<ReplicaOutputStyle>();
+  style->encoding = encoding;
+  style->tag = spec.replica_id;
+  style->fields = {{"application", spec.application}, {"deployment", spec.deployment}, {"replica", spec.replica_id}};
+  p->output_style = style;
+  std::make_shared<ReplicaOutput>(io_, out[0], "stdout", style)->Start();
+  std::make_shared<ReplicaOutput>(io_, err[0], "stderr", style)->Start();
   p->pid = pid;
   p->status_pipe = std::make_unique<asio::posix::stream_descriptor>(io_, fds[0]);
   FERRY_LOG(kInfo, "node", "starting replica ", spec.replica_id, " (pid ", pid, ")");
@@ -285,6 +375,12 @@ void NodeAgent::CheckHealth(const std::string& replica_id, Done done) {
 void NodeAgent::Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) {
   ControlChannel* control = ControlOf(replica_id);
   if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  if (auto it = update.find("logging_config"); it != update.end()) {
+    LogEncoding encoding;
+    LogLevel ignored_level;
+    if (replica::ParseLogging(*it, &encoding, &ignored_level).ok())
+      processes_.at(replica_id)->output_style->encoding = encoding;  // what it prints follows its log lines
+  }
   control->Call(transport::FrameKind::kReconfigure, update.dump(), std::move(done));
 }
 

@@ -2,7 +2,9 @@
 // controller's control calls (check_health, reconfigure) to them. Each replica is this same ferry binary
 // in replica mode, in its own process group (so a terminal's Ctrl-C reaches only the node), killed by the
 // kernel if the node dies. The agent reports what happens to a listener; what to do about it (restart,
-// give up) is the controller's decision.
+// give up) is the controller's decision. A replica's standard output and error are pipes to the agent,
+// which logs each line the replica prints as a line of that replica's (component "stdout" or "stderr"),
+// so a log shipper reading JSON gets JSON; the replica's own log lines go straight to the node's stderr.
 // Not thread-safe: every call, and every listener callback, on the io_context passed to Create.
 #pragma once
 
@@ -59,6 +61,7 @@ class ReplicaLauncher {
 };
 
 class ControlChannel;
+struct ReplicaOutputStyle;
 
 class NodeAgent : public ReplicaLauncher {
  public:
@@ -89,6 +92,11 @@ class NodeAgent : public ReplicaLauncher {
     std::string status_buffer;
     std::unique_ptr<boost::asio::steady_timer> kill_timer;
     std::shared_ptr<ControlChannel> control;  // opened when the replica is ready
+    // What the replica writes to its standard output and error (user code's prints, libraries' warnings,
+    // a crash's last words), logged line by line as the replica's, in its logging_config's encoding.
+    // (Each stream's reader lives until the pipe's EOF, past the replica's exit: a crash's last words in
+    // the pipe are still logged.)
+    std::shared_ptr<ReplicaOutputStyle> output_style;
   };
   NodeAgent(boost::asio::io_context& io, std::string ferry_binary, std::string run_dir, ReplicaListener* listener);
   void ReadStatus(const std::string& replica_id);

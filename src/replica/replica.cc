@@ -5,6 +5,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -67,6 +68,10 @@ int RunReplica(const ReplicaOptions& options) {
   // Die with the node: a replica never outlives the process that started it.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() == 1) return 1;
+  if (options.log_fd >= 0) Log::SetOutput(options.log_fd);
+  // Standard output is a pipe to the node, which logs it line by line: flush each line as it is printed
+  // (stdio would hold a pipe's output until 4 KiB gathered or the process exited).
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   std::ifstream in(options.spec_path);
   std::stringstream text;
   text << in.rdbuf();

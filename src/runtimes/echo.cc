@@ -4,13 +4,20 @@
 // It doubles as the game-day deployment: knobs inject the failures operators rehearse.
 //   args:        {fail_constructor: "text"}   the constructor throws "text"
 //                {constructor_delay_s: 5}     the constructor takes that long (a slow model load)
+//                {allow_abort: true}          x-echo-abort (below) is honoured
 //   user_config: {healthy: false}             check_health fails
 //                {error_rate: 0.1}            that share of requests answers 500
 //                {delay_ms: 50}               every request waits that long first (cancellable)
 //   header:      x-echo-log: TEXT             writes TEXT to the replica's log through ferry::log (to
 //                                             check what a log shipper receives from user code)
+//                x-echo-print: TEXT           prints TEXT to standard output, x-echo-eprint to standard
+//                                             error, as user code and its libraries do
+//                x-echo-abort: TEXT           with args.allow_abort: prints TEXT to standard error and
+//                                             aborts the replica (a crash and its last words)
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <ferry/deployment.h>
 #include <random>
 #include <thread>
@@ -24,10 +31,19 @@ class Echo : public Deployment {
     if (delay_s > 0) std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(delay_s * 1000)));
     std::string fail = args.get<std::string>("fail_constructor", "");
     if (!fail.empty()) throw std::runtime_error(fail);
+    allow_abort_ = args.get<bool>("allow_abort", false);
   }
 
   Response handle(const Request& req) override {
     if (std::string_view line = req.header("x-echo-log"); !line.empty()) log::Info(line);
+    if (std::string_view text = req.header("x-echo-print"); !text.empty())
+      std::printf("%.*s\n", static_cast<int>(text.size()), text.data());
+    if (std::string_view text = req.header("x-echo-eprint"); !text.empty())
+      std::fprintf(stderr, "%.*s\n", static_cast<int>(text.size()), text.data());
+    if (std::string_view text = req.header("x-echo-abort"); !text.empty() && allow_abort_) {
+      std::fprintf(stderr, "%.*s\n", static_cast<int>(text.size()), text.data());
+      std::abort();
+    }
     if (int delay = delay_ms_.load(std::memory_order_relaxed); delay > 0) {
       auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(delay);
       while (std::chrono::steady_clock::now() < until && !req.is_cancelled())
@@ -74,6 +90,7 @@ class Echo : public Deployment {
   std::atomic<bool> healthy_{true};
   std::atomic<double> error_rate_{0};
   std::atomic<int> delay_ms_{0};
+  bool allow_abort_ = false;
 };
 
 }  // namespace ferry::runtimes

@@ -277,6 +277,55 @@ class LoggingTest(unittest.TestCase):
             self.assertEqual(quiet.status_code, 200)
             self.assertFalse(any("quiet words" in l for l in ferry.stderr_lines))  # quiet logs at ERROR
 
+    def test_what_replicas_print_is_logged_as_their_lines(self):
+        config = ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
+                                       "      - {name: Echo, import_path: builtin:echo, args: {allow_abort: true}}")
+        with Ferry(config) as ferry:
+            printing = {"x-echo-print": "to stdout", "x-echo-eprint": 'to "stderr"'}
+            self.assertEqual(requests.get(ferry.url("/echo"), headers=printing, timeout=10).status_code, 200)
+            self.assertEqual(requests.get(ferry.url("/texty"), headers={"x-echo-print": "texty prints"},
+                                          timeout=10).status_code, 200)
+
+            def printed(stream):
+                return [j for j in json_lines_of(ferry) if j.get("component_name") == stream]
+            out = wait_until(lambda: printed("stdout"), timeout=10, what="the stdout line")[0]
+            err = wait_until(lambda: printed("stderr"), timeout=10, what="the stderr line")[0]
+            self.assertEqual((out["message"], out["levelname"]), ("to stdout", "INFO"))
+            self.assertEqual((err["message"], err["levelname"]), ('to "stderr"', "WARNING"))
+            for line in (out, err):
+                self.assertEqual((line["application"], line["deployment"]), ("app", "Echo"))
+                self.assertTrue(line["replica"].startswith("app#Echo#"), line)
+            text = wait_until(lambda: [l for l in ferry.stderr_lines if "texty prints" in l], timeout=10,
+                              what="the TEXT line")[0]
+            self.assertRegex(text, r"^20\S+ INFO stdout \[texty#Texty#[0-9a-f]+\] texty prints$")
+            # A crash's last words reach the log as the replica's, in its encoding, before it is replaced.
+            r = requests.get(ferry.url("/echo"), headers={"x-echo-abort": "last words"}, timeout=10)
+            self.assertEqual(r.status_code, 502)
+            last = wait_until(lambda: [j for j in printed("stderr") if j["message"] == "last words"], timeout=10,
+                              what="the crash's line")[0]
+            self.assertEqual(last["replica"], out["replica"])
+            wait_until(lambda: requests.get(ferry.url("/echo"), timeout=10).status_code == 200, timeout=30,
+                       what="the replacement replica")
+            # Every line is one JSON object but those of the deployment that asked for TEXT.
+            for line in list(ferry.stderr_lines):
+                if "[texty#" not in line:
+                    self.assertIsInstance(json.loads(line), dict, line)
+
+    def test_a_deploy_changes_the_encoding_of_what_a_replica_prints(self):
+        with Ferry(ACCESS_CONFIG) as ferry:
+            pids = sorted(ferry.replica_pids())
+            texty = ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
+                                          "      - {name: Echo, import_path: builtin:echo, "
+                                          "logging_config: {encoding: TEXT}}")
+            r = requests.put(f"{ferry.admin}/api/serve/applications/", data=texty, timeout=10)
+            self.assertEqual(r.status_code, 200, r.text)
+            ferry.wait_for(lambda: "reconfigured in place" in ferry.stderr(), what="the replica reconfigured")
+            requests.get(ferry.url("/echo"), headers={"x-echo-print": "now in text"}, timeout=10)
+            line = wait_until(lambda: [l for l in ferry.stderr_lines if "now in text" in l], timeout=10,
+                              what="the printed line")[0]
+            self.assertRegex(line, r"^20\S+ INFO stdout \[app#Echo#[0-9a-f]+\] now in text$")
+            self.assertEqual(sorted(ferry.replica_pids()), pids)
+
     def test_a_request_the_client_gave_up_on_gets_a_499_line(self):
         with Ferry(ACCESS_CONFIG) as ferry:
             with self.assertRaises(requests.exceptions.Timeout):

@@ -37,6 +37,29 @@ TEST_F(LogTest, TextLinesCarryTimeLevelComponentTagAndFields) {
   EXPECT_NE(Line(LogLevel::kInfo, "m", {{"replica", ""}}).find(" replica=-\n"), std::string::npos);
 }
 
+TEST_F(LogTest, LinesOnBehalfOfAnotherProcessUseItsEncodingTagAndFields) {
+  // The node logs what a replica printed: the replica's encoding, tag and fields, not the node's own.
+  Log::SetEncoding(LogEncoding::kText);
+  Log::SetProcessTag("node-tag");
+  Log::SetProcessFields({{"node_field", "n"}});
+  const std::vector<std::pair<std::string, std::string>> fields = {{"replica", "app#Echo#1"}, {"deployment", "Echo"}};
+  std::string out;
+  Log::FormatAs(LogEncoding::kJson, "app#Echo#1", fields, LogLevel::kWarning, "stderr", "bad \"news\"\x01", {}, &out);
+  json j = json::parse(out);
+  EXPECT_EQ(j["levelname"], "WARNING");
+  EXPECT_EQ(j["component_name"], "stderr");
+  EXPECT_EQ(j["message"], "bad \"news\"\x01");
+  EXPECT_EQ(j["replica"], "app#Echo#1");
+  EXPECT_EQ(j["deployment"], "Echo");
+  EXPECT_FALSE(j.contains("node_field"));
+  std::string text;
+  Log::FormatAs(LogEncoding::kText, "app#Echo#1", fields, LogLevel::kInfo, "stdout", "hello", {}, &text);
+  EXPECT_NE(text.find("Z INFO stdout [app#Echo#1] hello\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("node-tag"), std::string::npos);
+  // The process's own lines are unchanged.
+  EXPECT_NE(Line(LogLevel::kInfo, "mine").find(" INFO proxy [node-tag] mine\n"), std::string::npos);
+}
+
 TEST_F(LogTest, JsonLinesAreOneObjectWithRayServesKeys) {
   Log::SetEncoding(LogEncoding::kJson);
   Log::SetProcessFields({{"application", "app"}, {"replica", "app#Echo#1234abcd"}});

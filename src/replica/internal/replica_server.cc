@@ -208,16 +208,23 @@ class ControlThread {
 
 }  // namespace
 
-absl::Status ApplyLogging(const nlohmann::json& logging) {
-  LogEncoding encoding = LogEncoding::kText;
-  LogLevel level = LogLevel::kInfo;
+absl::Status ParseLogging(const nlohmann::json& logging, LogEncoding* encoding, LogLevel* level) {
+  *encoding = LogEncoding::kText;
+  *level = LogLevel::kInfo;
   if (logging.is_object()) {
     std::string e = logging.value("encoding", "TEXT"), l = logging.value("log_level", "INFO");
-    if (!ParseLogEncoding(e, &encoding)) return absl::InvalidArgumentError(StrCat("logging_config: bad encoding ", e));
-    if (!ParseLogLevel(l, &level)) return absl::InvalidArgumentError(StrCat("logging_config: bad log_level ", l));
+    if (!ParseLogEncoding(e, encoding)) return absl::InvalidArgumentError(StrCat("logging_config: bad encoding ", e));
+    if (!ParseLogLevel(l, level)) return absl::InvalidArgumentError(StrCat("logging_config: bad log_level ", l));
   } else if (!logging.is_null()) {
     return absl::InvalidArgumentError("logging_config: expected an object");
   }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyLogging(const nlohmann::json& logging) {
+  LogEncoding encoding;
+  LogLevel level;
+  if (absl::Status s = ParseLogging(logging, &encoding, &level); !s.ok()) return s;
   Log::SetEncoding(encoding);
   Log::SetLevel(level);
   return absl::OkStatus();
