@@ -206,6 +206,11 @@ int RunNode(const NodeOptions& options) {
   // The config's log encoding from the first line on (its level applies with the config).
   if (options.initial_config && options.initial_config->logging_config)
     Log::SetEncoding(options.initial_config->logging_config->encoding);
+  // Headers for the OTLP exports (read again by each process's Tracer; replicas inherit the environment).
+  if (absl::StatusOr<tracing::HeaderList> headers = tracing::OtlpHeadersFromEnvironment(); !headers.ok()) {
+    std::cerr << "ferry: " << Message(headers.status()) << std::endl;
+    return 2;
+  }
   metrics::Registry registry;  // the node's metrics: GET /metrics on the admin port
   // The node's spans (proxy and queue); the config's `tracing` turns it on. Outlives the proxy.
   tracing::Tracer tracer({{"service.name", std::string("ferry")},

@@ -7,9 +7,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
@@ -191,7 +194,8 @@ bool WaitFor(int fd, short events, Clock::time_point deadline) {
 
 }  // namespace
 
-absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout) {
+absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout,
+                      const HeaderList& headers) {
   const auto deadline = Clock::now() + timeout;
   const std::string where = StrCat(endpoint.host, ":", endpoint.port, endpoint.path);
   addrinfo hints{};
@@ -222,7 +226,9 @@ absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::
   if (fd < 0) return absl::UnavailableError(StrCat(where, ": ", why));
   std::string request = StrCat("POST ", endpoint.path, " HTTP/1.1\r\nHost: ", endpoint.host, ":", endpoint.port,
                                "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
-                               "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n\r\n");
+                               "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n");
+  for (const auto& [name, value] : headers) StrAppend(&request, name, ": ", value, "\r\n");
+  request.append("\r\n");
   request.append(body);
   std::string_view left = request;
   absl::Status status;
@@ -259,7 +265,89 @@ absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::
   return absl::OkStatus();
 }
 
-Tracer::Tracer(std::vector<Attribute> resource) : resource_(std::move(resource)), thread_([this] { ExportLoop(); }) {}
+namespace {
+
+bool IsTokenChar(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::string_view TrimBlanks(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+int PercentHexValue(char c) {  // percent-encoding allows either case
+  return c >= 'A' && c <= 'F' ? c - 'A' + 10 : HexValue(c);
+}
+
+HeaderList HeadersOrWarn() {
+  absl::StatusOr<HeaderList> headers = OtlpHeadersFromEnvironment();
+  if (headers.ok()) return *std::move(headers);
+  FERRY_LOG(kWarning, "tracing", Message(headers.status()), "; exporting without headers");
+  return {};
+}
+
+}  // namespace
+
+absl::StatusOr<HeaderList> ParseOtlpHeaders(std::string_view text) {
+  HeaderList out;
+  size_t index = 0;
+  for (std::string_view rest = text;;) {
+    const size_t comma = rest.find(',');
+    const std::string_view entry = TrimBlanks(rest.substr(0, comma));
+    ++index;
+    if (!entry.empty()) {
+      const size_t eq = entry.find('=');
+      if (eq == std::string_view::npos)
+        return absl::InvalidArgumentError(StrCat("entry ", index, " (\"", entry, "\") is not key=value"));
+      const std::string_view key = TrimBlanks(entry.substr(0, eq)), raw = TrimBlanks(entry.substr(eq + 1));
+      if (key.empty() || !std::all_of(key.begin(), key.end(), IsTokenChar))
+        return absl::InvalidArgumentError(StrCat("entry ", index, ": \"", key, "\" is not a valid header name"));
+      std::string value;
+      for (size_t i = 0; i < raw.size(); ++i) {
+        char c = raw[i];
+        if (c == '%' && i + 2 < raw.size() && PercentHexValue(raw[i + 1]) >= 0 && PercentHexValue(raw[i + 2]) >= 0) {
+          c = static_cast<char>(PercentHexValue(raw[i + 1]) * 16 + PercentHexValue(raw[i + 2]));
+          i += 2;
+        }
+        if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f)
+          return absl::InvalidArgumentError(StrCat("entry ", index, " (", key, "): the value has a control character"));
+        value.push_back(c);
+      }
+      out.emplace_back(std::string(key), std::move(value));
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+absl::StatusOr<HeaderList> OtlpHeadersFromEnvironment() {
+  HeaderList merged;
+  for (const char* name : {"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"}) {
+    const char* text = std::getenv(name);
+    if (!text) continue;
+    absl::StatusOr<HeaderList> parsed = ParseOtlpHeaders(text);
+    if (!parsed.ok()) return absl::InvalidArgumentError(StrCat(name, ": ", Message(parsed.status())));
+    for (auto& [key, value] : *parsed) {
+      auto same = std::find_if(merged.begin(), merged.end(), [&key = key](const auto& h) {
+        return h.first.size() == key.size() && std::equal(key.begin(), key.end(), h.first.begin(), [](char a, char b) {
+                 return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+               });
+      });
+      if (same != merged.end())
+        same->second = value;
+      else
+        merged.emplace_back(key, value);
+    }
+  }
+  return merged;
+}
+
+Tracer::Tracer(std::vector<Attribute> resource)
+    : resource_(std::move(resource)), headers_(HeadersOrWarn()), thread_([this] { ExportLoop(); }) {}
 
 Tracer::~Tracer() {
   {
@@ -374,8 +462,8 @@ bool Tracer::ExportBatch(std::vector<Span>& batch) {
     endpoint = endpoint_;
     stopping = stopping_;
   }
-  absl::Status s =
-      PostJson(endpoint, EncodeOtlpJson(batch, resource_), stopping ? kShutdownExportTimeout : kExportTimeout);
+  absl::Status s = PostJson(endpoint, EncodeOtlpJson(batch, resource_),
+                            stopping ? kShutdownExportTimeout : kExportTimeout, headers_);
   if (s.ok()) {
     exported_.fetch_add(batch.size(), std::memory_order_relaxed);
     return true;

@@ -89,9 +89,21 @@ struct HttpEndpoint {
 };
 absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url);
 
-// POSTs `body` as application/json to `endpoint` and reads the status line. OK for a 2xx answer; an error
-// naming the endpoint otherwise. Blocks for at most `timeout`.
-absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout);
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+// POSTs `body` as application/json to `endpoint`, with `headers` besides its own, and reads the status line.
+// OK for a 2xx answer; an error naming the endpoint otherwise. Blocks for at most `timeout`.
+absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout,
+                      const HeaderList& headers = {});
+
+// OpenTelemetry's OTEL_EXPORTER_OTLP_HEADERS format (W3C Baggage's): `key=value` entries separated by commas,
+// blanks around them ignored, values percent-decoded (`Authorization=Basic%20abc`). Keys must be HTTP
+// tokens; a value must not decode to control characters. An error names the entry.
+absl::StatusOr<HeaderList> ParseOtlpHeaders(std::string_view text);
+// The headers every export sends (an API key for a hosted collector): OTEL_EXPORTER_OTLP_HEADERS, with
+// OTEL_EXPORTER_OTLP_TRACES_HEADERS' entries replacing those of the same name. An error names the variable.
+// From the environment, not the config, so that a secret stays out of `ferry config` and the state dir.
+absl::StatusOr<HeaderList> OtlpHeadersFromEnvironment();
 
 struct TracingOptions {
   std::string otlp_endpoint;  // empty: tracing off
@@ -143,6 +155,7 @@ class Tracer {
   bool ExportBatch(std::vector<Span>& batch);  // false: the collector did not take it
 
   const std::vector<Attribute> resource_;
+  const HeaderList headers_;  // from the environment, on every export
   // sampling_ratio as a bound on a trace id's low word: 0 samples nothing, UINT64_MAX everything.
   std::atomic<uint64_t> threshold_{0};
   std::atomic<bool> always_{false};   // sampling_ratio >= 1

@@ -17,9 +17,10 @@ BUILD_DIR = os.environ.get("FERRY_BUILD_DIR") or os.path.join(SOURCE_DIR, "build
 
 
 class Ferry:
-    """A `ferry run` process serving a config written to a temporary file."""
+    """A `ferry run` process serving a config written to a temporary file (`env`: variables to add)."""
 
-    def __init__(self, config_text=None, extra_args=(), ready=True, timeout=30, config_file=None, binary=None):
+    def __init__(self, config_text=None, extra_args=(), ready=True, timeout=30, config_file=None, binary=None,
+                 env=None):
         self.dir = tempfile.TemporaryDirectory(prefix="ferry-test-")
         self.config_path = config_file or os.path.join(self.dir.name, "config.yaml")
         if config_file is None:
@@ -30,7 +31,8 @@ class Ferry:
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
             [binary or FERRY_BIN, "run", self.config_path, "--http-port", "0", "--admin-port", "0", *extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            env={**os.environ, **env} if env else None)
         self._readers = [
             threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
             threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True),

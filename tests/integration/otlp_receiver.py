@@ -57,6 +57,7 @@ class OtlpReceiver:
         self.span_count = 0
         self.requests = 0
         self.errors = []
+        self.request_headers = []  # each POST's headers (to /v1/traces, as JSON), names in lower case
         self._lock = threading.Lock()
         receiver = self
 
@@ -77,6 +78,8 @@ class OtlpReceiver:
                         raise ValueError(f"posted to {self.path}")
                     if self.headers.get("Content-Type") != "application/json":
                         raise ValueError(f"content type {self.headers.get('Content-Type')}")
+                    with receiver._lock:  # before the spans, so a test that sees spans sees their headers
+                        receiver.request_headers.append({k.lower(): v for k, v in self.headers.items()})
                     receiver._accept(json.loads(body))
                 except (ValueError, KeyError, TypeError) as e:
                     with receiver._lock:

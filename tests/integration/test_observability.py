@@ -173,6 +173,33 @@ class SamplingTest(unittest.TestCase):
             ferry.wait_for(lambda: "could not export" in ferry.stderr(), what="an export warning")
             self.assertEqual(requests.get(ferry.url("/echo"), timeout=10).status_code, 200)
 
+    def test_exports_carry_the_headers_the_environment_names(self):
+        env = {"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=general, x-team=ferry",
+               "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "X-API-Key=s3cret%20key"}
+        with OtlpReceiver() as receiver, Ferry(traced_config(receiver.url, ratio=1.0), env=env) as ferry:
+            self.assertEqual(requests.get(ferry.url("/echo"), timeout=10).status_code, 200)
+            # Spans from the node and from the replica (its own process, which inherits the environment).
+            wait_until(lambda: {s["resource"]["service.instance.id"].startswith("node-")
+                                for s in receiver.all_spans()} == {True, False}, timeout=20,
+                       what="spans from the node and the replica")
+            with receiver._lock:
+                seen = list(receiver.request_headers)
+            self.assertGreaterEqual(len(seen), 2)
+            for headers in seen:
+                self.assertEqual(headers.get("x-api-key"), "s3cret key", headers)
+                self.assertEqual(headers.get("x-team"), "ferry", headers)
+            # The secret is not in what the node shows of its config.
+            self.assertNotIn("s3cret", requests.get(f"{ferry.admin}/api/serve/applications/", timeout=10).text)
+
+    def test_a_bad_headers_variable_stops_the_node_with_its_name(self):
+        ferry = Ferry(traced_config("http://127.0.0.1:9/v1/traces"), ready=False,
+                      env={"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=ok,Authorization"})
+        try:
+            self.assertEqual(ferry.wait_exit(30), 2)
+            self.assertIn('OTEL_EXPORTER_OTLP_HEADERS: entry 2 ("Authorization") is not key=value', ferry.stderr())
+        finally:
+            ferry.close()
+
     def test_tracing_turned_on_by_a_deploy_reaches_running_replicas(self):
         with OtlpReceiver() as receiver, Ferry(traced_config(receiver.url).replace(
                 f'tracing: {{otlp_endpoint: "{receiver.url}", sampling_ratio: 0.0}}', "")) as ferry:

@@ -149,6 +149,10 @@ class FakeCollector {
     std::lock_guard<std::mutex> lock(mu_);
     return bodies_;
   }
+  std::vector<std::string> heads() {  // each request's line and headers
+    std::lock_guard<std::mutex> lock(mu_);
+    return heads_;
+  }
 
  private:
   void Serve() {
@@ -171,6 +175,7 @@ class FakeCollector {
       {
         std::lock_guard<std::mutex> lock(mu_);
         bodies_.push_back(json::parse(in.substr(in.find("\r\n\r\n") + 4), nullptr, false));
+        heads_.push_back(in.substr(0, in.find("\r\n\r\n") + 2));
       }
       if (status_ == 0) {
         silent_.push_back(c);
@@ -186,6 +191,7 @@ class FakeCollector {
   uint16_t port_ = 0;
   std::mutex mu_;
   std::vector<json> bodies_;
+  std::vector<std::string> heads_;
   std::vector<int> silent_;  // connections left unanswered (serving thread only)
   std::thread thread_;
 };
@@ -259,6 +265,60 @@ TEST(Tracer, ExportsQueuedSpansInBatches) {
   }
   EXPECT_EQ(total, Tracer::kMaxBatch + 11);
   EXPECT_EQ(bodies.back()["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"], "at exit");
+}
+
+TEST(OtlpHeaders, ParsesOpenTelemetrysEnvironmentFormat) {
+  absl::StatusOr<HeaderList> h = ParseOtlpHeaders(" api-key = abc ,, Authorization=Basic%20dXNlcg==,x=50%zz%,e=");
+  ASSERT_TRUE(h.ok()) << h.status();
+  HeaderList want = {{"api-key", "abc"}, {"Authorization", "Basic dXNlcg=="}, {"x", "50%zz%"}, {"e", ""}};
+  EXPECT_EQ(*h, want);
+  EXPECT_TRUE(ParseOtlpHeaders("").ok() && ParseOtlpHeaders("")->empty());
+  EXPECT_TRUE(ParseOtlpHeaders(" , ").ok() && ParseOtlpHeaders(" , ")->empty());
+  absl::StatusOr<HeaderList> bad = ParseOtlpHeaders("a=1,novalue");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("entry 2 (\"novalue\") is not key=value"), std::string::npos) << bad.status();
+  EXPECT_FALSE(ParseOtlpHeaders("=x").ok());
+  EXPECT_FALSE(ParseOtlpHeaders("bad key=1").ok());
+  EXPECT_FALSE(ParseOtlpHeaders("k(1)=1").ok());
+  // A value cannot carry a header of its own into the request.
+  bad = ParseOtlpHeaders("k=a%0D%0AInjected: yes");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("control character"), std::string::npos) << bad.status();
+  EXPECT_FALSE(ParseOtlpHeaders("k=a\nb").ok());
+}
+
+TEST(OtlpHeaders, TracesVariableReplacesEntriesOfTheGeneralOne) {
+  setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=general,x-team=ferry", 1);
+  setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-API-Key=traces%20key", 1);
+  absl::StatusOr<HeaderList> h = OtlpHeadersFromEnvironment();
+  ASSERT_TRUE(h.ok()) << h.status();
+  HeaderList want = {{"x-api-key", "traces key"}, {"x-team", "ferry"}};
+  EXPECT_EQ(*h, want);
+  setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "oops", 1);
+  h = OtlpHeadersFromEnvironment();
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().message().rfind("OTEL_EXPORTER_OTLP_TRACES_HEADERS: entry 1", 0), 0u) << h.status();
+  unsetenv("OTEL_EXPORTER_OTLP_HEADERS");
+  unsetenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS");
+  ASSERT_TRUE(OtlpHeadersFromEnvironment().ok());
+  EXPECT_TRUE(OtlpHeadersFromEnvironment()->empty());
+}
+
+TEST(Tracer, SendsTheHeadersTheEnvironmentNames) {
+  FakeCollector collector;
+  setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret%20value", 1);
+  {
+    Tracer tracer({});
+    unsetenv("OTEL_EXPORTER_OTLP_HEADERS");  // read when the tracer was made
+    ASSERT_TRUE(tracer.Configure({collector.url(), 1.0}).ok());
+    tracer.Record(MakeSpan("with headers"));
+    tracer.Flush();
+    EXPECT_EQ(tracer.exported(), 1u);
+  }
+  std::vector<std::string> heads = collector.heads();
+  ASSERT_EQ(heads.size(), 1u);
+  EXPECT_NE(heads[0].find("\r\nx-api-key: s3cret value\r\n"), std::string::npos) << heads[0];
+  EXPECT_NE(heads[0].find("\r\nContent-Type: application/json\r\n"), std::string::npos) << heads[0];
 }
 
 TEST(Tracer, CountsWhatACollectorRefusesAndWhatOverflows) {
