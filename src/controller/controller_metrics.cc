@@ -3,11 +3,13 @@
 
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include "common/common.h"
 #include "controller/controller.h"
 #include "controller/internal/state.h"
 #include "metrics/metrics.h"
+#include "tracing/tracing.h"
 
 namespace ferry::controller {
 
@@ -88,6 +90,32 @@ std::string Controller::MetricsText() const {
       l.emplace_back("replica", id);
       w.HistogramSamples("ferry_replica_batch_size", l, metrics::BatchSizeBuckets(), r.stats->batch_size.counts,
                          r.stats->batch_size.sum);
+    }
+  }
+  // Spans: the node's own (proxy and queue spans) and each replica's, sent to the collector or dropped.
+  if (options_.tracer) {
+    w.Header("ferry_tracing_spans_exported_total", "The node's spans sent to the OTLP collector.", Type::kCounter);
+    w.Sample("ferry_tracing_spans_exported_total", {}, static_cast<double>(options_.tracer->exported()));
+    w.Header("ferry_tracing_spans_dropped_total",
+             "The node's spans dropped: the queue was full, or the collector refused or was unreachable.",
+             Type::kCounter);
+    w.Sample("ferry_tracing_spans_dropped_total", {}, static_cast<double>(options_.tracer->dropped()));
+  }
+  for (const auto& [name, help, field] :
+       {std::tuple{"ferry_replica_spans_exported_total",
+                   "A replica's spans sent to the OTLP collector (polled every second).",
+                   &transport::StatsReply::spans_exported},
+        std::tuple{"ferry_replica_spans_dropped_total",
+                   "A replica's spans dropped: the queue was full, or the collector refused or was unreachable.",
+                   &transport::StatsReply::spans_dropped}}) {
+    w.Header(name, help, Type::kCounter);
+    for (const auto& [key, d] : deployments_) {
+      for (const auto& [id, r] : d->replicas) {
+        if (!r.stats) continue;
+        Labels l = labels(*d);
+        l.emplace_back("replica", id);
+        w.Sample(name, l, static_cast<double>((*r.stats).*field));
+      }
     }
   }
   w.Header("ferry_replica_memory_bytes", "Resident memory of a replica process (from /proc).", Type::kGauge);

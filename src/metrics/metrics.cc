@@ -140,12 +140,15 @@ void SampleWriter::Header(std::string_view name, std::string_view help, Type typ
 void SampleWriter::Sample(std::string_view name, const std::vector<std::pair<std::string, std::string>>& labels,
                           double value) {
   *out_ += name;
-  *out_ += '{';
-  for (size_t i = 0; i < labels.size(); ++i) {
-    if (i) *out_ += ',';
-    *out_ += labels[i].first + "=\"" + EscapeLabel(labels[i].second) + "\"";
+  if (!labels.empty()) {
+    *out_ += '{';
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (i) *out_ += ',';
+      *out_ += labels[i].first + "=\"" + EscapeLabel(labels[i].second) + "\"";
+    }
+    *out_ += '}';
   }
-  *out_ += "} " + FormatValue(value) + "\n";
+  *out_ += " " + FormatValue(value) + "\n";
 }
 
 void SampleWriter::HistogramSamples(std::string_view name,

@@ -243,6 +243,8 @@ void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m)
     for (uint64_t c : h->counts) PutU64(out, c);
     PutU64(out, std::bit_cast<uint64_t>(h->sum));
   }
+  PutU64(out, m.spans_exported);
+  PutU64(out, m.spans_dropped);
   EndFrame(out, at);
 }
 
@@ -307,6 +309,7 @@ absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
       h->sum = std::bit_cast<double>(sum);
     }
   }
+  if (ok && !c.done()) c.U64(&out->spans_exported) && c.U64(&out->spans_dropped);
   return c.Finish("stats reply");
 }
 

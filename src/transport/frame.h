@@ -91,6 +91,10 @@ struct StatsReply {
   // Since the replica started (both optional on the wire: an older replica sends neither).
   HistogramCounts processing_seconds;  // per request, handle() or its share of a batch
   HistogramCounts batch_size;          // per batch run
+  // The replica's spans sent to the collector and dropped (queue full, collector down); optional on the
+  // wire after the histograms.
+  uint64_t spans_exported = 0;
+  uint64_t spans_dropped = 0;
 };
 
 // Each Append* writes a whole frame (header and payload) at the end of `out`.

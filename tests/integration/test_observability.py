@@ -2,6 +2,7 @@
 per request, per-application logging_config, and the spans an OTLP/HTTP receiver gets for a request
 (names, parent links, attributes), including changes made by a deploy without restarting replicas."""
 import json
+import re
 import time
 import unittest
 
@@ -32,6 +33,12 @@ applications:
         args: {{work_us: 10}}
         batching: {{max_batch_size: 4, batch_wait_timeout_s: 0.001}}
 {extra}"""
+
+
+def span_counts(ferry, name):
+    """{labels: value} of a span counter on the node's /metrics ("" for the node's own, unlabelled)."""
+    text = requests.get(ferry.admin + "/metrics", timeout=10).text
+    return {labels: float(value) for labels, value in re.findall(rf"^{name}(\{{.*\}})? (\S+)$", text, re.M)}
 
 
 def json_lines(text):
@@ -164,6 +171,14 @@ class SamplingTest(unittest.TestCase):
             line = wait_until(lambda: [l for l in ferry.stderr_lines if request_id in l and " access " in l],
                               timeout=10, what="the access line")
             self.assertIn(f"trace_id={trace_id}", line[0])
+            # What was sent is counted on /metrics: the node's proxy and queue spans, the replica's two.
+            wait_until(lambda: span_counts(ferry, "ferry_tracing_spans_exported_total").get("", 0) >= 2,
+                       timeout=10, what="the node's exported spans")
+            replica = wait_until(lambda: [(l, v) for l, v in span_counts(ferry, "ferry_replica_spans_exported_total")
+                                          .items() if 'deployment="Echo"' in l and v >= 2], timeout=10,
+                                 what="the replica's exported spans")[0]
+            self.assertRegex(replica[0], r'^\{application="app",deployment="Echo",replica="app#Echo#[0-9a-f]+"\}$')
+            self.assertEqual(span_counts(ferry, "ferry_tracing_spans_dropped_total"), {"": 0.0})
 
     def test_a_collector_that_is_down_costs_no_request(self):
         down = f"http://127.0.0.1:{free_port()}/v1/traces"
@@ -172,6 +187,11 @@ class SamplingTest(unittest.TestCase):
                 self.assertEqual(requests.get(ferry.url("/echo"), timeout=10).status_code, 200)
             ferry.wait_for(lambda: "could not export" in ferry.stderr(), what="an export warning")
             self.assertEqual(requests.get(ferry.url("/echo"), timeout=10).status_code, 200)
+            # The lost spans are counted, the node's and the replica's.
+            wait_until(lambda: span_counts(ferry, "ferry_tracing_spans_dropped_total").get("", 0) > 0, timeout=10,
+                       what="the node's dropped spans")
+            wait_until(lambda: any(v > 0 for l, v in span_counts(ferry, "ferry_replica_spans_dropped_total").items()
+                                   if 'deployment="Echo"' in l), timeout=10, what="the replica's dropped spans")
 
     def test_exports_carry_the_headers_the_environment_names(self):
         env = {"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=general, x-team=ferry",

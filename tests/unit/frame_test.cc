@@ -72,8 +72,9 @@ TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
   EXPECT_EQ(stats.total, 5u);
   EXPECT_TRUE(stats.processing_seconds.counts.empty());
 
-  // With histograms; and a reply without them (an older replica's) still decodes.
-  StatsReply full{1, 0, 9, {{2, 7, 0}, 0.125}, {{0, 3}, 12}};
+  // With histograms and span counts; and the replies of older replicas, without the span counts or without
+  // the histograms too, still decode.
+  StatsReply full{1, 0, 9, {{2, 7, 0}, 0.125}, {{0, 3}, 12}, 40, 2};
   std::string sh;
   AppendStatsReply(sh, 2, full);
   StatsReply back;
@@ -82,10 +83,19 @@ TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
   EXPECT_EQ(back.processing_seconds.sum, 0.125);
   EXPECT_EQ(back.batch_size.counts, (std::vector<uint64_t>{0, 3}));
   EXPECT_EQ(back.batch_size.sum, 12);
-  std::string_view old_reply = PayloadOf(st);
-  EXPECT_TRUE(DecodeStatsReply(old_reply, &back).ok());
-  std::string_view cut = PayloadOf(sh);
-  EXPECT_FALSE(DecodeStatsReply(cut.substr(0, cut.size() - 3), &back).ok());
+  EXPECT_EQ(back.spans_exported, 40u);
+  EXPECT_EQ(back.spans_dropped, 2u);
+  const std::string_view payload = PayloadOf(sh);
+  StatsReply older;
+  ASSERT_TRUE(DecodeStatsReply(payload.substr(0, payload.size() - 16), &older).ok());
+  EXPECT_EQ(older.processing_seconds.counts, (std::vector<uint64_t>{2, 7, 0}));
+  EXPECT_EQ(older.spans_exported, 0u);
+  StatsReply oldest;
+  ASSERT_TRUE(DecodeStatsReply(payload.substr(0, 16), &oldest).ok());
+  EXPECT_EQ(oldest.total, 9u);
+  EXPECT_TRUE(oldest.processing_seconds.counts.empty());
+  EXPECT_FALSE(DecodeStatsReply(payload.substr(0, payload.size() - 3), &back).ok());
+  EXPECT_FALSE(DecodeStatsReply(payload.substr(0, payload.size() - 19), &back).ok());
 
   std::string hello;
   AppendHello(hello, 0, {kProtocolVersion, "proxy"});

@@ -65,6 +65,9 @@ TEST(MetricsTest, SampleWriterAndValues) {
   w.Header("x_replicas", "Replicas.", Type::kGauge);
   w.Sample("x_replicas", {{"state", "RUNNING"}}, 3);
   EXPECT_EQ(out, "# HELP x_replicas Replicas.\n# TYPE x_replicas gauge\nx_replicas{state=\"RUNNING\"} 3\n");
+  out.clear();
+  w.Sample("x_plain_total", {}, 2);  // no labels: no braces
+  EXPECT_EQ(out, "x_plain_total 2\n");
   EXPECT_EQ(FormatValue(0.25), "0.25");
   EXPECT_EQ(FormatValue(1e300), "1e+300");
   EXPECT_EQ(FormatValue(-1.0 / 0.0), "-Inf");

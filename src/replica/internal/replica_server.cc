@@ -517,6 +517,10 @@ class ReplicaServer::Impl {
       case FrameKind::kStats: {
         std::string frame;
         transport::StatsReply stats{ongoing_.load(), 0, total_.load(), Counts(processing_), Counts(batch_size_)};
+        if (tracer_) {
+          stats.spans_exported = tracer_->exported();
+          stats.spans_dropped = tracer_->dropped();
+        }
         transport::AppendStatsReply(frame, header.stream_id, stats);
         c->Send(frame);
         return absl::OkStatus();
