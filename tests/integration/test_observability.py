@@ -262,6 +262,20 @@ applications:
 """
 
 
+def with_echo_options(options):
+    """ACCESS_CONFIG with more options for its Echo deployment, e.g. "args: {allow_abort: true}"."""
+    return ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
+                                f"      - {{name: Echo, import_path: builtin:echo, {options}}}")
+
+
+def redeploy_in_place(ferry, config):
+    """Deploys `config` to the running node and waits for a replica to be reconfigured (no restart)."""
+    r = requests.put(f"{ferry.admin}/api/serve/applications/", data=config, timeout=10)
+    if r.status_code != 200:
+        raise AssertionError(f"deploy answered {r.status_code}: {r.text}")
+    ferry.wait_for(lambda: "reconfigured in place" in ferry.stderr(), what="the replica reconfigured")
+
+
 class LoggingTest(unittest.TestCase):
     def test_json_lines_access_lines_and_per_application_settings(self):
         with Ferry(ACCESS_CONFIG) as ferry:
@@ -325,9 +339,7 @@ class LoggingTest(unittest.TestCase):
             self.assertFalse(any("quiet words" in l for l in ferry.stderr_lines))  # quiet logs at ERROR
 
     def test_what_replicas_print_is_logged_as_their_lines(self):
-        config = ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
-                                       "      - {name: Echo, import_path: builtin:echo, args: {allow_abort: true}}")
-        with Ferry(config) as ferry:
+        with Ferry(with_echo_options("args: {allow_abort: true}")) as ferry:
             printing = {"x-echo-print": "to stdout", "x-echo-eprint": 'to "stderr"'}
             self.assertEqual(requests.get(ferry.url("/echo"), headers=printing, timeout=10).status_code, 200)
             self.assertEqual(requests.get(ferry.url("/texty"), headers={"x-echo-print": "texty prints"},
@@ -361,12 +373,7 @@ class LoggingTest(unittest.TestCase):
     def test_a_deploy_changes_the_encoding_of_what_a_replica_prints(self):
         with Ferry(ACCESS_CONFIG) as ferry:
             pids = sorted(ferry.replica_pids())
-            texty = ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
-                                          "      - {name: Echo, import_path: builtin:echo, "
-                                          "logging_config: {encoding: TEXT}}")
-            r = requests.put(f"{ferry.admin}/api/serve/applications/", data=texty, timeout=10)
-            self.assertEqual(r.status_code, 200, r.text)
-            ferry.wait_for(lambda: "reconfigured in place" in ferry.stderr(), what="the replica reconfigured")
+            redeploy_in_place(ferry, with_echo_options("logging_config: {encoding: TEXT}"))
             requests.get(ferry.url("/echo"), headers={"x-echo-print": "now in text"}, timeout=10)
             line = wait_until(lambda: [l for l in ferry.stderr_lines if "now in text" in l], timeout=10,
                               what="the printed line")[0]
@@ -389,12 +396,7 @@ class LoggingTest(unittest.TestCase):
             requests.get(ferry.url("/echo"), timeout=10)
             wait_until(lambda: any(j.get("component_name") == "access" for j in json_lines_of(ferry)),
                        timeout=10, what="an access line")
-            quieter = ACCESS_CONFIG.replace("      - {name: Echo, import_path: builtin:echo}",
-                                            "      - {name: Echo, import_path: builtin:echo, "
-                                            "logging_config: {encoding: JSON, enable_access_log: false}}")
-            r = requests.put(f"{ferry.admin}/api/serve/applications/", data=quieter, timeout=10)
-            self.assertEqual(r.status_code, 200, r.text)
-            ferry.wait_for(lambda: "reconfigured in place" in ferry.stderr(), what="the replica reconfigured")
+            redeploy_in_place(ferry, with_echo_options("logging_config: {encoding: JSON, enable_access_log: false}"))
             time.sleep(0.3)  # the proxy's routing table is published with the deploy; lines flush every 100 ms
             before = len([j for j in json_lines_of(ferry) if j.get("component_name") == "access"])
             r = requests.get(ferry.url("/echo"), timeout=10)
