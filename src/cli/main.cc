@@ -337,6 +337,7 @@ int StartCommand(const std::vector<std::string>& args) {
       dup2(log, STDERR_FILENO);
     }
     std::ofstream(pid_file) << getpid() << "\n";
+    options.daemon = true;
     options.on_ready = [fd = ready[1]](const std::string& summary) {
       std::string line = summary + "\n";
       ssize_t n = write(fd, line.data(), line.size());

@@ -75,7 +75,7 @@ class Node {
     }
     controller::ControllerCallbacks callbacks;
     if (options_.serve_after_ready)
-      callbacks.on_progress = [](const std::string& line) { std::cout << "ferry: starting " << line << std::endl; };
+      callbacks.on_progress = [this](const std::string& line) { Say(StrCat("ferry: starting ", line)); };
     callbacks.on_all_ready = [this] {
       if (!http_open_) OpenHttp();
     };
@@ -142,8 +142,23 @@ class Node {
                           app.route_prefix == "/" ? "/" : app.route_prefix);
     }
     summary += "\nferry: ready";
-    std::cout << summary << std::endl;
+    Say(summary);
     if (options_.on_ready) options_.on_ready(summary);
+  }
+
+  // What the node tells its operator: printed to stdout, or for a daemon (whose stdout is its log file)
+  // written as log lines of component "node", one per line, without the "ferry: " prefix.
+  void Say(std::string_view text) {
+    if (!options_.daemon) {
+      std::cout << text << std::endl;
+      return;
+    }
+    for (std::string_view rest = text; !rest.empty();) {
+      std::string_view line = rest.substr(0, rest.find('\n'));
+      rest.remove_prefix(std::min(rest.size(), line.size() + 1));
+      if (line.starts_with("ferry: ")) line.remove_prefix(7);
+      Log::Write(LogLevel::kInfo, "node", line);
+    }
   }
 
   void WaitForSignal() {
@@ -162,8 +177,7 @@ class Node {
     }
     stopping_ = true;
     double drain_s = DrainSeconds(control_->applied_config());
-    std::cout << "ferry: " << why << ": draining " << proxy_->in_flight() << " requests in flight (up to " << drain_s
-              << " s)" << std::endl;
+    Say(StrCat("ferry: ", why, ": draining ", proxy_->in_flight(), " requests in flight (up to ", drain_s, " s)"));
     WaitForSignal();
     // Draining blocks; do it off the control thread so that replicas keep being watched meanwhile.
     drainer_ = std::thread([this, drain_s] {
@@ -178,7 +192,7 @@ class Node {
                 << std::endl;
     proxy_->Stop();
     control_->Shutdown([this] {
-      std::cout << "ferry: stopped" << std::endl;
+      Say("ferry: stopped");
       io_.stop();
     });
   }

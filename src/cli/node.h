@@ -25,6 +25,9 @@ struct NodeOptions {
   config::ValidationHooks hooks;       // for configs deployed through the admin API
   // Called once the node serves its admin API (and, with serve_after_ready, HTTP): a line to print.
   std::function<void(const std::string& summary)> on_ready;
+  // A daemon (`ferry start`): its stdout is the log file, so what it would print there (the ready lines,
+  // draining, stopped) is written as log lines instead, in the log's encoding.
+  bool daemon = false;
 };
 
 // Runs until SIGINT/SIGTERM or an admin shutdown; returns the process exit code.

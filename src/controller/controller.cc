@@ -273,6 +273,7 @@ absl::Status Controller::Restore() {
   if (!state.contains("config") || state["config"].is_null()) return absl::OkStatus();
   absl::StatusOr<config::Config> config = config::ParseConfig(state["config"].dump(), "controller state", "/");
   if (!config.ok()) return absl::DataLossError(StrCat("stored config no longer loads: ", Message(config.status())));
+  ApplyNodeObservability(*config);  // this line and the rest in the restored config's encoding
   FERRY_LOG(kInfo, "controller", "restoring ", config->applications.size(), " applications from the state store");
   return ApplyInternal(*config, true, false);
 }

@@ -323,6 +323,39 @@ class DaemonTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
 
 
+    def test_a_json_daemon_writes_only_json_lines_through_a_restart(self):
+        with tempfile.TemporaryDirectory() as d:
+            state = os.path.join(d, "state")
+            http_port, admin_port = free_port(), free_port()
+            address = f"http://127.0.0.1:{admin_port}"
+            config = write(d, "c.yaml", "logging_config: {encoding: JSON}\n" + V1)
+            start = [FERRY_BIN, "start", config, "--state-dir", state, "--http-port", str(http_port),
+                     "--admin-port", str(admin_port)]
+            r = subprocess.run(start, capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("ferry: ready", r.stdout)  # the operator still sees the ready lines
+            pid = int(read(os.path.join(state, "ferry.pid")))
+            try:
+                wait_until(lambda: app_status(address, "app") == "RUNNING", what="deployed")
+                requests.get(f"http://127.0.0.1:{http_port}/app", headers={"x-echo-print": "printed"}, timeout=10)
+                os.kill(pid, signal.SIGKILL)
+                wait_until(lambda: gone(pid), what="node gone")
+                restart = [a for a in start if a != config]  # restores what it ran, in its encoding
+                r = subprocess.run(restart, capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                pid = int(read(os.path.join(state, "ferry.pid")))
+                wait_until(lambda: app_status(address, "app") == "RUNNING", what="restored")
+            finally:
+                r = ferry_cli(address, "shutdown")
+                wait_until(lambda: gone(pid), timeout=60, what="node stopped")
+            lines = [json.loads(line) for line in read(os.path.join(state, "ferry.log")).splitlines()]
+            messages = [(j["component_name"], j["message"]) for j in lines]
+            self.assertIn(("node", "ready"), messages)
+            self.assertIn(("node", "stopped"), messages)
+            self.assertIn(("stdout", "printed"), messages)
+            self.assertIn(("controller", "restoring 1 applications from the state store"), messages)
+
+
 class AdminAuthTest(unittest.TestCase):
     def test_off_loopback_without_a_token_is_refused(self):
         ferry = Ferry(V1, extra_args=["--admin-host", "0.0.0.0"], ready=False)
