@@ -168,6 +168,15 @@ void AppendJsonString(std::string& out, std::string_view text) {
   out.push_back('"');
 }
 
+size_t FirstInvalidUtf8(std::string_view text) {
+  for (size_t at = 0; at < text.size();) {
+    size_t n = Utf8SequenceLength(text.substr(at));
+    if (n == 0) return at;
+    at += n;
+  }
+  return std::string_view::npos;
+}
+
 void Log::SetLevel(LogLevel level) { level_.store(static_cast<int>(level)); }
 LogLevel Log::level() { return static_cast<LogLevel>(level_.load()); }
 void Log::SetEncoding(LogEncoding encoding) { g_encoding.store(static_cast<int>(encoding)); }

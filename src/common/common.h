@@ -130,6 +130,10 @@ const char* LogLevelName(LogLevel level);  // "DEBUG", "INFO", "WARNING", "ERROR
 // Appends `text` to `out` as a JSON string (quoted, escaped; invalid UTF-8 becomes U+FFFD).
 void AppendJsonString(std::string& out, std::string_view text);
 
+// The offset of the first byte of `text` that does not start a valid UTF-8 sequence (overlong forms and
+// surrogates are invalid, as JSON encoders insist), or std::string_view::npos when it is all valid.
+size_t FirstInvalidUtf8(std::string_view text);
+
 // Parses "debug", "info", "warning", "error" (any case).
 bool ParseLogLevel(std::string_view text, LogLevel* out);
 

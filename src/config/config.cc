@@ -495,6 +495,39 @@ const DeploymentConfig& ApplicationConfig::IngressDeployment() const {
   return deployments.front();
 }
 
+// Every key and scalar of the document must be UTF-8 (YAML's own encoding): ferry writes them back as JSON
+// (status, the state store, logs), and bytes that are not UTF-8 — raw, or made by an escape such as
+// "\ud800" — have no JSON form.
+namespace {
+
+void CheckUtf8(const YAML::Node& node, const std::string& path, Errors& errors) {
+  auto check = [&](const YAML::Node& scalar, const std::string& where) {
+    const std::string& text = scalar.Scalar();
+    const size_t bad = FirstInvalidUtf8(text);
+    if (bad == std::string_view::npos) return true;
+    errors.Add(
+        scalar, where.empty() ? "config" : where,
+        StrCat("not valid UTF-8 (byte ", bad, " is 0x", HexString(static_cast<unsigned char>(text[bad]), 2), ")"));
+    return false;
+  };
+  if (node.IsScalar()) {
+    check(node, path);
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) CheckUtf8(node[i], StrCat(path, "[", i, "]"), errors);
+  } else if (node.IsMap()) {
+    for (const auto& kv : node) {
+      if (!kv.first.IsScalar()) {
+        CheckUtf8(kv.first, path, errors);
+        CheckUtf8(kv.second, path, errors);
+      } else if (check(kv.first, path)) {
+        CheckUtf8(kv.second, path.empty() ? kv.first.Scalar() : StrCat(path, ".", kv.first.Scalar()), errors);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view source_name,
                                    const std::string& base_dir, const ValidationHooks& hooks) {
   Errors errors{std::string(source_name)};
@@ -505,6 +538,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     errors.Add(e.mark, "yaml", e.msg);
     return errors.ToStatus();
   }
+  CheckUtf8(root, "", errors);
+  if (!errors.empty()) return errors.ToStatus();
   Config config;
   config.source_path = std::string(source_name);
   MapReader top(root, "", errors);

@@ -115,6 +115,28 @@ TEST(ConfigTest, UnknownFieldIsNamedWithItsPosition) {
   EXPECT_THAT(e, HasSubstr("num_replicas"));  // the list of what was expected
 }
 
+TEST(ConfigTest, TextThatIsNotUtf8IsRejectedWhereItIs) {
+  // Raw bytes (found by fuzz_config: the JSON the node writes back of such a config threw), ...
+  std::string e =
+      ErrorOf("applications:\n  - name: \x9b\x9c\n    deployments: [{name: D, import_path: builtin:echo}]\n");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:2:11: applications[0].name: not valid UTF-8 (byte 0 is 0x9b)"));
+  // ... in user_config, cut short ...
+  e = ErrorOf(
+      "applications:\n  - name: a\n    deployments:\n      - name: D\n        import_path: builtin:echo\n"
+      "        user_config: {text: [ok, \"caf\xc3\"]}\n");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:6:34: applications[0].deployments[0].user_config.text[1]: not valid UTF-8 "
+                           "(byte 3 is 0xc3)"));
+  // ... in a key. (An escape cannot make a surrogate: YAML refuses "\ud800" itself.)
+  EXPECT_THAT(ErrorOf("applications: [\"\\ud800\"]\n"), HasSubstr("cfg.yaml:1:"));
+  e = ErrorOf("applications: []\n\xff: 1\n");
+  EXPECT_THAT(e, HasSubstr("cfg.yaml:2:1: config: not valid UTF-8 (byte 0 is 0xff)"));
+  // UTF-8 itself is fine.
+  EXPECT_TRUE(
+      ParseConfig("applications:\n  - name: caf\xc3\xa9\n    deployments: [{name: D, import_path: builtin:echo}]\n",
+                  "cfg.yaml", "/tmp", Builtins())
+          .ok());
+}
+
 TEST(ConfigTest, WrongTypeSaysWhatWasExpected) {
   std::string e = ErrorOf(R"(applications:
   - name: a
