@@ -7,6 +7,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <absl/strings/match.h>
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -332,11 +333,8 @@ absl::StatusOr<HeaderList> OtlpHeadersFromEnvironment() {
     absl::StatusOr<HeaderList> parsed = ParseOtlpHeaders(text);
     if (!parsed.ok()) return absl::InvalidArgumentError(StrCat(name, ": ", Message(parsed.status())));
     for (auto& [key, value] : *parsed) {
-      auto same = std::find_if(merged.begin(), merged.end(), [&key = key](const auto& h) {
-        return h.first.size() == key.size() && std::equal(key.begin(), key.end(), h.first.begin(), [](char a, char b) {
-                 return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
-               });
-      });
+      auto same = std::find_if(merged.begin(), merged.end(),
+                               [&key = key](const auto& h) { return absl::EqualsIgnoreCase(h.first, key); });
       if (same != merged.end())
         same->second = value;
       else
