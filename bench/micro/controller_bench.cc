@@ -8,6 +8,7 @@
 #include "common/common.h"
 #include "common/fake_launcher.h"
 #include "controller/controller.h"
+#include "router/router_set.h"
 
 namespace ferry::controller {
 namespace {
@@ -29,7 +30,10 @@ config::Config BigConfig(int apps, int deployments_per_app, int replicas, double
 void RunTicks(benchmark::State& state, double health_period_s) {
   Log::SetLevel(LogLevel::kWarning);
   boost::asio::io_context io;
-  router::RoutingTableCell routing;
+  // The node's data plane beside it: a consumer that gets every snapshot and reports its load each tick.
+  endpoints::LocalPublisher publisher;
+  router::RouterSet routers([&publisher] { publisher.Wake(); });
+  publisher.Subscribe(&routers);
   testing::FakeLauncher* fake = nullptr;
   auto controller = Controller::CreateWithLauncher(io,
                                                    [&](node::ReplicaListener* listener) {
@@ -37,7 +41,7 @@ void RunTicks(benchmark::State& state, double health_period_s) {
                                                      fake = f.get();
                                                      return f;
                                                    },
-                                                   &routing, nullptr, {});
+                                                   &publisher, nullptr, {});
   if (!controller->Apply(BigConfig(100, 10, 10, health_period_s)).ok()) state.SkipWithError("apply failed");
   for (int i = 0; i < 5; ++i) {
     controller->Tick();
@@ -52,6 +56,8 @@ void RunTicks(benchmark::State& state, double health_period_s) {
   state.counters["replicas"] = static_cast<double>(controller->replica_count());
   state.counters["health_checks_per_tick"] =
       static_cast<double>(fake->health_checks) / static_cast<double>(state.iterations() + 5);
+  controller.reset();
+  publisher.Unsubscribe(&routers);
 }
 
 void BM_ReconcileTickSteady(benchmark::State& state) { RunTicks(state, 10); }

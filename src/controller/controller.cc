@@ -105,10 +105,10 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
 }
 
 absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context& io, std::string ferry_binary,
-                                                               std::string run_dir, router::RoutingTableCell* routing,
+                                                               std::string run_dir, endpoints::Publisher* publisher,
                                                                StateStore* store, ControllerCallbacks callbacks,
                                                                ControllerOptions options) {
-  std::unique_ptr<Controller> c(new Controller(io, routing, store, std::move(callbacks), options));
+  std::unique_ptr<Controller> c(new Controller(io, publisher, store, std::move(callbacks), options));
   absl::StatusOr<std::unique_ptr<node::NodeAgent>> agent =
       node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), c.get());
   if (!agent.ok()) return agent.status();
@@ -117,25 +117,29 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context&
 }
 
 std::unique_ptr<Controller> Controller::CreateWithLauncher(asio::io_context& io, const LauncherFactory& make_launcher,
-                                                           router::RoutingTableCell* routing, StateStore* store,
+                                                           endpoints::Publisher* publisher, StateStore* store,
                                                            ControllerCallbacks callbacks, ControllerOptions options) {
-  std::unique_ptr<Controller> c(new Controller(io, routing, store, std::move(callbacks), options));
+  std::unique_ptr<Controller> c(new Controller(io, publisher, store, std::move(callbacks), options));
   c->launcher_ = make_launcher(c.get());
   return c;
 }
 
-Controller::Controller(asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
+Controller::Controller(asio::io_context& io, endpoints::Publisher* publisher, StateStore* store,
                        ControllerCallbacks callbacks, ControllerOptions options)
     : io_(io),
-      routing_(routing),
+      publisher_(publisher),
       store_(store),
       callbacks_(std::move(callbacks)),
       options_(options),
       tick_timer_(io),
-      base_log_level_(Log::level()) {}
+      base_log_level_(Log::level()) {
+  // A request waiting with no replica (a cold start), or a drain that finished, is looked at now, not at
+  // the next tick.
+  publisher_->SetWakeHook([this] { asio::post(io_, [this] { ScheduleTick(); }); });
+}
 
 Controller::~Controller() {
-  for (auto& [key, d] : deployments_) d->router->SetStarvedHook(nullptr);
+  publisher_->SetWakeHook(nullptr);
   if (launcher_) launcher_->KillAll();
 }
 
@@ -176,10 +180,12 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
           auto it = deployments_.find(StrCat(app_config.name, "/", dc.name));
           return it != deployments_.end() && it->second->version == versions[dc.name];
         })) {
-      // Unchanged, but for what it inherits from the top level: the logging_config in effect.
+      // Unchanged, but for what it inherits from the top level: the logging_config in effect, and tracing.
       for (const auto& dc : app_config.deployments) {
         std::string key = StrCat(app_config.name, "/", dc.name);
-        deployments_[key]->target.logging = dc.logging;
+        Deployment& d = *deployments_[key];
+        d.target.logging = dc.logging;
+        ++d.in_place_generation;
         wanted_deployments.insert(std::move(key));
       }
       continue;  // unchanged: applying the same config twice changes nothing
@@ -204,7 +210,6 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
         d = std::make_unique<Deployment>();
         d->application = app_config.name;
         d->key = key;
-        d->router = router::Router::Create(dc.name, dc.max_ongoing_requests, dc.max_queued_requests);
         d->recovering = recovering;
       }
       if (d->deleting || d->version != version || !SameDeployment(d->target, dc)) {
@@ -218,21 +223,19 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
         d->version = version;
       }
       d->target = dc;
-      d->router->SetLimits(dc.max_ongoing_requests, dc.max_queued_requests);
+      ++d->in_place_generation;
+      SetChanged(*d);  // its limits may have changed
       if (dc.autoscaling_config) {
         const config::AutoscalingConfig& a = *dc.autoscaling_config;
         if (!d->autoscaler) {
           d->autoscaler = std::make_unique<AutoscalingPolicy>(a);
           d->autoscaled_replicas = d->autoscaler->InitialReplicas();
-          // A request waiting with no replica starts one now, not at the next tick.
-          d->router->SetStarvedHook([this] { asio::post(io_, [this] { ScheduleTick(); }); });
         } else {
           d->autoscaler->set_config(a);
           d->autoscaled_replicas = std::clamp(d->autoscaled_replicas, a.min_replicas, a.max_replicas);
         }
       } else {
         d->autoscaler.reset();
-        d->router->SetStarvedHook(nullptr);
       }
     }
     FERRY_LOG(kInfo, "controller", recovering ? "recovering" : "deploying", " application ", app_config.name);
@@ -250,9 +253,12 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
       changed = true;
     }
   }
+  // The first config counts as a change even when it holds no application: the node opens once it is
+  // applied.
+  if (changed || !applied_) waiting_all_ready_ = true;
   applied_ = config;
-  if (changed) waiting_all_ready_ = true;
-  PublishRoutes();
+  routes_changed_ = true;
+  PublishIfChanged();
   absl::Status saved = Persist();
   ScheduleTick();
   return saved;
@@ -331,26 +337,66 @@ json Controller::ReplicaTracing() const {
   return applied_ && applied_->tracing ? config::ToJson(*applied_->tracing) : json(nullptr);
 }
 
-void Controller::PublishRoutes() {
-  std::vector<router::Route> routes;
+void Controller::SetChanged(Deployment& d) {
+  if (d.set_changed) return;
+  d.set_changed = true;
+  changed_sets_.push_back(d.key);
+}
+
+std::shared_ptr<const endpoints::EndpointSet> Controller::BuildEndpointSet(const Deployment& d,
+                                                                           uint64_t version) const {
+  auto set = std::make_shared<endpoints::EndpointSet>();
+  set->deployment = d.key;
+  set->version = version;
+  set->max_ongoing_requests = d.target.max_ongoing_requests;
+  set->max_queued_requests = d.target.max_queued_requests;
+  set->scales_from_zero = d.autoscaler && d.autoscaler->config().min_replicas == 0 && !d.version_failed;
+  for (const auto& [id, r] : d.replicas) {
+    if (!r.endpoint || !(r.routed || r.draining)) continue;
+    set->endpoints.push_back(*r.endpoint);
+    set->endpoints.back().state = r.routed ? endpoints::EndpointState::kServing : endpoints::EndpointState::kDraining;
+  }
+  return set;
+}
+
+std::shared_ptr<const endpoints::RouteTable> Controller::BuildRouteTable() const {
+  auto table = std::make_shared<endpoints::RouteTable>();
   for (const auto& [name, app] : apps_) {
     if (app->deleting) continue;
-    auto d = deployments_.find(StrCat(name, "/", app->config.ingress));
+    std::string key = StrCat(name, "/", app->config.ingress);
+    auto d = deployments_.find(key);
     if (d == deployments_.end()) continue;
-    routes.push_back({app->config.route_prefix, name, app->config.ingress, d->second->router,
-                      d->second->target.logging.enable_access_log});
+    table->routes.push_back({app->config.route_prefix, name, app->config.ingress, std::move(key),
+                             d->second->target.logging.enable_access_log});
   }
-  std::vector<router::ModelRoute> models;
   for (const auto& [key, d] : deployments_) {
     auto app = apps_.find(d->application);
     if (app == apps_.end() || app->second->deleting || d->deleting || d->target.model_name.empty()) continue;
-    models.push_back({d->target.model_name,
-                      d->target.model_version,
-                      {StrCat("/v2/models/", d->target.model_name), d->application, d->target.name, d->router,
-                       d->target.logging.enable_access_log}});
+    table->models.push_back({d->target.model_name, d->target.model_version, d->application, d->target.name, key,
+                             d->target.logging.enable_access_log});
   }
-  const bool access_log = !applied_ || !applied_->logging_config || applied_->logging_config->enable_access_log;
-  routing_->Publish(std::make_shared<const router::RoutingTable>(std::move(routes), std::move(models), access_log));
+  table->access_log = !applied_ || !applied_->logging_config || applied_->logging_config->enable_access_log;
+  return table;
+}
+
+void Controller::PublishIfChanged() {
+  if (changed_sets_.empty() && !routes_changed_) return;
+  auto next = std::make_shared<endpoints::Snapshot>(*published_);  // unchanged sets are shared, not copied
+  next->version = published_->version + 1;
+  for (const std::string& key : changed_sets_) {
+    auto d = deployments_.find(key);
+    if (d == deployments_.end()) {
+      next->sets.erase(key);
+      continue;
+    }
+    d->second->set_changed = false;
+    next->sets[key] = BuildEndpointSet(*d->second, next->version);
+  }
+  changed_sets_.clear();
+  if (routes_changed_) next->routes = BuildRouteTable();
+  routes_changed_ = false;
+  published_ = std::move(next);
+  publisher_->Publish(published_);
 }
 
 absl::Status Controller::Persist() {
@@ -397,7 +443,6 @@ json Controller::StatusJson() const {
                             {"version", r.version}});
         counts[ReplicaStateName(r.state)] = counts.value(ReplicaStateName(r.state), 0) + 1;
       }
-      router::RouterStats stats = d.router->Stats();
       deployments[dc.name] = {{"name", dc.name},
                               {"status", DeploymentStatusName(d.status)},
                               {"message", d.message},
@@ -407,8 +452,8 @@ json Controller::StatusJson() const {
                               {"replicas", replicas},
                               {"restarts", d.restarts},
                               {"health_check_failures", d.health_check_failures},
-                              {"ongoing_requests", stats.ongoing},
-                              {"queued_requests", stats.queued}};
+                              {"ongoing_requests", d.ongoing},
+                              {"queued_requests", d.queued}};
       if (d.autoscaler) {
         json decisions = json::array();
         for (const auto& decision : d.decisions) decisions.push_back(decision);

@@ -2,8 +2,10 @@
 // agent reports on every tick, and acts to converge: starts missing replicas, rolls deployments to new
 // versions (new replicas pass check_health before old ones stop taking traffic and drain), applies
 // num_replicas, max_ongoing_requests and user_config in place, replaces replicas that crash or fail health
-// checks, and deletes what left the config. It publishes the routing table the data plane reads, so the
-// data plane keeps serving on the last table whatever the controller is doing.
+// checks, and deletes what left the config. Its output is data: it publishes each deployment's endpoint set
+// and the route table through a Publisher, and never holds a router; the data plane keeps serving on the
+// last snapshot whatever the controller is doing. What it knows of traffic (load for autoscaling, requests
+// still in flight on a draining replica) comes from the consumers' reports.
 // Not thread-safe: every call, and every callback, on its io_context's thread.
 #pragma once
 
@@ -22,8 +24,8 @@
 
 #include "config/config.h"
 #include "controller/state_store.h"
+#include "endpoints/endpoints.h"
 #include "node/node_agent.h"
-#include "router/routing_table.h"
 
 namespace ferry::tracing {
 class Tracer;
@@ -61,15 +63,16 @@ class Controller : public node::ReplicaListener {
   using LauncherFactory = std::function<std::unique_ptr<node::ReplicaLauncher>(node::ReplicaListener*)>;
 
   // A controller whose replicas are processes of `ferry_binary`, started by a NodeAgent in `run_dir`.
-  // `store` (may be null: nothing persisted) must outlive the controller.
+  // `publisher` carries what it publishes to the data plane and the data plane's reports back; `store`
+  // (may be null: nothing persisted) keeps the desired state. Both must outlive the controller.
   static absl::StatusOr<std::unique_ptr<Controller>> Create(boost::asio::io_context& io, std::string ferry_binary,
-                                                            std::string run_dir, router::RoutingTableCell* routing,
+                                                            std::string run_dir, endpoints::Publisher* publisher,
                                                             StateStore* store, ControllerCallbacks callbacks,
                                                             ControllerOptions options = {});
   // A controller over any launcher (a simulated cluster, a test double).
   static std::unique_ptr<Controller> CreateWithLauncher(boost::asio::io_context& io,
                                                         const LauncherFactory& make_launcher,
-                                                        router::RoutingTableCell* routing, StateStore* store,
+                                                        endpoints::Publisher* publisher, StateStore* store,
                                                         ControllerCallbacks callbacks, ControllerOptions options = {});
   ~Controller() override;
 
@@ -112,7 +115,7 @@ class Controller : public node::ReplicaListener {
     nlohmann::json config;  // ToJson(ApplicationConfig)
   };
 
-  Controller(boost::asio::io_context& io, router::RoutingTableCell* routing, StateStore* store,
+  Controller(boost::asio::io_context& io, endpoints::Publisher* publisher, StateStore* store,
              ControllerCallbacks callbacks, ControllerOptions options);
   absl::Status ApplyInternal(const config::Config& config, bool recovering, bool record_history);
   void ReconcileDeployment(Deployment& d, std::chrono::steady_clock::time_point now);
@@ -126,7 +129,16 @@ class Controller : public node::ReplicaListener {
   void MarkRunning(Deployment& d, Replica& r);
   void RecordStartFailure(Deployment& d, const std::string& message);
   void UpdateStatuses();
-  void PublishRoutes();
+  // The consumers' reports: each deployment's load and in-flight counts, and the oldest snapshot in use.
+  void CollectReports();
+  // Whether no consumer can still send `r` a request or has one in flight on it.
+  bool Drained(const Deployment& d, const Replica& r) const;
+  // Marks what a publish must rebuild: a deployment's endpoint set, or the route table.
+  void SetChanged(Deployment& d);
+  // Publishes a new snapshot when a set or the route table changed since the last one.
+  void PublishIfChanged();
+  std::shared_ptr<const endpoints::EndpointSet> BuildEndpointSet(const Deployment& d, uint64_t version) const;
+  std::shared_ptr<const endpoints::RouteTable> BuildRouteTable() const;
   // The top level's logging_config for this process's own lines, and `tracing` for its tracer.
   void ApplyNodeObservability(const config::Config& config);
   // What a replica of `d` is told about logs and traces (at start, and by reconfigure when it changes).
@@ -138,7 +150,7 @@ class Controller : public node::ReplicaListener {
   Deployment* FindByReplica(const std::string& replica_id);
 
   boost::asio::io_context& io_;
-  router::RoutingTableCell* routing_;
+  endpoints::Publisher* publisher_;
   StateStore* store_;
   ControllerCallbacks callbacks_;
   ControllerOptions options_;
@@ -151,6 +163,12 @@ class Controller : public node::ReplicaListener {
   std::map<std::string, Deployment*> by_replica_;
   std::map<std::string, std::deque<HistoryEntry>> history_;
   uint64_t next_key_ = 1;
+  // Published state: the last snapshot, and what the next one must rebuild.
+  std::shared_ptr<const endpoints::Snapshot> published_ = std::make_shared<const endpoints::Snapshot>();
+  std::vector<std::string> changed_sets_;  // deployment keys
+  bool routes_changed_ = false;
+  // The oldest snapshot version a consumer routes by (UINT64_MAX: no consumer), as of the last reports.
+  uint64_t oldest_applied_version_ = UINT64_MAX;
   uint64_t next_token_ = 1;
   bool waiting_all_ready_ = false;
   bool shutting_down_ = false;

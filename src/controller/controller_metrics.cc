@@ -57,7 +57,7 @@ std::string Controller::MetricsText() const {
     if (d->last_cold_start_s >= 0)
       w.Sample("ferry_deployment_last_cold_start_seconds", labels(*d), d->last_cold_start_s);
   per_deployment("ferry_deployment_queued_requests", "Requests waiting in the router for a replica slot.", Type::kGauge,
-                 [](const Deployment& d) { return d.router->Stats().queued; });
+                 [](const Deployment& d) { return d.queued; });
   w.Header("ferry_replica_ongoing_requests", "Requests the router has on a replica (sent, not yet answered).",
            Type::kGauge);
   for (const auto& [key, d] : deployments_) {
@@ -65,7 +65,7 @@ std::string Controller::MetricsText() const {
       if (!r.endpoint) continue;
       Labels l = labels(*d);
       l.emplace_back("replica", id);
-      w.Sample("ferry_replica_ongoing_requests", l, d->router->InFlight(r.endpoint->key));
+      w.Sample("ferry_replica_ongoing_requests", l, d->InFlight(r.endpoint->key));
     }
   }
   w.Header("ferry_replica_processing_seconds",

@@ -15,6 +15,7 @@ using std::chrono::milliseconds;
 namespace {
 
 constexpr int kHealthFailuresToReplace = 3;  // Ray Serve's
+constexpr int kMaxPerReplicaRetryCount = 3;  // Ray Serve's MAX_PER_REPLICA_RETRY_COUNT
 constexpr milliseconds kFirstHealthRetry{500};
 constexpr milliseconds kStatsPeriod{1000};  // how fresh a replica's histograms are in /metrics
 constexpr milliseconds kStatsGiveUp{5000};  // a stats request unanswered this long is asked again
@@ -33,10 +34,9 @@ Controller::Deployment* Controller::FindByReplica(const std::string& replica_id)
 
 void Controller::Autoscale(Deployment& d, SteadyTime now) {
   if (!d.autoscaler || d.deleting || shutting_down_) return;
-  router::RouterStats stats = d.router->Stats();
-  d.autoscaler->MaybeRecord(now, stats.ongoing + stats.queued);
+  d.autoscaler->MaybeRecord(now, d.ongoing + d.queued);
   std::optional<AutoscalingDecision> decision =
-      d.autoscaler->Decide(now, d.autoscaled_replicas, stats.replicas, stats.queued);
+      d.autoscaler->Decide(now, d.autoscaled_replicas, d.RoutedReplicas(), d.queued);
   if (!decision) return;
   if (decision->from == 0 && !d.cold_start_began) d.cold_start_began = now;
   d.autoscaled_replicas = decision->to;
@@ -51,8 +51,45 @@ void Controller::Autoscale(Deployment& d, SteadyTime now) {
   while (d.decisions.size() > 20) d.decisions.pop_front();
 }
 
+void Controller::CollectReports() {
+  std::vector<endpoints::ConsumerReport> reports = publisher_->CollectReports();
+  oldest_applied_version_ = UINT64_MAX;
+  for (auto& [key, d] : deployments_) {
+    d->queued = d->ongoing = 0;
+    d->in_flight.clear();
+  }
+  for (const endpoints::ConsumerReport& report : reports) {
+    oldest_applied_version_ = std::min(oldest_applied_version_, report.applied_version);
+    // Both are ordered by deployment key: one walk matches them.
+    auto d = deployments_.begin();
+    for (const endpoints::DeploymentLoad& load : report.deployments) {
+      while (d != deployments_.end() && d->first < load.deployment) ++d;
+      if (d == deployments_.end()) break;
+      if (d->first != load.deployment) continue;
+      Deployment& dep = *d->second;
+      dep.queued += load.queued;
+      dep.ongoing += load.ongoing;
+      for (const auto& [k, n] : load.in_flight) {
+        auto it = std::find_if(dep.in_flight.begin(), dep.in_flight.end(), [k = k](const auto& p) { return p.first == k; });
+        if (it == dep.in_flight.end())
+          dep.in_flight.emplace_back(k, n);
+        else
+          it->second += n;
+      }
+    }
+  }
+}
+
+bool Controller::Drained(const Deployment& d, const Replica& r) const {
+  if (!r.endpoint) return true;  // never published
+  if (r.routed) return false;
+  // Every consumer must route by a snapshot without it, and have nothing left in flight on it.
+  return oldest_applied_version_ >= r.unrouted_version && d.InFlight(r.endpoint->key) == 0;
+}
+
 void Controller::Tick() {
   const SteadyTime now = std::chrono::steady_clock::now();
+  CollectReports();
   for (auto& [key, d] : deployments_) {
     Autoscale(*d, now);
     ReconcileDeployment(*d, now);
@@ -60,15 +97,17 @@ void Controller::Tick() {
   for (auto it = deployments_.begin(); it != deployments_.end();) {
     if (it->second->deleting && it->second->replicas.empty()) {
       FERRY_LOG(kInfo, "controller", "deployment ", it->first, " deleted");
+      if (!it->second->set_changed) changed_sets_.push_back(it->first);  // its set leaves the snapshot
+      routes_changed_ = true;
       it = deployments_.erase(it);
     } else {
       ++it;
     }
   }
   for (auto it = apps_.begin(); it != apps_.end();) {
-    bool has_deployments = std::any_of(deployments_.begin(), deployments_.end(),
-                                       [&](const auto& d) { return d.second->application == it->first; });
-    if (it->second->deleting && !has_deployments) {
+    if (it->second->deleting && std::none_of(deployments_.begin(), deployments_.end(), [&](const auto& d) {
+          return d.second->application == it->first;
+        })) {
       history_.erase(it->first);
       it = apps_.erase(it);
     } else {
@@ -76,6 +115,7 @@ void Controller::Tick() {
     }
   }
   UpdateStatuses();
+  PublishIfChanged();
   if (shutting_down_ && shutdown_done_ && launcher_->live_replicas() == 0) {
     auto done = std::move(shutdown_done_);
     shutdown_done_ = nullptr;
@@ -88,7 +128,7 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   // Each replica: stops in progress, start deadlines, health, in-place updates.
   for (auto& [id, r] : d.replicas) {
     if (r.state == ReplicaState::kStopping) {
-      bool drained = !r.endpoint || d.router->InFlight(r.endpoint->key) == 0;
+      bool drained = Drained(d, r);
       if (!r.stop_sent && (drained || now >= r.drain_deadline)) {
         launcher_->StopReplica(id, Millis(t.graceful_shutdown_timeout_s));
         r.stop_sent = true;
@@ -197,14 +237,17 @@ void Controller::StartReplica(Deployment& d) {
   r.applied_max_ongoing = t.max_ongoing_requests;
   r.applied_logging = spec.logging;
   r.applied_tracing = spec.tracing;
+  r.checked_generation = d.in_place_generation;
   by_replica_[r.id] = &d;
 }
 
 void Controller::BeginStop(Deployment& d, Replica& r, SteadyTime now) {
   if (r.state == ReplicaState::kStopping) return;
-  if (r.routed) {
-    d.router->RemoveReplica(r.endpoint->key);
+  if (r.routed) {  // out of routing first: the next snapshot has it draining
     r.routed = false;
+    r.draining = true;
+    r.unrouted_version = published_->version + 1;
+    SetChanged(d);
   }
   r.state = ReplicaState::kStopping;
   r.drain_deadline = now + Millis(d.target.graceful_shutdown_timeout_s);
@@ -264,7 +307,7 @@ void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, c
     r.health_failures = 0;
     if (starting) {
       MarkRunning(*d, r);
-      ScheduleTick();
+      ScheduleTick();  // routed from the tick's publish: one snapshot for every replica ready by then
     }
     return;
   }
@@ -285,13 +328,14 @@ void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, c
     ++d->restarts;
   }
   BeginStop(*d, r, now);
+  PublishIfChanged();
   ScheduleTick();
 }
 
 void Controller::MarkRunning(Deployment& d, Replica& r) {
   r.state = ReplicaState::kRunning;
-  d.router->AddReplica(r.endpoint);
   r.routed = true;
+  SetChanged(d);
   if (r.version == d.version) d.start_failures = 0;
   FERRY_LOG(kInfo, "controller", "replica ", r.id, " (pid ", r.pid, ") is RUNNING");
   if (d.cold_start_began) {
@@ -306,18 +350,23 @@ void Controller::MarkRunning(Deployment& d, Replica& r) {
 
 void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
   const config::DeploymentConfig& t = d.target;
-  if (r.version != d.version || r.update_outstanding) return;
+  if (r.version != d.version || r.update_outstanding || r.checked_generation == d.in_place_generation) return;
+  const uint64_t generation = d.in_place_generation;
   json update = json::object();
   if (r.applied_user_config != t.user_config) update["user_config"] = t.user_config;
   if (r.applied_max_ongoing != t.max_ongoing_requests) update["max_ongoing_requests"] = t.max_ongoing_requests;
   // Logs and traces change in place too: a new log level is no reason to restart a model.
   if (json logging = ReplicaLogging(d); r.applied_logging != logging) update["logging_config"] = logging;
   if (json tracing = ReplicaTracing(); r.applied_tracing != tracing) update["tracing"] = tracing;
-  if (update.empty()) return;
+  if (update.empty()) {
+    r.checked_generation = generation;
+    return;
+  }
   r.update_outstanding = true;
   r.update_token = next_token_++;
   r.state = ReplicaState::kUpdating;
-  launcher_->Reconfigure(r.id, update, [this, id = r.id, token = r.update_token, update](const absl::Status& s) {
+  launcher_->Reconfigure(r.id, update, [this, id = r.id, token = r.update_token, generation,
+                                        update](const absl::Status& s) {
     Deployment* d = FindByReplica(id);
     if (!d) return;
     auto it = d->replicas.find(id);
@@ -330,6 +379,7 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
       if (update.contains("max_ongoing_requests")) r.applied_max_ongoing = update["max_ongoing_requests"].get<int>();
       if (update.contains("logging_config")) r.applied_logging = update["logging_config"];
       if (update.contains("tracing")) r.applied_tracing = update["tracing"];
+      r.checked_generation = generation;  // a newer apply meanwhile is compared at the next tick
       r.state = ReplicaState::kRunning;
       FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", update.dump());
     } else {
@@ -338,6 +388,7 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
       FERRY_LOG(kWarning, "controller", d->message, "; replacing it");
       r.state = ReplicaState::kRunning;
       BeginStop(*d, r, std::chrono::steady_clock::now());
+      PublishIfChanged();
     }
     ScheduleTick();
   });
@@ -345,13 +396,19 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
 
 void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
   ++d.start_failures;
-  const int limit = d.target.max_constructor_retry_count;
-  d.message =
-      StrCat("replica failed to start (", d.start_failures, " of max_constructor_retry_count ", limit, "): ", message);
+  // As Ray Serve: a version fails after min(max_constructor_retry_count, 3 x target replicas) failed starts,
+  // so a constructor that always throws fails a small deployment in a few tries, not twenty.
+  const int per_replica_limit = kMaxPerReplicaRetryCount * std::max(1, d.TargetReplicas());
+  const int limit = std::min(d.target.max_constructor_retry_count, per_replica_limit);
+  d.message = StrCat("replica failed to start (", d.start_failures, " of ", limit,
+                     limit == d.target.max_constructor_retry_count ? " (max_constructor_retry_count)"
+                                                                   : " (3 per target replica)",
+                     "): ", message);
   auto delay = milliseconds(std::min<int64_t>(5000, 100ll << std::min(d.start_failures - 1, 10)));
   d.backoff_until = std::chrono::steady_clock::now() + delay;
   if (d.start_failures >= limit && !d.version_failed) {
     d.version_failed = true;
+    SetChanged(d);  // a failed version no longer scales from zero on demand
     d.message = StrCat("deployment failed to start after ", d.start_failures, " attempts: ", message);
     FERRY_LOG(kError, "controller", d.key, " is DEPLOY_FAILED: ", message);
   } else {
@@ -366,11 +423,12 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   Replica& r = d->replicas[replica_id];
   r.ready = true;
   r.pid = pid;
-  auto endpoint = std::make_shared<router::ReplicaEndpoint>();
-  endpoint->replica_id = replica_id;
-  endpoint->socket_path = socket_path;
-  endpoint->key = next_key_++;
-  r.endpoint = endpoint;
+  endpoints::Endpoint endpoint;
+  endpoint.replica_id = replica_id;
+  endpoint.address = socket_path;
+  endpoint.key = next_key_++;
+  endpoint.version = r.version;
+  r.endpoint = std::move(endpoint);
   r.next_health = std::chrono::steady_clock::now();  // it serves once its first check passes
   ScheduleTick();
 }
@@ -383,7 +441,7 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   if (it == d->replicas.end()) return;
   Replica r = it->second;
   d->replicas.erase(it);
-  if (r.routed) d->router->RemoveReplica(r.endpoint->key);
+  if (r.routed || r.draining) SetChanged(*d);
   if (r.state != ReplicaState::kStopping && !shutting_down_ && !d->deleting) {
     if (Starting(r.state)) {
       if (r.version == d->version) RecordStartFailure(*d, message);
@@ -400,6 +458,7 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
     }
   }
   (void)was_ready;
+  PublishIfChanged();
   ScheduleTick();
 }
 

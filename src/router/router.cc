@@ -23,14 +23,18 @@ void ReplicaLease::Release() {
   router->Release(*replica, index_hint_);
 }
 
-std::shared_ptr<Router> Router::Create(std::string deployment, int max_ongoing_requests, int max_queued_requests) {
-  return std::shared_ptr<Router>(new Router(std::move(deployment), max_ongoing_requests, max_queued_requests));
+std::shared_ptr<Router> Router::Create(std::string deployment, int max_ongoing_requests, int max_queued_requests,
+                                       uint64_t seed) {
+  return std::shared_ptr<Router>(new Router(std::move(deployment), max_ongoing_requests, max_queued_requests, seed));
 }
 
-Router::Router(std::string deployment, int max_ongoing, int max_queued)
+Router::Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed)
     : deployment_(std::move(deployment)), max_ongoing_(max_ongoing), max_queued_(max_queued) {
-  std::random_device rd;
-  rng_ = (static_cast<uint64_t>(rd()) << 32) | rd() | 1;
+  if (seed == 0) {
+    std::random_device rd;
+    seed = (static_cast<uint64_t>(rd()) << 32) | rd();
+  }
+  rng_ = seed | 1;  // xorshift's state must not be zero
 }
 
 int Router::PickLocked() {
@@ -73,6 +77,11 @@ Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLea
 void Router::SetStarvedHook(std::function<void()> hook) {
   absl::MutexLock lock(&mu_);
   starved_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;
+}
+
+void Router::SetDrainedHook(std::function<void()> hook) {
+  absl::MutexLock lock(&mu_);
+  drained_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;
 }
 
 Router::Result Router::AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
@@ -121,6 +130,7 @@ void Router::RunAssignments(std::vector<std::pair<std::shared_ptr<Waiter>, Repli
 
 void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
   std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
+  std::shared_ptr<const std::function<void()>> drained;
   {
     absl::MutexLock lock(&mu_);
     Slot* slot = nullptr;
@@ -134,10 +144,12 @@ void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
       --slot->in_flight;
     } else if (auto it = removed_in_flight_.find(replica.key); it != removed_in_flight_.end() && --it->second <= 0) {
       removed_in_flight_.erase(it);
+      drained = drained_hook_;
     }
     DrainQueueLocked(&assignments);
   }
   RunAssignments(assignments);
+  if (drained) (*drained)();
 }
 
 void Router::AddReplica(std::shared_ptr<const ReplicaEndpoint> replica) {
@@ -152,14 +164,70 @@ void Router::AddReplica(std::shared_ptr<const ReplicaEndpoint> replica) {
   RunAssignments(assignments);
 }
 
+void Router::RemoveSlotLocked(size_t i) {
+  if (slots_[i].in_flight > 0) removed_in_flight_[slots_[i].replica->key] = slots_[i].in_flight;
+  slots_.erase(slots_.begin() + static_cast<long>(i));
+}
+
 void Router::RemoveReplica(uint64_t key) {
   absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].replica->key != key) continue;
-    if (slots_[i].in_flight > 0) removed_in_flight_[key] = slots_[i].in_flight;
-    slots_.erase(slots_.begin() + static_cast<long>(i));
+    RemoveSlotLocked(i);
     return;
   }
+}
+
+void Router::Update(const endpoints::EndpointSet& set) {
+  std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
+  {
+    absl::MutexLock lock(&mu_);
+    max_ongoing_ = set.max_ongoing_requests;
+    max_queued_ = set.max_queued_requests;
+    scales_from_zero_ = set.scales_from_zero;
+    std::unordered_map<uint64_t, const endpoints::Endpoint*> serving;
+    for (const endpoints::Endpoint& e : set.endpoints)
+      if (e.state == endpoints::EndpointState::kServing) serving.emplace(e.key, &e);
+    for (size_t i = slots_.size(); i-- > 0;) {
+      auto it = serving.find(slots_[i].replica->key);
+      if (it == serving.end()) {
+        RemoveSlotLocked(i);
+      } else {
+        serving.erase(it);  // routed already: keeps its slot and its count
+      }
+    }
+    for (const endpoints::Endpoint& e : set.endpoints) {  // in the set's order, so routing is repeatable
+      if (!serving.count(e.key)) continue;
+      auto replica = std::make_shared<ReplicaEndpoint>();
+      replica->replica_id = e.replica_id;
+      replica->socket_path = e.address;
+      replica->key = e.key;
+      int in_flight = 0;
+      if (auto back = removed_in_flight_.find(e.key); back != removed_in_flight_.end()) {
+        in_flight = back->second;
+        removed_in_flight_.erase(back);
+      }
+      slots_.push_back(Slot{std::move(replica), in_flight});
+    }
+    DrainQueueLocked(&assignments);
+  }
+  RunAssignments(assignments);
+}
+
+endpoints::DeploymentLoad Router::Load() const {
+  absl::MutexLock lock(&mu_);
+  endpoints::DeploymentLoad load;
+  load.queued = queued_;
+  load.in_flight.reserve(slots_.size() + removed_in_flight_.size());
+  for (const Slot& slot : slots_) {
+    load.ongoing += slot.in_flight;
+    if (slot.in_flight > 0) load.in_flight.emplace_back(slot.replica->key, slot.in_flight);
+  }
+  for (const auto& [key, n] : removed_in_flight_) {
+    load.ongoing += n;
+    load.in_flight.emplace_back(key, n);
+  }
+  return load;
 }
 
 void Router::SetLimits(int max_ongoing_requests, int max_queued_requests) {
@@ -185,6 +253,7 @@ RouterStats Router::Stats() const {
   absl::MutexLock lock(&mu_);
   RouterStats s;
   s.replicas = static_cast<int>(slots_.size());
+  s.scales_from_zero = scales_from_zero_;
   for (const auto& [key, n] : removed_in_flight_) s.ongoing += n;
   for (const Slot& slot : slots_) s.ongoing += slot.in_flight;
   s.queued = queued_;

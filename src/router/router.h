@@ -15,6 +15,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "endpoints/endpoints.h"
+
 namespace ferry::router {
 
 // A replica as routers see it. Immutable once published.
@@ -67,13 +69,16 @@ class Waiter {
 
 struct RouterStats {
   int replicas = 0;
+  bool scales_from_zero = false;  // having no replica is by design (see EndpointSet)
   int ongoing = 0;  // requests holding a slot
   int queued = 0;   // requests waiting
 };
 
 class Router : public std::enable_shared_from_this<Router> {
  public:
-  static std::shared_ptr<Router> Create(std::string deployment, int max_ongoing_requests, int max_queued_requests);
+  // `seed` makes the choice of replicas repeatable (tests); 0: seeded from std::random_device.
+  static std::shared_ptr<Router> Create(std::string deployment, int max_ongoing_requests, int max_queued_requests,
+                                        uint64_t seed = 0);
 
   enum class Result { kAssigned, kQueued, kRejected };
   // kAssigned: `*lease` holds a slot now. kQueued: `waiter` gets OnAssigned later (or Cancel it).
@@ -88,11 +93,20 @@ class Router : public std::enable_shared_from_this<Router> {
   void AddReplica(std::shared_ptr<const ReplicaEndpoint> replica);
   void RemoveReplica(uint64_t key);
   void SetLimits(int max_ongoing_requests, int max_queued_requests);
+  // Routes by a published endpoint set from now on: its serving endpoints take new requests (keeping the
+  // in-flight counts of those already here), endpoints that drain or left the set take none and are
+  // counted until their last request ends; its limits apply. Queued requests go to any new room at once.
+  void Update(const endpoints::EndpointSet& set);
   // Requests holding a slot on the replica, whether it is still routed to or was removed.
   int InFlight(uint64_t key) const;
   // Called (on the caller's thread, without the lock) when a request queues while the router has no
   // replica at all: a cold start is due. Empty: nothing is called.
   void SetStarvedHook(std::function<void()> hook);
+  // Called (on the thread that released the slot, without the lock) when the last request on a replica
+  // that is out of routing ends: its drain is done. Empty: nothing is called.
+  void SetDrainedHook(std::function<void()> hook);
+  // Queued and ongoing requests, and in-flight counts per replica key (replicas with none are left out).
+  endpoints::DeploymentLoad Load() const;
 
   RouterStats Stats() const;
   const std::string& deployment() const { return deployment_; }
@@ -103,10 +117,12 @@ class Router : public std::enable_shared_from_this<Router> {
     std::shared_ptr<const ReplicaEndpoint> replica;
     int in_flight = 0;
   };
-  Router(std::string deployment, int max_ongoing, int max_queued);
+  Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed);
   Result AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
                        std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
+  // Takes slots_[i] out of routing, keeping its in-flight count until its last request ends.
+  void RemoveSlotLocked(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Index of the replica to use, or -1 when all are full.
   int PickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ReplicaLease TakeLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -119,6 +135,7 @@ class Router : public std::enable_shared_from_this<Router> {
   mutable absl::Mutex mu_;
   int max_ongoing_ ABSL_GUARDED_BY(mu_);
   int max_queued_ ABSL_GUARDED_BY(mu_);
+  bool scales_from_zero_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped
   // once its count reaches zero.
@@ -127,6 +144,7 @@ class Router : public std::enable_shared_from_this<Router> {
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rng_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const std::function<void()>> starved_hook_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::function<void()>> drained_hook_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::router

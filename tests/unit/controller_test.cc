@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "common/fake_launcher.h"
+#include "router/router_set.h"
 
 namespace ferry::controller {
 namespace {
@@ -28,7 +29,15 @@ std::string App(int replicas, const std::string& args = "{v: 1}", const std::str
 
 class ControllerTest : public ::testing::Test {
  protected:
-  void SetUp() override { Make(nullptr); }
+  // The data plane a node has: the proxy's routers, subscribed to what the controller publishes.
+  void SetUp() override {
+    publisher_.Subscribe(&routers_);
+    Make(nullptr);
+  }
+  void TearDown() override {
+    controller_.reset();
+    publisher_.Unsubscribe(&routers_);
+  }
 
   void Make(StateStore* store) {
     controller_ = Controller::CreateWithLauncher(io_,
@@ -37,7 +46,7 @@ class ControllerTest : public ::testing::Test {
                                                    fake_ = fake.get();
                                                    return fake;
                                                  },
-                                                 &routing_, store, {});
+                                                 &publisher_, store, {});
   }
 
   // Ticks, lets started replicas get ready and pass their first check, ticks again.
@@ -53,12 +62,13 @@ class ControllerTest : public ::testing::Test {
   nlohmann::json Deployment() { return controller_->StatusJson()["applications"]["app"]["deployments"]["D"]; }
   std::string AppStatus() { return controller_->StatusJson()["applications"]["app"]["status"]; }
   int Routed() {
-    const router::Route* r = routing_.Get()->Match("/app");
+    const router::Route* r = routers_.routing()->Get()->Match("/app");
     return r ? r->router->Stats().replicas : -1;
   }
 
   boost::asio::io_context io_;
-  router::RoutingTableCell routing_;
+  endpoints::LocalPublisher publisher_;
+  router::RouterSet routers_{[this] { publisher_.Wake(); }, /*seed=*/7};
   std::unique_ptr<Controller> controller_;
   testing::FakeLauncher* fake_ = nullptr;
 };
@@ -183,11 +193,40 @@ TEST_F(ControllerTest, UnhealthyReplicaLeavesRoutingAndIsReplaced) {
   EXPECT_EQ(Deployment()["restarts"], 1);
 }
 
+TEST_F(ControllerTest, AReplicaStopsOnlyOnceTheDataPlaneHasNothingInFlightOnIt) {
+  struct Holder : router::Waiter {
+    void OnAssigned(router::ReplicaLease lease) override { held = std::move(lease); }
+    router::ReplicaLease held;
+  };
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  std::shared_ptr<router::Router> router = routers_.Find("app/D");
+  ASSERT_NE(router, nullptr);
+  std::vector<router::ReplicaLease> held(2);  // one request on each replica (two choices: the idle one wins)
+  for (auto& lease : held)
+    ASSERT_EQ(router->Acquire(std::make_shared<Holder>(), &lease), router::Router::Result::kAssigned);
+  ASSERT_NE(held[0].replica().key, held[1].replica().key);
+  ASSERT_TRUE(controller_->Apply(Parse(App(1))).ok());
+  for (int i = 0; i < 3; ++i) {
+    controller_->Tick();
+    io_.poll();
+  }
+  EXPECT_EQ(Routed(), 1);
+  EXPECT_TRUE(fake_->stopped.empty()) << "stopped with a request in flight on it";
+  EXPECT_EQ(Deployment()["ongoing_requests"], 2);  // from the data plane's report
+  held.clear();  // the requests end; the data plane wakes the controller
+  io_.restart();
+  io_.poll();
+  EXPECT_EQ(fake_->stopped.size(), 1u);
+  Settle();
+  EXPECT_EQ(Deployment()["status"], "HEALTHY");
+}
+
 TEST_F(ControllerTest, DeletingAnApplicationStopsItAndRemovesItsRoute) {
   ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
   Settle();
   ASSERT_TRUE(controller_->DeleteAll().ok());
-  EXPECT_EQ(routing_.Get()->Match("/app"), nullptr);
+  EXPECT_EQ(routers_.routing()->Get()->Match("/app"), nullptr);
   controller_->Tick();
   EXPECT_EQ(AppStatus(), "DELETING");
   Settle();

@@ -13,7 +13,6 @@
 
 #include "controller/autoscaling_policy.h"
 #include "controller/controller.h"
-#include "router/router.h"
 #include "transport/frame.h"
 
 namespace ferry::controller {
@@ -29,8 +28,12 @@ struct Controller::Replica {
   pid_t pid = -1;
   double start_time_s = 0;
   SteadyTime started;
-  std::shared_ptr<const router::ReplicaEndpoint> endpoint;  // set when ready
-  bool routed = false;                                      // in its router
+  // Its endpoint, once ready: published as serving while `routed`, then as draining while `draining`,
+  // from snapshot `unrouted_version` on, until the process exits.
+  std::optional<endpoints::Endpoint> endpoint;
+  bool routed = false;
+  bool draining = false;
+  uint64_t unrouted_version = 0;
 
   // Health: the controller's own deadline for each check, since a hung replica never answers.
   bool health_outstanding = false;
@@ -46,6 +49,9 @@ struct Controller::Replica {
   nlohmann::json applied_tracing;  // {"otlp_endpoint", "sampling_ratio"}, or null: off
   bool update_outstanding = false;
   uint64_t update_token = 0;
+  // The deployment's in_place_generation this replica was last compared with: equal means nothing to
+  // apply, so a steady tick compares no configs.
+  uint64_t checked_generation = 0;
 
   // Stats (for /metrics): polled every second while it runs.
   bool stats_outstanding = false;
@@ -63,7 +69,19 @@ struct Controller::Deployment {
   std::string key;  // "app/name"
   config::DeploymentConfig target;
   std::string version;  // of target's code: import path, args, resources, plugin file contents
-  std::shared_ptr<router::Router> router;
+  bool set_changed = false;
+  // Grows whenever an apply may have changed what replicas take in place (user_config, limits, logging,
+  // tracing).
+  uint64_t in_place_generation = 1;  // its endpoint set must be published again (queued in changed_sets_)
+  // The data plane's load on it, summed over the consumers' last reports.
+  int queued = 0;
+  int ongoing = 0;
+  std::vector<std::pair<uint64_t, int>> in_flight;  // by endpoint key, nonzero only
+  int InFlight(uint64_t key) const {
+    for (const auto& [k, n] : in_flight)
+      if (k == key) return n;
+    return 0;
+  }
   std::map<std::string, Replica> replicas;
   bool deleting = false;
   bool recovering = false;
@@ -89,6 +107,11 @@ struct Controller::Deployment {
   double last_cold_start_s = -1;
 
   int TargetReplicas() const { return autoscaler ? autoscaled_replicas : target.num_replicas; }
+  int RoutedReplicas() const {
+    int n = 0;
+    for (const auto& [id, r] : replicas) n += r.routed ? 1 : 0;
+    return n;
+  }
 };
 
 struct Controller::Application {

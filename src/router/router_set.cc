@@ -1,0 +1,95 @@
+#include "router/router_set.h"
+
+#include "common/common.h"
+
+namespace ferry::router {
+
+RouterSet::RouterSet(std::function<void()> wake, uint64_t seed) : wake_(std::move(wake)), seed_(seed) {}
+
+RouterSet::~RouterSet() {
+  MutexLock lock(&mu_);
+  for (auto& [key, e] : routers_) {  // leases still held may outlive this; their routers must not call it
+    e.router->SetStarvedHook(nullptr);
+    e.router->SetDrainedHook(nullptr);
+  }
+}
+
+std::shared_ptr<Router> RouterSet::Find(const std::string& deployment_key) const {
+  MutexLock lock(&mu_);
+  auto it = routers_.find(deployment_key);
+  return it == routers_.end() ? nullptr : it->second.router;
+}
+
+void RouterSet::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) {
+  MutexLock lock(&mu_);
+  if (snapshot->version < applied_version_) return;  // a late delivery of an older snapshot
+  bool table_changed = snapshot->routes != routes_;
+  for (auto it = routers_.begin(); it != routers_.end();) {
+    if (snapshot->sets.count(it->first)) {
+      ++it;
+      continue;
+    }
+    // The deployment is gone; requests still holding leases finish on the router they have.
+    it->second.router->SetStarvedHook(nullptr);
+    it->second.router->SetDrainedHook(nullptr);
+    it = routers_.erase(it);
+    table_changed = true;
+  }
+  for (const auto& [key, set] : snapshot->sets) {
+    Entry& e = routers_[key];
+    if (!e.router) {
+      std::string name = key.substr(key.find('/') + 1);
+      e.router = Router::Create(std::move(name), set->max_ongoing_requests, set->max_queued_requests,
+                                seed_ ? seed_ + routers_.size() : 0);
+      if (wake_) {
+        e.router->SetStarvedHook(wake_);
+        e.router->SetDrainedHook(wake_);
+      }
+      table_changed = true;
+    }
+    if (e.set != set) {
+      e.router->Update(*set);
+      e.set = set;
+    }
+  }
+  routes_ = snapshot->routes;
+  applied_version_ = snapshot->version;
+  if (table_changed) PublishTableLocked();
+}
+
+void RouterSet::PublishTableLocked() {
+  auto router_of = [this](const std::string& key) -> std::shared_ptr<Router> {
+    auto it = routers_.find(key);
+    return it == routers_.end() ? nullptr : it->second.router;
+  };
+  std::vector<Route> routes;
+  for (const endpoints::RouteEntry& r : routes_->routes) {
+    std::shared_ptr<Router> router = router_of(r.deployment_key);
+    if (!router) continue;  // published without its set: not routable yet
+    routes.push_back({r.route_prefix, r.application, r.ingress_deployment, std::move(router), r.access_log});
+  }
+  std::vector<ModelRoute> models;
+  for (const endpoints::ModelEntry& m : routes_->models) {
+    std::shared_ptr<Router> router = router_of(m.deployment_key);
+    if (!router) continue;
+    models.push_back(
+        {m.name, m.version, {ferry::StrCat("/v2/models/", m.name), m.application, m.deployment, std::move(router),
+                             m.access_log}});
+  }
+  routing_.Publish(std::make_shared<const RoutingTable>(std::move(routes), std::move(models), routes_->access_log));
+}
+
+endpoints::ConsumerReport RouterSet::Report() const {
+  MutexLock lock(&mu_);
+  endpoints::ConsumerReport report;
+  report.applied_version = applied_version_;
+  report.deployments.reserve(routers_.size());
+  for (const auto& [key, e] : routers_) {
+    endpoints::DeploymentLoad load = e.router->Load();
+    load.deployment = key;
+    report.deployments.push_back(std::move(load));
+  }
+  return report;
+}
+
+}  // namespace ferry::router
