@@ -251,20 +251,31 @@ class AdminServer::Impl {
               {{"error", "invalid config: nothing was changed"}, {"errors", Lines(Message(parsed.status()))}}};
     }
     config::Config config = std::move(*parsed);
+    // Node-level sections are the node's, set when it starts: the file a node was started with deploys
+    // again as it is, and one that asks for other settings deploys its applications with a warning (as
+    // Ray Serve logs one for http_options), never a refusal.
+    std::vector<std::string> warnings;
     if (config.has_http_options && config::ToJson(config.http_options) != config::ToJson(options_.node_http)) {
-      return {http::status::bad_request,
-              {{"error", "invalid config: nothing was changed"},
-               {"errors",
-                {StrCat("http_options: the node serves with ", config::ToJson(options_.node_http).dump(),
-                        "; they are set when the node starts and cannot change while it runs")}}}};
+      warnings.push_back(StrCat("http_options: the node serves with ", config::ToJson(options_.node_http).dump(),
+                                "; http_options are set when the node starts, so the config's are ignored"));
     }
-    if (config.has_admin) {
-      return {http::status::bad_request,
-              {{"error", "invalid config: nothing was changed"},
-               {"errors", {"admin: the admin API is configured when the node starts (ferry start / ferry run)"}}}};
+    if (config.has_admin && !SameAdmin(config.admin, options_.node_admin)) {
+      warnings.push_back(StrCat("admin: the admin API listens on ", options_.node_admin.host, ":",
+                                options_.node_admin.port,
+                                " with the token it started with; admin is set when the node starts, so the "
+                                "config's is ignored"));
     }
+    for (const std::string& w : warnings) FERRY_LOG(kWarning, "admin", "deploy: ", w);
     config.http_options = options_.node_http;
-    return Apply([this, config] { return controller_->Apply(config); }, "deployed");
+    config.admin = options_.node_admin;
+    Reply reply = Apply([this, config] { return controller_->Apply(config); }, "deployed");
+    if (reply.status == http::status::ok && !warnings.empty()) reply.body["warnings"] = warnings;
+    return reply;
+  }
+
+  static bool SameAdmin(const config::AdminOptions& a, const config::AdminOptions& b) {
+    return a.host == b.host && a.port == b.port && a.auth_token == b.auth_token &&
+           a.auth_token_file == b.auth_token_file;
   }
 
   AdminServerOptions options_;

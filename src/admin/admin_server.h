@@ -24,7 +24,8 @@ struct AdminServerOptions {
   std::string host = "127.0.0.1";
   int port = 8265;
   std::string token;                     // empty: no authentication (allowed only on loopback; the caller checks)
-  config::HttpOptions node_http;         // what the node's proxy runs with: deployed configs must agree
+  config::HttpOptions node_http;         // what the node's proxy runs with (a config that differs gets a warning)
+  config::AdminOptions node_admin;       // what this admin API runs with (likewise)
   config::ValidationHooks hooks;         // for validating deployed configs
   std::function<void()> on_shutdown;     // POST /api/ferry/shutdown
   metrics::Registry* metrics = nullptr;  // GET /metrics renders it, then the controller's state

@@ -16,10 +16,12 @@ namespace http = boost::beast::http;
 absl::StatusOr<AdminResponse> AdminRequest(const std::string& address, const std::string& method,
                                            const std::string& path, const std::string& body, const std::string& token,
                                            const std::vector<std::pair<std::string, std::string>>& headers) {
+  // HOST:PORT or http://HOST:PORT (Ray's --address takes both).
   static constexpr std::string_view kScheme = "http://";
-  if (address.rfind(kScheme, 0) != 0)
-    return absl::InvalidArgumentError(StrCat("--address must look like http://HOST:PORT, got ", address));
-  std::string hostport = address.substr(kScheme.size());
+  std::string hostport = address.rfind(kScheme, 0) == 0 ? address.substr(kScheme.size()) : address;
+  if (hostport.find("://") != std::string::npos || hostport.empty() || hostport.find('/') < hostport.find_last_not_of('/'))
+    return absl::InvalidArgumentError(
+        StrCat("--address must look like HOST:PORT or http://HOST:PORT, got ", address));
   while (!hostport.empty() && hostport.back() == '/') hostport.pop_back();
   size_t colon = hostport.rfind(':');
   std::string host = colon == std::string::npos ? hostport : hostport.substr(0, colon);

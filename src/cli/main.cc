@@ -444,6 +444,8 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
   } else if (command == "config") {
     std::cout << (body.is_null() ? "# nothing deployed\n" : JsonToYaml(body));
   } else {
+    if (body.contains("warnings") && body["warnings"].is_array())
+      for (const auto& w : body["warnings"]) std::cerr << "ferry: warning: " << w.get<std::string>() << "\n";
     std::cout << "ferry: " << body.value("result", "done") << "\n";
   }
   return 0;

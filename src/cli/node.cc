@@ -17,7 +17,8 @@
 #include "controller/state_store.h"
 #include "metrics/metrics.h"
 #include "proxy/proxy.h"
-#include "router/routing_table.h"
+#include "endpoints/endpoints.h"
+#include "router/router_set.h"
 #include "tracing/tracing.h"
 
 namespace ferry::cli {
@@ -38,6 +39,16 @@ proxy::ProxyOptions ProxyOptionsFrom(const config::HttpOptions& h) {
   options.header_timeout = Millis(h.header_timeout_s);
   options.max_body_bytes = h.max_body_bytes;
   return options;
+}
+
+// A problem the node reports on stderr: "ferry: ..." as it is, or an ERROR log line of component "node"
+// when the logging_config says JSON (so every line a log shipper reads is JSON).
+void Complain(std::string_view text) {
+  if (Log::encoding() == LogEncoding::kJson) {
+    Log::Write(LogLevel::kError, "node", text.starts_with("ferry: ") ? text.substr(7) : text);
+  } else {
+    std::cerr << text << std::endl;
+  }
 }
 
 // The largest graceful_shutdown_timeout_s of what is deployed: how long the proxy lets requests finish.
@@ -66,7 +77,7 @@ class Node {
     control_.reset();  // kills whatever replica is left
   }
 
-  absl::Status Create(router::RoutingTableCell* routing, const std::string& run_dir) {
+  absl::Status Create(endpoints::Publisher* publisher, const std::string& run_dir) {
     if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
           controller::EmbeddedStateStore::Open(options_.state_dir);
@@ -82,14 +93,14 @@ class Node {
     callbacks.on_start_failure = [this](const std::string& deployment, const std::string& message) {
       if (!options_.exit_on_start_failure || http_open_ || failed_) return;
       failed_ = true;
-      std::cerr << "ferry: deployment " << deployment << " failed to start: " << message << std::endl;
+      Complain(StrCat("ferry: deployment ", deployment, " failed to start: ", message));
       exit_code_ = 1;
       control_->Shutdown([this] { io_.stop(); });
     };
     controller::ControllerOptions controller_options;
     controller_options.tracer = tracer_;
     absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
-        io_, options_.ferry_binary, run_dir, routing, store_.get(), callbacks, controller_options);
+        io_, options_.ferry_binary, run_dir, publisher, store_.get(), callbacks, controller_options);
     if (!created.ok()) return created.status();
     control_ = std::move(*created);
 
@@ -105,6 +116,7 @@ class Node {
     admin.port = options_.admin.port;
     admin.token = *token;
     admin.node_http = options_.http;
+    admin.node_admin = options_.admin;
     admin.hooks = options_.hooks;
     admin.on_shutdown = [this] { boost::asio::post(io_, [this] { BeginStop("admin API shutdown"); }); };
     admin.metrics = metrics_;
@@ -119,10 +131,10 @@ class Node {
     admin_->Start();
     control_->Start();
     absl::Status restored = control_->Restore();
-    if (!restored.ok()) std::cerr << "ferry: could not restore the saved state: " << Message(restored) << std::endl;
+    if (!restored.ok()) Complain(StrCat("ferry: could not restore the saved state: ", Message(restored)));
     if (options_.initial_config) {
       absl::Status applied = control_->Apply(*options_.initial_config);
-      if (!applied.ok()) std::cerr << "ferry: " << Message(applied) << std::endl;
+      if (!applied.ok()) Complain(StrCat("ferry: ", Message(applied)));
     }
     if (!options_.serve_after_ready) OpenHttp();
     io_.run();
@@ -146,19 +158,27 @@ class Node {
     if (options_.on_ready) options_.on_ready(summary);
   }
 
-  // What the node tells its operator: printed to stdout, or for a daemon (whose stdout is its log file)
-  // written as log lines of component "node", one per line, without the "ferry: " prefix.
+  // What the node tells its operator: printed to stdout as it is, or as log lines of component "node"
+  // (one per line, without the "ferry: " prefix) where a log shipper reads the stream: a daemon's (its
+  // stdout is its log file), and a foreground node's whose logging_config says JSON (every line JSON).
   void Say(std::string_view text) {
-    if (!options_.daemon) {
+    const bool as_log_lines = options_.daemon || Log::encoding() == LogEncoding::kJson;
+    if (!as_log_lines) {
       std::cout << text << std::endl;
       return;
     }
+    std::string out;
     for (std::string_view rest = text; !rest.empty();) {
       std::string_view line = rest.substr(0, rest.find('\n'));
       rest.remove_prefix(std::min(rest.size(), line.size() + 1));
       if (line.starts_with("ferry: ")) line.remove_prefix(7);
-      Log::Write(LogLevel::kInfo, "node", line);
+      if (options_.daemon) {
+        Log::Write(LogLevel::kInfo, "node", line);
+      } else {
+        Log::Format(LogLevel::kInfo, "node", line, {}, &out);
+      }
     }
+    if (!out.empty()) std::cout << out << std::flush;
   }
 
   void WaitForSignal() {
@@ -169,7 +189,7 @@ class Node {
 
   void BeginStop(const std::string& why) {
     if (stopping_) {
-      std::cerr << "ferry: second signal; stopping now" << std::endl;
+      Complain("ferry: second signal; stopping now");
       exit_code_ = 1;
       proxy_->Stop();  // drops requests in flight, which also ends the drain
       io_.stop();
@@ -188,8 +208,7 @@ class Node {
 
   void StopReplicas(int requests_left) {
     if (requests_left > 0)
-      std::cerr << "ferry: graceful_shutdown_timeout_s passed with " << requests_left << " requests in flight"
-                << std::endl;
+      Complain(StrCat("ferry: graceful_shutdown_timeout_s passed with ", requests_left, " requests in flight"));
     proxy_->Stop();
     control_->Shutdown([this] {
       Say("ferry: stopped");
@@ -216,13 +235,17 @@ class Node {
 }  // namespace
 
 int RunNode(const NodeOptions& options) {
-  router::RoutingTableCell routing;
+  // The controller publishes endpoint sets and routes here; the proxy's routers consume them and report
+  // their load back. Both outlive the node's controller and proxy.
+  endpoints::LocalPublisher publisher;
+  router::RouterSet routers([&publisher] { publisher.Wake(); });
+  publisher.Subscribe(&routers);
   // The config's log encoding from the first line on (its level applies with the config).
   if (options.initial_config && options.initial_config->logging_config)
     Log::SetEncoding(options.initial_config->logging_config->encoding);
   // Headers for the OTLP exports (read again by each process's Tracer; replicas inherit the environment).
   if (absl::StatusOr<tracing::HeaderList> headers = tracing::OtlpHeadersFromEnvironment(); !headers.ok()) {
-    std::cerr << "ferry: " << Message(headers.status()) << std::endl;
+    Complain(StrCat("ferry: ", Message(headers.status())));
     return 2;
   }
   metrics::Registry registry;  // the node's metrics: GET /metrics on the admin port
@@ -233,9 +256,9 @@ int RunNode(const NodeOptions& options) {
   proxy::ProxyOptions proxy_options = ProxyOptionsFrom(options.http);
   proxy_options.metrics = options.metrics ? &registry : nullptr;
   proxy_options.tracer = &tracer;
-  absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(proxy_options, &routing);
+  absl::StatusOr<std::unique_ptr<proxy::Proxy>> proxy = proxy::Proxy::Create(proxy_options, routers.routing());
   if (!proxy.ok()) {
-    std::cerr << "ferry: " << Message(proxy.status()) << std::endl;
+    Complain(StrCat("ferry: ", Message(proxy.status())));
     return 1;
   }
   std::string run_dir = options.run_dir;
@@ -244,7 +267,7 @@ int RunNode(const NodeOptions& options) {
     const char* tmp = getenv("TMPDIR");
     std::string pattern = StrCat(tmp && *tmp ? tmp : "/tmp", "/ferry-XXXXXX");
     if (!mkdtemp(pattern.data())) {
-      std::cerr << "ferry: cannot create a run directory: " << strerror(errno) << std::endl;
+      Complain(StrCat("ferry: cannot create a run directory: ", strerror(errno)));
       return 1;
     }
     run_dir = pattern;
@@ -252,14 +275,15 @@ int RunNode(const NodeOptions& options) {
   int code;
   {
     Node node(options, std::move(*proxy), options.metrics ? &registry : nullptr, &tracer);
-    absl::Status created = node.Create(&routing, run_dir);
+    absl::Status created = node.Create(&publisher, run_dir);
     if (!created.ok()) {
-      std::cerr << "ferry: " << Message(created) << std::endl;
+      Complain(StrCat("ferry: ", Message(created)));
       code = 1;
     } else {
       code = node.Run();
     }
   }
+  publisher.Unsubscribe(&routers);
   if (own_run_dir) {
     std::error_code ignored;
     std::filesystem::remove_all(run_dir, ignored);

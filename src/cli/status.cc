@@ -22,9 +22,11 @@ struct Scrape {
   std::chrono::steady_clock::time_point at;
 };
 
+// NotFound: the node runs with --no-metrics.
 absl::StatusOr<Scrape> ScrapeMetrics(const StatusOptions& o) {
   absl::StatusOr<AdminResponse> r = AdminRequest(o.address, "GET", "/metrics", "", o.token);
   if (!r.ok()) return r.status();
+  if (r->status == 404) return absl::NotFoundError("metrics are off");
   if (r->status != 200) return absl::UnavailableError(StrCat("GET /metrics answered ", r->status, ": ", r->body));
   return Scrape{metrics::ParseText(r->body), std::chrono::steady_clock::now()};
 }
@@ -89,7 +91,8 @@ std::map<std::string, std::pair<double, double>> Load(const Scrape& s) {
   return out;
 }
 
-// The status document: the admin API's, briefer, with traffic and load.
+// The status document: the admin API's, briefer, with traffic and load. Without metrics (`traffic` null),
+// the load is the status document's own and traffic says it is off.
 json Brief(const json& body, const json& traffic, const std::map<std::string, std::pair<double, double>>& load) {
   json brief = {{"proxies", body["proxies"]}, {"applications", json::object()}};
   for (auto& [name, app] : body["applications"].items()) {
@@ -98,7 +101,10 @@ json Brief(const json& body, const json& traffic, const std::map<std::string, st
       deployments[dname] = {
           {"status", d["status"]}, {"replica_states", d["replica_states"]}, {"message", d["message"]}};
       auto l = load.find(StrCat(name, "/", dname));
-      if (l != load.end()) {
+      if (traffic.is_null()) {
+        deployments[dname]["ongoing_requests"] = d.value("ongoing_requests", 0);
+        deployments[dname]["queued_requests"] = d.value("queued_requests", 0);
+      } else if (l != load.end()) {
         deployments[dname]["ongoing_requests"] = static_cast<int64_t>(l->second.first);
         deployments[dname]["queued_requests"] = static_cast<int64_t>(l->second.second);
       }
@@ -115,7 +121,8 @@ json Brief(const json& body, const json& traffic, const std::map<std::string, st
     }
     json entry = {
         {"status", app["status"]}, {"message", app["message"]}, {"last_deployed_time_s", app["last_deployed_time_s"]}};
-    entry["traffic"] = traffic.contains(name) ? traffic[name]
+    entry["traffic"] = traffic.is_null()       ? json("off: the node runs with --no-metrics")
+                       : traffic.contains(name) ? traffic[name]
                                               : json{{"requests_per_s", 0},
                                                      {"error_rate", 0},
                                                      {"p50_ms", nullptr},
@@ -136,16 +143,19 @@ int RunStatus(const StatusOptions& o) {
   };
   const auto interval = std::chrono::duration<double>(std::max(0.05, o.interval_s));
   absl::StatusOr<Scrape> before = ScrapeMetrics(o);
-  if (!before.ok()) return fail(before.status());
+  // A node started with --no-metrics has no live traffic figures: show the rest at once.
+  const bool metrics_off = absl::IsNotFound(before.status());
+  if (!before.ok() && !metrics_off) return fail(before.status());
   for (int frame = 1;; ++frame) {
-    std::this_thread::sleep_for(interval);
+    if (!metrics_off || frame > 1) std::this_thread::sleep_for(interval);
     absl::StatusOr<AdminResponse> r = AdminRequest(o.address, "GET", "/api/serve/applications/", "", o.token);
     if (!r.ok()) return fail(r.status());
     if (r->status != 200) return fail(absl::UnavailableError(StrCat("the node answered ", r->status, ": ", r->body)));
-    absl::StatusOr<Scrape> after = ScrapeMetrics(o);
-    if (!after.ok()) return fail(after.status());
+    absl::StatusOr<Scrape> after = metrics_off ? before : ScrapeMetrics(o);
+    if (!after.ok() && !metrics_off) return fail(after.status());
     json body = json::parse(r->body, nullptr, false);
-    std::string text = JsonToYaml(Brief(body, Traffic(*before, *after), Load(*after)));
+    std::string text = metrics_off ? JsonToYaml(Brief(body, nullptr, {}))
+                                   : JsonToYaml(Brief(body, Traffic(*before, *after), Load(*after)));
     if (o.watch) {
       std::time_t now = std::time(nullptr);
       char clock[32];

@@ -580,9 +580,10 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   config.logging_config = ReadLogging(top, errors);
   config.tracing = ReadTracing(top, errors);
   YAML::Node apps = top.Get("applications");
-  if (!apps.IsDefined() || !apps.IsSequence() || apps.size() == 0) {
+  if (!apps.IsDefined() || !apps.IsSequence()) {
+    // An empty list is a config: a node with nothing deployed yet, or every application removed.
     errors.Add(apps.IsDefined() ? apps.Mark() : root.Mark(), "applications",
-               "required: a non-empty list of applications");
+               "required: a list of applications (it may be empty: [])");
   } else {
     std::set<std::string> names, prefixes;
     for (size_t i = 0; i < apps.size(); ++i) {

@@ -61,7 +61,8 @@ class Ferry:
         while time.time() < deadline:
             m = re.search(r"listening on http://[0-9.]+:(\d+)", self.stdout())
             a = re.search(r"admin API at (http://[0-9.]+:\d+)", self.stdout())
-            if m and a and "ferry: ready" in self.stdout():
+            # "ferry: ready", or with logging_config.encoding JSON a log line whose message is "ready"
+            if m and a and ("ferry: ready" in self.stdout() or '"message": "ready"' in self.stdout()):
                 self.port = int(m.group(1))
                 self.admin = a.group(1)
                 return

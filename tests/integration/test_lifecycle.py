@@ -216,6 +216,13 @@ class LifecycleTest(unittest.TestCase):
         self.deploy(V1.replace("args: {version: 1}", "args: {version: 3}"))
         self.wait_running()
 
+    def test_a_constructor_that_always_throws_fails_after_three_tries_per_replica(self):
+        # Ray's rule: min(max_constructor_retry_count (20), 3 x target replicas) failed starts.
+        self.deploy(V1.replace("args: {version: 1}", "args: {fail_constructor: \"no weights\"}")
+                    .replace("num_replicas: 2", "num_replicas: 1"))
+        wait_until(lambda: app_status(self.address, "app") == "DEPLOY_FAILED", timeout=60, what="DEPLOY_FAILED")
+        self.assertIn("failed to start after 3 attempts", status(self.address)["applications"]["app"]["message"])
+
     def test_replica_that_never_gets_ready_in_time_fails_the_deploy(self):
         before = replica_ids(self.address, "app", "Model")
         self.deploy(V1.replace("args: {version: 1}", "args: {constructor_delay_s: 30}\n"
@@ -253,10 +260,12 @@ class LifecycleTest(unittest.TestCase):
         r = requests.put(f"{self.address}/api/serve/applications/", data="applications: [", timeout=10)
         self.assertEqual(r.status_code, 400)
         self.assertTrue(r.json()["errors"])
+        # Node-level settings that differ from the node's are not applied, with a warning; the
+        # applications are (here: unchanged, so nothing restarts).
         r = requests.put(f"{self.address}/api/serve/applications/",
                          data=V1 + "http_options: {port: 1}\n", timeout=10)
-        self.assertEqual(r.status_code, 400)
-        self.assertIn("http_options", r.json()["errors"][0])
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertIn("http_options", r.json()["warnings"][0])
         self.assertEqual(replica_ids(self.address, "app", "Model"), before)
         self.assertEqual(app_status(self.address, "app"), "RUNNING")
         r = requests.post(f"{self.address}/api/ferry/applications/nope/rollback", timeout=10)
@@ -382,6 +391,71 @@ class AdminAuthTest(unittest.TestCase):
                 self.assertIn("401", r.stderr)
                 r = ferry_cli(ferry.admin, "status", token="s3cret-token")
                 self.assertEqual(r.returncode, 0, r.stderr)
+
+
+
+class NodeConfigTest(unittest.TestCase):
+    """The node's own config file deploys again; empty configs; status without metrics; --address forms."""
+
+    NODE = "http_options: {host: 127.0.0.1, port: 0, request_timeout_s: 30}\nadmin: {host: 127.0.0.1, port: 0}\n"
+
+    def test_the_file_a_node_started_with_deploys_again_and_other_node_settings_warn(self):
+        with tempfile.TemporaryDirectory() as d, Ferry(self.NODE + V1) as ferry:
+            r = ferry_cli(ferry.admin, "deploy", ferry.config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn("warning", r.stderr)
+            # HOST:PORT without a scheme is an address too (Ray's --address takes both).
+            r = ferry_cli(ferry.admin.removeprefix("http://"), "deploy", ferry.config_path)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = ferry_cli("ftp://127.0.0.1:1", "status")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("--address must look like HOST:PORT or http://HOST:PORT", r.stderr)
+            other = write(d, "other.yaml", self.NODE.replace("request_timeout_s: 30", "request_timeout_s: 5")
+                          .replace("admin: {host: 127.0.0.1, port: 0}", "admin: {host: 127.0.0.1, port: 9999}")
+                          + V1.replace("version: 1", "version: 2"))
+            r = ferry_cli(ferry.admin, "deploy", other)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("warning: http_options: the node serves with", r.stderr)
+            self.assertIn("warning: admin: the admin API listens on", r.stderr)
+            wait_until(lambda: "deploy: http_options" in ferry.stderr(), timeout=10, what="the warning logged")
+            wait_until(lambda: status(ferry.admin)["applications"]["app"]["deployed_app_config"]["deployments"][0]
+                       ["args"] == {"version": 2}, timeout=30, what="the applications deployed")
+            # The node keeps serving with its own settings.
+            self.assertEqual(requests.get(ferry.url("/app"), timeout=10).status_code, 200)
+
+    def test_an_empty_application_list_starts_an_empty_node_and_removes_every_application(self):
+        with tempfile.TemporaryDirectory() as d, Ferry("applications: []\n") as ferry:
+            self.assertEqual(status(ferry.admin)["applications"], {})
+            self.assertEqual(requests.get(ferry.url("/app"), timeout=10).status_code, 404)
+            r = ferry_cli(ferry.admin, "deploy", write(d, "v1.yaml", V1))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            wait_until(lambda: app_status(ferry.admin, "app") == "RUNNING", what="app RUNNING")
+            r = ferry_cli(ferry.admin, "deploy", write(d, "none.yaml", "applications: []\n"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            wait_until(lambda: status(ferry.admin)["applications"] == {}, what="every application removed")
+
+    def test_status_of_a_node_without_metrics_shows_what_it_can(self):
+        with Ferry(V1, extra_args=["--no-metrics"]) as ferry:
+            r = ferry_cli(ferry.admin, "status")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn('status: "RUNNING"', r.stdout)
+            self.assertIn("off: the node runs with --no-metrics", r.stdout)
+            self.assertIn("ongoing_requests: 0", r.stdout)
+
+    def test_with_json_logs_every_line_ferry_run_prints_is_json(self):
+        with Ferry("logging_config: {encoding: JSON}\n" + V1) as ferry:
+            self.assertEqual(requests.get(ferry.url("/app"), timeout=10).status_code, 200)
+            code = ferry.stop()
+            self.assertEqual(code, 0)
+            lines = [line for line in ferry.stdout().splitlines() + ferry.stderr().splitlines() if line.strip()]
+            self.assertTrue(lines)
+            for line in lines:
+                self.assertTrue(line.startswith("{"), f"not JSON: {line!r}")
+                json.loads(line)
+            messages = [json.loads(line)["message"] for line in ferry.stdout().splitlines()]
+            self.assertIn("ready", messages)
+            self.assertTrue(any(m.startswith("starting app/Model: ") for m in messages), messages)
+            self.assertIn("stopped", messages)
 
 
 if __name__ == "__main__":

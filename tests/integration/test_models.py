@@ -3,7 +3,9 @@ Debian's python3-torch and python3-xgboost, served by the real ferry binary, and
 Python libraries compute for the same inputs.
 
 Tolerances: TorchScript outputs within 1e-5 (absolute) of PyTorch's, XGBoost within 1e-6 of
-xgboost's; batched and unbatched answers from ferry are compared exactly (bit for bit).
+xgboost's; batched and unbatched answers from ferry within 1e-5 relative and 1e-6 absolute: a batch is one
+matrix product of another shape, and BLAS sums in another order for another shape and CPU (seen: a
+difference of 1.1e-08 on float32 outputs), so bit-for-bit equality holds on some machines only.
 """
 import concurrent.futures as cf
 import json
@@ -69,6 +71,12 @@ applications:
         import_path: xgboost:{path("cls.ubj")}
         max_ongoing_requests: 32
         batching: {{max_batch_size: 16, batch_wait_timeout_s: 0.02}}
+  - name: lazy
+    route_prefix: /lazy
+    deployments:
+      - name: mlp_lazy
+        import_path: torchscript:{path("mlp.pt")}
+        autoscaling_config: {{min_replicas: 0, max_replicas: 1, initial_replicas: 0}}
 """
 
 
@@ -101,6 +109,19 @@ class ModelsTest(unittest.TestCase):
         if "ferry-batch-size" in r.headers:
             self.batch_sizes.append(int(r.headers["ferry-batch-size"]))
         return r.json()
+
+    def test_a_model_scaled_to_zero_is_ready_and_starts_on_demand(self):
+        get = lambda p: requests.get(self.ferry.url(p), timeout=10)  # noqa: E731
+        status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()
+        self.assertEqual(status["applications"]["lazy"]["deployments"]["mlp_lazy"]["replicas"], [])
+        # No replica, on purpose: a readiness probe must not take the node out of service for it.
+        r = get("/v2/health/ready")
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(get("/v2/models/mlp_lazy/ready").status_code, 200)
+        x = self.rng.normal(size=(2, 16)).astype(np.float32)
+        got = self.infer("mlp_lazy", [tensor("input__0", x)])  # starts a replica and answers
+        want = torch.jit.load(path("mlp.pt"))(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(output(got, "output__0"), want, atol=1e-5)
 
     def test_torchscript_outputs_equal_pytorch(self):
         mlp = torch.jit.load(path("mlp.pt"))
@@ -136,7 +157,7 @@ class ModelsTest(unittest.TestCase):
         self.assertEqual(want.shape, (5, 3))
         np.testing.assert_allclose(output(got, "output__0"), want, atol=1e-6)
 
-    def test_batched_and_unbatched_answers_are_identical(self):
+    def test_batched_and_unbatched_answers_agree(self):
         xs = [self.rng.normal(size=(1 + i % 3, 16)).astype(np.float32) for i in range(48)]
 
         def run(model):
@@ -159,7 +180,7 @@ class ModelsTest(unittest.TestCase):
         self.assertLess(batches, float(total.group(1)))  # fewer batches than requests: batched
         for x, a, b in zip(xs, plain, batched):
             self.assertEqual(output(a, "output__0").shape, (x.shape[0], 4))
-            np.testing.assert_array_equal(output(a, "output__0"), output(b, "output__0"))
+            np.testing.assert_allclose(output(a, "output__0"), output(b, "output__0"), rtol=1e-5, atol=1e-6)
         cls = xgboost.Booster(model_file=path("cls.json"))
         rows = [self.rng.normal(size=(2, 4)).astype(np.float32) for _ in range(32)]
         with cf.ThreadPoolExecutor(16) as pool:

@@ -212,7 +212,8 @@ class SamplingTest(unittest.TestCase):
             self.assertNotIn("s3cret", requests.get(f"{ferry.admin}/api/serve/applications/", timeout=10).text)
 
     def test_a_bad_headers_variable_stops_the_node_with_its_name(self):
-        ferry = Ferry(traced_config("http://127.0.0.1:9/v1/traces"), ready=False,
+        # The node stops before it exports anything: the collector's address is never contacted.
+        ferry = Ferry(traced_config(f"http://127.0.0.1:{free_port()}/v1/traces"), ready=False,
                       env={"OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=ok,Authorization"})
         try:
             self.assertEqual(ferry.wait_exit(30), 2)

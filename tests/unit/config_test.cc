@@ -295,7 +295,11 @@ applications:
 TEST(ConfigTest, EmptyOrMissingApplications) {
   EXPECT_THAT(ErrorOf(""), HasSubstr("expected a mapping"));
   EXPECT_THAT(ErrorOf("http_options: {}\n"), HasSubstr("applications: required"));
-  EXPECT_THAT(ErrorOf("applications: []\n"), HasSubstr("applications: required"));
+  EXPECT_THAT(ErrorOf("applications: 3\n"), HasSubstr("applications: required: a list"));
+  // An empty list is Ray's way to start an empty node or remove every application.
+  auto empty = config::ParseConfig("applications: []\n", "test.yaml", "/tmp");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->applications.empty());
   EXPECT_THAT(ErrorOf("- 1\n- 2\n"), HasSubstr("expected a mapping"));
 }
 

@@ -124,6 +124,30 @@ TEST(HttpEndpoint, SplitsAndRejects) {
 
 // A collector on loopback that answers every POST with `status` (0: never answers, keeping the
 // connection open) and keeps the bodies.
+// A loopback port that refuses connections for as long as this lives: bound, never listening, so no other
+// process can take it and a connect gets ECONNREFUSED on any machine (unlike a well-known port that might
+// have a server).
+class RefusingPort {
+ public:
+  RefusingPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      ADD_FAILURE() << "cannot bind a loopback port";
+    port_ = ntohs(addr.sin_port);
+  }
+  ~RefusingPort() { close(fd_); }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/traces"; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
 class FakeCollector {
  public:
   explicit FakeCollector(int status = 200) : status_(status) {
@@ -207,11 +231,12 @@ Span MakeSpan(const std::string& name) {
 }
 
 TEST(Tracer, OffUntilConfiguredAndFollowsTheParent) {
+  RefusingPort nobody;
   Tracer tracer({});
   EXPECT_FALSE(tracer.enabled());
   SpanContext parent{NewTraceId(), NewSpanId(), true};
   EXPECT_FALSE(tracer.StartSpan(parent).sampled);  // off: nothing is traced
-  ASSERT_TRUE(tracer.Configure({"http://127.0.0.1:9/v1/traces", 0.0}).ok());
+  ASSERT_TRUE(tracer.Configure({nobody.url(), 0.0}).ok());
   EXPECT_TRUE(tracer.enabled());
   SpanContext child = tracer.StartSpan(parent);
   EXPECT_TRUE(child.sampled);
@@ -220,7 +245,7 @@ TEST(Tracer, OffUntilConfiguredAndFollowsTheParent) {
   parent.sampled = false;
   EXPECT_FALSE(tracer.StartSpan(parent).sampled);
   EXPECT_FALSE(tracer.StartSpan({}).sampled);  // ratio 0, no parent
-  ASSERT_TRUE(tracer.Configure({"http://127.0.0.1:9/v1/traces", 1.0}).ok());
+  ASSERT_TRUE(tracer.Configure({nobody.url(), 1.0}).ok());
   EXPECT_TRUE(tracer.StartSpan({}).sampled);
   EXPECT_FALSE(tracer.Configure({"https://x/v1/traces", 1.0}).ok());
   EXPECT_FALSE(tracer.Configure({"http://x/v1/traces", 1.5}).ok());
@@ -229,8 +254,9 @@ TEST(Tracer, OffUntilConfiguredAndFollowsTheParent) {
 }
 
 TEST(Tracer, SamplesNewTracesAtTheRatio) {
+  RefusingPort nobody;
   Tracer tracer({});
-  ASSERT_TRUE(tracer.Configure({"http://127.0.0.1:9/v1/traces", 0.1}).ok());
+  ASSERT_TRUE(tracer.Configure({nobody.url(), 0.1}).ok());
   int sampled = 0;
   constexpr int kTrials = 100000;
   for (int i = 0; i < kTrials; ++i) sampled += tracer.StartSpan({}).sampled;
@@ -330,8 +356,9 @@ TEST(Tracer, CountsWhatACollectorRefusesAndWhatOverflows) {
   EXPECT_EQ(tracer.exported(), 0u);
   EXPECT_EQ(tracer.dropped(), 1u);
   EXPECT_EQ(refusing.bodies().size(), 1u);
-  // Nobody listens on port 9 of loopback (discard is not running): every span is dropped, none blocks.
-  ASSERT_TRUE(tracer.Configure({"http://127.0.0.1:9/v1/traces", 1.0}).ok());
+  // Nobody listens on the port: every span is dropped, none blocks.
+  RefusingPort nobody;
+  ASSERT_TRUE(tracer.Configure({nobody.url(), 1.0}).ok());
   for (size_t i = 0; i < Tracer::kMaxQueued * 2; ++i) tracer.Record(MakeSpan("x"));
   tracer.Flush();
   EXPECT_EQ(tracer.exported(), 0u);

@@ -310,9 +310,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     if (path == "/v2/health/ready") {
       if (!get) return wrong_method("GET");
+      // A model autoscaled to zero on purpose is ready: an infer call starts a replica and is answered.
       std::string waiting;
-      for (const router::ModelRoute& m : table->models())
-        if (m.route.router->Stats().replicas == 0) ferry::StrAppend(&waiting, waiting.empty() ? "" : ", ", m.name);
+      for (const router::ModelRoute& m : table->models()) {
+        router::RouterStats stats = m.route.router->Stats();
+        if (stats.replicas == 0 && !stats.scales_from_zero)
+          ferry::StrAppend(&waiting, waiting.empty() ? "" : ", ", m.name);
+      }
       if (worker_.draining()) return WriteError(http::status::service_unavailable, "this node is being drained", false);
       if (!waiting.empty())
         return WriteError(http::status::bad_request, ferry::StrCat("not ready: no replica serves model(s) ", waiting),
@@ -342,7 +346,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                         false);
     if (rest == "/ready") {
       if (!get) return wrong_method("GET");
-      if (model->route.router->Stats().replicas == 0)
+      if (router::RouterStats stats = model->route.router->Stats(); stats.replicas == 0 && !stats.scales_from_zero)
         return WriteError(http::status::bad_request,
                           ferry::StrCat("model '", name, "' is not ready: no replica is running"), false);
       return answer({{"name", model->name}, {"ready", true}});
