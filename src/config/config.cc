@@ -16,7 +16,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "common/common.h"
-#include "tracing/tracing.h"
+#include "common/http_client.h"
 
 namespace ferry::config {
 namespace {
@@ -348,7 +348,7 @@ std::optional<TracingConfig> ReadTracing(MapReader& top, Errors& errors) {
     errors.Add(map.Mark(), map.Field("otlp_endpoint"),
                "required: the collector's OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces");
   } else if (!t.otlp_endpoint.empty()) {
-    absl::StatusOr<tracing::HttpEndpoint> parsed = tracing::ParseHttpEndpoint(t.otlp_endpoint);
+    absl::StatusOr<HttpEndpoint> parsed = ParseHttpEndpoint(t.otlp_endpoint);
     if (!parsed.ok()) errors.Add(endpoint, map.Field("otlp_endpoint"), Message(parsed.status()));
   }
   YAML::Node ratio = map.Get("sampling_ratio");
@@ -706,13 +706,6 @@ json ToJson(const AutoscalingConfig& a) {
           {"look_back_period_s", a.look_back_period_s}};
 }
 
-json ToJson(const BatchingConfig& b) {
-  return {{"max_batch_size", b.max_batch_size},
-          {"batch_wait_timeout_s", b.batch_wait_timeout_s},
-          {"max_concurrent_batches", b.max_concurrent_batches},
-          {"adaptive", b.adaptive}};
-}
-
 json ToJson(const HttpOptions& h) {
   json out = {{"host", h.host},
               {"port", h.port},
@@ -722,15 +715,6 @@ json ToJson(const HttpOptions& h) {
               {"num_threads", h.num_threads}};
   out["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
   return out;
-}
-
-json ToJson(const LoggingConfig& l) {
-  std::string level = LogLevelName(l.log_level);
-  return {{"encoding", LogEncodingName(l.encoding)}, {"log_level", level}, {"enable_access_log", l.enable_access_log}};
-}
-
-json ToJson(const TracingConfig& t) {
-  return {{"otlp_endpoint", t.otlp_endpoint}, {"sampling_ratio", t.sampling_ratio}};
 }
 
 json ToJson(const ApplicationConfig& app) {

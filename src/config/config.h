@@ -14,24 +14,16 @@
 #include <vector>
 
 #include "common/common.h"
+#include "spec/spec.h"
 
 namespace ferry::config {
 
-// Ray Serve's logging_config. A deployment's replaces its application's, which replaces the top level's
-// (whole, not field by field, as Ray Serve's dict options are).
-struct LoggingConfig {
-  LogEncoding encoding = LogEncoding::kText;
-  LogLevel log_level = LogLevel::kInfo;
-  bool enable_access_log = true;
-  bool operator==(const LoggingConfig&) const = default;
-};
-
-// ferry's tracing: spans of sampled requests go to an OTLP/HTTP collector. Top level only.
-struct TracingConfig {
-  std::string otlp_endpoint;  // http://host:4318/v1/traces
-  double sampling_ratio = 0.01;
-  bool operator==(const TracingConfig&) const = default;
-};
+// logging_config, tracing and batching: their types and defaults are the replica spec's (src/spec), so
+// each default is written once.
+using LoggingConfig = spec::LoggingConfig;
+using TracingConfig = spec::TracingConfig;
+using BatchingConfig = spec::BatchingConfig;
+using spec::ToJson;
 
 struct Resources {
   double num_cpus = 1;
@@ -51,14 +43,6 @@ struct AutoscalingConfig {
   std::optional<double> downscaling_factor;         // default: 1
   double metrics_interval_s = 10;
   double look_back_period_s = 30;
-};
-
-// Ray Serve's @serve.batch parameters, plus ferry's adaptive wait.
-struct BatchingConfig {
-  int max_batch_size = 10;
-  double batch_wait_timeout_s = 0.01;
-  int max_concurrent_batches = 1;
-  bool adaptive = false;  // ferry: wait only as long as the next requests are likely to take to arrive
 };
 
 struct DeploymentConfig {
@@ -167,9 +151,6 @@ nlohmann::json ToJson(const Config& config);
 nlohmann::json ToJson(const ApplicationConfig& app);
 nlohmann::json ToJson(const HttpOptions& http);
 nlohmann::json ToJson(const AutoscalingConfig& autoscaling);
-nlohmann::json ToJson(const BatchingConfig& batching);
-nlohmann::json ToJson(const LoggingConfig& logging);
-nlohmann::json ToJson(const TracingConfig& tracing);
 
 // Reads the token of `admin` (auth_token, or the first line of auth_token_file). Empty when neither is set.
 absl::StatusOr<std::string> LoadAdminToken(const AdminOptions& admin);

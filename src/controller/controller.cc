@@ -9,6 +9,7 @@
 
 #include "common/common.h"
 #include "controller/internal/state.h"
+#include "node/node_agent.h"
 #include "tracing/tracing.h"
 
 namespace ferry::controller {
@@ -331,10 +332,8 @@ void Controller::ApplyNodeObservability(const config::Config& config) {
   if (!s.ok()) FERRY_LOG(kError, "controller", "tracing not configured: ", Message(s));
 }
 
-json Controller::ReplicaLogging(const Deployment& d) const { return config::ToJson(d.target.logging); }
-
-json Controller::ReplicaTracing() const {
-  return applied_ && applied_->tracing ? config::ToJson(*applied_->tracing) : json(nullptr);
+std::optional<spec::TracingConfig> Controller::ReplicaTracing() const {
+  return applied_ ? applied_->tracing : std::nullopt;
 }
 
 void Controller::SetChanged(Deployment& d) {

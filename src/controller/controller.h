@@ -25,7 +25,7 @@
 #include "config/config.h"
 #include "controller/state_store.h"
 #include "endpoints/endpoints.h"
-#include "node/node_agent.h"
+#include "node/launcher.h"
 
 namespace ferry::tracing {
 class Tracer;
@@ -142,8 +142,7 @@ class Controller : public node::ReplicaListener {
   // The top level's logging_config for this process's own lines, and `tracing` for its tracer.
   void ApplyNodeObservability(const config::Config& config);
   // What a replica of `d` is told about logs and traces (at start, and by reconfigure when it changes).
-  nlohmann::json ReplicaLogging(const Deployment& d) const;
-  nlohmann::json ReplicaTracing() const;
+  std::optional<spec::TracingConfig> ReplicaTracing() const;
   absl::Status Persist();
   void ScheduleTick();
   void ReportProgress(const Deployment& d);

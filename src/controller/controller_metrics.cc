@@ -104,10 +104,10 @@ std::string Controller::MetricsText() const {
   for (const auto& [name, help, field] :
        {std::tuple{"ferry_replica_spans_exported_total",
                    "A replica's spans sent to the OTLP collector (polled every second).",
-                   &transport::StatsReply::spans_exported},
+                   &node::ReplicaStats::spans_exported},
         std::tuple{"ferry_replica_spans_dropped_total",
                    "A replica's spans dropped: the queue was full, or the collector refused or was unreachable.",
-                   &transport::StatsReply::spans_dropped}}) {
+                   &node::ReplicaStats::spans_dropped}}) {
     w.Header(name, help, Type::kCounter);
     for (const auto& [key, d] : deployments_) {
       for (const auto& [id, r] : d->replicas) {

@@ -196,7 +196,7 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
 
 void Controller::StartReplica(Deployment& d) {
   const config::DeploymentConfig& t = d.target;
-  replica::ReplicaSpec spec;
+  spec::ReplicaSpec spec;
   spec.replica_id = StrCat(d.application, "#", t.name, "#", NewShortId(8));
   spec.application = d.application;
   spec.deployment = t.name;
@@ -216,8 +216,8 @@ void Controller::StartReplica(Deployment& d) {
   spec.max_ongoing_requests = t.max_ongoing_requests;
   spec.num_cpus = t.resources.num_cpus;
   spec.graceful_shutdown_timeout_s = t.graceful_shutdown_timeout_s;
-  if (t.batching) spec.batching = config::ToJson(*t.batching);
-  spec.logging = ReplicaLogging(d);
+  spec.batching = t.batching;
+  spec.logging = t.logging;
   spec.tracing = ReplicaTracing();
   ++d.starts;
   absl::Status s = launcher_->StartReplica(spec);
@@ -281,7 +281,7 @@ void Controller::PollStats(Replica& r, SteadyTime now) {
   r.stats_outstanding = true;
   r.stats_sent = now;
   r.next_stats = now + kStatsPeriod;
-  launcher_->GetStats(r.id, [this, id = r.id](absl::StatusOr<transport::StatsReply> stats) {
+  launcher_->GetStats(r.id, [this, id = r.id](absl::StatusOr<node::ReplicaStats> stats) {
     Deployment* d = FindByReplica(id);
     if (!d) return;
     auto it = d->replicas.find(id);
@@ -352,12 +352,13 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
   const config::DeploymentConfig& t = d.target;
   if (r.version != d.version || r.update_outstanding || r.checked_generation == d.in_place_generation) return;
   const uint64_t generation = d.in_place_generation;
-  json update = json::object();
-  if (r.applied_user_config != t.user_config) update["user_config"] = t.user_config;
-  if (r.applied_max_ongoing != t.max_ongoing_requests) update["max_ongoing_requests"] = t.max_ongoing_requests;
+  spec::ReplicaUpdate update;
+  if (r.applied_user_config != t.user_config) update.user_config = t.user_config;
+  if (r.applied_max_ongoing != t.max_ongoing_requests) update.max_ongoing_requests = t.max_ongoing_requests;
   // Logs and traces change in place too: a new log level is no reason to restart a model.
-  if (json logging = ReplicaLogging(d); r.applied_logging != logging) update["logging_config"] = logging;
-  if (json tracing = ReplicaTracing(); r.applied_tracing != tracing) update["tracing"] = tracing;
+  if (r.applied_logging != t.logging) update.logging = t.logging;
+  if (std::optional<spec::TracingConfig> tracing = ReplicaTracing(); r.applied_tracing != tracing)
+    update.tracing = tracing;
   if (update.empty()) {
     r.checked_generation = generation;
     return;
@@ -375,13 +376,13 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
     r.update_outstanding = false;
     if (r.state != ReplicaState::kUpdating) return;
     if (s.ok()) {
-      if (update.contains("user_config")) r.applied_user_config = update["user_config"];
-      if (update.contains("max_ongoing_requests")) r.applied_max_ongoing = update["max_ongoing_requests"].get<int>();
-      if (update.contains("logging_config")) r.applied_logging = update["logging_config"];
-      if (update.contains("tracing")) r.applied_tracing = update["tracing"];
+      if (update.user_config) r.applied_user_config = *update.user_config;
+      if (update.max_ongoing_requests) r.applied_max_ongoing = *update.max_ongoing_requests;
+      if (update.logging) r.applied_logging = *update.logging;
+      if (update.tracing) r.applied_tracing = *update.tracing;
       r.checked_generation = generation;  // a newer apply meanwhile is compared at the next tick
       r.state = ReplicaState::kRunning;
-      FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", update.dump());
+      FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", spec::ToJson(update).dump());
     } else {
       // A replica that cannot take the new config is replaced by one constructed with it.
       d->message = StrCat("reconfigure of replica ", id, " failed: ", Message(s));

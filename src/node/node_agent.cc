@@ -175,7 +175,7 @@ NodeAgent::NodeAgent(asio::io_context& io, std::string ferry_binary, std::string
 
 NodeAgent::~NodeAgent() { KillAll(); }
 
-absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
+absl::Status NodeAgent::StartReplica(const spec::ReplicaSpec& spec) {
   auto p = std::make_unique<Process>();
   p->replica_id = spec.replica_id;
   // Socket paths are limited to 108 bytes: name files by a short id, not the deployment's name.
@@ -184,12 +184,10 @@ absl::Status NodeAgent::StartReplica(const replica::ReplicaSpec& spec) {
   p->spec_path = ferry::StrCat(run_dir_, "/r-", file_id, ".json");
   if (p->socket_path.size() >= 100)
     return absl::InvalidArgumentError(ferry::StrCat("run directory path too long: ", run_dir_));
-  LogEncoding encoding;
-  LogLevel ignored_level;
-  if (absl::Status s = replica::ParseLogging(spec.logging, &encoding, &ignored_level); !s.ok()) return s;
+  const LogEncoding encoding = spec.logging.encoding;
   {
     std::ofstream out(p->spec_path);
-    out << spec.ToJson().dump();
+    out << spec::ToJson(spec).dump();
     if (!out) return absl::UnavailableError(ferry::StrCat("cannot write ", p->spec_path));
   }
   // The status pipe, and the replica's standard output and error.
@@ -372,16 +370,12 @@ void NodeAgent::CheckHealth(const std::string& replica_id, Done done) {
   control->Call(transport::FrameKind::kHealth, {}, std::move(done));
 }
 
-void NodeAgent::Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) {
+void NodeAgent::Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) {
   ControlChannel* control = ControlOf(replica_id);
   if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
-  if (auto it = update.find("logging_config"); it != update.end()) {
-    LogEncoding encoding;
-    LogLevel ignored_level;
-    if (replica::ParseLogging(*it, &encoding, &ignored_level).ok())
-      processes_.at(replica_id)->output_style->encoding = encoding;  // what it prints follows its log lines
-  }
-  control->Call(transport::FrameKind::kReconfigure, update.dump(), std::move(done));
+  if (update.logging)  // what it prints follows its log lines
+    processes_.at(replica_id)->output_style->encoding = update.logging->encoding;
+  control->Call(transport::FrameKind::kReconfigure, spec::ToJson(update).dump(), std::move(done));
 }
 
 void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
@@ -393,7 +387,14 @@ void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
                           transport::StatsReply reply;
                           absl::Status decoded = transport::DecodeStatsReply(payload, &reply);
                           if (!decoded.ok()) return done(decoded);
-                          done(std::move(reply));
+                          ReplicaStats stats;
+                          stats.requests_total = reply.total;
+                          stats.processing_seconds = {std::move(reply.processing_seconds.counts),
+                                                      reply.processing_seconds.sum};
+                          stats.batch_size = {std::move(reply.batch_size.counts), reply.batch_size.sum};
+                          stats.spans_exported = reply.spans_exported;
+                          stats.spans_dropped = reply.spans_dropped;
+                          done(std::move(stats));
                         });
 }
 

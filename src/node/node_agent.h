@@ -22,43 +22,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "replica/replica.h"
-#include "transport/frame.h"
+#include "node/launcher.h"
 
 namespace ferry::node {
-
-class ReplicaListener {
- public:
-  virtual ~ReplicaListener() = default;
-  // The replica constructed its deployment and listens on `socket_path`.
-  virtual void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) = 0;
-  // The replica process ended. `message` is the constructor's error when it failed before getting ready,
-  // else how it exited ("killed by signal 9", "exited with code 1").
-  virtual void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) = 0;
-};
-
-// What the controller asks of the machine that runs replicas. NodeAgent is the single-node implementation;
-// cluster mode puts remote agents behind the same calls, and the controller's benchmark a simulated one.
-// Callbacks run on the controller's thread.
-class ReplicaLauncher {
- public:
-  using Done = std::function<void(const absl::Status&)>;
-  virtual ~ReplicaLauncher() = default;
-  virtual absl::Status StartReplica(const replica::ReplicaSpec& spec) = 0;
-  // SIGTERM now (the replica finishes what it has), SIGKILL after `timeout`.
-  virtual void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) = 0;
-  // Runs the replica's check_health. `done` may never run if the replica hangs: callers keep their own
-  // deadline.
-  virtual void CheckHealth(const std::string& replica_id, Done done) = 0;
-  // Applies {"user_config": ..., "max_ongoing_requests": N} (either key optional) in place.
-  virtual void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) = 0;
-  // The replica's load and histograms (processing time, batch sizes) since it started.
-  using StatsDone = std::function<void(absl::StatusOr<transport::StatsReply>)>;
-  virtual void GetStats(const std::string& replica_id, StatsDone done) = 0;
-  virtual size_t live_replicas() const = 0;
-  // SIGKILL every replica; for a node that is going away.
-  virtual void KillAll() = 0;
-};
 
 class ControlChannel;
 struct ReplicaOutputStyle;
@@ -70,10 +36,10 @@ class NodeAgent : public ReplicaLauncher {
                                                            std::string run_dir, ReplicaListener* listener);
   ~NodeAgent() override;
 
-  absl::Status StartReplica(const replica::ReplicaSpec& spec) override;
+  absl::Status StartReplica(const spec::ReplicaSpec& spec) override;
   void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) override;
   void CheckHealth(const std::string& replica_id, Done done) override;
-  void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) override;
+  void Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) override;
   void GetStats(const std::string& replica_id, StatsDone done) override;
   void KillAll() override;
   size_t live_replicas() const override { return processes_.size(); }

@@ -16,41 +16,6 @@
 
 namespace ferry::replica {
 
-nlohmann::json ReplicaSpec::ToJson() const {
-  return {{"replica_id", replica_id},   {"application", application},
-          {"deployment", deployment},   {"import_path", import_path},
-          {"builtin", builtin},         {"plugin_path", plugin_path},
-          {"symbol", symbol},           {"args", args},
-          {"user_config", user_config}, {"max_ongoing_requests", max_ongoing_requests},
-          {"num_cpus", num_cpus},       {"graceful_shutdown_timeout_s", graceful_shutdown_timeout_s},
-          {"batching", batching},       {"logging", logging},
-          {"tracing", tracing}};
-}
-
-absl::StatusOr<ReplicaSpec> ReplicaSpec::FromJson(const nlohmann::json& j) {
-  try {
-    ReplicaSpec s;
-    s.replica_id = j.at("replica_id").get<std::string>();
-    s.application = j.at("application").get<std::string>();
-    s.deployment = j.at("deployment").get<std::string>();
-    s.import_path = j.at("import_path").get<std::string>();
-    s.builtin = j.at("builtin").get<bool>();
-    s.plugin_path = j.at("plugin_path").get<std::string>();
-    s.symbol = j.at("symbol").get<std::string>();
-    s.args = j.at("args");
-    s.user_config = j.at("user_config");
-    s.max_ongoing_requests = j.at("max_ongoing_requests").get<int>();
-    s.num_cpus = j.at("num_cpus").get<double>();
-    s.graceful_shutdown_timeout_s = j.at("graceful_shutdown_timeout_s").get<double>();
-    s.batching = j.value("batching", nlohmann::json());
-    s.logging = j.value("logging", nlohmann::json());
-    s.tracing = j.value("tracing", nlohmann::json());
-    return s;
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(ferry::StrCat("bad replica spec: ", e.what()));
-  }
-}
-
 namespace {
 
 ReplicaServer* g_server = nullptr;  // for the signal handler
@@ -76,7 +41,7 @@ int RunReplica(const ReplicaOptions& options) {
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json spec_json = nlohmann::json::parse(text.str(), nullptr, false);
-  absl::StatusOr<ReplicaSpec> spec = ReplicaSpec::FromJson(spec_json);
+  absl::StatusOr<ReplicaSpec> spec = spec::ReplicaSpecFromJson(spec_json);
   if (!spec.ok()) {
     WriteStatus(options.status_fd, {{"error", std::string(spec.status().message())}});
     return 2;
@@ -84,7 +49,7 @@ int RunReplica(const ReplicaOptions& options) {
   Log::SetProcessTag(spec->replica_id);
   Log::SetProcessFields(
       {{"application", spec->application}, {"deployment", spec->deployment}, {"replica", spec->replica_id}});
-  if (absl::Status s = ApplyLogging(spec->logging); !s.ok()) FERRY_LOG(kWarning, "replica", Message(s));
+  ApplyLogging(spec->logging);
   // This replica's spans go to the collector from here, as every OpenTelemetry-instrumented process's do.
   tracing::Tracer tracer({{"service.name", std::string("ferry")},
                           {"service.instance.id", spec->replica_id},

@@ -148,121 +148,20 @@ std::string EncodeOtlpJson(const std::vector<Span>& spans, const std::vector<Att
   return out;
 }
 
-absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url) {
-  constexpr std::string_view kScheme = "http://";
-  if (url.rfind("https://", 0) == 0)
-    return absl::InvalidArgumentError("https is not supported; send to a collector over http:// (e.g. a local agent)");
-  if (url.rfind(kScheme, 0) != 0) return absl::InvalidArgumentError("expected an http:// URL");
-  std::string_view rest = url.substr(kScheme.size());
-  size_t slash = rest.find('/');
-  std::string_view authority = rest.substr(0, slash);
-  HttpEndpoint e;
-  if (slash != std::string_view::npos) e.path = std::string(rest.substr(slash));
-  if (authority.empty()) return absl::InvalidArgumentError("the URL has no host");
-  if (authority.front() == '[') {  // [IPv6]:port
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return absl::InvalidArgumentError("unterminated [IPv6 address]");
-    e.host = std::string(authority.substr(1, close - 1));
-    authority.remove_prefix(close + 1);
-    if (!authority.empty() && authority.front() != ':') return absl::InvalidArgumentError("bad host:port");
-    if (!authority.empty()) e.port = std::string(authority.substr(1));
-  } else {
-    size_t colon = authority.rfind(':');
-    e.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) e.port = std::string(authority.substr(colon + 1));
-  }
-  if (e.host.empty()) return absl::InvalidArgumentError("the URL has no host");
-  bool digits = !e.port.empty() && e.port.size() <= 5;
-  for (char c : e.port) digits = digits && c >= '0' && c <= '9';
-  if (!digits || std::stoi(e.port) == 0 || std::stoi(e.port) > 65535)
-    return absl::InvalidArgumentError(StrCat("bad port '", e.port, "'"));
-  return e;
-}
-
-namespace {
-
-// Waits until `fd` is ready for `events` or `deadline` passes.
-bool WaitFor(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    int n = ::poll(&p, 1, static_cast<int>(left));
-    if (n > 0) return true;
-    if (n < 0 && errno != EINTR) return false;
-  }
-}
-
-}  // namespace
-
 absl::Status PostJson(const HttpEndpoint& endpoint, std::string_view body, std::chrono::milliseconds timeout,
                       const HeaderList& headers) {
-  const auto deadline = Clock::now() + timeout;
-  const std::string where = StrCat(endpoint.host, ":", endpoint.port, endpoint.path);
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (int rc = getaddrinfo(endpoint.host.c_str(), endpoint.port.c_str(), &hints, &found); rc != 0)
-    return absl::UnavailableError(StrCat(where, ": ", gai_strerror(rc)));
-  int fd = -1;
-  std::string why = "no address";
-  for (addrinfo* a = found; a && fd < 0; a = a->ai_next) {
-    fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
-      why = std::strerror(errno);
-      ::close(fd);
-      fd = -1;
-      continue;
-    }
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (!WaitFor(fd, POLLOUT, deadline) || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-      why = err ? std::strerror(err) : "connect timed out";
-      ::close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(found);
-  if (fd < 0) return absl::UnavailableError(StrCat(where, ": ", why));
-  std::string request = StrCat("POST ", endpoint.path, " HTTP/1.1\r\nHost: ", endpoint.host, ":", endpoint.port,
-                               "\r\nContent-Type: application/json\r\nContent-Length: ", body.size(),
-                               "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n");
-  for (const auto& [name, value] : headers) StrAppend(&request, name, ": ", value, "\r\n");
-  request.append("\r\n");
-  request.append(body);
-  std::string_view left = request;
-  absl::Status status;
-  while (!left.empty() && status.ok()) {
-    ssize_t n = ::send(fd, left.data(), left.size(), MSG_NOSIGNAL);
-    if (n > 0) {
-      left.remove_prefix(static_cast<size_t>(n));
-    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (!WaitFor(fd, POLLOUT, deadline)) status = absl::DeadlineExceededError(StrCat(where, ": send timed out"));
-    } else {
-      status = absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
-    }
-  }
-  std::string answer;
-  while (status.ok() && answer.find("\r\n") == std::string::npos && answer.size() < 4096) {
-    char buf[1024];
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n > 0) {
-      answer.append(buf, static_cast<size_t>(n));
-    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (!WaitFor(fd, POLLIN, deadline)) status = absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
-    } else {
-      status = absl::UnavailableError(StrCat(where, ": closed without an answer"));
-    }
-  }
-  ::close(fd);
-  if (!status.ok()) return status;
-  // "HTTP/1.1 200 OK"
-  std::string_view line = std::string_view(answer).substr(0, answer.find("\r\n"));
-  size_t space = line.find(' ');
-  if (line.rfind("HTTP/", 0) != 0 || space == std::string_view::npos || line.size() < space + 4)
-    return absl::UnavailableError(StrCat(where, ": not an HTTP answer"));
-  if (line[space + 1] != '2') return absl::UnavailableError(StrCat(where, " answered ", line.substr(space + 1)));
+  HttpCall call;
+  call.method = "POST";
+  call.path = endpoint.path;
+  call.body = std::string(body);
+  call.content_type = "application/json";
+  call.headers = headers;
+  call.timeout = timeout;
+  call.status_only = true;
+  absl::StatusOr<HttpResponse> answer = SendHttp(endpoint, call);
+  if (!answer.ok()) return answer.status();
+  if (answer->status / 100 != 2)
+    return absl::UnavailableError(StrCat(endpoint.host, ":", endpoint.port, endpoint.path, " answered ", answer->status));
   return absl::OkStatus();
 }
 

@@ -19,6 +19,9 @@
 #include <variant>
 #include <vector>
 
+#include "common/http_client.h"
+#include "spec/spec.h"
+
 namespace ferry::tracing {
 
 struct TraceId {
@@ -81,15 +84,7 @@ struct Span {
 // integers as decimal strings): one resource with `resource` attributes, one scope ("ferry").
 std::string EncodeOtlpJson(const std::vector<Span>& spans, const std::vector<Attribute>& resource);
 
-// An http:// endpoint split into its parts. https is not supported (use a local collector or agent).
-struct HttpEndpoint {
-  std::string host;
-  std::string port = "80";
-  std::string path = "/";
-};
-absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url);
-
-using HeaderList = std::vector<std::pair<std::string, std::string>>;
+using HeaderList = HttpHeaders;
 
 // POSTs `body` as application/json to `endpoint`, with `headers` besides its own, and reads the status line.
 // OK for a 2xx answer; an error naming the endpoint otherwise. Blocks for at most `timeout`.
@@ -105,10 +100,8 @@ absl::StatusOr<HeaderList> ParseOtlpHeaders(std::string_view text);
 // From the environment, not the config, so that a secret stays out of `ferry config` and the state dir.
 absl::StatusOr<HeaderList> OtlpHeadersFromEnvironment();
 
-struct TracingOptions {
-  std::string otlp_endpoint;  // empty: tracing off
-  double sampling_ratio = 0.01;
-};
+// {otlp_endpoint (empty: tracing off), sampling_ratio}, with the config's default ratio.
+using TracingOptions = spec::TracingConfig;
 
 // Samples, collects and exports one process's spans. Sampling follows the parent: a request that arrives
 // with a `traceparent` is traced when its sampled flag is set; one without is traced with probability

@@ -8,7 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "node/node_agent.h"
+#include <nlohmann/json.hpp>
+
+#include "node/launcher.h"
 
 namespace ferry::testing {
 
@@ -16,7 +18,7 @@ class FakeLauncher : public node::ReplicaLauncher {
  public:
   explicit FakeLauncher(node::ReplicaListener* listener) : listener_(listener) {}
 
-  absl::Status StartReplica(const replica::ReplicaSpec& spec) override {
+  absl::Status StartReplica(const spec::ReplicaSpec& spec) override {
     started.push_back(spec);
     live_.insert(spec.replica_id);
     pending_ready_.push_back(spec.replica_id);
@@ -30,14 +32,14 @@ class FakeLauncher : public node::ReplicaLauncher {
     ++health_checks;
     done(unhealthy.count(replica_id) ? absl::UnavailableError("told to be unhealthy") : absl::OkStatus());
   }
-  void Reconfigure(const std::string& replica_id, const nlohmann::json& update, Done done) override {
-    reconfigures.emplace_back(replica_id, update);
+  void Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) override {
+    reconfigures.emplace_back(replica_id, spec::ToJson(update));
     done(fail_reconfigure ? absl::InvalidArgumentError("bad user_config") : absl::OkStatus());
   }
   void GetStats(const std::string& replica_id, StatsDone done) override {
     if (!live_.count(replica_id)) return done(absl::NotFoundError("not running"));
-    transport::StatsReply stats;
-    stats.total = 7;
+    node::ReplicaStats stats;
+    stats.requests_total = 7;
     stats.processing_seconds = {{1, 2}, 0.5};
     stats.batch_size = {{3}, 3};
     done(stats);
@@ -75,7 +77,7 @@ class FakeLauncher : public node::ReplicaLauncher {
   }
   const std::set<std::string>& live() const { return live_; }
 
-  std::vector<replica::ReplicaSpec> started;
+  std::vector<spec::ReplicaSpec> started;
   std::vector<std::string> stopped;
   std::vector<std::pair<std::string, nlohmann::json>> reconfigures;
   std::set<std::string> unhealthy;

@@ -94,15 +94,5 @@ TEST(ReplicaHostTest, BusyWorksAndStopsWhenCancelled) {
   EXPECT_THAT(bad.body, HasSubstr("work_us"));
 }
 
-TEST(ReplicaHostTest, SpecRoundTripsThroughJson) {
-  ReplicaSpec s = Spec("busy", {{"work_us", 5}});
-  s.user_config = {{"k", 1}};
-  s.max_ongoing_requests = 9;
-  auto back = ReplicaSpec::FromJson(s.ToJson());
-  ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->ToJson(), s.ToJson());
-  EXPECT_FALSE(ReplicaSpec::FromJson(nlohmann::json::object()).ok());
-}
-
 }  // namespace
 }  // namespace ferry::replica

@@ -13,7 +13,6 @@
 
 #include "controller/autoscaling_policy.h"
 #include "controller/controller.h"
-#include "transport/frame.h"
 
 namespace ferry::controller {
 
@@ -45,8 +44,8 @@ struct Controller::Replica {
   // What was applied in place (at start, then by reconfigure).
   nlohmann::json applied_user_config;
   int applied_max_ongoing = 0;
-  nlohmann::json applied_logging;  // {"encoding", "log_level", "enable_access_log"}
-  nlohmann::json applied_tracing;  // {"otlp_endpoint", "sampling_ratio"}, or null: off
+  spec::LoggingConfig applied_logging;
+  std::optional<spec::TracingConfig> applied_tracing;  // none: off
   bool update_outstanding = false;
   uint64_t update_token = 0;
   // The deployment's in_place_generation this replica was last compared with: equal means nothing to
@@ -57,7 +56,7 @@ struct Controller::Replica {
   bool stats_outstanding = false;
   SteadyTime stats_sent;
   SteadyTime next_stats;
-  std::optional<transport::StatsReply> stats;
+  std::optional<node::ReplicaStats> stats;
 
   // Stopping: out of routing first, SIGTERM once its last request is done (or the drain time is up).
   bool stop_sent = false;

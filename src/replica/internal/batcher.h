@@ -19,13 +19,25 @@
 #include <thread>
 #include <vector>
 
+#include "spec/spec.h"
+
 namespace ferry::replica {
 
+// The batching config in the batcher's units. Its defaults are the config's (spec::BatchingConfig).
 struct BatcherOptions {
-  int max_batch_size = 10;
-  std::chrono::nanoseconds batch_wait_timeout = std::chrono::milliseconds(10);
-  int max_concurrent_batches = 1;
+  int max_batch_size = spec::BatchingConfig{}.max_batch_size;
+  std::chrono::nanoseconds batch_wait_timeout{};
+  int max_concurrent_batches = spec::BatchingConfig{}.max_concurrent_batches;
   bool adaptive = false;
+
+  static BatcherOptions From(const spec::BatchingConfig& c) {
+    BatcherOptions o;
+    o.max_batch_size = c.max_batch_size;
+    o.batch_wait_timeout = std::chrono::nanoseconds(static_cast<int64_t>(c.batch_wait_timeout_s * 1e9));
+    o.max_concurrent_batches = c.max_concurrent_batches;
+    o.adaptive = c.adaptive;
+    return o;
+  }
 };
 
 template <typename Item>

@@ -208,36 +208,17 @@ class ControlThread {
 
 }  // namespace
 
-absl::Status ParseLogging(const nlohmann::json& logging, LogEncoding* encoding, LogLevel* level) {
-  *encoding = LogEncoding::kText;
-  *level = LogLevel::kInfo;
-  if (logging.is_object()) {
-    std::string e = logging.value("encoding", "TEXT"), l = logging.value("log_level", "INFO");
-    if (!ParseLogEncoding(e, encoding)) return absl::InvalidArgumentError(StrCat("logging_config: bad encoding ", e));
-    if (!ParseLogLevel(l, level)) return absl::InvalidArgumentError(StrCat("logging_config: bad log_level ", l));
-  } else if (!logging.is_null()) {
-    return absl::InvalidArgumentError("logging_config: expected an object");
-  }
-  return absl::OkStatus();
+void ApplyLogging(const spec::LoggingConfig& logging) {
+  Log::SetEncoding(logging.encoding);
+  Log::SetLevel(logging.log_level);
 }
 
-absl::Status ApplyLogging(const nlohmann::json& logging) {
-  LogEncoding encoding;
-  LogLevel level;
-  if (absl::Status s = ParseLogging(logging, &encoding, &level); !s.ok()) return s;
-  Log::SetEncoding(encoding);
-  Log::SetLevel(level);
-  return absl::OkStatus();
-}
-
-absl::Status ApplyTracing(tracing::Tracer* tracer, const nlohmann::json& t) {
+absl::Status ApplyTracing(tracing::Tracer* tracer, const std::optional<spec::TracingConfig>& t) {
   if (!tracer) return absl::OkStatus();
   tracing::TracingOptions options;
-  if (t.is_object()) {
-    options.otlp_endpoint = t.value("otlp_endpoint", "");
-    options.sampling_ratio = t.value("sampling_ratio", 0.01);
-  } else if (!t.is_null()) {
-    return absl::InvalidArgumentError("tracing: expected an object");
+  if (t) {
+    options.otlp_endpoint = t->otlp_endpoint;
+    options.sampling_ratio = t->sampling_ratio;
   }
   return tracer->Configure(options);
 }
@@ -246,19 +227,14 @@ class ReplicaServer::Impl {
  public:
   Impl(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer)
       : spec_(spec), host_(host), tracer_(tracer), max_running_(std::clamp(spec.max_ongoing_requests, 1, 256)) {
-    if (spec.batching.is_object()) {
+    if (spec.batching) {
       if (!host.can_batch()) {
         FERRY_LOG(kWarning, "replica", spec.deployment,
                   " has no handle_batch: batching is off, requests go to handle()");
       } else {
-        BatcherOptions b;
-        b.max_batch_size = spec.batching.value("max_batch_size", 10);
-        b.batch_wait_timeout =
-            std::chrono::nanoseconds(static_cast<int64_t>(spec.batching.value("batch_wait_timeout_s", 0.01) * 1e9));
-        b.max_concurrent_batches = spec.batching.value("max_concurrent_batches", 1);
-        b.adaptive = spec.batching.value("adaptive", false);
         batcher_ = std::make_unique<Batcher<std::shared_ptr<Task>>>(
-            b, [this](std::vector<std::shared_ptr<Task>>& batch) { RunBatch(batch); });
+            BatcherOptions::From(*spec.batching),
+            [this](std::vector<std::shared_ptr<Task>>& batch) { RunBatch(batch); });
       }
     }
   }
@@ -622,22 +598,15 @@ class ReplicaServer::Impl {
   // A reconfigure frame's JSON: {"user_config": ..., "max_ongoing_requests": N, "logging_config": {...},
   // "tracing": {...} or null}, every key optional.
   absl::Status ApplyUpdate(std::string_view text) {
-    nlohmann::json update = nlohmann::json::parse(text, nullptr, false);
-    if (!update.is_object()) return absl::InvalidArgumentError("reconfigure: expected a JSON object");
-    if (auto it = update.find("logging_config"); it != update.end()) {
-      absl::Status s = ApplyLogging(*it);
-      if (!s.ok()) return s;
+    absl::StatusOr<spec::ReplicaUpdate> update =
+        spec::ReplicaUpdateFromJson(nlohmann::json::parse(text, nullptr, false));
+    if (!update.ok()) return update.status();
+    if (update->logging) ApplyLogging(*update->logging);
+    if (update->tracing) {
+      if (absl::Status s = ApplyTracing(tracer_, *update->tracing); !s.ok()) return s;
     }
-    if (auto it = update.find("tracing"); it != update.end()) {
-      absl::Status s = ApplyTracing(tracer_, *it);
-      if (!s.ok()) return s;
-    }
-    if (auto it = update.find("max_ongoing_requests"); it != update.end()) {
-      if (!it->is_number_integer() || it->get<int>() < 1)
-        return absl::InvalidArgumentError("reconfigure: max_ongoing_requests must be a positive integer");
-      SetMaxRunning(std::clamp(it->get<int>(), 1, 256));
-    }
-    if (auto it = update.find("user_config"); it != update.end()) return host_.Reconfigure(it->dump());
+    if (update->max_ongoing_requests) SetMaxRunning(std::clamp(*update->max_ongoing_requests, 1, 256));
+    if (update->user_config) return host_.Reconfigure(update->user_config->dump());
     return absl::OkStatus();
   }
 

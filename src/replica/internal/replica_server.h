@@ -22,10 +22,10 @@ class Tracer;
 
 namespace ferry::replica {
 
-// Applies a logging_config ({encoding, log_level, enable_access_log}; null: the defaults) to this process.
-absl::Status ApplyLogging(const nlohmann::json& logging);
-// Configures `tracer` from {otlp_endpoint, sampling_ratio} (null: off). No-op without a tracer.
-absl::Status ApplyTracing(tracing::Tracer* tracer, const nlohmann::json& tracing);
+// Applies a logging_config's encoding and level to this process.
+void ApplyLogging(const spec::LoggingConfig& logging);
+// Configures `tracer` (none: off). No-op without a tracer.
+absl::Status ApplyTracing(tracing::Tracer* tracer, const std::optional<spec::TracingConfig>& tracing);
 
 class ReplicaServer {
  public:

@@ -1,0 +1,218 @@
+#include "common/http_client.h"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/common.h"
+#include "common/unique_fd.h"
+
+namespace ferry {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Waits until `fd` is ready for `events` or `deadline` passes.
+bool WaitFor(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    int n = ::poll(&p, 1, static_cast<int>(left));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return false;
+  }
+}
+
+bool IsDigits(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (c < '0' || c > '9') return false;
+  return true;
+}
+
+// A case-insensitive search for header `name` in a header block; the value, trimmed, or empty.
+std::string_view HeaderValue(std::string_view head, std::string_view name) {
+  for (size_t pos = head.find("\r\n"); pos != std::string_view::npos;) {
+    size_t start = pos + 2, end = head.find("\r\n", start);
+    std::string_view line = head.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    size_t colon = line.find(':');
+    if (colon == name.size() && strncasecmp(line.data(), name.data(), name.size()) == 0) {
+      std::string_view v = line.substr(colon + 1);
+      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+      while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+      return v;
+    }
+    pos = end;
+  }
+  return {};
+}
+
+// Decodes a chunked body; false when it is not complete (or malformed).
+bool Dechunk(std::string_view in, std::string* out) {
+  out->clear();
+  for (;;) {
+    size_t eol = in.find("\r\n");
+    if (eol == std::string_view::npos) return false;
+    size_t size = 0;
+    std::string_view hex = in.substr(0, in.find_first_of(";\r"));
+    if (hex.empty() || hex.size() > 15) return false;
+    for (char c : hex) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      if (d < 0) return false;
+      size = size * 16 + static_cast<size_t>(d);
+    }
+    in.remove_prefix(eol + 2);
+    if (size == 0) return true;
+    if (in.size() < size + 2) return false;
+    out->append(in.substr(0, size));
+    in.remove_prefix(size + 2);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url, bool scheme_optional) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.rfind("https://", 0) == 0)
+    return absl::InvalidArgumentError("https is not supported; use http:// (e.g. a local agent or a tunnel)");
+  if (url.rfind(kScheme, 0) == 0) {
+    url.remove_prefix(kScheme.size());
+  } else if (!scheme_optional || url.find("://") != std::string_view::npos) {
+    return absl::InvalidArgumentError("expected an http:// URL");
+  }
+  size_t slash = url.find('/');
+  std::string_view authority = url.substr(0, slash);
+  HttpEndpoint e;
+  if (slash != std::string_view::npos) e.path = std::string(url.substr(slash));
+  if (authority.empty()) return absl::InvalidArgumentError("the URL has no host");
+  bool has_port = false;
+  if (authority.front() == '[') {  // [IPv6]:port
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return absl::InvalidArgumentError("unterminated [IPv6 address]");
+    e.host = std::string(authority.substr(1, close - 1));
+    authority.remove_prefix(close + 1);
+    if (!authority.empty() && authority.front() != ':') return absl::InvalidArgumentError("bad host:port");
+    if (!authority.empty()) {
+      e.port = std::string(authority.substr(1));
+      has_port = true;
+    }
+  } else {
+    size_t colon = authority.rfind(':');
+    e.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) {
+      e.port = std::string(authority.substr(colon + 1));
+      has_port = true;
+    }
+  }
+  if (e.host.empty()) return absl::InvalidArgumentError("the URL has no host");
+  if (has_port && (!IsDigits(e.port) || e.port.size() > 5 || std::stoi(e.port) == 0 || std::stoi(e.port) > 65535))
+    return absl::InvalidArgumentError(StrCat("bad port '", e.port, "'"));
+  return e;
+}
+
+absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCall& call) {
+  const auto deadline = Clock::now() + call.timeout;
+  const std::string where = StrCat(endpoint.host, ":", endpoint.port, call.path);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(endpoint.host.c_str(), endpoint.port.c_str(), &hints, &found); rc != 0)
+    return absl::UnavailableError(StrCat(where, ": ", gai_strerror(rc)));
+  UniqueFd fd;
+  std::string why = "no address";
+  for (addrinfo* a = found; a && !fd; a = a->ai_next) {
+    fd.reset(::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol));
+    if (!fd) continue;
+    if (::connect(fd.get(), a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      why = std::strerror(errno);
+      fd.reset();
+      continue;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (!WaitFor(fd.get(), POLLOUT, deadline) || getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
+        err != 0) {
+      why = err ? std::strerror(err) : "connect timed out";
+      fd.reset();
+    }
+  }
+  freeaddrinfo(found);
+  if (!fd) return absl::UnavailableError(StrCat(where, ": ", why));
+
+  std::string request = StrCat(call.method, " ", call.path, " HTTP/1.1\r\nHost: ", endpoint.host, ":", endpoint.port,
+                               "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n");
+  if (!call.body.empty() || call.method == "POST" || call.method == "PUT") {
+    if (!call.content_type.empty()) StrAppend(&request, "Content-Type: ", call.content_type, "\r\n");
+    StrAppend(&request, "Content-Length: ", call.body.size(), "\r\n");
+  }
+  for (const auto& [name, value] : call.headers) StrAppend(&request, name, ": ", value, "\r\n");
+  request.append("\r\n");
+  request.append(call.body);
+  for (std::string_view left = request; !left.empty();) {
+    ssize_t n = ::send(fd.get(), left.data(), left.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      left.remove_prefix(static_cast<size_t>(n));
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!WaitFor(fd.get(), POLLOUT, deadline)) return absl::DeadlineExceededError(StrCat(where, ": send timed out"));
+    } else {
+      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    }
+  }
+
+  // Read until the answer is complete: the status line (status_only), the whole body, or the close.
+  std::string answer;
+  HttpResponse response;
+  size_t head_end = std::string::npos;
+  for (;;) {
+    if (head_end == std::string::npos) head_end = answer.find("\r\n\r\n");
+    if (call.status_only && answer.find("\r\n") != std::string::npos) break;
+    if (head_end != std::string::npos) {
+      std::string_view head = std::string_view(answer).substr(0, head_end + 2);
+      std::string_view rest = std::string_view(answer).substr(head_end + 4);
+      std::string_view length = HeaderValue(head, "content-length");
+      if (!length.empty() && IsDigits(length) && rest.size() >= std::stoull(std::string(length))) break;
+      if (HeaderValue(head, "transfer-encoding") == "chunked" && Dechunk(rest, &response.body)) break;
+    }
+    char buf[16384];
+    ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
+    if (n > 0) {
+      answer.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;  // closed: the answer ends here
+    } else if (errno == EAGAIN || errno == EINTR) {
+      if (!WaitFor(fd.get(), POLLIN, deadline)) return absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
+    } else {
+      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    }
+  }
+  // "HTTP/1.1 200 OK"
+  std::string_view line = std::string_view(answer).substr(0, answer.find("\r\n"));
+  size_t space = line.find(' ');
+  if (line.rfind("HTTP/", 0) != 0 || space == std::string_view::npos || line.size() < space + 4 ||
+      !IsDigits(line.substr(space + 1, 3)))
+    return absl::UnavailableError(answer.empty() ? StrCat(where, ": closed without an answer")
+                                                 : StrCat(where, ": not an HTTP answer"));
+  response.status = std::stoi(std::string(line.substr(space + 1, 3)));
+  if (call.status_only) return response;
+  if (head_end == std::string::npos) return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
+  std::string_view head = std::string_view(answer).substr(0, head_end + 2);
+  std::string_view rest = std::string_view(answer).substr(head_end + 4);
+  if (HeaderValue(head, "transfer-encoding") == "chunked") {
+    if (!Dechunk(rest, &response.body)) return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
+  } else if (std::string_view length = HeaderValue(head, "content-length"); !length.empty()) {
+    if (!IsDigits(length) || rest.size() < std::stoull(std::string(length)))
+      return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
+    response.body = std::string(rest.substr(0, std::stoull(std::string(length))));
+  } else {
+    response.body = std::string(rest);
+  }
+  return response;
+}
+
+}  // namespace ferry

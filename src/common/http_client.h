@@ -1,0 +1,49 @@
+// A small blocking HTTP/1.1 client for ferry's own outbound calls: the tracer's OTLP exports and the CLI's
+// calls to a node's admin API. One request per connection (Connection: close), every step bounded by one
+// deadline. Not for the request path. Thread-safe: no shared state.
+#pragma once
+
+#include <absl/status/statusor.h>
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace ferry {
+
+// An http:// address split into its parts. https is not supported (use a local collector or agent, or
+// a tunnel to a remote node).
+struct HttpEndpoint {
+  std::string host;
+  std::string port = "80";
+  std::string path = "/";
+};
+// Parses http://HOST[:PORT][/PATH] (HOST may be [IPv6]). With `scheme_optional`, HOST:PORT[/PATH] too.
+absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url, bool scheme_optional = false);
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+};
+
+struct HttpCall {
+  std::string method = "GET";
+  std::string path = "/";  // the request target
+  std::string body;
+  std::string content_type;  // sent when the body is not empty
+  HttpHeaders headers;       // besides Host, User-Agent, Content-Type, Content-Length and Connection
+  std::chrono::milliseconds timeout{5000};
+  // Read only the status line (the body is not needed): the connection closes as soon as it arrives.
+  bool status_only = false;
+};
+
+// Sends `call` to `endpoint` and reads the answer (a body by Content-Length, chunked, or up to the close).
+// Unavailable when the peer cannot be reached or answers with something that is not HTTP; DeadlineExceeded
+// when `call.timeout` passes first. The error names the endpoint.
+absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCall& call);
+
+}  // namespace ferry

@@ -1,0 +1,69 @@
+// The seam between the controller and the machines that run replicas: what the controller asks of them
+// (ReplicaLauncher) and what they tell it (ReplicaListener), in the serving domain's terms. NodeAgent is
+// the single-node implementation; cluster mode puts remote agents behind the same calls, and the
+// controller's tests and benchmark a simulated one. Depends on the spec only: the control plane speaks
+// it without linking the replica host or the frame codec.
+#pragma once
+
+#include <sys/types.h>
+
+#include <absl/status/statusor.h>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "spec/spec.h"
+
+namespace ferry::node {
+
+// A histogram as counts per bucket (the metrics' bucket bounds) and the sum of what was observed.
+struct HistogramCounts {
+  std::vector<uint64_t> counts;
+  double sum = 0;
+};
+
+// What a replica reports of itself since it started.
+struct ReplicaStats {
+  uint64_t requests_total = 0;
+  HistogramCounts processing_seconds;  // per request, handle() or its share of a batch
+  HistogramCounts batch_size;          // per batch run
+  uint64_t spans_exported = 0;         // its spans sent to the collector
+  uint64_t spans_dropped = 0;          // and dropped (queue full, collector down)
+};
+
+class ReplicaListener {
+ public:
+  virtual ~ReplicaListener() = default;
+  // The replica constructed its deployment and listens on `socket_path`.
+  virtual void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) = 0;
+  // The replica process ended. `message` is the constructor's error when it failed before getting ready,
+  // else how it exited ("killed by signal 9", "exited with code 1").
+  virtual void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) = 0;
+};
+
+// What the controller asks of the machine that runs replicas. NodeAgent is the single-node implementation;
+// cluster mode puts remote agents behind the same calls, and the controller's benchmark a simulated one.
+// Callbacks run on the controller's thread.
+class ReplicaLauncher {
+ public:
+  using Done = std::function<void(const absl::Status&)>;
+  virtual ~ReplicaLauncher() = default;
+  virtual absl::Status StartReplica(const spec::ReplicaSpec& spec) = 0;
+  // SIGTERM now (the replica finishes what it has), SIGKILL after `timeout`.
+  virtual void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) = 0;
+  // Runs the replica's check_health. `done` may never run if the replica hangs: callers keep their own
+  // deadline.
+  virtual void CheckHealth(const std::string& replica_id, Done done) = 0;
+  // Applies what `update` sets (user_config, max_ongoing_requests, logging, tracing) in place.
+  virtual void Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) = 0;
+  // The replica's counters and histograms (processing time, batch sizes) since it started.
+  using StatsDone = std::function<void(absl::StatusOr<ReplicaStats>)>;
+  virtual void GetStats(const std::string& replica_id, StatsDone done) = 0;
+  virtual size_t live_replicas() const = 0;
+  // SIGKILL every replica; for a node that is going away.
+  virtual void KillAll() = 0;
+};
+
+}  // namespace ferry::node
