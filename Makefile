@@ -1,12 +1,13 @@
 # The two commands: `make run` and `make test`. Both install what is missing first (scripts/install-deps).
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 CONFIG     ?= examples/quickstart.yaml
 FUZZ_SECONDS ?= 15
 CMAKE_FLAGS ?= -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps build run test unit-test integration-test asan-test fuzz-test bench clean
+.PHONY: all deps build run test unit-test integration-test asan-test tsan-test fuzz-test bench clean
 
 all: build
 
@@ -23,10 +24,12 @@ run: deps
 	$(BUILD)/ferry run $(CONFIG)
 
 # The whole suite: unit and integration tests on the release build, the unit tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, and a short run of every fuzz target.
+# AddressSanitizer + UndefinedBehaviorSanitizer, a clang build that checks the lock annotations running the
+# unit and integration tests under ThreadSanitizer, and a short run of every fuzz target.
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure
 	@$(MAKE) --no-print-directory asan-test
+	@$(MAKE) --no-print-directory tsan-test
 	@$(MAKE) --no-print-directory fuzz-test
 
 unit-test: build
@@ -39,6 +42,19 @@ asan-test: deps
 	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -DFERRY_BUILD_BENCH=OFF >/dev/null
 	@cmake --build $(ASAN_BUILD) --target unit_tests
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir $(ASAN_BUILD) --output-on-failure -L unit
+
+# clang-14 with -Wthread-safety -Werror=thread-safety (CMakeLists.txt) and -fsanitize=thread. Every process
+# (test binaries, the ferry node, its replicas) writes its race reports to $(TSAN_BUILD)/tsan-reports:
+# any report fails the run, even one from a replica whose exit no test looks at.
+tsan-test: deps
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_BUILD_BENCH=OFF >/dev/null
+	@cmake --build $(TSAN_BUILD)
+	@rm -rf $(TSAN_BUILD)/tsan-reports && mkdir -p $(TSAN_BUILD)/tsan-reports
+	TSAN_OPTIONS="log_path=$(CURDIR)/$(TSAN_BUILD)/tsan-reports/report second_deadlock_stack=1" \
+	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -L 'unit|integration'
+	@if ls $(TSAN_BUILD)/tsan-reports/report.* >/dev/null 2>&1; then \
+	  cat $(TSAN_BUILD)/tsan-reports/report.*; echo "ThreadSanitizer reported races (above)"; exit 1; \
+	else echo "ThreadSanitizer: no race reported"; fi
 
 fuzz-test: deps
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON -DFERRY_BUILD_TESTS=OFF >/dev/null
@@ -60,4 +76,4 @@ bench: build
 	$(BUILD)/bench/micro_bench
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

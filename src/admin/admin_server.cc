@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "common/common.h"
+#include "common/mutex.h"
 #include "metrics/metrics.h"
 
 namespace ferry::admin {
@@ -94,10 +95,12 @@ class AdminServer::Impl {
     io_.stop();
     if (thread_.joinable()) thread_.join();
     // Connections are served on their own threads: shut their sockets and wait for them to finish.
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
     for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
-    idle_.wait_for(lock, std::chrono::seconds(35), [this] { return open_.empty(); });
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(35);
+    while (!open_.empty())
+      if (!idle_.WaitUntil(&mu_, until)) break;
   }
 
  private:
@@ -105,15 +108,15 @@ class AdminServer::Impl {
     acceptor_.async_accept([this](const boost::system::error_code& ec, tcp::socket socket) {
       if (ec) return;
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         if (stopping_) return;
         open_.insert(socket.native_handle());
       }
       std::thread([this, socket = std::move(socket)]() mutable {
         Serve(socket);
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         open_.erase(socket.native_handle());  // before the socket closes and its number can be reused
-        idle_.notify_all();
+        idle_.SignalAll();
       }).detach();
       DoAccept();
     });
@@ -284,10 +287,10 @@ class AdminServer::Impl {
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
   std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable idle_;
-  std::set<int> open_;     // guarded by mu_: sockets being served
-  bool stopping_ = false;  // guarded by mu_
+  Mutex mu_;
+  CondVar idle_;
+  std::set<int> open_ ABSL_GUARDED_BY(mu_);  // sockets being served
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Create(AdminServerOptions options,

@@ -22,6 +22,7 @@
 #include "cli/node.h"
 #include "cli/status.h"
 #include "common/common.h"
+#include "common/unique_fd.h"
 #include "config/config.h"
 #include "replica/replica.h"
 #include "runtimes/runtimes.h"
@@ -178,23 +179,23 @@ config::ValidationHooks Hooks(const std::string& self) {
   // Loading a plugin to check it happens in a fresh process (ferry check-plugin): a broken library cannot
   // crash the node, and no thread of ours is forked mid-lock.
   hooks.check_plugin = [self](const std::string& path, const std::string& symbol) -> absl::Status {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError("pipe failed");
+    Pipe pipe = Pipe::Make();
+    if (!pipe.ok) return absl::InternalError("pipe failed");
     pid_t pid = fork();
     if (pid == 0) {
-      dup2(fds[1], STDERR_FILENO);
+      dup2(pipe.write.get(), STDERR_FILENO);
       int devnull = open("/dev/null", O_WRONLY);
       if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
       CloseDescriptorsFrom(3);
       execl(self.c_str(), self.c_str(), "check-plugin", path.c_str(), symbol.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
-    close(fds[1]);
+    pipe.write.reset();
     std::string message;
     char buf[512];
     ssize_t n;
-    while ((n = read(fds[0], buf, sizeof(buf))) > 0) message.append(buf, static_cast<size_t>(n));
-    close(fds[0]);
+    while ((n = read(pipe.read.get(), buf, sizeof(buf))) > 0) message.append(buf, static_cast<size_t>(n));
+    pipe.read.reset();
     int status = 0;
     waitpid(pid, &status, 0);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
@@ -322,38 +323,41 @@ int StartCommand(const std::vector<std::string>& args) {
     return code;
   }
   // Daemonize: the child runs the node with its output in the log; the parent waits for it to be ready.
-  int ready[2];
-  if (pipe2(ready, O_CLOEXEC) != 0) return Fail("pipe failed", 1);
+  Pipe ready = Pipe::Make();
+  if (!ready.ok) return Fail("pipe failed", 1);
   pid_t child = fork();
   if (child < 0) return Fail("fork failed", 1);
   if (child == 0) {
-    close(ready[0]);
+    ready.read.reset();
     setsid();
-    int log = open((state_dir + "/ferry.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-    if (log >= 0) {
-      dup2(log, STDOUT_FILENO);
-      dup2(log, STDERR_FILENO);
+    {  // the copies at 0-2 stay; the originals close at the end of this block
+      UniqueFd log(open((state_dir + "/ferry.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+      UniqueFd devnull(open("/dev/null", O_RDONLY | O_CLOEXEC));
+      if (devnull) dup2(devnull.get(), STDIN_FILENO);
+      if (log) {
+        dup2(log.get(), STDOUT_FILENO);
+        dup2(log.get(), STDERR_FILENO);
+      }
     }
     std::ofstream(pid_file) << getpid() << "\n";
     options.daemon = true;
-    options.on_ready = [fd = ready[1]](const std::string& summary) {
+    auto ready_w = std::make_shared<UniqueFd>(std::move(ready.write));
+    options.on_ready = [ready_w](const std::string& summary) {
       std::string line = summary + "\n";
-      ssize_t n = write(fd, line.data(), line.size());
+      ssize_t n = write(ready_w->get(), line.data(), line.size());
       (void)n;
-      close(fd);
+      ready_w->reset();  // the parent reads to the end: this is it
     };
     int code = cli::RunNode(options);
     std::filesystem::remove(pid_file, ec);
     _exit(code);
   }
-  close(ready[1]);
+  ready.write.reset();
   std::string summary;
   char buf[1024];
   ssize_t n;
-  while ((n = read(ready[0], buf, sizeof(buf))) > 0) summary.append(buf, static_cast<size_t>(n));
-  close(ready[0]);
+  while ((n = read(ready.read.get(), buf, sizeof(buf))) > 0) summary.append(buf, static_cast<size_t>(n));
+  ready.read.reset();
   if (summary.empty()) {
     int status = 0;
     waitpid(child, &status, WNOHANG);

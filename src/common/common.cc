@@ -1,5 +1,7 @@
 #include "common/common.h"
 
+#include "common/clock.h"
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -303,6 +305,26 @@ void CloseDescriptorsFrom(int first) {
   int end = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < (1u << 20) ? static_cast<int>(limit.rlim_cur)
                                                                                  : (1 << 20);
   for (int fd = first; fd < end; ++fd) close(fd);
+}
+
+}  // namespace ferry
+
+namespace ferry {
+namespace {
+
+class RealClock : public Clock {
+ public:
+  TimePoint Now() const override { return std::chrono::steady_clock::now(); }
+  void WaitUntil(CondVar* cv, Mutex* mu, TimePoint deadline) const override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    cv->WaitUntil(mu, deadline);
+  }
+};
+
+}  // namespace
+
+const Clock* Clock::Real() {
+  static const RealClock clock;
+  return &clock;
 }
 
 }  // namespace ferry

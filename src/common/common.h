@@ -157,6 +157,6 @@ double WallSeconds();
 // close-on-exec). Move the descriptors the child keeps below `first` before. Async-signal-safe.
 void CloseDescriptorsFrom(int first);
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 }  // namespace ferry

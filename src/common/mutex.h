@@ -8,6 +8,7 @@
 
 #include <absl/base/thread_annotations.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 
@@ -58,6 +59,10 @@ class CondVar {
     bool woken = cv_.wait_until(lock, deadline) == std::cv_status::no_timeout;
     lock.release();
     return woken;
+  }
+  template <typename Rep, typename Period>
+  bool WaitFor(Mutex* mu, const std::chrono::duration<Rep, Period>& timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return WaitUntil(mu, std::chrono::steady_clock::now() + timeout);
   }
   void Signal() { cv_.notify_one(); }
   void SignalAll() { cv_.notify_all(); }

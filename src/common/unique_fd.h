@@ -2,6 +2,7 @@
 // Move-only. Thread-compatible (as an int is): one owner at a time.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <utility>
@@ -33,6 +34,22 @@ class UniqueFd {
 
  private:
   int fd_ = -1;
+};
+
+// Both ends of a pipe, each owned. `ok` is false (and errno says why) when pipe2 failed.
+struct Pipe {
+  UniqueFd read;
+  UniqueFd write;
+  bool ok = false;
+  static Pipe Make(int flags = O_CLOEXEC) {
+    int fds[2];
+    Pipe p;
+    if (::pipe2(fds, flags) != 0) return p;
+    p.read.reset(fds[0]);
+    p.write.reset(fds[1]);
+    p.ok = true;
+    return p;
+  }
 };
 
 }  // namespace ferry

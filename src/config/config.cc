@@ -17,6 +17,7 @@
 
 #include "common/common.h"
 #include "common/http_client.h"
+#include "common/unique_fd.h"
 
 namespace ferry::config {
 namespace {
@@ -635,13 +636,13 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ValidationH
 }
 
 absl::Status CheckPluginInChildProcess(const std::string& path, const std::string& symbol) {
-  int fds[2];
-  if (pipe(fds) != 0) return absl::InternalError("pipe failed");
+  Pipe pipe = Pipe::Make(0);
+  if (!pipe.ok) return absl::InternalError("pipe failed");
   std::string entry = "ferry_deployment_" + symbol;
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
-    close(fds[0]);
+    pipe.read.reset();
     std::string message;
     void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
@@ -651,17 +652,17 @@ absl::Status CheckPluginInChildProcess(const std::string& path, const std::strin
                               " not found; export it with FERRY_DEPLOYMENT(", symbol, "))");
     }
     if (!message.empty()) {
-      ssize_t n = write(fds[1], message.data(), message.size());
+      ssize_t n = write(pipe.write.get(), message.data(), message.size());
       (void)n;
     }
     _exit(0);
   }
-  close(fds[1]);
+  pipe.write.reset();
   std::string message;
   char buf[512];
   ssize_t n;
-  while ((n = read(fds[0], buf, sizeof(buf))) > 0) message.append(buf, n);
-  close(fds[0]);
+  while ((n = read(pipe.read.get(), buf, sizeof(buf))) > 0) message.append(buf, n);
+  pipe.read.reset();
   int status = 0;
   waitpid(pid, &status, 0);
   if (!message.empty()) return absl::InvalidArgumentError(message);

@@ -128,6 +128,7 @@ std::unique_ptr<Controller> Controller::CreateWithLauncher(asio::io_context& io,
 Controller::Controller(asio::io_context& io, endpoints::Publisher* publisher, StateStore* store,
                        ControllerCallbacks callbacks, ControllerOptions options)
     : io_(io),
+      clock_(options.clock),
       publisher_(publisher),
       store_(store),
       callbacks_(std::move(callbacks)),
@@ -460,7 +461,7 @@ json Controller::StatusJson() const {
             {"target_replicas", d.autoscaled_replicas},
             {"min_replicas", d.autoscaler->config().min_replicas},
             {"max_replicas", d.autoscaler->config().max_replicas},
-            {"average_load", d.autoscaler->AverageLoad(std::chrono::steady_clock::now())},
+            {"average_load", d.autoscaler->AverageLoad(clock_->Now())},
             {"last_cold_start_s", d.last_cold_start_s >= 0 ? json(d.last_cold_start_s) : json(nullptr)},
             {"decisions", decisions}};
       }

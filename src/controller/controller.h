@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 
+#include "common/clock.h"
 #include "config/config.h"
 #include "controller/state_store.h"
 #include "endpoints/endpoints.h"
@@ -56,6 +57,9 @@ struct ControllerOptions {
   size_t history_per_application = 20;
   // This process's tracer, configured from the config's `tracing` on every apply; null: not traced.
   tracing::Tracer* tracer = nullptr;
+  // Where time comes from: restart backoff, start and health-check deadlines, drains, autoscaling delays.
+  // Tests pass a fake clock and call Tick() themselves, so all of it runs in simulated time.
+  const Clock* clock = Clock::Real();
 };
 
 class Controller : public node::ReplicaListener {
@@ -149,6 +153,7 @@ class Controller : public node::ReplicaListener {
   Deployment* FindByReplica(const std::string& replica_id);
 
   boost::asio::io_context& io_;
+  const Clock* const clock_;
   endpoints::Publisher* publisher_;
   StateStore* store_;
   ControllerCallbacks callbacks_;

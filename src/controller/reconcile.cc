@@ -88,7 +88,7 @@ bool Controller::Drained(const Deployment& d, const Replica& r) const {
 }
 
 void Controller::Tick() {
-  const SteadyTime now = std::chrono::steady_clock::now();
+  const SteadyTime now = clock_->Now();
   CollectReports();
   for (auto& [key, d] : deployments_) {
     Autoscale(*d, now);
@@ -231,7 +231,7 @@ void Controller::StartReplica(Deployment& d) {
   r.version = d.version;
   r.state = d.recovering ? ReplicaState::kRecovering : ReplicaState::kStarting;
   r.recovering = d.recovering;
-  r.started = std::chrono::steady_clock::now();
+  r.started = clock_->Now();
   r.start_time_s = WallSeconds();
   r.applied_user_config = t.user_config;
   r.applied_max_ongoing = t.max_ongoing_requests;
@@ -299,7 +299,7 @@ void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, c
   Replica& r = it->second;
   if (!r.health_outstanding || r.health_token != token || r.state == ReplicaState::kStopping) return;
   r.health_outstanding = false;
-  const SteadyTime now = std::chrono::steady_clock::now();
+  const SteadyTime now = clock_->Now();
   const bool starting = Starting(r.state);
   r.next_health = now + (starting ? std::min(kFirstHealthRetry, Millis(d->target.health_check_period_s))
                                   : Millis(d->target.health_check_period_s));
@@ -339,7 +339,7 @@ void Controller::MarkRunning(Deployment& d, Replica& r) {
   if (r.version == d.version) d.start_failures = 0;
   FERRY_LOG(kInfo, "controller", "replica ", r.id, " (pid ", r.pid, ") is RUNNING");
   if (d.cold_start_began) {
-    d.last_cold_start_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - *d.cold_start_began).count();
+    d.last_cold_start_s = std::chrono::duration<double>(clock_->Now() - *d.cold_start_began).count();
     ++d.cold_starts;
     d.cold_start_began.reset();
     FERRY_LOG(kInfo, "controller", d.key, " cold start: first replica RUNNING ", d.last_cold_start_s * 1000,
@@ -388,7 +388,7 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
       d->message = StrCat("reconfigure of replica ", id, " failed: ", Message(s));
       FERRY_LOG(kWarning, "controller", d->message, "; replacing it");
       r.state = ReplicaState::kRunning;
-      BeginStop(*d, r, std::chrono::steady_clock::now());
+      BeginStop(*d, r, clock_->Now());
       PublishIfChanged();
     }
     ScheduleTick();
@@ -406,7 +406,7 @@ void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
                                                                    : " (3 per target replica)",
                      "): ", message);
   auto delay = milliseconds(std::min<int64_t>(5000, 100ll << std::min(d.start_failures - 1, 10)));
-  d.backoff_until = std::chrono::steady_clock::now() + delay;
+  d.backoff_until = clock_->Now() + delay;
   if (d.start_failures >= limit && !d.version_failed) {
     d.version_failed = true;
     SetChanged(d);  // a failed version no longer scales from zero on demand
@@ -430,7 +430,7 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   endpoint.key = next_key_++;
   endpoint.version = r.version;
   r.endpoint = std::move(endpoint);
-  r.next_health = std::chrono::steady_clock::now();  // it serves once its first check passes
+  r.next_health = clock_->Now();  // it serves once its first check passes
   ScheduleTick();
 }
 
@@ -447,7 +447,7 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
     if (Starting(r.state)) {
       if (r.version == d->version) RecordStartFailure(*d, message);
     } else {
-      const auto now = std::chrono::steady_clock::now();
+      const auto now = clock_->Now();
       d->crash_streak = now - r.started > std::chrono::seconds(10) ? 1 : d->crash_streak + 1;
       // Backoff: none for the first replacement, then 100 ms doubling up to 10 s.
       int n = d->crash_streak - 1;
@@ -536,7 +536,7 @@ void Controller::ReportProgress(const Deployment& d) {
 void Controller::Shutdown(std::function<void()> done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
-  const SteadyTime now = std::chrono::steady_clock::now();
+  const SteadyTime now = clock_->Now();
   for (auto& [key, d] : deployments_)
     for (auto& [id, r] : d->replicas) BeginStop(*d, r, now);
   Tick();

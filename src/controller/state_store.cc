@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/common.h"
+#include "common/unique_fd.h"
 
 namespace ferry::controller {
 
@@ -36,32 +37,20 @@ absl::StatusOr<std::optional<std::string>> EmbeddedStateStore::Load() {
 
 absl::Status EmbeddedStateStore::Save(const std::string& document) {
   std::string tmp = StrCat(path_, ".tmp");
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return absl::UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return absl::UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
   size_t done = 0;
   while (done < document.size()) {
-    ssize_t n = ::write(fd, document.data() + done, document.size() - done);
+    ssize_t n = ::write(fd.get(), document.data() + done, document.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = errno;
-      ::close(fd);
-      return absl::UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(e)));
-    }
+    if (n <= 0) return absl::UnavailableError(StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    int e = errno;
-    ::close(fd);
-    return absl::UnavailableError(StrCat("fsync ", tmp, ": ", std::strerror(e)));
-  }
-  ::close(fd);
+  if (::fsync(fd.get()) != 0) return absl::UnavailableError(StrCat("fsync ", tmp, ": ", std::strerror(errno)));
+  fd.reset();
   if (::rename(tmp.c_str(), path_.c_str()) != 0)
     return absl::UnavailableError(StrCat("rename ", tmp, ": ", std::strerror(errno)));
-  int dir = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
+  if (UniqueFd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)); dir) ::fsync(dir.get());
   return absl::OkStatus();
 }
 

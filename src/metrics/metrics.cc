@@ -102,21 +102,21 @@ void FamilyBase::RenderHeader(std::string* out) const { AppendHeader(out, name_,
 template <>
 void Family<Counter>::Render(std::string* out) const {
   RenderHeader(out);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& [values, c] : series_) *out += SeriesPrefix(name_, values) + "} " + FormatValue(c->value()) + "\n";
 }
 
 template <>
 void Family<Gauge>::Render(std::string* out) const {
   RenderHeader(out);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& [values, g] : series_) *out += SeriesPrefix(name_, values) + "} " + FormatValue(g->value()) + "\n";
 }
 
 template <>
 void Family<Histogram>::Render(std::string* out) const {
   RenderHeader(out);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& [values, h] : series_) {
     std::string bucket = SeriesPrefix(name_ + "_bucket", values);
     if (!values.empty()) bucket += ',';
@@ -171,7 +171,7 @@ void SampleWriter::HistogramSamples(std::string_view name,
 Family<Counter>& Registry::AddCounter(std::string name, std::string help, std::vector<std::string> labels) {
   auto f = std::make_unique<Family<Counter>>(std::move(name), std::move(help), Type::kCounter, std::move(labels));
   Family<Counter>& ref = *f;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   families_.push_back(std::move(f));
   return ref;
 }
@@ -179,7 +179,7 @@ Family<Counter>& Registry::AddCounter(std::string name, std::string help, std::v
 Family<Gauge>& Registry::AddGauge(std::string name, std::string help, std::vector<std::string> labels) {
   auto f = std::make_unique<Family<Gauge>>(std::move(name), std::move(help), Type::kGauge, std::move(labels));
   Family<Gauge>& ref = *f;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   families_.push_back(std::move(f));
   return ref;
 }
@@ -189,14 +189,14 @@ Family<Histogram>& Registry::AddHistogram(std::string name, std::string help, st
   auto f = std::make_unique<Family<Histogram>>(std::move(name), std::move(help), Type::kHistogram, std::move(labels),
                                                bounds);
   Family<Histogram>& ref = *f;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   families_.push_back(std::move(f));
   return ref;
 }
 
 std::string Registry::Render() const {
   std::string out;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& f : families_) f->Render(&out);
   return out;
 }

@@ -12,6 +12,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+
+#include "common/mutex.h"
 #include <string>
 #include <string_view>
 #include <vector>
@@ -91,7 +93,7 @@ class Family : public FamilyBase {
   // The series with these label values (in label_names order), created on first use. The reference stays
   // valid as long as the registry.
   T& With(const std::vector<std::string>& values) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = series_.find(values);
     if (it == series_.end()) it = series_.emplace(values, Make()).first;
     return *it->second;
@@ -106,8 +108,8 @@ class Family : public FamilyBase {
       return std::make_unique<T>();
   }
   const std::vector<double> bounds_;
-  mutable std::mutex mu_;
-  std::map<std::vector<std::string>, std::unique_ptr<T>> series_;
+  mutable Mutex mu_;
+  std::map<std::vector<std::string>, std::unique_ptr<T>> series_ ABSL_GUARDED_BY(mu_);
 };
 
 // Writes gauge samples computed at scrape time (from state someone else owns).
@@ -136,8 +138,8 @@ class Registry {
   std::string Render() const;
 
  private:
-  mutable std::mutex mu_;
-  std::vector<std::unique_ptr<FamilyBase>> families_;
+  mutable Mutex mu_;
+  std::vector<std::unique_ptr<FamilyBase>> families_ ABSL_GUARDED_BY(mu_);
 };
 
 // One sample of a scrape, read back from the text format.

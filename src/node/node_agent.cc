@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "common/unique_fd.h"
 #include "transport/connection.h"
 
 namespace ferry::node {
@@ -191,13 +192,8 @@ absl::Status NodeAgent::StartReplica(const spec::ReplicaSpec& spec) {
     if (!out) return absl::UnavailableError(ferry::StrCat("cannot write ", p->spec_path));
   }
   // The status pipe, and the replica's standard output and error.
-  int fds[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};  // pipe2 leaves them as they are on failure
-  if (pipe2(fds, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
-    const int saved = errno;
-    for (int fd : {fds[0], fds[1], out[0], out[1], err[0], err[1]})
-      if (fd >= 0) close(fd);
-    return absl::UnavailableError(ferry::StrCat("pipe: ", std::strerror(saved)));
-  }
+  Pipe status = Pipe::Make(), out = Pipe::Make(), err = Pipe::Make();
+  if (!status.ok || !out.ok || !err.ok) return absl::UnavailableError(ferry::StrCat("pipe: ", std::strerror(errno)));
   // In the child: fd 1 and 2 the output pipes, 3 the status pipe, 4 the node's stderr (its log lines).
   static const char* kLevels[] = {"debug", "info", "warning", "error"};
   std::vector<std::string> args = {
@@ -208,11 +204,7 @@ absl::Status NodeAgent::StartReplica(const spec::ReplicaSpec& spec) {
   argv.push_back(nullptr);
   const pid_t parent = getpid();
   pid_t pid = fork();
-  if (pid < 0) {
-    const int saved = errno;
-    for (int fd : {fds[0], fds[1], out[0], out[1], err[0], err[1]}) close(fd);
-    return absl::UnavailableError(ferry::StrCat("fork: ", std::strerror(saved)));
-  }
+  if (pid < 0) return absl::UnavailableError(ferry::StrCat("fork: ", std::strerror(errno)));
   if (pid == 0) {
     setpgid(0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -221,8 +213,9 @@ absl::Status NodeAgent::StartReplica(const spec::ReplicaSpec& spec) {
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
     // Out of the way of 0-4 first, then into place (dup2 clears close-on-exec on the copies).
-    const int status_w = fcntl(fds[1], F_DUPFD_CLOEXEC, 10), log_w = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 10);
-    const int out_w = fcntl(out[1], F_DUPFD_CLOEXEC, 10), err_w = fcntl(err[1], F_DUPFD_CLOEXEC, 10);
+    const int status_w = fcntl(status.write.get(), F_DUPFD_CLOEXEC, 10);
+    const int log_w = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 10);
+    const int out_w = fcntl(out.write.get(), F_DUPFD_CLOEXEC, 10), err_w = fcntl(err.write.get(), F_DUPFD_CLOEXEC, 10);
     if (status_w < 0 || log_w < 0 || out_w < 0 || err_w < 0) _exit(126);
     if (dup2(out_w, STDOUT_FILENO) < 0 || dup2(err_w, STDERR_FILENO) < 0 || dup2(status_w, 3) < 0 || dup2(log_w, 4) < 0)
       _exit(126);
@@ -230,18 +223,18 @@ absl::Status NodeAgent::StartReplica(const spec::ReplicaSpec& spec) {
     execv(argv[0], argv.data());
     _exit(127);
   }
-  close(fds[1]);
-  close(out[1]);
-  close(err[1]);
+  status.write.reset();  // the child's ends: this process keeps only the read ends
+  out.write.reset();
+  err.write.reset();
   auto style = std::make_shared<ReplicaOutputStyle>();
   style->encoding = encoding;
   style->tag = spec.replica_id;
   style->fields = {{"application", spec.application}, {"deployment", spec.deployment}, {"replica", spec.replica_id}};
   p->output_style = style;
-  std::make_shared<ReplicaOutput>(io_, out[0], "stdout", style)->Start();
-  std::make_shared<ReplicaOutput>(io_, err[0], "stderr", style)->Start();
+  std::make_shared<ReplicaOutput>(io_, out.read.release(), "stdout", style)->Start();
+  std::make_shared<ReplicaOutput>(io_, err.read.release(), "stderr", style)->Start();
   p->pid = pid;
-  p->status_pipe = std::make_unique<asio::posix::stream_descriptor>(io_, fds[0]);
+  p->status_pipe = std::make_unique<asio::posix::stream_descriptor>(io_, status.read.release());
   FERRY_LOG(kInfo, "node", "starting replica ", spec.replica_id, " (pid ", pid, ")");
   std::string id = spec.replica_id;
   processes_[id] = std::move(p);

@@ -102,7 +102,7 @@ void Worker::Sweep() {
   sweep_.async_wait([this](const boost::system::error_code& ec) {
     FlushAccessLog();
     if (ec) return;
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
     for (HttpSession* s : sessions) CheckDeadline(s, now);
     Sweep();
@@ -183,8 +183,8 @@ class Proxy::Impl {
   int Drain(std::chrono::milliseconds timeout) {
     draining_.store(true);
     for (auto& w : workers_) asio::post(w->io(), [worker = w.get()] { worker->BeginDrain(); });
-    auto deadline = Clock::now() + timeout;
-    while (in_flight_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto deadline = SteadyClock::now() + timeout;
+    while (in_flight_.load() > 0 && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return in_flight_.load();
   }
 
@@ -197,8 +197,8 @@ class Proxy::Impl {
         worker->CloseAll();
         closed.fetch_add(1);
       });
-    auto deadline = Clock::now() + std::chrono::seconds(2);
-    while (closed.load() < static_cast<int>(workers_.size()) && Clock::now() < deadline)
+    auto deadline = SteadyClock::now() + std::chrono::seconds(2);
+    while (closed.load() < static_cast<int>(workers_.size()) && SteadyClock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     for (auto& w : workers_) w->io().stop();
     for (auto& t : threads_) t.join();

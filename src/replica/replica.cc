@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common/common.h"
+#include "common/unique_fd.h"
 #include "replica/internal/deployment_host.h"
 #include "replica/internal/replica_server.h"
 #include "tracing/tracing.h"
@@ -33,6 +34,7 @@ int RunReplica(const ReplicaOptions& options) {
   // Die with the node: a replica never outlives the process that started it.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() == 1) return 1;
+  UniqueFd status(options.status_fd);  // where the node reads how the start went; owned from here
   if (options.log_fd >= 0) Log::SetOutput(options.log_fd);
   // Standard output is a pipe to the node, which logs it line by line: flush each line as it is printed
   // (stdio would hold a pipe's output until 4 KiB gathered or the process exited).
@@ -43,7 +45,7 @@ int RunReplica(const ReplicaOptions& options) {
   nlohmann::json spec_json = nlohmann::json::parse(text.str(), nullptr, false);
   absl::StatusOr<ReplicaSpec> spec = spec::ReplicaSpecFromJson(spec_json);
   if (!spec.ok()) {
-    WriteStatus(options.status_fd, {{"error", std::string(spec.status().message())}});
+    WriteStatus(status.get(), {{"error", std::string(spec.status().message())}});
     return 2;
   }
   Log::SetProcessTag(spec->replica_id);
@@ -64,17 +66,17 @@ int RunReplica(const ReplicaOptions& options) {
   absl::StatusOr<std::unique_ptr<DeploymentHost>> host = DeploymentHost::Create(*spec);
   if (!host.ok()) {
     FERRY_LOG(kError, "replica", host.status().message());
-    WriteStatus(options.status_fd, {{"error", std::string(host.status().message())}});
+    WriteStatus(status.get(), {{"error", std::string(host.status().message())}});
     return 1;
   }
   ReplicaServer server(*spec, **host, &tracer);
   absl::Status listening = server.Listen(options.socket_path);
   if (!listening.ok()) {
-    WriteStatus(options.status_fd, {{"error", std::string(listening.message())}});
+    WriteStatus(status.get(), {{"error", std::string(listening.message())}});
     return 1;
   }
-  WriteStatus(options.status_fd, {{"ready", true}, {"pid", getpid()}});
-  if (options.status_fd >= 0) ::close(options.status_fd);
+  WriteStatus(status.get(), {{"ready", true}, {"pid", getpid()}});
+  status.reset();  // the node reads one line: it has it
   FERRY_LOG(kInfo, "replica", "serving ", spec->deployment, " on ", options.socket_path);
   g_server = &server;
   struct sigaction action {};

@@ -37,19 +37,20 @@ Router::Router(std::string deployment, int max_ongoing, int max_queued, uint64_t
   rng_ = seed | 1;  // xorshift's state must not be zero
 }
 
+uint64_t Router::NextRandomLocked() {  // xorshift64
+  rng_ ^= rng_ << 13;
+  rng_ ^= rng_ >> 7;
+  rng_ ^= rng_ << 17;
+  return rng_;
+}
+
 int Router::PickLocked() {
   const int n = static_cast<int>(slots_.size());
   if (n == 0) return -1;
-  auto next = [this] {  // xorshift64
-    rng_ ^= rng_ << 13;
-    rng_ ^= rng_ >> 7;
-    rng_ ^= rng_ << 17;
-    return rng_;
-  };
   if (n == 1) return slots_[0].in_flight < max_ongoing_ ? 0 : -1;
   // Two random distinct replicas; the less loaded one wins when it has room.
-  int a = static_cast<int>(next() % n);
-  int b = static_cast<int>(next() % (n - 1));
+  int a = static_cast<int>(NextRandomLocked() % n);
+  int b = static_cast<int>(NextRandomLocked() % (n - 1));
   if (b >= a) ++b;
   int best = slots_[a].in_flight <= slots_[b].in_flight ? a : b;
   if (slots_[best].in_flight < max_ongoing_) return best;
@@ -69,24 +70,24 @@ ReplicaLease Router::TakeLocked(int index) {
 
 Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease) {
   std::shared_ptr<const std::function<void()>> starved;
-  Result result = AcquireLocked(waiter, lease, &starved);
+  Result result = AcquireOrQueue(waiter, lease, &starved);
   if (starved) (*starved)();
   return result;
 }
 
 void Router::SetStarvedHook(std::function<void()> hook) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   starved_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;
 }
 
 void Router::SetDrainedHook(std::function<void()> hook) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   drained_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;
 }
 
-Router::Result Router::AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+Router::Result Router::AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
                                      std::shared_ptr<const std::function<void()>>* starved) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // FIFO: while others wait, a newcomer queues behind them.
   if (queued_ == 0) {
     int index = PickLocked();
@@ -104,7 +105,7 @@ Router::Result Router::AcquireLocked(const std::shared_ptr<Waiter>& waiter, Repl
 }
 
 bool Router::Cancel(Waiter* waiter) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!waiter->queued_) return false;
   queue_.erase(waiter->position_);
   waiter->queued_ = false;
@@ -132,7 +133,7 @@ void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
   std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
   std::shared_ptr<const std::function<void()>> drained;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     Slot* slot = nullptr;
     if (index_hint < slots_.size() && slots_[index_hint].replica->key == replica.key) {
       slot = &slots_[index_hint];
@@ -155,7 +156,7 @@ void Router::Release(const ReplicaEndpoint& replica, size_t index_hint) {
 void Router::AddReplica(std::shared_ptr<const ReplicaEndpoint> replica) {
   std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (const Slot& s : slots_)
       if (s.replica->key == replica->key) return;
     slots_.push_back(Slot{std::move(replica), 0});
@@ -170,7 +171,7 @@ void Router::RemoveSlotLocked(size_t i) {
 }
 
 void Router::RemoveReplica(uint64_t key) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].replica->key != key) continue;
     RemoveSlotLocked(i);
@@ -181,7 +182,7 @@ void Router::RemoveReplica(uint64_t key) {
 void Router::Update(const endpoints::EndpointSet& set) {
   std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     max_ongoing_ = set.max_ongoing_requests;
     max_queued_ = set.max_queued_requests;
     scales_from_zero_ = set.scales_from_zero;
@@ -215,7 +216,7 @@ void Router::Update(const endpoints::EndpointSet& set) {
 }
 
 endpoints::DeploymentLoad Router::Load() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   endpoints::DeploymentLoad load;
   load.queued = queued_;
   load.in_flight.reserve(slots_.size() + removed_in_flight_.size());
@@ -233,7 +234,7 @@ endpoints::DeploymentLoad Router::Load() const {
 void Router::SetLimits(int max_ongoing_requests, int max_queued_requests) {
   std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>> assignments;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     max_ongoing_ = max_ongoing_requests;
     max_queued_ = max_queued_requests;
     DrainQueueLocked(&assignments);
@@ -242,7 +243,7 @@ void Router::SetLimits(int max_ongoing_requests, int max_queued_requests) {
 }
 
 int Router::InFlight(uint64_t key) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const Slot& slot : slots_)
     if (slot.replica->key == key) return slot.in_flight;
   auto it = removed_in_flight_.find(key);
@@ -250,7 +251,7 @@ int Router::InFlight(uint64_t key) const {
 }
 
 RouterStats Router::Stats() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   RouterStats s;
   s.replicas = static_cast<int>(slots_.size());
   s.scales_from_zero = scales_from_zero_;

@@ -5,8 +5,6 @@
 // Thread-safe: every method may be called from any thread. No callback runs under the router's lock.
 #pragma once
 
-#include <absl/base/thread_annotations.h>
-#include <absl/synchronization/mutex.h>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -15,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/mutex.h"
 #include "endpoints/endpoints.h"
 
 namespace ferry::router {
@@ -118,13 +117,14 @@ class Router : public std::enable_shared_from_this<Router> {
     int in_flight = 0;
   };
   Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed);
-  Result AcquireLocked(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+  Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
                        std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
   // Takes slots_[i] out of routing, keeping its in-flight count until its last request ends.
   void RemoveSlotLocked(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Index of the replica to use, or -1 when all are full.
   int PickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t NextRandomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ReplicaLease TakeLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pairs queued waiters with free slots; the caller runs the returned assignments after unlocking.
   void DrainQueueLocked(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>* out)
@@ -132,7 +132,7 @@ class Router : public std::enable_shared_from_this<Router> {
   static void RunAssignments(std::vector<std::pair<std::shared_ptr<Waiter>, ReplicaLease>>& assignments);
 
   const std::string deployment_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   int max_ongoing_ ABSL_GUARDED_BY(mu_);
   int max_queued_ ABSL_GUARDED_BY(mu_);
   bool scales_from_zero_ ABSL_GUARDED_BY(mu_) = false;

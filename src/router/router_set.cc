@@ -57,20 +57,21 @@ void RouterSet::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot)
   if (table_changed) PublishTableLocked();
 }
 
+std::shared_ptr<Router> RouterSet::RouterOfLocked(const std::string& key) const {
+  auto it = routers_.find(key);
+  return it == routers_.end() ? nullptr : it->second.router;
+}
+
 void RouterSet::PublishTableLocked() {
-  auto router_of = [this](const std::string& key) -> std::shared_ptr<Router> {
-    auto it = routers_.find(key);
-    return it == routers_.end() ? nullptr : it->second.router;
-  };
   std::vector<Route> routes;
   for (const endpoints::RouteEntry& r : routes_->routes) {
-    std::shared_ptr<Router> router = router_of(r.deployment_key);
+    std::shared_ptr<Router> router = RouterOfLocked(r.deployment_key);
     if (!router) continue;  // published without its set: not routable yet
     routes.push_back({r.route_prefix, r.application, r.ingress_deployment, std::move(router), r.access_log});
   }
   std::vector<ModelRoute> models;
   for (const endpoints::ModelEntry& m : routes_->models) {
-    std::shared_ptr<Router> router = router_of(m.deployment_key);
+    std::shared_ptr<Router> router = RouterOfLocked(m.deployment_key);
     if (!router) continue;
     models.push_back(
         {m.name, m.version, {ferry::StrCat("/v2/models/", m.name), m.application, m.deployment, std::move(router),

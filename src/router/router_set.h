@@ -41,6 +41,7 @@ class RouterSet : public endpoints::Consumer {
     std::shared_ptr<const endpoints::EndpointSet> set;  // the one it routes by
   };
   void PublishTableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<Router> RouterOfLocked(const std::string& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::function<void()> wake_;
   const uint64_t seed_;

@@ -248,10 +248,10 @@ Tracer::Tracer(std::vector<Attribute> resource)
 
 Tracer::~Tracer() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;  // the exporter sends what is queued, then returns
   }
-  wake_.notify_all();
+  wake_.SignalAll();
   thread_.join();
 }
 
@@ -265,7 +265,7 @@ absl::Status Tracer::Configure(const TracingOptions& options) {
   if (!(options.sampling_ratio >= 0 && options.sampling_ratio <= 1))
     return absl::InvalidArgumentError("sampling_ratio must be between 0 and 1");
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     endpoint_ = endpoint;
     has_endpoint_ = !options.otlp_endpoint.empty();
   }
@@ -299,7 +299,7 @@ SpanContext Tracer::StartSpan(const SpanContext& parent) const {
 void Tracer::Record(Span span) {
   bool full;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     full = queue_.size() >= kMaxQueued;
     if (!full) queue_.push_back(std::move(span));
     if (queue_.size() < kMaxBatch) return;
@@ -308,24 +308,25 @@ void Tracer::Record(Span span) {
     dropped_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  wake_.notify_one();
+  wake_.Signal();
 }
 
 void Tracer::Flush() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   uint64_t ticket = ++flush_requested_;
-  wake_.notify_one();
-  flushed_.wait(lock, [&] { return flush_done_ >= ticket || stopping_; });
+  wake_.Signal();
+  while (!(flush_done_ >= ticket || stopping_)) flushed_.Wait(&mu_);
 }
 
 void Tracer::ExportLoop() {
   // Background work: on a busy node it yields the CPU to the threads serving requests (Linux applies a
   // thread's own nice value to that thread only).
   setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   for (;;) {
-    wake_.wait_for(lock, kExportInterval,
-                   [&] { return stopping_ || queue_.size() >= kMaxBatch || flush_requested_ > flush_done_; });
+    const auto until = SteadyClock::now() + kExportInterval;
+    while (!(stopping_ || queue_.size() >= kMaxBatch || flush_requested_ > flush_done_))
+      if (!wake_.WaitUntil(&mu_, until)) break;
     const uint64_t flush_to = flush_requested_;
     while (!queue_.empty()) {
       std::vector<Span> batch;
@@ -335,9 +336,9 @@ void Tracer::ExportLoop() {
         batch.assign(std::make_move_iterator(queue_.begin()), std::make_move_iterator(queue_.begin() + kMaxBatch));
         queue_.erase(queue_.begin(), queue_.begin() + kMaxBatch);
       }
-      lock.unlock();
+      mu_.Unlock();
       const bool sent = ExportBatch(batch);
-      lock.lock();
+      mu_.Lock();
       if (!sent && stopping_) {
         // A process on its way out does not wait on a collector that failed: the rest is dropped.
         dropped_.fetch_add(queue_.size(), std::memory_order_relaxed);
@@ -345,16 +346,17 @@ void Tracer::ExportLoop() {
       }
     }
     flush_done_ = flush_to;
-    flushed_.notify_all();
-    if (stopping_) return;
+    flushed_.SignalAll();
+    if (stopping_) break;
   }
+  mu_.Unlock();
 }
 
 bool Tracer::ExportBatch(std::vector<Span>& batch) {
   HttpEndpoint endpoint;
   bool stopping;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (!has_endpoint_) return true;  // tracing was turned off: what was queued goes nowhere
     endpoint = endpoint_;
     stopping = stopping_;
@@ -367,7 +369,7 @@ bool Tracer::ExportBatch(std::vector<Span>& batch) {
   }
   dropped_.fetch_add(batch.size(), std::memory_order_relaxed);
   // One warning per interval at most: a collector that is down must not flood the log.
-  auto now = Clock::now();
+  auto now = SteadyClock::now();
   if (now - last_warning_ >= std::chrono::seconds(10)) {
     last_warning_ = now;
     FERRY_LOG(kWarning, "tracing", "could not export ", batch.size(), " spans: ", Message(s), " (", dropped_.load(),

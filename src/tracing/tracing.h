@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/http_client.h"
+#include "common/mutex.h"
 #include "spec/spec.h"
 
 namespace ferry::tracing {
@@ -155,15 +156,15 @@ class Tracer {
   std::atomic<bool> enabled_{false};  // an endpoint is set
   std::atomic<uint64_t> exported_{0};
   std::atomic<uint64_t> dropped_{0};
-  std::mutex mu_;
-  std::condition_variable wake_;
-  std::condition_variable flushed_;
-  std::vector<Span> queue_;                               // guarded by mu_
-  HttpEndpoint endpoint_;                                 // guarded by mu_
-  bool has_endpoint_ = false;                             // guarded by mu_
-  uint64_t flush_requested_ = 0;                          // guarded by mu_
-  uint64_t flush_done_ = 0;                               // guarded by mu_
-  bool stopping_ = false;                                 // guarded by mu_
+  Mutex mu_;
+  CondVar wake_;
+  CondVar flushed_;
+  std::vector<Span> queue_ ABSL_GUARDED_BY(mu_);
+  HttpEndpoint endpoint_ ABSL_GUARDED_BY(mu_);
+  bool has_endpoint_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t flush_requested_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t flush_done_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::steady_clock::time_point last_warning_{};  // exporter thread only
   std::thread thread_;                                    // last: starts once the rest is set up
 };

@@ -30,6 +30,7 @@ class FakeLauncher : public node::ReplicaLauncher {
   }
   void CheckHealth(const std::string& replica_id, Done done) override {
     ++health_checks;
+    if (hung.count(replica_id)) return;  // never answers: the caller's deadline must catch it
     done(unhealthy.count(replica_id) ? absl::UnavailableError("told to be unhealthy") : absl::OkStatus());
   }
   void Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) override {
@@ -81,6 +82,7 @@ class FakeLauncher : public node::ReplicaLauncher {
   std::vector<std::string> stopped;
   std::vector<std::pair<std::string, nlohmann::json>> reconfigures;
   std::set<std::string> unhealthy;
+  std::set<std::string> hung;  // replicas whose health checks never answer
   bool fail_reconfigure = false;
   int health_checks = 0;
 

@@ -6,6 +6,8 @@
 #include <set>
 #include <thread>
 
+#include "common/fake_clock.h"
+
 namespace ferry::replica {
 namespace {
 
@@ -73,39 +75,51 @@ TEST(BatcherTest, AdaptiveModeRunsALoneRequestAtOnce) {
   EXPECT_EQ(r.batches.size(), 3u);
 }
 
-TEST(BatcherTest, AdaptiveModeBatchesAFixedPoolOfClientsWithoutWaitingForMaxBatchSize) {
-  // Four clients, each sending its next request only after its answer (a closed loop), far fewer than
-  // max_batch_size: with a fixed wait every batch would wait out the hour; adaptive batches them anyway.
+TEST(BatcherTest, AdaptiveModeWaitsForTheRequestsThatWereAboutByTheirArrivalGapInSimulatedTime) {
+  // Simulated time: what the batcher decides depends on the clock the test moves, not on how fast this
+  // machine runs the threads (the closed-loop version of this test failed under ThreadSanitizer's
+  // slowdown).
+  testing::FakeClock clock;
   Recorder r;
   BatcherOptions o;
   o.max_batch_size = 64;
-  o.batch_wait_timeout = 1h;
+  o.batch_wait_timeout = 1h;  // a fixed wait would never end
   o.adaptive = true;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::set<int> done;
-  Batcher<int> b(o, [&](std::vector<int>& batch) {
-    r.Run()(batch);
-    std::lock_guard<std::mutex> lock(mu);
-    for (int i : batch) done.insert(i);
-    cv.notify_all();
-  });
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 4; ++c)
-    clients.emplace_back([&, c] {
-      for (int round = 0; round < 20; ++round) {
-        int item = round * 4 + c;
-        b.Add(item);
-        std::unique_lock<std::mutex> lock(mu);
-        ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return done.count(item) > 0; })) << "item " << item << " waited";
-      }
-    });
-  for (auto& t : clients) t.join();
-  ASSERT_TRUE(r.WaitItems(80));
-  size_t largest = 0;
-  for (const auto& batch : r.batches) largest = std::max(largest, batch.size());
-  EXPECT_GE(largest, 2u);
-  EXPECT_LE(largest, 4u);
+  std::mutex gate_mu;
+  std::condition_variable gate_cv;
+  bool open = false;
+  Batcher<int> b(
+      o,
+      [&](std::vector<int>& batch) {
+        r.Run()(batch);
+        std::unique_lock<std::mutex> lock(gate_mu);
+        gate_cv.wait(lock, [&] { return open; });  // the first batch runs until the test opens the gate
+      },
+      &clock);
+  std::vector<int> first = {0, 1, 2, 3};
+  b.AddAll(first);  // four at once: nothing was about before, so they run at once as one batch
+  ASSERT_TRUE(r.WaitItems(4));
+  EXPECT_EQ(r.batches[0], (std::vector<int>{0, 1, 2, 3}));
+  for (int i = 4; i < 7; ++i) {  // three arrive 1 ms apart while it runs
+    clock.Advance(1ms);
+    b.Add(i);
+  }
+  {
+    std::lock_guard<std::mutex> lock(gate_mu);
+    open = true;
+  }
+  gate_cv.notify_all();
+  // The next batch expects 4 + 3 = 7 requests; 3 are here, so it waits for the 4 missing ones' arrival
+  // gap (4 x 1 ms from its oldest request) and not an hour, and not less while the clock stands still.
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(b.queued(), 3u) << "closed before the simulated wait was over";
+  clock.Advance(1ms);  // 1 ms short of the wait
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(b.queued(), 3u);
+  clock.Advance(1ms);
+  ASSERT_TRUE(r.WaitItems(7));
+  ASSERT_EQ(r.batches.size(), 2u);
+  EXPECT_EQ(r.batches[1], (std::vector<int>{4, 5, 6}));
 }
 
 TEST(BatcherTest, NeverMoreThanMaxBatchSize) {

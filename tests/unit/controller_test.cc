@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/fake_clock.h"
 #include "common/fake_launcher.h"
 #include "router/router_set.h"
 
@@ -21,10 +22,12 @@ config::Config Parse(const std::string& yaml) {
   return *c;
 }
 
+// `replicas` < 0: no num_replicas (for an autoscaling_config in `extra`).
 std::string App(int replicas, const std::string& args = "{v: 1}", const std::string& extra = "") {
   return "applications:\n  - name: app\n    route_prefix: /app\n    deployments:\n      - name: D\n"
-         "        import_path: builtin:echo\n        health_check_period_s: 0\n        num_replicas: " +
-         std::to_string(replicas) + "\n        args: " + args + "\n" + extra;
+         "        import_path: builtin:echo\n        health_check_period_s: 0\n" +
+         (replicas >= 0 ? "        num_replicas: " + std::to_string(replicas) + "\n" : std::string()) +
+         "        args: " + args + "\n" + extra;
 }
 
 class ControllerTest : public ::testing::Test {
@@ -46,7 +49,7 @@ class ControllerTest : public ::testing::Test {
                                                    fake_ = fake.get();
                                                    return fake;
                                                  },
-                                                 &publisher_, store, {});
+                                                 &publisher_, store, {}, Options());
   }
 
   // Ticks, lets started replicas get ready and pass their first check, ticks again.
@@ -66,6 +69,19 @@ class ControllerTest : public ::testing::Test {
     return r ? r->router->Stats().replicas : -1;
   }
 
+  ControllerOptions Options() {
+    ControllerOptions o;
+    o.clock = &clock_;  // simulated time: it moves only by Advance
+    return o;
+  }
+  // Moves simulated time and ticks, as the controller's timer would.
+  void AdvanceAndTick(std::chrono::milliseconds d) {
+    clock_.Advance(d);
+    controller_->Tick();
+  }
+  int Started() const { return static_cast<int>(fake_->started.size()); }
+
+  testing::FakeClock clock_;
   boost::asio::io_context io_;
   endpoints::LocalPublisher publisher_;
   router::RouterSet routers_{[this] { publisher_.Wake(); }, /*seed=*/7};
@@ -269,6 +285,97 @@ TEST_F(ControllerTest, StateSurvivesARestart) {
   ASSERT_TRUE(controller_->Rollback("app").ok());  // history came back too
   Settle();
   EXPECT_EQ(Routed(), 2);
+}
+
+// Simulated time: backoff, deadlines, drains and autoscaling delays, with the clock the test moves.
+
+TEST_F(ControllerTest, CrashesInARowBackOffFrom100MsDoublingInSimulatedTime) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(1))).ok());
+  Settle();
+  ASSERT_EQ(Started(), 1);
+  fake_->Crash(fake_->started.back().replica_id);
+  controller_->Tick();
+  EXPECT_EQ(Started(), 2) << "the first replacement starts at once";
+  Settle();
+  for (int delay_ms : {100, 200, 400}) {
+    fake_->Crash(fake_->started.back().replica_id);  // crashed again soon after starting: no reset
+    const int before = Started();
+    AdvanceAndTick(std::chrono::milliseconds(delay_ms - 1));
+    EXPECT_EQ(Started(), before) << "started before its " << delay_ms << " ms backoff";
+    AdvanceAndTick(std::chrono::milliseconds(1));
+    EXPECT_EQ(Started(), before + 1) << "not started once its " << delay_ms << " ms backoff passed";
+    Settle();
+  }
+  // A replica that ran over 10 s before it died starts the count again: replaced at once.
+  clock_.Advance(std::chrono::seconds(11));
+  fake_->Crash(fake_->started.back().replica_id);
+  const int before = Started();
+  controller_->Tick();
+  EXPECT_EQ(Started(), before + 1);
+}
+
+TEST_F(ControllerTest, AHealthCheckThatNeverAnswersFailsByItsTimeoutInSimulatedTime) {
+  ASSERT_TRUE(controller_->Apply(Parse(
+      "applications:\n  - name: app\n    route_prefix: /app\n    deployments:\n      - name: D\n"
+      "        import_path: builtin:echo\n        health_check_period_s: 10\n        health_check_timeout_s: 5\n")).ok());
+  Settle();
+  ASSERT_EQ(Routed(), 1);
+  const std::string hung = fake_->started[0].replica_id;
+  fake_->hung.insert(hung);
+  // Checks every 10 s; each waits 5 s for an answer that never comes; the third failure replaces it.
+  for (int failures = 0; failures < 3; ++failures) {
+    AdvanceAndTick(std::chrono::seconds(10));  // the check is sent
+    EXPECT_EQ(Deployment()["health_check_failures"], failures);
+    AdvanceAndTick(std::chrono::milliseconds(4999));
+    EXPECT_EQ(Deployment()["health_check_failures"], failures) << "failed before health_check_timeout_s";
+    AdvanceAndTick(std::chrono::milliseconds(1));
+    EXPECT_EQ(Deployment()["health_check_failures"], failures + 1);
+  }
+  EXPECT_EQ(Routed(), 0);
+  controller_->Tick();  // it drained at once (nothing in flight): stopped
+  EXPECT_THAT(fake_->stopped, ::testing::Contains(hung));
+  EXPECT_THAT(Deployment()["message"].get<std::string>(), HasSubstr("did not answer within health_check_timeout_s"));
+}
+
+TEST_F(ControllerTest, ADrainThatNeverEndsStopsTheReplicaAtGracefulShutdownTimeoutInSimulatedTime) {
+  struct Holder : router::Waiter {
+    void OnAssigned(router::ReplicaLease lease) override { held = std::move(lease); }
+    router::ReplicaLease held;
+  };
+  ASSERT_TRUE(controller_->Apply(Parse(App(1, "{v: 1}", "        graceful_shutdown_timeout_s: 20\n"))).ok());
+  Settle();
+  router::ReplicaLease stuck;  // a request that never finishes
+  ASSERT_EQ(routers_.Find("app/D")->Acquire(std::make_shared<Holder>(), &stuck), router::Router::Result::kAssigned);
+  ASSERT_TRUE(controller_->DeleteAll().ok());
+  controller_->Tick();
+  EXPECT_TRUE(fake_->stopped.empty());
+  AdvanceAndTick(std::chrono::milliseconds(19999));
+  EXPECT_TRUE(fake_->stopped.empty()) << "stopped with a request in flight before graceful_shutdown_timeout_s";
+  AdvanceAndTick(std::chrono::milliseconds(1));
+  EXPECT_EQ(fake_->stopped.size(), 1u);
+}
+
+TEST_F(ControllerTest, AutoscalingWaitsOutUpscaleDelayInSimulatedTime) {
+  struct Holder : router::Waiter {
+    void OnAssigned(router::ReplicaLease lease) override { held = std::move(lease); }
+    router::ReplicaLease held;
+  };
+  ASSERT_TRUE(controller_->Apply(Parse(App(-1, "{v: 1}",
+                                           "        autoscaling_config: {min_replicas: 1, max_replicas: 4, "
+                                           "target_ongoing_requests: 2, upscale_delay_s: 30, metrics_interval_s: 1, "
+                                           "look_back_period_s: 5}\n        max_ongoing_requests: 100\n")))
+                  .ok());
+  Settle();
+  ASSERT_EQ(Routed(), 1);
+  std::vector<router::ReplicaLease> load(8);  // 8 requests on 1 replica, target 2 each: it wants 4
+  for (auto& lease : load)
+    ASSERT_EQ(routers_.Find("app/D")->Acquire(std::make_shared<Holder>(), &lease), router::Router::Result::kAssigned);
+  for (int s = 0; s < 29; ++s) AdvanceAndTick(std::chrono::seconds(1));
+  EXPECT_EQ(Deployment()["target_num_replicas"], 1) << "scaled up before upscale_delay_s";
+  for (int s = 0; s < 3; ++s) AdvanceAndTick(std::chrono::seconds(1));
+  EXPECT_EQ(Deployment()["target_num_replicas"], 4);
+  Settle();
+  EXPECT_EQ(Routed(), 4);
 }
 
 TEST(StateStoreTest, SavesAtomicallyAndLoads) {

@@ -16,7 +16,7 @@
 
 namespace ferry::controller {
 
-using SteadyTime = std::chrono::steady_clock::time_point;
+using SteadyTime = Clock::TimePoint;  // from the controller's Clock
 
 struct Controller::Replica {
   std::string id;

@@ -93,7 +93,7 @@ void Call::OnAssigned(router::ReplicaLease lease) {
 
 void Call::Dispatch(router::ReplicaLease lease) {
   if (series_ && reroutes_ == 0)
-    series_->queue_wait->Observe(std::chrono::duration<double>(Clock::now() - routed_at_).count());
+    series_->queue_wait->Observe(std::chrono::duration<double>(SteadyClock::now() - routed_at_).count());
   lease_ = std::move(lease);
   replica_ = lease_.replica_ptr();
   if (trace_.sampled && reroutes_ == 0) {

@@ -52,7 +52,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // Called by the worker's sweep a few times a second. Idle too long between requests, or too slow sending
   // one: close. Requests being processed have their own deadline in their Call.
-  void CheckDeadline(Clock::time_point now) {
+  void CheckDeadline(SteadyClock::time_point now) {
     if (now < deadline_) return;
     if (phase_ == Phase::kIdle || phase_ == Phase::kReadingHeader || phase_ == Phase::kReadingBody) {
       if (phase_ != Phase::kIdle)
@@ -62,7 +62,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
  private:
-  void SetDeadline(std::chrono::milliseconds after) { deadline_ = Clock::now() + after; }
+  void SetDeadline(std::chrono::milliseconds after) { deadline_ = SteadyClock::now() + after; }
 
   void EnterIdle() {
     phase_ = Phase::kIdle;
@@ -177,14 +177,14 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void OnRequest() {
-    deadline_ = Clock::time_point::max();
+    deadline_ = SteadyClock::time_point::max();
     phase_ = Phase::kProcessing;
     http::request<http::string_body> req = parser_->release();
     parser_.reset();
     std::string_view target(req.target().data(), req.target().size());
     std::string_view path = target.substr(0, target.find('?'));
     request_id_ = RequestIdFrom(req);
-    started_ = Clock::now();
+    started_ = SteadyClock::now();
     series_ = nullptr;  // the proxy's own endpoints and unmatched paths: set on first use below
     worker_.in_flight().fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
@@ -380,7 +380,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void Write(http::response<http::string_body>&& res, bool close) {
     RecordResponse(res.result_int());
-    deadline_ = Clock::time_point::max();
+    deadline_ = SteadyClock::time_point::max();
     phase_ = Phase::kWriting;
     if (close || close_after_response_ || worker_.draining()) close_after_response_ = true;
     res.keep_alive(!close_after_response_);
@@ -416,7 +416,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Seconds since the current request was parsed; none before that.
   std::optional<double> Elapsed() const {
     if (!started_) return std::nullopt;
-    return std::chrono::duration<double>(Clock::now() - *started_).count();
+    return std::chrono::duration<double>(SteadyClock::now() - *started_).count();
   }
 
   // The current request's span and access line, once its outcome (`status`) is known.
@@ -485,7 +485,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   static constexpr size_t kAccessLogBlock = 64 * 1024;
   Worker& worker_;
   tcp::socket socket_;
-  Clock::time_point deadline_ = Clock::time_point::max();
+  SteadyClock::time_point deadline_ = SteadyClock::time_point::max();
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
@@ -497,7 +497,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool close_after_response_ = false;
   bool counted_ = false;
   RouteSeries* series_ = nullptr;             // the current request's, once routed
-  std::optional<Clock::time_point> started_;  // when the current request was parsed
+  std::optional<SteadyClock::time_point> started_;  // when the current request was parsed
   // The current request's access line: written when it is answered.
   bool access_ = false;
   std::string method_, path_;
@@ -513,7 +513,7 @@ void CloseWhenIdle(HttpSession* session) { session->CloseIfIdle(); }
 
 void CloseNow(HttpSession* session) { session->CloseNow(); }
 
-void CheckDeadline(HttpSession* session, Clock::time_point now) { session->CheckDeadline(now); }
+void CheckDeadline(HttpSession* session, SteadyClock::time_point now) { session->CheckDeadline(now); }
 
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id) {
   session.Deliver(result, request_id);

@@ -110,7 +110,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   int reroutes_ = 0;
   bool abandoned_ = false;  // timed out or the client left: never routed again
   RouteSeries* series_;     // null when the proxy keeps no metrics
-  Clock::time_point routed_at_ = Clock::now();
+  SteadyClock::time_point routed_at_ = SteadyClock::now();
   std::shared_ptr<const router::ReplicaEndpoint> replica_;
   tracing::SpanContext trace_;  // the proxy span's; not sampled: no spans
   std::string traceparent_;     // what the replica is sent when traced
@@ -198,7 +198,7 @@ void CloseWhenIdle(HttpSession* session);
 // Closes a session now, abandoning its request.
 void CloseNow(HttpSession* session);
 // Closes a session whose idle, header or body deadline has passed.
-void CheckDeadline(HttpSession* session, Clock::time_point now);
+void CheckDeadline(HttpSession* session, SteadyClock::time_point now);
 // The session's answer to its current request (from its call).
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id);
 

@@ -5,20 +5,22 @@
 // the missing ones are likely to take to arrive (from the recent gap between arrivals), capped by
 // batch_wait_timeout_s. A lone client, whose next request comes only after its answer, is never held
 // waiting for company; a fixed pool of N clients gets batches of N.
+// Time comes from a Clock (its tests run in simulated time).
 // Thread-safe: Add from any thread; batches run on the batcher's own threads.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include "common/clock.h"
+#include "common/mutex.h"
 #include "spec/spec.h"
 
 namespace ferry::replica {
@@ -44,15 +46,16 @@ template <typename Item>
 class Batcher {
  public:
   using RunBatch = std::function<void(std::vector<Item>& batch)>;
-  Batcher(const BatcherOptions& options, RunBatch run) : options_(options), run_(std::move(run)) {
+  Batcher(const BatcherOptions& options, RunBatch run, const Clock* clock = Clock::Real())
+      : options_(options), run_(std::move(run)), clock_(clock) {
     for (int i = 0; i < std::max(1, options_.max_concurrent_batches); ++i) threads_.emplace_back([this] { Loop(); });
   }
   ~Batcher() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       stopping_ = true;
     }
-    cv_.notify_all();
+    cv_.SignalAll();
     for (auto& t : threads_) t.join();
   }
 
@@ -65,10 +68,10 @@ class Batcher {
   // Adds several requests under one lock. Batch threads are woken only when there is something new for
   // them to decide: the first request of a batch (its wait starts) or a full batch.
   void AddAll(std::vector<Item>& items) {
-    auto now = std::chrono::steady_clock::now();
+    auto now = clock_->Now();
     bool wake = false;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       for (Item& item : items) {
         if (last_arrival_) {
           auto gap = now - *last_arrival_;
@@ -82,25 +85,25 @@ class Batcher {
       }
       wake = wake || options_.adaptive;  // the adaptive wait depends on every arrival
     }
-    if (wake) cv_.notify_all();
+    if (wake) cv_.SignalAll();
   }
 
   size_t queued() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return queue_.size();
   }
 
  private:
   struct Waiting {
     Item item;
-    std::chrono::steady_clock::time_point since;
+    Clock::TimePoint since;
   };
 
-  // How long the oldest request may wait for the batch to fill. Caller holds mu_.
+  // How long the oldest request may wait for the batch to fill.
   // Adaptive: the batch is expected to hold as many requests as were about recently (the last batch and
   // what arrived while it ran), so a fixed pool of N clients gets batches of N without waiting for
   // max_batch_size, and a lone client (a batch of 1, nothing arriving meanwhile) never waits.
-  std::chrono::nanoseconds WaitLocked() const {
+  std::chrono::nanoseconds WaitLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!options_.adaptive) return options_.batch_wait_timeout;
     const int64_t expected = std::min<int64_t>(options_.max_batch_size,
                                                static_cast<int64_t>(last_batch_size_ + arrivals_during_last_batch_));
@@ -110,15 +113,15 @@ class Batcher {
   }
 
   void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
     std::vector<Item> batch;
+    mu_.Lock();
     for (;;) {
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping
+      while (!stopping_ && queue_.empty()) cv_.Wait(&mu_);
+      if (queue_.empty()) break;  // stopping
       while (!stopping_ && !queue_.empty() && static_cast<int>(queue_.size()) < options_.max_batch_size) {
         auto deadline = queue_.front().since + WaitLocked();
-        if (std::chrono::steady_clock::now() >= deadline) break;
-        cv_.wait_until(lock, deadline);
+        if (clock_->Now() >= deadline) break;
+        clock_->WaitUntil(&cv_, &mu_, deadline);
       }
       if (queue_.empty()) continue;  // another thread took them
       while (!queue_.empty() && static_cast<int>(batch.size()) < options_.max_batch_size) {
@@ -127,25 +130,27 @@ class Batcher {
       }
       last_batch_size_ = batch.size();
       const uint64_t arrivals_before = arrivals_;
-      lock.unlock();
+      mu_.Unlock();
       run_(batch);
       batch.clear();  // the requests' memory is freed here, not under the lock when the next batch forms
-      lock.lock();
+      mu_.Lock();
       arrivals_during_last_batch_ = arrivals_ - arrivals_before;
     }
+    mu_.Unlock();
   }
 
   const BatcherOptions options_;
   RunBatch run_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Waiting> queue_;                                          // guarded by mu_
-  std::optional<std::chrono::steady_clock::time_point> last_arrival_;  // guarded by mu_
-  std::chrono::steady_clock::duration gap_{0};  // guarded by mu_: moving average between arrivals
-  uint64_t arrivals_ = 0;                       // guarded by mu_
-  uint64_t arrivals_during_last_batch_ = 0;     // guarded by mu_
-  uint64_t last_batch_size_ = 0;                // guarded by mu_
-  bool stopping_ = false;                       // guarded by mu_
+  const Clock* const clock_;
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::deque<Waiting> queue_ ABSL_GUARDED_BY(mu_);
+  std::optional<Clock::TimePoint> last_arrival_ ABSL_GUARDED_BY(mu_);
+  Clock::Duration gap_ ABSL_GUARDED_BY(mu_){0};  // moving average between arrivals
+  uint64_t arrivals_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t arrivals_during_last_batch_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_batch_size_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };
 

@@ -10,18 +10,19 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "common/common.h"
+#include "common/handoff.h"
+#include "common/mutex.h"
+#include "common/unique_fd.h"
 #include "metrics/metrics.h"
 #include "replica/internal/batcher.h"
 #include "tracing/tracing.h"
@@ -83,68 +84,70 @@ struct Task {
 class Connection {
  public:
   Connection(int fd, uint64_t id) : fd_(fd), id_(id) {}
-  ~Connection() { ::close(fd_); }
-  int fd() const { return fd_; }
+  int fd() const { return fd_.get(); }
   uint64_t id() const { return id_; }
   transport::FrameReader& reader() { return reader_; }  // only the thread holding the read event
 
   // Appends a whole frame and makes sure it is written, by this thread or the one already writing.
   void Send(std::string_view frame) {
-    std::unique_lock<std::mutex> lock(write_mu_);
-    if (broken_) return;
-    pending_.append(frame);
-    if (flushing_) return;
+    write_mu_.Lock();
+    if (broken_ || (pending_.append(frame), flushing_)) {
+      write_mu_.Unlock();
+      return;
+    }
     flushing_ = true;
+    std::string writing;  // what this thread writes outside the lock; it alone flushes meanwhile
     while (!pending_.empty() && !broken_) {
-      writing_.swap(pending_);
-      lock.unlock();
-      bool ok = WriteAll(writing_);
-      writing_.clear();
-      lock.lock();
+      writing.swap(pending_);
+      write_mu_.Unlock();
+      bool ok = WriteAll(writing);
+      writing.clear();
+      write_mu_.Lock();
       if (!ok) broken_ = true;
     }
     flushing_ = false;
+    write_mu_.Unlock();
   }
 
   void AddTask(const std::shared_ptr<Task>& task) {
-    std::lock_guard<std::mutex> lock(tasks_mu_);
+    MutexLock lock(&tasks_mu_);
     tasks_[task->stream_id] = task;
   }
   void RemoveTask(uint64_t stream_id) {
-    std::lock_guard<std::mutex> lock(tasks_mu_);
+    MutexLock lock(&tasks_mu_);
     tasks_.erase(stream_id);
   }
   void CancelTask(uint64_t stream_id) {
-    std::lock_guard<std::mutex> lock(tasks_mu_);
+    MutexLock lock(&tasks_mu_);
     auto it = tasks_.find(stream_id);
     if (it != tasks_.end()) it->second->cancelled.store(true);
   }
   // The client is gone: every request it sent is cancelled, and answers to it are dropped.
   void Abandon() {
     {
-      std::lock_guard<std::mutex> lock(write_mu_);
+      MutexLock lock(&write_mu_);
       broken_ = true;
     }
-    std::lock_guard<std::mutex> lock(tasks_mu_);
+    MutexLock lock(&tasks_mu_);
     for (auto& [id, task] : tasks_) task->cancelled.store(true);
     tasks_.clear();
-    ::shutdown(fd_, SHUT_RDWR);
+    ::shutdown(fd_.get(), SHUT_RDWR);
   }
 
  private:
   bool WriteAll(std::string_view data) {
-    auto stuck_since = Clock::now();
+    auto stuck_since = SteadyClock::now();
     while (!data.empty()) {
-      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
       if (n > 0) {
         data.remove_prefix(static_cast<size_t>(n));
-        stuck_since = Clock::now();
+        stuck_since = SteadyClock::now();
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        if (Clock::now() - stuck_since > kStuckWriteLimit) return false;  // the client stopped reading
-        pollfd p{fd_, POLLOUT, 0};
+        if (SteadyClock::now() - stuck_since > kStuckWriteLimit) return false;  // the client stopped reading
+        pollfd p{fd_.get(), POLLOUT, 0};
         ::poll(&p, 1, 100);
         continue;
       }
@@ -153,16 +156,15 @@ class Connection {
     return true;
   }
 
-  const int fd_;
+  const UniqueFd fd_;
   const uint64_t id_;
-  transport::FrameReader reader_;
-  std::mutex write_mu_;
-  std::string pending_;  // guarded by write_mu_
-  std::string writing_;  // owned by the flushing thread
-  bool flushing_ = false;
-  bool broken_ = false;
-  std::mutex tasks_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<Task>> tasks_;  // guarded by tasks_mu_
+  transport::FrameReader reader_;  // the thread holding the read event only (see OnReadable)
+  Mutex write_mu_;
+  std::string pending_ ABSL_GUARDED_BY(write_mu_);
+  bool flushing_ ABSL_GUARDED_BY(write_mu_) = false;  // a thread is writing; others only append
+  bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
+  Mutex tasks_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Task>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
 };
 
 // Runs health checks and reconfigures on their own thread, so they never wait behind requests.
@@ -171,18 +173,18 @@ class ControlThread {
   ControlThread() : thread_([this] { Loop(); }) {}
   ~ControlThread() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       stopping_ = true;
     }
-    cv_.notify_all();
+    cv_.SignalAll();
     thread_.join();
   }
   void Submit(std::function<void()> work) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       work_.push_back(std::move(work));
     }
-    cv_.notify_one();
+    cv_.Signal();
   }
 
  private:
@@ -190,8 +192,8 @@ class ControlThread {
     for (;;) {
       std::function<void()> work;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || !work_.empty(); });
+        MutexLock lock(&mu_);
+        while (!stopping_ && work_.empty()) cv_.Wait(&mu_);
         if (work_.empty()) return;
         work = std::move(work_.front());
         work_.pop_front();
@@ -199,10 +201,10 @@ class ControlThread {
       work();
     }
   }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> work_;
-  bool stopping_ = false;
+  Mutex mu_;
+  CondVar cv_;
+  std::deque<std::function<void()>> work_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 
@@ -239,68 +241,66 @@ class ReplicaServer::Impl {
     }
   }
 
-  ~Impl() {
-    if (listen_fd_ >= 0) ::close(listen_fd_);
-    if (epoll_fd_ >= 0) ::close(epoll_fd_);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
-    if (stop_fd_ >= 0) ::close(stop_fd_);
-  }
+  // The descriptors close with the UniqueFds, after Run joined every worker.
+  ~Impl() = default;
 
   absl::Status Listen(const std::string& path) {
-    epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
-    stop_fd_ = eventfd(0, EFD_CLOEXEC);
-    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (epoll_fd_ < 0 || wake_fd_ < 0 || stop_fd_ < 0 || listen_fd_ < 0)
+    epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+    wake_fd_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE));
+    stop_fd_.reset(eventfd(0, EFD_CLOEXEC));
+    listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!epoll_fd_ || !wake_fd_ || !stop_fd_ || !listen_fd_)
       return absl::InternalError(StrCat("replica set-up: ", std::strerror(errno)));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError(StrCat("socket path too long: ", path));
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     ::unlink(path.c_str());
-    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(listen_fd_, 128) != 0)
+    if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(listen_fd_.get(), 128) != 0)
       return absl::UnavailableError(StrCat("listen on ", path, ": ", std::strerror(errno)));
     socket_path_ = path;
-    Register(listen_fd_, kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
-    Register(wake_fd_, kWakeId, EPOLLIN, EPOLL_CTL_ADD);
+    Register(listen_fd_.get(), kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
+    Register(wake_fd_.get(), kWakeId, EPOLLIN, EPOLL_CTL_ADD);
     return absl::OkStatus();
   }
 
   void Run() {
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       for (int i = 0; i < max_running_ + 1; ++i) workers_.emplace_back([this] { WorkerLoop(); });
     }
     uint64_t value;
-    while (::read(stop_fd_, &value, sizeof(value)) < 0 && errno == EINTR) {
+    while (::read(stop_fd_.get(), &value, sizeof(value)) < 0 && errno == EINTR) {
     }
     FERRY_LOG(kInfo, "replica", "draining ", ongoing_.load(), " ongoing requests");
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+    // Stop accepting. The listener stays open (a worker may be in accept4 on it right now) until the
+    // workers are joined; unlinked, it gets no new client, and a worker that re-arms it finds it gone.
+    accepting_.store(false);
+    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
     ::unlink(socket_path_.c_str());
     auto deadline =
-        Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
-    while (ongoing_.load() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        SteadyClock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
+    while (ongoing_.load() > 0 && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     if (ongoing_.load() > 0)
       FERRY_LOG(kWarning, "replica", "graceful_shutdown_timeout_s passed with ", ongoing_.load(), " requests ongoing");
     std::vector<std::thread> workers;
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       stopping_.store(true);
       workers.swap(workers_);
     }
     uint64_t all = workers.size();
-    ssize_t n = ::write(wake_fd_, &all, sizeof(all));
+    ssize_t n = ::write(wake_fd_.get(), &all, sizeof(all));
     (void)n;
     for (auto& t : workers) t.join();
-    std::lock_guard<std::mutex> lock(connections_mu_);
+    MutexLock lock(&connections_mu_);
     connections_.clear();
   }
 
   void RequestStop() {
     uint64_t one = 1;
-    ssize_t n = ::write(stop_fd_, &one, sizeof(one));
+    ssize_t n = ::write(stop_fd_.get(), &one, sizeof(one));
     (void)n;
   }
 
@@ -312,7 +312,7 @@ class ReplicaServer::Impl {
     epoll_event ev{};
     ev.events = events;
     ev.data.u64 = id;
-    epoll_ctl(epoll_fd_, op, fd, &ev);
+    epoll_ctl(epoll_fd_.get(), op, fd, &ev);
   }
 
   void WorkerLoop() {
@@ -322,17 +322,20 @@ class ReplicaServer::Impl {
         RunTask(*task);
         continue;
       }
-      int n = epoll_wait(epoll_fd_, &ev, 1, -1);
+      int n = epoll_wait(epoll_fd_.get(), &ev, 1, -1);
       if (n <= 0) continue;
       if (ev.data.u64 == kWakeId) {
         uint64_t value;
-        ssize_t r = ::read(wake_fd_, &value, sizeof(value));  // semaphore: takes one token
+        ssize_t r = ::read(wake_fd_.get(), &value, sizeof(value));  // semaphore: takes one token
         (void)r;
       } else if (ev.data.u64 == kListenId) {
         AcceptAll();
       } else {
         std::shared_ptr<Connection> c = Find(ev.data.u64);
-        if (c) OnReadable(c, ev.events);
+        if (c) {
+          HandOff::Acquire(c.get());  // the reader is this thread's now (see OnReadable's re-arm)
+          OnReadable(c, ev.events);
+        }
       }
     }
   }
@@ -340,7 +343,7 @@ class ReplicaServer::Impl {
   // A queued task, if one may start now. At most max_running_ tasks run at once, so with one thread more
   // than that, some thread is always free to read frames (cancels above all).
   std::shared_ptr<Task> PopTask() {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (queue_.empty() || running_ >= max_running_) return nullptr;
     ++running_;
     std::shared_ptr<Task> t = std::move(queue_.front());
@@ -349,7 +352,7 @@ class ReplicaServer::Impl {
   }
 
   bool TryStartInline() {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     if (running_ >= max_running_ || !queue_.empty()) return false;
     ++running_;
     return true;
@@ -361,40 +364,40 @@ class ReplicaServer::Impl {
   void PushTasks(std::vector<std::shared_ptr<Task>>& tasks, size_t from) {
     if (from >= tasks.size()) return;
     {
-      std::lock_guard<std::mutex> lock(queue_mu_);
+      MutexLock lock(&queue_mu_);
       for (size_t i = from; i < tasks.size(); ++i) queue_.push_back(std::move(tasks[i]));
     }
     if (handle_ns_.load(std::memory_order_relaxed) < kInlineBelow.count()) return;
     uint64_t count = tasks.size() - from;
-    ssize_t n = ::write(wake_fd_, &count, sizeof(count));
+    ssize_t n = ::write(wake_fd_.get(), &count, sizeof(count));
     (void)n;
   }
 
   void AcceptAll() {
     for (;;) {
-      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) break;
       auto c = std::make_shared<Connection>(fd, next_id_.fetch_add(1));
       {
-        std::lock_guard<std::mutex> lock(connections_mu_);
+        MutexLock lock(&connections_mu_);
         connections_[c->id()] = c;
       }
       Register(fd, c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_ADD);
     }
-    if (listen_fd_ >= 0 && !stopping_.load()) Register(listen_fd_, kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
+    if (accepting_.load()) Register(listen_fd_.get(), kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
   }
 
   std::shared_ptr<Connection> Find(uint64_t id) {
-    std::lock_guard<std::mutex> lock(connections_mu_);
+    MutexLock lock(&connections_mu_);
     auto it = connections_.find(id);
     return it == connections_.end() ? nullptr : it->second;
   }
 
   void Drop(const std::shared_ptr<Connection>& c, std::string_view why) {
     FERRY_LOG(kDebug, "replica", "client connection closed: ", why);
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c->fd(), nullptr);
+    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd(), nullptr);
     c->Abandon();
-    std::lock_guard<std::mutex> lock(connections_mu_);
+    MutexLock lock(&connections_mu_);
     connections_.erase(c->id());
   }
 
@@ -435,6 +438,8 @@ class ReplicaServer::Impl {
       Drop(c, "peer closed the connection");
       return;
     }
+    // Re-armed, the connection's next read event may go to another thread: this one is done with the reader.
+    HandOff::Release(c.get());
     Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
     if (tasks.empty()) return;
     if (batcher_) {
@@ -612,7 +617,7 @@ class ReplicaServer::Impl {
 
   // More threads when the limit grows; a lower limit just lets fewer run.
   void SetMaxRunning(int n) {
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     max_running_ = n;
     while (static_cast<int>(workers_.size()) < n + 1 && !stopping_.load())
       workers_.emplace_back([this] { WorkerLoop(); });
@@ -638,7 +643,7 @@ class ReplicaServer::Impl {
     }
     if (live.empty()) return;
     std::vector<FerryResponseSink> responses;
-    auto start = Clock::now();
+    auto start = SteadyClock::now();
     const bool traced = std::any_of(live.begin(), live.end(), [](Task* t) { return t->trace != nullptr; });
     const int64_t user_start = traced ? tracing::UnixNanos() : 0;
     host_.HandleBatch(requests, cancelled, prepared, &responses);
@@ -648,7 +653,7 @@ class ReplicaServer::Impl {
         if (t->trace) t->trace->user_start_ns = user_start, t->trace->user_end_ns = user_end;
     }
     // Every request of a batch took the batch's time.
-    double took = std::chrono::duration<double>(Clock::now() - start).count();
+    double took = std::chrono::duration<double>(SteadyClock::now() - start).count();
     for (size_t i = 0; i < live.size(); ++i) processing_.Observe(took);
     batch_size_.Observe(static_cast<double>(live.size()));
     // A batch's answers leave together: one write per connection, not one per request.
@@ -693,18 +698,18 @@ class ReplicaServer::Impl {
       response.status = 499;
       response.body = R"({"error": "request cancelled before it started"})";
     } else {
-      auto start = Clock::now();
+      auto start = SteadyClock::now();
       if (task.trace) task.trace->user_start_ns = tracing::UnixNanos();
       host_.Handle(task.request, task.cancelled, &response);
       if (task.trace) task.trace->user_end_ns = tracing::UnixNanos();
       // Moving average of handle() time, 1/8 weight to the newest.
-      int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+      int64_t took = std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - start).count();
       processing_.Observe(static_cast<double>(took) / 1e9);
       int64_t avg = handle_ns_.load(std::memory_order_relaxed);
       handle_ns_.store(avg + (took - avg) / 8, std::memory_order_relaxed);
     }
     Complete(task, response);
-    std::lock_guard<std::mutex> lock(queue_mu_);
+    MutexLock lock(&queue_mu_);
     --running_;
   }
 
@@ -722,10 +727,12 @@ class ReplicaServer::Impl {
   metrics::Histogram processing_{metrics::LatencyBucketsSeconds()};
   metrics::Histogram batch_size_{metrics::BatchSizeBuckets()};
 
-  int epoll_fd_ = -1;
-  int listen_fd_ = -1;
-  int wake_fd_ = -1;
-  int stop_fd_ = -1;
+  // Set in Listen, before the workers start; read-only while they run.
+  UniqueFd epoll_fd_;
+  UniqueFd listen_fd_;
+  UniqueFd wake_fd_;
+  UniqueFd stop_fd_;
+  std::atomic<bool> accepting_{true};
   std::string socket_path_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint32_t> ongoing_{0};
@@ -733,13 +740,13 @@ class ReplicaServer::Impl {
   std::atomic<int64_t> handle_ns_{1'000'000};
   std::atomic<uint64_t> total_{0};
   std::atomic<uint64_t> next_id_{kFirstConnectionId};
-  std::mutex connections_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_;  // guarded by connections_mu_
-  std::mutex queue_mu_;
-  std::deque<std::shared_ptr<Task>> queue_;  // guarded by queue_mu_
-  int running_ = 0;                          // guarded by queue_mu_
-  int max_running_;                          // guarded by queue_mu_
-  std::vector<std::thread> workers_;         // guarded by queue_mu_
+  Mutex connections_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections_ ABSL_GUARDED_BY(connections_mu_);
+  Mutex queue_mu_;
+  std::deque<std::shared_ptr<Task>> queue_ ABSL_GUARDED_BY(queue_mu_);
+  int running_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  int max_running_ ABSL_GUARDED_BY(queue_mu_);
+  std::vector<std::thread> workers_ ABSL_GUARDED_BY(queue_mu_);
   ControlThread control_;
   // Last: destroyed first, so no batch runs while the rest goes away.
   std::unique_ptr<Batcher<std::shared_ptr<Task>>> batcher_;
