@@ -63,6 +63,51 @@ typedef struct FerryRequest {
   void* prepared;
 } FerryRequest;
 
+/* Tensor element types (the Open Inference Protocol's datatypes). */
+enum {
+  FERRY_TYPE_BOOL = 0,
+  FERRY_TYPE_UINT8 = 1,
+  FERRY_TYPE_UINT16 = 2,
+  FERRY_TYPE_UINT32 = 3,
+  FERRY_TYPE_UINT64 = 4,
+  FERRY_TYPE_INT8 = 5,
+  FERRY_TYPE_INT16 = 6,
+  FERRY_TYPE_INT32 = 7,
+  FERRY_TYPE_INT64 = 8,
+  FERRY_TYPE_FP16 = 9,
+  FERRY_TYPE_FP32 = 10,
+  FERRY_TYPE_FP64 = 11,
+  FERRY_TYPE_BYTES = 12
+};
+
+/* A borrowed tensor. OWNERSHIP: whoever passes it owns everything it points to, for the call only.
+ * `data`: for fixed-size types the elements, row-major, little-endian (element count x element size
+ * bytes); for BYTES each element as a 4-byte little-endian length followed by its bytes (the layout of
+ * the protocol's binary tensor extension). */
+typedef struct FerryTensor {
+  FerryString name;
+  uint32_t datatype; /* FERRY_TYPE_* */
+  const int64_t* shape;
+  size_t rank;
+  FerryString data;
+} FerryTensor;
+
+/* One infer request, parsed by the host and checked against the model's metadata (names, datatypes,
+ * shapes, element counts) before the model sees it. OWNERSHIP: the host's, valid until infer() returns. */
+typedef struct FerryInferRequest {
+  size_t struct_size;
+  const FerryRequest* http;   /* the HTTP request it came in: headers, request id, is_cancelled */
+  FerryString id;             /* the request's "id" (the host echoes it) */
+  FerryString parameters;     /* the request's "parameters" object as JSON; empty when absent */
+  const FerryTensor* inputs;  /* in the order the client sent them */
+  size_t num_inputs;
+  const FerryString* outputs; /* the output names asked for; none: all */
+  size_t num_outputs;
+} FerryInferRequest;
+
+/* Where a model writes one request's answer. Opaque; written only through FerryHostApi. */
+typedef struct FerryInferSink FerryInferSink;
+
 /* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
 typedef struct FerryResponseSink FerryResponseSink;
 /* Where a plugin writes an error message. Opaque; written only through FerryHostApi. */
@@ -82,6 +127,14 @@ typedef struct FerryHostApi {
    * logging_config; lines below its log_level are dropped. Any thread. Added after version 1's first
    * tables: read it only when struct_size covers it. */
   void (*log)(int level, FerryString message);
+  /* The tensor entry (models). Added after version 1's first tables: read them only when struct_size
+   * covers them. Each copies what it is given.
+   * add_output: appends an output tensor to one request's answer.
+   * set_infer_parameters: the answer's "parameters" (a JSON object).
+   * fail_infer: answers this request alone with `status` (400-599) and `message`. */
+  void (*add_output)(FerryInferSink* sink, const FerryTensor* tensor);
+  void (*set_infer_parameters)(FerryInferSink* sink, FerryString parameters_json);
+  void (*fail_infer)(FerryInferSink* sink, int status, FerryString message);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */
@@ -124,6 +177,16 @@ typedef struct FerryDeploymentApi {
   int (*prepare)(void* instance, const FerryRequest* request, void** state, FerryErrorSink* error);
   /* Frees what prepare() returned. Any thread, once per successful prepare(). */
   void (*release)(void* instance, void* state);
+  /* The tensor entry: set by models, NULL otherwise. Added after version 1's first tables: read them
+   * only when struct_size covers them. A table with `infer` may leave handle, handle_batch and prepare
+   * NULL: the host parses the Open Inference Protocol and calls infer() with tensors instead.
+   * model_metadata: writes the model's metadata as JSON ({"name", "versions", "platform", "inputs":
+   * [{"name", "datatype", "shape"}], "outputs": [...]}) as the body of `out`; called once after create().
+   * infer: answers `count` requests (one, or a batch when the config has `batching`) through sinks[i];
+   * FERRY_ERROR fails them all with the message. Runs on up to max_ongoing_requests threads at once. */
+  int (*model_metadata)(void* instance, FerryResponseSink* out, FerryErrorSink* error);
+  int (*infer)(void* instance, const FerryInferRequest* const* requests, size_t count, FerryInferSink* const* sinks,
+               FerryErrorSink* error);
 } FerryDeploymentApi;
 
 typedef const FerryDeploymentApi* (*FerryDeploymentEntry)(void);

@@ -15,7 +15,9 @@
 //   FERRY_DEPLOYMENT(Classifier)
 //
 // This layer is header-only and compiled into the plugin; it talks to the host through the C ABI in
-// <ferry/abi.h>, so a plugin does not depend on how ferry itself was built. Exceptions thrown by user
+// <ferry/abi.h> (the adapter is <ferry/internal/deployment_api.h>), so a plugin does not depend on how
+// ferry itself was built. A model (typed tensors, the Open Inference Protocol) subclasses ferry::Model
+// from <ferry/model.h> instead. Exceptions thrown by user
 // code are caught here and become errors: from the constructor, a failed deployment whose message is
 // the exception's text; from handle(), an HTTP 500 carrying the text.
 #pragma once
@@ -162,128 +164,12 @@ class Deployment {
   }
 };
 
-namespace internal {
+}  // namespace ferry
 
-inline void SetError(const FerryHostApi* host, FerryErrorSink* sink, std::string_view message) {
-  if (host && sink) host->set_error(sink, FerryString{message.data(), message.size()});
-}
+// How a class becomes the C table of <ferry/abi.h>: FERRY_DEPLOYMENT's machinery.
+#include <ferry/internal/deployment_api.h>
 
-inline const FerryHostApi*& Host() {
-  static const FerryHostApi* host = nullptr;
-  return host;
-}
-
-template <typename T, typename = void>
-struct OverridesReconfigure : std::false_type {};
-template <typename T>
-struct OverridesReconfigure<T, std::void_t<decltype(&T::reconfigure)>>
-    : std::bool_constant<!std::is_same_v<decltype(&T::reconfigure), decltype(&Deployment::reconfigure)>> {};
-template <typename T, typename = void>
-struct OverridesHandleBatch : std::false_type {};
-template <typename T>
-struct OverridesHandleBatch<T, std::void_t<decltype(&T::handle_batch)>>
-    : std::bool_constant<!std::is_same_v<decltype(&T::handle_batch), decltype(&Deployment::handle_batch)>> {};
-template <typename T, typename = void>
-struct OverridesPrepare : std::false_type {};
-template <typename T>
-struct OverridesPrepare<T, std::void_t<decltype(&T::prepare)>>
-    : std::bool_constant<!std::is_same_v<decltype(&T::prepare), decltype(&Deployment::prepare)>> {};
-template <typename T, typename = void>
-struct OverridesCheckHealth : std::false_type {};
-template <typename T>
-struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
-    : std::bool_constant<!std::is_same_v<decltype(&T::check_health), decltype(&Deployment::check_health)>> {};
-
-inline void Emit(const Response& r, FerryResponseSink* sink) {
-  const FerryHostApi* host = Host();
-  host->set_status(sink, r.status);
-  for (const auto& [k, v] : r.headers)
-    host->add_header(sink, FerryString{k.data(), k.size()}, FerryString{v.data(), v.size()});
-  host->set_body(sink, FerryString{r.body.data(), r.body.size()});
-}
-
-// Runs `body`, turning any exception into FERRY_ERROR with its text.
-template <typename F>
-int Guard(FerryErrorSink* error, F&& body) {
-  try {
-    body();
-    return FERRY_OK;
-  } catch (const std::exception& e) {
-    SetError(Host(), error, e.what());
-  } catch (...) {
-    SetError(Host(), error, "unknown exception");
-  }
-  return FERRY_ERROR;
-}
-
-template <typename T>
-const FerryDeploymentApi* ApiFor(const char* name) {
-  static_assert(std::is_base_of_v<Deployment, T>, "FERRY_DEPLOYMENT needs a ferry::Deployment subclass");
-  static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
-  static const FerryDeploymentApi api = [name] {
-    FerryDeploymentApi a{};
-    a.struct_size = sizeof(FerryDeploymentApi);
-    a.abi_version = FERRY_ABI_VERSION;
-    a.name = name;
-    a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
-      Host() = host;
-      return Guard(error, [&] {
-        std::string_view text(args_json.data, args_json.size);
-        Json args = text.empty() ? Json::object() : Json::parse(text);
-        *instance = new T(Args(std::move(args)));
-      });
-    };
-    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
-    a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
-      return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
-    };
-    if constexpr (OverridesHandleBatch<T>::value) {
-      a.handle_batch = [](void* instance, const FerryRequest* const* requests, size_t count,
-                          FerryResponseSink* const* sinks, FerryErrorSink* error) {
-        return Guard(error, [&] {
-          std::vector<Request> batch;
-          batch.reserve(count);
-          for (size_t i = 0; i < count; ++i) batch.emplace_back(requests[i]);
-          std::vector<Response> out = static_cast<T*>(instance)->handle_batch(std::span<const Request>(batch));
-          if (out.size() != count)
-            throw std::length_error("handle_batch returned " + std::to_string(out.size()) + " responses for " +
-                                    std::to_string(count) + " requests");
-          for (size_t i = 0; i < count; ++i) Emit(out[i], sinks[i]);
-        });
-      };
-    }
-    if constexpr (OverridesPrepare<T>::value) {
-      a.prepare = [](void* instance, const FerryRequest* request, void** state, FerryErrorSink* error) {
-        return Guard(error, [&] { *state = new std::any(static_cast<T*>(instance)->prepare(Request(request))); });
-      };
-      a.release = [](void*, void* state) { delete static_cast<std::any*>(state); };
-    }
-    if constexpr (OverridesReconfigure<T>::value) {
-      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
-        return Guard(error, [&] {
-          std::string_view text(config.data, config.size);
-          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
-        });
-      };
-    }
-    if constexpr (OverridesCheckHealth<T>::value) {
-      a.check_health = [](void* instance, FerryErrorSink* error) {
-        int rc = FERRY_ERROR;
-        int guard = Guard(error, [&] {
-          if (static_cast<T*>(instance)->check_health())
-            rc = FERRY_OK;
-          else
-            SetError(Host(), error, "check_health returned false");
-        });
-        return guard == FERRY_OK ? rc : FERRY_ERROR;
-      };
-    }
-    return a;
-  }();
-  return &api;
-}
-
-}  // namespace internal
+namespace ferry {
 
 // Logging from deployment code. A line goes to the replica's log with the replica's id (and, inside
 // handle(), the request's id), in the encoding of the deployment's logging_config; lines below its
@@ -307,7 +193,8 @@ inline void Error(std::string_view message) { Write(FERRY_LOG_ERROR, message); }
 }  // namespace log
 }  // namespace ferry
 
-// Exports `Class` as a deployment named `Class` (import_path: libx.so:Class).
+// Exports `Class` (a ferry::Deployment or a ferry::Model) as a deployment named `Class`
+// (import_path: libx.so:Class).
 #define FERRY_DEPLOYMENT(Class)                                                  \
   extern "C" FERRY_EXPORT const FerryDeploymentApi* ferry_deployment_##Class() { \
     return ::ferry::internal::ApiFor<Class>(#Class);                             \

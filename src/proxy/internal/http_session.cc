@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "common/common.h"
+#include "inference/oip.h"
 #include "proxy/internal/proxy_internal.h"
 
 namespace ferry::proxy {
@@ -323,18 +324,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                           false);
       return answer({{"ready", true}});
     }
-    static constexpr std::string_view kModels = "/v2/models/";
-    if (path.rfind(kModels, 0) != 0 || path.size() == kModels.size())
+    std::optional<oip::ModelPath> model_path = oip::ParseModelPath(path);
+    if (!model_path)
       return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
-    std::string_view rest = path.substr(kModels.size());
-    std::string_view name = rest.substr(0, rest.find('/'));
-    rest.remove_prefix(name.size());
-    std::string_view version;
-    if (rest.rfind("/versions/", 0) == 0) {
-      rest.remove_prefix(std::string_view("/versions/").size());
-      version = rest.substr(0, rest.find('/'));
-      rest.remove_prefix(version.size());
-    }
+    const std::string_view name = model_path->name, version = model_path->version, rest = model_path->rest;
     const router::ModelRoute* model = table->FindModel(name);
     if (!model) return WriteError(http::status::not_found, ferry::StrCat("unknown model '", name, "'"), false);
     if (!version.empty() && version != model->version)

@@ -35,8 +35,19 @@ void HostLog(int level, FerryString message) {
     Log::Write(l, "user", text, {{"request_id", t_request_id}});
 }
 
-const FerryHostApi kHostApi = {
-    sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError, &HostLog};
+const FerryHostApi kHostApi = {sizeof(FerryHostApi),
+                                FERRY_ABI_VERSION,
+                                &SetStatus,
+                                &AddHeader,
+                                &SetBody,
+                                &SetError,
+                                &HostLog,
+                                &ModelHost::AddOutput,
+                                &ModelHost::SetInferParameters,
+                                &ModelHost::FailInfer};
+
+// Whether the plugin's table is long enough to hold `field` (tables grow by appending).
+#define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
 
 FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
 
@@ -74,6 +85,8 @@ std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
 
 }  // namespace
 
+const FerryHostApi* HostApi() { return &kHostApi; }
+
 absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const ReplicaSpec& spec) {
   const FerryDeploymentApi* api = nullptr;
   void* library = nullptr;
@@ -91,8 +104,10 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
     }
     api = entry();
   }
+  // A model (the tensor entry) needs no handle(): the host calls infer() with tensors instead.
+  const bool model = api && api->abi_version == FERRY_ABI_VERSION && FERRY_HAS(api, infer) && api->infer;
   if (!api || api->abi_version != FERRY_ABI_VERSION || api->struct_size < offsetof(FerryDeploymentApi, handle_batch) ||
-      !api->create || !api->destroy || !api->handle) {
+      !api->create || !api->destroy || (!api->handle && !model)) {
     if (library) dlclose(library);
     return absl::FailedPreconditionError(ferry::StrCat("deployment ", spec.symbol, " was built for ferry ABI version ",
                                                        api ? api->abi_version : 0, ", this ferry speaks ",
@@ -104,6 +119,11 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
   if (api->create(&kHostApi, Str(args), &host->instance_, &error) != FERRY_OK) {
     return absl::FailedPreconditionError(
         ferry::StrCat("constructor of ", spec.deployment, " failed: ", ErrorText(error, "no message")));
+  }
+  if (model) {
+    absl::StatusOr<std::unique_ptr<ModelHost>> m = ModelHost::Create(api, host->instance_, spec.deployment);
+    if (!m.ok()) return m.status();
+    host->model_ = std::move(*m);
   }
   if (!spec.user_config.is_null()) {
     absl::Status s = host->Reconfigure(spec.user_config.dump());
@@ -134,6 +154,17 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   CancelContext context;
   FerryRequest raw;
   FillRequest(request, cancelled, headers, context, raw);
+  if (model_) {
+    std::unique_ptr<ModelHost::Prepared> p = model_->Prepare(request);
+    if (p->answer) {
+      *response = std::move(*p->answer);
+      return;
+    }
+    t_request_id = request.request_id;
+    model_->Run({p.get()}, {&raw}, {response});
+    t_request_id = {};
+    return;
+  }
   FerryErrorSink error;
   t_request_id = request.request_id;
   const int rc = api_->handle(instance_, &raw, response, &error);
@@ -150,6 +181,7 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
 }
 
 void* DeploymentHost::Prepare(const transport::RequestMessage& request, const std::atomic<bool>& cancelled) {
+  if (model_) return model_->Prepare(request).release();
   if (!prepare_) return nullptr;
   thread_local std::vector<FerryHeader> headers;
   CancelContext context;
@@ -167,7 +199,11 @@ void* DeploymentHost::Prepare(const transport::RequestMessage& request, const st
 }
 
 void DeploymentHost::Release(void* state) {
-  if (state) release_(instance_, state);
+  if (!state) return;
+  if (model_)
+    delete static_cast<ModelHost::Prepared*>(state);
+  else
+    release_(instance_, state);
 }
 
 void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessage*>& requests,
@@ -182,9 +218,30 @@ void DeploymentHost::HandleBatch(const std::vector<const transport::RequestMessa
   std::vector<FerryResponseSink*> sinks(n);
   for (size_t i = 0; i < n; ++i) {
     FillRequest(*requests[i], *cancelled[i], headers[i], contexts[i], raw[i]);
-    if (!prepared.empty()) raw[i].prepared = prepared[i];
+    if (!prepared.empty() && !model_) raw[i].prepared = prepared[i];
     raw_ptrs[i] = &raw[i];
     sinks[i] = &(*responses)[i];
+  }
+  if (model_) {
+    // Each request was parsed and checked as it arrived (or is now); those answered already (metadata,
+    // a bad body) leave the batch, the rest run in one infer() call.
+    std::vector<std::unique_ptr<ModelHost::Prepared>> made_now;
+    std::vector<ModelHost::Prepared*> runnable;
+    std::vector<const FerryRequest*> http;
+    std::vector<FerryResponseSink*> out;
+    for (size_t i = 0; i < n; ++i) {
+      auto* p = prepared.empty() || !prepared[i] ? nullptr : static_cast<ModelHost::Prepared*>(prepared[i]);
+      if (!p) p = made_now.emplace_back(model_->Prepare(*requests[i])).get();
+      if (p->answer) {
+        (*responses)[i] = std::move(*p->answer);
+        continue;
+      }
+      runnable.push_back(p);
+      http.push_back(raw_ptrs[i]);
+      out.push_back(sinks[i]);
+    }
+    if (!runnable.empty()) model_->Run(runnable, http, out);
+    return;
   }
   FerryErrorSink error;
   if (handle_batch_(instance_, raw_ptrs.data(), n, sinks.data(), &error) == FERRY_OK) return;

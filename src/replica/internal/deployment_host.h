@@ -10,20 +10,14 @@
 #include <string>
 #include <vector>
 
+#include "replica/internal/model_host.h"
 #include "replica/replica.h"
 #include "transport/frame.h"
 
-struct FerryResponseSink {
-  int status = 200;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-};
-
-struct FerryErrorSink {
-  std::string message;
-};
-
 namespace ferry::replica {
+
+// The functions the replica host offers deployments (FerryHostApi), as every deployment it creates gets them.
+const FerryHostApi* HostApi();
 
 class DeploymentHost {
  public:
@@ -35,10 +29,13 @@ class DeploymentHost {
   // Runs handle(). A plugin error becomes 500 with the message in a JSON body.
   void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
               FerryResponseSink* response);
-  // True when the deployment has handle_batch.
-  bool can_batch() const { return handle_batch_ != nullptr; }
-  // True when the deployment has prepare() (per-request work before its batch).
-  bool can_prepare() const { return prepare_ != nullptr; }
+  // True when the deployment has handle_batch, or is a model (the tensor entry takes batches).
+  bool can_batch() const { return handle_batch_ != nullptr || model_ != nullptr; }
+  // True when the deployment has prepare() (per-request work before its batch), or is a model (the
+  // host parses and checks each request as it arrives).
+  bool can_prepare() const { return prepare_ != nullptr || model_ != nullptr; }
+  // True when it is served through the tensor entry (a ferry::Model built with this SDK).
+  bool is_model() const { return model_ != nullptr; }
   // Runs prepare() on a request that just arrived: its state for HandleBatch, to be given back to
   // Release() once the request is answered; null when prepare() failed (logged) or there is none.
   void* Prepare(const transport::RequestMessage& request, const std::atomic<bool>& cancelled);
@@ -60,6 +57,7 @@ class DeploymentHost {
   decltype(FerryDeploymentApi::release) release_ = nullptr;
   void* library_;  // dlopen handle, or nullptr for built-ins
   void* instance_ = nullptr;
+  std::unique_ptr<ModelHost> model_;  // set for a model: the host speaks the protocol
 };
 
 }  // namespace ferry::replica

@@ -17,7 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <ferry/inference.h>
+#include <ferry/model.h>
 #include <string>
 #include <vector>
 
@@ -106,8 +106,8 @@ class TorchScript : public Model {
         throw std::invalid_argument("model " + path_ + ": its ferry.json extra file is not a JSON object");
     }
     auto specs = [&](const char* key) -> std::vector<TensorSpec> {
-      if (args.has(key)) return oip::SpecsFromJson(args.json().at(key), std::string("args.") + key);
-      if (embedded.contains(key)) return oip::SpecsFromJson(embedded[key], path_ + " ferry.json " + key);
+      if (args.has(key)) return SpecsFromJson(args.json().at(key), std::string("args.") + key);
+      if (embedded.contains(key)) return SpecsFromJson(embedded[key], path_ + " ferry.json " + key);
       return {};
     };
     inputs_ = specs("inputs");

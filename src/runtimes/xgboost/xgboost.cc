@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <ferry/inference.h>
+#include <ferry/model.h>
 #include <string>
 #include <vector>
 
@@ -47,12 +47,12 @@ class XGBoost : public Model {
     Shape output{-1};
     if (out_shape.size() > 1) output.insert(output.end(), out_shape.begin() + 1, out_shape.end());
     inputs_ = args.has("inputs")
-                  ? oip::SpecsFromJson(args.json().at("inputs"), "args.inputs")
+                  ? SpecsFromJson(args.json().at("inputs"), "args.inputs")
                   : std::vector<TensorSpec>{
                         {args.get<std::string>("input_name", "input__0"), DataType::kFp32, {-1, features_}}};
     outputs_ =
         args.has("outputs")
-            ? oip::SpecsFromJson(args.json().at("outputs"), "args.outputs")
+            ? SpecsFromJson(args.json().at("outputs"), "args.outputs")
             : std::vector<TensorSpec>{{args.get<std::string>("output_name", "output__0"), DataType::kFp32, output}};
     if (inputs_.size() != 1 || inputs_[0].datatype != DataType::kFp32 || inputs_[0].shape.size() != 2 ||
         (inputs_[0].shape[1] != features_ && inputs_[0].shape[1] != -1))

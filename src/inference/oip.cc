@@ -1,356 +1,19 @@
-// Ferry's model SDK: tensors and the Open Inference Protocol (V2) for C++ deployments.
-//
-// Subclass ferry::Model instead of ferry::Deployment and work with typed tensors; the SDK speaks the
-// protocol: it parses and validates `POST .../infer` bodies (JSON tensors, and the binary tensor
-// extension Triton's clients use), answers metadata requests, and writes the response. A model that also
-// overrides infer_batch() receives a batch's requests in one call when the config has `batching`.
-//
-//   class Doubler : public ferry::Model {
-//    public:
-//     explicit Doubler(const ferry::Args& args) {}
-//     ferry::ModelMetadata metadata() const override {
-//       return {.inputs = {{"x", ferry::DataType::kFp32, {-1}}}, .outputs = {{"y", ferry::DataType::kFp32, {-1}}}};
-//     }
-//     ferry::InferResponse infer(const ferry::InferRequest& req) override {
-//       const ferry::Tensor& x = req.input("x");
-//       ferry::Tensor y("y", ferry::DataType::kFp32, x.shape());
-//       for (int64_t i = 0; i < x.size(); ++i) y.mutable_data<float>()[i] = 2 * x.data<float>()[i];
-//       return {.outputs = {std::move(y)}};
-//     }
-//   };
-//   FERRY_DEPLOYMENT(Doubler)
-//
-// A model is reached at /v2/models/{model_name}/infer (and at its application's route_prefix: POST infers,
-// GET answers the metadata). Requests are checked against metadata() before infer() runs: names, datatypes,
-// shapes (-1 matches any size) and element counts; each mismatch is a 400 naming the tensor.
-#pragma once
+// The Open Inference Protocol (V2) codec, host side: see oip.h.
+// The parser reads tensor data straight from the JSON text into typed storage (no document tree, no
+// strtod); the small parts (shape, parameters, outputs) go to nlohmann as text slices. Inside this file a
+// malformed body unwinds the recursive descent with InferError; it never leaves the file: the API turns
+// it into a status.
+#include "inference/oip.h"
 
-#include <bit>
 #include <charconv>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
-#include <ferry/deployment.h>
 #include <limits>
-#include <mutex>
-#include <optional>
-#include <span>
-#include <stdexcept>
-#include <string>
-#include <string_view>
-#include <type_traits>
-#include <vector>
 
-namespace ferry {
+#include "common/common.h"
 
-// The protocol's tensor element types.
-enum class DataType : uint8_t {
-  kBool,
-  kUint8,
-  kUint16,
-  kUint32,
-  kUint64,
-  kInt8,
-  kInt16,
-  kInt32,
-  kInt64,
-  kFp16,
-  kFp32,
-  kFp64,
-  kBytes
-};
-
-inline std::string_view DataTypeName(DataType t) {
-  static constexpr std::string_view kNames[] = {"BOOL",  "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
-                                                "INT32", "INT64", "FP16",   "FP32",   "FP64",   "BYTES"};
-  return kNames[static_cast<size_t>(t)];
-}
-
-inline std::optional<DataType> ParseDataType(std::string_view name) {
-  for (uint8_t i = 0; i <= static_cast<uint8_t>(DataType::kBytes); ++i)
-    if (DataTypeName(static_cast<DataType>(i)) == name) return static_cast<DataType>(i);
-  return std::nullopt;
-}
-
-// Bytes per element; 0 for BYTES, whose elements are strings of any length.
-inline size_t DataTypeSize(DataType t) {
-  static constexpr size_t kSizes[] = {1, 1, 2, 4, 8, 1, 2, 4, 8, 2, 4, 8, 0};
-  return kSizes[static_cast<size_t>(t)];
-}
-
-// An FP16 element: IEEE 754 half precision bits, with conversions from and to float.
-struct Half {
-  uint16_t bits = 0;
-  static Half FromFloat(float f) {
-    uint32_t x = std::bit_cast<uint32_t>(f);
-    uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-    uint32_t abs = x & 0x7fffffffu;
-    if (abs >= 0x7f800000u) return {static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0))};
-    if (abs >= 0x477ff000u) return {static_cast<uint16_t>(sign | 0x7c00u)};  // rounds past 65504: infinity
-    if (abs < 0x38800000u) {                          // a subnormal half (or zero): value / 2^-24, rounded half to even
-      int shift = 126 - static_cast<int>(abs >> 23);  // 14..; the 24-bit significand is shifted right by it
-      if (shift > 24) return {sign};
-      uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-      uint32_t half = mant >> shift;
-      uint32_t rest = mant & ((1u << shift) - 1);
-      uint32_t mid = 1u << (shift - 1);
-      if (rest > mid || (rest == mid && (half & 1u))) ++half;
-      return {static_cast<uint16_t>(sign | half)};
-    }
-    uint32_t h = ((abs - 0x38000000u) >> 13);
-    uint32_t rest = abs & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-    return {static_cast<uint16_t>(sign | h)};
-  }
-  float ToFloat() const {
-    uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-    uint32_t exp = (bits >> 10) & 0x1fu;
-    uint32_t mant = bits & 0x3ffu;
-    if (exp == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
-    if (exp == 0) {
-      float v = std::ldexp(static_cast<float>(mant), -24);
-      return sign ? -v : v;
-    }
-    return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
-  }
-};
-
-// The C++ element type of each fixed-size datatype (BOOL is `bool`, FP16 is `ferry::Half`).
-template <typename T>
-struct DataTypeOf;
-#define FERRY_DATATYPE_OF(T, D)                    \
-  template <>                                      \
-  struct DataTypeOf<T> {                           \
-    static constexpr DataType value = DataType::D; \
-  };
-FERRY_DATATYPE_OF(bool, kBool)
-FERRY_DATATYPE_OF(uint8_t, kUint8)
-FERRY_DATATYPE_OF(uint16_t, kUint16)
-FERRY_DATATYPE_OF(uint32_t, kUint32)
-FERRY_DATATYPE_OF(uint64_t, kUint64)
-FERRY_DATATYPE_OF(int8_t, kInt8)
-FERRY_DATATYPE_OF(int16_t, kInt16)
-FERRY_DATATYPE_OF(int32_t, kInt32)
-FERRY_DATATYPE_OF(int64_t, kInt64)
-FERRY_DATATYPE_OF(Half, kFp16)
-FERRY_DATATYPE_OF(float, kFp32)
-FERRY_DATATYPE_OF(double, kFp64)
-#undef FERRY_DATATYPE_OF
-
-using Shape = std::vector<int64_t>;
-
-// The number of elements of a shape; -1 when a dimension is negative (unknown).
-inline int64_t ElementCount(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) {
-    if (d < 0) return -1;
-    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return -1;
-    n *= d;
-  }
-  return n;
-}
-
-inline std::string ShapeString(const Shape& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-// A named, typed, shaped array in row-major order. Fixed-size elements live in one contiguous buffer
-// (aligned for any element type); BYTES elements are strings.
-class Tensor {
- public:
-  Tensor() = default;
-  // A zero-filled tensor. Throws std::invalid_argument for a negative dimension.
-  Tensor(std::string name, DataType datatype, Shape shape)
-      : name_(std::move(name)), datatype_(datatype), shape_(std::move(shape)) {
-    int64_t n = ElementCount(shape_);
-    if (n < 0) throw std::invalid_argument("tensor " + name_ + ": shape " + ShapeString(shape_) + " is not concrete");
-    if (datatype_ == DataType::kBytes)
-      strings_.resize(static_cast<size_t>(n));
-    else
-      raw_.assign((static_cast<size_t>(n) * DataTypeSize(datatype_) + 7) / 8, 0);
-  }
-  template <typename T>
-  static Tensor From(std::string name, Shape shape, std::span<const T> values) {
-    Tensor t(std::move(name), DataTypeOf<T>::value, std::move(shape));
-    if (static_cast<int64_t>(values.size()) != t.size())
-      throw std::invalid_argument("tensor " + t.name_ + ": shape " + ShapeString(t.shape_) + " holds " +
-                                  std::to_string(t.size()) + " elements, got " + std::to_string(values.size()));
-    if (!values.empty()) std::memcpy(t.raw_.data(), values.data(), values.size_bytes());
-    return t;
-  }
-  template <typename T>
-  static Tensor From(std::string name, Shape shape, const std::vector<T>& values) {
-    return From<T>(std::move(name), std::move(shape), std::span<const T>(values.data(), values.size()));
-  }
-  static Tensor FromStrings(std::string name, Shape shape, std::vector<std::string> values) {
-    Tensor t(std::move(name), DataType::kBytes, std::move(shape));
-    if (static_cast<int64_t>(values.size()) != t.size())
-      throw std::invalid_argument("tensor " + t.name_ + ": shape " + ShapeString(t.shape_) + " holds " +
-                                  std::to_string(t.size()) + " elements, got " + std::to_string(values.size()));
-    t.strings_ = std::move(values);
-    return t;
-  }
-
-  const std::string& name() const { return name_; }
-  void set_name(std::string name) { name_ = std::move(name); }
-  DataType datatype() const { return datatype_; }
-  const Shape& shape() const { return shape_; }
-  int64_t size() const { return ElementCount(shape_); }
-  // Changes the shape, keeping the elements; throws unless the element count stays the same.
-  void Reshape(Shape shape) {
-    if (ElementCount(shape) != size())
-      throw std::invalid_argument("tensor " + name_ + ": cannot reshape " + ShapeString(shape_) + " to " +
-                                  ShapeString(shape));
-    shape_ = std::move(shape);
-  }
-
-  // The elements as T; throws std::invalid_argument when T is not this tensor's element type.
-  template <typename T>
-  std::span<const T> data() const {
-    Check(DataTypeOf<T>::value);
-    return {reinterpret_cast<const T*>(raw_.data()), static_cast<size_t>(size())};
-  }
-  template <typename T>
-  std::span<T> mutable_data() {
-    Check(DataTypeOf<T>::value);
-    return {reinterpret_cast<T*>(raw_.data()), static_cast<size_t>(size())};
-  }
-  // Fixed-size elements as little-endian bytes (empty for BYTES).
-  std::span<const std::byte> bytes() const {
-    return {reinterpret_cast<const std::byte*>(raw_.data()), datatype_ == DataType::kBytes ? 0 : ByteSize()};
-  }
-  std::span<std::byte> mutable_bytes() {
-    return {reinterpret_cast<std::byte*>(raw_.data()), datatype_ == DataType::kBytes ? 0 : ByteSize()};
-  }
-  size_t ByteSize() const { return static_cast<size_t>(size()) * DataTypeSize(datatype_); }
-  // BYTES elements.
-  const std::vector<std::string>& strings() const { return strings_; }
-  std::vector<std::string>& mutable_strings() { return strings_; }
-
- private:
-  void Check(DataType wanted) const {
-    if (wanted != datatype_)
-      throw std::invalid_argument("tensor " + name_ + " holds " + std::string(DataTypeName(datatype_)) + ", read as " +
-                                  std::string(DataTypeName(wanted)));
-  }
-  std::string name_;
-  DataType datatype_ = DataType::kFp32;
-  Shape shape_;
-  std::vector<uint64_t> raw_;  // 8-byte units: every element type is aligned
-  std::vector<std::string> strings_;
-};
-
-// What a model takes or gives: a dimension of -1 matches any size.
-struct TensorSpec {
-  std::string name;
-  DataType datatype = DataType::kFp32;
-  Shape shape;
-};
-
-struct ModelMetadata {
-  std::string name;                   // empty: the name the model is served under
-  std::vector<std::string> versions;  // empty: unversioned
-  std::string platform;               // e.g. "pytorch_torchscript", "xgboost"
-  std::vector<TensorSpec> inputs;     // empty: not checked by the SDK
-  std::vector<TensorSpec> outputs;
-};
-
-// An answer with a status: thrown from infer() (or built by the SDK) to answer one request with an error.
-class InferError : public std::runtime_error {
- public:
-  InferError(int status, const std::string& message) : std::runtime_error(message), status_(status) {}
-  int status() const { return status_; }
-
- private:
-  int status_;
-};
-
-struct InferRequest {
-  std::string id;                    // the request's "id", echoed in the response
-  Json parameters;                   // the request's "parameters" object, or null
-  std::vector<Tensor> inputs;        // in the order the client sent them
-  std::vector<std::string> outputs;  // requested output names; empty: all
-  const Request* http = nullptr;     // the HTTP request it came in (headers, is_cancelled)
-
-  // The input named `name`; throws InferError 400 when absent.
-  const Tensor& input(std::string_view name) const {
-    for (const Tensor& t : inputs)
-      if (t.name() == name) return t;
-    throw InferError(400, "missing input '" + std::string(name) + "'");
-  }
-  const Tensor* find_input(std::string_view name) const {
-    for (const Tensor& t : inputs)
-      if (t.name() == name) return &t;
-    return nullptr;
-  }
-  bool is_cancelled() const { return http && http->is_cancelled(); }
-};
-
-struct InferResponse {
-  std::vector<Tensor> outputs;
-  Json parameters;  // null or an object
-  // Set (non-zero) when this item failed: the request answers this status with `error`.
-  int error_status = 0;
-  std::string error;
-  static InferResponse Error(int status, std::string message) {
-    InferResponse r;
-    r.error_status = status;
-    r.error = std::move(message);
-    return r;
-  }
-};
-
-namespace oip {
-
-inline Json SpecJson(const TensorSpec& s) {
-  return {{"name", s.name}, {"datatype", std::string(DataTypeName(s.datatype))}, {"shape", s.shape}};
-}
-
-// GET /v2/models/{name}: the model's metadata document.
-inline Json MetadataJson(const ModelMetadata& m, std::string_view served_name) {
-  Json inputs = Json::array(), outputs = Json::array();
-  for (const auto& s : m.inputs) inputs.push_back(SpecJson(s));
-  for (const auto& s : m.outputs) outputs.push_back(SpecJson(s));
-  Json j = {{"name", served_name.empty() ? m.name : std::string(served_name)},
-            {"platform", m.platform},
-            {"inputs", std::move(inputs)},
-            {"outputs", std::move(outputs)}};
-  if (!m.versions.empty()) j["versions"] = m.versions;
-  return j;
-}
-
-// Reads tensor specs written as JSON ([{name, datatype, shape}], as in model metadata), e.g. from a
-// deployment's args. `where` names the value in errors ("args.inputs"). Throws std::invalid_argument.
-inline std::vector<TensorSpec> SpecsFromJson(const Json& j, const std::string& where) {
-  if (!j.is_array()) throw std::invalid_argument(where + ": expected a list of {name, datatype, shape}");
-  std::vector<TensorSpec> specs;
-  for (size_t i = 0; i < j.size(); ++i) {
-    const Json& e = j[i];
-    std::string at = where + "[" + std::to_string(i) + "]";
-    if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || e["name"].get<std::string>().empty())
-      throw std::invalid_argument(at + ": expected {name, datatype, shape} with a non-empty name");
-    TensorSpec s;
-    s.name = e["name"].get<std::string>();
-    std::optional<DataType> dt = e.contains("datatype") && e["datatype"].is_string()
-                                     ? ParseDataType(e["datatype"].get<std::string>())
-                                     : std::nullopt;
-    if (!dt)
-      throw std::invalid_argument(
-          at + ".datatype: expected one of BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES");
-    s.datatype = *dt;
-    if (!e.contains("shape") || !e["shape"].is_array())
-      throw std::invalid_argument(at + ".shape: expected a list of sizes (-1 for any)");
-    for (const Json& d : e["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < -1)
-        throw std::invalid_argument(at + ".shape: expected a list of sizes (-1 for any)");
-      s.shape.push_back(d.get<int64_t>());
-    }
-    specs.push_back(std::move(s));
-  }
-  return specs;
-}
+namespace ferry::oip {
+namespace impl {
 
 namespace internal {
 
@@ -740,7 +403,7 @@ inline Shape ReadShape(const Json& j, const std::string& name) {
 // Parses an infer request body. `binary_header_length` is the Inference-Header-Content-Length header's
 // value when present (the JSON is that long and binary tensor data follows). Throws InferError 400
 // naming what is wrong.
-inline InferRequest ParseInferRequest(std::string_view body,
+inline InferRequest ParseInferRequestOrThrow(std::string_view body,
                                       std::optional<size_t> binary_header_length = std::nullopt) {
   using internal::Fail;
   using internal::Where;
@@ -879,7 +542,7 @@ inline InferRequest ParseInferRequest(std::string_view body,
 }
 
 // Checks a parsed request against the model's inputs and outputs. Throws InferError 400.
-inline void Validate(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
+inline void ValidateOrThrow(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
   using internal::Fail;
   using internal::Where;
   if (!m.inputs.empty()) {
@@ -916,10 +579,8 @@ inline void Validate(const ModelMetadata& m, const InferRequest& req, std::strin
 
 namespace internal {
 
-// A JSON string; bytes that are not UTF-8 (BYTES tensors may hold anything) become U+FFFD.
-inline void AppendJsonString(std::string& out, std::string_view s) {
-  out += Json(std::string(s)).dump(-1, ' ', false, Json::error_handler_t::replace);
-}
+// A JSON string: common's escaper (bytes that are not UTF-8, which BYTES tensors may hold, become \ufffd).
+inline void AppendJsonString(std::string& out, std::string_view s) { ::ferry::AppendJsonString(out, s); }
 
 template <typename T>
 void AppendNumber(std::string& out, T v) {
@@ -1017,24 +678,27 @@ inline bool WantsBinary(const Json& parameters) {
 
 }  // namespace internal
 
+
+}  // namespace impl
+
 // Writes the response body for `resp` (outputs filtered to the requested ones). Binary outputs (the
 // request's parameters.binary_data_output) follow the JSON; then *json_length is set to the JSON's length
 // for the Inference-Header-Content-Length header.
-inline std::string SerializeInferResponse(const InferRequest& req, const InferResponse& resp,
+std::string SerializeInferResponse(const InferRequest& req, const InferResponse& resp,
                                           std::string_view model_name, std::string_view model_version,
                                           std::optional<size_t>* json_length) {
-  const bool binary = internal::WantsBinary(req.parameters);
+  const bool binary = impl::internal::WantsBinary(req.parameters);
   std::string out;
   out.reserve(256);
   out += "{\"model_name\":";
-  internal::AppendJsonString(out, model_name);
+  impl::internal::AppendJsonString(out, model_name);
   if (!model_version.empty()) {
     out += ",\"model_version\":";
-    internal::AppendJsonString(out, model_version);
+    impl::internal::AppendJsonString(out, model_version);
   }
   if (!req.id.empty()) {
     out += ",\"id\":";
-    internal::AppendJsonString(out, req.id);
+    impl::internal::AppendJsonString(out, req.id);
   }
   if (resp.parameters.is_object() && !resp.parameters.empty()) out += ",\"parameters\":" + resp.parameters.dump();
   out += ",\"outputs\":[";
@@ -1049,7 +713,7 @@ inline std::string SerializeInferResponse(const InferRequest& req, const InferRe
     if (!first) out += ',';
     first = false;
     out += "{\"name\":";
-    internal::AppendJsonString(out, t.name());
+    impl::internal::AppendJsonString(out, t.name());
     out += ",\"datatype\":\"";
     out += DataTypeName(t.datatype());
     out += "\",\"shape\":[";
@@ -1059,11 +723,11 @@ inline std::string SerializeInferResponse(const InferRequest& req, const InferRe
     }
     out += ']';
     if (binary) {
-      out += ",\"parameters\":{\"binary_data_size\":" + std::to_string(internal::BinarySize(t)) + "}";
+      out += ",\"parameters\":{\"binary_data_size\":" + std::to_string(impl::internal::BinarySize(t)) + "}";
       binaries.push_back(&t);
     } else {
       out += ",\"data\":";
-      internal::AppendTensorData(out, t);
+      impl::internal::AppendTensorData(out, t);
     }
     out += '}';
   }
@@ -1071,195 +735,85 @@ inline std::string SerializeInferResponse(const InferRequest& req, const InferRe
   *json_length = std::nullopt;
   if (binary) {
     *json_length = out.size();
-    for (const Tensor* t : binaries) internal::AppendBinary(out, *t);
+    for (const Tensor* t : binaries) impl::internal::AppendBinary(out, *t);
   }
   return out;
 }
 
-// What a request to a model asks for, from its path: /v2/models/{name}[/versions/{v}][/infer], or any
-// other path (a route_prefix): POST infers, GET answers the metadata.
-struct Target {
-  bool infer = false;
-  std::string model_name;     // empty when the path does not name it
-  std::string model_version;  // empty when the path does not name it
-};
+absl::StatusOr<InferRequest> ParseInferRequest(std::string_view body, std::optional<size_t> binary_header_length) {
+  try {
+    return impl::ParseInferRequestOrThrow(body, binary_header_length);
+  } catch (const InferError& e) {
+    return absl::InvalidArgumentError(e.what());
+  } catch (const std::exception& e) {  // nlohmann on a slice, or a tensor too large to allocate
+    return absl::InvalidArgumentError(StrCat("bad infer request: ", e.what()));
+  }
+}
 
-inline Target ParseTarget(std::string_view method, std::string_view path) {
-  Target t;
+absl::Status Validate(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
+  try {
+    impl::ValidateOrThrow(m, req, model_name);
+    return absl::OkStatus();
+  } catch (const InferError& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+}
+
+absl::StatusOr<std::optional<size_t>> BinaryHeaderLength(std::string_view value) {
+  if (value.empty()) return std::optional<size_t>();
+  size_t n = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (ec != std::errc() || end != value.data() + value.size())
+    return absl::InvalidArgumentError("Inference-Header-Content-Length must be a non-negative integer");
+  return std::optional<size_t>(n);
+}
+
+std::optional<ModelPath> ParseModelPath(std::string_view path) {
   static constexpr std::string_view kModels = "/v2/models/";
-  if (path.rfind(kModels, 0) == 0) {
-    std::string_view rest = path.substr(kModels.size());
-    size_t slash = rest.find('/');
-    t.model_name = std::string(rest.substr(0, slash));
-    rest = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
-    static constexpr std::string_view kVersions = "/versions/";
-    if (rest.rfind(kVersions, 0) == 0) {
-      rest.remove_prefix(kVersions.size());
-      size_t s = rest.find('/');
-      t.model_version = std::string(rest.substr(0, s));
-      rest = s == std::string_view::npos ? std::string_view() : rest.substr(s);
-    }
-    t.infer = rest == "/infer";
+  if (path.rfind(kModels, 0) != 0 || path.size() == kModels.size()) return std::nullopt;
+  std::string_view rest = path.substr(kModels.size());
+  ModelPath p;
+  p.name = std::string(rest.substr(0, rest.find('/')));
+  rest.remove_prefix(p.name.size());
+  static constexpr std::string_view kVersions = "/versions/";
+  if (rest.rfind(kVersions, 0) == 0) {
+    rest.remove_prefix(kVersions.size());
+    p.version = std::string(rest.substr(0, rest.find('/')));
+    rest.remove_prefix(p.version.size());
+  }
+  p.rest = std::string(rest);
+  return p;
+}
+
+Target ParseTarget(std::string_view method, std::string_view path) {
+  Target t;
+  if (std::optional<ModelPath> p = ParseModelPath(path)) {
+    t.model_name = p->name;
+    t.model_version = p->version;
+    t.infer = p->rest == "/infer";
     return t;
   }
   t.infer = method != "GET" && method != "HEAD";
   return t;
 }
 
-}  // namespace oip
-
-// Base class of a model deployment: typed tensors in, typed tensors out; the SDK speaks the protocol.
-// Threads as for Deployment: infer() runs on up to max_ongoing_requests threads at once.
-class Model : public Deployment {
- public:
-  // The model's inputs and outputs (and platform, versions). Called once; requests are checked against it.
-  virtual ModelMetadata metadata() const = 0;
-  virtual InferResponse infer(const InferRequest& request) = 0;
-  // With `batching` configured: a batch of requests that each passed validation; one response per
-  // request, in order. The default runs infer() on each. A runtime that stacks tensors overrides it.
-  virtual std::vector<InferResponse> infer_batch(std::span<const InferRequest> batch) {
-    std::vector<InferResponse> out;
-    out.reserve(batch.size());
-    for (const InferRequest& r : batch) out.push_back(Guarded([&] { return infer(r); }));
-    return out;
+int HttpStatus(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return 200;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kNotFound:
+      return 404;
+    case absl::StatusCode::kUnavailable:
+      return 503;
+    case absl::StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
   }
+}
 
-  Response handle(const Request& request) final {
-    Prepared p = Take(request);
-    if (p.answer) return std::move(*p.answer);
-    return Finish(p, Guarded([&] { return infer(p.request); }));
-  }
-
-  std::vector<Response> handle_batch(std::span<const Request> batch) final {
-    std::vector<Prepared> prepared;
-    prepared.reserve(batch.size());
-    std::vector<InferRequest> runnable;
-    std::vector<size_t> runnable_index;
-    for (const Request& r : batch) {
-      prepared.push_back(Take(r));
-      if (!prepared.back().answer) {
-        runnable_index.push_back(prepared.size() - 1);
-        runnable.push_back(std::move(prepared.back().request));
-      }
-    }
-    std::vector<InferResponse> results;
-    if (!runnable.empty()) {
-      try {
-        results = infer_batch(std::span<const InferRequest>(runnable));
-      } catch (const InferError& e) {
-        results.assign(runnable.size(), InferResponse::Error(e.status(), e.what()));
-      } catch (const std::exception& e) {
-        results.assign(runnable.size(), InferResponse::Error(500, e.what()));
-      }
-      if (results.size() != runnable.size())
-        results.assign(
-            runnable.size(),
-            InferResponse::Error(500, "infer_batch returned " + std::to_string(results.size()) + " responses for " +
-                                          std::to_string(runnable.size()) + " requests"));
-    }
-    std::vector<Response> out(batch.size());
-    const std::string batch_size = std::to_string(runnable.size());
-    for (size_t k = 0; k < runnable.size(); ++k) {
-      Prepared& p = prepared[runnable_index[k]];
-      p.request = std::move(runnable[k]);
-      out[runnable_index[k]] = Finish(p, results[k]);
-      // How many requests the model ran together: lets a client see batching at work.
-      out[runnable_index[k]].headers.emplace_back("ferry-batch-size", batch_size);
-    }
-    for (size_t i = 0; i < prepared.size(); ++i)
-      if (prepared[i].answer) out[i] = std::move(*prepared[i].answer);
-    return out;
-  }
-
-  // Parses and validates a request as it arrives (batched deployments), so that its batch only runs
-  // the model.
-  std::any prepare(const Request& request) final { return std::make_shared<Prepared>(Prepare(request)); }
-
-  // metadata(), computed once.
-  const ModelMetadata& cached_metadata() const {
-    std::call_once(metadata_once_, [this] { metadata_ = metadata(); });
-    return metadata_;
-  }
-
- private:
-  struct Prepared {
-    std::optional<Response> answer;  // set when answered without running the model
-    InferRequest request;
-    std::string name, version;
-  };
-
-  // The request parsed and validated: by prepare() when it arrived, or now.
-  Prepared Take(const Request& request) {
-    if (std::any* state = request.prepared()) {
-      if (auto* held = std::any_cast<std::shared_ptr<Prepared>>(state); held && *held) {
-        Prepared p = std::move(**held);
-        p.request.http = &request;  // prepare() saw another view of the same request
-        return p;
-      }
-    }
-    return Prepare(request);
-  }
-
-  template <typename F>
-  static InferResponse Guarded(F&& run) {
-    try {
-      return run();
-    } catch (const InferError& e) {
-      return InferResponse::Error(e.status(), e.what());
-    } catch (const std::exception& e) {
-      return InferResponse::Error(500, e.what());
-    }
-  }
-
-  static Response ErrorResponse(int status, std::string_view message) {
-    return Response::FromJson({{"error", std::string(message)}}, status);
-  }
-
-  Prepared Prepare(const Request& request) {
-    Prepared p;
-    const ModelMetadata& m = cached_metadata();
-    oip::Target target = oip::ParseTarget(request.method(), request.path());
-    p.name = target.model_name.empty() ? m.name : target.model_name;
-    p.version = !target.model_version.empty() ? target.model_version : (m.versions.empty() ? "" : m.versions.front());
-    if (!target.infer) {
-      p.answer = Response::FromJson(oip::MetadataJson(m, p.name));
-      return p;
-    }
-    try {
-      std::optional<size_t> header_length;
-      std::string_view h = request.header("inference-header-content-length");
-      if (!h.empty()) {
-        size_t n = 0;
-        auto [end, ec] = std::from_chars(h.data(), h.data() + h.size(), n);
-        if (ec != std::errc() || end != h.data() + h.size())
-          throw InferError(400, "Inference-Header-Content-Length must be a non-negative integer");
-        header_length = n;
-      }
-      p.request = oip::ParseInferRequest(request.body(), header_length);
-      p.request.http = &request;
-      oip::Validate(m, p.request, p.name);
-    } catch (const InferError& e) {
-      p.answer = ErrorResponse(e.status(), e.what());
-    }
-    return p;
-  }
-
-  static Response Finish(const Prepared& p, const InferResponse& result) {
-    if (result.error_status != 0) return ErrorResponse(result.error_status, result.error);
-    Response r;
-    std::optional<size_t> json_length;
-    r.body = oip::SerializeInferResponse(p.request, result, p.name, p.version, &json_length);
-    if (json_length) {
-      r.headers.emplace_back("content-type", "application/octet-stream");
-      r.headers.emplace_back("inference-header-content-length", std::to_string(*json_length));
-    } else {
-      r.headers.emplace_back("content-type", "application/json");
-    }
-    return r;
-  }
-
-  mutable std::once_flag metadata_once_;
-  mutable ModelMetadata metadata_;
-};
-
-}  // namespace ferry
+}  // namespace ferry::oip

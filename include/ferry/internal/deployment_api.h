@@ -1,0 +1,167 @@
+// The machinery behind FERRY_DEPLOYMENT: adapts a C++ class to the C table of <ferry/abi.h>. Not for user
+// code; included by <ferry/deployment.h>. Exceptions thrown by user code are caught here and become errors.
+#pragma once
+
+#include <ferry/abi.h>
+
+#include <cstddef>
+#include <exception>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace ferry {
+namespace internal {
+
+// What ferry::Model derives from, so that FERRY_DEPLOYMENT can tell a model from a deployment.
+struct ModelMarker {};
+
+}  // namespace internal
+}  // namespace ferry
+
+namespace ferry {
+
+namespace internal {
+
+inline void SetError(const FerryHostApi* host, FerryErrorSink* sink, std::string_view message) {
+  if (host && sink) host->set_error(sink, FerryString{message.data(), message.size()});
+}
+
+inline const FerryHostApi*& Host() {
+  static const FerryHostApi* host = nullptr;
+  return host;
+}
+
+template <typename T, typename = void>
+struct OverridesReconfigure : std::false_type {};
+template <typename T>
+struct OverridesReconfigure<T, std::void_t<decltype(&T::reconfigure)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::reconfigure), decltype(&Deployment::reconfigure)>> {};
+template <typename T, typename = void>
+struct OverridesHandleBatch : std::false_type {};
+template <typename T>
+struct OverridesHandleBatch<T, std::void_t<decltype(&T::handle_batch)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::handle_batch), decltype(&Deployment::handle_batch)>> {};
+template <typename T, typename = void>
+struct OverridesPrepare : std::false_type {};
+template <typename T>
+struct OverridesPrepare<T, std::void_t<decltype(&T::prepare)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::prepare), decltype(&Deployment::prepare)>> {};
+template <typename T, typename = void>
+struct OverridesCheckHealth : std::false_type {};
+template <typename T>
+struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::check_health), decltype(&Deployment::check_health)>> {};
+
+inline void Emit(const Response& r, FerryResponseSink* sink) {
+  const FerryHostApi* host = Host();
+  host->set_status(sink, r.status);
+  for (const auto& [k, v] : r.headers)
+    host->add_header(sink, FerryString{k.data(), k.size()}, FerryString{v.data(), v.size()});
+  host->set_body(sink, FerryString{r.body.data(), r.body.size()});
+}
+
+// Runs `body`, turning any exception into FERRY_ERROR with its text.
+template <typename F>
+int Guard(FerryErrorSink* error, F&& body) {
+  try {
+    body();
+    return FERRY_OK;
+  } catch (const std::exception& e) {
+    SetError(Host(), error, e.what());
+  } catch (...) {
+    SetError(Host(), error, "unknown exception");
+  }
+  return FERRY_ERROR;
+}
+
+template <typename T>
+const FerryDeploymentApi* DeploymentApiFor(const char* name);
+
+// A ferry::Model's table; defined in <ferry/internal/model_api.h>.
+template <typename T>
+const FerryDeploymentApi* ModelApiFor(const char* name);
+
+// The table FERRY_DEPLOYMENT exports for T.
+template <typename T>
+const FerryDeploymentApi* ApiFor(const char* name) {
+  if constexpr (std::is_base_of_v<ModelMarker, T>) {
+    return ModelApiFor<T>(name);
+  } else {
+    return DeploymentApiFor<T>(name);
+  }
+}
+
+template <typename T>
+const FerryDeploymentApi* DeploymentApiFor(const char* name) {
+  static_assert(std::is_base_of_v<Deployment, T>, "FERRY_DEPLOYMENT needs a ferry::Deployment or ferry::Model subclass");
+  static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
+  static const FerryDeploymentApi api = [name] {
+    FerryDeploymentApi a{};
+    a.struct_size = sizeof(FerryDeploymentApi);
+    a.abi_version = FERRY_ABI_VERSION;
+    a.name = name;
+    a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
+      Host() = host;
+      return Guard(error, [&] {
+        std::string_view text(args_json.data, args_json.size);
+        Json args = text.empty() ? Json::object() : Json::parse(text);
+        *instance = new T(Args(std::move(args)));
+      });
+    };
+    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
+    a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
+      return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
+    };
+    if constexpr (OverridesHandleBatch<T>::value) {
+      a.handle_batch = [](void* instance, const FerryRequest* const* requests, size_t count,
+                          FerryResponseSink* const* sinks, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          std::vector<Request> batch;
+          batch.reserve(count);
+          for (size_t i = 0; i < count; ++i) batch.emplace_back(requests[i]);
+          std::vector<Response> out = static_cast<T*>(instance)->handle_batch(std::span<const Request>(batch));
+          if (out.size() != count)
+            throw std::length_error("handle_batch returned " + std::to_string(out.size()) + " responses for " +
+                                    std::to_string(count) + " requests");
+          for (size_t i = 0; i < count; ++i) Emit(out[i], sinks[i]);
+        });
+      };
+    }
+    if constexpr (OverridesPrepare<T>::value) {
+      a.prepare = [](void* instance, const FerryRequest* request, void** state, FerryErrorSink* error) {
+        return Guard(error, [&] { *state = new std::any(static_cast<T*>(instance)->prepare(Request(request))); });
+      };
+      a.release = [](void*, void* state) { delete static_cast<std::any*>(state); };
+    }
+    if constexpr (OverridesReconfigure<T>::value) {
+      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          std::string_view text(config.data, config.size);
+          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
+        });
+      };
+    }
+    if constexpr (OverridesCheckHealth<T>::value) {
+      a.check_health = [](void* instance, FerryErrorSink* error) {
+        int rc = FERRY_ERROR;
+        int guard = Guard(error, [&] {
+          if (static_cast<T*>(instance)->check_health())
+            rc = FERRY_OK;
+          else
+            SetError(Host(), error, "check_health returned false");
+        });
+        return guard == FERRY_OK ? rc : FERRY_ERROR;
+      };
+    }
+    return a;
+  }();
+  return &api;
+}
+
+}  // namespace internal
+
+}  // namespace ferry

@@ -1,0 +1,170 @@
+// The machinery behind FERRY_DEPLOYMENT for a ferry::Model: the tensor entry of <ferry/abi.h>. The host
+// parses and validates the protocol; this side turns its borrowed tensors into ferry::Tensor views, runs
+// infer() or infer_batch(), and hands the outputs back. Not for user code; included by <ferry/model.h>.
+#pragma once
+
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace ferry {
+namespace internal {
+
+// A host tensor as an SDK tensor: fixed-size elements are borrowed (no copy); BYTES elements are read
+// out of their length-prefixed layout into strings.
+inline Tensor TensorFromView(const FerryTensor& v) {
+  std::string name(v.name.data, v.name.size);
+  Shape shape(v.shape, v.shape + v.rank);
+  const DataType datatype = static_cast<DataType>(v.datatype);
+  if (datatype != DataType::kBytes) return Tensor::Borrow(std::move(name), datatype, std::move(shape), v.data.data);
+  std::vector<std::string> strings;
+  std::string_view rest(v.data.data, v.data.size);
+  while (rest.size() >= 4) {
+    uint32_t n = static_cast<uint32_t>(static_cast<unsigned char>(rest[0])) |
+                 static_cast<uint32_t>(static_cast<unsigned char>(rest[1])) << 8 |
+                 static_cast<uint32_t>(static_cast<unsigned char>(rest[2])) << 16 |
+                 static_cast<uint32_t>(static_cast<unsigned char>(rest[3])) << 24;
+    rest.remove_prefix(4);
+    if (n > rest.size()) break;
+    strings.emplace_back(rest.substr(0, n));
+    rest.remove_prefix(n);
+  }
+  return Tensor::FromStrings(std::move(name), std::move(shape), std::move(strings));
+}
+
+// Hands one answer to the host: its outputs and parameters, or its error.
+inline void EmitInferResponse(const InferResponse& r, FerryInferSink* sink) {
+  const FerryHostApi* host = Host();
+  if (r.error_status != 0) {
+    host->fail_infer(sink, r.error_status, FerryString{r.error.data(), r.error.size()});
+    return;
+  }
+  std::string packed;  // BYTES elements in their length-prefixed layout
+  for (const Tensor& t : r.outputs) {
+    FerryTensor view{};
+    view.name = FerryString{t.name().data(), t.name().size()};
+    view.datatype = static_cast<uint32_t>(t.datatype());
+    view.shape = t.shape().data();
+    view.rank = t.shape().size();
+    if (t.datatype() == DataType::kBytes) {
+      packed.clear();
+      for (const std::string& e : t.strings()) {
+        const uint32_t n = static_cast<uint32_t>(e.size());
+        const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                             static_cast<char>((n >> 16) & 0xff), static_cast<char>(n >> 24)};
+        packed.append(len, 4);
+        packed.append(e);
+      }
+      view.data = FerryString{packed.data(), packed.size()};
+    } else {
+      view.data = FerryString{reinterpret_cast<const char*>(t.bytes().data()), t.bytes().size()};
+    }
+    host->add_output(sink, &view);
+  }
+  if (!r.parameters.is_null()) {
+    std::string p = r.parameters.dump();
+    host->set_infer_parameters(sink, FerryString{p.data(), p.size()});
+  }
+}
+
+template <typename T, typename = void>
+struct ModelOverridesReconfigure : std::false_type {};
+template <typename T>
+struct ModelOverridesReconfigure<T, std::void_t<decltype(&T::reconfigure)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::reconfigure), decltype(&Model::reconfigure)>> {};
+template <typename T, typename = void>
+struct ModelOverridesCheckHealth : std::false_type {};
+template <typename T>
+struct ModelOverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::check_health), decltype(&Model::check_health)>> {};
+
+// Runs a model over `count` host requests: infer() for one, infer_batch() for more.
+template <typename T>
+void RunInfer(T* model, const FerryInferRequest* const* requests, size_t count, FerryInferSink* const* sinks) {
+  std::vector<Request> http;
+  http.reserve(count);
+  std::vector<InferRequest> batch(count);
+  for (size_t i = 0; i < count; ++i) {
+    const FerryInferRequest& raw = *requests[i];
+    InferRequest& r = batch[i];
+    r.id.assign(raw.id.data, raw.id.size);
+    if (raw.parameters.size) r.parameters = Json::parse(std::string_view(raw.parameters.data, raw.parameters.size));
+    r.inputs.reserve(raw.num_inputs);
+    for (size_t k = 0; k < raw.num_inputs; ++k) r.inputs.push_back(TensorFromView(raw.inputs[k]));
+    for (size_t k = 0; k < raw.num_outputs; ++k) r.outputs.emplace_back(raw.outputs[k].data, raw.outputs[k].size);
+    if (raw.http) r.http = &http.emplace_back(raw.http);
+  }
+  std::vector<InferResponse> out;
+  try {
+    if (count == 1)
+      out.push_back(model->infer(batch[0]));
+    else
+      out = model->infer_batch(std::span<const InferRequest>(batch));
+  } catch (const InferError& e) {
+    out.assign(count, InferResponse::Error(e.status(), e.what()));
+  } catch (const std::exception& e) {
+    out.assign(count, InferResponse::Error(500, e.what()));
+  }
+  if (out.size() != count)
+    out.assign(count, InferResponse::Error(500, "infer_batch returned " + std::to_string(out.size()) +
+                                                    " responses for " + std::to_string(count) + " requests"));
+  for (size_t i = 0; i < count; ++i) EmitInferResponse(out[i], sinks[i]);
+}
+
+template <typename T>
+const FerryDeploymentApi* ModelApiFor(const char* name) {
+  static_assert(std::is_base_of_v<Model, T>, "a model derives from ferry::Model");
+  static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
+  static const FerryDeploymentApi api = [name] {
+    FerryDeploymentApi a{};
+    a.struct_size = sizeof(FerryDeploymentApi);
+    a.abi_version = FERRY_ABI_VERSION;
+    a.name = name;
+    a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
+      Host() = host;
+      return Guard(error, [&] {
+        if (host->struct_size < offsetof(FerryHostApi, fail_infer) + sizeof(host->fail_infer))
+          throw std::runtime_error("this ferry is too old for models built with this SDK (no tensor entry)");
+        std::string_view text(args_json.data, args_json.size);
+        Json args = text.empty() ? Json::object() : Json::parse(text);
+        *instance = new T(Args(std::move(args)));
+      });
+    };
+    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
+    a.model_metadata = [](void* instance, FerryResponseSink* out, FerryErrorSink* error) {
+      return Guard(error, [&] {
+        std::string json = MetadataJson(static_cast<T*>(instance)->metadata(), "").dump();
+        Host()->set_body(out, FerryString{json.data(), json.size()});
+      });
+    };
+    a.infer = [](void* instance, const FerryInferRequest* const* requests, size_t count,
+                 FerryInferSink* const* sinks, FerryErrorSink* error) {
+      return Guard(error, [&] { RunInfer(static_cast<T*>(instance), requests, count, sinks); });
+    };
+    if constexpr (ModelOverridesReconfigure<T>::value) {
+      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          std::string_view text(config.data, config.size);
+          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
+        });
+      };
+    }
+    if constexpr (ModelOverridesCheckHealth<T>::value) {
+      a.check_health = [](void* instance, FerryErrorSink* error) {
+        int rc = FERRY_ERROR;
+        int guard = Guard(error, [&] {
+          if (static_cast<T*>(instance)->check_health())
+            rc = FERRY_OK;
+          else
+            SetError(Host(), error, "check_health returned false");
+        });
+        return guard == FERRY_OK ? rc : FERRY_ERROR;
+      };
+    }
+    return a;
+  }();
+  return &api;
+}
+
+}  // namespace internal
+}  // namespace ferry

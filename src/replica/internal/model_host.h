@@ -1,0 +1,73 @@
+// Serves a model: a deployment whose table has the tensor entry (FerryDeploymentApi.infer). The host side
+// of the Open Inference Protocol: each request is parsed and checked against the model's metadata here,
+// when it arrives (for batched deployments, while its batch gathers), and the model receives borrowed
+// tensor views; its outputs come back through FerryHostApi.add_output and are serialized here.
+// Thread-safe: Prepare and Run may be called from many threads at once.
+#pragma once
+
+#include <absl/status/statusor.h>
+
+#include <ferry/abi.h>
+#include <ferry/model.h>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "transport/frame.h"
+
+struct FerryResponseSink {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+struct FerryErrorSink {
+  std::string message;
+};
+
+// One request's answer from a model, as it writes it through the host functions.
+struct FerryInferSink {
+  ferry::InferResponse response;
+};
+
+namespace ferry::replica {
+
+class ModelHost {
+ public:
+  // Reads the model's metadata (model_metadata()); an error when it is missing or malformed.
+  static absl::StatusOr<std::unique_ptr<ModelHost>> Create(const FerryDeploymentApi* api, void* instance,
+                                                           const std::string& deployment);
+
+  // A request parsed and checked, or already answered (metadata, or what was wrong with it).
+  struct Prepared {
+    std::optional<FerryResponseSink> answer;
+    InferRequest request;  // owns the tensors the model borrows
+    std::string name, version;
+  };
+  std::unique_ptr<Prepared> Prepare(const transport::RequestMessage& request) const;
+
+  // Runs the model once over `batch` (prepared, not answered); http[i] is batch[i]'s HTTP request (for
+  // the model's InferRequest.http). Writes (*responses)[i]. A failed call answers every request 500.
+  void Run(const std::vector<Prepared*>& batch, const std::vector<const FerryRequest*>& http,
+           const std::vector<FerryResponseSink*>& responses) const;
+
+  const ModelMetadata& metadata() const { return metadata_; }
+
+  // The host functions of the tensor entry (FerryHostApi.add_output, ...).
+  static void AddOutput(FerryInferSink* sink, const FerryTensor* tensor);
+  static void SetInferParameters(FerryInferSink* sink, FerryString parameters_json);
+  static void FailInfer(FerryInferSink* sink, int status, FerryString message);
+
+ private:
+  ModelHost(const FerryDeploymentApi* api, void* instance, ModelMetadata metadata)
+      : api_(api), instance_(instance), metadata_(std::move(metadata)) {}
+  const FerryDeploymentApi* api_;
+  void* instance_;
+  const ModelMetadata metadata_;
+};
+
+// The JSON error answer every failure of a request gets: {"error": message}.
+FerryResponseSink ErrorResponse(int status, std::string_view message);
+
+}  // namespace ferry::replica
