@@ -1,5 +1,7 @@
 #include "admin/admin_server.h"
 
+#include "admin/render.h"
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
@@ -186,7 +188,13 @@ class AdminServer::Impl {
     if (!path.empty() && path.back() != '/' && path == "/api/serve/applications") path = "/api/serve/applications/";
     const http::verb method = req.method();
     if (path == "/api/serve/applications/") {
-      if (method == http::verb::get) return Wrap(OnController<json>([this] { return controller_->StatusJson(); }));
+      if (method == http::verb::get) {
+        // The snapshot is taken on the controller's thread; rendering happens here, off it.
+        std::optional<controller::ControllerSnapshot> snapshot =
+            OnController<controller::ControllerSnapshot>([this] { return controller_->Snapshot(); });
+        if (!snapshot) return Error(http::status::service_unavailable, "the controller did not answer in time");
+        return {http::status::ok, StatusJson(*snapshot)};
+      }
       if (method == http::verb::put) return Deploy(req);
       if (method == http::verb::delete_) return Apply([this] { return controller_->DeleteAll(); }, "deleted");
       return Error(http::status::method_not_allowed, "use GET, PUT or DELETE on /api/serve/applications/");
@@ -196,7 +204,10 @@ class AdminServer::Impl {
       if (!options_.metrics)
         return Error(http::status::not_found, "metrics are off: this node was started with --no-metrics");
       // The node's own series (proxy), then what the controller's state says (replicas, queues, scaling).
-      std::optional<std::string> state = OnController<std::string>([this] { return controller_->MetricsText(); });
+      std::optional<controller::ControllerSnapshot> snapshot =
+          OnController<controller::ControllerSnapshot>([this] { return controller_->Snapshot(); });
+      std::optional<std::string> state;
+      if (snapshot) state = MetricsText(*snapshot);
       if (!state) return Error(http::status::service_unavailable, "the controller did not answer in time");
       Reply r;
       r.text = options_.metrics->Render() + *state;

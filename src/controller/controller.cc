@@ -425,59 +425,69 @@ ApplicationStatus Controller::application_status(const std::string& application)
   return it == apps_.end() ? ApplicationStatus::kNotStarted : it->second->status;
 }
 
-json Controller::StatusJson() const {
-  json apps = json::object();
+ControllerSnapshot Controller::Snapshot() const {
+  ControllerSnapshot out;
+  out.pid = getpid();
+  if (applied_) out.http_options = applied_->http_options;
+  if (options_.tracer) {
+    out.spans_exported = options_.tracer->exported();
+    out.spans_dropped = options_.tracer->dropped();
+  }
+  auto view_of = [this](const Deployment& d, bool in_config) {
+    DeploymentView v;
+    v.application = d.application;
+    v.name = d.target.name;
+    v.in_config = in_config;
+    v.status = d.status;
+    v.message = d.message;
+    v.version = d.version;
+    v.target_replicas = d.TargetReplicas();
+    v.batching = d.target.batching.has_value();
+    v.restarts = d.restarts;
+    v.health_check_failures = d.health_check_failures;
+    v.ongoing_requests = d.ongoing;
+    v.queued_requests = d.queued;
+    v.starts = d.starts;
+    v.cold_starts = d.cold_starts;
+    for (const auto& [id, r] : d.replicas) {
+      ReplicaView rv{id, r.state, r.pid, r.start_time_s, r.version, std::nullopt, r.stats};
+      if (r.endpoint) rv.in_flight = d.InFlight(r.endpoint->key);
+      v.replicas.push_back(std::move(rv));
+    }
+    if (d.autoscaler) {
+      AutoscalingView a;
+      a.target_replicas = d.autoscaled_replicas;
+      a.min_replicas = d.autoscaler->config().min_replicas;
+      a.max_replicas = d.autoscaler->config().max_replicas;
+      a.average_load = d.autoscaler->AverageLoad(clock_->Now());
+      if (d.last_cold_start_s >= 0) a.last_cold_start_s = d.last_cold_start_s;
+      a.decisions.assign(d.decisions.begin(), d.decisions.end());
+      v.autoscaling = std::move(a);
+    }
+    return v;
+  };
   for (const auto& [name, app] : apps_) {
-    json deployments = json::object();
+    ApplicationView a;
+    a.name = name;
+    a.route_prefix = app->config.route_prefix;
+    a.status = app->status;
+    a.message = app->message;
+    a.last_deployed_time_s = app->last_deployed_time_s;
+    a.deployed_app_config = config::ToJson(app->config);
+    std::set<std::string> listed;
     for (const auto& dc : app->config.deployments) {
       auto it = deployments_.find(StrCat(name, "/", dc.name));
       if (it == deployments_.end()) continue;
-      const Deployment& d = *it->second;
-      json replicas = json::array();
-      json counts = json::object();
-      for (const auto& [id, r] : d.replicas) {
-        replicas.push_back({{"replica_id", id},
-                            {"state", ReplicaStateName(r.state)},
-                            {"pid", r.pid > 0 ? json(r.pid) : json(nullptr)},
-                            {"start_time_s", r.start_time_s},
-                            {"version", r.version}});
-        counts[ReplicaStateName(r.state)] = counts.value(ReplicaStateName(r.state), 0) + 1;
-      }
-      deployments[dc.name] = {{"name", dc.name},
-                              {"status", DeploymentStatusName(d.status)},
-                              {"message", d.message},
-                              {"version", d.version},
-                              {"target_num_replicas", d.TargetReplicas()},
-                              {"replica_states", counts},
-                              {"replicas", replicas},
-                              {"restarts", d.restarts},
-                              {"health_check_failures", d.health_check_failures},
-                              {"ongoing_requests", d.ongoing},
-                              {"queued_requests", d.queued}};
-      if (d.autoscaler) {
-        json decisions = json::array();
-        for (const auto& decision : d.decisions) decisions.push_back(decision);
-        deployments[dc.name]["autoscaling"] = {
-            {"target_replicas", d.autoscaled_replicas},
-            {"min_replicas", d.autoscaler->config().min_replicas},
-            {"max_replicas", d.autoscaler->config().max_replicas},
-            {"average_load", d.autoscaler->AverageLoad(clock_->Now())},
-            {"last_cold_start_s", d.last_cold_start_s >= 0 ? json(d.last_cold_start_s) : json(nullptr)},
-            {"decisions", decisions}};
-      }
+      listed.insert(it->first);
+      a.deployments.push_back(view_of(*it->second, true));
     }
-    apps[name] = {{"name", name},
-                  {"route_prefix", app->config.route_prefix},
-                  {"status", ApplicationStatusName(app->status)},
-                  {"message", app->message},
-                  {"last_deployed_time_s", app->last_deployed_time_s},
-                  {"deployed_app_config", config::ToJson(app->config)},
-                  {"deployments", deployments}};
+    // Deployments that left the config but still have replicas stopping.
+    for (auto it = deployments_.lower_bound(StrCat(name, "/")); it != deployments_.end(); ++it) {
+      if (it->second->application != name) break;
+      if (!listed.count(it->first)) a.deployments.push_back(view_of(*it->second, false));
+    }
+    out.applications.push_back(std::move(a));
   }
-  json out = {{"controller_info", {{"node_id", "local"}, {"pid", getpid()}}},
-              {"proxies", {{"local", "HEALTHY"}}},
-              {"applications", apps}};
-  if (applied_) out["http_options"] = config::ToJson(applied_->http_options);
   return out;
 }
 

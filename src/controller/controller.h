@@ -62,6 +62,65 @@ struct ControllerOptions {
   const Clock* clock = Clock::Real();
 };
 
+// What the controller knows, as values: what the admin API renders as Ray's status document and the
+// metrics side as Prometheus text, off the controller's thread. Taken by Controller::Snapshot().
+struct ReplicaView {
+  std::string replica_id;
+  ReplicaState state = ReplicaState::kStarting;
+  pid_t pid = -1;  // -1: not known yet
+  double start_time_s = 0;
+  std::string version;
+  std::optional<int> in_flight;  // requests the data plane has on it; none: never routable
+  std::optional<node::ReplicaStats> stats;
+};
+
+struct AutoscalingView {
+  int target_replicas = 0;
+  int min_replicas = 0;
+  int max_replicas = 0;
+  double average_load = 0;
+  std::optional<double> last_cold_start_s;
+  std::vector<nlohmann::json> decisions;  // the latest, newest last
+};
+
+struct DeploymentView {
+  std::string application;
+  std::string name;
+  bool in_config = true;  // false: it left its application's config and is being deleted
+  DeploymentStatus status = DeploymentStatus::kUpdating;
+  std::string message;
+  std::string version;
+  int target_replicas = 0;
+  bool batching = false;
+  std::vector<ReplicaView> replicas;
+  int restarts = 0;
+  int health_check_failures = 0;
+  int ongoing_requests = 0;
+  int queued_requests = 0;
+  uint64_t starts = 0;
+  uint64_t cold_starts = 0;
+  std::optional<AutoscalingView> autoscaling;  // none: num_replicas
+};
+
+struct ApplicationView {
+  std::string name;
+  std::string route_prefix;
+  ApplicationStatus status = ApplicationStatus::kNotStarted;
+  std::string message;
+  double last_deployed_time_s = 0;
+  nlohmann::json deployed_app_config;
+  std::vector<DeploymentView> deployments;  // in config order, then those being deleted
+};
+
+struct ControllerSnapshot {
+  pid_t pid = 0;
+  std::vector<ApplicationView> applications;  // by name
+  std::optional<config::HttpOptions> http_options;
+  // The node's own spans (proxy and queue), when it has a tracer.
+  std::optional<uint64_t> spans_exported;
+  std::optional<uint64_t> spans_dropped;
+};
+
 class Controller : public node::ReplicaListener {
  public:
   using LauncherFactory = std::function<std::unique_ptr<node::ReplicaLauncher>(node::ReplicaListener*)>;
@@ -97,11 +156,8 @@ class Controller : public node::ReplicaListener {
   // Takes every replica out of routing, drains and stops them; `done` runs once all have exited.
   void Shutdown(std::function<void()> done);
 
-  // Ray Serve's GET /api/serve/applications/ shape (plus ferry's counters).
-  nlohmann::json StatusJson() const;
-  // The state as Prometheus metrics (text format): replicas by state, target replicas, starts, restarts,
-  // health-check failures, cold starts, queued requests per deployment, ongoing requests per replica.
-  std::string MetricsText() const;
+  // What it knows now, as values (the admin API renders status and metrics from it).
+  ControllerSnapshot Snapshot() const;
   nlohmann::json HistoryJson() const;
   const std::optional<config::Config>& applied_config() const { return applied_; }
   ApplicationStatus application_status(const std::string& application) const;

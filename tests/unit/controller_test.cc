@@ -7,6 +7,7 @@
 
 #include "common/fake_clock.h"
 #include "common/fake_launcher.h"
+#include "admin/render.h"
 #include "router/router_set.h"
 
 namespace ferry::controller {
@@ -62,8 +63,8 @@ class ControllerTest : public ::testing::Test {
     }
   }
 
-  nlohmann::json Deployment() { return controller_->StatusJson()["applications"]["app"]["deployments"]["D"]; }
-  std::string AppStatus() { return controller_->StatusJson()["applications"]["app"]["status"]; }
+  nlohmann::json Deployment() { return admin::StatusJson(controller_->Snapshot())["applications"]["app"]["deployments"]["D"]; }
+  std::string AppStatus() { return admin::StatusJson(controller_->Snapshot())["applications"]["app"]["status"]; }
   int Routed() {
     const router::Route* r = routers_.routing()->Get()->Match("/app");
     return r ? r->router->Stats().replicas : -1;
@@ -173,7 +174,7 @@ TEST_F(ControllerTest, FailedVersionKeepsTheOldOneServing) {
   fake_->FinishStarts("constructor said no");
   controller_->Tick();
   EXPECT_EQ(AppStatus(), "DEPLOY_FAILED");
-  EXPECT_THAT(controller_->StatusJson()["applications"]["app"]["message"].get<std::string>(),
+  EXPECT_THAT(admin::StatusJson(controller_->Snapshot())["applications"]["app"]["message"].get<std::string>(),
               HasSubstr("constructor said no"));
   EXPECT_EQ(Routed(), 2);
   EXPECT_TRUE(fake_->stopped.empty());
@@ -246,7 +247,7 @@ TEST_F(ControllerTest, DeletingAnApplicationStopsItAndRemovesItsRoute) {
   controller_->Tick();
   EXPECT_EQ(AppStatus(), "DELETING");
   Settle();
-  EXPECT_TRUE(controller_->StatusJson()["applications"].empty());
+  EXPECT_TRUE(admin::StatusJson(controller_->Snapshot())["applications"].empty());
   EXPECT_EQ(fake_->live().size(), 0u);
 }
 
