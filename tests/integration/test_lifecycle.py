@@ -347,6 +347,10 @@ class DaemonTest(unittest.TestCase):
             try:
                 wait_until(lambda: app_status(address, "app") == "RUNNING", what="deployed")
                 requests.get(f"http://127.0.0.1:{http_port}/app", headers={"x-echo-print": "printed"}, timeout=10)
+                # The node logs what a replica prints as it reads the pipe: wait for the line before the kill
+                # (on a loaded machine the kill could come first, and that line would never be read).
+                wait_until(lambda: '"printed"' in read(os.path.join(state, "ferry.log")), timeout=30,
+                           what="the replica's printed line in the log")
                 os.kill(pid, signal.SIGKILL)
                 wait_until(lambda: gone(pid), what="node gone")
                 restart = [a for a in start if a != config]  # restores what it ran, in its encoding
