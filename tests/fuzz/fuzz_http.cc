@@ -1,6 +1,8 @@
-// The proxy's view of untrusted HTTP bytes: Beast's parser with ferry's limits, then what the proxy does
-// with a parsed request (route matching, request frame encoding and decoding, its traceparent, and the
-// JSON access line that carries its path).
+// The proxy's view of untrusted HTTP bytes, through the functions its sessions run: the parser configured
+// with the proxy's limits (ProxyOptions' defaults), the answer to a read error, the header check and the
+// classification of a parsed request, its request id, the /v2 model path; then what the proxy does with
+// it (route matching, request frame encoding and decoding, its traceparent, and the JSON access line that
+// carries its path).
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <cstddef>
@@ -8,6 +10,8 @@
 #include <string_view>
 
 #include "common/common.h"
+#include "inference/oip.h"
+#include "proxy/internal/request_head.h"
 #include "router/routing_table.h"
 #include "tracing/tracing.h"
 #include "transport/frame.h"
@@ -16,19 +20,33 @@ namespace http = boost::beast::http;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const ferry::router::RoutingTable table({{"/", "root", "R", nullptr}, {"/echo", "echo", "E", nullptr}});
+  static const ferry::proxy::ProxyOptions options;  // the limits a node runs with by default
   http::request_parser<http::string_body> parser;
-  parser.header_limit(16 * 1024);
-  parser.body_limit(1 << 20);
+  ferry::proxy::ConfigureParser(parser, options);
   parser.eager(true);
   boost::system::error_code ec;
   size_t used = parser.put(boost::asio::buffer(data, size), ec);
   if (ec == http::error::need_more) parser.put_eof(ec);
   (void)used;
+  if (ec && ec != http::error::need_more) {
+    std::optional<ferry::proxy::ErrorAnswer> answer = ferry::proxy::AnswerToReadError(ec, options);
+    if (answer && (static_cast<int>(answer->status) < 400 || answer->message.empty())) __builtin_trap();
+  }
   if (!parser.is_header_done()) return 0;
   const auto& req = parser.get();
-  std::string_view target(req.target().data(), req.target().size());
-  std::string_view path = target.substr(0, target.find('?'));
-  const ferry::router::Route* route = table.Match(path);
+  if (std::optional<ferry::proxy::ErrorAnswer> refused = ferry::proxy::CheckHeader(req)) {
+    if (refused->status != http::status::not_implemented) __builtin_trap();
+    return 0;
+  }
+  const ferry::proxy::RequestHead head = ferry::proxy::Classify(req);
+  std::string_view path = head.path;
+  std::string request_id = ferry::proxy::RequestIdFrom(req);
+  if (request_id.empty() || request_id.size() > 128) __builtin_trap();
+  if (head.kind == ferry::proxy::RequestHead::Kind::kInferenceProtocol) {
+    if (auto model = ferry::oip::ParseModelPath(path); model && model->name.find('/') != std::string::npos)
+      __builtin_trap();
+  }
+  const ferry::router::Route* route = head.kind == ferry::proxy::RequestHead::Kind::kRoute ? table.Match(path) : nullptr;
   ferry::transport::HeaderList headers;
   for (const auto& f : req)
     headers.emplace_back(std::string_view(f.name_string().data(), f.name_string().size()),

@@ -11,6 +11,7 @@
 #include "common/common.h"
 #include "inference/oip.h"
 #include "proxy/internal/proxy_internal.h"
+#include "proxy/internal/request_head.h"
 
 namespace ferry::proxy {
 
@@ -108,8 +109,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void ReadHeader() {
     phase_ = Phase::kReadingHeader;
     parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(worker_.options().max_header_bytes));
-    parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
+    ConfigureParser(*parser_, worker_.options());
     SetDeadline(worker_.options().header_timeout);
     http::async_read_header(
         socket_, buffer_, *parser_,
@@ -124,11 +124,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     const auto& req = parser_->get();
     version_ = req.version();
-    if (req.method() == http::verb::unknown) {
-      WriteError(http::status::not_implemented,
-                 ferry::StrCat("method ", std::string_view(req.method_string().data(), req.method_string().size()),
-                               " is not supported"),
-                 true);
+    if (std::optional<ErrorAnswer> refused = CheckHeader(req)) {
+      WriteError(refused->status, refused->message, refused->close);
       return;
     }
     if (parser_->is_done()) {
@@ -161,20 +158,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void OnReadError(const boost::system::error_code& ec) {
-    if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
-        ec == asio::error::connection_reset) {
+    if (std::optional<ErrorAnswer> answer = AnswerToReadError(ec, worker_.options()))
+      WriteError(answer->status, answer->message, answer->close);
+    else
       Close();
-    } else if (ec == http::error::header_limit) {
-      WriteError(http::status::request_header_fields_too_large,
-                 ferry::StrCat("request header block exceeds ", worker_.options().max_header_bytes, " bytes"), true);
-    } else if (ec == http::error::body_limit) {
-      WriteError(http::status::payload_too_large,
-                 ferry::StrCat("request body exceeds http_options.max_body_bytes (", worker_.options().max_body_bytes,
-                               " bytes)"),
-                 true);
-    } else {
-      WriteError(http::status::bad_request, ferry::StrCat("malformed HTTP request: ", ec.message()), true);
-    }
   }
 
   void OnRequest() {
@@ -182,25 +169,26 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     phase_ = Phase::kProcessing;
     http::request<http::string_body> req = parser_->release();
     parser_.reset();
-    std::string_view target(req.target().data(), req.target().size());
-    std::string_view path = target.substr(0, target.find('?'));
+    const RequestHead head = Classify(req);
+    const std::string_view path = head.path;
     request_id_ = RequestIdFrom(req);
     started_ = SteadyClock::now();
     series_ = nullptr;  // the proxy's own endpoints and unmatched paths: set on first use below
     worker_.in_flight().fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
     if (!req.keep_alive()) close_after_response_ = true;
-    if (path.rfind("/-/", 0) == 0) {
-      ServeOwnEndpoint(path);
-      return;
-    }
-    if (path == "/v2" || path.rfind("/v2/", 0) == 0) {
-      ServeInferenceProtocol(std::move(req), path);
-      return;
-    }
-    if (target.empty() || target[0] != '/') {
-      WriteError(http::status::bad_request, "request target must be an absolute path", true);
-      return;
+    switch (head.kind) {
+      case RequestHead::Kind::kOwnEndpoint:
+        ServeOwnEndpoint(path);
+        return;
+      case RequestHead::Kind::kInferenceProtocol:
+        ServeInferenceProtocol(std::move(req), path);
+        return;
+      case RequestHead::Kind::kReject:
+        WriteError(head.error.status, head.error.message, head.error.close);
+        return;
+      case RequestHead::Kind::kRoute:
+        break;
     }
     std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
     const router::Route* route = table->Match(path);
@@ -260,17 +248,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                          {"ferry.deployment", route->ingress_deployment},
                          {"ferry.request_id", request_id_}};
     return context;
-  }
-
-  std::string RequestIdFrom(const http::request<http::string_body>& req) {
-    auto it = req.find("x-request-id");
-    if (it != req.end()) {
-      std::string_view v(it->value().data(), it->value().size());
-      bool ok = !v.empty() && v.size() <= 128;
-      for (char c : v) ok = ok && c > 0x20 && c < 0x7f;
-      if (ok) return std::string(v);
-    }
-    return NewRequestId();
   }
 
   void ServeOwnEndpoint(std::string_view path) {
