@@ -1,0 +1,272 @@
+// The replica's frame server, driven over its real Unix socket with the frame codec, as the proxy and the
+// node agent drive it: handshake, requests (pipelined, answered by stream id), cancel, health, stats,
+// reconfigure, a malformed frame, and a stop that drains. Every wait is bounded (a receive timeout).
+#include "replica/internal/replica_server.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "common/unique_fd.h"
+#include "transport/frame.h"
+
+namespace ferry::replica {
+namespace {
+
+using ::testing::HasSubstr;
+using transport::FrameHeader;
+using transport::FrameKind;
+
+ReplicaSpec Spec(std::string symbol, int max_ongoing = 4) {
+  ReplicaSpec s;
+  s.replica_id = "app#D#7";
+  s.application = "app";
+  s.deployment = "D";
+  s.import_path = "builtin:" + symbol;
+  s.symbol = std::move(symbol);
+  s.max_ongoing_requests = max_ongoing;
+  s.graceful_shutdown_timeout_s = 30;
+  return s;
+}
+
+// A replica serving `symbol` on a socket in a temporary directory, on a thread of its own.
+class Served {
+ public:
+  explicit Served(const std::string& symbol) {
+    dir_ = std::filesystem::path(::testing::TempDir()) / ("replica-" + std::to_string(getpid()) + "-" + symbol);
+    std::filesystem::create_directories(dir_);
+    path_ = (dir_ / "r.sock").string();
+    spec_ = Spec(symbol);
+    auto host = DeploymentHost::Create(spec_);
+    EXPECT_TRUE(host.ok()) << host.status();
+    host_ = std::move(*host);
+    server_ = std::make_unique<ReplicaServer>(spec_, *host_);
+    EXPECT_TRUE(server_->Listen(path_).ok());
+    thread_ = std::thread([this] { server_->Run(); });
+  }
+  ~Served() {
+    Stop();
+    std::filesystem::remove_all(dir_);
+  }
+  void Stop() {
+    if (!thread_.joinable()) return;
+    server_->RequestStop();
+    thread_.join();
+  }
+  const std::string& path() const { return path_; }
+  bool socket_exists() const { return std::filesystem::exists(path_); }
+
+ private:
+  std::filesystem::path dir_;
+  std::string path_;
+  ReplicaSpec spec_;
+  std::unique_ptr<DeploymentHost> host_;
+  std::unique_ptr<ReplicaServer> server_;
+  std::thread thread_;
+};
+
+// A client connection speaking frames, with every read bounded by 30 s.
+class Client {
+ public:
+  explicit Client(const std::string& path) : fd_(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    EXPECT_EQ(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << std::strerror(errno);
+    timeval tv{30, 0};
+    setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  void Send(const std::string& bytes) {
+    ASSERT_EQ(::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+  }
+  // The next frame; false when the connection closed (or the read timed out).
+  bool Next(FrameHeader* header, std::string* payload) {
+    for (;;) {
+      std::string_view view;
+      absl::StatusOr<bool> got = reader_.Next(header, &view);
+      if (!got.ok()) return false;
+      if (*got) {
+        payload->assign(view);
+        return true;
+      }
+      char* at = reader_.Prepare(65536);
+      ssize_t n = ::recv(fd_.get(), at, 65536, 0);
+      if (n <= 0) return false;
+      reader_.Commit(static_cast<size_t>(n));
+    }
+  }
+  // Waits for the frame of `kind` with `stream`; frames for other streams are kept for later.
+  std::string Await(FrameKind kind, uint64_t stream) {
+    for (auto it = early_.begin(); it != early_.end(); ++it) {
+      if (it->first.kind == kind && it->first.stream_id == stream) {
+        std::string p = it->second;
+        early_.erase(it);
+        return p;
+      }
+    }
+    FrameHeader h;
+    std::string p;
+    while (Next(&h, &p)) {
+      if (h.kind == kind && h.stream_id == stream) return p;
+      early_.emplace_back(h, p);
+    }
+    ADD_FAILURE() << "no " << transport::FrameKindName(kind) << " frame for stream " << stream;
+    return "";
+  }
+
+ private:
+  UniqueFd fd_;
+  transport::FrameReader reader_;
+  std::vector<std::pair<FrameHeader, std::string>> early_;
+};
+
+std::string RequestFrame(uint64_t stream, std::string_view query = "", std::string_view body = "hi") {
+  transport::RequestMessage m;
+  m.request_id = "rid";
+  m.method = "POST";
+  m.path = "/app";
+  m.query = query;
+  m.route_prefix = "/app";
+  m.body = body;
+  std::string out;
+  transport::AppendRequest(out, stream, m);
+  return out;
+}
+
+TEST(ReplicaServerTest, HandshakeThenPipelinedRequestsAnsweredByStream) {
+  Served replica("echo");
+  Client c(replica.path());
+  std::string out;
+  transport::AppendHello(out, 0, {transport::kProtocolVersion, "test"});
+  for (uint64_t s = 1; s <= 10; ++s) out += RequestFrame(s, "", "body-" + std::to_string(s));
+  c.Send(out);  // in one write: the server reads them together and answers each
+  transport::HelloAck ack;
+  std::string payload = c.Await(FrameKind::kHelloAck, 0);
+  ASSERT_TRUE(transport::DecodeHelloAck(payload, &ack).ok());
+  EXPECT_EQ(ack.replica_id, "app#D#7");
+  EXPECT_EQ(ack.deployment, "D");
+  for (uint64_t s = 1; s <= 10; ++s) {
+    payload = c.Await(FrameKind::kResponse, s);
+    transport::ResponseMessage r;
+    ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(nlohmann::json::parse(r.body)["body"], "body-" + std::to_string(s));
+  }
+}
+
+TEST(ReplicaServerTest, HealthStatsAndReconfigureInPlace) {
+  Served replica("echo");
+  Client c(replica.path());
+  std::string out;
+  transport::AppendEmpty(out, FrameKind::kHealth, 1);
+  out += RequestFrame(2);
+  c.Send(out);
+  transport::StatusReply health;
+  std::string payload = c.Await(FrameKind::kHealthReply, 1);
+  ASSERT_TRUE(transport::DecodeStatusReply(payload, &health).ok());
+  EXPECT_TRUE(health.ok);
+  c.Await(FrameKind::kResponse, 2);
+  out.clear();
+  transport::AppendEmpty(out, FrameKind::kStats, 3);
+  c.Send(out);
+  transport::StatsReply stats;
+  payload = c.Await(FrameKind::kStatsReply, 3);
+  ASSERT_TRUE(transport::DecodeStatsReply(payload, &stats).ok());
+  EXPECT_EQ(stats.total, 1u);
+  EXPECT_EQ(stats.ongoing, 0u);
+  // echo's user_config {healthy: false} makes its check fail: applied in place, no new process.
+  out.clear();
+  transport::AppendReconfigure(out, 4, R"({"user_config": {"healthy": false}, "max_ongoing_requests": 8})");
+  transport::AppendEmpty(out, FrameKind::kHealth, 5);
+  c.Send(out);
+  transport::StatusReply reconfigured, sick;
+  payload = c.Await(FrameKind::kReconfigureReply, 4);
+  ASSERT_TRUE(transport::DecodeStatusReply(payload, &reconfigured).ok());
+  EXPECT_TRUE(reconfigured.ok) << reconfigured.message;
+  payload = c.Await(FrameKind::kHealthReply, 5);
+  ASSERT_TRUE(transport::DecodeStatusReply(payload, &sick).ok());
+  EXPECT_FALSE(sick.ok);
+  // A bad update is refused with a message, and changes nothing.
+  out.clear();
+  transport::AppendReconfigure(out, 6, R"({"max_ongoing_requests": 0})");
+  c.Send(out);
+  transport::StatusReply refused;
+  payload = c.Await(FrameKind::kReconfigureReply, 6);
+  ASSERT_TRUE(transport::DecodeStatusReply(payload, &refused).ok());
+  EXPECT_FALSE(refused.ok);
+  EXPECT_THAT(std::string(refused.message), HasSubstr("max_ongoing_requests"));
+}
+
+TEST(ReplicaServerTest, ACancelStopsTheRequestItNames) {
+  Served replica("busy");
+  Client c(replica.path());
+  // Cancelled in the same read as the request: answered without running it.
+  std::string out = RequestFrame(1, "work_us=60000000");  // a minute of work
+  transport::AppendEmpty(out, FrameKind::kCancel, 1);
+  c.Send(out);
+  transport::ResponseMessage r;
+  std::string payload = c.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_THAT(std::string(r.body), HasSubstr("cancelled before it started"));
+  // Cancelled later: busy, if it started, sees it and stops early; if the cancel won the race to the
+  // start, the request never runs. Either way the minute of work is not done (the answer comes within the
+  // client's 30 s read timeout).
+  c.Send(RequestFrame(2, "work_us=60000000"));
+  for (;;) {  // wait until it runs: ongoing 1 in the replica's stats (bounded by the client's read timeout)
+    std::string stats_frame;
+    transport::AppendEmpty(stats_frame, FrameKind::kStats, 100);
+    c.Send(stats_frame);
+    transport::StatsReply stats;
+    ASSERT_TRUE(transport::DecodeStatsReply(c.Await(FrameKind::kStatsReply, 100), &stats).ok());
+    if (stats.ongoing == 1) break;
+  }
+  std::string cancel;
+  transport::AppendEmpty(cancel, FrameKind::kCancel, 2);
+  c.Send(cancel);
+  payload = c.Await(FrameKind::kResponse, 2);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  if (r.status == 499) {
+    EXPECT_THAT(std::string(r.body), HasSubstr("cancelled before it started"));
+  } else {
+    nlohmann::json body = nlohmann::json::parse(r.body);
+    EXPECT_EQ(body["cancelled"], true) << r.body;
+    EXPECT_LT(body["spent_us"].get<int64_t>(), 60000000);
+  }
+}
+
+TEST(ReplicaServerTest, AMalformedFrameClosesOnlyItsConnection) {
+  Served replica("echo");
+  Client bad(replica.path());
+  bad.Send(std::string(16, 'x'));  // not a frame header
+  FrameHeader h;
+  std::string p;
+  EXPECT_FALSE(bad.Next(&h, &p)) << "the connection stays open after garbage";
+  Client good(replica.path());
+  good.Send(RequestFrame(9));
+  transport::ResponseMessage r;
+  std::string payload = good.Await(FrameKind::kResponse, 9);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_EQ(r.status, 200);
+}
+
+TEST(ReplicaServerTest, StopFinishesWhatIsInFlightAndStopsAccepting) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "", "last"));
+  transport::ResponseMessage r;
+  std::string payload = c.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  replica.Stop();  // returns once drained
+  EXPECT_FALSE(replica.socket_exists()) << "a stopped replica leaves its socket path for new clients";
+}
+
+}  // namespace
+}  // namespace ferry::replica
