@@ -2,6 +2,7 @@
 // construction, so that a test drives a plugin's generated ABI table exactly as ferry does.
 #pragma once
 
+#include <cstddef>
 #include <ferry/abi.h>
 #include <string>
 #include <string_view>
@@ -38,8 +39,17 @@ inline std::vector<std::string>& LoggedLines() {
 inline void LogLine(int level, FerryString m) {
   LoggedLines().push_back(std::to_string(level) + " " + std::string(m.data, m.size));
 }
-inline const FerryHostApi kHost = {
-    sizeof(FerryHostApi), FERRY_ABI_VERSION, &SetStatus, &AddHeader, &SetBody, &SetError, &LogLine};
+// A host with the HTTP entry only (struct_size ends before the tensor entry's functions).
+inline const FerryHostApi kHost = {offsetof(FerryHostApi, add_output),
+                                   FERRY_ABI_VERSION,
+                                   &SetStatus,
+                                   &AddHeader,
+                                   &SetBody,
+                                   &SetError,
+                                   &LogLine,
+                                   nullptr,
+                                   nullptr,
+                                   nullptr};
 
 inline FerryString S(std::string_view s) { return {s.data(), s.size()}; }
 
