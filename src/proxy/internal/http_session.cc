@@ -9,7 +9,7 @@
 #include <optional>
 
 #include "common/common.h"
-#include "inference/oip.h"
+#include "proxy/internal/inference_endpoints.h"
 #include "proxy/internal/proxy_internal.h"
 #include "proxy/internal/request_head.h"
 
@@ -271,62 +271,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The Open Inference Protocol (V2): health and server metadata here; a model's metadata and infer go
   // to one of its replicas, whose SDK speaks the protocol.
   void ServeInferenceProtocol(http::request<http::string_body>&& req, std::string_view path) {
-    const bool get = req.method() == http::verb::get || req.method() == http::verb::head;
-    const bool post = req.method() == http::verb::post;
     std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
-    auto answer = [&](nlohmann::json body) { WriteText(http::status::ok, body.dump(), "application/json"); };
-    auto wrong_method = [&](std::string_view allowed) {
-      WriteError(http::status::method_not_allowed, ferry::StrCat(path, " accepts ", allowed), false);
-    };
-    if (path == "/v2" || path == "/v2/") {
-      if (!get) return wrong_method("GET");
-      return answer({{"name", "ferry"}, {"version", kVersion}, {"extensions", {"binary_tensor_data"}}});
+    InferenceAnswer a = AnswerInferenceProtocol(req.method(), path, *table, worker_.draining());
+    if (!a.route) {
+      if (a.error)
+        WriteError(a.status, a.body, false);
+      else
+        WriteText(a.status, std::move(a.body), "application/json");
+      return;
     }
-    if (path == "/v2/health/live") {
-      if (!get) return wrong_method("GET");
-      return answer({{"live", !worker_.draining()}});
-    }
-    if (path == "/v2/health/ready") {
-      if (!get) return wrong_method("GET");
-      // A model autoscaled to zero on purpose is ready: an infer call starts a replica and is answered.
-      std::string waiting;
-      for (const router::ModelRoute& m : table->models()) {
-        router::RouterStats stats = m.route.router->Stats();
-        if (stats.replicas == 0 && !stats.scales_from_zero)
-          ferry::StrAppend(&waiting, waiting.empty() ? "" : ", ", m.name);
-      }
-      if (worker_.draining()) return WriteError(http::status::service_unavailable, "this node is being drained", false);
-      if (!waiting.empty())
-        return WriteError(http::status::bad_request, ferry::StrCat("not ready: no replica serves model(s) ", waiting),
-                          false);
-      return answer({{"ready", true}});
-    }
-    std::optional<oip::ModelPath> model_path = oip::ParseModelPath(path);
-    if (!model_path)
-      return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
-    const std::string_view name = model_path->name, version = model_path->version, rest = model_path->rest;
-    const router::ModelRoute* model = table->FindModel(name);
-    if (!model) return WriteError(http::status::not_found, ferry::StrCat("unknown model '", name, "'"), false);
-    if (!version.empty() && version != model->version)
-      return WriteError(http::status::not_found,
-                        model->version.empty()
-                            ? ferry::StrCat("model '", name, "' has no version '", version, "' (it is unversioned)")
-                            : ferry::StrCat("model '", name, "' has no version '", version, "' (it serves version '",
-                                            model->version, "')"),
-                        false);
-    if (rest == "/ready") {
-      if (!get) return wrong_method("GET");
-      if (router::RouterStats stats = model->route.router->Stats(); stats.replicas == 0 && !stats.scales_from_zero)
-        return WriteError(http::status::bad_request,
-                          ferry::StrCat("model '", name, "' is not ready: no replica is running"), false);
-      return answer({{"name", model->name}, {"ready", true}});
-    }
-    if (rest.empty() && !get) return wrong_method("GET");
-    if (rest == "/infer" && !post) return wrong_method("POST");
-    if (!rest.empty() && rest != "/infer")
-      return WriteError(http::status::not_found, ferry::StrCat("no Open Inference Protocol endpoint at ", path), false);
     if (buffer_.size() == 0) ReadAhead();
-    StartCall(std::move(req), path, table, &model->route);
+    StartCall(std::move(req), path, table, a.route);
   }
 
   void WriteText(http::status status, std::string body, std::string_view content_type) {
