@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "common/clock.h"
 #include "config/config.h"
@@ -185,7 +186,7 @@ class Controller : public node::ReplicaListener {
   void AdvanceHealth(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
   void PollStats(Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceUpdate(Deployment& d, Replica& r);
-  void OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status);
+  void OnHealthResult(uint64_t token, const absl::Status& status);
   void MarkRunning(Deployment& d, Replica& r);
   void RecordStartFailure(Deployment& d, const std::string& message);
   void UpdateStatuses();
@@ -220,7 +221,10 @@ class Controller : public node::ReplicaListener {
   std::optional<config::Config> applied_;
   std::map<std::string, std::unique_ptr<Application>> apps_;
   std::map<std::string, std::unique_ptr<Deployment>> deployments_;  // by "app/deployment"
-  std::map<std::string, Deployment*> by_replica_;
+  std::unordered_map<std::string, Deployment*> by_replica_;
+  // Health checks awaiting an answer, by token: the answer reaches its replica without a name lookup.
+  // An entry leaves when answered, timed out, or when its replica is erased.
+  std::unordered_map<uint64_t, std::pair<Deployment*, Replica*>> health_waits_;
   std::map<std::string, std::deque<HistoryEntry>> history_;
   uint64_t next_key_ = 1;
   // Published state: the last snapshot, and what the next one must rebuild.

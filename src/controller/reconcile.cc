@@ -260,7 +260,7 @@ void Controller::BeginStop(Deployment& d, Replica& r, SteadyTime now) {
 void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
   if (r.health_outstanding) {
     if (now >= r.health_deadline)
-      OnHealthResult(r.id, r.health_token,
+      OnHealthResult(r.health_token,
                      absl::DeadlineExceededError(StrCat("check_health did not answer within health_check_timeout_s (",
                                                         d.target.health_check_timeout_s, " s)")));
     return;
@@ -268,9 +268,10 @@ void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
   if (now < r.next_health) return;
   r.health_outstanding = true;
   r.health_token = next_token_++;
+  health_waits_[r.health_token] = {&d, &r};  // the answer finds its replica by the token: no name lookups
   r.health_deadline = now + Millis(d.target.health_check_timeout_s);
   launcher_->CheckHealth(
-      r.id, [this, id = r.id, token = r.health_token](const absl::Status& s) { OnHealthResult(id, token, s); });
+      r.id, [this, token = r.health_token](const absl::Status& s) { OnHealthResult(token, s); });
 }
 
 // Every kStatsPeriod, a running replica's stats: the processing-time and batch-size histograms /metrics shows.
@@ -291,12 +292,13 @@ void Controller::PollStats(Replica& r, SteadyTime now) {
   });
 }
 
-void Controller::OnHealthResult(const std::string& replica_id, uint64_t token, const absl::Status& status) {
-  Deployment* d = FindByReplica(replica_id);
-  if (!d) return;
-  auto it = d->replicas.find(replica_id);
-  if (it == d->replicas.end()) return;
-  Replica& r = it->second;
+void Controller::OnHealthResult(uint64_t token, const absl::Status& status) {
+  auto wait = health_waits_.find(token);
+  if (wait == health_waits_.end()) return;  // answered already (timed out), or the replica is gone
+  auto [d, replica] = wait->second;
+  health_waits_.erase(wait);
+  Replica& r = *replica;
+  const std::string& replica_id = r.id;
   if (!r.health_outstanding || r.health_token != token || r.state == ReplicaState::kStopping) return;
   r.health_outstanding = false;
   const SteadyTime now = clock_->Now();
@@ -441,6 +443,7 @@ void Controller::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   by_replica_.erase(replica_id);
   if (it == d->replicas.end()) return;
   Replica r = it->second;
+  if (it->second.health_outstanding) health_waits_.erase(it->second.health_token);
   d->replicas.erase(it);
   if (r.routed || r.draining) SetChanged(*d);
   if (r.state != ReplicaState::kStopping && !shutting_down_ && !d->deleting) {

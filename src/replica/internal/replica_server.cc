@@ -96,12 +96,13 @@ class Connection {
       return;
     }
     flushing_ = true;
-    std::string writing;  // what this thread writes outside the lock; it alone flushes meanwhile
+    // writing_ belongs to the flushing thread (flushing_, set and cleared under the lock, hands it on);
+    // it and pending_ swap buffers, so their capacity is reused and a flush allocates nothing.
     while (!pending_.empty() && !broken_) {
-      writing.swap(pending_);
+      writing_.swap(pending_);
       write_mu_.Unlock();
-      bool ok = WriteAll(writing);
-      writing.clear();
+      bool ok = WriteAll(writing_);
+      writing_.clear();
       write_mu_.Lock();
       if (!ok) broken_ = true;
     }
@@ -162,6 +163,7 @@ class Connection {
   Mutex write_mu_;
   std::string pending_ ABSL_GUARDED_BY(write_mu_);
   bool flushing_ ABSL_GUARDED_BY(write_mu_) = false;  // a thread is writing; others only append
+  std::string writing_;  // the flushing thread's, outside the lock (see Send)
   bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
   Mutex tasks_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Task>> tasks_ ABSL_GUARDED_BY(tasks_mu_);
