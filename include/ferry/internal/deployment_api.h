@@ -78,6 +78,35 @@ int Guard(FerryErrorSink* error, F&& body) {
   return FERRY_ERROR;
 }
 
+// The entries a deployment's and a model's tables share: constructing an instance from the args JSON,
+// applying a user_config, and running check_health.
+template <typename T>
+int ConstructInstance(FerryString args_json, void** instance, FerryErrorSink* error) {
+  return Guard(error, [&] {
+    std::string_view text(args_json.data, args_json.size);
+    Json args = text.empty() ? Json::object() : Json::parse(text);
+    *instance = new T(Args(std::move(args)));
+  });
+}
+template <typename T>
+int ReconfigureInstance(void* instance, FerryString config, FerryErrorSink* error) {
+  return Guard(error, [&] {
+    std::string_view text(config.data, config.size);
+    static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
+  });
+}
+template <typename T>
+int CheckInstanceHealth(void* instance, FerryErrorSink* error) {
+  int rc = FERRY_ERROR;
+  int guard = Guard(error, [&] {
+    if (static_cast<T*>(instance)->check_health())
+      rc = FERRY_OK;
+    else
+      SetError(Host(), error, "check_health returned false");
+  });
+  return guard == FERRY_OK ? rc : FERRY_ERROR;
+}
+
 template <typename T>
 const FerryDeploymentApi* DeploymentApiFor(const char* name);
 
@@ -106,11 +135,7 @@ const FerryDeploymentApi* DeploymentApiFor(const char* name) {
     a.name = name;
     a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
       Host() = host;
-      return Guard(error, [&] {
-        std::string_view text(args_json.data, args_json.size);
-        Json args = text.empty() ? Json::object() : Json::parse(text);
-        *instance = new T(Args(std::move(args)));
-      });
+      return ConstructInstance<T>(args_json, instance, error);
     };
     a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
     a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
@@ -137,26 +162,8 @@ const FerryDeploymentApi* DeploymentApiFor(const char* name) {
       };
       a.release = [](void*, void* state) { delete static_cast<std::any*>(state); };
     }
-    if constexpr (OverridesReconfigure<T>::value) {
-      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
-        return Guard(error, [&] {
-          std::string_view text(config.data, config.size);
-          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
-        });
-      };
-    }
-    if constexpr (OverridesCheckHealth<T>::value) {
-      a.check_health = [](void* instance, FerryErrorSink* error) {
-        int rc = FERRY_ERROR;
-        int guard = Guard(error, [&] {
-          if (static_cast<T*>(instance)->check_health())
-            rc = FERRY_OK;
-          else
-            SetError(Host(), error, "check_health returned false");
-        });
-        return guard == FERRY_OK ? rc : FERRY_ERROR;
-      };
-    }
+    if constexpr (OverridesReconfigure<T>::value) a.reconfigure = &ReconfigureInstance<T>;
+    if constexpr (OverridesCheckHealth<T>::value) a.check_health = &CheckInstanceHealth<T>;
     return a;
   }();
   return &api;

@@ -122,13 +122,11 @@ const FerryDeploymentApi* ModelApiFor(const char* name) {
     a.name = name;
     a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
       Host() = host;
-      return Guard(error, [&] {
-        if (host->struct_size < offsetof(FerryHostApi, fail_infer) + sizeof(host->fail_infer))
-          throw std::runtime_error("this ferry is too old for models built with this SDK (no tensor entry)");
-        std::string_view text(args_json.data, args_json.size);
-        Json args = text.empty() ? Json::object() : Json::parse(text);
-        *instance = new T(Args(std::move(args)));
-      });
+      if (host->struct_size < offsetof(FerryHostApi, fail_infer) + sizeof(host->fail_infer)) {
+        SetError(host, error, "this ferry is too old for models built with this SDK (no tensor entry)");
+        return static_cast<int>(FERRY_ERROR);
+      }
+      return ConstructInstance<T>(args_json, instance, error);
     };
     a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
     a.model_metadata = [](void* instance, FerryResponseSink* out, FerryErrorSink* error) {
@@ -141,26 +139,8 @@ const FerryDeploymentApi* ModelApiFor(const char* name) {
                  FerryInferSink* const* sinks, FerryErrorSink* error) {
       return Guard(error, [&] { RunInfer(static_cast<T*>(instance), requests, count, sinks); });
     };
-    if constexpr (ModelOverridesReconfigure<T>::value) {
-      a.reconfigure = [](void* instance, FerryString config, FerryErrorSink* error) {
-        return Guard(error, [&] {
-          std::string_view text(config.data, config.size);
-          static_cast<T*>(instance)->reconfigure(text.empty() ? Json() : Json::parse(text));
-        });
-      };
-    }
-    if constexpr (ModelOverridesCheckHealth<T>::value) {
-      a.check_health = [](void* instance, FerryErrorSink* error) {
-        int rc = FERRY_ERROR;
-        int guard = Guard(error, [&] {
-          if (static_cast<T*>(instance)->check_health())
-            rc = FERRY_OK;
-          else
-            SetError(Host(), error, "check_health returned false");
-        });
-        return guard == FERRY_OK ? rc : FERRY_ERROR;
-      };
-    }
+    if constexpr (ModelOverridesReconfigure<T>::value) a.reconfigure = &ReconfigureInstance<T>;
+    if constexpr (ModelOverridesCheckHealth<T>::value) a.check_health = &CheckInstanceHealth<T>;
     return a;
   }();
   return &api;
