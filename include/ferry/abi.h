@@ -96,10 +96,10 @@ typedef struct FerryTensor {
  * shapes, element counts) before the model sees it. OWNERSHIP: the host's, valid until infer() returns. */
 typedef struct FerryInferRequest {
   size_t struct_size;
-  const FerryRequest* http;   /* the HTTP request it came in: headers, request id, is_cancelled */
-  FerryString id;             /* the request's "id" (the host echoes it) */
-  FerryString parameters;     /* the request's "parameters" object as JSON; empty when absent */
-  const FerryTensor* inputs;  /* in the order the client sent them */
+  const FerryRequest* http;  /* the HTTP request it came in: headers, request id, is_cancelled */
+  FerryString id;            /* the request's "id" (the host echoes it) */
+  FerryString parameters;    /* the request's "parameters" object as JSON; empty when absent */
+  const FerryTensor* inputs; /* in the order the client sent them */
   size_t num_inputs;
   const FerryString* outputs; /* the output names asked for; none: all */
   size_t num_outputs;

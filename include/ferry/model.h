@@ -250,9 +250,7 @@ class Tensor {
       throw std::invalid_argument("tensor " + name_ + " holds " + std::string(DataTypeName(datatype_)) + ", read as " +
                                   std::string(DataTypeName(wanted)));
   }
-  const std::byte* Bytes() const {
-    return borrowed_ ? borrowed_ : reinterpret_cast<const std::byte*>(raw_.data());
-  }
+  const std::byte* Bytes() const { return borrowed_ ? borrowed_ : reinterpret_cast<const std::byte*>(raw_.data()); }
   // A borrowed tensor about to be written takes a copy of its elements.
   void Own() {
     if (!borrowed_) return;
@@ -329,7 +327,6 @@ struct InferResponse {
     return r;
   }
 };
-
 
 // A tensor spec as JSON: {name, datatype, shape}.
 inline Json SpecJson(const TensorSpec& s) {

@@ -1,7 +1,5 @@
 #include "admin/admin_server.h"
 
-#include "admin/render.h"
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/beast/core.hpp>
@@ -14,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "admin/render.h"
 #include "common/common.h"
 #include "common/mutex.h"
 #include "metrics/metrics.h"

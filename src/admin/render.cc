@@ -18,8 +18,8 @@ using controller::AutoscalingView;
 using controller::ControllerSnapshot;
 using controller::DeploymentStatusName;
 using controller::DeploymentView;
-using controller::ReplicaStateName;
 using controller::ReplicaState;
+using controller::ReplicaStateName;
 using controller::ReplicaView;
 using nlohmann::json;
 
@@ -81,9 +81,7 @@ std::string MetricsText(const ControllerSnapshot& snapshot) {
   std::string out;
   metrics::SampleWriter w(&out);
   using Labels = std::vector<std::pair<std::string, std::string>>;
-  auto labels = [](const DeploymentView& d) {
-    return Labels{{"application", d.application}, {"deployment", d.name}};
-  };
+  auto labels = [](const DeploymentView& d) { return Labels{{"application", d.application}, {"deployment", d.name}}; };
   std::vector<const DeploymentView*> deployments;
   for (const ApplicationView& a : snapshot.applications)
     for (const DeploymentView& d : a.deployments) deployments.push_back(&d);

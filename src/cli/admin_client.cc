@@ -13,8 +13,7 @@ absl::StatusOr<AdminResponse> AdminRequest(const std::string& address, const std
   // HOST:PORT or http://HOST:PORT (Ray's --address takes both).
   absl::StatusOr<HttpEndpoint> endpoint = ParseHttpEndpoint(address, /*scheme_optional=*/true);
   if (!endpoint.ok() || (endpoint->path != "/" && !endpoint->path.empty()))
-    return absl::InvalidArgumentError(
-        StrCat("--address must look like HOST:PORT or http://HOST:PORT, got ", address));
+    return absl::InvalidArgumentError(StrCat("--address must look like HOST:PORT or http://HOST:PORT, got ", address));
   HttpCall call;
   call.method = method;
   call.path = path;

@@ -15,9 +15,9 @@
 #include "common/common.h"
 #include "controller/controller.h"
 #include "controller/state_store.h"
+#include "endpoints/endpoints.h"
 #include "metrics/metrics.h"
 #include "proxy/proxy.h"
-#include "endpoints/endpoints.h"
 #include "router/router_set.h"
 #include "tracing/tracing.h"
 

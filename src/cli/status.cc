@@ -121,13 +121,13 @@ json Brief(const json& body, const json& traffic, const std::map<std::string, st
     }
     json entry = {
         {"status", app["status"]}, {"message", app["message"]}, {"last_deployed_time_s", app["last_deployed_time_s"]}};
-    entry["traffic"] = traffic.is_null()       ? json("off: the node runs with --no-metrics")
+    entry["traffic"] = traffic.is_null()        ? json("off: the node runs with --no-metrics")
                        : traffic.contains(name) ? traffic[name]
-                                              : json{{"requests_per_s", 0},
-                                                     {"error_rate", 0},
-                                                     {"p50_ms", nullptr},
-                                                     {"p95_ms", nullptr},
-                                                     {"p99_ms", nullptr}};
+                                                : json{{"requests_per_s", 0},
+                                                       {"error_rate", 0},
+                                                       {"p50_ms", nullptr},
+                                                       {"p95_ms", nullptr},
+                                                       {"p99_ms", nullptr}};
     entry["deployments"] = deployments;
     brief["applications"][name] = entry;
   }

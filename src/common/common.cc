@@ -1,7 +1,5 @@
 #include "common/common.h"
 
-#include "common/clock.h"
-
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -10,6 +8,8 @@
 #include <ctime>
 #include <mutex>
 #include <random>
+
+#include "common/clock.h"
 
 namespace ferry {
 

@@ -2,10 +2,9 @@
 // code; included by <ferry/deployment.h>. Exceptions thrown by user code are caught here and become errors.
 #pragma once
 
-#include <ferry/abi.h>
-
 #include <cstddef>
 #include <exception>
+#include <ferry/abi.h>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -107,6 +106,17 @@ int CheckInstanceHealth(void* instance, FerryErrorSink* error) {
   return guard == FERRY_OK ? rc : FERRY_ERROR;
 }
 
+// What every table for T starts with: its size and version, its name, and how an instance is freed.
+template <typename T>
+FerryDeploymentApi TableFor(const char* name) {
+  FerryDeploymentApi a{};
+  a.struct_size = sizeof(FerryDeploymentApi);
+  a.abi_version = FERRY_ABI_VERSION;
+  a.name = name;
+  a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
+  return a;
+}
+
 template <typename T>
 const FerryDeploymentApi* DeploymentApiFor(const char* name);
 
@@ -126,18 +136,15 @@ const FerryDeploymentApi* ApiFor(const char* name) {
 
 template <typename T>
 const FerryDeploymentApi* DeploymentApiFor(const char* name) {
-  static_assert(std::is_base_of_v<Deployment, T>, "FERRY_DEPLOYMENT needs a ferry::Deployment or ferry::Model subclass");
+  static_assert(std::is_base_of_v<Deployment, T>,
+                "FERRY_DEPLOYMENT needs a ferry::Deployment or ferry::Model subclass");
   static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
   static const FerryDeploymentApi api = [name] {
-    FerryDeploymentApi a{};
-    a.struct_size = sizeof(FerryDeploymentApi);
-    a.abi_version = FERRY_ABI_VERSION;
-    a.name = name;
+    FerryDeploymentApi a = TableFor<T>(name);
     a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
       Host() = host;
       return ConstructInstance<T>(args_json, instance, error);
     };
-    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
     a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
       return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
     };

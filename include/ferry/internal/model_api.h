@@ -116,10 +116,7 @@ const FerryDeploymentApi* ModelApiFor(const char* name) {
   static_assert(std::is_base_of_v<Model, T>, "a model derives from ferry::Model");
   static_assert(std::is_constructible_v<T, const Args&>, "the class needs a constructor taking const ferry::Args&");
   static const FerryDeploymentApi api = [name] {
-    FerryDeploymentApi a{};
-    a.struct_size = sizeof(FerryDeploymentApi);
-    a.abi_version = FERRY_ABI_VERSION;
-    a.name = name;
+    FerryDeploymentApi a = TableFor<T>(name);
     a.create = [](const FerryHostApi* host, FerryString args_json, void** instance, FerryErrorSink* error) {
       Host() = host;
       if (host->struct_size < offsetof(FerryHostApi, fail_infer) + sizeof(host->fail_infer)) {
@@ -128,15 +125,14 @@ const FerryDeploymentApi* ModelApiFor(const char* name) {
       }
       return ConstructInstance<T>(args_json, instance, error);
     };
-    a.destroy = [](void* instance) { delete static_cast<T*>(instance); };
     a.model_metadata = [](void* instance, FerryResponseSink* out, FerryErrorSink* error) {
       return Guard(error, [&] {
         std::string json = MetadataJson(static_cast<T*>(instance)->metadata(), "").dump();
         Host()->set_body(out, FerryString{json.data(), json.size()});
       });
     };
-    a.infer = [](void* instance, const FerryInferRequest* const* requests, size_t count,
-                 FerryInferSink* const* sinks, FerryErrorSink* error) {
+    a.infer = [](void* instance, const FerryInferRequest* const* requests, size_t count, FerryInferSink* const* sinks,
+                 FerryErrorSink* error) {
       return Guard(error, [&] { RunInfer(static_cast<T*>(instance), requests, count, sinks); });
     };
     if constexpr (ModelOverridesReconfigure<T>::value) a.reconfigure = &ReconfigureInstance<T>;
