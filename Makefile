@@ -50,11 +50,12 @@ tsan-test: deps
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_TSAN=ON -DFERRY_BUILD_BENCH=OFF >/dev/null
 	@cmake --build $(TSAN_BUILD)
 	@rm -rf $(TSAN_BUILD)/tsan-reports && mkdir -p $(TSAN_BUILD)/tsan-reports
-	TSAN_OPTIONS="log_path=$(CURDIR)/$(TSAN_BUILD)/tsan-reports/report second_deadlock_stack=1" \
-	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -L 'unit|integration'
-	@if ls $(TSAN_BUILD)/tsan-reports/report.* >/dev/null 2>&1; then \
+	@TSAN_OPTIONS="log_path=$(CURDIR)/$(TSAN_BUILD)/tsan-reports/report second_deadlock_stack=1" \
+	  ctest --test-dir $(TSAN_BUILD) --output-on-failure -L 'unit|integration'; rc=$$?; \
+	if ls $(TSAN_BUILD)/tsan-reports/report.* >/dev/null 2>&1; then \
 	  cat $(TSAN_BUILD)/tsan-reports/report.*; echo "ThreadSanitizer reported races (above)"; exit 1; \
-	else echo "ThreadSanitizer: no race reported"; fi
+	fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; echo "ThreadSanitizer: no race reported"
 
 fuzz-test: deps
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_FUZZ=ON -DFERRY_BUILD_TESTS=OFF >/dev/null

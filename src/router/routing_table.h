@@ -1,7 +1,7 @@
 // The routing table: route_prefix -> application -> its ingress deployment's router, and model name ->
 // the model's deployment router (the Open Inference Protocol's /v2/models/{name}). The controller builds
 // a new table on every change and publishes it; the data plane reads immutable snapshots.
-// Thread-safe: a RoutingTable is immutable; RoutingTableCell swaps snapshots atomically.
+// Thread-safe: a RoutingTable is immutable; RoutingTableCell hands out snapshots under a lock.
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/mutex.h"
 #include "router/router.h"
 
 namespace ferry::router {
@@ -48,13 +49,44 @@ class RoutingTable {
 };
 
 // Holds the current table. Writers publish whole tables; readers take a snapshot per request.
+// (Not std::atomic<std::shared_ptr>: libstdc++ 12's load releases its lock with a relaxed store, a race
+// ThreadSanitizer reports; and a Reader per thread makes the common read one atomic load, no lock.)
 class RoutingTableCell {
  public:
-  void Publish(std::shared_ptr<const RoutingTable> table) { table_.store(std::move(table)); }
-  std::shared_ptr<const RoutingTable> Get() const { return table_.load(); }
+  RoutingTableCell() : table_(std::make_shared<const RoutingTable>(std::vector<Route>{})) {}
+  void Publish(std::shared_ptr<const RoutingTable> table) {
+    MutexLock lock(&mu_);
+    table_ = std::move(table);
+    version_.fetch_add(1, std::memory_order_release);
+  }
+  std::shared_ptr<const RoutingTable> Get() const {
+    MutexLock lock(&mu_);
+    return table_;
+  }
+
+  // One reading thread's view of a cell: re-reads the cell only after a publish. Not thread-safe.
+  class Reader {
+   public:
+    explicit Reader(const RoutingTableCell* cell) : cell_(cell) {}
+    const std::shared_ptr<const RoutingTable>& Get() {
+      const uint64_t version = cell_->version_.load(std::memory_order_acquire);
+      if (version != seen_ || !table_) {
+        table_ = cell_->Get();  // at least as new as `version`
+        seen_ = version;
+      }
+      return table_;
+    }
+
+   private:
+    const RoutingTableCell* cell_;
+    uint64_t seen_ = 0;
+    std::shared_ptr<const RoutingTable> table_;
+  };
 
  private:
-  std::atomic<std::shared_ptr<const RoutingTable>> table_{std::make_shared<const RoutingTable>(std::vector<Route>{})};
+  mutable Mutex mu_;
+  std::shared_ptr<const RoutingTable> table_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> version_{0};
 };
 
 // True when `path` is under `prefix` ("/a" matches "/a", "/a/", "/a/b", not "/ab"; "/" matches all).

@@ -190,7 +190,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       case RequestHead::Kind::kRoute:
         break;
     }
-    std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
+    std::shared_ptr<const router::RoutingTable> table = worker_.table();
     const router::Route* route = table->Match(path);
     if (!route) {
       if (table->access_log()) BeginAccess(req, path, nullptr);
@@ -261,7 +261,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     if (path == "/-/routes") {
       nlohmann::json routes = nlohmann::json::object();
-      for (const auto& r : worker_.routing().Get()->routes()) routes[r.route_prefix] = r.application;
+      for (const auto& r : worker_.table()->routes()) routes[r.route_prefix] = r.application;
       WriteText(http::status::ok, routes.dump(), "application/json");
       return;
     }
@@ -271,7 +271,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The Open Inference Protocol (V2): health and server metadata here; a model's metadata and infer go
   // to one of its replicas, whose SDK speaks the protocol.
   void ServeInferenceProtocol(http::request<http::string_body>&& req, std::string_view path) {
-    std::shared_ptr<const router::RoutingTable> table = worker_.routing().Get();
+    std::shared_ptr<const router::RoutingTable> table = worker_.table();
     InferenceAnswer a = AnswerInferenceProtocol(req.method(), path, *table, worker_.draining());
     if (!a.route) {
       if (a.error)
@@ -330,7 +330,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Counts this answer: on its route's series, or the proxy's own (own endpoints, unmatched paths, and
   // errors before a request was parsed, which have no latency).
   void RecordResponse(unsigned status) {
-    RouteSeries* series = series_ ? series_ : worker_.Series(worker_.routing().Get(), nullptr);
+    RouteSeries* series = series_ ? series_ : worker_.Series(worker_.table(), nullptr);
     const std::optional<double> seconds = Elapsed();
     worker_.RecordResponse(series, status, seconds);
     if (span_ || access_) EndRequest(status, seconds);

@@ -151,7 +151,8 @@ class Worker {
 
   asio::io_context& io() { return io_; }
   const ProxyOptions& options() const { return options_; }
-  router::RoutingTableCell& routing() { return *routing_; }
+  // The routing table in force (this worker's view of the cell; only a publish makes it re-read).
+  const std::shared_ptr<const router::RoutingTable>& table() { return routing_.Get(); }
   std::atomic<int>& in_flight() { return *in_flight_; }
   bool draining() const { return draining_->load(std::memory_order_relaxed); }
   std::shared_ptr<ReplicaChannel> ChannelTo(const std::shared_ptr<const router::ReplicaEndpoint>& replica);
@@ -173,7 +174,7 @@ class Worker {
   void DoAccept();
   void Sweep();
   const ProxyOptions& options_;
-  router::RoutingTableCell* routing_;
+  router::RoutingTableCell::Reader routing_;
   std::atomic<int>* in_flight_;
   std::atomic<bool>* draining_;
   // Declared before io_ so that it outlives the sessions io_ destroys with its handlers.
