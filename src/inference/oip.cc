@@ -1,8 +1,8 @@
 // The Open Inference Protocol (V2) codec, host side: see oip.h.
 // The parser reads tensor data straight from the JSON text into typed storage (no document tree, no
-// strtod); the small parts (shape, parameters, outputs) go to nlohmann as text slices. Inside this file a
-// malformed body unwinds the recursive descent with InferError; it never leaves the file: the API turns
-// it into a status.
+// strtod); the small parts (shape, parameters, outputs) go to nlohmann as text slices. Errors are statuses
+// all the way down: the reader keeps the first error and stops where it is (every later read sees the end
+// of the text), so the recursive descent unwinds by returning, without exceptions.
 #include "inference/oip.h"
 
 #include <charconv>
@@ -17,7 +17,15 @@ namespace impl {
 
 namespace internal {
 
-[[noreturn]] inline void Fail(const std::string& message) { throw InferError(400, message); }
+// Returns from the calling function with `expr`'s status when it is not OK.
+#define FERRY_OIP_RETURN_IF_ERROR(expr)       \
+  do {                                        \
+    if (absl::Status _s = (expr); !_s.ok()) { \
+      return _s;                              \
+    }                                         \
+  } while (false)
+
+inline absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 inline std::string Where(const std::string& tensor) { return "input '" + tensor + "'"; }
 
@@ -38,10 +46,13 @@ inline const char* Expected(DataType t) {
 
 // A forward-only reader of JSON text. An infer request's tensor data, its only large part, is parsed from
 // the text straight into typed storage (no document tree, no strtod); the small parts (shape, parameters,
-// outputs) are handed to nlohmann as text slices.
+// outputs) are handed to nlohmann as text slices. The first error sticks: the cursor moves to the end, so
+// every loop over members or elements ends and each caller returns; status() reports it.
 class JsonText {
  public:
   explicit JsonText(std::string_view text) : s_(text) {}
+  bool ok() const { return error_.ok(); }
+  const absl::Status& status() const { return error_; }
   char Peek() {
     SkipWs();
     return p_ < s_.size() ? s_[p_] : '\0';
@@ -58,44 +69,61 @@ class JsonText {
   void Expect(char c) {
     if (!Consume(c)) Syntax(std::string("expected '") + c + "'");
   }
-  [[noreturn]] void Syntax(const std::string& what) const {
-    throw InferError(400, "request body is not valid JSON: " + what + " at byte " + std::to_string(p_));
+  // Records a syntax error at the cursor (the first error wins) and stops reading.
+  void Syntax(const std::string& what) {
+    Fail(Invalid("request body is not valid JSON: " + what + " at byte " + std::to_string(p_)));
   }
-  // Calls on_key(key) with the cursor at each member's value; on_key must consume the value.
+  // Records `error` (the first error wins) and stops reading.
+  void Fail(absl::Status error) {
+    if (error_.ok()) error_ = std::move(error);
+    p_ = s_.size();
+  }
+  // Calls on_key(key) with the cursor at each member's value; on_key must consume the value (or Fail).
   template <typename F>
   void Object(F&& on_key) {
     Expect('{');
-    if (Consume('}')) return;
+    if (!ok() || Consume('}')) return;
     do {
-      if (Peek() != '"') Syntax("expected a member name");
+      if (Peek() != '"') return Syntax("expected a member name");
       std::string key = String();
       Expect(':');
+      if (!ok()) return;
       on_key(key);
-    } while (Consume(','));
+    } while (ok() && Consume(','));
     Expect('}');
   }
-  // Calls on_element() with the cursor at each element; on_element must consume it.
+  // Calls on_element() with the cursor at each element; on_element must consume it (or Fail).
   template <typename F>
   void Array(F&& on_element) {
     Expect('[');
-    if (Consume(']')) return;
+    if (!ok() || Consume(']')) return;
     do on_element();
-    while (Consume(','));
+    while (ok() && Consume(','));
     Expect(']');
   }
   std::string String() {
     Expect('"');
     std::string out;
-    for (;;) {
+    while (ok()) {
       size_t end = s_.find_first_of("\"\\", p_);
-      if (end == std::string_view::npos) Syntax("unterminated string");
+      if (end == std::string_view::npos) {
+        Syntax("unterminated string");
+        break;
+      }
       for (size_t i = p_; i < end; ++i)
         if (static_cast<unsigned char>(s_[i]) < 0x20) Syntax("control character in a string");
-      if (!ValidUtf8(s_.substr(p_, end - p_))) Syntax("invalid UTF-8 in a string");
+      if (!ok()) break;
+      if (!ValidUtf8(s_.substr(p_, end - p_))) {
+        Syntax("invalid UTF-8 in a string");
+        break;
+      }
       out.append(s_.data() + p_, end - p_);
       p_ = end + 1;
       if (s_[end] == '"') return out;
-      if (p_ >= s_.size()) Syntax("unterminated string");
+      if (p_ >= s_.size()) {
+        Syntax("unterminated string");
+        break;
+      }
       char e = s_[p_++];
       switch (e) {
         case '"':
@@ -119,14 +147,15 @@ class JsonText {
           out += '\t';
           break;
         case 'u':
-          AppendUtf8(out, CodePoint());
+          if (uint32_t cp = CodePoint(); ok()) AppendUtf8(out, cp);
           break;
         default:
           Syntax("bad escape in a string");
       }
     }
+    return {};
   }
-  // Skips one value and returns its text.
+  // Skips one value and returns its text (empty after an error).
   std::string_view Value() {
     char c = Peek();
     size_t start = p_;
@@ -143,12 +172,13 @@ class JsonText {
         if (d == '{' || d == '[') ++depth;
         if (d == '}' || d == ']') --depth;
         ++p_;
-      } while (depth > 0 && p_ < s_.size());
-      if (depth > 0) Syntax("unterminated array or object");
+      } while (ok() && depth > 0 && p_ < s_.size());
+      if (ok() && depth > 0) Syntax("unterminated array or object");
     } else {
       p_ = Scalar().size() + start;
     }
-    if (p_ == start) Syntax("expected a value");
+    if (ok() && p_ == start) Syntax("expected a value");
+    if (!ok()) return {};
     return s_.substr(start, p_ - start);
   }
   // The text of the scalar at the cursor: up to the next ',', ']', '}' or white space.
@@ -206,23 +236,39 @@ class JsonText {
     while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\n' || s_[p_] == '\r' || s_[p_] == '\t')) ++p_;
   }
   uint32_t Hex4() {
-    if (s_.size() - p_ < 4) Syntax("bad \\u escape");
     uint32_t v = 0;
+    if (s_.size() - p_ < 4) {
+      Syntax("bad \\u escape");
+      return 0;
+    }
     auto r = std::from_chars(s_.data() + p_, s_.data() + p_ + 4, v, 16);
-    if (r.ec != std::errc() || r.ptr != s_.data() + p_ + 4) Syntax("bad \\u escape");
+    if (r.ec != std::errc() || r.ptr != s_.data() + p_ + 4) {
+      Syntax("bad \\u escape");
+      return 0;
+    }
     p_ += 4;
     return v;
   }
+  // A \u escape's code point (after the "\u"); a surrogate pair takes two escapes.
   uint32_t CodePoint() {
     uint32_t cp = Hex4();
-    if (cp >= 0xd800 && cp < 0xdc00) {  // a surrogate pair
-      if (s_.substr(p_, 2) != "\\u") Syntax("unpaired surrogate in a string");
+    if (!ok()) return 0;
+    if (cp >= 0xd800 && cp < 0xdc00) {
+      if (s_.substr(p_, 2) != "\\u") {
+        Syntax("unpaired surrogate in a string");
+        return 0;
+      }
       p_ += 2;
       uint32_t low = Hex4();
-      if (low < 0xdc00 || low > 0xdfff) Syntax("unpaired surrogate in a string");
+      if (!ok()) return 0;
+      if (low < 0xdc00 || low > 0xdfff) {
+        Syntax("unpaired surrogate in a string");
+        return 0;
+      }
       cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
     } else if (cp >= 0xdc00 && cp < 0xe000) {
       Syntax("unpaired surrogate in a string");
+      return 0;
     }
     return cp;
   }
@@ -245,6 +291,7 @@ class JsonText {
   }
   std::string_view s_;
   size_t p_ = 0;
+  absl::Status error_;
 };
 
 // Reads one element at the cursor into T: a JSON number (true/false for bool), parsed in place by
@@ -285,7 +332,7 @@ inline std::string Quote(std::string_view token) {
 }
 
 // Reads a JSON array (flat or nested, row-major) at the cursor into t. Counts every element so a wrong
-// count is reported as such.
+// count is reported as such. Errors stay in `r`.
 template <typename T>
 void FillFromText(JsonText& r, Tensor& t) {
   const size_t capacity = static_cast<size_t>(t.size());
@@ -300,24 +347,26 @@ void FillFromText(JsonText& r, Tensor& t) {
     if (r.Peek() == '[') return r.Array([&] { self(self); });
     if constexpr (std::is_same_v<T, std::string>) {
       if (r.Peek() != '"')
-        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) +
-             ") is not a string for BYTES");
+        return r.Fail(Invalid(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) +
+                              ") is not a string for BYTES"));
       std::string v = r.String();
+      if (!r.ok()) return;
       if (count < capacity) (*strings)[count] = std::move(v);
     } else {
       T v{};
       if (!ReadElement<T>(r, &v))
-        Fail(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) + ") is not " +
-             Expected(t.datatype()) + " for " + std::string(DataTypeName(t.datatype())));
+        return r.Fail(Invalid(Where(t.name()) + ": element " + std::to_string(count) + " (" + Quote(r.Scalar()) +
+                              ") is not " + Expected(t.datatype()) + " for " +
+                              std::string(DataTypeName(t.datatype()))));
       if (count < capacity) out[count] = v;
     }
     ++count;
   };
-  if (r.Peek() != '[') Fail(Where(t.name()) + ": \"data\" must be an array");
+  if (r.Peek() != '[') return r.Fail(Invalid(Where(t.name()) + ": \"data\" must be an array"));
   element(element);
-  if (count != capacity)
-    Fail(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(capacity) +
-         " elements, \"data\" has " + std::to_string(count));
+  if (r.ok() && count != capacity)
+    r.Fail(Invalid(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " needs " + std::to_string(capacity) +
+                   " elements, \"data\" has " + std::to_string(count)));
 }
 
 inline void FillFromJsonText(JsonText& data, Tensor& t) {
@@ -352,198 +401,242 @@ inline void FillFromJsonText(JsonText& data, Tensor& t) {
 }
 
 // A small part of the request (shape, parameters, outputs) as a document.
-inline Json ParseSlice(std::string_view text) {
+inline absl::StatusOr<Json> ParseSlice(std::string_view text) {
   Json j = Json::parse(text, nullptr, false);
-  if (j.is_discarded()) Fail("request body is not valid JSON: bad value " + Quote(text));
+  if (j.is_discarded()) return Invalid("request body is not valid JSON: bad value " + Quote(text));
   return j;
 }
 
 // Reads `n` bytes of the binary section for tensor `t` (the binary tensor extension).
-inline void FillFromBinary(std::string_view chunk, Tensor& t) {
+inline absl::Status FillFromBinary(std::string_view chunk, Tensor& t) {
   if (t.datatype() != DataType::kBytes) {
     if (chunk.size() != t.ByteSize())
-      Fail(Where(t.name()) + ": binary_data_size is " + std::to_string(chunk.size()) + " bytes, shape " +
-           ShapeString(t.shape()) + " of " + std::string(DataTypeName(t.datatype())) + " needs " +
-           std::to_string(t.ByteSize()));
+      return Invalid(Where(t.name()) + ": binary_data_size is " + std::to_string(chunk.size()) + " bytes, shape " +
+                     ShapeString(t.shape()) + " of " + std::string(DataTypeName(t.datatype())) + " needs " +
+                     std::to_string(t.ByteSize()));
     if (!chunk.empty()) std::memcpy(t.mutable_bytes().data(), chunk.data(), chunk.size());
     if (t.datatype() == DataType::kBool)  // any non-zero byte is true; a bool holds only 0 or 1
       for (std::byte& b : t.mutable_bytes()) b = b != std::byte{0} ? std::byte{1} : std::byte{0};
-    return;
+    return absl::OkStatus();
   }
   std::vector<std::string>& out = t.mutable_strings();
   size_t at = 0;
   for (size_t i = 0; i < out.size(); ++i) {
-    if (chunk.size() - at < 4) Fail(Where(t.name()) + ": binary BYTES data ends before element " + std::to_string(i));
+    if (chunk.size() - at < 4)
+      return Invalid(Where(t.name()) + ": binary BYTES data ends before element " + std::to_string(i));
     uint32_t len = 0;
     for (int b = 3; b >= 0; --b) len = (len << 8) | static_cast<uint8_t>(chunk[at + static_cast<size_t>(b)]);
     at += 4;
     if (chunk.size() - at < len)
-      Fail(Where(t.name()) + ": binary BYTES element " + std::to_string(i) + " is cut short");
+      return Invalid(Where(t.name()) + ": binary BYTES element " + std::to_string(i) + " is cut short");
     out[i].assign(chunk.data() + at, len);
     at += len;
   }
   if (at != chunk.size())
-    Fail(Where(t.name()) + ": binary BYTES data is longer than its " + std::to_string(out.size()) + " elements");
+    return Invalid(Where(t.name()) + ": binary BYTES data is longer than its " + std::to_string(out.size()) +
+                   " elements");
+  return absl::OkStatus();
 }
 
-inline Shape ReadShape(const Json& j, const std::string& name) {
-  if (!j.is_array()) Fail(Where(name) + ": \"shape\" must be an array of non-negative integers");
+inline absl::StatusOr<Shape> ReadShape(const Json& j, const std::string& name) {
+  if (!j.is_array()) return Invalid(Where(name) + ": \"shape\" must be an array of non-negative integers");
   Shape shape;
   for (const Json& d : j) {
     if (!d.is_number_integer() || d.get<int64_t>() < 0)
-      Fail(Where(name) + ": \"shape\" must be an array of non-negative integers, got " + j.dump());
+      return Invalid(Where(name) + ": \"shape\" must be an array of non-negative integers, got " + j.dump());
     shape.push_back(d.get<int64_t>());
   }
-  if (ElementCount(shape) < 0) Fail(Where(name) + ": shape " + j.dump() + " is too large");
+  if (ElementCount(shape) < 0) return Invalid(Where(name) + ": shape " + j.dump() + " is too large");
   return shape;
+}
+
+// A zero-filled tensor for input `n`, from its datatype and the text of its shape. `body_size` bounds its
+// element count: every element takes at least one byte of the body.
+inline absl::StatusOr<Tensor> MakeTensor(const std::string& n, const std::optional<std::string>& dt,
+                                         std::string_view shape_text, size_t body_size) {
+  if (!dt) return Invalid(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
+  std::optional<DataType> datatype = ParseDataType(*dt);
+  if (!datatype)
+    return Invalid(Where(n) + ": unknown datatype \"" + *dt +
+                   "\" (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES)");
+  if (shape_text.empty()) return Invalid(Where(n) + ": \"shape\" is required");
+  absl::StatusOr<Json> shape_json = ParseSlice(shape_text);
+  if (!shape_json.ok()) return shape_json.status();
+  absl::StatusOr<Shape> shape = ReadShape(*shape_json, n);
+  if (!shape.ok()) return shape.status();
+  const int64_t count = ElementCount(*shape);
+  if (count > static_cast<int64_t>(body_size))
+    return Invalid(Where(n) + ": shape " + ShapeString(*shape) + " has " + std::to_string(count) +
+                   " elements, more than the request could carry");
+  return Tensor(n, *datatype, std::move(*shape));
+}
+
+// One entry of "inputs" as read: its tensor is filled in place when "data" came after "datatype" and
+// "shape", else from the kept text of its data (or the binary section) once the whole body is read.
+struct RawInput {
+  std::optional<std::string> name, datatype;
+  std::string_view shape, parameters, data;
+  bool has_data = false;
+  std::optional<Tensor> tensor;
+};
+
+// Reads the "inputs" array at the cursor into `raw`. Errors stay in `r`.
+inline void ReadInputs(JsonText& r, size_t body_size, std::vector<RawInput>& raw) {
+  if (r.Peek() != '[') return r.Fail(Invalid("\"inputs\" must be a non-empty array of tensors"));
+  r.Array([&] {
+    const std::string at = "inputs[" + std::to_string(raw.size()) + "]";
+    if (r.Peek() != '{') return r.Fail(Invalid(at + " must be an object"));
+    RawInput in;
+    r.Object([&](const std::string& field) {
+      if (field == "name") {
+        if (r.Peek() != '"') return r.Fail(Invalid(at + ": \"name\" must be a non-empty string"));
+        in.name = r.String();
+      } else if (field == "datatype" && r.Peek() == '"') {
+        in.datatype = r.String();
+      } else if (field == "shape") {
+        in.shape = r.Value();
+      } else if (field == "parameters") {
+        in.parameters = r.Value();
+      } else if (field == "data") {
+        in.has_data = true;
+        if (in.name && !in.name->empty() && in.datatype && !in.shape.empty()) {
+          absl::StatusOr<Tensor> t = MakeTensor(*in.name, in.datatype, in.shape, body_size);
+          if (!t.ok()) return r.Fail(t.status());
+          in.tensor = std::move(*t);
+          FillFromJsonText(r, *in.tensor);
+        } else {
+          in.data = r.Value();
+        }
+      } else {
+        r.Value();
+      }
+    });
+    if (!r.ok()) return;
+    if (!in.name || in.name->empty()) return r.Fail(Invalid(at + ": \"name\" must be a non-empty string"));
+    raw.push_back(std::move(in));
+  });
+}
+
+// The tensor of one read input: its data from the binary section (binary_data_size; `binary_at` moves
+// past it) or from its JSON text.
+inline absl::StatusOr<Tensor> FinishInput(RawInput& in, std::optional<size_t> binary_header_length,
+                                          std::string_view binary, size_t& binary_at, size_t body_size) {
+  const std::string& n = *in.name;
+  Tensor t;
+  if (in.tensor) {
+    t = std::move(*in.tensor);
+  } else {
+    absl::StatusOr<Tensor> made = MakeTensor(n, in.datatype, in.shape, body_size);
+    if (!made.ok()) return made.status();
+    t = std::move(*made);
+  }
+  std::optional<uint64_t> binary_size;
+  if (!in.parameters.empty()) {
+    absl::StatusOr<Json> p = ParseSlice(in.parameters);
+    if (!p.ok()) return p.status();
+    if (!p->is_object()) return Invalid(Where(n) + ": \"parameters\" must be an object");
+    if (auto b = p->find("binary_data_size"); b != p->end()) {
+      if (!b->is_number_unsigned() && !(b->is_number_integer() && b->get<int64_t>() >= 0))
+        return Invalid(Where(n) + ": binary_data_size must be a non-negative integer");
+      binary_size = b->get<uint64_t>();
+    }
+  }
+  if (binary_size) {
+    if (!binary_header_length)
+      return Invalid(Where(n) +
+                     ": binary_data_size is set but the request has no Inference-Header-Content-Length header");
+    if (in.has_data) return Invalid(Where(n) + ": has both \"data\" and binary_data_size");
+    if (*binary_size > binary.size() - binary_at)
+      return Invalid(Where(n) + ": binary_data_size " + std::to_string(*binary_size) +
+                     " runs past the end of the body");
+    FERRY_OIP_RETURN_IF_ERROR(FillFromBinary(binary.substr(binary_at, *binary_size), t));
+    binary_at += *binary_size;
+    return t;
+  }
+  if (!in.has_data) return Invalid(Where(n) + ": \"data\" is required");
+  if (!in.tensor) {
+    JsonText data(in.data);
+    FillFromJsonText(data, t);
+    if (data.ok() && !data.AtEnd()) data.Syntax("unexpected text after \"data\"");
+    if (!data.ok()) return data.status();
+  }
+  return t;
 }
 
 }  // namespace internal
 
 // Parses an infer request body. `binary_header_length` is the Inference-Header-Content-Length header's
-// value when present (the JSON is that long and binary tensor data follows). Throws InferError 400
-// naming what is wrong.
-inline InferRequest ParseInferRequestOrThrow(std::string_view body,
-                                      std::optional<size_t> binary_header_length = std::nullopt) {
-  using internal::Fail;
+// value when present (the JSON is that long and binary tensor data follows).
+inline absl::StatusOr<InferRequest> Parse(std::string_view body, std::optional<size_t> binary_header_length) {
+  using internal::Invalid;
   using internal::Where;
   std::string_view json_text = body, binary;
   if (binary_header_length) {
     if (*binary_header_length > body.size())
-      Fail("Inference-Header-Content-Length (" + std::to_string(*binary_header_length) + ") is larger than the body (" +
-           std::to_string(body.size()) + " bytes)");
+      return Invalid("Inference-Header-Content-Length (" + std::to_string(*binary_header_length) +
+                     ") is larger than the body (" + std::to_string(body.size()) + " bytes)");
     json_text = body.substr(0, *binary_header_length);
     binary = body.substr(*binary_header_length);
   }
   internal::JsonText r(json_text);
   if (r.Peek() != '{') {
-    if (Json::accept(json_text)) Fail("request body must be a JSON object with \"inputs\"");
-    Fail("request body is not valid JSON");
+    if (Json::accept(json_text)) return Invalid("request body must be a JSON object with \"inputs\"");
+    return Invalid("request body is not valid JSON");
   }
-  struct RawInput {
-    std::optional<std::string> name, datatype;
-    std::string_view shape, parameters, data;  // data: its text, when read after the rest
-    bool has_data = false;
-    std::optional<Tensor> tensor;  // read in place when "data" came after "datatype" and "shape"
-  };
-  // A zero-filled tensor for an input whose datatype and shape have been read.
-  auto make_tensor = [&body](const std::string& n, const std::optional<std::string>& dt, std::string_view shape_text) {
-    if (!dt) Fail(Where(n) + ": \"datatype\" is required (e.g. \"FP32\")");
-    std::optional<DataType> datatype = ParseDataType(*dt);
-    if (!datatype)
-      Fail(Where(n) + ": unknown datatype \"" + *dt +
-           "\" (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES)");
-    if (shape_text.empty()) Fail(Where(n) + ": \"shape\" is required");
-    Shape shape = internal::ReadShape(internal::ParseSlice(shape_text), n);
-    const int64_t count = ElementCount(shape);
-    if (count > static_cast<int64_t>(body.size()))  // every element takes at least one byte of the body
-      Fail(Where(n) + ": shape " + ShapeString(shape) + " has " + std::to_string(count) +
-           " elements, more than the request could carry");
-    return Tensor(n, *datatype, std::move(shape));
-  };
   InferRequest req;
-  std::vector<RawInput> raw;
+  std::vector<internal::RawInput> raw;
   bool has_inputs = false;
   std::string_view outputs;
   r.Object([&](const std::string& key) {
     if (key == "id") {
-      if (r.Peek() != '"') Fail("\"id\" must be a string");
+      if (r.Peek() != '"') return r.Fail(Invalid("\"id\" must be a string"));
       req.id = r.String();
     } else if (key == "parameters") {
-      req.parameters = internal::ParseSlice(r.Value());
-      if (!req.parameters.is_object()) Fail("\"parameters\" must be an object");
+      absl::StatusOr<Json> parameters = internal::ParseSlice(r.Value());
+      if (!r.ok()) return;
+      if (!parameters.ok()) return r.Fail(parameters.status());
+      req.parameters = std::move(*parameters);
+      if (!req.parameters.is_object()) return r.Fail(Invalid("\"parameters\" must be an object"));
     } else if (key == "inputs") {
       has_inputs = true;
-      if (r.Peek() != '[') Fail("\"inputs\" must be a non-empty array of tensors");
-      r.Array([&] {
-        const std::string at = "inputs[" + std::to_string(raw.size()) + "]";
-        if (r.Peek() != '{') Fail(at + " must be an object");
-        RawInput in;
-        r.Object([&](const std::string& field) {
-          if (field == "name") {
-            if (r.Peek() != '"') Fail(at + ": \"name\" must be a non-empty string");
-            in.name = r.String();
-          } else if (field == "datatype" && r.Peek() == '"') {
-            in.datatype = r.String();
-          } else if (field == "shape") {
-            in.shape = r.Value();
-          } else if (field == "parameters") {
-            in.parameters = r.Value();
-          } else if (field == "data") {
-            in.has_data = true;
-            if (in.name && !in.name->empty() && in.datatype && !in.shape.empty()) {
-              in.tensor = make_tensor(*in.name, in.datatype, in.shape);
-              internal::FillFromJsonText(r, *in.tensor);
-            } else {
-              in.data = r.Value();
-            }
-          } else {
-            r.Value();
-          }
-        });
-        if (!in.name || in.name->empty()) Fail(at + ": \"name\" must be a non-empty string");
-        raw.push_back(std::move(in));
-      });
+      internal::ReadInputs(r, body.size(), raw);
     } else if (key == "outputs") {
       outputs = r.Value();
     } else {
       r.Value();
     }
   });
-  if (!r.AtEnd()) r.Syntax("unexpected text after the request object");
-  if (!has_inputs) Fail("\"inputs\" is required");
-  if (raw.empty()) Fail("\"inputs\" must be a non-empty array of tensors");
+  if (r.ok() && !r.AtEnd()) r.Syntax("unexpected text after the request object");
+  if (!r.ok()) return r.status();
+  if (!has_inputs) return Invalid("\"inputs\" is required");
+  if (raw.empty()) return Invalid("\"inputs\" must be a non-empty array of tensors");
   size_t binary_at = 0;
-  for (RawInput& in : raw) {
-    const std::string& n = *in.name;
+  for (internal::RawInput& in : raw) {
     for (const Tensor& seen : req.inputs)
-      if (seen.name() == n) Fail(Where(n) + " appears twice");
-    Tensor t = in.tensor ? std::move(*in.tensor) : make_tensor(n, in.datatype, in.shape);
-    std::optional<uint64_t> binary_size;
-    if (!in.parameters.empty()) {
-      Json p = internal::ParseSlice(in.parameters);
-      if (!p.is_object()) Fail(Where(n) + ": \"parameters\" must be an object");
-      if (auto b = p.find("binary_data_size"); b != p.end()) {
-        if (!b->is_number_unsigned() && !(b->is_number_integer() && b->get<int64_t>() >= 0))
-          Fail(Where(n) + ": binary_data_size must be a non-negative integer");
-        binary_size = b->get<uint64_t>();
-      }
-    }
-    if (binary_size) {
-      if (!binary_header_length)
-        Fail(Where(n) + ": binary_data_size is set but the request has no Inference-Header-Content-Length header");
-      if (in.has_data) Fail(Where(n) + ": has both \"data\" and binary_data_size");
-      if (*binary_size > binary.size() - binary_at)
-        Fail(Where(n) + ": binary_data_size " + std::to_string(*binary_size) + " runs past the end of the body");
-      internal::FillFromBinary(binary.substr(binary_at, *binary_size), t);
-      binary_at += *binary_size;
-    } else {
-      if (!in.has_data) Fail(Where(n) + ": \"data\" is required");
-      if (!in.tensor) {
-        internal::JsonText data(in.data);
-        internal::FillFromJsonText(data, t);
-        if (!data.AtEnd()) data.Syntax("unexpected text after \"data\"");
-      }
-    }
-    req.inputs.push_back(std::move(t));
+      if (seen.name() == *in.name) return Invalid(Where(*in.name) + " appears twice");
+    absl::StatusOr<Tensor> t = internal::FinishInput(in, binary_header_length, binary, binary_at, body.size());
+    if (!t.ok()) return t.status();
+    req.inputs.push_back(std::move(*t));
   }
   if (binary_at != binary.size())
-    Fail("the body has " + std::to_string(binary.size() - binary_at) + " bytes of binary data that no input claims");
+    return Invalid("the body has " + std::to_string(binary.size() - binary_at) +
+                   " bytes of binary data that no input claims");
   if (!outputs.empty()) {
-    Json outs = internal::ParseSlice(outputs);
-    if (!outs.is_array()) Fail("\"outputs\" must be an array of {\"name\": ...}");
-    for (const Json& o : outs) {
+    absl::StatusOr<Json> outs = internal::ParseSlice(outputs);
+    if (!outs.ok()) return outs.status();
+    if (!outs->is_array()) return Invalid("\"outputs\" must be an array of {\"name\": ...}");
+    for (const Json& o : *outs) {
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
-        Fail("\"outputs\" must be an array of {\"name\": ...}");
+        return Invalid("\"outputs\" must be an array of {\"name\": ...}");
       req.outputs.push_back(o["name"].get<std::string>());
     }
   }
   return req;
 }
 
-// Checks a parsed request against the model's inputs and outputs. Throws InferError 400.
-inline void ValidateOrThrow(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
-  using internal::Fail;
+// Checks a parsed request against the model's inputs and outputs.
+inline absl::Status Check(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
+  using internal::Invalid;
   using internal::Where;
   if (!m.inputs.empty()) {
     for (const Tensor& t : req.inputs) {
@@ -553,28 +646,30 @@ inline void ValidateOrThrow(const ModelMetadata& m, const InferRequest& req, std
       if (!spec) {
         std::string names;
         for (const TensorSpec& s : m.inputs) names += (names.empty() ? "" : ", ") + s.name;
-        Fail("unknown input '" + t.name() + "': model '" + std::string(model_name) + "' takes " + names);
+        return Invalid("unknown input '" + t.name() + "': model '" + std::string(model_name) + "' takes " + names);
       }
       if (spec->datatype != t.datatype())
-        Fail(Where(t.name()) + ": datatype " + std::string(DataTypeName(t.datatype())) +
-             " does not match the model's " + std::string(DataTypeName(spec->datatype)));
+        return Invalid(Where(t.name()) + ": datatype " + std::string(DataTypeName(t.datatype())) +
+                       " does not match the model's " + std::string(DataTypeName(spec->datatype)));
       bool ok = spec->shape.size() == t.shape().size();
       for (size_t i = 0; ok && i < spec->shape.size(); ++i) ok = spec->shape[i] < 0 || spec->shape[i] == t.shape()[i];
       if (!ok)
-        Fail(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " does not match the model's " +
-             ShapeString(spec->shape) + " (-1 is any size)");
+        return Invalid(Where(t.name()) + ": shape " + ShapeString(t.shape()) + " does not match the model's " +
+                       ShapeString(spec->shape) + " (-1 is any size)");
     }
     for (const TensorSpec& s : m.inputs)
-      if (!req.find_input(s.name)) Fail("missing input '" + s.name + "'");
+      if (!req.find_input(s.name)) return Invalid("missing input '" + s.name + "'");
   }
   if (!m.outputs.empty()) {
     for (const std::string& o : req.outputs) {
       bool known = false;
       for (const TensorSpec& s : m.outputs) known = known || s.name == o;
       if (!known)
-        Fail("unknown output '" + o + "' requested: model '" + std::string(model_name) + "' has no such output");
+        return Invalid("unknown output '" + o + "' requested: model '" + std::string(model_name) +
+                       "' has no such output");
     }
   }
+  return absl::OkStatus();
 }
 
 namespace internal {
@@ -678,15 +773,15 @@ inline bool WantsBinary(const Json& parameters) {
 
 }  // namespace internal
 
-
 }  // namespace impl
+
+#undef FERRY_OIP_RETURN_IF_ERROR
 
 // Writes the response body for `resp` (outputs filtered to the requested ones). Binary outputs (the
 // request's parameters.binary_data_output) follow the JSON; then *json_length is set to the JSON's length
 // for the Inference-Header-Content-Length header.
-std::string SerializeInferResponse(const InferRequest& req, const InferResponse& resp,
-                                          std::string_view model_name, std::string_view model_version,
-                                          std::optional<size_t>* json_length) {
+std::string SerializeInferResponse(const InferRequest& req, const InferResponse& resp, std::string_view model_name,
+                                   std::string_view model_version, std::optional<size_t>* json_length) {
   const bool binary = impl::internal::WantsBinary(req.parameters);
   std::string out;
   out.reserve(256);
@@ -741,22 +836,11 @@ std::string SerializeInferResponse(const InferRequest& req, const InferResponse&
 }
 
 absl::StatusOr<InferRequest> ParseInferRequest(std::string_view body, std::optional<size_t> binary_header_length) {
-  try {
-    return impl::ParseInferRequestOrThrow(body, binary_header_length);
-  } catch (const InferError& e) {
-    return absl::InvalidArgumentError(e.what());
-  } catch (const std::exception& e) {  // nlohmann on a slice, or a tensor too large to allocate
-    return absl::InvalidArgumentError(StrCat("bad infer request: ", e.what()));
-  }
+  return impl::Parse(body, binary_header_length);
 }
 
 absl::Status Validate(const ModelMetadata& m, const InferRequest& req, std::string_view model_name) {
-  try {
-    impl::ValidateOrThrow(m, req, model_name);
-    return absl::OkStatus();
-  } catch (const InferError& e) {
-    return absl::InvalidArgumentError(e.what());
-  }
+  return impl::Check(m, req, model_name);
 }
 
 absl::StatusOr<std::optional<size_t>> BinaryHeaderLength(std::string_view value) {

@@ -91,16 +91,10 @@ void Worker::Start() {
   Sweep();
 }
 
-void Worker::FlushAccessLog() {
-  if (access_log_.empty()) return;
-  Log::WriteLines(access_log_);
-  access_log_.clear();
-}
-
 void Worker::Sweep() {
   sweep_.expires_after(std::chrono::milliseconds(100));
   sweep_.async_wait([this](const boost::system::error_code& ec) {
-    FlushAccessLog();
+    access_log_.Flush();
     if (ec) return;
     auto now = SteadyClock::now();
     std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
@@ -184,7 +178,8 @@ class Proxy::Impl {
     draining_.store(true);
     for (auto& w : workers_) asio::post(w->io(), [worker = w.get()] { worker->BeginDrain(); });
     auto deadline = SteadyClock::now() + timeout;
-    while (in_flight_.load() > 0 && SteadyClock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    while (in_flight_.load() > 0 && SteadyClock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return in_flight_.load();
   }
 
@@ -203,7 +198,7 @@ class Proxy::Impl {
     for (auto& w : workers_) w->io().stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
-    for (auto& w : workers_) w->FlushAccessLog();
+    for (auto& w : workers_) w->access_log().Flush();
   }
 
   int in_flight() const { return in_flight_.load(); }

@@ -86,7 +86,7 @@ void Router::SetDrainedHook(std::function<void()> hook) {
 }
 
 Router::Result Router::AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
-                                     std::shared_ptr<const std::function<void()>>* starved) {
+                                      std::shared_ptr<const std::function<void()>>* starved) {
   MutexLock lock(&mu_);
   // FIFO: while others wait, a newcomer queues behind them.
   if (queued_ == 0) {
@@ -97,8 +97,7 @@ Router::Result Router::AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, Rep
     }
   }
   if (max_queued_ >= 0 && queued_ >= max_queued_) return Result::kRejected;
-  waiter->position_ = queue_.insert(queue_.end(), waiter);
-  waiter->queued_ = true;
+  positions_.emplace(waiter.get(), queue_.insert(queue_.end(), waiter));
   ++queued_;
   if (slots_.empty()) *starved = starved_hook_;
   return Result::kQueued;
@@ -106,9 +105,10 @@ Router::Result Router::AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, Rep
 
 bool Router::Cancel(Waiter* waiter) {
   MutexLock lock(&mu_);
-  if (!waiter->queued_) return false;
-  queue_.erase(waiter->position_);
-  waiter->queued_ = false;
+  auto it = positions_.find(waiter);
+  if (it == positions_.end()) return false;
+  queue_.erase(it->second);
+  positions_.erase(it);
   --queued_;
   return true;
 }
@@ -119,7 +119,7 @@ void Router::DrainQueueLocked(std::vector<std::pair<std::shared_ptr<Waiter>, Rep
     if (index < 0) return;
     std::shared_ptr<Waiter> waiter = std::move(queue_.front());
     queue_.pop_front();
-    waiter->queued_ = false;
+    positions_.erase(waiter.get());
     --queued_;
     out->emplace_back(std::move(waiter), TakeLocked(index));
   }

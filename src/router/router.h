@@ -59,18 +59,13 @@ class Waiter {
   // Called once, on the thread that freed the slot, without the router's lock held; the callee moves
   // the work to its own thread. Never called once Router::Cancel returned true for this waiter.
   virtual void OnAssigned(ReplicaLease lease) = 0;
-
- private:
-  friend class Router;
-  std::list<std::shared_ptr<Waiter>>::iterator position_;
-  bool queued_ = false;  // guarded by the router's mutex
 };
 
 struct RouterStats {
   int replicas = 0;
   bool scales_from_zero = false;  // having no replica is by design (see EndpointSet)
-  int ongoing = 0;  // requests holding a slot
-  int queued = 0;   // requests waiting
+  int ongoing = 0;                // requests holding a slot
+  int queued = 0;                 // requests waiting
 };
 
 class Router : public std::enable_shared_from_this<Router> {
@@ -118,7 +113,7 @@ class Router : public std::enable_shared_from_this<Router> {
   };
   Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed);
   Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
-                       std::shared_ptr<const std::function<void()>>* starved);
+                        std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
   // Takes slots_[i] out of routing, keeping its in-flight count until its last request ends.
   void RemoveSlotLocked(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -140,7 +135,9 @@ class Router : public std::enable_shared_from_this<Router> {
   // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped
   // once its count reaches zero.
   std::unordered_map<uint64_t, int> removed_in_flight_ ABSL_GUARDED_BY(mu_);
+  // Waiters in arrival order, and where each is in the queue (Cancel takes one out in O(1)).
   std::list<std::shared_ptr<Waiter>> queue_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<const Waiter*, std::list<std::shared_ptr<Waiter>>::iterator> positions_ ABSL_GUARDED_BY(mu_);
   int queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rng_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const std::function<void()>> starved_hook_ ABSL_GUARDED_BY(mu_);

@@ -1,10 +1,12 @@
 // The proxy's decisions as pure functions: what it makes of a parsed request (classification, request id,
-// read errors, limits) and how it answers the Open Inference Protocol's own endpoints over a routing table.
+// read errors, limits), how it answers the Open Inference Protocol's own endpoints over a routing table, and
+// the access lines it writes.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <nlohmann/json.hpp>
 
+#include "common/common.h"
+#include "proxy/internal/access_log.h"
 #include "proxy/internal/inference_endpoints.h"
 #include "proxy/internal/request_head.h"
 
@@ -109,8 +111,7 @@ TEST_F(InferenceEndpointsTest, ServerEndpointsAndReadiness) {
             http::status::service_unavailable);
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::post, "/v2/health/ready", table, false).status,
             http::status::method_not_allowed);
-  EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/models/lazy/ready", table, false).status,
-            http::status::ok);
+  EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/models/lazy/ready", table, false).status, http::status::ok);
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/models/cold/ready", with_cold, false).status,
             http::status::bad_request);
 }
@@ -126,7 +127,8 @@ TEST_F(InferenceEndpointsTest, ModelPathsVersionsAndMethods) {
   EXPECT_EQ(a.body, "model 'ready' has no version '9' (it serves version '2')");
   a = AnswerInferenceProtocol(http::verb::post, "/v2/models/lazy/versions/1/infer", table, false);
   EXPECT_THAT(a.body, HasSubstr("(it is unversioned)"));
-  EXPECT_EQ(AnswerInferenceProtocol(http::verb::post, "/v2/models/nope/infer", table, false).body, "unknown model 'nope'");
+  EXPECT_EQ(AnswerInferenceProtocol(http::verb::post, "/v2/models/nope/infer", table, false).body,
+            "unknown model 'nope'");
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/models/ready/infer", table, false).status,
             http::status::method_not_allowed);
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::post, "/v2/models/ready", table, false).status,
@@ -134,6 +136,62 @@ TEST_F(InferenceEndpointsTest, ModelPathsVersionsAndMethods) {
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/models/ready/explain", table, false).status,
             http::status::not_found);
   EXPECT_EQ(AnswerInferenceProtocol(http::verb::get, "/v2/nothing", table, false).status, http::status::not_found);
+}
+
+// Restores the process's log settings after a test changes them.
+class LogSettings {
+ public:
+  LogSettings() : level_(Log::level()), encoding_(Log::encoding()) {}
+  ~LogSettings() {
+    Log::SetLevel(level_);
+    Log::SetEncoding(encoding_);
+  }
+
+ private:
+  LogLevel level_;
+  LogEncoding encoding_;
+};
+
+TEST(AccessLogTest, AJsonLineNamesTheRouteReplicaStatusAndLatency) {
+  LogSettings restore;
+  Log::SetLevel(LogLevel::kInfo);
+  Log::SetEncoding(LogEncoding::kJson);
+  router::Route route{"/app", "app", "Ingress", nullptr};
+  AccessLog log;
+  AccessLine line;
+  line.Begin("POST", "/app/predict", &route);
+  ASSERT_TRUE(line.pending());
+  line.Write(log, "rid-1", 200, "app#Ingress#abc", "0af7651916cd43dd8448eb211c80319c", 1.25);
+  EXPECT_FALSE(line.pending());
+  ASSERT_FALSE(log.block().empty());
+  ASSERT_EQ(log.block().back(), '\n');
+  nlohmann::json j = nlohmann::json::parse(log.block());
+  EXPECT_EQ(j["request_id"], "rid-1");
+  EXPECT_EQ(j["method"], "POST");
+  EXPECT_EQ(j["path"], "/app/predict");
+  EXPECT_EQ(j["route"], "/app");
+  EXPECT_EQ(j["application"], "app");
+  EXPECT_EQ(j["deployment"], "Ingress");
+  EXPECT_EQ(j["replica"], "app#Ingress#abc");
+  EXPECT_EQ(j["status_code"], 200);
+  EXPECT_DOUBLE_EQ(j["latency_ms"].get<double>(), 1.25);
+  EXPECT_EQ(j["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+  log.block().clear();  // not written to this test's output
+}
+
+TEST(AccessLogTest, ATextLineForAnUnroutedRequestAndNoLineWithInfoOff) {
+  LogSettings restore;
+  Log::SetLevel(LogLevel::kInfo);
+  Log::SetEncoding(LogEncoding::kText);
+  AccessLog log;
+  AccessLine line;
+  line.Begin("GET", "/nowhere", nullptr);
+  line.Write(log, "rid-2", 404, "", "", 0.5);
+  EXPECT_THAT(log.block(), HasSubstr("GET /nowhere 404 0.500ms"));
+  log.block().clear();
+  Log::SetLevel(LogLevel::kWarning);
+  line.Begin("GET", "/x", nullptr);
+  EXPECT_FALSE(line.pending()) << "INFO is off: no access line";
 }
 
 }  // namespace

@@ -1,9 +1,8 @@
 #include "router/routing_table.h"
 
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <atomic>
+#include <gtest/gtest.h>
 #include <thread>
 
 #include "common/common.h"

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "common/common.h"
+#include "proxy/internal/access_log.h"
 #include "proxy/internal/inference_endpoints.h"
 #include "proxy/internal/proxy_internal.h"
 #include "proxy/internal/request_head.h"
@@ -215,15 +216,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     call_->Start(std::move(req));
   }
 
-  // Remembers what the access line of this request needs that the request itself will no longer hold.
-  // `route` (null: none matched) stays valid while call_ holds its routing table: the line is written
-  // before call_ is let go.
   void BeginAccess(const http::request<http::string_body>& req, std::string_view path, const router::Route* route) {
-    if (!Log::Enabled(LogLevel::kInfo)) return;
-    access_ = true;
-    method_.assign(req.method_string().data(), req.method_string().size());
-    path_.assign(path);
-    route_ = route;
+    access_.Begin(std::string_view(req.method_string().data(), req.method_string().size()), path, route);
   }
 
   tracing::SpanContext BeginTrace(const tracing::Tracer& tracer, const http::request<http::string_body>& req,
@@ -333,7 +327,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     RouteSeries* series = series_ ? series_ : worker_.Series(worker_.table(), nullptr);
     const std::optional<double> seconds = Elapsed();
     worker_.RecordResponse(series, status, seconds);
-    if (span_ || access_) EndRequest(status, seconds);
+    if (span_ || access_.pending()) EndRequest(status, seconds);
     series_ = nullptr;
     started_.reset();
   }
@@ -347,9 +341,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The current request's span and access line, once its outcome (`status`) is known.
   void EndRequest(unsigned status, std::optional<double> seconds) {
     std::string_view replica = call_ ? call_->replica_id() : std::string_view();
-    std::string trace_id = span_ && access_ ? tracing::TraceIdHex(span_->trace_id) : std::string();
+    std::string trace_id = span_ && access_.pending() ? tracing::TraceIdHex(span_->trace_id) : std::string();
     if (span_) EndTrace(status, replica);
-    if (access_) WriteAccessLine(status, replica, trace_id, seconds.value_or(0) * 1000);
+    if (access_.pending())
+      access_.Write(worker_.access_log(), request_id_, status, replica, trace_id, seconds.value_or(0) * 1000);
   }
 
   void EndTrace(unsigned status, std::string_view replica) {
@@ -359,32 +354,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     span_->error = status >= 500;  // OpenTelemetry's HTTP server rule: 4xx are the client's
     worker_.tracer()->Record(std::move(*span_));
     span_.reset();
-  }
-
-  // One line per request: what a user greps for when one request went wrong.
-  void WriteAccessLine(unsigned status, std::string_view replica, std::string_view trace_id, double ms) {
-    access_ = false;
-    char latency[32];
-    snprintf(latency, sizeof(latency), "%.3fms", ms);
-    const router::Route* r = route_;
-    std::string& out = worker_.access_log();
-    thread_local std::string message;
-    message.clear();
-    ferry::StrAppend(&message, method_, " ", path_, " ", status, " ", latency);
-    Log::Format(LogLevel::kInfo, "access", message,
-                {{"request_id", request_id_},
-                 JsonOnly({"method", method_}),
-                 JsonOnly({"path", path_}),
-                 {"route", r ? std::string_view(r->route_prefix) : std::string_view()},
-                 {"application", r ? std::string_view(r->application) : std::string_view()},
-                 {"deployment", r ? std::string_view(r->ingress_deployment) : std::string_view()},
-                 {"replica", replica},
-                 JsonOnly({"status_code", status}),
-                 JsonOnly({"latency_ms", ms}),
-                 {"trace_id", trace_id}},
-                &out);
-    route_ = nullptr;
-    if (out.size() >= kAccessLogBlock) worker_.FlushAccessLog();
   }
 
   void Uncount() {
@@ -398,7 +367,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Uncount();
     if (call_) call_->Abandon();
     // A request the client gave up on still gets its span and access line, with nginx's 499.
-    if (span_ || access_) EndRequest(kClientClosedRequest, Elapsed());
+    if (span_ || access_.pending()) EndRequest(kClientClosedRequest, Elapsed());
     call_.reset();
     boost::system::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -407,7 +376,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   static constexpr size_t kReadAhead = 4096;
   static constexpr unsigned kClientClosedRequest = 499;
-  static constexpr size_t kAccessLogBlock = 64 * 1024;
   Worker& worker_;
   tcp::socket socket_;
   SteadyClock::time_point deadline_ = SteadyClock::time_point::max();
@@ -421,13 +389,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool reading_ahead_ = false;
   bool close_after_response_ = false;
   bool counted_ = false;
-  RouteSeries* series_ = nullptr;             // the current request's, once routed
+  RouteSeries* series_ = nullptr;                   // the current request's, once routed
   std::optional<SteadyClock::time_point> started_;  // when the current request was parsed
-  // The current request's access line: written when it is answered.
-  bool access_ = false;
-  std::string method_, path_;
-  const router::Route* route_ = nullptr;  // null: it matched no route; else owned by call_'s table
-  std::optional<tracing::Span> span_;     // the proxy's span of the current request, when it is traced
+  AccessLine access_;                               // the current request's, written when it is answered
+  std::optional<tracing::Span> span_;               // the proxy's span of the current request, when it is traced
 };
 
 void StartHttpSession(Worker& worker, tcp::socket socket) {

@@ -16,6 +16,7 @@
 
 #include "common/common.h"
 #include "metrics/metrics.h"
+#include "proxy/internal/access_log.h"
 #include "proxy/proxy.h"
 #include "router/router.h"
 #include "router/routing_table.h"
@@ -165,9 +166,8 @@ class Worker {
   RouteSeries* Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route);
   // Counts an answer with `status` on `series`, and its latency (none for errors before a request was parsed).
   void RecordResponse(RouteSeries* series, unsigned status, std::optional<double> seconds);
-  // Access lines wait here and are written in one block by the sweep (or when the block is large).
-  std::string& access_log() { return access_log_; }
-  void FlushAccessLog();
+  // This worker's access lines, written in one block by the sweep (or when the block is large).
+  AccessLog& access_log() { return access_log_; }
   tracing::Tracer* tracer() const { return options_.tracer; }
 
  private:
@@ -177,8 +177,9 @@ class Worker {
   router::RoutingTableCell::Reader routing_;
   std::atomic<int>* in_flight_;
   std::atomic<bool>* draining_;
-  // Declared before io_ so that it outlives the sessions io_ destroys with its handlers.
+  // Declared before io_ so that they outlive the sessions io_ destroys with its handlers.
   std::unordered_set<HttpSession*> sessions_;
+  AccessLog access_log_;
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
   asio::steady_timer sweep_{io_};  // checks sessions' deadlines: one timer per thread, not per request
@@ -189,7 +190,6 @@ class Worker {
   std::shared_ptr<const router::RoutingTable> series_table_;
   std::unordered_map<const router::Route*, RouteSeries*> series_by_route_;
   std::unordered_map<std::string, std::unique_ptr<RouteSeries>> series_;
-  std::string access_log_;
 };
 
 // Starts serving one accepted connection.

@@ -1,9 +1,8 @@
-// The replica's frame server. Built for the shortest path from a request frame to its answer: a pool of
-// max_ongoing_requests + 1 threads shares one epoll set; the thread that reads a connection's bytes re-arms
-// the connection for the next reader, keeps one request to run itself (no hand-off to another thread), and
-// queues any others for idle threads. At most max_ongoing_requests run at once, so one thread is always
-// free to read (cancels above all). Answers are written by group commit: a writer appends its frame;
-// whoever finds no flush in progress writes everything pending in one syscall.
+// The replica's server: requests from its frame socket run on the deployment, one by one or in batches;
+// health checks and reconfigures on a control thread of their own; stats answered from its counters.
+// Three parts do the work: FrameServer (frame_server.h: the socket, its connections, group-commit writes),
+// Executor (executor.h: which thread runs which request, at most max_ongoing_requests at once) and
+// SpanRecorder (span_recorder.h: the replica's spans of traced requests). This class joins them.
 // Thread-safe: Run() blocks the calling thread; RequestStop() may be called from any thread.
 #pragma once
 

@@ -1,0 +1,233 @@
+#include "replica/internal/frame_server.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/common.h"
+#include "common/handoff.h"
+
+namespace ferry::replica {
+
+namespace {
+
+constexpr uint64_t kListenId = 0;
+constexpr uint64_t kWakeId = 1;
+constexpr uint64_t kFirstConnectionId = 2;
+constexpr auto kStuckWriteLimit = std::chrono::seconds(30);
+
+}  // namespace
+
+void ClientConnection::Send(std::string_view frame) {
+  write_mu_.Lock();
+  if (broken_ || (pending_.append(frame), flushing_)) {
+    write_mu_.Unlock();
+    return;
+  }
+  flushing_ = true;
+  // writing_ belongs to the flushing thread (flushing_, set and cleared under the lock, hands it on); it
+  // and pending_ swap buffers, so their capacity is reused and a flush allocates nothing.
+  while (!pending_.empty() && !broken_) {
+    writing_.swap(pending_);
+    write_mu_.Unlock();
+    bool ok = WriteAll(writing_);
+    writing_.clear();
+    write_mu_.Lock();
+    if (!ok) broken_ = true;
+  }
+  flushing_ = false;
+  write_mu_.Unlock();
+}
+
+void ClientConnection::Track(uint64_t stream_id, std::shared_ptr<std::atomic<bool>> cancelled) {
+  MutexLock lock(&streams_mu_);
+  streams_[stream_id] = std::move(cancelled);
+}
+
+void ClientConnection::Untrack(uint64_t stream_id) {
+  MutexLock lock(&streams_mu_);
+  streams_.erase(stream_id);
+}
+
+void ClientConnection::Cancel(uint64_t stream_id) {
+  MutexLock lock(&streams_mu_);
+  auto it = streams_.find(stream_id);
+  if (it != streams_.end()) it->second->store(true);
+}
+
+void ClientConnection::Abandon() {
+  {
+    MutexLock lock(&write_mu_);
+    broken_ = true;
+  }
+  MutexLock lock(&streams_mu_);
+  for (auto& [id, cancelled] : streams_) cancelled->store(true);
+  streams_.clear();
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+bool ClientConnection::WriteAll(std::string_view data) {
+  auto stuck_since = SteadyClock::now();
+  while (!data.empty()) {
+    ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+      stuck_since = SteadyClock::now();
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (SteadyClock::now() - stuck_since > kStuckWriteLimit) return false;  // the client stopped reading
+      pollfd p{fd_.get(), POLLOUT, 0};
+      ::poll(&p, 1, 100);
+      continue;
+    }
+    return false;
+  }
+  return true;
+}
+
+FrameServer::FrameServer() : next_id_(kFirstConnectionId) {}
+
+// The descriptors close with the UniqueFds; the owner stopped every polling thread first.
+FrameServer::~FrameServer() = default;
+
+absl::Status FrameServer::Listen(const std::string& path) {
+  epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+  wake_fd_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE));
+  listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!epoll_fd_ || !wake_fd_ || !listen_fd_)
+    return absl::InternalError(StrCat("replica set-up: ", std::strerror(errno)));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError(StrCat("socket path too long: ", path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ::unlink(path.c_str());
+  if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listen_fd_.get(), 128) != 0)
+    return absl::UnavailableError(StrCat("listen on ", path, ": ", std::strerror(errno)));
+  socket_path_ = path;
+  Register(listen_fd_.get(), kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
+  Register(wake_fd_.get(), kWakeId, EPOLLIN, EPOLL_CTL_ADD);
+  return absl::OkStatus();
+}
+
+void FrameServer::Poll(Handler& handler) {
+  epoll_event ev;
+  int n = epoll_wait(epoll_fd_.get(), &ev, 1, -1);
+  if (n <= 0) return;
+  if (ev.data.u64 == kWakeId) {
+    uint64_t value;
+    ssize_t r = ::read(wake_fd_.get(), &value, sizeof(value));  // semaphore: takes one token
+    (void)r;
+  } else if (ev.data.u64 == kListenId) {
+    AcceptAll();
+  } else if (std::shared_ptr<ClientConnection> c = Find(ev.data.u64)) {
+    HandOff::Acquire(c.get());  // the reader is this thread's now (see OnReadable's re-arm)
+    OnReadable(c, handler);
+  }
+}
+
+void FrameServer::Wake(uint64_t n) {
+  ssize_t r = ::write(wake_fd_.get(), &n, sizeof(n));
+  (void)r;
+}
+
+void FrameServer::StopAccepting() {
+  // The listener stays open (a thread may be in accept4 on it right now) until the server is destroyed;
+  // unlinked, it gets no new client, and a thread that re-arms it finds it gone.
+  accepting_.store(false);
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+  ::unlink(socket_path_.c_str());
+}
+
+void FrameServer::CloseAll() {
+  MutexLock lock(&connections_mu_);
+  connections_.clear();
+}
+
+void FrameServer::Register(int fd, uint64_t id, uint32_t events, int op) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = id;
+  epoll_ctl(epoll_fd_.get(), op, fd, &ev);
+}
+
+void FrameServer::AcceptAll() {
+  for (;;) {
+    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break;
+    auto c = std::make_shared<ClientConnection>(fd, next_id_.fetch_add(1));
+    {
+      MutexLock lock(&connections_mu_);
+      connections_[c->id()] = c;
+    }
+    Register(fd, c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_ADD);
+  }
+  if (accepting_.load()) Register(listen_fd_.get(), kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
+}
+
+std::shared_ptr<ClientConnection> FrameServer::Find(uint64_t id) {
+  MutexLock lock(&connections_mu_);
+  auto it = connections_.find(id);
+  return it == connections_.end() ? nullptr : it->second;
+}
+
+void FrameServer::Drop(const std::shared_ptr<ClientConnection>& c, std::string_view why) {
+  FERRY_LOG(kDebug, "replica", "client connection closed: ", why);
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, c->fd(), nullptr);
+  c->Abandon();
+  MutexLock lock(&connections_mu_);
+  connections_.erase(c->id());
+}
+
+// This thread holds the connection's one-shot read event: read what is there, hand over its frames,
+// re-arm, then let the handler act on them.
+void FrameServer::OnReadable(const std::shared_ptr<ClientConnection>& c, Handler& handler) {
+  static constexpr size_t kChunk = 64 * 1024;
+  bool eof = false;
+  for (;;) {
+    char* at = c->reader().Prepare(kChunk);
+    ssize_t n = ::read(c->fd(), at, kChunk);
+    if (n > 0) {
+      c->reader().Commit(static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < kChunk) break;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    eof = true;  // 0: closed; < 0: error
+    break;
+  }
+  transport::FrameHeader header;
+  std::string_view payload;
+  absl::Status failed;
+  for (;;) {
+    absl::StatusOr<bool> got = c->reader().Next(&header, &payload);
+    if (!got.ok()) {
+      failed = got.status();
+      break;
+    }
+    if (!*got) break;
+    failed = handler.OnFrame(c, header, payload);
+    if (!failed.ok()) break;
+  }
+  if (!failed.ok() || eof) {
+    Drop(c, failed.ok() ? "peer closed the connection" : Message(failed));
+  } else {
+    // Re-armed, the connection's next read event may go to another thread: this one is done with the reader.
+    HandOff::Release(c.get());
+    Register(c->fd(), c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_MOD);
+  }
+  // Frames handled before an error or the end still run (a request whose client left is cancelled).
+  handler.OnFramesHandled();
+}
+
+}  // namespace ferry::replica

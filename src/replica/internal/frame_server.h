@@ -1,0 +1,108 @@
+// The replica's frame socket: a Unix socket whose clients (the proxy's channels, the node agent's control
+// channel) speak the frame protocol (transport/frame.h). Built for the shortest path from a request frame
+// to its answer: the threads that poll share one epoll set; the thread that gets a connection's read event
+// reads what is there, hands the frames to its handler in order, and re-arms the connection for the next
+// reader (so one connection's frames are never handled by two threads at once). Answers are written by
+// group commit: a writer appends its frame; whoever finds no flush in progress writes everything pending in
+// one syscall.
+// Thread-safe: Poll runs on many threads at once; Wake and StopAccepting from any thread.
+#pragma once
+
+#include <absl/status/status.h>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "common/mutex.h"
+#include "common/unique_fd.h"
+#include "transport/frame.h"
+
+namespace ferry::replica {
+
+// One client connection. Reading is done by one thread at a time (the epoll registration is one-shot);
+// writing is group commit under write_mu_.
+class ClientConnection {
+ public:
+  ClientConnection(int fd, uint64_t id) : fd_(fd), id_(id) {}
+  int fd() const { return fd_.get(); }
+  uint64_t id() const { return id_; }
+  transport::FrameReader& reader() { return reader_; }  // only the thread holding the read event
+
+  // Appends a whole frame and makes sure it is written, by this thread or the one already writing. Frames
+  // to a client that is gone are dropped.
+  void Send(std::string_view frame);
+
+  // The requests in flight on this connection, by stream id: a cancel frame sets one's flag, the client's
+  // going away sets them all.
+  void Track(uint64_t stream_id, std::shared_ptr<std::atomic<bool>> cancelled);
+  void Untrack(uint64_t stream_id);
+  void Cancel(uint64_t stream_id);
+  // The client is gone: every request it sent is cancelled, and answers to it are dropped.
+  void Abandon();
+
+ private:
+  bool WriteAll(std::string_view data);
+
+  const UniqueFd fd_;
+  const uint64_t id_;
+  transport::FrameReader reader_;  // the thread holding the read event only
+  Mutex write_mu_;
+  std::string pending_ ABSL_GUARDED_BY(write_mu_);
+  bool flushing_ ABSL_GUARDED_BY(write_mu_) = false;  // a thread is writing; others only append
+  std::string writing_;                               // the flushing thread's, outside the lock (see Send)
+  bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
+  Mutex streams_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> streams_ ABSL_GUARDED_BY(streams_mu_);
+};
+
+class FrameServer {
+ public:
+  // What a polling thread does with what it reads. One per thread: it may keep state across a read's frames.
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    // One frame of `connection`, in its order, on the thread that read it. An error closes the connection.
+    // `payload` is valid during the call only.
+    virtual absl::Status OnFrame(const std::shared_ptr<ClientConnection>& connection,
+                                 const transport::FrameHeader& header, std::string_view payload) = 0;
+    // After a read's frames were handled and the connection re-armed (another thread may read it now).
+    virtual void OnFramesHandled() = 0;
+  };
+
+  FrameServer();
+  ~FrameServer();
+
+  // Binds and listens on `path` (replacing a stale socket file).
+  absl::Status Listen(const std::string& path);
+  // Waits for one event and handles it: accepts new clients, or reads one connection's frames into
+  // `handler`; returns after that, or after a Wake.
+  void Poll(Handler& handler);
+  // Makes `n` threads waiting in Poll return (each wake-up returns one thread).
+  void Wake(uint64_t n);
+  // No new clients: the socket file is removed; open connections stay.
+  void StopAccepting();
+  // Drops every connection. Only once no thread polls.
+  void CloseAll();
+
+ private:
+  void Register(int fd, uint64_t id, uint32_t events, int op);
+  void AcceptAll();
+  std::shared_ptr<ClientConnection> Find(uint64_t id);
+  void Drop(const std::shared_ptr<ClientConnection>& c, std::string_view why);
+  void OnReadable(const std::shared_ptr<ClientConnection>& c, Handler& handler);
+
+  // Set in Listen, before any thread polls; read-only after.
+  UniqueFd epoll_fd_;
+  UniqueFd listen_fd_;
+  UniqueFd wake_fd_;
+  std::string socket_path_;
+  std::atomic<bool> accepting_{true};
+  std::atomic<uint64_t> next_id_;
+  Mutex connections_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<ClientConnection>> connections_ ABSL_GUARDED_BY(connections_mu_);
+};
+
+}  // namespace ferry::replica
