@@ -113,7 +113,7 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
                                                        api ? api->abi_version : 0, ", this ferry speaks ",
                                                        FERRY_ABI_VERSION));
   }
-  std::unique_ptr<DeploymentHost> host(new DeploymentHost(api, library));
+  std::unique_ptr<DeploymentHost> host(new DeploymentHost(api));
   std::string args = spec.args.dump();
   FerryErrorSink error;
   if (api->create(&kHostApi, Str(args), &host->instance_, &error) != FERRY_OK) {
@@ -132,7 +132,7 @@ absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const Rep
   return host;
 }
 
-DeploymentHost::DeploymentHost(const FerryDeploymentApi* api, void* library) : api_(api), library_(library) {
+DeploymentHost::DeploymentHost(const FerryDeploymentApi* api) : api_(api) {
   // Tables from before handle_batch (or prepare) existed end before it.
   if (api->struct_size >= offsetof(FerryDeploymentApi, handle_batch) + sizeof(api->handle_batch))
     handle_batch_ = api->handle_batch;
@@ -145,7 +145,8 @@ DeploymentHost::DeploymentHost(const FerryDeploymentApi* api, void* library) : a
 
 DeploymentHost::~DeploymentHost() {
   if (instance_) api_->destroy(instance_);
-  // The library stays loaded: threads or atexit handlers of the plugin may still point into it.
+  // A plugin's library stays loaded (it is never dlclose'd): threads or atexit handlers of the plugin may
+  // still point into it.
 }
 
 void DeploymentHost::Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,

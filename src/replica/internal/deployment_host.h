@@ -50,12 +50,11 @@ class DeploymentHost {
   absl::Status CheckHealth();
 
  private:
-  DeploymentHost(const FerryDeploymentApi* api, void* library);
+  explicit DeploymentHost(const FerryDeploymentApi* api);
   const FerryDeploymentApi* api_;
   decltype(FerryDeploymentApi::handle_batch) handle_batch_ = nullptr;
   decltype(FerryDeploymentApi::prepare) prepare_ = nullptr;
   decltype(FerryDeploymentApi::release) release_ = nullptr;
-  void* library_;  // dlopen handle, or nullptr for built-ins
   void* instance_ = nullptr;
   std::unique_ptr<ModelHost> model_;  // set for a model: the host speaks the protocol
 };
