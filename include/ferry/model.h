@@ -155,6 +155,34 @@ inline std::string ShapeString(const Shape& shape) {
   return s + "]";
 }
 
+// The ABI's layout of BYTES elements (<ferry/abi.h>, FerryTensor): each element is a 4-byte little-endian
+// length followed by its bytes. Host and SDK both read and write it with these two.
+inline void PackBytes(const std::vector<std::string>& elements, std::string* out) {
+  out->clear();
+  for (const std::string& e : elements) {
+    const uint32_t n = static_cast<uint32_t>(e.size());
+    const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                         static_cast<char>((n >> 16) & 0xff), static_cast<char>(n >> 24)};
+    out->append(len, 4);
+    out->append(e);
+  }
+}
+// The elements of a packed BYTES buffer; a truncated last element is left out.
+inline std::vector<std::string> UnpackBytes(std::string_view packed) {
+  std::vector<std::string> elements;
+  while (packed.size() >= 4) {
+    const uint32_t n = static_cast<uint32_t>(static_cast<unsigned char>(packed[0])) |
+                       static_cast<uint32_t>(static_cast<unsigned char>(packed[1])) << 8 |
+                       static_cast<uint32_t>(static_cast<unsigned char>(packed[2])) << 16 |
+                       static_cast<uint32_t>(static_cast<unsigned char>(packed[3])) << 24;
+    packed.remove_prefix(4);
+    if (n > packed.size()) break;
+    elements.emplace_back(packed.substr(0, n));
+    packed.remove_prefix(n);
+  }
+  return elements;
+}
+
 // A named, typed, shaped array in row-major order. Fixed-size elements live in one contiguous buffer
 // (aligned for any element type); BYTES elements are strings.
 class Tensor {

@@ -37,9 +37,13 @@ def read(path):
 
 
 def gone(pid):
-    """True once the process has exited (or is a zombie waiting for its parent)."""
+    """True once the process has exited, every thread of it: its descriptors (listeners above all) are closed.
+    A killed multi-threaded process's main thread turns zombie while its other threads may still be exiting
+    and holding the descriptor table, so a zombie counts as gone only once it is the last task left."""
     try:
-        return read(f"/proc/{pid}/stat").split()[2] == "Z"
+        if read(f"/proc/{pid}/stat").split()[2] != "Z":
+            return False
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
     except FileNotFoundError:
         return True
 

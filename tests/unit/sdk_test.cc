@@ -1,6 +1,7 @@
 // The SDK's C++ layer, exercised through the C ABI table it generates, as the host uses it.
 #include <any>
 #include <ferry/deployment.h>
+#include <ferry/model.h>
 #include <gtest/gtest.h>
 #include <string>
 
@@ -200,6 +201,19 @@ TEST(SdkTest, QueryParamsAndCancellation) {
   EXPECT_FALSE(req.is_cancelled());
   raw.is_cancelled = [](const FerryRequest*) { return 1; };
   EXPECT_TRUE(req.is_cancelled());
+}
+
+TEST(SdkTest, BytesElementsPackIntoTheAbiLayoutAndBack) {
+  const std::vector<std::string> elements = {"", "a", std::string(300, 'x'), std::string("\0\xff", 2)};
+  std::string packed;
+  ferry::PackBytes(elements, &packed);
+  ASSERT_EQ(packed.size(), 4 * elements.size() + 0 + 1 + 300 + 2);
+  EXPECT_EQ(packed.substr(4, 4), std::string("\x01\x00\x00\x00", 4)) << "lengths are little-endian";
+  EXPECT_EQ(packed.substr(9, 4), std::string("\x2c\x01\x00\x00", 4));
+  EXPECT_EQ(ferry::UnpackBytes(packed), elements);
+  // A cut-short buffer yields the elements that are whole.
+  EXPECT_EQ(ferry::UnpackBytes(std::string_view(packed).substr(0, 12)), (std::vector<std::string>{"", "a"}));
+  EXPECT_TRUE(ferry::UnpackBytes("").empty());
 }
 
 }  // namespace

@@ -17,19 +17,8 @@ inline Tensor TensorFromView(const FerryTensor& v) {
   Shape shape(v.shape, v.shape + v.rank);
   const DataType datatype = static_cast<DataType>(v.datatype);
   if (datatype != DataType::kBytes) return Tensor::Borrow(std::move(name), datatype, std::move(shape), v.data.data);
-  std::vector<std::string> strings;
-  std::string_view rest(v.data.data, v.data.size);
-  while (rest.size() >= 4) {
-    uint32_t n = static_cast<uint32_t>(static_cast<unsigned char>(rest[0])) |
-                 static_cast<uint32_t>(static_cast<unsigned char>(rest[1])) << 8 |
-                 static_cast<uint32_t>(static_cast<unsigned char>(rest[2])) << 16 |
-                 static_cast<uint32_t>(static_cast<unsigned char>(rest[3])) << 24;
-    rest.remove_prefix(4);
-    if (n > rest.size()) break;
-    strings.emplace_back(rest.substr(0, n));
-    rest.remove_prefix(n);
-  }
-  return Tensor::FromStrings(std::move(name), std::move(shape), std::move(strings));
+  return Tensor::FromStrings(std::move(name), std::move(shape),
+                             UnpackBytes(std::string_view(v.data.data, v.data.size)));
 }
 
 // Hands one answer to the host: its outputs and parameters, or its error.
@@ -47,14 +36,7 @@ inline void EmitInferResponse(const InferResponse& r, FerryInferSink* sink) {
     view.shape = t.shape().data();
     view.rank = t.shape().size();
     if (t.datatype() == DataType::kBytes) {
-      packed.clear();
-      for (const std::string& e : t.strings()) {
-        const uint32_t n = static_cast<uint32_t>(e.size());
-        const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
-                             static_cast<char>((n >> 16) & 0xff), static_cast<char>(n >> 24)};
-        packed.append(len, 4);
-        packed.append(e);
-      }
+      PackBytes(t.strings(), &packed);
       view.data = FerryString{packed.data(), packed.size()};
     } else {
       view.data = FerryString{reinterpret_cast<const char*>(t.bytes().data()), t.bytes().size()};

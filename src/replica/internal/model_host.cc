@@ -17,14 +17,7 @@ FerryTensor ViewOf(const Tensor& t, std::string* packed) {
   v.shape = t.shape().data();
   v.rank = t.shape().size();
   if (t.datatype() == DataType::kBytes) {
-    packed->clear();
-    for (const std::string& e : t.strings()) {
-      const uint32_t n = static_cast<uint32_t>(e.size());
-      const char len[4] = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
-                           static_cast<char>((n >> 16) & 0xff), static_cast<char>(n >> 24)};
-      packed->append(len, 4);
-      packed->append(e);
-    }
+    PackBytes(t.strings(), packed);
     v.data = Str(*packed);
   } else {
     v.data = FerryString{reinterpret_cast<const char*>(t.bytes().data()), t.bytes().size()};
@@ -163,17 +156,8 @@ void ModelHost::AddOutput(FerryInferSink* sink, const FerryTensor* v) {
   Shape shape(v->shape, v->shape + v->rank);
   try {
     if (datatype == DataType::kBytes) {
-      std::vector<std::string> strings;
-      std::string_view rest(v->data.data, v->data.size);
-      while (rest.size() >= 4) {
-        uint32_t len;
-        std::memcpy(&len, rest.data(), 4);  // little-endian, as x86-64 and the layout are
-        rest.remove_prefix(4);
-        if (len > rest.size()) break;
-        strings.emplace_back(rest.substr(0, len));
-        rest.remove_prefix(len);
-      }
-      sink->response.outputs.push_back(Tensor::FromStrings(std::move(name), std::move(shape), std::move(strings)));
+      sink->response.outputs.push_back(Tensor::FromStrings(std::move(name), std::move(shape),
+                                                           UnpackBytes(std::string_view(v->data.data, v->data.size))));
       return;
     }
     Tensor t(std::move(name), datatype, std::move(shape));
