@@ -2,18 +2,18 @@
 // answers each connection with canned bytes.
 #include "common/http_client.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/loopback_http.h"
 
 namespace ferry {
 namespace {
@@ -25,69 +25,37 @@ using ::testing::HasSubstr;
 class CannedServer {
  public:
   explicit CannedServer(std::vector<std::string> answers, bool keep_open = false)
-      : answers_(std::move(answers)), keep_open_(keep_open) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    socklen_t len = sizeof(addr);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    ::listen(fd_, 16);
-    thread_ = std::thread([this] { Serve(); });
-  }
+      : answers_(std::move(answers)), keep_open_(keep_open), server_([this](int c, size_t i) { Serve(c, i); }) {}
   ~CannedServer() {
-    ::shutdown(fd_, SHUT_RDWR);
-    ::close(fd_);
-    thread_.join();
+    server_.reset();  // joins the serving thread first
     for (int c : open_) ::close(c);
   }
-  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(port_), "/"}; }
+  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(server_->port()), "/"}; }
   std::vector<std::string> requests() {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
   }
 
  private:
-  void Serve() {
-    for (size_t i = 0;; ++i) {
-      int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) return;
-      std::string in;
-      char buf[4096];
-      while (in.find("\r\n\r\n") == std::string::npos) {
-        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        in.append(buf, static_cast<size_t>(n));
-      }
-      size_t cl = in.find("Content-Length: ");
-      size_t want = in.find("\r\n\r\n") + 4 + (cl == std::string::npos ? 0 : std::stoul(in.substr(cl + 16)));
-      while (in.size() < want) {
-        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        in.append(buf, static_cast<size_t>(n));
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        requests_.push_back(in);
-      }
-      const std::string& answer = answers_[std::min(i, answers_.size() - 1)];
-      ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
-      if (keep_open_)
-        open_.push_back(c);
-      else
-        ::close(c);
+  void Serve(int c, size_t i) {
+    std::string in = testing::ReadHttpRequest(c);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      requests_.push_back(in);
     }
+    const std::string& answer = answers_[std::min(i, answers_.size() - 1)];
+    ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+    if (keep_open_)
+      open_.push_back(c);
+    else
+      ::close(c);
   }
   std::vector<std::string> answers_;
   bool keep_open_;
-  int fd_;
-  uint16_t port_ = 0;
   std::mutex mu_;
   std::vector<std::string> requests_;
-  std::vector<int> open_;  // serving thread only, until it is joined
-  std::thread thread_;
+  std::vector<int> open_;                              // serving thread only, until it is joined
+  std::optional<testing::LoopbackHttpServer> server_;  // last: its thread uses the members above
 };
 
 TEST(HttpClientTest, ParsesEndpoints) {
@@ -131,8 +99,9 @@ TEST(HttpClientTest, ReadsBodiesByLengthChunkedOrToTheClose) {
   EXPECT_THAT(request, HasSubstr("Authorization: Bearer t\r\n"));
   EXPECT_THAT(request, HasSubstr("\r\n\r\na: 1\n"));
 
-  CannedServer chunked({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\na\r\n0123456789\r\n0\r\n\r\n"},
-                       /*keep_open=*/true);
+  CannedServer chunked(
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\na\r\n0123456789\r\n0\r\n\r\n"},
+      /*keep_open=*/true);
   r = SendHttp(chunked.endpoint(), {});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->body, "abc0123456789");

@@ -8,9 +8,12 @@
 #include <gtest/gtest.h>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/loopback_http.h"
 
 namespace ferry::tracing {
 namespace {
@@ -150,25 +153,12 @@ class RefusingPort {
 
 class FakeCollector {
  public:
-  explicit FakeCollector(int status = 200) : status_(status) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-    socklen_t len = sizeof(addr);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    ::listen(fd_, 16);
-    thread_ = std::thread([this] { Serve(); });
-  }
+  explicit FakeCollector(int status = 200) : status_(status), server_([this](int c, size_t) { Serve(c); }) {}
   ~FakeCollector() {
-    ::shutdown(fd_, SHUT_RDWR);
-    ::close(fd_);
-    thread_.join();
+    server_.reset();  // joins the serving thread first
     for (int c : silent_) ::close(c);
   }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/v1/traces"; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(server_->port()) + "/v1/traces"; }
   std::vector<json> bodies() {
     std::lock_guard<std::mutex> lock(mu_);
     return bodies_;
@@ -179,45 +169,27 @@ class FakeCollector {
   }
 
  private:
-  void Serve() {
-    for (;;) {
-      int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) return;
-      std::string in;
-      char buf[4096];
-      size_t want = std::string::npos;
-      while (in.size() < want) {
-        ssize_t n = ::recv(c, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        in.append(buf, static_cast<size_t>(n));
-        size_t end = in.find("\r\n\r\n");
-        if (end != std::string::npos && want == std::string::npos) {
-          size_t cl = in.find("Content-Length: ");
-          want = end + 4 + std::stoul(in.substr(cl + 16));
-        }
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        bodies_.push_back(json::parse(in.substr(in.find("\r\n\r\n") + 4), nullptr, false));
-        heads_.push_back(in.substr(0, in.find("\r\n\r\n") + 2));
-      }
-      if (status_ == 0) {
-        silent_.push_back(c);
-        continue;
-      }
-      std::string answer = "HTTP/1.1 " + std::to_string(status_) + " X\r\nContent-Length: 0\r\n\r\n";
-      ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
-      ::close(c);
+  void Serve(int c) {
+    std::string in = ::ferry::testing::ReadHttpRequest(c);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      bodies_.push_back(json::parse(in.substr(in.find("\r\n\r\n") + 4), nullptr, false));
+      heads_.push_back(in.substr(0, in.find("\r\n\r\n") + 2));
     }
+    if (status_ == 0) {
+      silent_.push_back(c);
+      return;
+    }
+    std::string answer = "HTTP/1.1 " + std::to_string(status_) + " X\r\nContent-Length: 0\r\n\r\n";
+    ::send(c, answer.data(), answer.size(), MSG_NOSIGNAL);
+    ::close(c);
   }
   int status_;
-  int fd_;
-  uint16_t port_ = 0;
   std::mutex mu_;
   std::vector<json> bodies_;
   std::vector<std::string> heads_;
-  std::vector<int> silent_;  // connections left unanswered (serving thread only)
-  std::thread thread_;
+  std::vector<int> silent_;                                     // connections left unanswered (serving thread only)
+  std::optional<::ferry::testing::LoopbackHttpServer> server_;  // last: its thread uses the members above
 };
 
 Span MakeSpan(const std::string& name) {
