@@ -54,13 +54,17 @@ class BatchingTest(unittest.TestCase):
             self.assertGreater(max(r.json()["batch_size"] for r in others), 1)
 
     def test_each_request_keeps_its_deadline(self):
-        with Ferry(BATCHED.replace("request_timeout_s: 30", "request_timeout_s: 0.5")
-                   .replace("batch_cost_us: 20000", "batch_cost_us: 0")) as ferry:
-            # A batch with one very slow request: it times out alone (504); the batch's other requests,
-            # and later ones, are answered.
+        # A batch with one very slow request: it times out alone (504) and the batch's other requests, and
+        # later ones, are answered. A batch's answers leave together when it ends, which is when the slow
+        # request is cancelled at its deadline; so the others arrive a second later than it (their deadlines
+        # a second later too). Whether they join its batch (it waits up to 2 s to fill) or the next one, they
+        # are answered with a second to spare: no timing margin a slow or loaded machine could eat.
+        with Ferry(BATCHED.replace("request_timeout_s: 30", "request_timeout_s: 3")
+                   .replace("batch_cost_us: 20000", "batch_cost_us: 0")
+                   .replace("max_batch_size: 8, batch_wait_timeout_s: 0.05", "max_batch_size: 4, batch_wait_timeout_s: 2")) as ferry:
             with cf.ThreadPoolExecutor(4) as pool:
-                slow = pool.submit(requests.get, ferry.url("/b?work_us=20000000"), timeout=30)
-                time.sleep(0.01)
+                slow = pool.submit(requests.get, ferry.url("/b?work_us=60000000"), timeout=30)
+                time.sleep(1)
                 quick = [pool.submit(requests.get, ferry.url("/b"), timeout=30) for _ in range(3)]
                 self.assertEqual(slow.result().status_code, 504)
                 self.assertEqual({q.result().status_code for q in quick}, {200})
