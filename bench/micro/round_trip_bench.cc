@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <benchmark/benchmark.h>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>

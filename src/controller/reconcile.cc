@@ -70,7 +70,8 @@ void Controller::CollectReports() {
       dep.queued += load.queued;
       dep.ongoing += load.ongoing;
       for (const auto& [k, n] : load.in_flight) {
-        auto it = std::find_if(dep.in_flight.begin(), dep.in_flight.end(), [k = k](const auto& p) { return p.first == k; });
+        auto it =
+            std::find_if(dep.in_flight.begin(), dep.in_flight.end(), [k = k](const auto& p) { return p.first == k; });
         if (it == dep.in_flight.end())
           dep.in_flight.emplace_back(k, n);
         else
@@ -105,9 +106,8 @@ void Controller::Tick() {
     }
   }
   for (auto it = apps_.begin(); it != apps_.end();) {
-    if (it->second->deleting && std::none_of(deployments_.begin(), deployments_.end(), [&](const auto& d) {
-          return d.second->application == it->first;
-        })) {
+    if (it->second->deleting && std::none_of(deployments_.begin(), deployments_.end(),
+                                             [&](const auto& d) { return d.second->application == it->first; })) {
       history_.erase(it->first);
       it = apps_.erase(it);
     } else {
@@ -270,8 +270,7 @@ void Controller::AdvanceHealth(Deployment& d, Replica& r, SteadyTime now) {
   r.health_token = next_token_++;
   health_waits_[r.health_token] = {&d, &r};  // the answer finds its replica by the token: no name lookups
   r.health_deadline = now + Millis(d.target.health_check_timeout_s);
-  launcher_->CheckHealth(
-      r.id, [this, token = r.health_token](const absl::Status& s) { OnHealthResult(token, s); });
+  launcher_->CheckHealth(r.id, [this, token = r.health_token](const absl::Status& s) { OnHealthResult(token, s); });
 }
 
 // Every kStatsPeriod, a running replica's stats: the processing-time and batch-size histograms /metrics shows.
@@ -368,33 +367,33 @@ void Controller::AdvanceUpdate(Deployment& d, Replica& r) {
   r.update_outstanding = true;
   r.update_token = next_token_++;
   r.state = ReplicaState::kUpdating;
-  launcher_->Reconfigure(r.id, update, [this, id = r.id, token = r.update_token, generation,
-                                        update](const absl::Status& s) {
-    Deployment* d = FindByReplica(id);
-    if (!d) return;
-    auto it = d->replicas.find(id);
-    if (it == d->replicas.end() || it->second.update_token != token) return;
-    Replica& r = it->second;
-    r.update_outstanding = false;
-    if (r.state != ReplicaState::kUpdating) return;
-    if (s.ok()) {
-      if (update.user_config) r.applied_user_config = *update.user_config;
-      if (update.max_ongoing_requests) r.applied_max_ongoing = *update.max_ongoing_requests;
-      if (update.logging) r.applied_logging = *update.logging;
-      if (update.tracing) r.applied_tracing = *update.tracing;
-      r.checked_generation = generation;  // a newer apply meanwhile is compared at the next tick
-      r.state = ReplicaState::kRunning;
-      FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", spec::ToJson(update).dump());
-    } else {
-      // A replica that cannot take the new config is replaced by one constructed with it.
-      d->message = StrCat("reconfigure of replica ", id, " failed: ", Message(s));
-      FERRY_LOG(kWarning, "controller", d->message, "; replacing it");
-      r.state = ReplicaState::kRunning;
-      BeginStop(*d, r, clock_->Now());
-      PublishIfChanged();
-    }
-    ScheduleTick();
-  });
+  launcher_->Reconfigure(
+      r.id, update, [this, id = r.id, token = r.update_token, generation, update](const absl::Status& s) {
+        Deployment* d = FindByReplica(id);
+        if (!d) return;
+        auto it = d->replicas.find(id);
+        if (it == d->replicas.end() || it->second.update_token != token) return;
+        Replica& r = it->second;
+        r.update_outstanding = false;
+        if (r.state != ReplicaState::kUpdating) return;
+        if (s.ok()) {
+          if (update.user_config) r.applied_user_config = *update.user_config;
+          if (update.max_ongoing_requests) r.applied_max_ongoing = *update.max_ongoing_requests;
+          if (update.logging) r.applied_logging = *update.logging;
+          if (update.tracing) r.applied_tracing = *update.tracing;
+          r.checked_generation = generation;  // a newer apply meanwhile is compared at the next tick
+          r.state = ReplicaState::kRunning;
+          FERRY_LOG(kInfo, "controller", "replica ", id, " reconfigured in place: ", spec::ToJson(update).dump());
+        } else {
+          // A replica that cannot take the new config is replaced by one constructed with it.
+          d->message = StrCat("reconfigure of replica ", id, " failed: ", Message(s));
+          FERRY_LOG(kWarning, "controller", d->message, "; replacing it");
+          r.state = ReplicaState::kRunning;
+          BeginStop(*d, r, clock_->Now());
+          PublishIfChanged();
+        }
+        ScheduleTick();
+      });
 }
 
 void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
@@ -403,10 +402,10 @@ void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
   // so a constructor that always throws fails a small deployment in a few tries, not twenty.
   const int per_replica_limit = kMaxPerReplicaRetryCount * std::max(1, d.TargetReplicas());
   const int limit = std::min(d.target.max_constructor_retry_count, per_replica_limit);
-  d.message = StrCat("replica failed to start (", d.start_failures, " of ", limit,
-                     limit == d.target.max_constructor_retry_count ? " (max_constructor_retry_count)"
-                                                                   : " (3 per target replica)",
-                     "): ", message);
+  d.message = StrCat(
+      "replica failed to start (", d.start_failures, " of ", limit,
+      limit == d.target.max_constructor_retry_count ? " (max_constructor_retry_count)" : " (3 per target replica)",
+      "): ", message);
   auto delay = milliseconds(std::min<int64_t>(5000, 100ll << std::min(d.start_failures - 1, 10)));
   d.backoff_until = clock_->Now() + delay;
   if (d.start_failures >= limit && !d.version_failed) {

@@ -36,15 +36,15 @@ void HostLog(int level, FerryString message) {
 }
 
 const FerryHostApi kHostApi = {sizeof(FerryHostApi),
-                                FERRY_ABI_VERSION,
-                                &SetStatus,
-                                &AddHeader,
-                                &SetBody,
-                                &SetError,
-                                &HostLog,
-                                &ModelHost::AddOutput,
-                                &ModelHost::SetInferParameters,
-                                &ModelHost::FailInfer};
+                               FERRY_ABI_VERSION,
+                               &SetStatus,
+                               &AddHeader,
+                               &SetBody,
+                               &SetError,
+                               &HostLog,
+                               &ModelHost::AddOutput,
+                               &ModelHost::SetInferParameters,
+                               &ModelHost::FailInfer};
 
 // Whether the plugin's table is long enough to hold `field` (tables grow by appending).
 #define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
