@@ -135,6 +135,15 @@ typedef struct FerryHostApi {
   void (*add_output)(FerryInferSink* sink, const FerryTensor* tensor);
   void (*set_infer_parameters)(FerryInferSink* sink, FerryString parameters_json);
   void (*fail_infer)(FerryInferSink* sink, int status, FerryString message);
+  /* Streams the answer of handle(): the first call sends the status and headers set so far, then each
+   * call sends `data` as one chunk of the body, forwarded to the client as soon as it has room for it (a
+   * slow client makes this wait: the host never buffers more than a window per stream). Returns 0 when
+   * sent, non-zero once the stream is over (the client went away, the request was cancelled): handle()
+   * should stop producing and return. The stream ends when handle() returns; FERRY_ERROR after the first
+   * chunk breaks it (the client sees the body cut short). set_status, add_header and set_body do nothing
+   * once streaming began. Where a stream cannot be (inside handle_batch), chunks are gathered into the
+   * body. Added after version 1's first tables: read it only when struct_size covers it. */
+  int (*write_chunk)(FerryResponseSink* sink, FerryString data);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

@@ -133,13 +133,51 @@ struct Response {
   }
 };
 
+// Where a streaming handler writes its answer (see Deployment::handle_stream). The status and headers
+// go out with the first write; each write is one chunk the client receives as soon as it is produced
+// (chunked transfer encoding, or Server-Sent Events with write_event). A write waits while the client is
+// slow, so a producer never runs ahead of its reader by more than a window. Used on the handling thread.
+class ResponseWriter {
+ public:
+  explicit ResponseWriter(FerryResponseSink* sink) : sink_(sink) {}
+  ResponseWriter(const ResponseWriter&) = delete;
+  ResponseWriter& operator=(const ResponseWriter&) = delete;
+
+  // Before the first write only.
+  void set_status(int status);
+  void add_header(std::string_view name, std::string_view value);
+  // Sends `data` as one chunk (an empty one sends just the status and headers). False once the stream is
+  // over (the client went away, the request was cancelled or timed out): stop producing and return.
+  bool write(std::string_view data);
+  // Sends one Server-Sent Event: each line of `data` as a `data:` line, after an `event:` line when
+  // `event` is set. The first sets content-type text/event-stream unless a content type was set.
+  bool write_event(std::string_view data, std::string_view event = {});
+  bool started() const { return started_; }
+  // Answers in one piece instead (an error found before streaming began, say). Before the first write.
+  void send(const Response& response);
+
+ private:
+  FerryResponseSink* sink_;
+  std::string body_so_far_;  // only with a host that cannot stream
+  bool started_ = false;
+  bool has_content_type_ = false;
+};
+
 // Base class of a deployment. One instance per replica process. handle() is called from up to
 // max_ongoing_requests threads at once, so shared mutable state needs a lock; reconfigure() and
 // check_health() may overlap with handle().
 class Deployment {
  public:
   virtual ~Deployment() = default;
-  virtual Response handle(const Request& request) = 0;
+  // Answers one request. A deployment that only streams overrides handle_stream() instead.
+  virtual Response handle(const Request& request) {
+    (void)request;
+    throw std::logic_error("this deployment implements neither handle() nor handle_stream()");
+  }
+  // Answers one request as a stream: writes chunks to `out` as they are produced, and returns when done
+  // (an exception after the first write cuts the stream short). The default answers with handle() in one
+  // piece. With batching, handle_batch() answers instead.
+  virtual void handle_stream(const Request& request, ResponseWriter& out);
   // Called once after construction when the config has a user_config, and again on every change.
   virtual void reconfigure(const Json& user_config) { (void)user_config; }
   // Return false (or throw) to report the replica unhealthy.
@@ -170,6 +208,51 @@ class Deployment {
 #include <ferry/internal/deployment_api.h>
 
 namespace ferry {
+
+inline void ResponseWriter::set_status(int status) {
+  if (!started_) internal::Host()->set_status(sink_, status);
+}
+inline void ResponseWriter::add_header(std::string_view name, std::string_view value) {
+  if (started_) return;
+  if (name.size() == 12) {
+    std::string lower(name);
+    for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    if (lower == "content-type") has_content_type_ = true;
+  }
+  internal::Host()->add_header(sink_, FerryString{name.data(), name.size()}, FerryString{value.data(), value.size()});
+}
+inline bool ResponseWriter::write(std::string_view data) {
+  const FerryHostApi* host = internal::Host();
+  started_ = true;
+  if (host->struct_size < offsetof(FerryHostApi, write_chunk) + sizeof(host->write_chunk) || !host->write_chunk) {
+    // A host without streams: the chunks become one body.
+    body_so_far_.append(data);
+    host->set_body(sink_, FerryString{body_so_far_.data(), body_so_far_.size()});
+    return true;
+  }
+  return host->write_chunk(sink_, FerryString{data.data(), data.size()}) == 0;
+}
+inline bool ResponseWriter::write_event(std::string_view data, std::string_view event) {
+  if (!started_ && !has_content_type_) add_header("content-type", "text/event-stream");
+  std::string text;
+  if (!event.empty()) text.append("event: ").append(event).append("\n");
+  for (;;) {
+    size_t nl = data.find('\n');
+    text.append("data: ").append(data.substr(0, nl)).append("\n");
+    if (nl == std::string_view::npos) break;
+    data.remove_prefix(nl + 1);
+  }
+  text.append("\n");
+  return write(text);
+}
+
+inline void ResponseWriter::send(const Response& response) {
+  if (started_) throw std::logic_error("ResponseWriter::send after the stream began");
+  started_ = true;
+  internal::Emit(response, sink_);
+}
+
+inline void Deployment::handle_stream(const Request& request, ResponseWriter& out) { out.send(handle(request)); }
 
 // Logging from deployment code. A line goes to the replica's log with the replica's id (and, inside
 // handle(), the request's id), in the encoding of the deployment's logging_config; lines below its

@@ -14,6 +14,10 @@
 //                                             error, as user code and its libraries do
 //                x-echo-abort: TEXT           with args.allow_abort: prints TEXT to standard error and
 //                                             aborts the replica (a crash and its last words)
+//   query:       stream=N&interval_ms=M       streams N chunks "chunk <i>\n", one every M ms (as Server-Sent
+//                                             Events "data: chunk <i>" when the request accepts
+//                                             text/event-stream); &chunk_bytes=K pads each chunk to K bytes
+//                                             (for measuring large streams)
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -32,6 +36,39 @@ class Echo : public Deployment {
     std::string fail = args.get<std::string>("fail_constructor", "");
     if (!fail.empty()) throw std::runtime_error(fail);
     allow_abort_ = args.get<bool>("allow_abort", false);
+  }
+
+  void handle_stream(const Request& req, ResponseWriter& out) override {
+    std::string_view stream = req.query_param("stream");
+    if (stream.empty()) {
+      Deployment::handle_stream(req, out);
+      return;
+    }
+    const int64_t count = Number(stream, 0, int64_t{1} << 40);
+    const int64_t interval_ms = Number(req.query_param("interval_ms"), 0, 3'600'000);
+    const int64_t chunk_bytes = Number(req.query_param("chunk_bytes"), 0, 16 << 20);
+    if (count < 0 || interval_ms < 0 || chunk_bytes < 0) {
+      out.send(Response::FromJson({{"error",
+                                    "stream, interval_ms and chunk_bytes must be non-negative integers (stream at "
+                                    "most 2^40, interval_ms at most 3600000, chunk_bytes at most 16777216)"},
+                                   {"request_id", req.request_id()}},
+                                  400));
+      return;
+    }
+    const bool sse = req.header("accept").find("text/event-stream") != std::string_view::npos;
+    if (!sse) out.add_header("content-type", "text/plain; charset=utf-8");
+    std::string chunk;
+    for (int64_t i = 0; i < count; ++i) {
+      if (i > 0 && interval_ms > 0 && !Sleep(req, interval_ms)) return;
+      chunk = "chunk " + std::to_string(i);
+      if (sse) {
+        if (!out.write_event(chunk)) return;
+        continue;
+      }
+      chunk.push_back('\n');
+      if (static_cast<int64_t>(chunk.size()) < chunk_bytes) chunk.insert(chunk.size() - 1, chunk_bytes - chunk.size(), '.');
+      if (!out.write(chunk)) return;
+    }
   }
 
   Response handle(const Request& req) override {
@@ -87,6 +124,27 @@ class Echo : public Deployment {
   }
 
  private:
+  // A query parameter as an integer in [min, max]; absent: 0; anything else: -1.
+  static int64_t Number(std::string_view text, int64_t min, int64_t max) {
+    if (text.empty()) return 0;
+    int64_t v = 0;
+    for (char c : text) {
+      if (c < '0' || c > '9' || v > max) return -1;
+      v = v * 10 + (c - '0');
+    }
+    return v < min || v > max ? -1 : v;
+  }
+  // Waits `ms`, waking early when the request is cancelled; false then.
+  static bool Sleep(const Request& req, int64_t ms) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (!req.is_cancelled()) {
+      auto now = std::chrono::steady_clock::now();
+      if (now >= until) return true;
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(5)));
+    }
+    return false;
+  }
+
   std::atomic<bool> healthy_{true};
   std::atomic<double> error_rate_{0};
   std::atomic<int> delay_ms_{0};

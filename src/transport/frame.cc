@@ -119,7 +119,7 @@ void EndFrame(std::string& out, size_t at) {
 
 }  // namespace
 
-bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 11; }
+bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 19; }
 
 const char* FrameKindName(FrameKind kind) {
   switch (kind) {
@@ -145,6 +145,22 @@ const char* FrameKindName(FrameKind kind) {
       return "stats";
     case FrameKind::kStatsReply:
       return "stats_reply";
+    case FrameKind::kResponseStart:
+      return "response_start";
+    case FrameKind::kChunk:
+      return "chunk";
+    case FrameKind::kEnd:
+      return "end";
+    case FrameKind::kCredit:
+      return "credit";
+    case FrameKind::kSubscribe:
+      return "subscribe";
+    case FrameKind::kEndpoints:
+      return "endpoints";
+    case FrameKind::kLoad:
+      return "load";
+    case FrameKind::kLoadReply:
+      return "load_reply";
   }
   return "unknown";
 }
@@ -248,6 +264,38 @@ void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m)
   EndFrame(out, at);
 }
 
+void AppendResponseStart(std::string& out, uint64_t stream_id, const ResponseStart& m) {
+  size_t at = BeginFrame(out, FrameKind::kResponseStart, stream_id);
+  PutU16(out, m.status);
+  PutHeaders(out, m.headers);
+  EndFrame(out, at);
+}
+
+void AppendChunk(std::string& out, uint64_t stream_id, std::string_view data) {
+  size_t at = BeginFrame(out, FrameKind::kChunk, stream_id);
+  PutString(out, data);
+  EndFrame(out, at);
+}
+
+void AppendEnd(std::string& out, uint64_t stream_id, const StreamEnd& m) {
+  size_t at = BeginFrame(out, FrameKind::kEnd, stream_id);
+  out.push_back(m.ok ? 1 : 0);
+  PutString(out, m.message);
+  EndFrame(out, at);
+}
+
+void AppendCredit(std::string& out, uint64_t stream_id, uint32_t bytes) {
+  size_t at = BeginFrame(out, FrameKind::kCredit, stream_id);
+  PutU32(out, bytes);
+  EndFrame(out, at);
+}
+
+void AppendText(std::string& out, FrameKind kind, uint64_t stream_id, std::string_view text) {
+  size_t at = BeginFrame(out, kind, stream_id);
+  PutString(out, text);
+  EndFrame(out, at);
+}
+
 absl::Status DecodeHello(std::string_view payload, Hello* out) {
   Cursor c(payload);
   c.U32(&out->version) && c.String(&out->client);
@@ -311,6 +359,45 @@ absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
   }
   if (ok && !c.done()) c.U64(&out->spans_exported) && c.U64(&out->spans_dropped);
   return c.Finish("stats reply");
+}
+
+absl::Status DecodeResponseStart(std::string_view payload, ResponseStart* out) {
+  Cursor c(payload);
+  c.U16(&out->status) && c.Headers(&out->headers);
+  absl::Status s = c.Finish("response_start");
+  if (s.ok() && (out->status < 100 || out->status > 599))
+    return absl::InvalidArgumentError(ferry::StrCat("malformed response_start frame: status ", out->status));
+  return s;
+}
+
+absl::Status DecodeChunk(std::string_view payload, std::string_view* data) {
+  Cursor c(payload);
+  c.String(data);
+  return c.Finish("chunk");
+}
+
+absl::Status DecodeEnd(std::string_view payload, StreamEnd* out) {
+  Cursor c(payload);
+  uint8_t ok = 0;
+  c.U8(&ok) && c.String(&out->message);
+  out->ok = ok != 0;
+  absl::Status s = c.Finish("end");
+  if (s.ok() && ok > 1) return absl::InvalidArgumentError("malformed end frame: ok flag not 0 or 1");
+  return s;
+}
+
+absl::Status DecodeCredit(std::string_view payload, uint32_t* bytes) {
+  Cursor c(payload);
+  c.U32(bytes);
+  absl::Status s = c.Finish("credit");
+  if (s.ok() && *bytes == 0) return absl::InvalidArgumentError("malformed credit frame: zero bytes");
+  return s;
+}
+
+absl::Status DecodeText(std::string_view payload, std::string_view* text) {
+  Cursor c(payload);
+  c.String(text);
+  return c.Finish("text");
 }
 
 absl::Status DecodeEmpty(std::string_view payload) {

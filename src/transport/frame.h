@@ -14,7 +14,7 @@
 
 namespace ferry::transport {
 
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr uint16_t kFrameMagic = 0xF7E1;
 // Larger than http_options.max_body_bytes can be set, smaller than what would let a peer exhaust memory.
@@ -32,7 +32,20 @@ enum class FrameKind : uint8_t {
   kReconfigureReply = 9,  // replica -> client: ok flag, message
   kStats = 10,            // client -> replica: ask for load figures
   kStatsReply = 11,       // replica -> client: ongoing, queued, total
+  // Version 2: streams and handles.
+  kResponseStart = 12,  // replica -> client: status and headers of a streamed response; chunks follow
+  kChunk = 13,          // either way: a piece of a streamed body
+  kEnd = 14,            // either way: a streamed body is complete (ok) or broken (message)
+  kCredit = 15,         // either way: the receiver of a stream's chunks takes this many more bytes
+  kSubscribe = 16,      // replica -> node agent: send me endpoint snapshots (the replica holds handles)
+  kEndpoints = 17,      // node agent -> replica: a snapshot of endpoint sets (JSON)
+  kLoad = 18,           // node agent -> replica: report the handles' load
+  kLoadReply = 19,      // replica -> node agent: the handles' load (JSON)
 };
+
+// The bytes a stream's receiver takes before the sender must wait for credit: a client that reads slowly
+// holds at most this much of one stream in the pipes between producer and client.
+inline constexpr uint32_t kStreamWindow = 256 * 1024;
 
 bool IsKnownFrameKind(uint8_t kind);
 const char* FrameKindName(FrameKind kind);
@@ -75,6 +88,16 @@ struct ResponseMessage {
   HeaderList headers;
   std::string_view body;
 };
+// kResponseStart: the head of a streamed response.
+struct ResponseStart {
+  uint16_t status = 200;
+  HeaderList headers;
+};
+// kEnd: ok, or the reason the stream broke.
+struct StreamEnd {
+  bool ok = true;
+  std::string_view message;
+};
 struct StatusReply {  // kHealthReply, kReconfigureReply
   bool ok = true;
   std::string_view message;
@@ -106,6 +129,12 @@ void AppendEmpty(std::string& out, FrameKind kind, uint64_t stream_id);  // kCan
 void AppendStatusReply(std::string& out, FrameKind kind, uint64_t stream_id, const StatusReply& m);
 void AppendReconfigure(std::string& out, uint64_t stream_id, std::string_view user_config_json);
 void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m);
+void AppendResponseStart(std::string& out, uint64_t stream_id, const ResponseStart& m);
+void AppendChunk(std::string& out, uint64_t stream_id, std::string_view data);
+void AppendEnd(std::string& out, uint64_t stream_id, const StreamEnd& m);
+void AppendCredit(std::string& out, uint64_t stream_id, uint32_t bytes);
+// kEndpoints, kLoadReply: one string (JSON).
+void AppendText(std::string& out, FrameKind kind, uint64_t stream_id, std::string_view text);
 
 // Each Decode* takes a frame's payload and fails on truncation, trailing bytes and bad values.
 absl::Status DecodeHello(std::string_view payload, Hello* out);
@@ -116,6 +145,11 @@ absl::Status DecodeStatusReply(std::string_view payload, StatusReply* out);
 absl::Status DecodeReconfigure(std::string_view payload, std::string_view* user_config_json);
 absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out);
 absl::Status DecodeEmpty(std::string_view payload);
+absl::Status DecodeResponseStart(std::string_view payload, ResponseStart* out);
+absl::Status DecodeChunk(std::string_view payload, std::string_view* data);
+absl::Status DecodeEnd(std::string_view payload, StreamEnd* out);
+absl::Status DecodeCredit(std::string_view payload, uint32_t* bytes);  // rejects 0
+absl::Status DecodeText(std::string_view payload, std::string_view* text);
 
 // Splits a byte stream into frames. Feed it what was read; it hands out each complete frame.
 // Thread-compatible.

@@ -41,6 +41,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)DecodeStatsReply(payload, &stats);
     std::string_view config;
     (void)DecodeReconfigure(payload, &config);
+    ResponseStart start;
+    (void)DecodeResponseStart(payload, &start);
+    std::string_view data;
+    (void)DecodeChunk(payload, &data);
+    StreamEnd end;
+    (void)DecodeEnd(payload, &end);
+    uint32_t credit;
+    (void)DecodeCredit(payload, &credit);
+    (void)DecodeText(payload, &data);
   }
   return 0;
 }

@@ -29,6 +29,14 @@ struct Seen {
   std::string payload;
 };
 
+// A tracked stream that records what reaches it.
+struct FlagStream : TrackedStream {
+  void Cancel() override { cancelled.store(true); }
+  void AddCredit(uint32_t bytes) override { credit.fetch_add(bytes); }
+  std::atomic<bool> cancelled{false};
+  std::atomic<uint64_t> credit{0};
+};
+
 // Records frames; answers each request frame with an empty cancel frame of the same stream (any frame
 // would do) and tracks it, so that the connection's cancel flags can be observed.
 class RecordingHandler : public FrameServer::Handler {
@@ -39,7 +47,7 @@ class RecordingHandler : public FrameServer::Handler {
     MutexLock lock(&mu_);
     seen_.push_back({header.kind, header.stream_id, std::string(payload)});
     if (header.kind == FrameKind::kRequest) {
-      auto flag = std::make_shared<std::atomic<bool>>(false);
+      auto flag = std::make_shared<FlagStream>();
       flags_.push_back(flag);
       c->Track(header.stream_id, flag);
       std::string answer;
@@ -59,7 +67,7 @@ class RecordingHandler : public FrameServer::Handler {
   bool all_cancelled() {
     MutexLock lock(&mu_);
     for (auto& f : flags_)
-      if (!f->load()) return false;
+      if (!f->cancelled.load()) return false;
     return !flags_.empty();
   }
   int reads() {
@@ -70,7 +78,7 @@ class RecordingHandler : public FrameServer::Handler {
  private:
   Mutex mu_;
   std::vector<Seen> seen_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::shared_ptr<std::atomic<bool>>> flags_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<FlagStream>> flags_ ABSL_GUARDED_BY(mu_);
   int reads_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -227,21 +235,25 @@ TEST(FrameServerTest, StoppingAcceptingRemovesTheSocketAndKeepsOpenConnections) 
   EXPECT_TRUE(WaitFor([&] { return s.handler().seen().size() == 2; }));
 }
 
-TEST(ClientConnectionTest, CancelSetsOneFlagAndUntrackedStreamsAreLeftAlone) {
+TEST(ClientConnectionTest, CancelAndCreditReachOneStreamAndUntrackedStreamsAreLeftAlone) {
   int fds[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
   UniqueFd peer(fds[1]);
   ClientConnection c(fds[0], 5);
-  auto a = std::make_shared<std::atomic<bool>>(false), b = std::make_shared<std::atomic<bool>>(false);
+  auto a = std::make_shared<FlagStream>(), b = std::make_shared<FlagStream>();
   c.Track(1, a);
   c.Track(2, b);
   c.Cancel(1);
   c.Cancel(9);  // unknown: nothing
-  EXPECT_TRUE(a->load());
-  EXPECT_FALSE(b->load());
+  c.AddCredit(2, 100);
+  c.AddCredit(9, 100);  // unknown: nothing
+  EXPECT_TRUE(a->cancelled.load());
+  EXPECT_FALSE(b->cancelled.load());
+  EXPECT_EQ(a->credit.load(), 0u);
+  EXPECT_EQ(b->credit.load(), 100u);
   c.Untrack(2);
   c.Abandon();
-  EXPECT_FALSE(b->load()) << "answered streams are not cancelled by the client's leaving";
+  EXPECT_FALSE(b->cancelled.load()) << "answered streams are not cancelled by the client's leaving";
   c.Send("dropped");  // after Abandon: dropped, not written
   char buf[8];
   EXPECT_EQ(::recv(peer.get(), buf, sizeof(buf), 0), 0);

@@ -183,6 +183,65 @@ TEST(FrameTest, BadHeadersAreRejected) {
   EXPECT_FALSE(DecodeFrameHeader(std::string_view(frame).substr(0, 15)).ok());
 }
 
+TEST(FrameTest, StreamFramesRoundTrip) {
+  std::string frame;
+  AppendResponseStart(frame, 7, {201, {{"content-type", "text/event-stream"}}});
+  EXPECT_EQ(HeaderOf(frame).kind, FrameKind::kResponseStart);
+  EXPECT_EQ(HeaderOf(frame).stream_id, 7u);
+  ResponseStart start;
+  ASSERT_TRUE(DecodeResponseStart(PayloadOf(frame), &start).ok());
+  EXPECT_EQ(start.status, 201);
+  ASSERT_EQ(start.headers.size(), 1u);
+  EXPECT_EQ(start.headers[0].second, "text/event-stream");
+
+  frame.clear();
+  AppendChunk(frame, 7, std::string_view("a\0b", 3));
+  std::string_view data;
+  ASSERT_TRUE(DecodeChunk(PayloadOf(frame), &data).ok());
+  EXPECT_EQ(data, std::string_view("a\0b", 3));
+
+  frame.clear();
+  AppendEnd(frame, 7, {false, "callee crashed"});
+  StreamEnd end;
+  ASSERT_TRUE(DecodeEnd(PayloadOf(frame), &end).ok());
+  EXPECT_FALSE(end.ok);
+  EXPECT_EQ(end.message, "callee crashed");
+
+  frame.clear();
+  AppendCredit(frame, 7, 65536);
+  uint32_t credit = 0;
+  ASSERT_TRUE(DecodeCredit(PayloadOf(frame), &credit).ok());
+  EXPECT_EQ(credit, 65536u);
+
+  frame.clear();
+  AppendText(frame, FrameKind::kEndpoints, 0, R"({"version": 3})");
+  EXPECT_EQ(HeaderOf(frame).kind, FrameKind::kEndpoints);
+  std::string_view text;
+  ASSERT_TRUE(DecodeText(PayloadOf(frame), &text).ok());
+  EXPECT_EQ(text, R"({"version": 3})");
+}
+
+TEST(FrameTest, BadStreamFramesAreRejected) {
+  std::string frame;
+  AppendCredit(frame, 1, 0);
+  uint32_t credit;
+  EXPECT_FALSE(DecodeCredit(PayloadOf(frame), &credit).ok()) << "zero credit";
+  frame.clear();
+  AppendEnd(frame, 1, {true, ""});
+  frame[kFrameHeaderSize] = 2;
+  StreamEnd end;
+  EXPECT_FALSE(DecodeEnd(PayloadOf(frame), &end).ok()) << "ok flag 2";
+  frame.clear();
+  AppendResponseStart(frame, 1, {700, {}});
+  ResponseStart start;
+  EXPECT_FALSE(DecodeResponseStart(PayloadOf(frame), &start).ok()) << "status 700";
+  frame.clear();
+  AppendChunk(frame, 1, "abcdef");
+  std::string_view data;
+  EXPECT_FALSE(DecodeChunk(PayloadOf(frame).substr(0, 7), &data).ok()) << "truncated";
+  EXPECT_FALSE(DecodeChunk(std::string(PayloadOf(frame)) + "x", &data).ok()) << "trailing";
+}
+
 TEST(FrameReaderTest, ReassemblesFramesFromAnySplit) {
   std::string stream;
   for (int i = 0; i < 20; ++i) {

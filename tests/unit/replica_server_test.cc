@@ -3,6 +3,7 @@
 // reconfigure, a malformed frame, and a stop that drains. Every wait is bounded (a receive timeout).
 #include "replica/internal/replica_server.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -101,6 +102,12 @@ class Client {
       if (n <= 0) return false;
       reader_.Commit(static_cast<size_t>(n));
     }
+  }
+  // True when nothing more arrives within `ms` (a check that can only pass wrongly, never fail wrongly).
+  bool QuietFor(int ms) {
+    if (reader_.buffered() > 0 || !early_.empty()) return false;
+    pollfd p{fd_.get(), POLLIN, 0};
+    return ::poll(&p, 1, ms) == 0;
   }
   // Waits for the frame of `kind` with `stream`; frames for other streams are kept for later.
   std::string Await(FrameKind kind, uint64_t stream) {
@@ -244,6 +251,56 @@ TEST(ReplicaServerTest, ACancelStopsTheRequestItNames) {
     EXPECT_EQ(body["cancelled"], true) << r.body;
     EXPECT_LT(body["spent_us"].get<int64_t>(), 60000000);
   }
+}
+
+TEST(ReplicaServerTest, AStreamedAnswerIsHeadChunksAndEnd) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "stream=3"));
+  transport::ResponseStart start;
+  ASSERT_TRUE(transport::DecodeResponseStart(c.Await(FrameKind::kResponseStart, 1), &start).ok());
+  EXPECT_EQ(start.status, 200);
+  for (int i = 0; i < 3; ++i) {
+    std::string_view data;
+    std::string payload = c.Await(FrameKind::kChunk, 1);
+    ASSERT_TRUE(transport::DecodeChunk(payload, &data).ok());
+    EXPECT_EQ(data, "chunk " + std::to_string(i) + "\n");
+  }
+  transport::StreamEnd end;
+  std::string payload = c.Await(FrameKind::kEnd, 1);
+  ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+  EXPECT_TRUE(end.ok) << end.message;
+}
+
+// The producer runs at most one window ahead of the client's credit; credit lets it go on; a cancel ends
+// the stream, broken.
+TEST(ReplicaServerTest, AStreamWaitsForCreditAndACancelEndsIt) {
+  Served replica("echo");
+  Client c(replica.path());
+  constexpr uint32_t kChunk = 65536;
+  c.Send(RequestFrame(1, "stream=100000&chunk_bytes=65536"));
+  c.Await(FrameKind::kResponseStart, 1);
+  const uint32_t window_chunks = transport::kStreamWindow / kChunk;
+  for (uint32_t i = 0; i < window_chunks; ++i) {
+    std::string_view data;
+    std::string payload = c.Await(FrameKind::kChunk, 1);
+    ASSERT_TRUE(transport::DecodeChunk(payload, &data).ok());
+    ASSERT_EQ(data.size(), kChunk);
+  }
+  EXPECT_TRUE(c.QuietFor(300)) << "the replica sent more than its window without credit";
+  std::string credit;
+  transport::AppendCredit(credit, 1, kChunk);
+  c.Send(credit);
+  c.Await(FrameKind::kChunk, 1);
+  EXPECT_TRUE(c.QuietFor(300)) << "one chunk of credit let more than one chunk through";
+  std::string cancel;
+  transport::AppendEmpty(cancel, FrameKind::kCancel, 1);
+  c.Send(cancel);
+  transport::StreamEnd end;
+  std::string payload = c.Await(FrameKind::kEnd, 1);
+  ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+  EXPECT_FALSE(end.ok);
+  EXPECT_EQ(end.message, "cancelled");
 }
 
 TEST(ReplicaServerTest, AMalformedFrameClosesOnlyItsConnection) {

@@ -50,6 +50,11 @@ template <typename T>
 struct OverridesPrepare<T, std::void_t<decltype(&T::prepare)>>
     : std::bool_constant<!std::is_same_v<decltype(&T::prepare), decltype(&Deployment::prepare)>> {};
 template <typename T, typename = void>
+struct OverridesHandleStream : std::false_type {};
+template <typename T>
+struct OverridesHandleStream<T, std::void_t<decltype(&T::handle_stream)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::handle_stream), decltype(&Deployment::handle_stream)>> {};
+template <typename T, typename = void>
 struct OverridesCheckHealth : std::false_type {};
 template <typename T>
 struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
@@ -145,9 +150,18 @@ const FerryDeploymentApi* DeploymentApiFor(const char* name) {
       Host() = host;
       return ConstructInstance<T>(args_json, instance, error);
     };
-    a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
-      return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
-    };
+    if constexpr (OverridesHandleStream<T>::value) {
+      a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          ResponseWriter writer(sink);
+          static_cast<T*>(instance)->handle_stream(Request(request), writer);
+        });
+      };
+    } else {
+      a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
+        return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
+      };
+    }
     if constexpr (OverridesHandleBatch<T>::value) {
       a.handle_batch = [](void* instance, const FerryRequest* const* requests, size_t count,
                           FerryResponseSink* const* sinks, FerryErrorSink* error) {

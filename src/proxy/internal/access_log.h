@@ -30,6 +30,12 @@ class AccessLine {
   // when INFO is off.
   void Begin(std::string_view method, std::string_view path, const router::Route* route);
   bool pending() const { return pending_; }
+  // The answer was a stream of `chunks` chunks, `bytes` in all (in the line's JSON fields).
+  void SetStream(uint64_t chunks, uint64_t bytes) {
+    stream_ = true;
+    chunks_ = chunks;
+    bytes_ = bytes;
+  }
   // Appends the line to `log` (flushing a large block) and forgets the request.
   void Write(AccessLog& log, std::string_view request_id, unsigned status, std::string_view replica,
              std::string_view trace_id, double ms);
@@ -38,6 +44,8 @@ class AccessLine {
   bool pending_ = false;
   std::string method_, path_;
   const router::Route* route_ = nullptr;
+  bool stream_ = false;
+  uint64_t chunks_ = 0, bytes_ = 0;
 };
 
 }  // namespace ferry::proxy

@@ -141,6 +141,10 @@ void Call::OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::str
 
 void Call::OnReplicaResponse(const CallResult& result) {
   if (state_ != State::kDispatched) return;
+  if (streaming_) {  // the channel failed mid-stream
+    OnStreamEnd(false, result.body);
+    return;
+  }
   state_ = State::kDone;
   deadline_.cancel();
   lease_.Release();
@@ -148,8 +152,40 @@ void Call::OnReplicaResponse(const CallResult& result) {
   if (!answered_) Answer(result);
 }
 
+void Call::OnStreamStart(const transport::ResponseStart& head) {
+  if (state_ != State::kDispatched || streaming_) return;
+  // request_timeout_s bounds the wait for the first byte; a stream then lasts as long as its producer
+  // and its client do.
+  streaming_ = true;
+  deadline_.cancel();
+  if (answered_ || !session_) return;  // timed out meanwhile: the cancel is on its way
+  answered_ = true;
+  StartStream(*session_, head, request_id_);
+}
+
+void Call::OnStreamChunk(std::string_view data) {
+  if (!streaming_ || !session_) return;
+  StreamChunk(*session_, data);
+}
+
+void Call::OnStreamEnd(bool ok, std::string_view message) {
+  if (state_ != State::kDispatched) return;
+  state_ = State::kDone;
+  lease_.Release();
+  channel_.reset();
+  if (!ok && !abandoned_)
+    FERRY_LOG(kWarning, "proxy", "request ", request_id_, ": the stream from replica ", replica_id(),
+              " broke: ", message);
+  if (session_) EndStream(*session_, ok, message);
+  session_.reset();
+}
+
+void Call::Credit(uint32_t bytes) {
+  if (state_ == State::kDispatched && channel_ && bytes > 0) channel_->Credit(stream_id_, bytes);
+}
+
 void Call::OnDeadline() {
-  if (answered_) return;
+  if (answered_ || streaming_) return;
   if (series_) series_->timed_out->Inc();
   FERRY_LOG(kWarning, "proxy", "request ", request_id_, " to ", route_->ingress_deployment, " timed out after ",
             worker_.options().request_timeout->count(), " ms (", state_ == State::kQueued ? "queued" : "on a replica",
@@ -238,8 +274,44 @@ void ReplicaChannel::Cancel(uint64_t stream_id) {
   connection_->Flush();
 }
 
+void ReplicaChannel::Credit(uint64_t stream_id, uint32_t bytes) {
+  if (connection_->closed()) return;
+  transport::AppendCredit(connection_->output(), stream_id, bytes);
+  connection_->Flush();
+}
+
 void ReplicaChannel::OnFrame(const transport::FrameHeader& header, std::string_view payload) {
   switch (header.kind) {
+    case transport::FrameKind::kResponseStart: {
+      transport::ResponseStart m;
+      if (absl::Status s = transport::DecodeResponseStart(payload, &m); !s.ok()) return connection_->Close(s);
+      auto it = calls_.find(header.stream_id);
+      if (it == calls_.end()) return;
+      std::shared_ptr<Call> call = it->second;
+      call->OnStreamStart(m);
+      return;
+    }
+    case transport::FrameKind::kChunk: {
+      std::string_view data;
+      if (absl::Status s = transport::DecodeChunk(payload, &data); !s.ok()) return connection_->Close(s);
+      auto it = calls_.find(header.stream_id);
+      if (it == calls_.end()) return;
+      if (!it->second->streaming())
+        return connection_->Close(absl::InvalidArgumentError("chunk frame before its response_start"));
+      std::shared_ptr<Call> call = it->second;
+      call->OnStreamChunk(data);
+      return;
+    }
+    case transport::FrameKind::kEnd: {
+      transport::StreamEnd m;
+      if (absl::Status s = transport::DecodeEnd(payload, &m); !s.ok()) return connection_->Close(s);
+      auto it = calls_.find(header.stream_id);
+      if (it == calls_.end()) return;
+      std::shared_ptr<Call> call = std::move(it->second);
+      calls_.erase(it);
+      call->OnStreamEnd(m.ok, m.message);
+      return;
+    }
     case transport::FrameKind::kResponse: {
       transport::ResponseMessage m;
       absl::Status s = transport::DecodeResponse(payload, &m);

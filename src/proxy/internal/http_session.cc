@@ -44,6 +44,64 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Write(std::move(res), false);
   }
 
+  // A streamed answer: the head now, then each chunk as it comes (chunked transfer encoding; for an
+  // HTTP/1.0 client the raw body, ended by closing). One write at a time; what arrives meanwhile gathers
+  // and goes out in the next. Each chunk's bytes are credited back to the replica once written, so a slow
+  // client holds its producer to one window (transport::kStreamWindow) ahead of it.
+  void BeginStream(const transport::ResponseStart& head, const std::string& request_id) {
+    if (phase_ != Phase::kProcessing) return;
+    phase_ = Phase::kStreaming;
+    stream_status_ = head.status;
+    stream_chunked_ = version_ >= 11;
+    if (!stream_chunked_ || worker_.draining()) close_after_response_ = true;
+    std::string& out = stream_pending_;
+    const auto status = static_cast<http::status>(head.status);
+    StrAppend(&out, "HTTP/", version_ / 10, ".", version_ % 10, " ", head.status, " ",
+              std::string_view(http::obsolete_reason(status).data(), http::obsolete_reason(status).size()), "\r\n");
+    bool event_stream = false;
+    for (const auto& [name, value] : head.headers) {
+      if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
+          beast::iequals(name, "connection") || beast::iequals(name, "x-request-id"))
+        continue;
+      if (beast::iequals(name, "content-type") && value.starts_with("text/event-stream")) event_stream = true;
+      StrAppend(&out, name, ": ", value, "\r\n");
+    }
+    // Server-Sent Events are never cached, and go through buffering reverse proxies as they come.
+    if (event_stream) out.append("cache-control: no-cache\r\nx-accel-buffering: no\r\n");
+    StrAppend(&out, "x-request-id: ", request_id, "\r\n");
+    if (stream_chunked_) out.append("transfer-encoding: chunked\r\n");
+    if (close_after_response_)
+      out.append("connection: close\r\n");
+    else if (version_ < 11)
+      out.append("connection: keep-alive\r\n");
+    out.append("\r\n");
+    FlushStream();
+  }
+
+  void StreamChunk(std::string_view data) {
+    if (phase_ != Phase::kStreaming || data.empty()) return;
+    if (stream_chunked_) {
+      char size[24];
+      int n = snprintf(size, sizeof(size), "%zx\r\n", data.size());
+      stream_pending_.append(size, static_cast<size_t>(n));
+    }
+    stream_pending_.append(data);
+    if (stream_chunked_) stream_pending_.append("\r\n");
+    pending_credit_ += data.size();
+    ++stream_chunks_;
+    stream_bytes_ += data.size();
+    FlushStream();
+  }
+
+  void FinishStream(bool ok) {
+    if (phase_ != Phase::kStreaming) return;
+    stream_ended_ = true;
+    stream_ok_ = ok;
+    if (ok && stream_chunked_) stream_pending_.append("0\r\n\r\n");
+    if (!ok) close_after_response_ = true;  // the client sees the body cut short
+    FlushStream();
+  }
+
   void CloseNow() { Close(); }
 
   void CloseIfIdle() {
@@ -51,7 +109,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (phase_ == Phase::kIdle) Close();
   }
 
-  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kWriting, kClosed };
+  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kStreaming, kWriting, kClosed };
 
   // Called by the worker's sweep a few times a second. Idle too long between requests, or too slow sending
   // one: close. Requests being processed have their own deadline in their Call.
@@ -310,6 +368,46 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  void FlushStream() {
+    if (stream_writing_now_ || phase_ != Phase::kStreaming) return;
+    if (stream_pending_.empty()) {
+      if (stream_ended_) EndOfStream();
+      return;
+    }
+    stream_writing_.swap(stream_pending_);
+    writing_credit_ = pending_credit_;
+    pending_credit_ = 0;
+    stream_writing_now_ = true;
+    asio::async_write(socket_, asio::buffer(stream_writing_),
+                      [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
+                        self->stream_writing_now_ = false;
+                        self->stream_writing_.clear();
+                        if (self->phase_ != Phase::kStreaming) return;
+                        if (ec) {
+                          self->Close();  // the client is gone: the call cancels the stream
+                          return;
+                        }
+                        const uint64_t written = self->writing_credit_;
+                        self->writing_credit_ = 0;
+                        if (self->call_ && written > 0) self->call_->Credit(static_cast<uint32_t>(written));
+                        self->FlushStream();
+                      });
+  }
+
+  // Everything of the stream is written: count it, log it, and go on with the connection (or close it).
+  void EndOfStream() {
+    access_.SetStream(stream_chunks_, stream_bytes_);
+    if (span_) {
+      span_->attributes.push_back({"ferry.stream.chunks", static_cast<int64_t>(stream_chunks_)});
+      span_->attributes.push_back({"ferry.stream.bytes", static_cast<int64_t>(stream_bytes_)});
+    }
+    RecordResponse(stream_ok_ ? stream_status_ : 502);
+    stream_chunks_ = stream_bytes_ = 0;
+    stream_ended_ = false;
+    phase_ = Phase::kWriting;
+    OnWritten(stream_ok_ ? boost::system::error_code() : asio::error::connection_aborted);
+  }
+
   void OnWritten(const boost::system::error_code& ec) {
     Uncount();
     request_id_.clear();
@@ -363,9 +461,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void Close() {
     if (phase_ == Phase::kClosed) return;
+    const Phase phase = phase_;
     phase_ = Phase::kClosed;
     Uncount();
     if (call_) call_->Abandon();
+    if (phase == Phase::kStreaming) access_.SetStream(stream_chunks_, stream_bytes_);
     // A request the client gave up on still gets its span and access line, with nginx's 499.
     if (span_ || access_.pending()) EndRequest(kClientClosedRequest, Elapsed());
     call_.reset();
@@ -389,6 +489,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool reading_ahead_ = false;
   bool close_after_response_ = false;
   bool counted_ = false;
+  // The current streamed answer: bytes waiting for the write in flight, and its figures.
+  std::string stream_pending_, stream_writing_;
+  uint64_t pending_credit_ = 0, writing_credit_ = 0;  // chunk bytes in each, credited once written
+  uint64_t stream_chunks_ = 0, stream_bytes_ = 0;
+  unsigned stream_status_ = 200;
+  bool stream_chunked_ = true;
+  bool stream_writing_now_ = false;
+  bool stream_ended_ = false;
+  bool stream_ok_ = true;
   RouteSeries* series_ = nullptr;                   // the current request's, once routed
   std::optional<SteadyClock::time_point> started_;  // when the current request was parsed
   AccessLine access_;                               // the current request's, written when it is answered
@@ -408,5 +517,13 @@ void CheckDeadline(HttpSession* session, SteadyClock::time_point now) { session-
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id) {
   session.Deliver(result, request_id);
 }
+
+void StartStream(HttpSession& session, const transport::ResponseStart& head, const std::string& request_id) {
+  session.BeginStream(head, request_id);
+}
+
+void StreamChunk(HttpSession& session, std::string_view data) { session.StreamChunk(data); }
+
+void EndStream(HttpSession& session, bool ok, std::string_view) { session.FinishStream(ok); }
 
 }  // namespace ferry::proxy

@@ -81,6 +81,13 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   void OnReplicaResponse(const CallResult& result);
   // From the channel: the replica could not be reached, so the request was never delivered.
   void OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::string_view why);
+  // From the channel: a streamed answer's head, its chunks, and its end (ok, or broken with `message`).
+  void OnStreamStart(const transport::ResponseStart& head);
+  void OnStreamChunk(std::string_view data);
+  void OnStreamEnd(bool ok, std::string_view message);
+  // From the session: `bytes` of the stream reached the client, so the replica may send that many more.
+  void Credit(uint32_t bytes);
+  bool streaming() const { return streaming_; }
   // The client went away: stop the work, answer nobody.
   void Abandon();
   const std::string& request_id() const { return request_id_; }
@@ -110,6 +117,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   uint64_t stream_id_ = 0;
   int reroutes_ = 0;
   bool abandoned_ = false;  // timed out or the client left: never routed again
+  bool streaming_ = false;  // the replica began a streamed answer: no deadline from here
   RouteSeries* series_;     // null when the proxy keeps no metrics
   SteadyClock::time_point routed_at_ = SteadyClock::now();
   std::shared_ptr<const router::ReplicaEndpoint> replica_;
@@ -127,6 +135,7 @@ class ReplicaChannel : public transport::FrameConnection::Handler, public std::e
   uint64_t Send(const std::shared_ptr<Call>& call, const http::request<http::string_body>& request,
                 std::string_view route_prefix, uint32_t timeout_ms);
   void Cancel(uint64_t stream_id);
+  void Credit(uint64_t stream_id, uint32_t bytes);
   bool closed() const { return connection_->closed(); }
   void OnFrame(const transport::FrameHeader& header, std::string_view payload) override;
   void OnClosed(const absl::Status& why) override;
@@ -202,5 +211,10 @@ void CloseNow(HttpSession* session);
 void CheckDeadline(HttpSession* session, SteadyClock::time_point now);
 // The session's answer to its current request (from its call).
 void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id);
+// The session's answer as a stream (from its call): the head, each chunk as it comes, the end (broken: the
+// client sees the body cut short).
+void StartStream(HttpSession& session, const transport::ResponseStart& head, const std::string& request_id);
+void StreamChunk(HttpSession& session, std::string_view data);
+void EndStream(HttpSession& session, bool ok, std::string_view message);
 
 }  // namespace ferry::proxy

@@ -16,6 +16,16 @@ void AddHeader(FerryResponseSink* sink, FerryString name, FerryString value) {
 }
 void SetBody(FerryResponseSink* sink, FerryString body) { sink->body.assign(body.data, body.size); }
 void SetError(FerryErrorSink* sink, FerryString message) { sink->message.assign(message.data, message.size); }
+int WriteChunk(FerryResponseSink* sink, FerryString data) {
+  std::string_view chunk(data.data, data.size);
+  if (!sink->stream) {
+    sink->body.append(chunk);
+    return 0;
+  }
+  if (!sink->stream->Write(*sink, chunk)) return 1;
+  sink->streamed = true;
+  return 0;
+}
 
 // The request this thread is running handle() for: the request id of the lines its code logs.
 thread_local std::string_view t_request_id;
@@ -44,7 +54,8 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &HostLog,
                                &ModelHost::AddOutput,
                                &ModelHost::SetInferParameters,
-                               &ModelHost::FailInfer};
+                               &ModelHost::FailInfer,
+                               &WriteChunk};
 
 // Whether the plugin's table is long enough to hold `field` (tables grow by appending).
 #define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
@@ -171,9 +182,15 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   const int rc = api_->handle(instance_, &raw, response, &error);
   t_request_id = {};
   if (rc != FERRY_OK) {
-    FERRY_LOG(kWarning, "replica", "request ", request.request_id,
-              " failed in handle(): ", ErrorText(error, "no message"));
+    FERRY_LOG(kWarning, "replica", "request ", request.request_id, " failed in handle()",
+              response->streamed ? " after streaming began: " : ": ", ErrorText(error, "no message"));
+    if (response->streamed) {
+      response->stream_error = ErrorText(error, "handler failed");
+      return;
+    }
+    ResponseStream* stream = response->stream;
     *response = FerryResponseSink{};
+    response->stream = stream;
     response->status = 500;
     response->headers.emplace_back("content-type", "application/json");
     nlohmann::json body = {{"error", ErrorText(error, "handler failed")}, {"request_id", request.request_id}};

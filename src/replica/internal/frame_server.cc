@@ -46,9 +46,9 @@ void ClientConnection::Send(std::string_view frame) {
   write_mu_.Unlock();
 }
 
-void ClientConnection::Track(uint64_t stream_id, std::shared_ptr<std::atomic<bool>> cancelled) {
+void ClientConnection::Track(uint64_t stream_id, std::shared_ptr<TrackedStream> stream) {
   MutexLock lock(&streams_mu_);
-  streams_[stream_id] = std::move(cancelled);
+  streams_[stream_id] = std::move(stream);
 }
 
 void ClientConnection::Untrack(uint64_t stream_id) {
@@ -57,9 +57,25 @@ void ClientConnection::Untrack(uint64_t stream_id) {
 }
 
 void ClientConnection::Cancel(uint64_t stream_id) {
-  MutexLock lock(&streams_mu_);
-  auto it = streams_.find(stream_id);
-  if (it != streams_.end()) it->second->store(true);
+  std::shared_ptr<TrackedStream> stream;
+  {
+    MutexLock lock(&streams_mu_);
+    auto it = streams_.find(stream_id);
+    if (it == streams_.end()) return;
+    stream = it->second;
+  }
+  stream->Cancel();
+}
+
+void ClientConnection::AddCredit(uint64_t stream_id, uint32_t bytes) {
+  std::shared_ptr<TrackedStream> stream;
+  {
+    MutexLock lock(&streams_mu_);
+    auto it = streams_.find(stream_id);
+    if (it == streams_.end()) return;  // the stream ended meanwhile
+    stream = it->second;
+  }
+  stream->AddCredit(bytes);
 }
 
 void ClientConnection::Abandon() {
@@ -67,9 +83,12 @@ void ClientConnection::Abandon() {
     MutexLock lock(&write_mu_);
     broken_ = true;
   }
-  MutexLock lock(&streams_mu_);
-  for (auto& [id, cancelled] : streams_) cancelled->store(true);
-  streams_.clear();
+  std::unordered_map<uint64_t, std::shared_ptr<TrackedStream>> streams;
+  {
+    MutexLock lock(&streams_mu_);
+    streams.swap(streams_);
+  }
+  for (auto& [id, stream] : streams) stream->Cancel();
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 

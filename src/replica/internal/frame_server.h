@@ -22,6 +22,15 @@
 
 namespace ferry::replica {
 
+// A request in flight on a connection, as the connection's frames reach it: a cancel frame (or the
+// client's going away) cancels it, a credit frame lets its stream send more.
+class TrackedStream {
+ public:
+  virtual ~TrackedStream() = default;
+  virtual void Cancel() = 0;
+  virtual void AddCredit(uint32_t bytes) = 0;
+};
+
 // One client connection. Reading is done by one thread at a time (the epoll registration is one-shot);
 // writing is group commit under write_mu_.
 class ClientConnection {
@@ -35,11 +44,12 @@ class ClientConnection {
   // to a client that is gone are dropped.
   void Send(std::string_view frame);
 
-  // The requests in flight on this connection, by stream id: a cancel frame sets one's flag, the client's
-  // going away sets them all.
-  void Track(uint64_t stream_id, std::shared_ptr<std::atomic<bool>> cancelled);
+  // The requests in flight on this connection, by stream id: a cancel frame cancels one, the client's
+  // going away cancels them all; a credit frame reaches one's stream.
+  void Track(uint64_t stream_id, std::shared_ptr<TrackedStream> stream);
   void Untrack(uint64_t stream_id);
   void Cancel(uint64_t stream_id);
+  void AddCredit(uint64_t stream_id, uint32_t bytes);
   // The client is gone: every request it sent is cancelled, and answers to it are dropped.
   void Abandon();
 
@@ -55,7 +65,7 @@ class ClientConnection {
   std::string writing_;                               // the flushing thread's, outside the lock (see Send)
   bool broken_ ABSL_GUARDED_BY(write_mu_) = false;
   Mutex streams_mu_;
-  std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> streams_ ABSL_GUARDED_BY(streams_mu_);
+  std::unordered_map<uint64_t, std::shared_ptr<TrackedStream>> streams_ ABSL_GUARDED_BY(streams_mu_);
 };
 
 class FrameServer {

@@ -16,10 +16,25 @@
 
 #include "transport/frame.h"
 
+namespace ferry::replica {
+// Where a streamed answer goes: the replica server's side of FerryHostApi.write_chunk.
+class ResponseStream {
+ public:
+  virtual ~ResponseStream() = default;
+  // Sends `head`'s status and headers (the first call only), then `chunk`, waiting for the client's
+  // credit. False once the stream is over (cancelled, client gone): nothing was sent.
+  virtual bool Write(const FerryResponseSink& head, std::string_view chunk) = 0;
+};
+}  // namespace ferry::replica
+
 struct FerryResponseSink {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  // Set by the server for requests that may stream (handle(), not batches); null: chunks gather in body.
+  ferry::replica::ResponseStream* stream = nullptr;
+  bool streamed = false;     // write_chunk sent the head: the answer is a stream
+  std::string stream_error;  // handle() failed after streaming began: the stream breaks with this
 };
 
 struct FerryErrorSink {

@@ -203,7 +203,7 @@ class ReplicaServer::Impl {
         task->stream_id = header.stream_id;
         task->connection = c;
         if (spans_.enabled()) spans_.Start(*task);
-        c->Track(task->stream_id, std::shared_ptr<std::atomic<bool>>(task, &task->cancelled));
+        c->Track(task->stream_id, task);
         ongoing_.fetch_add(1, std::memory_order_relaxed);
         tasks.push_back(std::move(task));
         return absl::OkStatus();
@@ -211,6 +211,13 @@ class ReplicaServer::Impl {
       case FrameKind::kCancel:
         c->Cancel(header.stream_id);
         return absl::OkStatus();
+      case FrameKind::kCredit: {
+        uint32_t bytes = 0;
+        absl::Status s = transport::DecodeCredit(payload, &bytes);
+        if (!s.ok()) return s;
+        c->AddCredit(header.stream_id, bytes);
+        return absl::OkStatus();
+      }
       case FrameKind::kHello: {
         transport::Hello hello;
         absl::Status s = transport::DecodeHello(payload, &hello);
@@ -348,6 +355,36 @@ class ReplicaServer::Impl {
     Forget(task);
   }
 
+  // A task's streamed answer: the head with the first chunk, each chunk once the client has credit for it.
+  class TaskStream : public ResponseStream {
+   public:
+    explicit TaskStream(Task& task) : task_(task) {}
+    bool Write(const FerryResponseSink& head, std::string_view chunk) override {
+      if (task_.stream_started && !chunk.empty() && !task_.AwaitCredit()) return false;
+      if (task_.cancelled.load()) return false;
+      thread_local std::string frame;
+      thread_local transport::HeaderList headers;
+      frame.clear();
+      if (!task_.stream_started) {
+        headers.clear();
+        for (const auto& [k, v] : head.headers) headers.emplace_back(k, v);
+        transport::AppendResponseStart(frame, task_.stream_id, {static_cast<uint16_t>(head.status), headers});
+        task_.stream_started = true;
+      }
+      if (!chunk.empty()) {
+        transport::AppendChunk(frame, task_.stream_id, chunk);
+        task_.Spend(chunk.size());
+        ++task_.chunks_sent;
+        task_.bytes_sent += chunk.size();
+      }
+      if (!frame.empty()) task_.connection->Send(frame);
+      return true;
+    }
+
+   private:
+    Task& task_;
+  };
+
   // Runs a task the executor handed to this thread.
   void RunTask(Task& task) {
     if (task.cancelled.load()) {
@@ -355,15 +392,33 @@ class ReplicaServer::Impl {
       executor_.Done(std::nullopt);
       return;
     }
+    TaskStream stream(task);
     FerryResponseSink response;
+    response.stream = &stream;
     auto start = SteadyClock::now();
     if (task.trace) task.trace->user_start_ns = tracing::UnixNanos();
     host_.Handle(task.request, task.cancelled, &response);
     if (task.trace) task.trace->user_end_ns = tracing::UnixNanos();
     auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - start);
     processing_.Observe(static_cast<double>(took.count()) / 1e9);
-    Complete(task, response);
+    if (task.stream_started)
+      EndStream(task, response);
+    else
+      Complete(task, response);
     executor_.Done(took);
+  }
+
+  // Ends a streamed answer: complete, or broken (handle() failed after the first chunk, or the stream was
+  // cancelled), which the client passes on by cutting the body short.
+  void EndStream(Task& task, const FerryResponseSink& response) {
+    std::string error = response.stream_error;
+    if (error.empty() && task.cancelled.load()) error = "cancelled";
+    std::string frame;
+    transport::AppendEnd(frame, task.stream_id, {error.empty(), error});
+    const int64_t answered_ns = task.trace ? tracing::UnixNanos() : 0;
+    task.connection->Send(frame);
+    if (task.trace) spans_.End(task, error.empty() ? response.status : 500, 0, answered_ns);
+    Forget(task);
   }
 
   static transport::HistogramCounts Counts(const metrics::Histogram& h) {

@@ -70,6 +70,10 @@ void SpanRecorder::End(const Task& task, int status, size_t batch_size, int64_t 
                         {"ferry.replica", spec_.replica_id},
                         {"ferry.request_id", request_id},
                         {"http.response.status_code", static_cast<int64_t>(status)}};
+  if (task.stream_started) {
+    replica.attributes.push_back({"ferry.stream.chunks", static_cast<int64_t>(task.chunks_sent)});
+    replica.attributes.push_back({"ferry.stream.bytes", static_cast<int64_t>(task.bytes_sent)});
+  }
   replica.error = status >= 500;
   tracer_->Record(std::move(replica));
 }

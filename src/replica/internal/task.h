@@ -6,13 +6,13 @@
 #include <memory>
 #include <string>
 
+#include "common/mutex.h"
 #include "replica/internal/deployment_host.h"
+#include "replica/internal/frame_server.h"
 #include "tracing/tracing.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {
-
-class ClientConnection;
 
 // A traced request's spans here: "ferry.replica" from its frame's arrival to its answer, and the user
 // code's inside it. The user code sees a `traceparent` naming its own span, so that what it calls joins
@@ -29,11 +29,20 @@ struct TaskTrace {
   std::string traceparent;  // the value the user code sees
 };
 
-struct Task {
+struct Task : public TrackedStream {
   std::string payload;  // owns the bytes `request` points into
   transport::RequestMessage request;
   uint64_t stream_id = 0;
   std::atomic<bool> cancelled{false};  // set by a cancel frame, or when the client goes away
+  // A streamed answer's flow control: bytes the client still takes, and its producer waiting for more.
+  Mutex flow_mu;
+  CondVar flow_cv;
+  int64_t credit ABSL_GUARDED_BY(flow_mu) = transport::kStreamWindow;
+  bool waiting_for_credit ABSL_GUARDED_BY(flow_mu) = false;
+  // What a streamed answer sent (its span's and the stats' figures).
+  uint64_t chunks_sent = 0;
+  uint64_t bytes_sent = 0;
+  bool stream_started = false;
   std::shared_ptr<ClientConnection> connection;
   std::unique_ptr<TaskTrace> trace;  // null: not traced
   // What the deployment's prepare() made of the request as it arrived (batched deployments); released
@@ -44,8 +53,33 @@ struct Task {
   Task() = default;
   Task(const Task&) = delete;
   Task& operator=(const Task&) = delete;
-  ~Task() {
+  ~Task() override {
     if (prepared) host->Release(prepared);
+  }
+
+  void Cancel() override {
+    cancelled.store(true);
+    MutexLock lock(&flow_mu);
+    if (waiting_for_credit) flow_cv.SignalAll();
+  }
+  void AddCredit(uint32_t bytes) override {
+    MutexLock lock(&flow_mu);
+    credit += bytes;
+    if (waiting_for_credit) flow_cv.SignalAll();
+  }
+  // Waits until the client takes more bytes; false once cancelled.
+  bool AwaitCredit() {
+    MutexLock lock(&flow_mu);
+    while (credit <= 0 && !cancelled.load()) {
+      waiting_for_credit = true;
+      flow_cv.Wait(&flow_mu);
+    }
+    waiting_for_credit = false;
+    return !cancelled.load();
+  }
+  void Spend(size_t bytes) {
+    MutexLock lock(&flow_mu);
+    credit -= static_cast<int64_t>(bytes);
   }
 };
 

@@ -1,0 +1,118 @@
+"""Streamed responses as HTTP clients see them: chunked transfer encoding, Server-Sent Events, chunks
+forwarded as they are produced, a client that leaves cancels the stream in the replica, request_timeout_s
+bounding only the wait for the first byte, HTTP/1.0 clients, keep-alive after a stream, access lines."""
+import json
+import socket
+import unittest
+
+import requests
+
+from harness import Ferry, raw_request, status_of
+
+CONFIG = """
+http_options: {request_timeout_s: 1}
+applications:
+  - name: echo
+    route_prefix: /echo
+    deployments:
+      - {name: Echo, import_path: "builtin:echo", num_replicas: 1, max_ongoing_requests: 20}
+"""
+
+
+def ongoing(ferry):
+    """The router's requests on replicas of echo/Echo, from /metrics."""
+    text = requests.get(ferry.admin + "/metrics", timeout=10).text
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("ferry_replica_ongoing_requests{") and 'deployment="Echo"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class StreamingTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.ferry = Ferry(CONFIG)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ferry.stop()
+        cls.ferry.close()
+
+    def test_chunked_stream(self):
+        with requests.get(self.ferry.url("/echo/s?stream=5"), stream=True, timeout=30) as r:
+            self.assertEqual(r.status_code, 200)
+            self.assertEqual(r.headers["transfer-encoding"], "chunked")
+            self.assertNotIn("content-length", r.headers)
+            self.assertTrue(r.headers["x-request-id"])
+            lines = [line for line in r.iter_lines() if line]
+        self.assertEqual(lines, [f"chunk {i}".encode() for i in range(5)])
+
+    def test_server_sent_events(self):
+        headers = {"Accept": "text/event-stream"}
+        with requests.get(self.ferry.url("/echo/s?stream=3&interval_ms=5"), headers=headers, stream=True,
+                          timeout=30) as r:
+            self.assertEqual(r.status_code, 200)
+            self.assertTrue(r.headers["content-type"].startswith("text/event-stream"))
+            self.assertEqual(r.headers["cache-control"], "no-cache")
+            text = r.content.decode()
+        events = [e for e in text.split("\n\n") if e]
+        self.assertEqual(events, [f"data: chunk {i}" for i in range(3)])
+
+    def test_each_chunk_is_forwarded_as_it_is_produced_and_a_client_that_leaves_cancels(self):
+        # The second chunk comes a minute after the first: the first must reach the client on its own.
+        s = socket.create_connection(("127.0.0.1", self.ferry.port), timeout=30)
+        s.sendall(b"GET /echo/s?stream=2&interval_ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"chunk 0\n" not in got:
+            b = s.recv(4096)
+            self.assertTrue(b, "the connection closed before the first chunk")
+            got += b
+        self.assertIn(b"transfer-encoding: chunked", got)
+        self.assertEqual(ongoing(self.ferry), 1)
+        s.close()
+        # The replica stops producing and gives its slot back.
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 0, what="the cancelled stream to end in the replica")
+        self.ferry.wait_for(lambda: "GET /echo/s 499" in self.ferry.stderr(), what="the 499 access line")
+
+    def test_request_timeout_bounds_only_the_first_byte(self):
+        # request_timeout_s is 1 s; the stream lasts longer than that and still completes.
+        r = requests.get(self.ferry.url("/echo/s?stream=4&interval_ms=500"), timeout=30)
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.text, "".join(f"chunk {i}\n" for i in range(4)))
+
+    def test_keep_alive_after_a_stream_and_the_access_line(self):
+        with requests.Session() as session:
+            r = session.get(self.ferry.url("/echo/s?stream=2&chunk_bytes=1000"), timeout=30)
+            self.assertEqual(len(r.content), 2000)
+            rid = r.headers["x-request-id"]
+            r = session.get(self.ferry.url("/echo/after"), timeout=30)
+            self.assertEqual(r.json()["path"], "/echo/after")
+        self.ferry.wait_for(lambda: f"stream 2 chunks 2000 bytes request_id={rid}" in self.ferry.stderr(),
+                            what="the stream's access line")
+
+    def test_http10_client_gets_the_raw_body_and_a_close(self):
+        raw = raw_request(self.ferry.port, b"GET /echo/s?stream=3 HTTP/1.0\r\n\r\n", timeout=30)
+        self.assertEqual(status_of(raw), 200)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertEqual(body, b"chunk 0\nchunk 1\nchunk 2\n")
+
+    def test_bad_stream_arguments_are_a_400_not_a_stream(self):
+        r = requests.get(self.ferry.url("/echo/s?stream=-1"), timeout=30)
+        self.assertEqual(r.status_code, 400)
+        self.assertIn("content-length", r.headers)
+        self.assertIn("stream, interval_ms and chunk_bytes", r.json()["error"])
+
+    def test_a_large_stream_passes_whole(self):
+        # 64 MiB through a 256 KiB window: the producer waits for the client many times over.
+        n, size = 1024, 65536
+        total = 0
+        with requests.get(self.ferry.url(f"/echo/s?stream={n}&chunk_bytes={size}"), stream=True, timeout=60) as r:
+            for block in r.iter_content(1 << 20):
+                total += len(block)
+        self.assertEqual(total, n * size)
+
+
+if __name__ == "__main__":
+    unittest.main()
