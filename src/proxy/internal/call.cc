@@ -118,33 +118,81 @@ void Call::Dispatch(router::ReplicaLease lease) {
     timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1, left.count()));
   }
   channel_ = worker_.ChannelTo(lease_.replica_ptr());
-  stream_id_ = channel_->Send(shared_from_this(), request_, route_->route_prefix, timeout_ms);
+  stream_id_ = channel_->Send(shared_from_this(), Encode(timeout_ms));
 }
 
-void Call::OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::string_view why) {
+transport::RequestMessage Call::Encode(uint32_t timeout_ms) {
+  // Header names go to replicas in lower case; the arena keeps them alive while the frame is encoded.
+  thread_local std::string arena;
+  thread_local transport::HeaderList headers;
+  size_t total = 0;
+  for (const auto& field : request_) total += field.name_string().size();
+  arena.clear();
+  arena.reserve(total);
+  headers.clear();
+  const bool traced = trace_.sampled;
+  for (const auto& field : request_) {
+    if (traced && IsTraceparent(field.name_string())) continue;  // replaced below
+    size_t at = arena.size();
+    for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
+    headers.emplace_back(std::string_view(arena).substr(at),
+                         std::string_view(field.value().data(), field.value().size()));
+  }
+  // The replica's spans are children of the proxy's.
+  if (traced) headers.emplace_back("traceparent", traceparent_);
+  std::string_view target(request_.target().data(), request_.target().size());
+  size_t q = target.find('?');
+  transport::RequestMessage m;
+  m.request_id = request_id_;
+  m.method = std::string_view(request_.method_string().data(), request_.method_string().size());
+  m.path = target.substr(0, q);
+  m.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  m.route_prefix = route_->route_prefix;
+  m.headers = headers;
+  m.body = request_.body();
+  m.timeout_ms = timeout_ms;
+  return m;
+}
+
+void Call::OnChannelFailed(bool delivered, std::string_view why) {
+  if (!delivered) {
+    OnReplicaUnreachable(why);
+    return;
+  }
+  if (streaming_) {
+    OnStreamEnd(transport::StreamEnd{false, ferry::StrCat("connection to replica lost: ", why)});
+    return;
+  }
+  FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: connection to replica ", replica_id(),
+            " lost (", why, ")");
+  std::string body = ErrorJson(ferry::StrCat("replica ", replica_id(), " failed: ", why), request_id_);
+  Finish(CallResult{502, JsonHeaders(), body});
+}
+
+void Call::OnReplicaUnreachable(std::string_view why) {
   if (state_ != State::kDispatched) return;
   if (answered_ || abandoned_ || ++reroutes_ > kMaxReroutes) {
-    FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica.replica_id,
+    FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica_id(),
               " unreachable (", why, ")");
-    std::string body = ErrorJson(StrCat("replica ", replica.replica_id, " unreachable: ", why), request_id_);
-    OnReplicaResponse(CallResult{502, JsonHeaders(), body});
+    std::string body = ErrorJson(StrCat("replica ", replica_id(), " unreachable: ", why), request_id_);
+    Finish(CallResult{502, JsonHeaders(), body});
     return;
   }
   // The request never reached the replica (it died a moment ago and the controller has not taken it out
   // of routing yet), so it is safe to send it elsewhere.
-  FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": replica ", replica.replica_id, " unreachable (", why,
+  FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": replica ", replica_id(), " unreachable (", why,
             "); routing again");
   lease_.Release();
   channel_.reset();
   Route();
 }
 
-void Call::OnReplicaResponse(const CallResult& result) {
+void Call::OnResponse(const transport::ResponseMessage& response) {
+  Finish(CallResult{response.status, response.headers, response.body});
+}
+
+void Call::Finish(const CallResult& result) {
   if (state_ != State::kDispatched) return;
-  if (streaming_) {  // the channel failed mid-stream
-    OnStreamEnd(false, result.body);
-    return;
-  }
   state_ = State::kDone;
   deadline_.cancel();
   lease_.Release();
@@ -168,15 +216,15 @@ void Call::OnStreamChunk(std::string_view data) {
   StreamChunk(*session_, data);
 }
 
-void Call::OnStreamEnd(bool ok, std::string_view message) {
+void Call::OnStreamEnd(const transport::StreamEnd& end) {
   if (state_ != State::kDispatched) return;
   state_ = State::kDone;
   lease_.Release();
   channel_.reset();
-  if (!ok && !abandoned_)
+  if (!end.ok && !abandoned_)
     FERRY_LOG(kWarning, "proxy", "request ", request_id_, ": the stream from replica ", replica_id(),
-              " broke: ", message);
-  if (session_) EndStream(*session_, ok, message);
+              " broke: ", end.message);
+  if (session_) EndStream(*session_, end.ok, end.message);
   session_.reset();
 }
 
@@ -217,146 +265,6 @@ void Call::Fail(unsigned status, std::string_view message) {
   if (answered_) return;
   std::string body = ErrorJson(message, request_id_);
   Answer(CallResult{status, status == 503 ? RetryLaterHeaders() : JsonHeaders(), body});
-}
-
-ReplicaChannel::ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica)
-    : worker_(worker),
-      replica_(std::move(replica)),
-      connection_(
-          std::make_shared<transport::FrameConnection>(worker.io().get_executor(), replica_->socket_path, this)) {}
-
-void ReplicaChannel::Start() {
-  transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, "proxy"});
-  connection_->Start();
-}
-
-uint64_t ReplicaChannel::Send(const std::shared_ptr<Call>& call, const http::request<http::string_body>& request,
-                              std::string_view route_prefix, uint32_t timeout_ms) {
-  uint64_t id = next_stream_id_++;
-  calls_.emplace(id, call);
-  // Header names go to replicas in lower case; the arena keeps them alive while the frame is encoded.
-  thread_local std::string arena;
-  thread_local transport::HeaderList headers;
-  size_t total = 0;
-  for (const auto& field : request) total += field.name_string().size();
-  arena.clear();
-  arena.reserve(total);
-  headers.clear();
-  const bool traced = call->trace().sampled;
-  for (const auto& field : request) {
-    if (traced && IsTraceparent(field.name_string())) continue;  // replaced below
-    size_t at = arena.size();
-    for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
-    headers.emplace_back(std::string_view(arena).substr(at),
-                         std::string_view(field.value().data(), field.value().size()));
-  }
-  // The replica's spans are children of the proxy's.
-  if (traced) headers.emplace_back("traceparent", call->traceparent());
-  std::string_view target(request.target().data(), request.target().size());
-  size_t q = target.find('?');
-  transport::RequestMessage m;
-  m.request_id = call->request_id();
-  m.method = std::string_view(request.method_string().data(), request.method_string().size());
-  m.path = target.substr(0, q);
-  m.query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
-  m.route_prefix = route_prefix;
-  m.headers = headers;
-  m.body = request.body();
-  m.timeout_ms = timeout_ms;
-  transport::AppendRequest(connection_->output(), id, m);
-  connection_->Flush();
-  return id;
-}
-
-void ReplicaChannel::Cancel(uint64_t stream_id) {
-  if (connection_->closed()) return;
-  transport::AppendEmpty(connection_->output(), transport::FrameKind::kCancel, stream_id);
-  connection_->Flush();
-}
-
-void ReplicaChannel::Credit(uint64_t stream_id, uint32_t bytes) {
-  if (connection_->closed()) return;
-  transport::AppendCredit(connection_->output(), stream_id, bytes);
-  connection_->Flush();
-}
-
-void ReplicaChannel::OnFrame(const transport::FrameHeader& header, std::string_view payload) {
-  switch (header.kind) {
-    case transport::FrameKind::kResponseStart: {
-      transport::ResponseStart m;
-      if (absl::Status s = transport::DecodeResponseStart(payload, &m); !s.ok()) return connection_->Close(s);
-      auto it = calls_.find(header.stream_id);
-      if (it == calls_.end()) return;
-      std::shared_ptr<Call> call = it->second;
-      call->OnStreamStart(m);
-      return;
-    }
-    case transport::FrameKind::kChunk: {
-      std::string_view data;
-      if (absl::Status s = transport::DecodeChunk(payload, &data); !s.ok()) return connection_->Close(s);
-      auto it = calls_.find(header.stream_id);
-      if (it == calls_.end()) return;
-      if (!it->second->streaming())
-        return connection_->Close(absl::InvalidArgumentError("chunk frame before its response_start"));
-      std::shared_ptr<Call> call = it->second;
-      call->OnStreamChunk(data);
-      return;
-    }
-    case transport::FrameKind::kEnd: {
-      transport::StreamEnd m;
-      if (absl::Status s = transport::DecodeEnd(payload, &m); !s.ok()) return connection_->Close(s);
-      auto it = calls_.find(header.stream_id);
-      if (it == calls_.end()) return;
-      std::shared_ptr<Call> call = std::move(it->second);
-      calls_.erase(it);
-      call->OnStreamEnd(m.ok, m.message);
-      return;
-    }
-    case transport::FrameKind::kResponse: {
-      transport::ResponseMessage m;
-      absl::Status s = transport::DecodeResponse(payload, &m);
-      if (!s.ok()) {
-        connection_->Close(s);
-        return;
-      }
-      auto it = calls_.find(header.stream_id);
-      if (it == calls_.end()) return;
-      std::shared_ptr<Call> call = std::move(it->second);
-      calls_.erase(it);
-      call->OnReplicaResponse(CallResult{m.status, m.headers, m.body});
-      return;
-    }
-    case transport::FrameKind::kHelloAck: {
-      transport::HelloAck ack;
-      absl::Status s = transport::DecodeHelloAck(payload, &ack);
-      if (s.ok() && ack.version != transport::kProtocolVersion)
-        s = absl::FailedPreconditionError(ferry::StrCat("replica speaks protocol version ", ack.version));
-      if (!s.ok()) connection_->Close(s);
-      return;
-    }
-    default:
-      connection_->Close(absl::InvalidArgumentError(
-          ferry::StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a replica")));
-  }
-}
-
-void ReplicaChannel::OnClosed(const absl::Status& why) {
-  auto self = shared_from_this();
-  auto calls = std::move(calls_);
-  calls_.clear();
-  const bool delivered = connection_->ever_connected();
-  for (auto& [id, call] : calls) {
-    if (!delivered) {
-      call->OnReplicaUnreachable(*replica_, Message(why));
-      continue;
-    }
-    FERRY_LOG(kWarning, "proxy", "request ", call->request_id(), " failed with 502: connection to replica ",
-              replica_->replica_id, " lost (", why.message(), ")");
-    std::string body =
-        ErrorJson(ferry::StrCat("replica ", replica_->replica_id, " failed: ", why.message()), call->request_id());
-    call->OnReplicaResponse(CallResult{502, JsonHeaders(), body});
-  }
-  worker_.ForgetChannel(replica_->key, this);
 }
 
 }  // namespace ferry::proxy

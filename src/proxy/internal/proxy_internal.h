@@ -21,7 +21,7 @@
 #include "router/router.h"
 #include "router/routing_table.h"
 #include "tracing/tracing.h"
-#include "transport/connection.h"
+#include "transport/replica_channel.h"
 
 namespace ferry::proxy {
 
@@ -31,7 +31,6 @@ using tcp = asio::ip::tcp;
 
 class Worker;
 class HttpSession;
-class ReplicaChannel;
 
 // The proxy's metric families, shared by its workers.
 struct ProxyMetrics {
@@ -63,7 +62,7 @@ struct CallResult {
 // One request from the moment it has a route to the moment it has an answer: waits in the router's queue,
 // holds a replica slot, is forwarded over a channel, and may time out or be cancelled by the client.
 // OnAssigned (from the router) may run on any thread; it moves the call back to its worker.
-class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
+class Call : public router::Waiter, public transport::StreamListener, public std::enable_shared_from_this<Call> {
  public:
   enum class State { kQueued, kDispatched, kDone };
   Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
@@ -77,14 +76,13 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   const tracing::SpanContext& trace() const { return trace_; }
   const std::string& traceparent() const { return traceparent_; }
   void OnAssigned(router::ReplicaLease lease) override;  // any thread
-  // From the channel: the replica answered, or the channel failed after the request was sent (502).
-  void OnReplicaResponse(const CallResult& result);
-  // From the channel: the replica could not be reached, so the request was never delivered.
-  void OnReplicaUnreachable(const router::ReplicaEndpoint& replica, std::string_view why);
-  // From the channel: a streamed answer's head, its chunks, and its end (ok, or broken with `message`).
-  void OnStreamStart(const transport::ResponseStart& head);
-  void OnStreamChunk(std::string_view data);
-  void OnStreamEnd(bool ok, std::string_view message);
+  // From the channel: the replica's answer (whole, or a stream's head, chunks and end), or the channel's
+  // failure (before the request was delivered: routed again; after: 502, or a broken stream).
+  void OnResponse(const transport::ResponseMessage& response) override;
+  void OnStreamStart(const transport::ResponseStart& head) override;
+  void OnStreamChunk(std::string_view data) override;
+  void OnStreamEnd(const transport::StreamEnd& end) override;
+  void OnChannelFailed(bool delivered, std::string_view why) override;
   // From the session: `bytes` of the stream reached the client, so the replica may send that many more.
   void Credit(uint32_t bytes);
   bool streaming() const { return streaming_; }
@@ -99,6 +97,10 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   static constexpr int kMaxReroutes = 3;
   void Route();
   void Dispatch(router::ReplicaLease lease);
+  // The request frame's fields, from the HTTP request (header names lower-cased into a reused arena).
+  transport::RequestMessage Encode(uint32_t timeout_ms);
+  void Finish(const CallResult& result);  // the replica's answer, or the proxy's error instead of one
+  void OnReplicaUnreachable(std::string_view why);
   void OnDeadline();
   void Answer(const CallResult& result);
   void Fail(unsigned status, std::string_view message);
@@ -113,7 +115,7 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   asio::steady_timer deadline_;
   State state_ = State::kQueued;
   bool answered_ = false;
-  std::shared_ptr<ReplicaChannel> channel_;
+  std::shared_ptr<transport::ReplicaChannel> channel_;
   uint64_t stream_id_ = 0;
   int reroutes_ = 0;
   bool abandoned_ = false;  // timed out or the client left: never routed again
@@ -124,28 +126,6 @@ class Call : public router::Waiter, public std::enable_shared_from_this<Call> {
   tracing::SpanContext trace_;  // the proxy span's; not sampled: no spans
   std::string traceparent_;     // what the replica is sent when traced
   int64_t queued_at_ns_ = 0;
-};
-
-// This worker's frame connection to one replica; many calls in flight on it.
-class ReplicaChannel : public transport::FrameConnection::Handler, public std::enable_shared_from_this<ReplicaChannel> {
- public:
-  ReplicaChannel(Worker& worker, std::shared_ptr<const router::ReplicaEndpoint> replica);
-  void Start();
-  // Sends the request frame; the call hears back through OnReplicaResponse.
-  uint64_t Send(const std::shared_ptr<Call>& call, const http::request<http::string_body>& request,
-                std::string_view route_prefix, uint32_t timeout_ms);
-  void Cancel(uint64_t stream_id);
-  void Credit(uint64_t stream_id, uint32_t bytes);
-  bool closed() const { return connection_->closed(); }
-  void OnFrame(const transport::FrameHeader& header, std::string_view payload) override;
-  void OnClosed(const absl::Status& why) override;
-
- private:
-  Worker& worker_;
-  std::shared_ptr<const router::ReplicaEndpoint> replica_;
-  std::shared_ptr<transport::FrameConnection> connection_;
-  uint64_t next_stream_id_ = 1;
-  std::unordered_map<uint64_t, std::shared_ptr<Call>> calls_;
 };
 
 // One I/O thread: an io_context, an acceptor, sessions, channels to replicas.
@@ -165,8 +145,8 @@ class Worker {
   const std::shared_ptr<const router::RoutingTable>& table() { return routing_.Get(); }
   std::atomic<int>& in_flight() { return *in_flight_; }
   bool draining() const { return draining_->load(std::memory_order_relaxed); }
-  std::shared_ptr<ReplicaChannel> ChannelTo(const std::shared_ptr<const router::ReplicaEndpoint>& replica);
-  void ForgetChannel(uint64_t key, const ReplicaChannel* channel);
+  // This worker's channel to `replica` (made, and connected, on first use).
+  std::shared_ptr<transport::ReplicaChannel> ChannelTo(const std::shared_ptr<const router::ReplicaEndpoint>& replica);
   void AddSession(HttpSession* s) { sessions_.insert(s); }
   void RemoveSession(HttpSession* s) { sessions_.erase(s); }
 
@@ -192,7 +172,7 @@ class Worker {
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
   asio::steady_timer sweep_{io_};  // checks sessions' deadlines: one timer per thread, not per request
-  std::unordered_map<uint64_t, std::shared_ptr<ReplicaChannel>> channels_;
+  std::unordered_map<uint64_t, std::shared_ptr<transport::ReplicaChannel>> channels_;
   // Metrics: series by route for the table in use (pointer keys, cleared when the table changes), and
   // every series this worker made, by "application\nroute\ndeployment".
   ProxyMetrics* metrics_;  // null: no metrics

@@ -1,0 +1,62 @@
+// A client's frame connection to one replica with many requests in flight: the part of the request path
+// that the proxy and handles share. Sends request frames, routes what comes back (a whole response, or a
+// stream's head, chunks and end) to the request's listener by stream id, and carries cancels and credit.
+// Not thread-safe: every call, and every listener callback, on the thread that runs the executor it was
+// made with.
+#pragma once
+
+#include <absl/status/status.h>
+#include <boost/asio/any_io_executor.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "transport/connection.h"
+#include "transport/frame.h"
+
+namespace ferry::transport {
+
+// One request's side of a channel. Exactly one of these ends it: OnResponse, OnStreamEnd, or
+// OnChannelFailed; a stream's OnStreamStart and OnStreamChunk come before its end.
+class StreamListener {
+ public:
+  virtual ~StreamListener() = default;
+  virtual void OnResponse(const ResponseMessage& response) = 0;
+  virtual void OnStreamStart(const ResponseStart& head) = 0;
+  virtual void OnStreamChunk(std::string_view data) = 0;
+  virtual void OnStreamEnd(const StreamEnd& end) = 0;
+  // The connection is gone. `delivered` is false when it never connected: the request never reached the
+  // replica, so sending it elsewhere is safe.
+  virtual void OnChannelFailed(bool delivered, std::string_view why) = 0;
+};
+
+class ReplicaChannel : public FrameConnection::Handler, public std::enable_shared_from_this<ReplicaChannel> {
+ public:
+  // `client` names this side in the hello ("proxy", "handle"); `on_closed` runs once the connection is
+  // gone, after every listener heard.
+  ReplicaChannel(const boost::asio::any_io_executor& executor, std::string socket_path, std::string client,
+                 std::function<void(ReplicaChannel*)> on_closed);
+  void Start();
+  // Sends a request frame; `listener` hears back. Returns the request's stream id.
+  uint64_t Send(std::shared_ptr<StreamListener> listener, const RequestMessage& request);
+  void Cancel(uint64_t stream_id);
+  void Credit(uint64_t stream_id, uint32_t bytes);
+  bool closed() const { return connection_->closed(); }
+  void OnFrame(const FrameHeader& header, std::string_view payload) override;
+  void OnClosed(const absl::Status& why) override;
+
+ private:
+  StreamListener* Find(uint64_t stream_id);
+  std::shared_ptr<StreamListener> Take(uint64_t stream_id);
+
+  std::string client_;
+  std::function<void(ReplicaChannel*)> on_closed_;
+  std::shared_ptr<FrameConnection> connection_;
+  uint64_t next_stream_id_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<StreamListener>> listeners_;
+  std::unordered_map<uint64_t, bool> streaming_;  // streams whose head arrived
+};
+
+}  // namespace ferry::transport
