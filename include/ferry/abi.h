@@ -108,6 +108,42 @@ typedef struct FerryInferRequest {
 /* Where a model writes one request's answer. Opaque; written only through FerryHostApi. */
 typedef struct FerryInferSink FerryInferSink;
 
+/* Deployment handles (composition). OWNERSHIP: a FerryHandle is the host's and lives as long as the
+ * replica; a FerryCall is the plugin's from call() until it passes it to release_call(). */
+typedef struct FerryHandle FerryHandle;
+typedef struct FerryCall FerryCall;
+
+/* One call through a handle. OWNERSHIP: the caller's; the host copies what it needs before call()
+ * returns. */
+typedef struct FerryCallOptions {
+  size_t struct_size;
+  FerryString method_name; /* the callee's method (Ray's handle.method.remote()); empty: its default */
+  FerryString http_method; /* empty: "POST" */
+  FerryString path;        /* the path the callee sees; empty: "/" */
+  FerryString query;
+  const FerryHeader* headers; /* lower-case names */
+  size_t num_headers;
+  FerryString body;
+  /* The request being handled, or NULL: the call then carries its remaining deadline, its request id
+   * (the call's own id is made from it), its trace, and is cancelled when it is. */
+  const struct FerryRequest* parent;
+  double timeout_s; /* > 0: at most this long (the parent's deadline still applies); 0: none of its own */
+} FerryCallOptions;
+
+/* What the host tells the caller of a call, on the host's I/O thread, in this order: on_head once when
+ * the callee answers (`stream` non-zero: chunks follow as the callee produces them), on_chunk for the
+ * body (once for a whole answer, once per chunk for a stream), on_end once. A call that ends without an
+ * answer gets on_end only: ok 0, `status` 503 (the callee is overloaded: max_queued_requests), 504 (the
+ * deadline passed), 502 (its replica failed), 404 (no such deployment) or 499 (cancelled), and `error`
+ * naming the deployment and the reason. ok 0 after on_head: the stream broke. The callbacks must not
+ * block; `user` must stay valid until on_end has returned. */
+typedef struct FerryCallEvents {
+  size_t struct_size;
+  void (*on_head)(void* user, int status, const FerryHeader* headers, size_t num_headers, int stream);
+  void (*on_chunk)(void* user, FerryString data);
+  void (*on_end)(void* user, int ok, int status, FerryString error);
+} FerryCallEvents;
+
 /* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
 typedef struct FerryResponseSink FerryResponseSink;
 /* Where a plugin writes an error message. Opaque; written only through FerryHostApi. */
@@ -144,6 +180,24 @@ typedef struct FerryHostApi {
    * once streaming began. Where a stream cannot be (inside handle_batch), chunks are gathered into the
    * body. Added after version 1's first tables: read it only when struct_size covers it. */
   int (*write_chunk)(FerryResponseSink* sink, FerryString data);
+  /* Handles. Added after version 1's first tables: read them only when struct_size covers them.
+   * get_handle: a handle to `deployment` of `application` (empty: this replica's own application);
+   * NULL with the message in `error` when there is none to be had. Whether the deployment exists is
+   * known at call time (a call to one that does not answers 404), so a constructor may take handles to
+   * deployments that start after it.
+   * call: starts a call; events arrive through `events` with `user`. Never NULL.
+   * call_consumed: a stream's caller took `bytes` of its chunks (the callee may send that many more:
+   * a caller that does not read holds the callee one window ahead, no more).
+   * cancel_call: stops the call (it ends with 499 unless it ended already; the callee is cancelled).
+   * release_call: frees the call; only after its on_end returned. */
+  FerryHandle* (*get_handle)(FerryString application, FerryString deployment, FerryErrorSink* error);
+  FerryCall* (*call)(FerryHandle* handle, const FerryCallOptions* options, const FerryCallEvents* events, void* user);
+  void (*call_consumed)(FerryCall* call, size_t bytes);
+  void (*cancel_call)(FerryCall* call);
+  void (*release_call)(FerryCall* call);
+  /* Which replica this is (Ray's serve.get_replica_context()): views valid as long as the replica. Added
+   * after version 1's first tables: read it only when struct_size covers it. */
+  void (*replica_context)(FerryString* application, FerryString* deployment, FerryString* replica_id);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

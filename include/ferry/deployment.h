@@ -28,6 +28,7 @@
 #include <cstring>
 #include <exception>
 #include <ferry/abi.h>
+#include <ferry/handle.h>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -43,6 +44,7 @@ namespace ferry {
 using Json = nlohmann::json;
 
 // The deployment's `args` from the config (a JSON object; empty when the config has none).
+// A value that names another deployment becomes a handle to it with handle(key).
 class Args {
  public:
   explicit Args(Json json) : json_(std::move(json)) {}
@@ -50,6 +52,23 @@ class Args {
   bool has(std::string_view key) const { return json_.is_object() && json_.contains(key); }
   // The value under `key` converted to T, or `fallback` when absent. Throws when present with another
   // type, so a constructor using it fails with a message naming the key.
+  // A handle to the deployment that args.<key> names: its name (a deployment of this application), or
+  // {deployment: NAME, application: APP}. Throws std::invalid_argument naming args.<key> when absent or
+  // of another shape.
+  Handle handle(std::string_view key) const {
+    if (!has(key)) throw std::invalid_argument("args." + std::string(key) + ": missing (a deployment to call)");
+    return HandleFrom(json_.at(std::string(key)), "args." + std::string(key));
+  }
+  // Handles to the deployments a list in args.<key> names (each entry as for handle()).
+  std::vector<Handle> handle_list(std::string_view key) const {
+    std::vector<Handle> out;
+    if (!has(key)) return out;
+    const Json& list = json_.at(std::string(key));
+    if (!list.is_array()) throw std::invalid_argument("args." + std::string(key) + ": expected a list of deployments");
+    for (size_t i = 0; i < list.size(); ++i)
+      out.push_back(HandleFrom(list[i], "args." + std::string(key) + "[" + std::to_string(i) + "]"));
+    return out;
+  }
   template <typename T>
   T get(std::string_view key, T fallback) const {
     if (!has(key)) return fallback;
@@ -61,6 +80,15 @@ class Args {
   }
 
  private:
+  static Handle HandleFrom(const Json& v, const std::string& where) {
+    if (v.is_string()) return get_deployment_handle(v.get<std::string>());
+    if (v.is_object() && v.contains("deployment") && v["deployment"].is_string())
+      return get_deployment_handle(v["deployment"].get<std::string>(),
+                                   v.contains("application") && v["application"].is_string()
+                                       ? v["application"].get<std::string>()
+                                       : std::string());
+    throw std::invalid_argument(where + ": expected a deployment name or {deployment: NAME, application: APP}");
+  }
   Json json_;
 };
 
@@ -105,6 +133,8 @@ class Request {
     if (raw_->struct_size < offsetof(FerryRequest, prepared) + sizeof(raw_->prepared)) return nullptr;
     return static_cast<std::any*>(raw_->prepared);
   }
+  // The host's view of this request (for the SDK's own use: handles pass it on).
+  const FerryRequest* raw() const { return raw_; }
 
  private:
   static std::string_view View(FerryString s) { return {s.data, s.size}; }
@@ -208,6 +238,8 @@ class Deployment {
 #include <ferry/internal/deployment_api.h>
 
 namespace ferry {
+
+inline const FerryRequest* internal::RawOf(const Request* request) { return request ? request->raw() : nullptr; }
 
 inline void ResponseWriter::set_status(int status) {
   if (!started_) internal::Host()->set_status(sink_, status);

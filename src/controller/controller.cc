@@ -111,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(asio::io_context&
                                                                ControllerOptions options) {
   std::unique_ptr<Controller> c(new Controller(io, publisher, store, std::move(callbacks), options));
   absl::StatusOr<std::unique_ptr<node::NodeAgent>> agent =
-      node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), c.get());
+      node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), c.get(), publisher);
   if (!agent.ok()) return agent.status();
   c->launcher_ = std::move(*agent);
   return c;

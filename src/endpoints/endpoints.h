@@ -106,6 +106,10 @@ class Consumer {
 class Publisher {
  public:
   virtual ~Publisher() = default;
+  // A consumer gets the latest snapshot at once, then each one published. It must stay alive until
+  // Unsubscribe. Any thread.
+  virtual void Subscribe(Consumer* consumer) = 0;
+  virtual void Unsubscribe(Consumer* consumer) = 0;
   virtual void Publish(std::shared_ptr<const Snapshot> snapshot) = 0;
   // The latest report of every consumer.
   virtual std::vector<ConsumerReport> CollectReports() = 0;
@@ -119,9 +123,8 @@ class Publisher {
 // collects their reports by asking them. Thread-safe.
 class LocalPublisher : public Publisher {
  public:
-  // A new consumer gets the latest snapshot at once. It must stay alive until Unsubscribe.
-  void Subscribe(Consumer* consumer);
-  void Unsubscribe(Consumer* consumer);
+  void Subscribe(Consumer* consumer) override;
+  void Unsubscribe(Consumer* consumer) override;
   // For consumers: runs the wake hook, if any.
   void Wake();
 

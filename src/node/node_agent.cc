@@ -15,19 +15,55 @@
 
 #include "common/common.h"
 #include "common/unique_fd.h"
+#include "endpoints/wire.h"
 #include "transport/connection.h"
 
 namespace ferry::node {
 
 namespace asio = boost::asio;
 
+class ControlChannel;
+
+// A replica that holds handles, as a consumer of endpoint snapshots: each snapshot goes to it as an
+// `endpoints` frame; its report is the latest `load_reply` it sent (one is asked for at each collection,
+// and the replica sends one after applying each snapshot). On the node's I/O thread.
+class ReplicaFeed : public endpoints::Consumer {
+ public:
+  explicit ReplicaFeed(ControlChannel* channel) : channel_(channel) {}
+  void OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) override;
+  endpoints::ConsumerReport Report() const override;
+  void SetReport(endpoints::ConsumerReport report, nlohmann::json calls) {
+    report_ = std::move(report);
+    calls_ = std::move(calls);
+  }
+  const nlohmann::json& calls() const { return calls_; }
+
+ private:
+  ControlChannel* channel_;
+  endpoints::ConsumerReport report_;
+  nlohmann::json calls_ = nlohmann::json::array();
+};
+
 // The agent's control connection to one ready replica: health checks and reconfigures, each answered by
-// its reply frame with the same stream id.
+// its reply frame with the same stream id; and, once the replica subscribes, its endpoint feed.
 class ControlChannel : public transport::FrameConnection::Handler, public std::enable_shared_from_this<ControlChannel> {
  public:
-  ControlChannel(asio::io_context& io, const std::string& socket_path)
-      : connection_(std::make_shared<transport::FrameConnection>(io.get_executor(), socket_path, this)) {}
+  ControlChannel(asio::io_context& io, const std::string& socket_path, endpoints::Publisher* publisher)
+      : connection_(std::make_shared<transport::FrameConnection>(io.get_executor(), socket_path, this)),
+        publisher_(publisher) {}
   ~ControlChannel() override { Close(); }
+
+  void SendText(transport::FrameKind kind, std::string_view text) {
+    if (connection_->closed()) return;
+    transport::AppendText(connection_->output(), kind, 0, text);
+    connection_->Flush();
+  }
+  void AskLoad() {
+    if (connection_->closed()) return;
+    transport::AppendEmpty(connection_->output(), transport::FrameKind::kLoad, 0);
+    connection_->Flush();
+  }
+  const ReplicaFeed* feed() const { return feed_.get(); }
 
   void Start() {
     transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, "node-agent"});
@@ -35,6 +71,7 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   }
   void Close() {
     connection_->Detach();
+    Unsubscribe();
     FailAll(absl::UnavailableError("control connection closed"));
   }
   // The reply's payload reaches `reply` (status and stats replies); errors reach it with an empty payload.
@@ -66,6 +103,26 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   }
 
   void OnFrame(const transport::FrameHeader& header, std::string_view payload) override {
+    if (header.kind == transport::FrameKind::kSubscribe) {
+      if (publisher_ && !feed_) {
+        feed_ = std::make_unique<ReplicaFeed>(this);
+        publisher_->Subscribe(feed_.get());
+      }
+      return;
+    }
+    if (header.kind == transport::FrameKind::kLoadReply) {
+      std::string_view text;
+      if (!feed_ || !transport::DecodeText(payload, &text).ok()) return;
+      nlohmann::json json = nlohmann::json::parse(text, nullptr, false);
+      absl::StatusOr<endpoints::ConsumerReport> report = endpoints::ReportFromJson(json);
+      if (!report.ok()) {
+        FERRY_LOG(kWarning, "node", "a replica's load report is malformed: ", report.status().message());
+        return;
+      }
+      feed_->SetReport(std::move(*report), json.is_object() && json.contains("calls") ? json["calls"]
+                                                                                      : nlohmann::json::array());
+      return;
+    }
     if (header.kind != transport::FrameKind::kHealthReply && header.kind != transport::FrameKind::kReconfigureReply &&
         header.kind != transport::FrameKind::kStatsReply)
       return;
@@ -76,10 +133,15 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
     done(absl::OkStatus(), payload);
   }
   void OnClosed(const absl::Status& why) override {
+    Unsubscribe();
     FailAll(absl::UnavailableError(StrCat("control connection lost: ", Message(why))));
   }
 
  private:
+  void Unsubscribe() {
+    if (feed_ && publisher_) publisher_->Unsubscribe(feed_.get());
+    feed_.reset();
+  }
   void FailAll(const absl::Status& why) {
     auto pending = std::move(pending_);
     pending_.clear();
@@ -88,7 +150,18 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   std::shared_ptr<transport::FrameConnection> connection_;
   std::map<uint64_t, Reply> pending_;
   uint64_t next_id_ = 1;
+  endpoints::Publisher* publisher_;  // null: no feeds (a node without handles' consumers)
+  std::unique_ptr<ReplicaFeed> feed_;
 };
+
+void ReplicaFeed::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) {
+  channel_->SendText(transport::FrameKind::kEndpoints, endpoints::SnapshotToJson(*snapshot).dump());
+}
+
+endpoints::ConsumerReport ReplicaFeed::Report() const {
+  channel_->AskLoad();  // for the next collection: this one reads the latest the replica sent
+  return report_;
+}
 
 // How a replica's printed lines are logged: its encoding (which a reconfigure may change), TEXT tag and
 // JSON fields.
@@ -158,11 +231,13 @@ class ReplicaOutput : public std::enable_shared_from_this<ReplicaOutput> {
 };
 
 absl::StatusOr<std::unique_ptr<NodeAgent>> NodeAgent::Create(asio::io_context& io, std::string ferry_binary,
-                                                             std::string run_dir, ReplicaListener* listener) {
+                                                             std::string run_dir, ReplicaListener* listener,
+                                                             endpoints::Publisher* publisher) {
   std::error_code ec;
   std::filesystem::create_directories(run_dir, ec);
   if (ec) return absl::UnavailableError(ferry::StrCat("cannot create ", run_dir, ": ", ec.message()));
   auto agent = std::unique_ptr<NodeAgent>(new NodeAgent(io, std::move(ferry_binary), std::move(run_dir), listener));
+  agent->publisher_ = publisher;
   agent->WatchChildren();
   return agent;
 }
@@ -266,7 +341,7 @@ void NodeAgent::ReadStatus(const std::string& replica_id) {
         p->status_buffer.clear();
         if (line.is_object() && line.value("ready", false)) {
           p->ready = true;
-          p->control = std::make_shared<ControlChannel>(io_, p->socket_path);
+          p->control = std::make_shared<ControlChannel>(io_, p->socket_path, publisher_);
           p->control->Start();
           listener_->OnReplicaReady(replica_id, p->socket_path, p->pid);
         } else if (line.is_object() && line.contains("error") && line["error"].is_string()) {

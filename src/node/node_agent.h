@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "endpoints/endpoints.h"
 #include "node/launcher.h"
 
 namespace ferry::node {
@@ -32,8 +33,11 @@ struct ReplicaOutputStyle;
 class NodeAgent : public ReplicaLauncher {
  public:
   // `ferry_binary` is the executable to start in replica mode; `run_dir` holds sockets and specs.
+  // `publisher` (may be null) feeds endpoint snapshots to replicas that hold handles, and collects their
+  // load with the other consumers'. Called on this agent's io_context, as its consumers are.
   static absl::StatusOr<std::unique_ptr<NodeAgent>> Create(boost::asio::io_context& io, std::string ferry_binary,
-                                                           std::string run_dir, ReplicaListener* listener);
+                                                           std::string run_dir, ReplicaListener* listener,
+                                                           endpoints::Publisher* publisher = nullptr);
   ~NodeAgent() override;
 
   absl::Status StartReplica(const spec::ReplicaSpec& spec) override;
@@ -75,6 +79,7 @@ class NodeAgent : public ReplicaLauncher {
   std::string ferry_binary_;
   std::string run_dir_;
   ReplicaListener* listener_;
+  endpoints::Publisher* publisher_ = nullptr;
   boost::asio::signal_set sigchld_;
   std::map<std::string, std::unique_ptr<Process>> processes_;
 };

@@ -63,13 +63,16 @@ int RunReplica(const ReplicaOptions& options) {
   // replica's I/O threads and the node's proxy need; they sleep instead unless the environment says
   // otherwise. Set before the deployment's library (and so libgomp) is loaded, which reads it once.
   setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0);
+  // Calls to other deployments (handles): declared before the deployment, so it goes away after it.
+  handle::HandleClient handles(StrCat(spec->application, "/", spec->deployment), &tracer);
+  SetHandleClient(&handles);
   absl::StatusOr<std::unique_ptr<DeploymentHost>> host = DeploymentHost::Create(*spec);
   if (!host.ok()) {
     FERRY_LOG(kError, "replica", host.status().message());
     WriteStatus(status.get(), {{"error", std::string(host.status().message())}});
     return 1;
   }
-  ReplicaServer server(*spec, **host, &tracer);
+  ReplicaServer server(*spec, **host, &tracer, &handles);
   absl::Status listening = server.Listen(options.socket_path);
   if (!listening.ok()) {
     WriteStatus(status.get(), {{"error", std::string(listening.message())}});

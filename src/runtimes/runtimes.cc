@@ -2,6 +2,7 @@
 
 extern "C" const FerryDeploymentApi* ferry_deployment_FerryBuiltinEcho();
 extern "C" const FerryDeploymentApi* ferry_deployment_FerryBuiltinBusy();
+extern "C" const FerryDeploymentApi* ferry_deployment_FerryBuiltinCall();
 
 namespace ferry::runtimes {
 namespace {
@@ -14,6 +15,7 @@ struct Builtin {
 constexpr Builtin kBuiltins[] = {
     {"echo", &ferry_deployment_FerryBuiltinEcho},
     {"busy", &ferry_deployment_FerryBuiltinBusy},
+    {"call", &ferry_deployment_FerryBuiltinCall},
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <exception>
 #include <ferry/abi.h>
+#include <ferry/internal/host.h>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -29,10 +30,6 @@ inline void SetError(const FerryHostApi* host, FerryErrorSink* sink, std::string
   if (host && sink) host->set_error(sink, FerryString{message.data(), message.size()});
 }
 
-inline const FerryHostApi*& Host() {
-  static const FerryHostApi* host = nullptr;
-  return host;
-}
 
 template <typename T, typename = void>
 struct OverridesReconfigure : std::false_type {};

@@ -45,6 +45,117 @@ void HostLog(int level, FerryString message) {
     Log::Write(l, "user", text, {{"request_id", t_request_id}});
 }
 
+
+// Whether the plugin's table is long enough to hold `field` (tables grow by appending).
+#define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
+
+FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
+
+// What a request's FerryRequest.host_context points to: its cancel flag, and what calls made while
+// handling it inherit (deadline, request id, trace, cancellation).
+struct CancelContext {
+  const std::atomic<bool>* cancelled = nullptr;
+  std::optional<SteadyClock::time_point> deadline;
+  std::string_view request_id;
+  std::string_view traceparent;
+  ResponseStream* scope = nullptr;  // null: calls are not cancelled with the request (batches)
+};
+
+handle::HandleClient* g_handles = nullptr;
+
+// A FerryHandle: the deployment key it calls.
+struct HostHandle {
+  std::string key;  // "app/name"
+};
+
+}  // namespace
+}  // namespace ferry::replica
+
+struct FerryCall {
+  ferry::handle::CallRef ref;
+};
+
+namespace ferry::replica {
+namespace {
+
+// Hands a call's events to the plugin's callbacks, converting the headers.
+class AbiObserver : public handle::CallObserver {
+ public:
+  AbiObserver(const FerryCallEvents* events, void* user) : events_(*events), user_(user) {}
+  void OnHead(int status, const transport::HeaderList& headers, bool stream) override {
+    std::vector<FerryHeader> h;
+    h.reserve(headers.size());
+    for (const auto& [k, v] : headers) h.push_back(FerryHeader{{k.data(), k.size()}, {v.data(), v.size()}});
+    events_.on_head(user_, status, h.data(), h.size(), stream ? 1 : 0);
+  }
+  void OnChunk(std::string_view data) override { events_.on_chunk(user_, FerryString{data.data(), data.size()}); }
+  void OnEnd(bool ok, int status, std::string_view error) override {
+    events_.on_end(user_, ok ? 1 : 0, status, FerryString{error.data(), error.size()});
+  }
+
+ private:
+  const FerryCallEvents events_;
+  void* const user_;
+};
+
+std::string_view ViewOf(FerryString s) { return {s.data, s.size}; }
+
+FerryHandle* GetHandle(FerryString application, FerryString deployment, FerryErrorSink* error) {
+  auto fail = [&](std::string_view message) -> FerryHandle* {
+    if (error) error->message.assign(message);
+    return nullptr;
+  };
+  if (!g_handles) return fail("this replica cannot make calls (no handle client)");
+  if (deployment.size == 0) return fail("get_handle: no deployment named");
+  std::string_view app = ViewOf(application);
+  const std::string& caller = g_handles->caller();
+  if (app.empty()) app = std::string_view(caller).substr(0, caller.find('/'));
+  g_handles->Want();
+  return reinterpret_cast<FerryHandle*>(new HostHandle{ferry::StrCat(app, "/", ViewOf(deployment))});
+}
+
+FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallEvents* events, void* user) {
+  handle::CallRequest r;
+  r.deployment_key = reinterpret_cast<HostHandle*>(h)->key;
+  r.method_name = ViewOf(o->method_name);
+  if (o->http_method.size) r.http_method = ViewOf(o->http_method);
+  r.path = ViewOf(o->path);
+  r.query = ViewOf(o->query);
+  for (size_t i = 0; i < o->num_headers; ++i)
+    r.headers.emplace_back(ViewOf(o->headers[i].name), ViewOf(o->headers[i].value));
+  r.body = ViewOf(o->body);
+  const CancelContext* parent =
+      o->parent ? static_cast<const CancelContext*>(o->parent->host_context) : nullptr;
+  if (parent) {
+    r.parent_request_id = parent->request_id;
+    r.traceparent = parent->traceparent;
+    r.deadline = parent->deadline;
+  }
+  if (o->timeout_s > 0) {
+    auto own = SteadyClock::now() + std::chrono::microseconds(static_cast<int64_t>(o->timeout_s * 1e6));
+    if (!r.deadline || own < *r.deadline) r.deadline = own;
+  }
+  auto* call = new FerryCall{g_handles->Start(std::move(r), std::make_shared<AbiObserver>(events, user))};
+  if (parent && parent->scope) parent->scope->OnCancel([ref = call->ref] { ref.Cancel(); });
+  return call;
+}
+
+void CallConsumed(FerryCall* call, size_t bytes) { call->ref.Consumed(bytes); }
+void CancelCall(FerryCall* call) { call->ref.Cancel(); }
+void ReleaseCall(FerryCall* call) { delete call; }
+
+// The replica's names, set once before the deployment is created.
+struct ReplicaNames {
+  std::string application, deployment, replica_id;
+};
+ReplicaNames g_names;
+
+void ReplicaContext(FerryString* application, FerryString* deployment, FerryString* replica_id) {
+  if (application) *application = Str(g_names.application);
+  if (deployment) *deployment = Str(g_names.deployment);
+  if (replica_id) *replica_id = Str(g_names.replica_id);
+}
+
 const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                FERRY_ABI_VERSION,
                                &SetStatus,
@@ -55,16 +166,14 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &ModelHost::AddOutput,
                                &ModelHost::SetInferParameters,
                                &ModelHost::FailInfer,
-                               &WriteChunk};
+                               &WriteChunk,
+                               &GetHandle,
+                               &StartCall,
+                               &CallConsumed,
+                               &CancelCall,
+                               &ReleaseCall,
+                               &ReplicaContext};
 
-// Whether the plugin's table is long enough to hold `field` (tables grow by appending).
-#define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
-
-FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
-
-struct CancelContext {
-  const std::atomic<bool>* cancelled = nullptr;
-};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;
@@ -72,10 +181,18 @@ int IsCancelled(const FerryRequest* request) {
 
 // Points `raw` at `request`'s fields; `headers` and `context` must outlive the call it is used for.
 void FillRequest(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
-                 std::vector<FerryHeader>& headers, CancelContext& context, FerryRequest& raw) {
+                 std::vector<FerryHeader>& headers, CancelContext& context, FerryRequest& raw,
+                 ResponseStream* scope = nullptr) {
   headers.clear();
-  for (const auto& [k, v] : request.headers) headers.push_back(FerryHeader{Str(k), Str(v)});
+  context = CancelContext{};
+  for (const auto& [k, v] : request.headers) {
+    headers.push_back(FerryHeader{Str(k), Str(v)});
+    if (k == "traceparent") context.traceparent = v;
+  }
   context.cancelled = &cancelled;
+  context.request_id = request.request_id;
+  context.scope = scope;
+  if (request.timeout_ms > 0) context.deadline = SteadyClock::now() + std::chrono::milliseconds(request.timeout_ms);
   raw = FerryRequest{};
   raw.struct_size = sizeof(FerryRequest);
   raw.request_id = Str(request.request_id);
@@ -98,7 +215,10 @@ std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
 
 const FerryHostApi* HostApi() { return &kHostApi; }
 
+void SetHandleClient(handle::HandleClient* client) { g_handles = client; }
+
 absl::StatusOr<std::unique_ptr<DeploymentHost>> DeploymentHost::Create(const ReplicaSpec& spec) {
+  g_names = ReplicaNames{spec.application, spec.deployment, spec.replica_id};
   const FerryDeploymentApi* api = nullptr;
   void* library = nullptr;
   if (spec.builtin) {
@@ -165,7 +285,7 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   thread_local std::vector<FerryHeader> headers;
   CancelContext context;
   FerryRequest raw;
-  FillRequest(request, cancelled, headers, context, raw);
+  FillRequest(request, cancelled, headers, context, raw, response->stream);
   if (model_) {
     std::unique_ptr<ModelHost::Prepared> p = model_->Prepare(request);
     if (p->answer) {
@@ -182,8 +302,13 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   const int rc = api_->handle(instance_, &raw, response, &error);
   t_request_id = {};
   if (rc != FERRY_OK) {
-    FERRY_LOG(kWarning, "replica", "request ", request.request_id, " failed in handle()",
-              response->streamed ? " after streaming began: " : ": ", ErrorText(error, "no message"));
+    // Code that stops with an error because its request was cancelled (a call it made was cancelled with
+    // it) did what it should: no warning.
+    const LogLevel level = cancelled.load() ? LogLevel::kInfo : LogLevel::kWarning;
+    if (Log::Enabled(level))
+      Log::Write(level, "replica",
+                 ferry::StrCat("request ", request.request_id, " failed in handle()",
+                               response->streamed ? " after streaming began: " : ": ", ErrorText(error, "no message")));
     if (response->streamed) {
       response->stream_error = ErrorText(error, "handler failed");
       return;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "handle/handle_client.h"
 #include "replica/internal/model_host.h"
 #include "replica/replica.h"
 #include "transport/frame.h"
@@ -18,6 +19,9 @@ namespace ferry::replica {
 
 // The functions the replica host offers deployments (FerryHostApi), as every deployment it creates gets them.
 const FerryHostApi* HostApi();
+// Where FerryHostApi's handles go: this process's handle client (one replica per process). Set before the
+// deployment is created; null: get_handle fails.
+void SetHandleClient(handle::HandleClient* client);
 
 class DeploymentHost {
  public:

@@ -9,6 +9,7 @@
 
 #include <ferry/abi.h>
 #include <ferry/model.h>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,10 +18,13 @@
 #include "transport/frame.h"
 
 namespace ferry::replica {
-// Where a streamed answer goes: the replica server's side of FerryHostApi.write_chunk.
+// Where a streamed answer goes (the replica server's side of FerryHostApi.write_chunk), and the request's
+// cancellation, which the calls it makes through handles follow.
 class ResponseStream {
  public:
   virtual ~ResponseStream() = default;
+  // Runs `hook` once when the request is cancelled (at once, when it is already).
+  virtual void OnCancel(std::function<void()> hook) = 0;
   // Sends `head`'s status and headers (the first call only), then `chunk`, waiting for the client's
   // credit. False once the stream is over (cancelled, client gone): nothing was sent.
   virtual bool Write(const FerryResponseSink& head, std::string_view chunk) = 0;

@@ -16,6 +16,8 @@
 #include "common/common.h"
 #include "common/mutex.h"
 #include "common/unique_fd.h"
+#include "endpoints/wire.h"
+#include "handle/handle_client.h"
 #include "metrics/metrics.h"
 #include "replica/internal/batcher.h"
 #include "replica/internal/executor.h"
@@ -92,14 +94,16 @@ absl::Status ApplyTracing(tracing::Tracer* tracer, const std::optional<spec::Tra
 
 class ReplicaServer::Impl {
  public:
-  Impl(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer)
+  Impl(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer, handle::HandleClient* handles)
       : spec_(spec),
         host_(host),
+        handles_(handles),
         spans_(spec, tracer),
         tracer_(tracer),
         executor_(
             std::clamp(spec.max_ongoing_requests, 1, 256), [this] { ThreadLoop(); },
             [this](uint64_t n) { frames_.Wake(n); }) {
+    if (handles_) handles_->SetSubscribe([this] { SubscribeIfWanted(); });
     if (spec.batching) {
       if (!host.can_batch()) {
         FERRY_LOG(kWarning, "replica", spec.deployment,
@@ -228,8 +232,32 @@ class ReplicaServer::Impl {
         transport::AppendHelloAck(frame, header.stream_id,
                                   {transport::kProtocolVersion, spec_.replica_id, spec_.deployment});
         c->Send(frame);
+        if (hello.client == "node-agent") {
+          {
+            MutexLock lock(&node_mu_);
+            node_ = c;
+            subscribed_ = false;
+          }
+          SubscribeIfWanted();
+        }
         return absl::OkStatus();
       }
+      case FrameKind::kEndpoints: {
+        std::string_view text;
+        absl::Status s = transport::DecodeText(payload, &text);
+        if (!s.ok()) return s;
+        if (!handles_) return absl::OkStatus();
+        nlohmann::json json = nlohmann::json::parse(text, nullptr, false);
+        absl::StatusOr<std::shared_ptr<const endpoints::Snapshot>> snapshot = endpoints::SnapshotFromJson(json);
+        if (!snapshot.ok()) return snapshot.status();
+        handles_->OnPublished(std::move(*snapshot));
+        SendLoad(*c, 0);  // the node learns at once which snapshot this replica routes by
+        return absl::OkStatus();
+      }
+      case FrameKind::kLoad:
+        if (absl::Status s = transport::DecodeEmpty(payload); !s.ok()) return s;
+        SendLoad(*c, header.stream_id);
+        return absl::OkStatus();
       case FrameKind::kStats: {
         std::string frame;
         transport::StatsReply stats{ongoing_.load(), 0, total_.load(), Counts(processing_), Counts(batch_size_)};
@@ -265,6 +293,28 @@ class ReplicaServer::Impl {
         return absl::InvalidArgumentError(
             StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a client"));
     }
+  }
+
+  // Asks the node agent for endpoint snapshots once user code holds a handle and the node is connected.
+  void SubscribeIfWanted() {
+    if (!handles_ || !handles_->wanted()) return;
+    std::shared_ptr<ClientConnection> node;
+    {
+      MutexLock lock(&node_mu_);
+      if (subscribed_ || !node_) return;
+      subscribed_ = true;
+      node = node_;
+    }
+    std::string frame;
+    transport::AppendEmpty(frame, FrameKind::kSubscribe, 0);
+    node->Send(frame);
+  }
+
+  void SendLoad(ClientConnection& c, uint64_t stream_id) {
+    std::string frame;
+    transport::AppendText(frame, FrameKind::kLoadReply, stream_id,
+                          handles_ && handles_->wanted() ? handle::LoadReplyJson(*handles_) : std::string("{}"));
+    c.Send(frame);
   }
 
   // A reconfigure frame's JSON: {"user_config": ..., "max_ongoing_requests": N, "logging_config": {...},
@@ -359,6 +409,7 @@ class ReplicaServer::Impl {
   class TaskStream : public ResponseStream {
    public:
     explicit TaskStream(Task& task) : task_(task) {}
+    void OnCancel(std::function<void()> hook) override { task_.OnCancel(std::move(hook)); }
     bool Write(const FerryResponseSink& head, std::string_view chunk) override {
       if (task_.stream_started && !chunk.empty() && !task_.AwaitCredit()) return false;
       if (task_.cancelled.load()) return false;
@@ -430,6 +481,10 @@ class ReplicaServer::Impl {
 
   const ReplicaSpec& spec_;
   DeploymentHost& host_;
+  handle::HandleClient* handles_;
+  Mutex node_mu_;
+  std::shared_ptr<ClientConnection> node_ ABSL_GUARDED_BY(node_mu_);  // the node agent's connection
+  bool subscribed_ ABSL_GUARDED_BY(node_mu_) = false;
   const SpanRecorder spans_;
   tracing::Tracer* tracer_;
   // Reported in stats replies; the node renders them as this replica's histograms.
@@ -445,8 +500,9 @@ class ReplicaServer::Impl {
   std::unique_ptr<Batcher<TaskPtr>> batcher_;
 };
 
-ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer)
-    : impl_(std::make_unique<Impl>(spec, host, tracer)) {}
+ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer,
+                             handle::HandleClient* handles)
+    : impl_(std::make_unique<Impl>(spec, host, tracer, handles)) {}
 ReplicaServer::~ReplicaServer() = default;
 absl::Status ReplicaServer::Listen(const std::string& path) { return impl_->Listen(path); }
 void ReplicaServer::Run() { impl_->Run(); }

@@ -30,7 +30,10 @@ class ReplicaServer {
  public:
   // `tracer` (may be null) records the spans of requests that arrive with a sampled `traceparent`: the
   // replica's and the user code's. Reconfigure frames may change its settings and the log settings.
-  ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer = nullptr);
+  // `handles` (may be null) is the process's handle client: the node agent's connection feeds it endpoint
+  // snapshots once it wants them, and reads its load.
+  ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer = nullptr,
+                handle::HandleClient* handles = nullptr);
   ~ReplicaServer();
 
   // Binds and listens on `path` (replacing a stale socket file).

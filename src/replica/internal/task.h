@@ -3,8 +3,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/mutex.h"
 #include "replica/internal/deployment_host.h"
@@ -39,6 +41,7 @@ struct Task : public TrackedStream {
   CondVar flow_cv;
   int64_t credit ABSL_GUARDED_BY(flow_mu) = transport::kStreamWindow;
   bool waiting_for_credit ABSL_GUARDED_BY(flow_mu) = false;
+  std::vector<std::function<void()>> cancel_hooks ABSL_GUARDED_BY(flow_mu);
   // What a streamed answer sent (its span's and the stats' figures).
   uint64_t chunks_sent = 0;
   uint64_t bytes_sent = 0;
@@ -59,8 +62,24 @@ struct Task : public TrackedStream {
 
   void Cancel() override {
     cancelled.store(true);
-    MutexLock lock(&flow_mu);
-    if (waiting_for_credit) flow_cv.SignalAll();
+    std::vector<std::function<void()>> hooks;
+    {
+      MutexLock lock(&flow_mu);
+      hooks.swap(cancel_hooks);
+      if (waiting_for_credit) flow_cv.SignalAll();
+    }
+    for (auto& hook : hooks) hook();
+  }
+  // Runs `hook` when the request is cancelled (now, if it is): how calls it made are cancelled with it.
+  void OnCancel(std::function<void()> hook) {
+    {
+      MutexLock lock(&flow_mu);
+      if (!cancelled.load()) {
+        cancel_hooks.push_back(std::move(hook));
+        return;
+      }
+    }
+    hook();
   }
   void AddCredit(uint32_t bytes) override {
     MutexLock lock(&flow_mu);

@@ -1,0 +1,445 @@
+#include "handle/handle_client.h"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <unordered_map>
+
+#include "common/mutex.h"
+#include "endpoints/wire.h"
+#include "metrics/metrics.h"
+#include "router/router_set.h"
+#include "tracing/tracing.h"
+#include "transport/replica_channel.h"
+
+namespace ferry::handle {
+
+namespace asio = boost::asio;
+
+namespace {
+constexpr int kMaxReroutes = 3;
+// A call made before the first snapshot arrived waits for it this long at most (when it has no deadline).
+constexpr auto kFirstSnapshotWait = std::chrono::seconds(30);
+}  // namespace
+
+class HandleClient::Impl {
+ public:
+  Impl(HandleClient& owner, tracing::Tracer* tracer) : owner_(owner), tracer_(tracer), routers_(nullptr) {}
+  ~Impl() { Stop(); }
+
+  void StartThread() {
+    MutexLock lock(&mu_);
+    if (thread_.joinable()) return;
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  void Stop() {
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  asio::io_context& io() { return io_; }
+  tracing::Tracer* tracer() const { return tracer_; }
+  router::RouterSet& routers() { return routers_; }
+  const router::RouterSet& routers() const { return routers_; }
+  HandleClient& owner() { return owner_; }
+
+  // I/O thread.
+  std::shared_ptr<transport::ReplicaChannel> ChannelTo(const router::ReplicaEndpoint& replica) {
+    auto it = channels_.find(replica.key);
+    if (it != channels_.end() && !it->second->closed()) return it->second;
+    auto channel = std::make_shared<transport::ReplicaChannel>(
+        io_.get_executor(), replica.socket_path, "handle", [this, key = replica.key](transport::ReplicaChannel* c) {
+          auto it = channels_.find(key);
+          if (it != channels_.end() && it->second.get() == c) channels_.erase(it);
+        });
+    channels_[replica.key] = channel;
+    channel->Start();
+    return channel;
+  }
+
+  // Calls that came before the first snapshot; started when it arrives (I/O thread).
+  void WaitForSnapshot(std::shared_ptr<HandleCall> call) { waiting_.push_back(std::move(call)); }
+  void OnSnapshot();
+  bool has_snapshot() const { return has_snapshot_.load(); }
+  void MarkSnapshot() { has_snapshot_.store(true); }
+
+  void Record(const std::string& callee, bool ok, double seconds) {
+    MutexLock lock(&stats_mu_);
+    Stats& s = stats_[callee];
+    (ok ? s.ok : s.errors)++;
+    s.latency.Observe(seconds);
+  }
+  std::vector<CalleeStats> StatsCopy() const {
+    MutexLock lock(&stats_mu_);
+    std::vector<CalleeStats> out;
+    for (const auto& [callee, s] : stats_) {
+      CalleeStats c;
+      c.callee = callee;
+      c.ok = s.ok;
+      c.errors = s.errors;
+      for (size_t i = 0; i <= s.latency.bounds().size(); ++i) c.latency_counts.push_back(s.latency.bucket(i));
+      c.latency_sum = s.latency.sum();
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+  uint64_t NextCallNumber() { return next_call_.fetch_add(1) + 1; }
+
+ private:
+  struct Stats {
+    uint64_t ok = 0, errors = 0;
+    metrics::Histogram latency{metrics::LatencyBucketsSeconds()};
+  };
+  HandleClient& owner_;
+  tracing::Tracer* tracer_;
+  router::RouterSet routers_;
+  asio::io_context io_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{io_.get_executor()};
+  Mutex mu_;
+  std::thread thread_;
+  std::unordered_map<uint64_t, std::shared_ptr<transport::ReplicaChannel>> channels_;  // I/O thread
+  std::vector<std::shared_ptr<HandleCall>> waiting_;                                   // I/O thread
+  std::atomic<bool> has_snapshot_{false};
+  mutable Mutex stats_mu_;
+  std::map<std::string, Stats> stats_ ABSL_GUARDED_BY(stats_mu_);
+  std::atomic<uint64_t> next_call_{0};
+};
+
+// One call from the moment it is made to its end. Runs on the client's I/O thread, except OnAssigned
+// (the router's, any thread) which moves it there.
+class HandleCall : public router::Waiter,
+                   public transport::StreamListener,
+                   public std::enable_shared_from_this<HandleCall> {
+ public:
+  HandleCall(HandleClient::Impl& client, CallRequest request, std::shared_ptr<CallObserver> observer)
+      : client_(client),
+        request_(std::move(request)),
+        observer_(std::move(observer)),
+        deadline_(client.io()),
+        started_(SteadyClock::now()) {
+    request_id_ = request_.parent_request_id.empty()
+                      ? NewRequestId()
+                      : StrCat(request_.parent_request_id, ".", client.NextCallNumber());
+  }
+
+  const std::string& request_id() const { return request_id_; }
+  HandleClient::Impl& client() { return client_; }
+
+  void Start() {
+    tracing::SpanContext parent;
+    if (client_.tracer() && !request_.traceparent.empty() &&
+        tracing::ParseTraceparent(request_.traceparent, &parent) && parent.sampled) {
+      trace_ = parent;
+      span_id_ = tracing::NewSpanId();
+      span_start_ns_ = tracing::UnixNanos();
+      tracing::SpanContext mine = parent;
+      mine.span_id = span_id_;
+      traceparent_ = tracing::FormatTraceparent(mine);
+    }
+    auto when = request_.deadline;
+    if (!when && !client_.has_snapshot()) when = SteadyClock::now() + kFirstSnapshotWait;
+    if (when) {
+      deadline_.expires_at(*when);
+      deadline_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+        if (!ec) self->OnDeadline();
+      });
+    }
+    if (!client_.has_snapshot()) {
+      client_.WaitForSnapshot(shared_from_this());
+      return;
+    }
+    Route();
+  }
+
+  // After the first snapshot (calls that waited for it).
+  void Resume() {
+    if (state_ != State::kNew) return;
+    if (!request_.deadline) deadline_.cancel();
+    Route();
+  }
+
+  void Route() {
+    if (ended_) return;
+    router_ = client_.routers().Find(request_.deployment_key);
+    if (!router_) {
+      state_ = State::kDone;
+      End(false, 404, StrCat("no deployment ", request_.deployment_key, " to call"));
+      return;
+    }
+    state_ = State::kQueued;
+    router::ReplicaLease lease;
+    switch (router_->Acquire(shared_from_this(), &lease)) {
+      case router::Router::Result::kAssigned:
+        Dispatch(std::move(lease));
+        return;
+      case router::Router::Result::kQueued:
+        return;
+      case router::Router::Result::kRejected:
+        state_ = State::kDone;
+        End(false, 503,
+            StrCat("deployment ", request_.deployment_key,
+                   " is overloaded: every replica is at max_ongoing_requests and the queue is full "
+                   "(max_queued_requests)"));
+        return;
+    }
+  }
+
+  void OnAssigned(router::ReplicaLease lease) override {
+    asio::post(client_.io(), [self = shared_from_this(), lease = std::move(lease)]() mutable {
+      if (self->state_ != State::kQueued) return;  // ended meanwhile: the lease goes back
+      self->Dispatch(std::move(lease));
+    });
+  }
+
+  void Dispatch(router::ReplicaLease lease) {
+    lease_ = std::move(lease);
+    replica_ = lease_.replica_ptr();
+    state_ = State::kDispatched;
+    uint32_t timeout_ms = 0;
+    if (request_.deadline) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*request_.deadline - SteadyClock::now());
+      timeout_ms = static_cast<uint32_t>(std::max<int64_t>(1, left.count()));
+    }
+    headers_.clear();
+    for (const auto& [k, v] : request_.headers) {
+      if (k == "traceparent" && !traceparent_.empty()) continue;
+      if (k == "x-ferry-method") continue;
+      headers_.emplace_back(k, v);
+    }
+    if (!traceparent_.empty()) headers_.emplace_back("traceparent", traceparent_);
+    if (!request_.method_name.empty()) headers_.emplace_back("x-ferry-method", request_.method_name);
+    headers_.emplace_back("x-ferry-caller", client_.owner().caller());
+    transport::RequestMessage m;
+    m.request_id = request_id_;
+    m.method = request_.http_method;
+    m.path = request_.path.empty() ? std::string_view("/") : std::string_view(request_.path);
+    m.query = request_.query;
+    m.route_prefix = "";
+    m.headers = headers_;
+    m.body = request_.body;
+    m.timeout_ms = timeout_ms;
+    channel_ = client_.ChannelTo(*replica_);
+    stream_id_ = channel_->Send(shared_from_this(), m);
+  }
+
+  void OnResponse(const transport::ResponseMessage& response) override {
+    if (state_ != State::kDispatched) return;
+    Release();
+    if (ended_) return;
+    observer_->OnHead(response.status, response.headers, false);
+    observer_->OnChunk(response.body);
+    End(true, response.status, {});
+  }
+  void OnStreamStart(const transport::ResponseStart& head) override {
+    if (state_ != State::kDispatched || ended_) return;
+    streaming_ = true;
+    if (request_.deadline) deadline_.cancel();  // as at the proxy: the deadline bounds the first byte
+    observer_->OnHead(head.status, head.headers, true);
+    status_ = head.status;
+  }
+  void OnStreamChunk(std::string_view data) override {
+    if (ended_) {
+      if (channel_) channel_->Credit(stream_id_, static_cast<uint32_t>(data.size()));
+      return;
+    }
+    observer_->OnChunk(data);
+  }
+  void OnStreamEnd(const transport::StreamEnd& end) override {
+    if (state_ != State::kDispatched) return;
+    Release();
+    if (ended_) return;
+    if (end.ok)
+      End(true, status_, {});
+    else
+      End(false, 502, StrCat("the stream from deployment ", request_.deployment_key, " broke: ", end.message));
+  }
+  void OnChannelFailed(bool delivered, std::string_view why) override {
+    if (state_ != State::kDispatched) return;
+    if (!delivered && !ended_ && !streaming_ && ++reroutes_ <= kMaxReroutes) {
+      lease_.Release();
+      channel_.reset();
+      Route();
+      return;
+    }
+    Release();
+    End(false, 502, StrCat("deployment ", request_.deployment_key, " failed: replica ", replica_->replica_id,
+                           delivered ? " went away" : " unreachable", " (", why, ")"));
+  }
+
+  // The caller's side (posted to the I/O thread).
+  void Cancel() {
+    if (ended_) return;
+    if (state_ == State::kQueued) {
+      if (router_) router_->Cancel(this);
+      state_ = State::kDone;
+    } else if (state_ == State::kDispatched && channel_) {
+      channel_->Cancel(stream_id_);  // the slot stays taken until the callee confirms
+    } else if (state_ == State::kNew) {
+      state_ = State::kDone;
+    }
+    End(false, 499, StrCat("the call to deployment ", request_.deployment_key, " was cancelled"));
+  }
+  void Consumed(size_t bytes) {
+    if (state_ == State::kDispatched && channel_ && bytes > 0)
+      channel_->Credit(stream_id_, static_cast<uint32_t>(std::min<size_t>(bytes, UINT32_MAX)));
+  }
+
+ private:
+  enum class State { kNew, kQueued, kDispatched, kDone };
+
+  void OnDeadline() {
+    if (ended_ || streaming_) return;
+    timed_out_ = true;
+    Cancel();
+  }
+
+  void Release() {
+    state_ = State::kDone;
+    lease_.Release();
+    channel_.reset();
+  }
+
+  void End(bool ok, int status, std::string_view error) {
+    if (ended_) return;
+    ended_ = true;
+    deadline_.cancel();
+    std::string message(error);
+    if (timed_out_ && request_.deadline) {
+      status = 504;
+      message = StrCat("the call to deployment ", request_.deployment_key, " timed out (the caller's deadline)");
+    } else if (timed_out_) {
+      status = 503;
+      message = StrCat("cannot call deployment ", request_.deployment_key, ": no endpoints from the node within ",
+                       kFirstSnapshotWait.count(), " s");
+    }
+    if (!ok && status == 499)
+      FERRY_LOG(kInfo, "handle", "call ", request_id_, " to ", request_.deployment_key, " cancelled");
+    else if (!ok)
+      FERRY_LOG(kWarning, "handle", "call ", request_id_, " to ", request_.deployment_key, " failed with ", status,
+                ": ", message);
+    const double seconds = std::chrono::duration<double>(SteadyClock::now() - started_).count();
+    client_.Record(request_.deployment_key, ok && status < 500, seconds);
+    if (span_id_) RecordSpan(status, !ok || status >= 500);
+    observer_->OnEnd(ok, status, message);
+  }
+
+  void RecordSpan(int status, bool error) {
+    tracing::Span span;
+    span.trace_id = trace_.trace_id;
+    span.span_id = span_id_;
+    span.parent_span_id = trace_.span_id;
+    span.kind = tracing::SpanKind::kClient;
+    span.name = StrCat("ferry.call ", request_.deployment_key);
+    span.start_unix_ns = span_start_ns_;
+    span.end_unix_ns = tracing::UnixNanos();
+    span.attributes = {{"ferry.callee", request_.deployment_key},
+                       {"ferry.caller", client_.owner().caller()},
+                       {"ferry.request_id", request_id_},
+                       {"http.response.status_code", static_cast<int64_t>(status)}};
+    if (!request_.method_name.empty()) span.attributes.push_back({"ferry.method", request_.method_name});
+    if (replica_) span.attributes.push_back({"ferry.replica", replica_->replica_id});
+    span.error = error;
+    client_.tracer()->Record(std::move(span));
+  }
+
+  HandleClient::Impl& client_;
+  CallRequest request_;
+  std::shared_ptr<CallObserver> observer_;
+  std::string request_id_;
+  asio::steady_timer deadline_;
+  SteadyClock::time_point started_;
+  State state_ = State::kNew;
+  bool ended_ = false;  // the observer heard OnEnd
+  bool timed_out_ = false;
+  bool streaming_ = false;
+  int status_ = 200;
+  int reroutes_ = 0;
+  std::shared_ptr<router::Router> router_;
+  router::ReplicaLease lease_;
+  std::shared_ptr<const router::ReplicaEndpoint> replica_;
+  std::shared_ptr<transport::ReplicaChannel> channel_;
+  uint64_t stream_id_ = 0;
+  transport::HeaderList headers_;  // views into request_ for the frame being encoded
+  tracing::SpanContext trace_;
+  uint64_t span_id_ = 0;  // 0: not traced
+  int64_t span_start_ns_ = 0;
+  std::string traceparent_;  // what the callee is sent when traced
+};
+
+void HandleClient::Impl::OnSnapshot() {
+  auto waiting = std::move(waiting_);
+  waiting_.clear();
+  for (auto& call : waiting) call->Resume();
+}
+
+void CallRef::Cancel() const {
+  if (!call_) return;
+  asio::post(call_->client().io(), [call = call_] { call->Cancel(); });
+}
+
+void CallRef::Consumed(size_t bytes) const {
+  if (!call_ || bytes == 0) return;
+  asio::post(call_->client().io(), [call = call_, bytes] { call->Consumed(bytes); });
+}
+
+const std::string& CallRef::request_id() const {
+  static const std::string kNone;
+  return call_ ? call_->request_id() : kNone;
+}
+
+HandleClient::HandleClient(std::string caller, tracing::Tracer* tracer)
+    : caller_(std::move(caller)), impl_(std::make_unique<Impl>(*this, tracer)) {}
+
+HandleClient::~HandleClient() { impl_->Stop(); }
+
+void HandleClient::SetSubscribe(std::function<void()> subscribe) { subscribe_ = std::move(subscribe); }
+
+void HandleClient::Want() {
+  if (wanted_.exchange(true)) return;
+  impl_->StartThread();
+  if (subscribe_) subscribe_();
+}
+
+CallRef HandleClient::Start(CallRequest request, std::shared_ptr<CallObserver> observer) {
+  Want();
+  auto call = std::make_shared<HandleCall>(*impl_, std::move(request), std::move(observer));
+  asio::post(impl_->io(), [call] { call->Start(); });
+  return CallRef(call);
+}
+
+void HandleClient::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) {
+  impl_->routers().OnPublished(std::move(snapshot));
+  if (!impl_->has_snapshot()) {
+    impl_->MarkSnapshot();
+    asio::post(impl_->io(), [impl = impl_.get()] { impl->OnSnapshot(); });
+  }
+}
+
+endpoints::ConsumerReport HandleClient::Report() const { return impl_->routers().Report(); }
+
+std::vector<CalleeStats> HandleClient::Stats() const { return impl_->StatsCopy(); }
+
+bool HandleClient::Knows(const std::string& deployment_key) const {
+  return impl_->routers().Find(deployment_key) != nullptr;
+}
+
+std::string LoadReplyJson(const HandleClient& client) {
+  nlohmann::json out = endpoints::ReportToJson(client.Report());
+  nlohmann::json calls = nlohmann::json::array();
+  for (const CalleeStats& s : client.Stats())
+    calls.push_back({{"callee", s.callee},
+                     {"ok", s.ok},
+                     {"errors", s.errors},
+                     {"latency_counts", s.latency_counts},
+                     {"latency_sum", s.latency_sum}});
+  out["calls"] = std::move(calls);
+  out["caller"] = client.caller();
+  return out.dump();
+}
+
+}  // namespace ferry::handle

@@ -1,0 +1,96 @@
+// builtin:call forwards each request through a handle, for trying composition without code:
+//   args: {next: B}            calls deployment B with the request (method, path, query, headers, body) and
+//                              answers {"via": "<own name>", "next": <B's JSON answer>} with B's status; a
+//                              streamed answer from B is streamed through as it comes
+//         {fanout: [B, C]}     calls them all at once and answers {"via": ..., "fanout": {"B": ..., "C": ...}}
+//                              with the first non-2xx status among them (200 when all succeed)
+// A callee's answer that is not JSON is included as a string; a call that fails is {"error", "status"}.
+#include <ferry/deployment.h>
+
+namespace ferry::runtimes {
+
+class CallThrough : public Deployment {
+ public:
+  explicit CallThrough(const Args& args) : via_(get_replica_context().deployment) {
+    if (args.has("next") == args.has("fanout"))
+      throw std::invalid_argument("builtin:call needs exactly one of args.next (a deployment) and args.fanout (a list)");
+    if (args.has("next")) next_ = args.handle("next");
+    fanout_ = args.handle_list("fanout");
+    if (args.has("fanout") && fanout_.empty()) throw std::invalid_argument("args.fanout: an empty list");
+  }
+
+  void handle_stream(const Request& req, ResponseWriter& out) override {
+    CallOptions options;
+    options.http_method.assign(req.method());
+    options.path.assign(req.path());
+    options.query.assign(req.query());
+    for (size_t i = 0; i < req.num_headers(); ++i) {
+      std::string_view name = req.header_name(i);
+      if (name == "host" || name == "content-length" || name == "transfer-encoding" || name == "connection" ||
+          name == "traceparent" || name == "x-request-id")
+        continue;
+      options.headers.emplace_back(name, req.header_value(i));
+    }
+    options.body.assign(req.body());
+    options.parent = &req;
+    if (!fanout_.empty()) {
+      FanOut(options, out);
+      return;
+    }
+    Call call = next_.call(std::move(options));
+    int status;
+    try {
+      status = call.status();
+    } catch (const CallError& e) {
+      out.send(Response::FromJson({{"via", via_}, {"next", Failure(e)}}, e.status()));
+      return;
+    }
+    if (call.streaming()) {
+      out.set_status(status);
+      for (const auto& [k, v] : call.headers())
+        if (k == "content-type") out.add_header(k, v);
+      std::string chunk;
+      while (call.next(&chunk))  // a broken stream throws: this one breaks too
+        if (!out.write(chunk)) return;  // our client left: the call is cancelled as it goes
+      return;
+    }
+    CallResult r = call.get();
+    out.send(Response::FromJson({{"via", via_}, {"next", AsJson(r.body)}}, r.status));
+  }
+
+ private:
+  void FanOut(const CallOptions& options, ResponseWriter& out) {
+    std::vector<Call> calls;
+    calls.reserve(fanout_.size());
+    for (const Handle& h : fanout_) calls.push_back(h.call(options));  // all in flight at once
+    Json answers = Json::object();
+    int status = 200;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const std::string& name = fanout_[i].deployment();
+      try {
+        CallResult r = calls[i].get();
+        answers[name] = AsJson(r.body);
+        if ((r.status < 200 || r.status > 299) && status == 200) status = r.status;
+      } catch (const CallError& e) {
+        answers[name] = Failure(e);
+        if (status == 200) status = e.status();
+      }
+    }
+    out.send(Response::FromJson({{"via", via_}, {"fanout", std::move(answers)}}, status));
+  }
+
+  static Json AsJson(const std::string& body) {
+    Json j = Json::parse(body, nullptr, false);
+    return j.is_discarded() ? Json(body) : j;
+  }
+  static Json Failure(const CallError& e) { return {{"error", e.what()}, {"status", e.status()}}; }
+
+  std::string via_;
+  Handle next_;
+  std::vector<Handle> fanout_;
+};
+
+}  // namespace ferry::runtimes
+
+using FerryBuiltinCall = ferry::runtimes::CallThrough;
+FERRY_DEPLOYMENT(FerryBuiltinCall)
