@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -224,7 +225,7 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     if (hooks.builtin_exists && !hooks.builtin_exists(d.symbol))
       errors.Add(
           node, field,
-          ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo or builtin:busy)"));
+          ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo, builtin:busy or builtin:call)"));
     return;
   }
   size_t colon = path.rfind(':');
@@ -488,6 +489,107 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   return app;
 }
 
+// The deployments a deployment's args name (its handles): each top-level args value, and each entry of a
+// top-level list, that is a mapping {deployment: NAME[, application: APP]} (must exist), or a string equal
+// to the name of another deployment of the same application; for builtin:call, args.next and each entry of
+// args.fanout must name one. Rejects references to deployments that do not exist, and cycles among an
+// application's deployments (a request through a cycle would never end; Ray's bind graphs cannot have one).
+void CheckHandleArgs(const std::vector<ApplicationConfig>& apps, const YAML::Node& apps_yaml, Errors& errors) {
+  std::map<std::string, std::set<std::string>> deployments_of;  // application -> deployment names
+  for (const ApplicationConfig& app : apps)
+    for (const DeploymentConfig& d : app.deployments) deployments_of[app.name].insert(d.name);
+  for (size_t i = 0; i < apps.size(); ++i) {
+    const ApplicationConfig& app = apps[i];
+    const std::set<std::string>& own = deployments_of[app.name];
+    std::map<std::string, std::vector<std::string>> edges;  // same-application calls, for the cycle check
+    for (size_t j = 0; j < app.deployments.size(); ++j) {
+      const DeploymentConfig& d = app.deployments[j];
+      if (!d.args.is_object()) continue;
+      YAML::Node args_yaml = apps_yaml[i]["deployments"][j]["args"];
+      const std::string field = ferry::StrCat("applications[", i, "].deployments[", j, "].args");
+      const bool is_call = d.kind == DeploymentConfig::Kind::kBuiltin && d.symbol == "call";
+      // One value that may name a deployment; `required`: it must (builtin:call's next and fanout).
+      auto check = [&](const nlohmann::json& v, const YAML::Node& at, const std::string& where, bool required) {
+        std::string app_name = app.name, name;
+        if (v.is_object() && v.contains("deployment") && v["deployment"].is_string() &&
+            v.size() == (v.contains("application") ? 2u : 1u)) {
+          name = v["deployment"].get<std::string>();
+          if (v.contains("application")) {
+            if (!v["application"].is_string()) {
+              errors.Add(at.Mark(), where + ".application", "expected an application name");
+              return;
+            }
+            app_name = v["application"].get<std::string>();
+          }
+          auto a = deployments_of.find(app_name);
+          if (a == deployments_of.end()) {
+            errors.Add(at.Mark(), where, ferry::StrCat("names application \"", app_name, "\", which this config does not have"));
+            return;
+          }
+          if (!a->second.count(name)) {
+            errors.Add(at.Mark(), where,
+                       ferry::StrCat("names deployment \"", name, "\", which application \"", app_name, "\" does not have"));
+            return;
+          }
+        } else if (v.is_string() && own.count(v.get<std::string>()) && v.get<std::string>() != d.name) {
+          name = v.get<std::string>();
+        } else if (v.is_string() && v.get<std::string>() == d.name && required) {
+          errors.Add(at.Mark(), where, ferry::StrCat("deployment \"", d.name, "\" would call itself"));
+          return;
+        } else {
+          if (required)
+            errors.Add(at.Mark(), where,
+                       ferry::StrCat("expected the name of a deployment of application \"", app.name,
+                                     "\" (one of: ", absl::StrJoin(own, ", "), ") or {deployment: NAME, application: APP}"));
+          return;
+        }
+        if (app_name == app.name) edges[d.name].push_back(name);
+      };
+      for (const auto& [key, value] : d.args.items()) {
+        YAML::Node at = args_yaml[key];
+        const std::string where = ferry::StrCat(field, ".", key);
+        const bool required = is_call && (key == "next" || key == "fanout");
+        if (value.is_array() && required && key == "next") {
+          check(value, at, where, true);  // one deployment, not a list: the error says so
+        } else if (value.is_array()) {
+          for (size_t k = 0; k < value.size(); ++k)
+            check(value[k], at[k], ferry::StrCat(where, "[", k, "]"), required);
+        } else {
+          if (required && key == "fanout")
+            errors.Add(at.Mark(), where, "expected a list of deployment names");
+          else
+            check(value, at, where, required);
+        }
+      }
+    }
+    // A cycle: depth-first search from each deployment, reporting the first cycle found once.
+    std::map<std::string, int> state;  // 0 new, 1 on the path, 2 done
+    std::vector<std::string> path;
+    std::function<bool(const std::string&)> visit = [&](const std::string& n) -> bool {
+      state[n] = 1;
+      path.push_back(n);
+      for (const std::string& m : edges[n]) {
+        if (state[m] == 1) {
+          auto from = std::find(path.begin(), path.end(), m);
+          std::string cycle = absl::StrJoin(std::vector<std::string>(from, path.end()), " -> ") + " -> " + m;
+          size_t j = 0;
+          while (j < app.deployments.size() && app.deployments[j].name != m) ++j;
+          errors.Add(apps_yaml[i]["deployments"][j].Mark(), ferry::StrCat("applications[", i, "].deployments[", j, "].args"),
+                     ferry::StrCat("the deployments' args form a cycle: ", cycle,
+                                   " (a request through it would never end; calls must form a graph without cycles)"));
+          return true;
+        }
+        if (state[m] == 0 && visit(m)) return true;
+      }
+      path.pop_back();
+      state[n] = 2;
+      return false;
+    };
+    for (const DeploymentConfig& d : app.deployments)
+      if (state[d.name] == 0 && visit(d.name)) break;
+  }
+}
+
 }  // namespace
 
 const DeploymentConfig& ApplicationConfig::IngressDeployment() const {
@@ -599,6 +701,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
                    ferry::StrCat("duplicate route_prefix \"", app.route_prefix, "\""));
       }
     }
+    if (errors.empty()) CheckHandleArgs(config.applications, apps, errors);
     // Model names are one namespace across applications: /v2/models/{name} must mean one deployment.
     std::map<std::string, std::string> models;  // model name -> "application/deployment"
     for (size_t i = 0; i < config.applications.size(); ++i) {
