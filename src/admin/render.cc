@@ -1,6 +1,8 @@
 // Ray Serve's status document and the Prometheus text, rendered from the controller's snapshot.
 #include "admin/render.h"
 
+#include <cmath>
+
 #include <unistd.h>
 
 #include <fstream>
@@ -50,6 +52,24 @@ json StatusJson(const ControllerSnapshot& snapshot) {
                              {"health_check_failures", d.health_check_failures},
                              {"ongoing_requests", d.ongoing_requests},
                              {"queued_requests", d.queued_requests}};
+      // Calls through handles, summed over the deployment's replicas: callee -> requests, errors, mean latency.
+      json calls = json::object();
+      for (const ReplicaView& r : d.replicas) {
+        if (!r.stats) continue;
+        for (const node::CallStats& c : r.stats->calls) {
+          json& e = calls[c.callee];
+          if (!e.is_object()) e = json::object();
+          e["requests"] = e.value("requests", uint64_t{0}) + c.ok + c.errors;
+          e["errors"] = e.value("errors", uint64_t{0}) + c.errors;
+          e["latency_sum_s"] = e.value("latency_sum_s", 0.0) + c.latency_seconds.sum;
+        }
+      }
+      for (auto& [callee, e] : calls.items()) {
+        const double n = e["requests"].get<double>();
+        e["mean_latency_ms"] = n > 0 ? std::round(e["latency_sum_s"].get<double>() / n * 1e6) / 1e3 : 0.0;
+        e.erase("latency_sum_s");
+      }
+      if (!calls.empty()) deployments[d.name]["calls"] = calls;
       if (d.autoscaling) {
         const AutoscalingView& a = *d.autoscaling;
         deployments[d.name]["autoscaling"] = {
@@ -154,6 +174,38 @@ std::string MetricsText(const ControllerSnapshot& snapshot) {
       l.emplace_back("replica", r.replica_id);
       w.HistogramSamples("ferry_replica_batch_size", l, metrics::BatchSizeBuckets(), r.stats->batch_size.counts,
                          r.stats->batch_size.sum);
+    }
+  }
+  // Calls through handles: per calling replica and callee.
+  w.Header("ferry_handle_requests_total", "Calls a replica made through deployment handles, by callee and outcome.",
+           Type::kCounter);
+  for (const DeploymentView* d : deployments) {
+    for (const ReplicaView& r : d->replicas) {
+      if (!r.stats) continue;
+      for (const node::CallStats& c : r.stats->calls) {
+        Labels l = labels(*d);
+        l.emplace_back("replica", r.replica_id);
+        l.emplace_back("callee", c.callee);
+        l.emplace_back("outcome", "ok");
+        w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.ok));
+        l.back().second = "error";
+        w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.errors));
+      }
+    }
+  }
+  w.Header("ferry_handle_request_latency_seconds",
+           "Time from a call through a handle to its end (a stream's last chunk), by caller and callee.",
+           Type::kHistogram);
+  for (const DeploymentView* d : deployments) {
+    for (const ReplicaView& r : d->replicas) {
+      if (!r.stats) continue;
+      for (const node::CallStats& c : r.stats->calls) {
+        Labels l = labels(*d);
+        l.emplace_back("replica", r.replica_id);
+        l.emplace_back("callee", c.callee);
+        w.HistogramSamples("ferry_handle_request_latency_seconds", l, metrics::LatencyBucketsSeconds(),
+                           c.latency_seconds.counts, c.latency_seconds.sum);
+      }
     }
   }
   // Spans: the node's own (proxy and queue spans) and each replica's, sent to the collector or dropped.

@@ -108,6 +108,7 @@ json Brief(const json& body, const json& traffic, const std::map<std::string, st
         deployments[dname]["ongoing_requests"] = static_cast<int64_t>(l->second.first);
         deployments[dname]["queued_requests"] = static_cast<int64_t>(l->second.second);
       }
+      if (d.contains("calls")) deployments[dname]["calls"] = d["calls"];
       if (d.contains("autoscaling")) {
         const auto& a = d["autoscaling"];
         json summary = {{"target_replicas", a["target_replicas"]},

@@ -24,6 +24,14 @@ struct HistogramCounts {
   double sum = 0;
 };
 
+// Calls a replica made through handles to one deployment, since it started.
+struct CallStats {
+  std::string callee;  // "app/name"
+  uint64_t ok = 0;     // answered below 500
+  uint64_t errors = 0;
+  HistogramCounts latency_seconds;  // per call, the metrics' latency buckets
+};
+
 // What a replica reports of itself since it started.
 struct ReplicaStats {
   uint64_t requests_total = 0;
@@ -31,6 +39,7 @@ struct ReplicaStats {
   HistogramCounts batch_size;          // per batch run
   uint64_t spans_exported = 0;         // its spans sent to the collector
   uint64_t spans_dropped = 0;          // and dropped (queue full, collector down)
+  std::vector<CallStats> calls;        // through handles, by callee (replicas that hold handles)
 };
 
 class ReplicaListener {

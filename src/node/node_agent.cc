@@ -154,6 +154,25 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   std::unique_ptr<ReplicaFeed> feed_;
 };
 
+// The `calls` of a load_reply (see handle::LoadReplyJson); entries of another shape are left out.
+std::vector<CallStats> CallStatsFrom(const nlohmann::json& calls) {
+  std::vector<CallStats> out;
+  if (!calls.is_array()) return out;
+  for (const nlohmann::json& c : calls) {
+    try {
+      CallStats s;
+      s.callee = c.at("callee").get<std::string>();
+      s.ok = c.at("ok").get<uint64_t>();
+      s.errors = c.at("errors").get<uint64_t>();
+      s.latency_seconds.counts = c.at("latency_counts").get<std::vector<uint64_t>>();
+      s.latency_seconds.sum = c.at("latency_sum").get<double>();
+      out.push_back(std::move(s));
+    } catch (const std::exception&) {
+    }
+  }
+  return out;
+}
+
 void ReplicaFeed::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) {
   channel_->SendText(transport::FrameKind::kEndpoints, endpoints::SnapshotToJson(*snapshot).dump());
 }
@@ -449,8 +468,9 @@ void NodeAgent::Reconfigure(const std::string& replica_id, const spec::ReplicaUp
 void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
   ControlChannel* control = ControlOf(replica_id);
   if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  std::weak_ptr<ControlChannel> weak = processes_.at(replica_id)->control;
   control->CallForReply(transport::FrameKind::kStats, {},
-                        [done = std::move(done)](const absl::Status& s, std::string_view payload) {
+                        [done = std::move(done), weak](const absl::Status& s, std::string_view payload) {
                           if (!s.ok()) return done(s);
                           transport::StatsReply reply;
                           absl::Status decoded = transport::DecodeStatsReply(payload, &reply);
@@ -462,6 +482,8 @@ void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
                           stats.batch_size = {std::move(reply.batch_size.counts), reply.batch_size.sum};
                           stats.spans_exported = reply.spans_exported;
                           stats.spans_dropped = reply.spans_dropped;
+                          if (auto channel = weak.lock(); channel && channel->feed())
+                            stats.calls = CallStatsFrom(channel->feed()->calls());
                           done(std::move(stats));
                         });
 }

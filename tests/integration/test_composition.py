@@ -61,6 +61,25 @@ class CompositionTest(unittest.TestCase):
         rid = r.headers["x-request-id"]
         self.assertRegex(echo["request_id"], "^" + rid + r"\.\d+\.\d+$")
 
+    def test_calls_per_caller_and_callee_in_metrics_and_status(self):
+        for _ in range(3):
+            self.assertEqual(requests.get(self.ferry.url("/chain/m"), timeout=30).status_code, 200)
+
+        def counted():
+            text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
+            for line in text.splitlines():
+                if (line.startswith("ferry_handle_requests_total{") and 'deployment="A"' in line
+                        and 'callee="chain/B"' in line and 'outcome="ok"' in line and float(line.split()[-1]) >= 3):
+                    return True
+            return False
+        self.ferry.wait_for(counted, what="A's calls to B in /metrics")
+        text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
+        self.assertIn('ferry_handle_request_latency_seconds_count{application="chain",deployment="Ingress"', text)
+        status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()
+        calls = status["applications"]["chain"]["deployments"]["A"]["calls"]["chain/B"]
+        self.assertGreaterEqual(calls["requests"], 3)
+        self.assertGreater(calls["mean_latency_ms"], 0)
+
     def test_callee_status_passes_through(self):
         r = requests.get(self.ferry.url("/chain/x?stream=-1"), timeout=30)
         self.assertEqual(r.status_code, 400)
