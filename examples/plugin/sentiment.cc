@@ -1,5 +1,6 @@
 // A toy sentiment "model": scores text by counting words from a lexicon. It shows every part of the
-// SDK: constructor args, handle, reconfigure (user_config), check_health, and ferry::log.
+// SDK: constructor args, handle, reconfigure (user_config), check_health, and ferry::log. Reviews, below,
+// composes with it through a deployment handle and streams its answer (reviews.yaml serves both).
 #include <atomic>
 #include <cctype>
 #include <ferry/deployment.h>
@@ -7,6 +8,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 class Sentiment : public ferry::Deployment {
  public:
@@ -41,3 +43,39 @@ class Sentiment : public ferry::Deployment {
 };
 
 FERRY_DEPLOYMENT(Sentiment)
+
+// An ingress that composes: each line of a POSTed body is scored by the Sentiment deployment through a
+// handle (every line at once, spread over its replicas), and each result is streamed back as a Server-Sent
+// Event as soon as it is in, then a summary event. args.sentiment names the deployment to call.
+class Reviews : public ferry::Deployment {
+ public:
+  explicit Reviews(const ferry::Args& args) : sentiment_(args.handle("sentiment")) {}
+
+  void handle_stream(const ferry::Request& req, ferry::ResponseWriter& out) override {
+    std::vector<std::string> lines;
+    std::istringstream body{std::string(req.body())};
+    for (std::string line; std::getline(body, line);)
+      if (!line.empty()) lines.push_back(line);
+    if (lines.empty()) {
+      out.send(ferry::Response::FromJson({{"error", "POST one review per line"}}, 400));
+      return;
+    }
+    // All calls in flight at once; passing &req carries its deadline and trace, and cancels them with it.
+    std::vector<ferry::Call> calls;
+    for (const std::string& line : lines) calls.push_back(sentiment_.remote(line, &req));
+    int positive = 0;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      ferry::CallResult r = calls[i].get();  // a failed call throws ferry::CallError (status, message)
+      ferry::Json score = ferry::Json::parse(r.body);
+      if (score["label"] == "positive") ++positive;
+      ferry::Json event = {{"line", i}, {"text", lines[i]}, {"label", score["label"]}, {"score", score["score"]}};
+      if (!out.write_event(event.dump())) return;  // the client left: the remaining calls are cancelled
+    }
+    out.write_event(ferry::Json{{"lines", lines.size()}, {"positive", positive}}.dump(), "summary");
+  }
+
+ private:
+  ferry::Handle sentiment_;
+};
+
+FERRY_DEPLOYMENT(Reviews)

@@ -1,5 +1,6 @@
 """The out-of-tree plugin: install ferry with cmake --install, build examples/plugin against it with
 find_package(Ferry), and serve the result."""
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,26 @@ applications:
         with Ferry(config_file=config_path, binary=self.installed_ferry) as ferry:
             r = requests.get(ferry.url("/sentiment?text=great+and+fast"), timeout=10)
             self.assertEqual(r.json()["label"], "positive")
+
+    def test_the_composing_streaming_example(self):
+        # examples/plugin/reviews.yaml: Reviews calls Sentiment through a handle and streams events.
+        work = os.path.join(self.tmp, "reviews")
+        os.makedirs(os.path.join(work, "build"), exist_ok=True)
+        shutil.copy(self.library, os.path.join(work, "build/libsentiment.so"))
+        config_path = os.path.join(work, "reviews.yaml")
+        shutil.copy(os.path.join(SOURCE_DIR, "examples/plugin/reviews.yaml"), config_path)
+        with Ferry(config_file=config_path, binary=self.installed_ferry) as ferry:
+            r = requests.post(ferry.url("/reviews"), data=b"I love it\nawful and slow\nfine", timeout=30)
+            self.assertEqual(r.status_code, 200, r.text)
+            self.assertTrue(r.headers["content-type"].startswith("text/event-stream"))
+            events = [e for e in r.text.split("\n\n") if e]
+            self.assertEqual(len(events), 4, r.text)
+            labels = [json.loads(e.split("data: ", 1)[1])["label"] for e in events[:3]]
+            self.assertEqual(labels, ["positive", "negative", "neutral"])
+            self.assertTrue(events[3].startswith("event: summary\ndata: "))
+            self.assertEqual(json.loads(events[3].split("data: ", 1)[1]), {"lines": 3, "positive": 1})
+            r = requests.post(ferry.url("/reviews"), data=b"", timeout=30)
+            self.assertEqual(r.status_code, 400)
 
     def test_a_rebuilt_plugin_is_a_new_version(self):
         from test_lifecycle import ferry_cli, replica_ids, wait_until, app_status
