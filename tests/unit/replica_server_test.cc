@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/unique_fd.h"
+#include "common/served_replica.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {
@@ -25,53 +26,7 @@ using ::testing::HasSubstr;
 using transport::FrameHeader;
 using transport::FrameKind;
 
-ReplicaSpec Spec(std::string symbol, int max_ongoing = 4) {
-  ReplicaSpec s;
-  s.replica_id = "app#D#7";
-  s.application = "app";
-  s.deployment = "D";
-  s.import_path = "builtin:" + symbol;
-  s.symbol = std::move(symbol);
-  s.max_ongoing_requests = max_ongoing;
-  s.graceful_shutdown_timeout_s = 30;
-  return s;
-}
-
-// A replica serving `symbol` on a socket in a temporary directory, on a thread of its own.
-class Served {
- public:
-  explicit Served(const std::string& symbol) {
-    dir_ = std::filesystem::path(::testing::TempDir()) / ("replica-" + std::to_string(getpid()) + "-" + symbol);
-    std::filesystem::create_directories(dir_);
-    path_ = (dir_ / "r.sock").string();
-    spec_ = Spec(symbol);
-    auto host = DeploymentHost::Create(spec_);
-    EXPECT_TRUE(host.ok()) << host.status();
-    host_ = std::move(*host);
-    server_ = std::make_unique<ReplicaServer>(spec_, *host_);
-    EXPECT_TRUE(server_->Listen(path_).ok());
-    thread_ = std::thread([this] { server_->Run(); });
-  }
-  ~Served() {
-    Stop();
-    std::filesystem::remove_all(dir_);
-  }
-  void Stop() {
-    if (!thread_.joinable()) return;
-    server_->RequestStop();
-    thread_.join();
-  }
-  const std::string& path() const { return path_; }
-  bool socket_exists() const { return std::filesystem::exists(path_); }
-
- private:
-  std::filesystem::path dir_;
-  std::string path_;
-  ReplicaSpec spec_;
-  std::unique_ptr<DeploymentHost> host_;
-  std::unique_ptr<ReplicaServer> server_;
-  std::thread thread_;
-};
+using Served = ::ferry::testing::ServedReplica;
 
 // A client connection speaking frames, with every read bounded by 30 s.
 class Client {
