@@ -262,7 +262,8 @@ class Handle {
     if (options.method_name.empty()) options.method_name = method_;
     std::vector<FerryHeader> headers;
     headers.reserve(options.headers.size());
-    for (const auto& [k, v] : options.headers) headers.push_back(FerryHeader{{k.data(), k.size()}, {v.data(), v.size()}});
+    for (const auto& [k, v] : options.headers)
+      headers.push_back(FerryHeader{{k.data(), k.size()}, {v.data(), v.size()}});
     FerryCallOptions o{};
     o.struct_size = sizeof(FerryCallOptions);
     o.method_name = {options.method_name.data(), options.method_name.size()};

@@ -1,10 +1,9 @@
 // Ray Serve's status document and the Prometheus text, rendered from the controller's snapshot.
 #include "admin/render.h"
 
-#include <cmath>
-
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <string>
 #include <tuple>

@@ -223,9 +223,9 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     d.kind = DeploymentConfig::Kind::kBuiltin;
     d.symbol = path.substr(kBuiltin.size());
     if (hooks.builtin_exists && !hooks.builtin_exists(d.symbol))
-      errors.Add(
-          node, field,
-          ferry::StrCat("no built-in deployment named \"", d.symbol, "\" (expected builtin:echo, builtin:busy or builtin:call)"));
+      errors.Add(node, field,
+                 ferry::StrCat("no built-in deployment named \"", d.symbol,
+                               "\" (expected builtin:echo, builtin:busy or builtin:call)"));
     return;
   }
   size_t colon = path.rfind(':');
@@ -523,12 +523,14 @@ void CheckHandleArgs(const std::vector<ApplicationConfig>& apps, const YAML::Nod
           }
           auto a = deployments_of.find(app_name);
           if (a == deployments_of.end()) {
-            errors.Add(at.Mark(), where, ferry::StrCat("names application \"", app_name, "\", which this config does not have"));
+            errors.Add(at.Mark(), where,
+                       ferry::StrCat("names application \"", app_name, "\", which this config does not have"));
             return;
           }
           if (!a->second.count(name)) {
-            errors.Add(at.Mark(), where,
-                       ferry::StrCat("names deployment \"", name, "\", which application \"", app_name, "\" does not have"));
+            errors.Add(
+                at.Mark(), where,
+                ferry::StrCat("names deployment \"", name, "\", which application \"", app_name, "\" does not have"));
             return;
           }
         } else if (v.is_string() && own.count(v.get<std::string>()) && v.get<std::string>() != d.name) {
@@ -539,8 +541,8 @@ void CheckHandleArgs(const std::vector<ApplicationConfig>& apps, const YAML::Nod
         } else {
           if (required)
             errors.Add(at.Mark(), where,
-                       ferry::StrCat("expected the name of a deployment of application \"", app.name,
-                                     "\" (one of: ", absl::StrJoin(own, ", "), ") or {deployment: NAME, application: APP}"));
+                       ferry::StrCat("expected the name of a deployment of application \"", app.name, "\" (one of: ",
+                                     absl::StrJoin(own, ", "), ") or {deployment: NAME, application: APP}"));
           return;
         }
         if (app_name == app.name) edges[d.name].push_back(name);
@@ -552,8 +554,7 @@ void CheckHandleArgs(const std::vector<ApplicationConfig>& apps, const YAML::Nod
         if (value.is_array() && required && key == "next") {
           check(value, at, where, true);  // one deployment, not a list: the error says so
         } else if (value.is_array()) {
-          for (size_t k = 0; k < value.size(); ++k)
-            check(value[k], at[k], ferry::StrCat(where, "[", k, "]"), required);
+          for (size_t k = 0; k < value.size(); ++k) check(value[k], at[k], ferry::StrCat(where, "[", k, "]"), required);
         } else {
           if (required && key == "fanout")
             errors.Add(at.Mark(), where, "expected a list of deployment names");
@@ -574,7 +575,8 @@ void CheckHandleArgs(const std::vector<ApplicationConfig>& apps, const YAML::Nod
           std::string cycle = absl::StrJoin(std::vector<std::string>(from, path.end()), " -> ") + " -> " + m;
           size_t j = 0;
           while (j < app.deployments.size() && app.deployments[j].name != m) ++j;
-          errors.Add(apps_yaml[i]["deployments"][j].Mark(), ferry::StrCat("applications[", i, "].deployments[", j, "].args"),
+          errors.Add(apps_yaml[i]["deployments"][j].Mark(),
+                     ferry::StrCat("applications[", i, "].deployments[", j, "].args"),
                      ferry::StrCat("the deployments' args form a cycle: ", cycle,
                                    " (a request through it would never end; calls must form a graph without cycles)"));
           return true;

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>

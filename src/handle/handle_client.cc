@@ -52,11 +52,12 @@ class HandleClient::Impl {
   std::shared_ptr<transport::ReplicaChannel> ChannelTo(const router::ReplicaEndpoint& replica) {
     auto it = channels_.find(replica.key);
     if (it != channels_.end() && !it->second->closed()) return it->second;
-    auto channel = std::make_shared<transport::ReplicaChannel>(
-        io_.get_executor(), replica.socket_path, "handle", [this, key = replica.key](transport::ReplicaChannel* c) {
-          auto it = channels_.find(key);
-          if (it != channels_.end() && it->second.get() == c) channels_.erase(it);
-        });
+    auto channel = std::make_shared<transport::ReplicaChannel>(io_.get_executor(), replica.socket_path, "handle",
+                                                               [this, key = replica.key](transport::ReplicaChannel* c) {
+                                                                 auto it = channels_.find(key);
+                                                                 if (it != channels_.end() && it->second.get() == c)
+                                                                   channels_.erase(it);
+                                                               });
     channels_[replica.key] = channel;
     channel->Start();
     return channel;
@@ -122,9 +123,8 @@ class HandleCall : public router::Waiter,
         observer_(std::move(observer)),
         deadline_(client.io()),
         started_(SteadyClock::now()) {
-    request_id_ = request_.parent_request_id.empty()
-                      ? NewRequestId()
-                      : StrCat(request_.parent_request_id, ".", client.NextCallNumber());
+    request_id_ = request_.parent_request_id.empty() ? NewRequestId()
+                                                     : StrCat(request_.parent_request_id, ".", client.NextCallNumber());
   }
 
   const std::string& request_id() const { return request_id_; }
@@ -132,8 +132,8 @@ class HandleCall : public router::Waiter,
 
   void Start() {
     tracing::SpanContext parent;
-    if (client_.tracer() && !request_.traceparent.empty() &&
-        tracing::ParseTraceparent(request_.traceparent, &parent) && parent.sampled) {
+    if (client_.tracer() && !request_.traceparent.empty() && tracing::ParseTraceparent(request_.traceparent, &parent) &&
+        parent.sampled) {
       trace_ = parent;
       span_id_ = tracing::NewSpanId();
       span_start_ns_ = tracing::UnixNanos();
@@ -267,8 +267,9 @@ class HandleCall : public router::Waiter,
       return;
     }
     Release();
-    End(false, 502, StrCat("deployment ", request_.deployment_key, " failed: replica ", replica_->replica_id,
-                           delivered ? " went away" : " unreachable", " (", why, ")"));
+    End(false, 502,
+        StrCat("deployment ", request_.deployment_key, " failed: replica ", replica_->replica_id,
+               delivered ? " went away" : " unreachable", " (", why, ")"));
   }
 
   // The caller's side (posted to the I/O thread).

@@ -119,8 +119,8 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
         FERRY_LOG(kWarning, "node", "a replica's load report is malformed: ", report.status().message());
         return;
       }
-      feed_->SetReport(std::move(*report), json.is_object() && json.contains("calls") ? json["calls"]
-                                                                                      : nlohmann::json::array());
+      feed_->SetReport(std::move(*report),
+                       json.is_object() && json.contains("calls") ? json["calls"] : nlohmann::json::array());
       return;
     }
     if (header.kind != transport::FrameKind::kHealthReply && header.kind != transport::FrameKind::kReconfigureReply &&
@@ -469,23 +469,23 @@ void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
   ControlChannel* control = ControlOf(replica_id);
   if (!control) return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
   std::weak_ptr<ControlChannel> weak = processes_.at(replica_id)->control;
-  control->CallForReply(transport::FrameKind::kStats, {},
-                        [done = std::move(done), weak](const absl::Status& s, std::string_view payload) {
-                          if (!s.ok()) return done(s);
-                          transport::StatsReply reply;
-                          absl::Status decoded = transport::DecodeStatsReply(payload, &reply);
-                          if (!decoded.ok()) return done(decoded);
-                          ReplicaStats stats;
-                          stats.requests_total = reply.total;
-                          stats.processing_seconds = {std::move(reply.processing_seconds.counts),
-                                                      reply.processing_seconds.sum};
-                          stats.batch_size = {std::move(reply.batch_size.counts), reply.batch_size.sum};
-                          stats.spans_exported = reply.spans_exported;
-                          stats.spans_dropped = reply.spans_dropped;
-                          if (auto channel = weak.lock(); channel && channel->feed())
-                            stats.calls = CallStatsFrom(channel->feed()->calls());
-                          done(std::move(stats));
-                        });
+  control->CallForReply(
+      transport::FrameKind::kStats, {},
+      [done = std::move(done), weak](const absl::Status& s, std::string_view payload) {
+        if (!s.ok()) return done(s);
+        transport::StatsReply reply;
+        absl::Status decoded = transport::DecodeStatsReply(payload, &reply);
+        if (!decoded.ok()) return done(decoded);
+        ReplicaStats stats;
+        stats.requests_total = reply.total;
+        stats.processing_seconds = {std::move(reply.processing_seconds.counts), reply.processing_seconds.sum};
+        stats.batch_size = {std::move(reply.batch_size.counts), reply.batch_size.sum};
+        stats.spans_exported = reply.spans_exported;
+        stats.spans_dropped = reply.spans_dropped;
+        if (auto channel = weak.lock(); channel && channel->feed())
+          stats.calls = CallStatsFrom(channel->feed()->calls());
+        done(std::move(stats));
+      });
 }
 
 void NodeAgent::KillAll() {

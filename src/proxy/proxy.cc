@@ -128,11 +128,12 @@ std::shared_ptr<transport::ReplicaChannel> Worker::ChannelTo(
     const std::shared_ptr<const router::ReplicaEndpoint>& replica) {
   auto it = channels_.find(replica->key);
   if (it != channels_.end() && !it->second->closed()) return it->second;
-  auto channel = std::make_shared<transport::ReplicaChannel>(
-      io_.get_executor(), replica->socket_path, "proxy", [this, key = replica->key](transport::ReplicaChannel* c) {
-        auto it = channels_.find(key);
-        if (it != channels_.end() && it->second.get() == c) channels_.erase(it);
-      });
+  auto channel = std::make_shared<transport::ReplicaChannel>(io_.get_executor(), replica->socket_path, "proxy",
+                                                             [this, key = replica->key](transport::ReplicaChannel* c) {
+                                                               auto it = channels_.find(key);
+                                                               if (it != channels_.end() && it->second.get() == c)
+                                                                 channels_.erase(it);
+                                                             });
   channels_[replica->key] = channel;
   channel->Start();
   return channel;

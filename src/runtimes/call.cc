@@ -13,7 +13,8 @@ class CallThrough : public Deployment {
  public:
   explicit CallThrough(const Args& args) : via_(get_replica_context().deployment) {
     if (args.has("next") == args.has("fanout"))
-      throw std::invalid_argument("builtin:call needs exactly one of args.next (a deployment) and args.fanout (a list)");
+      throw std::invalid_argument(
+          "builtin:call needs exactly one of args.next (a deployment) and args.fanout (a list)");
     if (args.has("next")) next_ = args.handle("next");
     fanout_ = args.handle_list("fanout");
     if (args.has("fanout") && fanout_.empty()) throw std::invalid_argument("args.fanout: an empty list");
@@ -50,7 +51,7 @@ class CallThrough : public Deployment {
       for (const auto& [k, v] : call.headers())
         if (k == "content-type") out.add_header(k, v);
       std::string chunk;
-      while (call.next(&chunk))  // a broken stream throws: this one breaks too
+      while (call.next(&chunk))         // a broken stream throws: this one breaks too
         if (!out.write(chunk)) return;  // our client left: the call is cancelled as it goes
       return;
     }

@@ -17,7 +17,8 @@
 //   query:       stream=N&interval_ms=M       streams N chunks "chunk <i>\n", one every M ms (as Server-Sent
 //                                             Events "data: chunk <i>" when the request accepts
 //                                             text/event-stream); &chunk_bytes=K pads each chunk to K bytes
-//                                             (for measuring large streams)
+//                                             (for measuring large streams); &stamp=1 appends " t=<ns>", the
+//                                             wall-clock time the chunk was produced (for measuring delivery)
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -56,17 +57,23 @@ class Echo : public Deployment {
       return;
     }
     const bool sse = req.header("accept").find("text/event-stream") != std::string_view::npos;
+    const bool stamp = req.query_param("stamp") == "1";
     if (!sse) out.add_header("content-type", "text/plain; charset=utf-8");
     std::string chunk;
     for (int64_t i = 0; i < count; ++i) {
       if (i > 0 && interval_ms > 0 && !Sleep(req, interval_ms)) return;
       chunk = "chunk " + std::to_string(i);
+      if (stamp)  // when it was produced, for measuring how long a chunk takes to reach the client
+        chunk += " t=" + std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count());
       if (sse) {
         if (!out.write_event(chunk)) return;
         continue;
       }
       chunk.push_back('\n');
-      if (static_cast<int64_t>(chunk.size()) < chunk_bytes) chunk.insert(chunk.size() - 1, chunk_bytes - chunk.size(), '.');
+      if (static_cast<int64_t>(chunk.size()) < chunk_bytes)
+        chunk.insert(chunk.size() - 1, chunk_bytes - chunk.size(), '.');
       if (!out.write(chunk)) return;
     }
   }
@@ -140,7 +147,8 @@ class Echo : public Deployment {
     while (!req.is_cancelled()) {
       auto now = std::chrono::steady_clock::now();
       if (now >= until) return true;
-      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(5)));
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(until - now, std::chrono::milliseconds(5)));
     }
     return false;
   }

@@ -30,8 +30,7 @@ inline replica::ReplicaSpec BuiltinSpec(std::string symbol, int max_ongoing = 4)
 class ServedReplica {
  public:
   explicit ServedReplica(const std::string& symbol, int max_ongoing = 4, std::string tag = "") {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ("replica-" + std::to_string(getpid()) + "-" + symbol + tag);
+    dir_ = std::filesystem::path(::testing::TempDir()) / ("replica-" + std::to_string(getpid()) + "-" + symbol + tag);
     std::filesystem::create_directories(dir_);
     path_ = (dir_ / "r.sock").string();
     spec_ = BuiltinSpec(symbol, max_ongoing);

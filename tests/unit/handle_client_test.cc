@@ -4,10 +4,9 @@
 // and the load report. Every wait is bounded.
 #include "handle/handle_client.h"
 
-#include <gtest/gtest.h>
-
 #include <chrono>
 #include <condition_variable>
+#include <gtest/gtest.h>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>

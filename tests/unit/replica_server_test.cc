@@ -15,8 +15,8 @@
 #include <map>
 #include <thread>
 
-#include "common/unique_fd.h"
 #include "common/served_replica.h"
+#include "common/unique_fd.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {

@@ -30,7 +30,6 @@ inline void SetError(const FerryHostApi* host, FerryErrorSink* sink, std::string
   if (host && sink) host->set_error(sink, FerryString{message.data(), message.size()});
 }
 
-
 template <typename T, typename = void>
 struct OverridesReconfigure : std::false_type {};
 template <typename T>

@@ -39,17 +39,31 @@ void AccessLine::Write(AccessLog& log, std::string_view request_id, unsigned sta
   const std::string_view deployment = r ? std::string_view(r->ingress_deployment) : std::string_view();
   if (stream_) {
     Log::Format(LogLevel::kInfo, "access", message,
-                {{"request_id", request_id}, JsonOnly({"method", method_}), JsonOnly({"path", path_}),
-                 {"route", route}, {"application", application}, {"deployment", deployment}, {"replica", replica},
-                 JsonOnly({"status_code", status}), JsonOnly({"latency_ms", ms}), {"trace_id", trace_id},
+                {{"request_id", request_id},
+                 JsonOnly({"method", method_}),
+                 JsonOnly({"path", path_}),
+                 {"route", route},
+                 {"application", application},
+                 {"deployment", deployment},
+                 {"replica", replica},
+                 JsonOnly({"status_code", status}),
+                 JsonOnly({"latency_ms", ms}),
+                 {"trace_id", trace_id},
                  JsonOnly({"stream_chunks", static_cast<double>(chunks_)}),
                  JsonOnly({"stream_bytes", static_cast<double>(bytes_)})},
                 &log.block());
   } else {
     Log::Format(LogLevel::kInfo, "access", message,
-                {{"request_id", request_id}, JsonOnly({"method", method_}), JsonOnly({"path", path_}),
-                 {"route", route}, {"application", application}, {"deployment", deployment}, {"replica", replica},
-                 JsonOnly({"status_code", status}), JsonOnly({"latency_ms", ms}), {"trace_id", trace_id}},
+                {{"request_id", request_id},
+                 JsonOnly({"method", method_}),
+                 JsonOnly({"path", path_}),
+                 {"route", route},
+                 {"application", application},
+                 {"deployment", deployment},
+                 {"replica", replica},
+                 JsonOnly({"status_code", status}),
+                 JsonOnly({"latency_ms", ms}),
+                 {"trace_id", trace_id}},
                 &log.block());
   }
   route_ = nullptr;

@@ -172,8 +172,8 @@ void Call::OnChannelFailed(bool delivered, std::string_view why) {
 void Call::OnReplicaUnreachable(std::string_view why) {
   if (state_ != State::kDispatched) return;
   if (answered_ || abandoned_ || ++reroutes_ > kMaxReroutes) {
-    FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica_id(),
-              " unreachable (", why, ")");
+    FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica_id(), " unreachable (",
+              why, ")");
     std::string body = ErrorJson(StrCat("replica ", replica_id(), " unreachable: ", why), request_id_);
     Finish(CallResult{502, JsonHeaders(), body});
     return;

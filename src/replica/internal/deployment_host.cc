@@ -45,7 +45,6 @@ void HostLog(int level, FerryString message) {
     Log::Write(l, "user", text, {{"request_id", t_request_id}});
 }
 
-
 // Whether the plugin's table is long enough to hold `field` (tables grow by appending).
 #define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
 
@@ -124,8 +123,7 @@ FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallE
   for (size_t i = 0; i < o->num_headers; ++i)
     r.headers.emplace_back(ViewOf(o->headers[i].name), ViewOf(o->headers[i].value));
   r.body = ViewOf(o->body);
-  const CancelContext* parent =
-      o->parent ? static_cast<const CancelContext*>(o->parent->host_context) : nullptr;
+  const CancelContext* parent = o->parent ? static_cast<const CancelContext*>(o->parent->host_context) : nullptr;
   if (parent) {
     r.parent_request_id = parent->request_id;
     r.traceparent = parent->traceparent;
@@ -173,7 +171,6 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &CancelCall,
                                &ReleaseCall,
                                &ReplicaContext};
-
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <ferry/abi.h>
 #include <ferry/model.h>
 #include <functional>
