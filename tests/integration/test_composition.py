@@ -65,14 +65,15 @@ class CompositionTest(unittest.TestCase):
         for _ in range(3):
             self.assertEqual(requests.get(self.ferry.url("/chain/m"), timeout=30).status_code, 200)
 
-        def counted():
+        def counted(caller, callee):  # the replicas' stats are polled every second: wait for them
             text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
             for line in text.splitlines():
-                if (line.startswith("ferry_handle_requests_total{") and 'deployment="A"' in line
-                        and 'callee="chain/B"' in line and 'outcome="ok"' in line and float(line.split()[-1]) >= 3):
+                if (line.startswith("ferry_handle_requests_total{") and f'deployment="{caller}"' in line
+                        and f'callee="{callee}"' in line and 'outcome="ok"' in line and float(line.split()[-1]) >= 3):
                     return True
             return False
-        self.ferry.wait_for(counted, what="A's calls to B in /metrics")
+        self.ferry.wait_for(lambda: counted("A", "chain/B"), what="A's calls to B in /metrics")
+        self.ferry.wait_for(lambda: counted("Ingress", "chain/A"), what="Ingress's calls to A in /metrics")
         text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
         self.assertIn('ferry_handle_request_latency_seconds_count{application="chain",deployment="Ingress"', text)
         status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()
