@@ -40,6 +40,11 @@ class HandleClient::Impl {
     work_.reset();
     io_.stop();
     if (thread_.joinable()) thread_.join();
+    // The I/O thread is gone: calls still waiting on a channel (cancelled, their callee not yet confirmed)
+    // and their channels hold each other; let go of both.
+    for (auto& [key, channel] : channels_) channel->Drop();
+    channels_.clear();
+    waiting_.clear();
   }
 
   asio::io_context& io() { return io_; }

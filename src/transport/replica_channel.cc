@@ -35,6 +35,12 @@ void ReplicaChannel::Credit(uint64_t stream_id, uint32_t bytes) {
   connection_->Flush();
 }
 
+void ReplicaChannel::Drop() {
+  connection_->Detach();
+  listeners_.clear();
+  streaming_.clear();
+}
+
 StreamListener* ReplicaChannel::Find(uint64_t stream_id) {
   auto it = listeners_.find(stream_id);
   return it == listeners_.end() ? nullptr : it->second.get();

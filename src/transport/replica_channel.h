@@ -44,6 +44,9 @@ class ReplicaChannel : public FrameConnection::Handler, public std::enable_share
   void Cancel(uint64_t stream_id);
   void Credit(uint64_t stream_id, uint32_t bytes);
   bool closed() const { return connection_->closed(); }
+  // Closes without telling anyone and forgets every listener (their owner is going away; this also breaks
+  // the reference cycle between a channel and the calls waiting on it).
+  void Drop();
   void OnFrame(const FrameHeader& header, std::string_view payload) override;
   void OnClosed(const absl::Status& why) override;
 
