@@ -18,7 +18,9 @@
 //                                             Events "data: chunk <i>" when the request accepts
 //                                             text/event-stream); &chunk_bytes=K pads each chunk to K bytes
 //                                             (for measuring large streams); &stamp=1 appends " t=<ns>", the
-//                                             wall-clock time the chunk was produced (for measuring delivery)
+//                                             wall-clock time the chunk was produced (for measuring delivery);
+//                                             with args.allow_abort, &abort_after=K aborts the replica after
+//                                             K chunks (a crash mid-stream)
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -58,9 +60,14 @@ class Echo : public Deployment {
     }
     const bool sse = req.header("accept").find("text/event-stream") != std::string_view::npos;
     const bool stamp = req.query_param("stamp") == "1";
+    const int64_t abort_after = allow_abort_ ? Number(req.query_param("abort_after"), 1, int64_t{1} << 40) : 0;
     if (!sse) out.add_header("content-type", "text/plain; charset=utf-8");
     std::string chunk;
     for (int64_t i = 0; i < count; ++i) {
+      if (abort_after > 0 && i == abort_after) {
+        std::fprintf(stderr, "echo: aborting after %lld chunks (abort_after)\n", static_cast<long long>(i));
+        std::abort();
+      }
       if (i > 0 && interval_ms > 0 && !Sleep(req, interval_ms)) return;
       chunk = "chunk " + std::to_string(i);
       if (stamp)  // when it was produced, for measuring how long a chunk takes to reach the client

@@ -16,6 +16,15 @@ applications:
     route_prefix: /echo
     deployments:
       - {name: Echo, import_path: "builtin:echo", num_replicas: 1, max_ongoing_requests: 20}
+  - name: crashy
+    route_prefix: /crashy
+    deployments:
+      - {name: Crashy, import_path: "builtin:echo", args: {allow_abort: true}}
+  - name: via
+    route_prefix: /via
+    deployments:
+      - {name: Call, import_path: "builtin:call", args: {next: Crashy}}
+      - {name: Crashy, import_path: "builtin:echo", args: {allow_abort: true}}
 """
 
 
@@ -69,7 +78,8 @@ class StreamingTest(unittest.TestCase):
             self.assertTrue(b, "the connection closed before the first chunk")
             got += b
         self.assertIn(b"transfer-encoding: chunked", got)
-        self.assertEqual(ongoing(self.ferry), 1)
+        # The stream holds its slot (the controller's view lags by up to a tick).
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 1, what="the open stream counted as ongoing")
         s.close()
         # The replica stops producing and gives its slot back.
         self.ferry.wait_for(lambda: ongoing(self.ferry) == 0, what="the cancelled stream to end in the replica")
@@ -103,6 +113,24 @@ class StreamingTest(unittest.TestCase):
         self.assertEqual(r.status_code, 400)
         self.assertIn("content-length", r.headers)
         self.assertIn("stream, interval_ms and chunk_bytes", r.json()["error"])
+
+    def test_a_replica_that_crashes_mid_stream_cuts_the_body_short_and_nothing_else_breaks(self):
+        for prefix in ("/crashy", "/via"):  # directly, and through a handle
+            with self.subTest(prefix=prefix):
+                raw = raw_request(self.ferry.port, f"GET {prefix}/s?stream=5&abort_after=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  .encode(), timeout=30)
+                self.assertEqual(status_of(raw), 200)
+                head, _, body = raw.partition(b"\r\n\r\n")
+                self.assertIn(b"chunk 0\n", body)
+                self.assertIn(b"chunk 1\n", body)
+                self.assertNotIn(b"chunk 2", body)
+                self.assertFalse(body.endswith(b"0\r\n\r\n"), "a broken stream must not end as a complete one")
+                self.ferry.wait_for(lambda: "broke" in self.ferry.stderr(), what="the proxy's log line")
+                # The replica is replaced and serves again; the other applications never noticed.
+                self.ferry.wait_for(
+                    lambda: requests.get(self.ferry.url(f"{prefix}/s?stream=2"), timeout=30).text ==
+                    "chunk 0\nchunk 1\n", timeout=60, what="a replacement replica")
+                self.assertEqual(requests.get(self.ferry.url("/echo/s?stream=1"), timeout=30).text, "chunk 0\n")
 
     def test_a_large_stream_passes_whole(self):
         # 64 MiB through a 256 KiB window: the producer waits for the client many times over.
