@@ -146,7 +146,14 @@ class AdminServer::Impl {
         reply = Error(http::status::bad_request, StrCat("malformed HTTP request: ", ec.message()));
       } else {
         keep_alive = parser.get().keep_alive();
-        reply = Handle(parser.get());
+        // A bug in rendering must cost this answer, not the node (an exception escaping this thread would
+        // end the process).
+        try {
+          reply = Handle(parser.get());
+        } catch (const std::exception& e) {
+          FERRY_LOG(kError, "admin", "answering ", parser.get().target(), " failed: ", e.what());
+          reply = Error(http::status::internal_server_error, StrCat("the admin API failed: ", e.what()));
+        }
       }
       http::response<http::string_body> res{reply.status, 11};
       res.set(http::field::content_type, reply.text ? "text/plain; version=0.0.4; charset=utf-8" : "application/json");
