@@ -13,6 +13,7 @@ struct FerryResponseSink {
   int status = 0;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  std::vector<std::string> chunks;  // what write_chunk sent (kStreamingHost)
   std::string header(std::string_view name) const {
     for (const auto& [k, v] : headers)
       if (k == name) return v;
@@ -39,17 +40,26 @@ inline std::vector<std::string>& LoggedLines() {
 inline void LogLine(int level, FerryString m) {
   LoggedLines().push_back(std::to_string(level) + " " + std::string(m.data, m.size));
 }
-// A host with the HTTP entry only (struct_size ends before the tensor entry's functions).
-inline const FerryHostApi kHost = {offsetof(FerryHostApi, add_output),
-                                   FERRY_ABI_VERSION,
-                                   &SetStatus,
-                                   &AddHeader,
-                                   &SetBody,
-                                   &SetError,
-                                   &LogLine,
-                                   nullptr,
-                                   nullptr,
-                                   nullptr};
+inline int WriteChunk(FerryResponseSink* s, FerryString data) {
+  s->chunks.emplace_back(data.data, data.size);
+  return s->chunks.size() >= 100 ? 1 : 0;  // the 100th write finds the stream over (a client that left)
+}
+// The host's table: with the HTTP entry only (struct_size ends before the tensor entry's functions), as an
+// older ferry; or, `streaming`, a host whose write_chunk records each chunk in the sink.
+inline FerryHostApi MakeHost(bool streaming) {
+  FerryHostApi h{};
+  h.struct_size = streaming ? sizeof(FerryHostApi) : offsetof(FerryHostApi, add_output);
+  h.abi_version = FERRY_ABI_VERSION;
+  h.set_status = &SetStatus;
+  h.add_header = &AddHeader;
+  h.set_body = &SetBody;
+  h.set_error = &SetError;
+  h.log = &LogLine;
+  if (streaming) h.write_chunk = &WriteChunk;
+  return h;
+}
+inline const FerryHostApi kHost = MakeHost(false);
+inline const FerryHostApi kStreamingHost = MakeHost(true);
 
 inline FerryString S(std::string_view s) { return {s.data(), s.size()}; }
 

@@ -72,6 +72,59 @@ TEST(SdkTest, LogLinesGoThroughTheHost) {
   api->destroy(instance);
 }
 
+// Streams ?n= events; ?plain=1 answers in one piece instead.
+class Ticker : public ferry::Deployment {
+ public:
+  explicit Ticker(const ferry::Args&) {}
+  void handle_stream(const ferry::Request& req, ferry::ResponseWriter& out) override {
+    if (req.query_param("plain") == "1") {
+      out.send(ferry::Response::Text("whole", 202));
+      return;
+    }
+    out.set_status(201);
+    int n = std::stoi(std::string(req.query_param("n")));
+    for (int i = 0; i < n; ++i) {
+      if (!out.write_event("tick " + std::to_string(i) + "\nline two")) return;
+      ++written;
+    }
+  }
+  int written = 0;
+};
+
+TEST(SdkTest, HandleStreamWritesChunksOrGathersThemOnAnOlderHost) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Ticker>("Ticker");
+  FerryErrorSink error;
+  void* instance = nullptr;
+  ASSERT_EQ(api->create(&ferry::testing::kStreamingHost, S(""), &instance, &error), FERRY_OK) << error.message;
+  FerryRequest two = MakeRequest("/", "n=2", {});
+  FerryResponseSink sink;
+  ASSERT_EQ(api->handle(instance, &two, &sink, &error), FERRY_OK);
+  EXPECT_EQ(sink.status, 201);
+  EXPECT_EQ(sink.header("content-type"), "text/event-stream");
+  EXPECT_EQ(sink.chunks,
+            (std::vector<std::string>{"data: tick 0\ndata: line two\n\n", "data: tick 1\ndata: line two\n\n"}));
+  // A write that finds the stream over tells the handler to stop.
+  FerryRequest many = MakeRequest("/", "n=1000", {});
+  FerryResponseSink stopped;
+  ASSERT_EQ(api->handle(instance, &many, &stopped, &error), FERRY_OK);
+  EXPECT_EQ(stopped.chunks.size(), 100u);
+  EXPECT_EQ(static_cast<Ticker*>(instance)->written, 2 + 99);
+  FerryRequest plain = MakeRequest("/", "plain=1", {});
+  FerryResponseSink whole;
+  ASSERT_EQ(api->handle(instance, &plain, &whole, &error), FERRY_OK);
+  EXPECT_EQ(whole.status, 202);
+  EXPECT_EQ(whole.body, "whole");
+  EXPECT_TRUE(whole.chunks.empty());
+  api->destroy(instance);
+
+  // A host without write_chunk: the chunks become one body.
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK) << error.message;
+  FerryResponseSink gathered;
+  ASSERT_EQ(api->handle(instance, &two, &gathered, &error), FERRY_OK);
+  EXPECT_EQ(gathered.body, "data: tick 0\ndata: line two\n\ndata: tick 1\ndata: line two\n\n");
+  api->destroy(instance);
+}
+
 TEST(SdkTest, GeneratedTableCallsTheClass) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");
   EXPECT_EQ(api->abi_version, FERRY_ABI_VERSION);
