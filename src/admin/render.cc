@@ -176,37 +176,32 @@ std::string MetricsText(const ControllerSnapshot& snapshot) {
     }
   }
   // Calls through handles: per calling replica and callee.
+  auto each_call = [&](const auto& emit) {
+    for (const DeploymentView* d : deployments)
+      for (const ReplicaView& r : d->replicas)
+        if (r.stats)
+          for (const node::CallStats& c : r.stats->calls) {
+            Labels l = labels(*d);
+            l.emplace_back("replica", r.replica_id);
+            l.emplace_back("callee", c.callee);
+            emit(l, c);
+          }
+  };
   w.Header("ferry_handle_requests_total", "Calls a replica made through deployment handles, by callee and outcome.",
            Type::kCounter);
-  for (const DeploymentView* d : deployments) {
-    for (const ReplicaView& r : d->replicas) {
-      if (!r.stats) continue;
-      for (const node::CallStats& c : r.stats->calls) {
-        Labels l = labels(*d);
-        l.emplace_back("replica", r.replica_id);
-        l.emplace_back("callee", c.callee);
-        l.emplace_back("outcome", "ok");
-        w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.ok));
-        l.back().second = "error";
-        w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.errors));
-      }
-    }
-  }
+  each_call([&](Labels& l, const node::CallStats& c) {
+    l.emplace_back("outcome", "ok");
+    w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.ok));
+    l.back().second = "error";
+    w.Sample("ferry_handle_requests_total", l, static_cast<double>(c.errors));
+  });
   w.Header("ferry_handle_request_latency_seconds",
            "Time from a call through a handle to its end (a stream's last chunk), by caller and callee.",
            Type::kHistogram);
-  for (const DeploymentView* d : deployments) {
-    for (const ReplicaView& r : d->replicas) {
-      if (!r.stats) continue;
-      for (const node::CallStats& c : r.stats->calls) {
-        Labels l = labels(*d);
-        l.emplace_back("replica", r.replica_id);
-        l.emplace_back("callee", c.callee);
-        w.HistogramSamples("ferry_handle_request_latency_seconds", l, metrics::LatencyBucketsSeconds(),
-                           c.latency_seconds.counts, c.latency_seconds.sum);
-      }
-    }
-  }
+  each_call([&](Labels& l, const node::CallStats& c) {
+    w.HistogramSamples("ferry_handle_request_latency_seconds", l, metrics::LatencyBucketsSeconds(),
+                       c.latency_seconds.counts, c.latency_seconds.sum);
+  });
   // Spans: the node's own (proxy and queue spans) and each replica's, sent to the collector or dropped.
   if (snapshot.spans_exported && snapshot.spans_dropped) {
     w.Header("ferry_tracing_spans_exported_total", "The node's spans sent to the OTLP collector.", Type::kCounter);

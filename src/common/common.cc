@@ -190,14 +190,14 @@ void Log::SetProcessFields(std::vector<std::pair<std::string, std::string>> fiel
 
 void Log::SetOutput(int fd) { g_output.store(fd); }
 
-void Log::Format(LogLevel level, std::string_view component, std::string_view message,
-                 std::initializer_list<LogField> fields, std::string* out) {
+void Log::Format(LogLevel level, std::string_view component, std::string_view message, std::span<const LogField> fields,
+                 std::string* out) {
   FormatAs(encoding(), ProcessTag(), ProcessFields(), level, component, message, fields, out);
 }
 
 void Log::FormatAs(LogEncoding encoding, std::string_view tag,
                    const std::vector<std::pair<std::string, std::string>>& process_fields, LogLevel level,
-                   std::string_view component, std::string_view message, std::initializer_list<LogField> fields,
+                   std::string_view component, std::string_view message, std::span<const LogField> fields,
                    std::string* out) {
   std::string& line = *out;
   if (encoding == LogEncoding::kJson) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -98,12 +99,16 @@ class Log {
                     std::initializer_list<LogField> fields = {});
   // Appends one formatted line (with its newline) to `out`, for callers that write lines in blocks.
   static void Format(LogLevel level, std::string_view component, std::string_view message,
-                     std::initializer_list<LogField> fields, std::string* out);
+                     std::initializer_list<LogField> fields, std::string* out) {
+    Format(level, component, message, std::span<const LogField>(fields.begin(), fields.size()), out);
+  }
+  static void Format(LogLevel level, std::string_view component, std::string_view message,
+                     std::span<const LogField> fields, std::string* out);
   // The same, for a line on behalf of another process (the node writes what a replica printed): its
   // encoding, TEXT tag and JSON fields instead of this process's.
   static void FormatAs(LogEncoding encoding, std::string_view tag,
                        const std::vector<std::pair<std::string, std::string>>& process_fields, LogLevel level,
-                       std::string_view component, std::string_view message, std::initializer_list<LogField> fields,
+                       std::string_view component, std::string_view message, std::span<const LogField> fields,
                        std::string* out);
   // Writes formatted lines as they are, in one write(2).
   static void WriteLines(std::string_view lines);

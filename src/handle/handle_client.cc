@@ -430,10 +430,6 @@ endpoints::ConsumerReport HandleClient::Report() const { return impl_->routers()
 
 std::vector<CalleeStats> HandleClient::Stats() const { return impl_->StatsCopy(); }
 
-bool HandleClient::Knows(const std::string& deployment_key) const {
-  return impl_->routers().Find(deployment_key) != nullptr;
-}
-
 std::string LoadReplyJson(const HandleClient& client) {
   nlohmann::json out = endpoints::ReportToJson(client.Report());
   nlohmann::json calls = nlohmann::json::array();

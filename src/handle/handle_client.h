@@ -97,8 +97,6 @@ class HandleClient : public endpoints::Consumer {
   void OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) override;
   endpoints::ConsumerReport Report() const override;
   std::vector<CalleeStats> Stats() const;
-  // The deployment keys the latest snapshot has (empty before the first).
-  bool Knows(const std::string& deployment_key) const;
 
   class Impl;
 

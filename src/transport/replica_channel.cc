@@ -74,7 +74,7 @@ void ReplicaChannel::OnFrame(const FrameHeader& header, std::string_view payload
       if (s = DecodeResponseStart(payload, &m); !s.ok()) break;
       StreamListener* listener = Find(header.stream_id);
       if (!listener) return;  // answered already (a late frame after a failure is ignored)
-      if (!streaming_.emplace(header.stream_id, true).second) {
+      if (!streaming_.insert(header.stream_id).second) {
         s = absl::InvalidArgumentError("a second response_start frame for one stream");
         break;
       }

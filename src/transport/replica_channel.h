@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "transport/connection.h"
 #include "transport/frame.h"
@@ -59,7 +60,7 @@ class ReplicaChannel : public FrameConnection::Handler, public std::enable_share
   std::shared_ptr<FrameConnection> connection_;
   uint64_t next_stream_id_ = 1;
   std::unordered_map<uint64_t, std::shared_ptr<StreamListener>> listeners_;
-  std::unordered_map<uint64_t, bool> streaming_;  // streams whose head arrived
+  std::unordered_set<uint64_t> streaming_;  // streams whose head arrived
 };
 
 }  // namespace ferry::transport

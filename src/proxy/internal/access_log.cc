@@ -34,38 +34,22 @@ void AccessLine::Write(AccessLog& log, std::string_view request_id, unsigned sta
   message.clear();
   ferry::StrAppend(&message, method_, " ", path_, " ", status, " ", latency);
   if (stream_) ferry::StrAppend(&message, " stream ", chunks_, " chunks ", bytes_, " bytes");
-  const std::string_view route = r ? std::string_view(r->route_prefix) : std::string_view();
-  const std::string_view application = r ? std::string_view(r->application) : std::string_view();
-  const std::string_view deployment = r ? std::string_view(r->ingress_deployment) : std::string_view();
-  if (stream_) {
-    Log::Format(LogLevel::kInfo, "access", message,
-                {{"request_id", request_id},
-                 JsonOnly({"method", method_}),
-                 JsonOnly({"path", path_}),
-                 {"route", route},
-                 {"application", application},
-                 {"deployment", deployment},
-                 {"replica", replica},
-                 JsonOnly({"status_code", status}),
-                 JsonOnly({"latency_ms", ms}),
-                 {"trace_id", trace_id},
-                 JsonOnly({"stream_chunks", static_cast<double>(chunks_)}),
-                 JsonOnly({"stream_bytes", static_cast<double>(bytes_)})},
-                &log.block());
-  } else {
-    Log::Format(LogLevel::kInfo, "access", message,
-                {{"request_id", request_id},
-                 JsonOnly({"method", method_}),
-                 JsonOnly({"path", path_}),
-                 {"route", route},
-                 {"application", application},
-                 {"deployment", deployment},
-                 {"replica", replica},
-                 JsonOnly({"status_code", status}),
-                 JsonOnly({"latency_ms", ms}),
-                 {"trace_id", trace_id}},
-                &log.block());
-  }
+  const LogField fields[] = {
+      {"request_id", request_id},
+      JsonOnly({"method", method_}),
+      JsonOnly({"path", path_}),
+      {"route", r ? std::string_view(r->route_prefix) : std::string_view()},
+      {"application", r ? std::string_view(r->application) : std::string_view()},
+      {"deployment", r ? std::string_view(r->ingress_deployment) : std::string_view()},
+      {"replica", replica},
+      JsonOnly({"status_code", status}),
+      JsonOnly({"latency_ms", ms}),
+      {"trace_id", trace_id},
+      JsonOnly({"stream_chunks", static_cast<double>(chunks_)}),  // these two for streams only
+      JsonOnly({"stream_bytes", static_cast<double>(bytes_)}),
+  };
+  const size_t n = std::size(fields) - (stream_ ? 0 : 2);
+  Log::Format(LogLevel::kInfo, "access", message, std::span<const LogField>(fields, n), &log.block());
   route_ = nullptr;
   stream_ = false;
   if (log.block().size() >= kBlock) log.Flush();
