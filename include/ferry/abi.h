@@ -61,6 +61,18 @@ typedef struct FerryRequest {
    * or it failed). Owned by the plugin; the host hands it to release() after the request is answered.
    * Added after version 1's first tables: read it only when struct_size covers it. */
   void* prepared;
+  /* A streamed body (larger than http_options.body_stream_threshold_bytes, or sent chunked without a
+   * length), for handle() only: `body_streamed` is non-zero, `body` holds what came with the head (maybe
+   * nothing) and the rest arrives as it is sent. read_body hands out the body piece by piece, the bytes in
+   * `body` first: 1 with *chunk set (valid until the next read), 0 at its end, -1 when it broke (the
+   * client went away, the request was cancelled, or the body passed max_body_bytes). The client sends
+   * more only as pieces are read (flow control), so a handler that does not read holds it a window
+   * behind. read_all_body reads every piece not read yet and returns them as one string (valid until
+   * handle() returns; called again: the same string); *ok is 0 when the body broke. On the handling
+   * thread only. Added after version 1's first tables: read them only when struct_size covers them. */
+  int body_streamed;
+  int (*read_body)(const struct FerryRequest* self, FerryString* chunk);
+  FerryString (*read_all_body)(const struct FerryRequest* self, int* ok);
 } FerryRequest;
 
 /* Tensor element types (the Open Inference Protocol's datatypes). */
@@ -146,6 +158,9 @@ typedef struct FerryCallEvents {
 
 /* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
 typedef struct FerryResponseSink FerryResponseSink;
+/* One WebSocket session's sending side. OWNERSHIP: the host's, valid from ws_open() until ws_closed()
+ * has returned; usable from any thread in that time. */
+typedef struct FerryWebSocket FerryWebSocket;
 /* Where a plugin writes an error message. Opaque; written only through FerryHostApi. */
 typedef struct FerryErrorSink FerryErrorSink;
 
@@ -198,6 +213,14 @@ typedef struct FerryHostApi {
   /* Which replica this is (Ray's serve.get_replica_context()): views valid as long as the replica. Added
    * after version 1's first tables: read it only when struct_size covers it. */
   void (*replica_context)(FerryString* application, FerryString* deployment, FerryString* replica_id);
+  /* WebSocket sessions. Added after version 1's first tables: read them only when struct_size covers them.
+   * ws_send: sends one message (text: valid UTF-8; binary when `binary` is non-zero), waiting while the
+   * client is slow (a window per session, as write_chunk). Returns 0 when sent, non-zero once the session
+   * is closing or closed. Any thread.
+   * ws_close: closes the session with `code` (1000 normal, 1001 going away, 1008 policy, 1011 error,
+   * 3000-4999 the application's) and `reason` (at most 123 bytes); ws_closed() follows. Any thread. */
+  int (*ws_send)(FerryWebSocket* ws, FerryString data, int binary);
+  void (*ws_close)(FerryWebSocket* ws, int code, FerryString reason);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */
@@ -250,6 +273,21 @@ typedef struct FerryDeploymentApi {
   int (*model_metadata)(void* instance, FerryResponseSink* out, FerryErrorSink* error);
   int (*infer)(void* instance, const FerryInferRequest* const* requests, size_t count, FerryInferSink* const* sinks,
                FerryErrorSink* error);
+  /* WebSocket sessions (a GET with Upgrade: websocket on the deployment's route). NULL when the class
+   * takes none (the client is answered 403). Added after version 1's first tables: read them only when
+   * struct_size covers them.
+   * ws_open: the handshake's request (valid during the call). Accept: FERRY_OK with *session set (the
+   * plugin's, until ws_closed); the client is then answered 101. Refuse: FERRY_OK with *session NULL and
+   * the answer written to `refusal` (its status, 403 when unset, headers and body); FERRY_ERROR refuses
+   * with 500 and the message.
+   * ws_message: one message from the client; a session's messages arrive one at a time, in order, on any
+   * of the replica's threads. FERRY_ERROR closes the session with 1011 and the message (logged).
+   * ws_closed: the session is over, once: the client closed it (its code), the deployment did (the code
+   * it gave), or the connection broke (1006). The plugin frees `session` here. */
+  int (*ws_open)(void* instance, const FerryRequest* request, FerryWebSocket* ws, void** session,
+                 FerryResponseSink* refusal, FerryErrorSink* error);
+  int (*ws_message)(void* instance, void* session, FerryString data, int binary, FerryErrorSink* error);
+  void (*ws_closed)(void* instance, void* session, int code, FerryString reason);
 } FerryDeploymentApi;
 
 typedef const FerryDeploymentApi* (*FerryDeploymentEntry)(void);

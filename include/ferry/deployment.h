@@ -102,7 +102,15 @@ class Request {
   std::string_view path() const { return View(raw_->path); }
   std::string_view query() const { return View(raw_->query); }
   std::string_view route_prefix() const { return View(raw_->route_prefix); }
-  std::string_view body() const { return View(raw_->body); }
+  // The body. A streamed one (body_streamed()) is read to its end on first use (the same view after);
+  // throws BodyError when it broke (the client went away, or it passed max_body_bytes).
+  std::string_view body() const;
+  // True when the body arrives as the client sends it (larger than http_options.body_stream_threshold_bytes,
+  // or chunked without a length): read it piece by piece with read_body() to handle it in bounded memory.
+  bool body_streamed() const { return HasStreamFields() && raw_->body_streamed != 0; }
+  // The next piece of the body: true with `chunk` set (valid until the next read), false at its end. A
+  // whole (not streamed) body comes as one piece. Throws BodyError when the body broke. Handling thread only.
+  bool read_body(std::string_view* chunk) const;
   size_t num_headers() const { return raw_->num_headers; }
   std::string_view header_name(size_t i) const { return View(raw_->headers[i].name); }
   std::string_view header_value(size_t i) const { return View(raw_->headers[i].value); }
@@ -138,7 +146,29 @@ class Request {
 
  private:
   static std::string_view View(FerryString s) { return {s.data, s.size}; }
+  bool HasStreamFields() const {
+    return raw_->struct_size >= offsetof(FerryRequest, read_all_body) + sizeof(raw_->read_all_body);
+  }
   const FerryRequest* raw_;
+  mutable bool whole_body_read_ = false;  // read_body() on a whole body: handed out already
+};
+
+// A streamed request body that broke before its end: the client went away, the request was cancelled,
+// or the body passed http_options.max_body_bytes.
+class BodyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Thrown from handle() (or accept_websocket()), answers with `status` and {"error": message} instead
+// of 500.
+class HttpError : public std::runtime_error {
+ public:
+  HttpError(int status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  int status() const { return status_; }
+
+ private:
+  int status_;
 };
 
 // What handle() returns: status, headers and body. Content-Length is set by ferry.
@@ -193,6 +223,41 @@ class ResponseWriter {
   bool has_content_type_ = false;
 };
 
+// A WebSocket session's sending side (see Deployment::accept_websocket). Copyable; usable from any
+// thread until the session's on_close() has returned.
+class WebSocket {
+ public:
+  WebSocket() = default;
+  explicit WebSocket(FerryWebSocket* ws) : ws_(ws) {}
+  // Sends one message, waiting while the client is slow (a window per session). False once the session
+  // is closing or closed: stop sending.
+  bool send_text(std::string_view text) { return Send(text, false); }
+  bool send_binary(std::string_view data) { return Send(data, true); }
+  // Closes the session with `code` (1000 normal; 1008 policy; 1011 error; 3000-4999 the application's)
+  // and `reason` (at most 123 bytes); on_close() follows.
+  void close(int code = 1000, std::string_view reason = {});
+
+ private:
+  bool Send(std::string_view data, bool binary);
+  FerryWebSocket* ws_ = nullptr;
+};
+
+// One WebSocket session's receiving side, made by Deployment::accept_websocket. Its calls come one at a
+// time, in order, on any of the replica's threads (never two of one session at once; other sessions'
+// run alongside).
+class WebSocketSession {
+ public:
+  virtual ~WebSocketSession() = default;
+  // One message from the client (text is valid UTF-8). An exception closes the session with 1011.
+  virtual void on_message(std::string_view data, bool binary) = 0;
+  // The session is over, once: the client closed it (its code), the deployment did (its code), or the
+  // connection broke (1006). The session object is destroyed after this returns.
+  virtual void on_close(int code, std::string_view reason) {
+    (void)code;
+    (void)reason;
+  }
+};
+
 // Base class of a deployment. One instance per replica process. handle() is called from up to
 // max_ongoing_requests threads at once, so shared mutable state needs a lock; reconfigure() and
 // check_health() may overlap with handle().
@@ -229,6 +294,15 @@ class Deployment {
   virtual std::any prepare(const Request& request) {
     (void)request;
     return {};
+  }
+  // A WebSocket session opened on the deployment's route (a GET with Upgrade: websocket): return what
+  // receives its messages, keeping `ws` to send. Return null, or throw HttpError(status, why), to refuse
+  // (the client is answered that status; 403 for null). A deployment that does not override this takes
+  // no sessions (403). The session counts as one ongoing request until it closes.
+  virtual std::unique_ptr<WebSocketSession> accept_websocket(const Request& request, WebSocket ws) {
+    (void)request;
+    (void)ws;
+    return nullptr;
   }
 };
 
@@ -285,6 +359,40 @@ inline void ResponseWriter::send(const Response& response) {
 }
 
 inline void Deployment::handle_stream(const Request& request, ResponseWriter& out) { out.send(handle(request)); }
+
+inline std::string_view Request::body() const {
+  if (!body_streamed()) return View(raw_->body);
+  int ok = 1;
+  FerryString all = raw_->read_all_body(raw_, &ok);
+  if (!ok) throw BodyError("the request body broke before its end");
+  return View(all);
+}
+
+inline bool Request::read_body(std::string_view* chunk) const {
+  if (!body_streamed()) {
+    if (whole_body_read_) return false;
+    whole_body_read_ = true;
+    *chunk = View(raw_->body);
+    return true;
+  }
+  FerryString piece{nullptr, 0};
+  int rc = raw_->read_body(raw_, &piece);
+  if (rc < 0) throw BodyError("the request body broke before its end");
+  if (rc == 0) return false;
+  *chunk = View(piece);
+  return true;
+}
+
+inline bool WebSocket::Send(std::string_view data, bool binary) {
+  const FerryHostApi* host = internal::Host();
+  if (!ws_ || !FERRY_HOST_HAS(host, ws_send)) return false;
+  return host->ws_send(ws_, FerryString{data.data(), data.size()}, binary ? 1 : 0) == 0;
+}
+
+inline void WebSocket::close(int code, std::string_view reason) {
+  const FerryHostApi* host = internal::Host();
+  if (ws_ && FERRY_HOST_HAS(host, ws_close)) host->ws_close(ws_, code, FerryString{reason.data(), reason.size()});
+}
 
 // Logging from deployment code. A line goes to the replica's log with the replica's id (and, inside
 // handle(), the request's id), in the encoding of the deployment's logging_config; lines below its

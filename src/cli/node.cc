@@ -38,6 +38,10 @@ proxy::ProxyOptions ProxyOptionsFrom(const config::HttpOptions& h) {
   options.keep_alive_timeout = Millis(h.keep_alive_timeout_s);
   options.header_timeout = Millis(h.header_timeout_s);
   options.max_body_bytes = h.max_body_bytes;
+  options.body_stream_threshold_bytes = static_cast<uint64_t>(h.body_stream_threshold_bytes);
+  options.websocket_max_message_bytes = static_cast<uint64_t>(h.websocket_max_message_bytes);
+  options.websocket_idle_timeout = Millis(h.websocket_idle_timeout_s);
+  options.websocket_ping_interval = Millis(h.websocket_ping_interval_s);
   return options;
 }
 

@@ -664,7 +664,11 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     ReadNumber(hmap, "keep_alive_timeout_s", 0, errors, &h.keep_alive_timeout_s);
     ReadNumber(hmap, "header_timeout_s", 0, errors, &h.header_timeout_s);
     ReadInt(hmap, "max_body_bytes", 0, 1ll << 40, errors, &h.max_body_bytes);
+    ReadInt(hmap, "body_stream_threshold_bytes", 0, 1ll << 40, errors, &h.body_stream_threshold_bytes);
     ReadInt(hmap, "num_threads", 0, 256, errors, &h.num_threads);
+    ReadInt(hmap, "websocket_max_message_bytes", 1, 1ll << 30, errors, &h.websocket_max_message_bytes);
+    ReadNumber(hmap, "websocket_idle_timeout_s", 0, errors, &h.websocket_idle_timeout_s);
+    ReadNumber(hmap, "websocket_ping_interval_s", 0, errors, &h.websocket_ping_interval_s);
     hmap.RejectUnknown();
   }
   YAML::Node admin = top.Get("admin");
@@ -818,7 +822,11 @@ json ToJson(const HttpOptions& h) {
               {"keep_alive_timeout_s", h.keep_alive_timeout_s},
               {"header_timeout_s", h.header_timeout_s},
               {"max_body_bytes", h.max_body_bytes},
-              {"num_threads", h.num_threads}};
+              {"body_stream_threshold_bytes", h.body_stream_threshold_bytes},
+              {"num_threads", h.num_threads},
+              {"websocket_max_message_bytes", h.websocket_max_message_bytes},
+              {"websocket_idle_timeout_s", h.websocket_idle_timeout_s},
+              {"websocket_ping_interval_s", h.websocket_ping_interval_s}};
   out["request_timeout_s"] = h.request_timeout_s ? json(*h.request_timeout_s) : json(nullptr);
   return out;
 }

@@ -96,7 +96,12 @@ struct HttpOptions {
   double keep_alive_timeout_s = 90;
   double header_timeout_s = 10;  // ferry: a client must finish its request headers within this
   int64_t max_body_bytes = 64ll << 20;
+  int64_t body_stream_threshold_bytes = 1 << 20;  // ferry: larger bodies reach the replica as they arrive
   int num_threads = 0;  // ferry: proxy I/O threads; 0 = one per core
+  // ferry: WebSocket sessions
+  int64_t websocket_max_message_bytes = 16 << 20;
+  double websocket_idle_timeout_s = 600;
+  double websocket_ping_interval_s = 20;
 };
 
 // The admin API (ferry deploy/status/config/shutdown talk to it). Deploying is running code, so binding

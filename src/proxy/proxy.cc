@@ -25,7 +25,14 @@ ProxyMetrics::ProxyMetrics(metrics::Registry& r)
                             "Requests answered 503: every replica at max_ongoing_requests and the queue full.",
                             {"application", "deployment"})),
       timed_out(r.AddCounter("ferry_num_timed_out_requests_total", "Requests answered 504: request_timeout_s passed.",
-                             {"application", "deployment"})) {}
+                             {"application", "deployment"})),
+      websocket_closed(r.AddCounter("ferry_websocket_sessions_closed_total",
+                                    "WebSocket sessions ended, by close code (1006: the connection broke; 1002, 1007, "
+                                    "1009: the client broke the protocol, sent bad UTF-8, or a message over the limit).",
+                                    {"application", "route", "code"})),
+      websocket_messages(r.AddCounter("ferry_websocket_messages_total",
+                                      "WebSocket messages passed by the proxy, by direction (in: from clients).",
+                                      {"application", "route", "direction"})) {}
 
 RouteSeries* Worker::Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route) {
   if (!metrics_) return nullptr;
@@ -64,6 +71,14 @@ void Worker::RecordResponse(RouteSeries* series, unsigned status, std::optional<
   if (seconds) series->latency->Observe(*seconds);
 }
 
+void Worker::RecordWebSocketSession(RouteSeries* series, unsigned close_code, uint64_t messages_in,
+                                    uint64_t messages_out) {
+  if (!series) return;
+  metrics_->websocket_closed.With({series->application, series->route, std::to_string(close_code)}).Inc();
+  metrics_->websocket_messages.With({series->application, series->route, "in"}).Inc(messages_in);
+  metrics_->websocket_messages.With({series->application, series->route, "out"}).Inc(messages_out);
+}
+
 absl::Status Worker::Listen(const tcp::endpoint& endpoint, bool reuse_port) {
   boost::system::error_code ec;
   acceptor_.open(endpoint.protocol(), ec);
@@ -97,8 +112,8 @@ void Worker::Sweep() {
     access_log_.Flush();
     if (ec) return;
     auto now = SteadyClock::now();
-    std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
-    for (HttpSession* s : sessions) CheckDeadline(s, now);
+    std::vector<Session*> sessions(sessions_.begin(), sessions_.end());
+    for (Session* s : sessions) s->CheckDeadline(now);
     Sweep();
   });
 }
@@ -114,14 +129,14 @@ void Worker::DoAccept() {
 void Worker::BeginDrain() {
   boost::system::error_code ignored;
   acceptor_.close(ignored);
-  std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
-  for (HttpSession* s : sessions) CloseWhenIdle(s);
+  std::vector<Session*> sessions(sessions_.begin(), sessions_.end());
+  for (Session* s : sessions) s->CloseWhenIdle();
 }
 
 void Worker::CloseAll() {
   BeginDrain();
-  std::vector<HttpSession*> sessions(sessions_.begin(), sessions_.end());
-  for (HttpSession* s : sessions) CloseNow(s);
+  std::vector<Session*> sessions(sessions_.begin(), sessions_.end());
+  for (Session* s : sessions) s->CloseNow();
 }
 
 std::shared_ptr<transport::ReplicaChannel> Worker::ChannelTo(

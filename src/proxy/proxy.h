@@ -34,7 +34,15 @@ struct ProxyOptions {
   std::chrono::milliseconds keep_alive_timeout{90000};
   std::chrono::milliseconds header_timeout{10000};
   int64_t max_body_bytes = 64ll << 20;
+  // Bodies larger than this (and chunked ones without a length) go to the replica as they arrive.
+  uint64_t body_stream_threshold_bytes = 1 << 20;
   size_t max_header_bytes = 16 * 1024;
+  // WebSocket sessions: the largest message either way (a larger one from the client closes the session
+  // with 1009), how long a session may pass no message before it is closed (1001), and how often the
+  // proxy pings a quiet client (one that does not answer within another interval is gone).
+  uint64_t websocket_max_message_bytes = 16 << 20;
+  std::chrono::milliseconds websocket_idle_timeout{600000};
+  std::chrono::milliseconds websocket_ping_interval{20000};
   // Where the proxy's metrics go (requests by code, latency, queue wait, 503s, 504s); null: none.
   metrics::Registry* metrics = nullptr;
   // Traces sampled requests (spans for the proxy and the queue; the replica gets the trace context in its

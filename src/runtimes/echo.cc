@@ -21,6 +21,12 @@
 //                                             wall-clock time the chunk was produced (for measuring delivery);
 //                                             with args.allow_abort, &abort_after=K aborts the replica after
 //                                             K chunks (a crash mid-stream)
+//                count_body=1                 reads the body piece by piece as it arrives (a large body
+//                                             streams) and answers {"body_bytes", "body_pieces",
+//                                             "body_streamed", "fnv1a64"} without holding it;
+//                                             &read_delay_ms=M waits M ms before each piece (a slow reader)
+//   WebSocket:   every message is sent back unchanged (text as text, binary as binary); ?close_after=N
+//                closes the session (1000) after echoing N messages; ?refuse=STATUS refuses the session
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -85,7 +91,16 @@ class Echo : public Deployment {
     }
   }
 
+  std::unique_ptr<WebSocketSession> accept_websocket(const Request& req, WebSocket ws) override {
+    if (std::string_view refuse = req.query_param("refuse"); !refuse.empty()) {
+      int64_t status = Number(refuse, 400, 599);
+      throw HttpError(status < 0 ? 403 : static_cast<int>(status), "refused by echo (?refuse)");
+    }
+    return std::make_unique<EchoSession>(ws, Number(req.query_param("close_after"), 0, int64_t{1} << 40));
+  }
+
   Response handle(const Request& req) override {
+    if (req.query_param("count_body") == "1") return CountBody(req);
     if (std::string_view line = req.header("x-echo-log"); !line.empty()) log::Info(line);
     if (std::string_view text = req.header("x-echo-print"); !text.empty())
       std::printf("%.*s\n", static_cast<int>(text.size()), text.data());
@@ -138,6 +153,40 @@ class Echo : public Deployment {
   }
 
  private:
+  class EchoSession : public WebSocketSession {
+   public:
+    EchoSession(WebSocket ws, int64_t close_after) : ws_(ws), close_after_(close_after) {}
+    void on_message(std::string_view data, bool binary) override {
+      if (binary ? !ws_.send_binary(data) : !ws_.send_text(data)) return;
+      if (close_after_ > 0 && ++echoed_ == close_after_) ws_.close(1000, "close_after reached");
+    }
+
+   private:
+    WebSocket ws_;
+    int64_t close_after_;
+    int64_t echoed_ = 0;
+  };
+
+  // The body's size, pieces and FNV-1a hash, read as it arrives.
+  static Response CountBody(const Request& req) {
+    const int64_t delay_ms = std::max<int64_t>(0, Number(req.query_param("read_delay_ms"), 0, 60'000));
+    uint64_t bytes = 0, pieces = 0, hash = 14695981039346656037ull;
+    std::string_view piece;
+    try {
+      while ((delay_ms == 0 || Sleep(req, delay_ms)) && req.read_body(&piece)) {
+        ++pieces;
+        bytes += piece.size();
+        for (unsigned char c : piece) hash = (hash ^ c) * 1099511628211ull;
+      }
+    } catch (const BodyError& e) {
+      return Response::FromJson({{"error", e.what()}, {"body_bytes", bytes}}, 400);
+    }
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(hash));
+    return Response::FromJson(
+        {{"body_bytes", bytes}, {"body_pieces", pieces}, {"body_streamed", req.body_streamed()}, {"fnv1a64", hex}});
+  }
+
   // A query parameter as an integer in [min, max]; absent: 0; anything else: -1.
   static int64_t Number(std::string_view text, int64_t min, int64_t max) {
     if (text.empty()) return 0;

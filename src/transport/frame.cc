@@ -119,7 +119,7 @@ void EndFrame(std::string& out, size_t at) {
 
 }  // namespace
 
-bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 19; }
+bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 21; }
 
 const char* FrameKindName(FrameKind kind) {
   switch (kind) {
@@ -161,6 +161,10 @@ const char* FrameKindName(FrameKind kind) {
       return "load";
     case FrameKind::kLoadReply:
       return "load_reply";
+    case FrameKind::kMessage:
+      return "message";
+    case FrameKind::kClose:
+      return "close";
   }
   return "unknown";
 }
@@ -214,6 +218,7 @@ void AppendHelloAck(std::string& out, uint64_t stream_id, const HelloAck& m) {
 void AppendRequest(std::string& out, uint64_t stream_id, const RequestMessage& m) {
   size_t at = BeginFrame(out, FrameKind::kRequest, stream_id);
   PutU32(out, m.timeout_ms);
+  out.push_back(static_cast<char>(m.body_mode));
   PutString(out, m.request_id);
   PutString(out, m.method);
   PutString(out, m.path);
@@ -284,6 +289,20 @@ void AppendEnd(std::string& out, uint64_t stream_id, const StreamEnd& m) {
   EndFrame(out, at);
 }
 
+void AppendMessage(std::string& out, uint64_t stream_id, const WsMessage& m) {
+  size_t at = BeginFrame(out, FrameKind::kMessage, stream_id);
+  out.push_back(m.binary ? 2 : 1);
+  PutString(out, m.data);
+  EndFrame(out, at);
+}
+
+void AppendClose(std::string& out, uint64_t stream_id, const WsClose& m) {
+  size_t at = BeginFrame(out, FrameKind::kClose, stream_id);
+  PutU16(out, m.code);
+  PutString(out, m.reason);
+  EndFrame(out, at);
+}
+
 void AppendCredit(std::string& out, uint64_t stream_id, uint32_t bytes) {
   size_t at = BeginFrame(out, FrameKind::kCredit, stream_id);
   PutU32(out, bytes);
@@ -310,9 +329,15 @@ absl::Status DecodeHelloAck(std::string_view payload, HelloAck* out) {
 
 absl::Status DecodeRequest(std::string_view payload, RequestMessage* out) {
   Cursor c(payload);
-  c.U32(&out->timeout_ms) && c.String(&out->request_id) && c.String(&out->method) && c.String(&out->path) &&
-      c.String(&out->query) && c.String(&out->route_prefix) && c.Headers(&out->headers) && c.String(&out->body);
-  return c.Finish("request");
+  uint8_t mode = 0;
+  c.U32(&out->timeout_ms) && c.U8(&mode) && c.String(&out->request_id) && c.String(&out->method) &&
+      c.String(&out->path) && c.String(&out->query) && c.String(&out->route_prefix) && c.Headers(&out->headers) &&
+      c.String(&out->body);
+  absl::Status s = c.Finish("request");
+  if (s.ok() && mode > static_cast<uint8_t>(BodyMode::kWebSocket))
+    return absl::InvalidArgumentError(ferry::StrCat("malformed request frame: body mode ", mode));
+  out->body_mode = static_cast<BodyMode>(mode);
+  return s;
 }
 
 absl::Status DecodeResponse(std::string_view payload, ResponseMessage* out) {
@@ -383,6 +408,26 @@ absl::Status DecodeEnd(std::string_view payload, StreamEnd* out) {
   out->ok = ok != 0;
   absl::Status s = c.Finish("end");
   if (s.ok() && ok > 1) return absl::InvalidArgumentError("malformed end frame: ok flag not 0 or 1");
+  return s;
+}
+
+absl::Status DecodeMessage(std::string_view payload, WsMessage* out) {
+  Cursor c(payload);
+  uint8_t type = 0;
+  c.U8(&type) && c.String(&out->data);
+  absl::Status s = c.Finish("message");
+  if (s.ok() && type != 1 && type != 2)
+    return absl::InvalidArgumentError(ferry::StrCat("malformed message frame: type ", type));
+  out->binary = type == 2;
+  return s;
+}
+
+absl::Status DecodeClose(std::string_view payload, WsClose* out) {
+  Cursor c(payload);
+  c.U16(&out->code) && c.String(&out->reason);
+  absl::Status s = c.Finish("close");
+  if (s.ok() && (out->code < 1000 || out->code > 4999))
+    return absl::InvalidArgumentError(ferry::StrCat("malformed close frame: code ", out->code));
   return s;
 }
 

@@ -14,7 +14,7 @@
 
 namespace ferry::transport {
 
-inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr uint32_t kProtocolVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr uint16_t kFrameMagic = 0xF7E1;
 // Larger than http_options.max_body_bytes can be set, smaller than what would let a peer exhaust memory.
@@ -41,6 +41,9 @@ enum class FrameKind : uint8_t {
   kEndpoints = 17,      // node agent -> replica: a snapshot of endpoint sets (JSON)
   kLoad = 18,           // node agent -> replica: report the handles' load
   kLoadReply = 19,      // replica -> node agent: the handles' load (JSON)
+  // Version 3: streamed request bodies and WebSocket sessions.
+  kMessage = 20,  // either way: one WebSocket message (text or binary)
+  kClose = 21,    // either way: a WebSocket session closes (code, reason)
 };
 
 // The bytes a stream's receiver takes before the sender must wait for credit: a client that reads slowly
@@ -72,6 +75,12 @@ struct HelloAck {
   std::string_view replica_id;
   std::string_view deployment;
 };
+// How a request's body travels.
+enum class BodyMode : uint8_t {
+  kWhole = 0,      // in the request frame
+  kStreamed = 1,   // the frame holds the body's first bytes (maybe none); chunks follow, then an end frame
+  kWebSocket = 2,  // a WebSocket session: messages both ways, then close frames
+};
 // Views into the frame payload they were decoded from.
 struct RequestMessage {
   std::string_view request_id;
@@ -82,6 +91,7 @@ struct RequestMessage {
   HeaderList headers;
   std::string_view body;
   uint32_t timeout_ms = 0;  // 0: no deadline
+  BodyMode body_mode = BodyMode::kWhole;
 };
 struct ResponseMessage {
   uint16_t status = 200;
@@ -97,6 +107,16 @@ struct ResponseStart {
 struct StreamEnd {
   bool ok = true;
   std::string_view message;
+};
+// kMessage: one WebSocket message.
+struct WsMessage {
+  bool binary = false;
+  std::string_view data;
+};
+// kClose: a WebSocket close code (1000-4999) and reason.
+struct WsClose {
+  uint16_t code = 1000;
+  std::string_view reason;
 };
 struct StatusReply {  // kHealthReply, kReconfigureReply
   bool ok = true;
@@ -133,6 +153,8 @@ void AppendResponseStart(std::string& out, uint64_t stream_id, const ResponseSta
 void AppendChunk(std::string& out, uint64_t stream_id, std::string_view data);
 void AppendEnd(std::string& out, uint64_t stream_id, const StreamEnd& m);
 void AppendCredit(std::string& out, uint64_t stream_id, uint32_t bytes);
+void AppendMessage(std::string& out, uint64_t stream_id, const WsMessage& m);
+void AppendClose(std::string& out, uint64_t stream_id, const WsClose& m);
 // kEndpoints, kLoadReply: one string (JSON).
 void AppendText(std::string& out, FrameKind kind, uint64_t stream_id, std::string_view text);
 
@@ -150,6 +172,8 @@ absl::Status DecodeChunk(std::string_view payload, std::string_view* data);
 absl::Status DecodeEnd(std::string_view payload, StreamEnd* out);
 absl::Status DecodeCredit(std::string_view payload, uint32_t* bytes);  // rejects 0
 absl::Status DecodeText(std::string_view payload, std::string_view* text);
+absl::Status DecodeMessage(std::string_view payload, WsMessage* out);
+absl::Status DecodeClose(std::string_view payload, WsClose* out);  // rejects codes outside 1000-4999
 
 // Splits a byte stream into frames. Feed it what was read; it hands out each complete frame.
 // Thread-compatible.

@@ -35,6 +35,30 @@ void ReplicaChannel::Credit(uint64_t stream_id, uint32_t bytes) {
   connection_->Flush();
 }
 
+void ReplicaChannel::SendChunk(uint64_t stream_id, std::string_view data) {
+  if (connection_->closed()) return;
+  AppendChunk(connection_->output(), stream_id, data);
+  connection_->Flush();
+}
+
+void ReplicaChannel::SendEnd(uint64_t stream_id, bool ok) {
+  if (connection_->closed()) return;
+  AppendEnd(connection_->output(), stream_id, {ok, ok ? "" : "the client's body broke"});
+  connection_->Flush();
+}
+
+void ReplicaChannel::SendMessage(uint64_t stream_id, const WsMessage& message) {
+  if (connection_->closed()) return;
+  AppendMessage(connection_->output(), stream_id, message);
+  connection_->Flush();
+}
+
+void ReplicaChannel::SendClose(uint64_t stream_id, const WsClose& close) {
+  if (connection_->closed()) return;
+  AppendClose(connection_->output(), stream_id, close);
+  connection_->Flush();
+}
+
 void ReplicaChannel::Drop() {
   connection_->Detach();
   listeners_.clear();
@@ -101,6 +125,30 @@ void ReplicaChannel::OnFrame(const FrameHeader& header, std::string_view payload
         break;
       }
       if (auto listener = Take(header.stream_id)) listener->OnStreamEnd(m);
+      return;
+    }
+    case FrameKind::kCredit: {
+      uint32_t bytes = 0;
+      if (s = DecodeCredit(payload, &bytes); !s.ok()) break;
+      if (StreamListener* listener = Find(header.stream_id)) listener->OnCredit(bytes);
+      return;
+    }
+    case FrameKind::kMessage:
+    case FrameKind::kClose: {
+      WsMessage message;
+      WsClose close;
+      s = header.kind == FrameKind::kMessage ? DecodeMessage(payload, &message) : DecodeClose(payload, &close);
+      if (!s.ok()) break;
+      StreamListener* listener = Find(header.stream_id);
+      if (!listener) return;
+      if (!streaming_.count(header.stream_id)) {
+        s = absl::InvalidArgumentError(ferry::StrCat(FrameKindName(header.kind), " frame before its response_start"));
+        break;
+      }
+      if (header.kind == FrameKind::kMessage)
+        listener->OnMessage(message);
+      else
+        listener->OnClose(close);
       return;
     }
     case FrameKind::kHelloAck: {

@@ -31,6 +31,12 @@ class StreamListener {
   // The connection is gone. `delivered` is false when it never connected: the request never reached the
   // replica, so sending it elsewhere is safe.
   virtual void OnChannelFailed(bool delivered, std::string_view why) = 0;
+  // What the client sends after the request (a streamed body, a WebSocket session's messages): the replica
+  // took `bytes` of it, so that many more may go.
+  virtual void OnCredit(uint32_t bytes) { (void)bytes; }
+  // A WebSocket session (after its 101 head): a message from the deployment, and its close.
+  virtual void OnMessage(const WsMessage& message) { (void)message; }
+  virtual void OnClose(const WsClose& close) { (void)close; }
 };
 
 class ReplicaChannel : public FrameConnection::Handler, public std::enable_shared_from_this<ReplicaChannel> {
@@ -44,6 +50,12 @@ class ReplicaChannel : public FrameConnection::Handler, public std::enable_share
   uint64_t Send(std::shared_ptr<StreamListener> listener, const RequestMessage& request);
   void Cancel(uint64_t stream_id);
   void Credit(uint64_t stream_id, uint32_t bytes);
+  // After a request sent with a streamed body: its pieces and its end; with a WebSocket session: the
+  // client's messages and close.
+  void SendChunk(uint64_t stream_id, std::string_view data);
+  void SendEnd(uint64_t stream_id, bool ok);
+  void SendMessage(uint64_t stream_id, const WsMessage& message);
+  void SendClose(uint64_t stream_id, const WsClose& close);
   bool closed() const { return connection_->closed(); }
   // Closes without telling anyone and forgets every listener (their owner is going away; this also breaks
   // the reference cycle between a channel and the calls waiting on it).

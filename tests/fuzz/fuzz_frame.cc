@@ -26,7 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       AppendRequest(again, header.stream_id, request);
       RequestMessage back;
       if (!DecodeRequest(std::string_view(again).substr(kFrameHeaderSize), &back).ok() || back.path != request.path ||
-          back.body != request.body || back.headers != request.headers)
+          back.body != request.body || back.headers != request.headers || back.body_mode != request.body_mode)
         __builtin_trap();
     }
     ResponseMessage response;
@@ -50,6 +50,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint32_t credit;
     (void)DecodeCredit(payload, &credit);
     (void)DecodeText(payload, &data);
+    WsMessage message;
+    if (DecodeMessage(payload, &message).ok() && message.data.size() > payload.size()) __builtin_trap();
+    WsClose close;
+    if (DecodeClose(payload, &close).ok() && (close.code < 1000 || close.code > 4999)) __builtin_trap();
   }
   return 0;
 }

@@ -24,6 +24,7 @@ RequestMessage SampleRequest() {
   m.headers = {{"content-type", "text/plain"}, {"x-k", ""}};
   m.body = std::string_view("body\0with nul", 13);
   m.timeout_ms = 1500;
+  m.body_mode = BodyMode::kStreamed;
   return m;
 }
 
@@ -45,6 +46,7 @@ TEST(FrameTest, RequestRoundTrips) {
   EXPECT_EQ(got.headers, want.headers);
   EXPECT_EQ(got.body, want.body);
   EXPECT_EQ(got.timeout_ms, 1500u);
+  EXPECT_EQ(got.body_mode, BodyMode::kStreamed);
 }
 
 TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
@@ -240,6 +242,48 @@ TEST(FrameTest, BadStreamFramesAreRejected) {
   std::string_view data;
   EXPECT_FALSE(DecodeChunk(PayloadOf(frame).substr(0, 7), &data).ok()) << "truncated";
   EXPECT_FALSE(DecodeChunk(std::string(PayloadOf(frame)) + "x", &data).ok()) << "trailing";
+}
+
+TEST(FrameTest, WebSocketFramesRoundTrip) {
+  std::string frame;
+  AppendMessage(frame, 9, {true, std::string_view("\x00\xff", 2)});
+  EXPECT_EQ(HeaderOf(frame).kind, FrameKind::kMessage);
+  WsMessage message;
+  ASSERT_TRUE(DecodeMessage(PayloadOf(frame), &message).ok());
+  EXPECT_TRUE(message.binary);
+  EXPECT_EQ(message.data, std::string_view("\x00\xff", 2));
+  frame.clear();
+  AppendMessage(frame, 9, {false, "hello"});
+  ASSERT_TRUE(DecodeMessage(PayloadOf(frame), &message).ok());
+  EXPECT_FALSE(message.binary);
+
+  frame.clear();
+  AppendClose(frame, 9, {1009, "message too big"});
+  EXPECT_EQ(HeaderOf(frame).kind, FrameKind::kClose);
+  WsClose close;
+  ASSERT_TRUE(DecodeClose(PayloadOf(frame), &close).ok());
+  EXPECT_EQ(close.code, 1009);
+  EXPECT_EQ(close.reason, "message too big");
+}
+
+TEST(FrameTest, BadWebSocketFramesAreRejected) {
+  std::string frame;
+  AppendMessage(frame, 1, {false, "x"});
+  frame[kFrameHeaderSize] = 3;
+  WsMessage message;
+  EXPECT_FALSE(DecodeMessage(PayloadOf(frame), &message).ok()) << "type 3";
+  frame.clear();
+  AppendClose(frame, 1, {999, ""});
+  WsClose close;
+  EXPECT_FALSE(DecodeClose(PayloadOf(frame), &close).ok()) << "code 999";
+  frame.clear();
+  AppendClose(frame, 1, {5000, ""});
+  EXPECT_FALSE(DecodeClose(PayloadOf(frame), &close).ok()) << "code 5000";
+  frame.clear();
+  AppendRequest(frame, 1, SampleRequest());
+  frame[kFrameHeaderSize + 4] = 3;  // the body mode, after the timeout
+  RequestMessage request;
+  EXPECT_FALSE(DecodeRequest(PayloadOf(frame), &request).ok()) << "body mode 3";
 }
 
 TEST(FrameReaderTest, ReassemblesFramesFromAnySplit) {

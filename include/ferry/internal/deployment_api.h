@@ -51,6 +51,11 @@ template <typename T>
 struct OverridesHandleStream<T, std::void_t<decltype(&T::handle_stream)>>
     : std::bool_constant<!std::is_same_v<decltype(&T::handle_stream), decltype(&Deployment::handle_stream)>> {};
 template <typename T, typename = void>
+struct OverridesAcceptWebSocket : std::false_type {};
+template <typename T>
+struct OverridesAcceptWebSocket<T, std::void_t<decltype(&T::accept_websocket)>>
+    : std::bool_constant<!std::is_same_v<decltype(&T::accept_websocket), decltype(&Deployment::accept_websocket)>> {};
+template <typename T, typename = void>
 struct OverridesCheckHealth : std::false_type {};
 template <typename T>
 struct OverridesCheckHealth<T, std::void_t<decltype(&T::check_health)>>
@@ -64,12 +69,24 @@ inline void Emit(const Response& r, FerryResponseSink* sink) {
   host->set_body(sink, FerryString{r.body.data(), r.body.size()});
 }
 
-// Runs `body`, turning any exception into FERRY_ERROR with its text.
+// An HttpError's answer: its status and {"error": message}.
+inline void EmitHttpError(const HttpError& e, FerryResponseSink* sink) {
+  Emit(Response::FromJson(Json{{"error", e.what()}}, e.status()), sink);
+}
+
+// Runs `body`, turning any exception into FERRY_ERROR with its text (an HttpError with a sink to answer
+// through: that answer instead).
 template <typename F>
-int Guard(FerryErrorSink* error, F&& body) {
+int Guard(FerryErrorSink* error, F&& body, FerryResponseSink* answer = nullptr) {
   try {
     body();
     return FERRY_OK;
+  } catch (const HttpError& e) {
+    if (answer) {
+      EmitHttpError(e, answer);
+      return FERRY_OK;
+    }
+    SetError(Host(), error, e.what());
   } catch (const std::exception& e) {
     SetError(Host(), error, e.what());
   } catch (...) {
@@ -148,14 +165,54 @@ const FerryDeploymentApi* DeploymentApiFor(const char* name) {
     };
     if constexpr (OverridesHandleStream<T>::value) {
       a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
-        return Guard(error, [&] {
-          ResponseWriter writer(sink);
-          static_cast<T*>(instance)->handle_stream(Request(request), writer);
-        });
+        ResponseWriter writer(sink);
+        return Guard(
+            error,
+            [&] {
+              try {
+                static_cast<T*>(instance)->handle_stream(Request(request), writer);
+              } catch (const HttpError& e) {
+                if (writer.started()) throw std::runtime_error(e.what());  // too late for a status: break the stream
+                throw;
+              }
+            },
+            sink);
       };
     } else {
       a.handle = [](void* instance, const FerryRequest* request, FerryResponseSink* sink, FerryErrorSink* error) {
-        return Guard(error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); });
+        return Guard(
+            error, [&] { Emit(static_cast<T*>(instance)->handle(Request(request)), sink); }, sink);
+      };
+    }
+    if constexpr (OverridesAcceptWebSocket<T>::value) {
+      a.ws_open = [](void* instance, const FerryRequest* request, FerryWebSocket* ws, void** session,
+                     FerryResponseSink* refusal, FerryErrorSink* error) {
+        *session = nullptr;
+        return Guard(
+            error,
+            [&] {
+              std::unique_ptr<WebSocketSession> s =
+                  static_cast<T*>(instance)->accept_websocket(Request(request), WebSocket(ws));
+              if (s) {
+                *session = s.release();
+                return;
+              }
+              Emit(Response::FromJson(Json{{"error", "the deployment refused the WebSocket session"}}, 403), refusal);
+            },
+            refusal);
+      };
+      a.ws_message = [](void*, void* session, FerryString data, int binary, FerryErrorSink* error) {
+        return Guard(error, [&] {
+          static_cast<WebSocketSession*>(session)->on_message(std::string_view(data.data, data.size), binary != 0);
+        });
+      };
+      a.ws_closed = [](void*, void* session, int code, FerryString reason) {
+        std::unique_ptr<WebSocketSession> s(static_cast<WebSocketSession*>(session));
+        try {
+          s->on_close(code, std::string_view(reason.data, reason.size));
+        } catch (...) {
+          // Nothing to tell: the session is over either way.
+        }
       };
     }
     if constexpr (OverridesHandleBatch<T>::value) {

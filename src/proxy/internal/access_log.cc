@@ -33,7 +33,10 @@ void AccessLine::Write(AccessLog& log, std::string_view request_id, unsigned sta
   thread_local std::string message;
   message.clear();
   ferry::StrAppend(&message, method_, " ", path_, " ", status, " ", latency);
-  if (stream_) ferry::StrAppend(&message, " stream ", chunks_, " chunks ", bytes_, " bytes");
+  if (close_code_)
+    ferry::StrAppend(&message, " websocket ", chunks_, " messages ", bytes_, " bytes close ", close_code_);
+  else if (stream_)
+    ferry::StrAppend(&message, " stream ", chunks_, " chunks ", bytes_, " bytes");
   const LogField fields[] = {
       {"request_id", request_id},
       JsonOnly({"method", method_}),
@@ -47,11 +50,13 @@ void AccessLine::Write(AccessLog& log, std::string_view request_id, unsigned sta
       {"trace_id", trace_id},
       JsonOnly({"stream_chunks", static_cast<double>(chunks_)}),  // these two for streams only
       JsonOnly({"stream_bytes", static_cast<double>(bytes_)}),
+      JsonOnly({"websocket_close_code", close_code_}),  // for WebSocket sessions only
   };
-  const size_t n = std::size(fields) - (stream_ ? 0 : 2);
+  const size_t n = std::size(fields) - (close_code_ ? 0 : stream_ ? 1 : 3);
   Log::Format(LogLevel::kInfo, "access", message, std::span<const LogField>(fields, n), &log.block());
   route_ = nullptr;
   stream_ = false;
+  close_code_ = 0;
   if (log.block().size() >= kBlock) log.Flush();
 }
 

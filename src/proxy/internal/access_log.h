@@ -36,6 +36,12 @@ class AccessLine {
     chunks_ = chunks;
     bytes_ = bytes;
   }
+  // The request became a WebSocket session that closed with `code`: its messages and bytes both ways
+  // are the stream's chunks and bytes.
+  void SetWebSocket(uint64_t messages, uint64_t bytes, unsigned close_code) {
+    SetStream(messages, bytes);
+    close_code_ = close_code;
+  }
   // Appends the line to `log` (flushing a large block) and forgets the request.
   void Write(AccessLog& log, std::string_view request_id, unsigned status, std::string_view replica,
              std::string_view trace_id, double ms);
@@ -46,6 +52,7 @@ class AccessLine {
   const router::Route* route_ = nullptr;
   bool stream_ = false;
   uint64_t chunks_ = 0, bytes_ = 0;
+  unsigned close_code_ = 0;  // a WebSocket session's; 0: not one
 };
 
 }  // namespace ferry::proxy

@@ -36,7 +36,7 @@ bool IsTraceparent(boost::beast::string_view name) {
 
 }  // namespace
 
-Call::Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
+Call::Call(Worker& worker, std::shared_ptr<CallSink> session, std::shared_ptr<const router::RoutingTable> table,
            const router::Route* route, std::string request_id, RouteSeries* series)
     : worker_(worker),
       session_(session),
@@ -119,6 +119,54 @@ void Call::Dispatch(router::ReplicaLease lease) {
   }
   channel_ = worker_.ChannelTo(lease_.replica_ptr());
   stream_id_ = channel_->Send(shared_from_this(), Encode(timeout_ms));
+  // A streamed body's pieces that came while the request waited for a replica.
+  if (!body_pending_.empty()) {
+    channel_->SendChunk(stream_id_, body_pending_);
+    body_pending_.clear();
+    inbound_sent_ = true;
+  }
+  if (body_end_) channel_->SendEnd(stream_id_, *body_end_);
+}
+
+void Call::SendBody(std::string_view data) {
+  if (state_ == State::kDone || data.empty()) return;
+  inbound_credit_ -= static_cast<int64_t>(data.size());
+  if (state_ == State::kQueued) {
+    body_pending_.append(data);
+    return;
+  }
+  inbound_sent_ = true;
+  channel_->SendChunk(stream_id_, data);
+}
+
+void Call::EndBody(bool ok) {
+  if (state_ == State::kDone || body_end_) return;
+  body_end_ = ok;
+  if (state_ == State::kDispatched) channel_->SendEnd(stream_id_, ok);
+}
+
+void Call::SendMessage(const transport::WsMessage& message) {
+  if (state_ != State::kDispatched || !streaming_) return;
+  inbound_credit_ -= static_cast<int64_t>(message.data.size());
+  channel_->SendMessage(stream_id_, message);
+}
+
+void Call::SendClose(const transport::WsClose& close) {
+  if (state_ == State::kDispatched && streaming_) channel_->SendClose(stream_id_, close);
+}
+
+void Call::OnCredit(uint32_t bytes) {
+  const bool was_blocked = inbound_credit_ <= 0;
+  inbound_credit_ += bytes;
+  if (was_blocked && inbound_credit_ > 0 && session_) session_->ResumeInbound();
+}
+
+void Call::OnMessage(const transport::WsMessage& message) {
+  if (session_) session_->OnMessage(message);
+}
+
+void Call::OnClose(const transport::WsClose& close) {
+  if (session_) session_->OnClose(close);
 }
 
 transport::RequestMessage Call::Encode(uint32_t timeout_ms) {
@@ -151,6 +199,7 @@ transport::RequestMessage Call::Encode(uint32_t timeout_ms) {
   m.headers = headers;
   m.body = request_.body();
   m.timeout_ms = timeout_ms;
+  m.body_mode = body_mode_;
   return m;
 }
 
@@ -171,7 +220,7 @@ void Call::OnChannelFailed(bool delivered, std::string_view why) {
 
 void Call::OnReplicaUnreachable(std::string_view why) {
   if (state_ != State::kDispatched) return;
-  if (answered_ || abandoned_ || ++reroutes_ > kMaxReroutes) {
+  if (answered_ || abandoned_ || inbound_sent_ || ++reroutes_ > kMaxReroutes) {
     FERRY_LOG(kWarning, "proxy", "request ", request_id_, " failed with 502: replica ", replica_id(), " unreachable (",
               why, ")");
     std::string body = ErrorJson(StrCat("replica ", replica_id(), " unreachable: ", why), request_id_);
@@ -208,12 +257,12 @@ void Call::OnStreamStart(const transport::ResponseStart& head) {
   deadline_.cancel();
   if (answered_ || !session_) return;  // timed out meanwhile: the cancel is on its way
   answered_ = true;
-  StartStream(*session_, head, request_id_);
+  session_->BeginStream(head, request_id_);
 }
 
 void Call::OnStreamChunk(std::string_view data) {
   if (!streaming_ || !session_) return;
-  StreamChunk(*session_, data);
+  session_->StreamChunk(data);
 }
 
 void Call::OnStreamEnd(const transport::StreamEnd& end) {
@@ -224,7 +273,7 @@ void Call::OnStreamEnd(const transport::StreamEnd& end) {
   if (!end.ok && !abandoned_)
     FERRY_LOG(kWarning, "proxy", "request ", request_id_, ": the stream from replica ", replica_id(),
               " broke: ", end.message);
-  if (session_) EndStream(*session_, end.ok, end.message);
+  if (session_) session_->FinishStream(end.ok);
   session_.reset();
 }
 
@@ -257,7 +306,7 @@ void Call::Abandon() {
 
 void Call::Answer(const CallResult& result) {
   answered_ = true;
-  if (session_) DeliverResponse(*session_, result, request_id_);
+  if (session_) session_->Deliver(result, request_id_);
   session_.reset();
 }
 

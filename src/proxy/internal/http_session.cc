@@ -18,10 +18,10 @@ namespace ferry::proxy {
 
 namespace beast = boost::beast;
 
-class HttpSession : public std::enable_shared_from_this<HttpSession> {
+class HttpSession : public Session, public CallSink, public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(Worker& worker, tcp::socket socket) : worker_(worker), socket_(std::move(socket)) {}
-  ~HttpSession() { worker_.RemoveSession(this); }
+  ~HttpSession() override { worker_.RemoveSession(this); }
 
   void Start() {
     worker_.AddSession(this);
@@ -30,8 +30,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     EnterIdle();
   }
 
-  void Deliver(const CallResult& result, const std::string& request_id) {
+  void Deliver(const CallResult& result, const std::string& request_id) override {
     if (phase_ != Phase::kProcessing) return;
+    if (body_streaming_) close_after_response_ = true;  // answered before the body's end: the rest is not read
     http::response<http::string_body> res{static_cast<http::status>(result.status), version_};
     for (const auto& [name, value] : result.headers) {
       if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
@@ -48,8 +49,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // HTTP/1.0 client the raw body, ended by closing). One write at a time; what arrives meanwhile gathers
   // and goes out in the next. Each chunk's bytes are credited back to the replica once written, so a slow
   // client holds its producer to one window (transport::kStreamWindow) ahead of it.
-  void BeginStream(const transport::ResponseStart& head, const std::string& request_id) {
+  void BeginStream(const transport::ResponseStart& head, const std::string& request_id) override {
     if (phase_ != Phase::kProcessing) return;
+    if (body_streaming_) close_after_response_ = true;
     phase_ = Phase::kStreaming;
     stream_status_ = head.status;
     stream_chunked_ = version_ >= 11;
@@ -78,7 +80,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     FlushStream();
   }
 
-  void StreamChunk(std::string_view data) {
+  void StreamChunk(std::string_view data) override {
     if (phase_ != Phase::kStreaming || data.empty()) return;
     if (stream_chunked_) {
       char size[24];
@@ -93,7 +95,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     FlushStream();
   }
 
-  void FinishStream(bool ok) {
+  void FinishStream(bool ok) override {
     if (phase_ != Phase::kStreaming) return;
     stream_ended_ = true;
     stream_ok_ = ok;
@@ -102,19 +104,29 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     FlushStream();
   }
 
-  void CloseNow() { Close(); }
+  void CloseNow() override { Close(); }
 
-  void CloseIfIdle() {
+  void CloseWhenIdle() override {
     close_after_response_ = true;
     if (phase_ == Phase::kIdle) Close();
+  }
+
+  // The replica takes more of a streamed body.
+  void ResumeInbound() override {
+    if (body_paused_) ReadBodyPiece();
   }
 
   enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kStreaming, kWriting, kClosed };
 
   // Called by the worker's sweep a few times a second. Idle too long between requests, or too slow sending
   // one: close. Requests being processed have their own deadline in their Call.
-  void CheckDeadline(SteadyClock::time_point now) {
+  void CheckDeadline(SteadyClock::time_point now) override {
     if (now < deadline_) return;
+    if (phase_ == Phase::kProcessing && reading_body_) {
+      FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": the client stopped sending its body; closing");
+      Close();
+      return;
+    }
     if (phase_ == Phase::kIdle || phase_ == Phase::kReadingHeader || phase_ == Phase::kReadingBody) {
       if (phase_ != Phase::kIdle)
         FERRY_LOG(kInfo, "proxy", "closing a connection that did not finish its request in time");
@@ -128,6 +140,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void EnterIdle() {
     phase_ = Phase::kIdle;
     call_.reset();
+    body_parser_.reset();
     if (close_after_response_ || worker_.draining()) {
       Close();
       return;
@@ -192,7 +205,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     phase_ = Phase::kReadingBody;
-    auto read_body = [self = shared_from_this()] {
+    const bool stream = StreamsBody(req);
+    auto read_body = [self = shared_from_this(), stream] {
+      if (stream) {
+        self->OnStreamedHead();
+        return;
+      }
       self->SetDeadline(std::max(self->worker_.options().header_timeout, std::chrono::milliseconds(60000)));
       http::async_read(self->socket_, self->buffer_, *self->parser_,
                        [self](const boost::system::error_code& ec, size_t) {
@@ -214,6 +232,98 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     read_body();
+  }
+
+  // Whether a request's body goes to its replica as it arrives: larger than body_stream_threshold_bytes,
+  // or chunked without a length. Only for routes (the proxy's own endpoints and the inference protocol
+  // take whole bodies).
+  bool StreamsBody(const http::request<http::string_body>& req) const {
+    const auto& parser = *parser_;
+    if (parser.content_length() && *parser.content_length() <= worker_.options().body_stream_threshold_bytes)
+      return false;
+    return Classify(req).kind == RequestHead::Kind::kRoute;
+  }
+
+  // A request whose body streams: it goes to its deployment now, its body piece by piece as the replica
+  // takes it (credit), the rest on the stream. `max_body_bytes` still bounds the whole: past it, a request
+  // not yet answered gets 413 and the deployment's request is cancelled (its reads of the body fail).
+  void OnStreamedHead() {
+    deadline_ = SteadyClock::time_point::max();
+    phase_ = Phase::kProcessing;
+    body_parser_.emplace(std::move(*parser_));
+    parser_.reset();
+    body_parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
+    http::request<http::string_body> req(body_parser_->get().base());
+    const RequestHead head = Classify(req);
+    request_id_ = RequestIdFrom(req);
+    started_ = SteadyClock::now();
+    series_ = nullptr;
+    worker_.in_flight().fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
+    close_after_response_ = close_after_response_ || !req.keep_alive();
+    std::shared_ptr<const router::RoutingTable> table = worker_.table();
+    const router::Route* route = table->Match(head.path);
+    if (!route) {
+      if (table->access_log()) BeginAccess(req, head.path, nullptr);
+      WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", head.path), true);
+      return;
+    }
+    body_streaming_ = true;
+    StartCall(std::move(req), head.path, std::move(table), route, transport::BodyMode::kStreamed);
+    ReadBodyPiece();
+  }
+
+  void ReadBodyPiece() {
+    if (!body_streaming_ || phase_ == Phase::kClosed || reading_body_) return;
+    if (!call_ || !call_->WantsInbound()) {
+      body_paused_ = true;  // the replica has a window of it unread: wait for its credit
+      deadline_ = SteadyClock::time_point::max();
+      return;
+    }
+    body_paused_ = false;
+    if (!piece_) piece_ = std::make_unique<char[]>(kBodyPiece);
+    auto& body = body_parser_->get().body();
+    body.data = piece_.get();
+    body.size = kBodyPiece;
+    body.more = true;
+    SetDeadline(std::max(worker_.options().header_timeout, std::chrono::milliseconds(60000)));
+    reading_body_ = true;
+    http::async_read_some(socket_, buffer_, *body_parser_,
+                          [self = shared_from_this()](boost::system::error_code ec, size_t) {
+                            self->reading_body_ = false;
+                            self->OnBodyPiece(ec);
+                          });
+  }
+
+  void OnBodyPiece(boost::system::error_code ec) {
+    if (phase_ == Phase::kClosed || !body_streaming_) return;
+    if (ec == http::error::need_buffer) ec = {};
+    const size_t got = kBodyPiece - body_parser_->get().body().size;
+    if (got > 0 && call_) call_->SendBody(std::string_view(piece_.get(), got));
+    if (ec) {
+      body_streaming_ = false;
+      if (call_) call_->EndBody(false);
+      std::optional<ErrorAnswer> answer = AnswerToReadError(ec, worker_.options());
+      if (answer && phase_ == Phase::kProcessing) {
+        // Nothing was answered yet: the client hears what was wrong; the deployment's request is cancelled.
+        FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": body refused mid-stream (", answer->message,
+                  "); cancelling it");
+        if (call_) call_->Abandon();
+        WriteError(answer->status, answer->message, true);
+        return;
+      }
+      Close();
+      return;
+    }
+    if (body_parser_->is_done()) {
+      body_streaming_ = false;
+      piece_.reset();
+      deadline_ = SteadyClock::time_point::max();
+      if (call_) call_->EndBody(true);
+      if (phase_ == Phase::kProcessing && buffer_.size() == 0) ReadAhead();
+      return;
+    }
+    ReadBodyPiece();
   }
 
   void OnReadError(const boost::system::error_code& ec) {
@@ -256,14 +366,37 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", path), false);
       return;
     }
+    if (IsWebSocketUpgrade(req)) {
+      HandOff(std::move(req), path, std::move(table), route);
+      return;
+    }
     // While the call runs, watch for the client hanging up (or its next pipelined request).
     if (buffer_.size() == 0) ReadAhead();
     StartCall(std::move(req), path, std::move(table), route);
   }
 
+  // A WebSocket session leaves this session with the connection: it answers, logs and counts itself.
+  void HandOff(http::request<http::string_body>&& req, std::string_view path,
+               std::shared_ptr<const router::RoutingTable> table, const router::Route* route) {
+    Upgrade up{std::move(socket_), {}, std::move(table), route, nullptr, request_id_, *started_, false, {}, {}};
+    up.series = worker_.Series(up.table, route);
+    up.access_log = route->access_log;
+    if (tracing::Tracer* tracer = worker_.tracer(); tracer && tracer->enabled()) {
+      up.trace = BeginTrace(*tracer, req, path, route);
+      up.span = std::move(span_);
+      span_.reset();
+    }
+    up.request = std::move(req);
+    Uncount();
+    phase_ = Phase::kClosed;
+    series_ = nullptr;
+    StartWebSocketSession(worker_, std::move(up));
+  }
+
   // Sends a request to `route`'s deployment: its metrics series, its access line, its trace.
   void StartCall(http::request<http::string_body>&& req, std::string_view path,
-                 std::shared_ptr<const router::RoutingTable> table, const router::Route* route) {
+                 std::shared_ptr<const router::RoutingTable> table, const router::Route* route,
+                 transport::BodyMode body_mode = transport::BodyMode::kWhole) {
     series_ = worker_.Series(table, route);
     if (route->access_log) BeginAccess(req, path, route);
     tracing::SpanContext trace;
@@ -271,6 +404,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       trace = BeginTrace(*tracer, req, path, route);
     call_ = std::make_shared<Call>(worker_, shared_from_this(), std::move(table), route, request_id_, series_);
     if (trace.sampled) call_->SetTrace(trace);
+    call_->SetBodyMode(body_mode);
     call_->Start(std::move(req));
   }
 
@@ -463,6 +597,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (phase_ == Phase::kClosed) return;
     const Phase phase = phase_;
     phase_ = Phase::kClosed;
+    body_streaming_ = false;
     Uncount();
     if (call_) call_->Abandon();
     if (phase == Phase::kStreaming) access_.SetStream(stream_chunks_, stream_bytes_);
@@ -475,12 +610,20 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   static constexpr size_t kReadAhead = 4096;
+  static constexpr size_t kBodyPiece = 64 * 1024;
   static constexpr unsigned kClientClosedRequest = 499;
   Worker& worker_;
   tcp::socket socket_;
   SteadyClock::time_point deadline_ = SteadyClock::time_point::max();
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
+  // A streamed body: its parser (the head's, converted), the buffer each piece is read into, and whether a
+  // read is in flight or waits for the replica's credit.
+  std::optional<http::request_parser<http::buffer_body>> body_parser_;
+  std::unique_ptr<char[]> piece_;
+  bool body_streaming_ = false;
+  bool reading_body_ = false;
+  bool body_paused_ = false;
   http::response<http::string_body> response_;
   std::shared_ptr<Call> call_;
   std::string request_id_;
@@ -508,22 +651,5 @@ void StartHttpSession(Worker& worker, tcp::socket socket) {
   std::make_shared<HttpSession>(worker, std::move(socket))->Start();
 }
 
-void CloseWhenIdle(HttpSession* session) { session->CloseIfIdle(); }
-
-void CloseNow(HttpSession* session) { session->CloseNow(); }
-
-void CheckDeadline(HttpSession* session, SteadyClock::time_point now) { session->CheckDeadline(now); }
-
-void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id) {
-  session.Deliver(result, request_id);
-}
-
-void StartStream(HttpSession& session, const transport::ResponseStart& head, const std::string& request_id) {
-  session.BeginStream(head, request_id);
-}
-
-void StreamChunk(HttpSession& session, std::string_view data) { session.StreamChunk(data); }
-
-void EndStream(HttpSession& session, bool ok, std::string_view) { session.FinishStream(ok); }
 
 }  // namespace ferry::proxy

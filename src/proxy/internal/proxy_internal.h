@@ -40,6 +40,8 @@ struct ProxyMetrics {
   metrics::Family<metrics::Histogram>& queue_wait;  // application, deployment: routed -> sent to a replica
   metrics::Family<metrics::Counter>& rejected;      // application, deployment: 503, every replica and the queue full
   metrics::Family<metrics::Counter>& timed_out;     // application, deployment: 504, request_timeout_s passed
+  metrics::Family<metrics::Counter>& websocket_closed;    // application, route, code: sessions ended
+  metrics::Family<metrics::Counter>& websocket_messages;  // application, route, direction (in, out)
 };
 
 // One route's series as a worker holds them: looked up once per route, not per request.
@@ -59,17 +61,47 @@ struct CallResult {
   std::string_view body;
 };
 
+// Who a call answers: an HTTP session, or a WebSocket session. On the worker's thread.
+class CallSink {
+ public:
+  virtual ~CallSink() = default;
+  // The whole answer (or the proxy's error instead of one).
+  virtual void Deliver(const CallResult& result, const std::string& request_id) = 0;
+  // A streamed answer: the head (for a WebSocket session, its 101), each chunk, the end (broken: not ok).
+  virtual void BeginStream(const transport::ResponseStart& head, const std::string& request_id) = 0;
+  virtual void StreamChunk(std::string_view data) = 0;
+  virtual void FinishStream(bool ok) = 0;
+  // The replica takes more of what the client sends (a streamed body, a session's messages).
+  virtual void ResumeInbound() {}
+  // A WebSocket session: a message from the deployment, and its close.
+  virtual void OnMessage(const transport::WsMessage& message) { (void)message; }
+  virtual void OnClose(const transport::WsClose& close) { (void)close; }
+};
+
 // One request from the moment it has a route to the moment it has an answer: waits in the router's queue,
 // holds a replica slot, is forwarded over a channel, and may time out or be cancelled by the client.
 // OnAssigned (from the router) may run on any thread; it moves the call back to its worker.
 class Call : public router::Waiter, public transport::StreamListener, public std::enable_shared_from_this<Call> {
  public:
   enum class State { kQueued, kDispatched, kDone };
-  Call(Worker& worker, std::shared_ptr<HttpSession> session, std::shared_ptr<const router::RoutingTable> table,
+  Call(Worker& worker, std::shared_ptr<CallSink> session, std::shared_ptr<const router::RoutingTable> table,
        const router::Route* route, std::string request_id, RouteSeries* series);
 
+  // How the request's body travels (before Start): whole (in `request`), streamed (SendBody and EndBody
+  // after Start), or a WebSocket session (SendMessage and SendClose once the 101 came).
+  void SetBodyMode(transport::BodyMode mode) { body_mode_ = mode; }
   // Runs the call: takes a slot or queues, arms the deadline. Answers at once when shed.
   void Start(http::request<http::string_body>&& request);
+  // What the client sends after the request. Each spends credit: send only while WantsInbound(); the
+  // sink's ResumeInbound says when there is more.
+  bool WantsInbound() const { return inbound_credit_ > 0 && state_ != State::kDone; }
+  void SendBody(std::string_view data);
+  void EndBody(bool ok);
+  void SendMessage(const transport::WsMessage& message);
+  void SendClose(const transport::WsClose& close);
+  void OnCredit(uint32_t bytes) override;
+  void OnMessage(const transport::WsMessage& message) override;
+  void OnClose(const transport::WsClose& close) override;
   // Traces this call under the proxy's span `context` (sampled): a queue span, and the replica's
   // traceparent. Before Start.
   void SetTrace(const tracing::SpanContext& context);
@@ -106,7 +138,7 @@ class Call : public router::Waiter, public transport::StreamListener, public std
   void Fail(unsigned status, std::string_view message);
 
   Worker& worker_;
-  std::shared_ptr<HttpSession> session_;               // the session drops its call when done, breaking the cycle
+  std::shared_ptr<CallSink> session_;                  // the session drops its call when done, breaking the cycle
   std::shared_ptr<const router::RoutingTable> table_;  // keeps route_ alive
   const router::Route* route_;
   std::string request_id_;
@@ -126,6 +158,26 @@ class Call : public router::Waiter, public transport::StreamListener, public std
   tracing::SpanContext trace_;  // the proxy span's; not sampled: no spans
   std::string traceparent_;     // what the replica is sent when traced
   int64_t queued_at_ns_ = 0;
+  // After the request: what the client sends (a streamed body's pieces, held until dispatch; a session's
+  // messages), and the replica's credit for it.
+  transport::BodyMode body_mode_ = transport::BodyMode::kWhole;
+  int64_t inbound_credit_ = transport::kStreamWindow;
+  std::string body_pending_;
+  std::optional<bool> body_end_;  // the body's end (ok or broken), once the client finished sending
+  bool inbound_sent_ = false;     // some of it went to a replica: never routed again
+};
+
+// A client connection as its worker sees it: an HTTP session or a WebSocket session.
+class Session {
+ public:
+  virtual ~Session() = default;
+  // The worker's sweep, a few times a second: closes a session whose deadline passed.
+  virtual void CheckDeadline(SteadyClock::time_point now) = 0;
+  // Draining: closes a session between requests (an HTTP one with a request in flight closes after
+  // answering; a WebSocket session closes with 1001).
+  virtual void CloseWhenIdle() = 0;
+  // Closes now, abandoning what is in flight.
+  virtual void CloseNow() = 0;
 };
 
 // One I/O thread: an io_context, an acceptor, sessions, channels to replicas.
@@ -147,14 +199,16 @@ class Worker {
   bool draining() const { return draining_->load(std::memory_order_relaxed); }
   // This worker's channel to `replica` (made, and connected, on first use).
   std::shared_ptr<transport::ReplicaChannel> ChannelTo(const std::shared_ptr<const router::ReplicaEndpoint>& replica);
-  void AddSession(HttpSession* s) { sessions_.insert(s); }
-  void RemoveSession(HttpSession* s) { sessions_.erase(s); }
+  void AddSession(Session* s) { sessions_.insert(s); }
+  void RemoveSession(Session* s) { sessions_.erase(s); }
 
   // The series of `route` in `table` (null route: the proxy's own endpoints and unmatched paths); null
   // when the proxy keeps no metrics.
   RouteSeries* Series(const std::shared_ptr<const router::RoutingTable>& table, const router::Route* route);
   // Counts an answer with `status` on `series`, and its latency (none for errors before a request was parsed).
   void RecordResponse(RouteSeries* series, unsigned status, std::optional<double> seconds);
+  // Counts a WebSocket session that ended with `close_code`, and its messages.
+  void RecordWebSocketSession(RouteSeries* series, unsigned close_code, uint64_t messages_in, uint64_t messages_out);
   // This worker's access lines, written in one block by the sweep (or when the block is large).
   AccessLog& access_log() { return access_log_; }
   tracing::Tracer* tracer() const { return options_.tracer; }
@@ -167,7 +221,7 @@ class Worker {
   std::atomic<int>* in_flight_;
   std::atomic<bool>* draining_;
   // Declared before io_ so that they outlive the sessions io_ destroys with its handlers.
-  std::unordered_set<HttpSession*> sessions_;
+  std::unordered_set<Session*> sessions_;
   AccessLog access_log_;
   asio::io_context io_{1};
   tcp::acceptor acceptor_{io_};
@@ -183,18 +237,25 @@ class Worker {
 
 // Starts serving one accepted connection.
 void StartHttpSession(Worker& worker, tcp::socket socket);
-// Closes a session that is between requests; one with a request in flight closes after answering.
-void CloseWhenIdle(HttpSession* session);
-// Closes a session now, abandoning its request.
-void CloseNow(HttpSession* session);
-// Closes a session whose idle, header or body deadline has passed.
-void CheckDeadline(HttpSession* session, SteadyClock::time_point now);
-// The session's answer to its current request (from its call).
-void DeliverResponse(HttpSession& session, const CallResult& result, const std::string& request_id);
-// The session's answer as a stream (from its call): the head, each chunk as it comes, the end (broken: the
-// client sees the body cut short).
-void StartStream(HttpSession& session, const transport::ResponseStart& head, const std::string& request_id);
-void StreamChunk(HttpSession& session, std::string_view data);
-void EndStream(HttpSession& session, bool ok, std::string_view message);
+
+// What an HTTP session hands a WebSocket session when a request upgrades: the connection, the request,
+// where it goes, and what the HTTP session already knew of it.
+struct Upgrade {
+  tcp::socket socket;
+  http::request<http::string_body> request;
+  std::shared_ptr<const router::RoutingTable> table;
+  const router::Route* route = nullptr;
+  RouteSeries* series = nullptr;
+  std::string request_id;
+  SteadyClock::time_point started;
+  bool access_log = false;
+  std::optional<tracing::Span> span;  // the proxy's span of the session, when traced
+  tracing::SpanContext trace;
+};
+// Runs a WebSocket session on `upgrade`'s connection (ws_session.cc): the deployment accepts or refuses
+// it, then messages go both ways until either side closes.
+void StartWebSocketSession(Worker& worker, Upgrade&& upgrade);
+// Whether `request` asks to become a WebSocket session (GET, Connection: upgrade, Upgrade: websocket).
+bool IsWebSocketUpgrade(const http::request<http::string_body>& request);
 
 }  // namespace ferry::proxy

@@ -58,6 +58,10 @@ struct CancelContext {
   std::string_view request_id;
   std::string_view traceparent;
   ResponseStream* scope = nullptr;  // null: calls are not cancelled with the request (batches)
+  BodySource* body = nullptr;       // a streamed body's source; null: the body is in the request
+  std::string gathered;             // read_all_body's answer
+  bool gathered_done = false;
+  int gathered_ok = 1;
 };
 
 handle::HandleClient* g_handles = nullptr;
@@ -148,6 +152,16 @@ struct ReplicaNames {
 };
 ReplicaNames g_names;
 
+int WsSend(FerryWebSocket* ws, FerryString data, int binary) {
+  return ws->peer->Send(ViewOf(data), binary != 0) ? 0 : 1;
+}
+void WsClose(FerryWebSocket* ws, int code, FerryString reason) {
+  // Codes a deployment may send (RFC 6455 7.4): 1000-1003, 1007-1011, 3000-4999; others become 1011.
+  const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || (code >= 3000 && code <= 4999);
+  std::string_view why = ViewOf(reason).substr(0, 123);
+  ws->peer->Close(static_cast<uint16_t>(sendable ? code : 1011), why);
+}
+
 void ReplicaContext(FerryString* application, FerryString* deployment, FerryString* replica_id) {
   if (application) *application = Str(g_names.application);
   if (deployment) *deployment = Str(g_names.deployment);
@@ -170,16 +184,40 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &CallConsumed,
                                &CancelCall,
                                &ReleaseCall,
-                               &ReplicaContext};
+                               &ReplicaContext,
+                               &WsSend,
+                               &WsClose};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;
 }
 
+int ReadBody(const FerryRequest* request, FerryString* chunk) {
+  auto* context = static_cast<CancelContext*>(request->host_context);
+  if (!context->body) return 0;
+  std::string_view piece;
+  int rc = context->body->Next(&piece);
+  if (rc == 1) *chunk = Str(piece);
+  return rc;
+}
+
+FerryString ReadAllBody(const FerryRequest* request, int* ok) {
+  auto* context = static_cast<CancelContext*>(request->host_context);
+  if (!context->gathered_done && context->body) {
+    std::string_view piece;
+    int rc;
+    while ((rc = context->body->Next(&piece)) == 1) context->gathered.append(piece);
+    context->gathered_ok = rc == 0 ? 1 : 0;
+  }
+  context->gathered_done = true;
+  if (ok) *ok = context->gathered_ok;
+  return Str(context->gathered);
+}
+
 // Points `raw` at `request`'s fields; `headers` and `context` must outlive the call it is used for.
 void FillRequest(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
                  std::vector<FerryHeader>& headers, CancelContext& context, FerryRequest& raw,
-                 ResponseStream* scope = nullptr) {
+                 ResponseStream* scope = nullptr, BodySource* body = nullptr) {
   headers.clear();
   context = CancelContext{};
   for (const auto& [k, v] : request.headers) {
@@ -189,6 +227,7 @@ void FillRequest(const transport::RequestMessage& request, const std::atomic<boo
   context.cancelled = &cancelled;
   context.request_id = request.request_id;
   context.scope = scope;
+  context.body = body;
   if (request.timeout_ms > 0) context.deadline = SteadyClock::now() + std::chrono::milliseconds(request.timeout_ms);
   raw = FerryRequest{};
   raw.struct_size = sizeof(FerryRequest);
@@ -202,6 +241,9 @@ void FillRequest(const transport::RequestMessage& request, const std::atomic<boo
   raw.body = Str(request.body);
   raw.is_cancelled = &IsCancelled;
   raw.host_context = &context;
+  raw.body_streamed = body ? 1 : 0;
+  raw.read_body = &ReadBody;
+  raw.read_all_body = &ReadAllBody;
 }
 
 std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
@@ -269,6 +311,11 @@ DeploymentHost::DeploymentHost(const FerryDeploymentApi* api) : api_(api) {
     prepare_ = api->prepare;
     release_ = api->release;
   }
+  if (FERRY_HAS(api, ws_closed) && api->ws_open && api->ws_message && api->ws_closed) {
+    ws_open_ = api->ws_open;
+    ws_message_ = api->ws_message;
+    ws_closed_ = api->ws_closed;
+  }
 }
 
 DeploymentHost::~DeploymentHost() {
@@ -278,11 +325,11 @@ DeploymentHost::~DeploymentHost() {
 }
 
 void DeploymentHost::Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
-                            FerryResponseSink* response) {
+                            FerryResponseSink* response, BodySource* body) {
   thread_local std::vector<FerryHeader> headers;
   CancelContext context;
   FerryRequest raw;
-  FillRequest(request, cancelled, headers, context, raw, response->stream);
+  FillRequest(request, cancelled, headers, context, raw, response->stream, body);
   if (model_) {
     std::unique_ptr<ModelHost::Prepared> p = model_->Prepare(request);
     if (p->answer) {
@@ -318,6 +365,42 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
     nlohmann::json body = {{"error", ErrorText(error, "handler failed")}, {"request_id", request.request_id}};
     response->body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
+}
+
+bool DeploymentHost::OpenWebSocket(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
+                                   FerryWebSocket* ws, void** session, FerryResponseSink* refusal) {
+  *session = nullptr;
+  if (!ws_open_) {
+    *refusal = ErrorResponse(403, "this deployment takes no WebSocket sessions");
+    return false;
+  }
+  thread_local std::vector<FerryHeader> headers;
+  CancelContext context;
+  FerryRequest raw;
+  FillRequest(request, cancelled, headers, context, raw);
+  FerryErrorSink error;
+  t_request_id = request.request_id;
+  const int rc = ws_open_(instance_, &raw, ws, session, refusal, &error);
+  t_request_id = {};
+  if (rc != FERRY_OK) {
+    FERRY_LOG(kWarning, "replica", "request ", request.request_id, ": ws_open failed: ", ErrorText(error, "no message"));
+    *refusal = ErrorResponse(500, ErrorText(error, "accept_websocket failed"));
+    *session = nullptr;
+    return false;
+  }
+  if (*session) return true;
+  if (refusal->status < 400) refusal->status = 403;
+  return false;
+}
+
+absl::Status DeploymentHost::WebSocketMessage(void* session, std::string_view data, bool binary) {
+  FerryErrorSink error;
+  if (ws_message_(instance_, session, Str(data), binary ? 1 : 0, &error) == FERRY_OK) return absl::OkStatus();
+  return absl::InternalError(ErrorText(error, "on_message failed"));
+}
+
+void DeploymentHost::WebSocketClosed(void* session, uint16_t code, std::string_view reason) {
+  ws_closed_(instance_, session, code, Str(reason));
 }
 
 void* DeploymentHost::Prepare(const transport::RequestMessage& request, const std::atomic<bool>& cancelled) {

@@ -30,9 +30,18 @@ class DeploymentHost {
   static absl::StatusOr<std::unique_ptr<DeploymentHost>> Create(const ReplicaSpec& spec);
   ~DeploymentHost();
 
-  // Runs handle(). A plugin error becomes 500 with the message in a JSON body.
+  // Runs handle(). A plugin error becomes 500 with the message in a JSON body. `body` (not null): the
+  // request's body streams from there (the request's own body holds nothing).
   void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
-              FerryResponseSink* response);
+              FerryResponseSink* response, BodySource* body = nullptr);
+  // WebSocket sessions: whether the deployment takes them; opening one (accepted: true with *session
+  // set; refused: false with the answer in *refusal); its messages (an error: close it with 1011); its
+  // end (once; frees the session).
+  bool takes_websocket() const { return ws_open_ != nullptr; }
+  bool OpenWebSocket(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
+                     FerryWebSocket* ws, void** session, FerryResponseSink* refusal);
+  absl::Status WebSocketMessage(void* session, std::string_view data, bool binary);
+  void WebSocketClosed(void* session, uint16_t code, std::string_view reason);
   // True when the deployment has handle_batch, or is a model (the tensor entry takes batches).
   bool can_batch() const { return handle_batch_ != nullptr || model_ != nullptr; }
   // True when the deployment has prepare() (per-request work before its batch), or is a model (the
@@ -59,6 +68,9 @@ class DeploymentHost {
   decltype(FerryDeploymentApi::handle_batch) handle_batch_ = nullptr;
   decltype(FerryDeploymentApi::prepare) prepare_ = nullptr;
   decltype(FerryDeploymentApi::release) release_ = nullptr;
+  decltype(FerryDeploymentApi::ws_open) ws_open_ = nullptr;
+  decltype(FerryDeploymentApi::ws_message) ws_message_ = nullptr;
+  decltype(FerryDeploymentApi::ws_closed) ws_closed_ = nullptr;
   void* instance_ = nullptr;
   std::unique_ptr<ModelHost> model_;  // set for a model: the host speaks the protocol
 };

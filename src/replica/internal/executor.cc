@@ -64,6 +64,15 @@ TaskPtr Executor::Submit(std::vector<TaskPtr>& tasks) {
   return mine;
 }
 
+void Executor::Enqueue(TaskPtr task) {
+  {
+    MutexLock lock(&mu_);
+    if (stopping_.load()) return;
+    queue_.push_back(std::move(task));
+  }
+  wake_(1);
+}
+
 void Executor::Done(std::optional<std::chrono::nanoseconds> handle_time) {
   if (handle_time) {
     int64_t avg = handle_ns_.load(std::memory_order_relaxed);

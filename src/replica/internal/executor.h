@@ -39,6 +39,8 @@ class Executor {
   // Takes the tasks one read produced: returns the one this thread runs itself now (then Done), or null
   // when none may start here; queues the rest for any thread.
   TaskPtr Submit(std::vector<TaskPtr>& tasks);
+  // Queues one task for any thread and wakes one (work that arrives outside a read: a session to close).
+  void Enqueue(TaskPtr task);
   // A task that Next or Submit handed out has finished; `handle_time`: how long handle() took, when it ran.
   void Done(std::optional<std::chrono::nanoseconds> handle_time);
   // More threads when the limit grows; a lower limit just lets fewer run.

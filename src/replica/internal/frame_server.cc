@@ -57,25 +57,17 @@ void ClientConnection::Untrack(uint64_t stream_id) {
 }
 
 void ClientConnection::Cancel(uint64_t stream_id) {
-  std::shared_ptr<TrackedStream> stream;
-  {
-    MutexLock lock(&streams_mu_);
-    auto it = streams_.find(stream_id);
-    if (it == streams_.end()) return;
-    stream = it->second;
-  }
-  stream->Cancel();
+  if (std::shared_ptr<TrackedStream> stream = Find(stream_id)) stream->Cancel();
 }
 
 void ClientConnection::AddCredit(uint64_t stream_id, uint32_t bytes) {
-  std::shared_ptr<TrackedStream> stream;
-  {
-    MutexLock lock(&streams_mu_);
-    auto it = streams_.find(stream_id);
-    if (it == streams_.end()) return;  // the stream ended meanwhile
-    stream = it->second;
-  }
-  stream->AddCredit(bytes);
+  if (std::shared_ptr<TrackedStream> stream = Find(stream_id)) stream->AddCredit(bytes);  // else: it ended meanwhile
+}
+
+std::shared_ptr<TrackedStream> ClientConnection::Find(uint64_t stream_id) {
+  MutexLock lock(&streams_mu_);
+  auto it = streams_.find(stream_id);
+  return it == streams_.end() ? nullptr : it->second;
 }
 
 void ClientConnection::Abandon() {

@@ -50,6 +50,8 @@ class ClientConnection {
   void Untrack(uint64_t stream_id);
   void Cancel(uint64_t stream_id);
   void AddCredit(uint64_t stream_id, uint32_t bytes);
+  // The request in flight on `stream_id`, or null (it ended meanwhile).
+  std::shared_ptr<TrackedStream> Find(uint64_t stream_id);
   // The client is gone: every request it sent is cancelled, and answers to it are dropped.
   void Abandon();
 

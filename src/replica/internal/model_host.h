@@ -28,7 +28,28 @@ class ResponseStream {
   // credit. False once the stream is over (cancelled, client gone): nothing was sent.
   virtual bool Write(const FerryResponseSink& head, std::string_view chunk) = 0;
 };
+
+// Where a streamed request body comes from (the replica server's side of FerryRequest.read_body).
+class BodySource {
+ public:
+  virtual ~BodySource() = default;
+  // The next piece: 1 with *chunk set (valid until the next call), 0 at the end, -1 when the body broke.
+  virtual int Next(std::string_view* chunk) = 0;
+};
+
+// A WebSocket session's sending side (the replica server's side of FerryHostApi.ws_send and ws_close).
+class WebSocketPeer {
+ public:
+  virtual ~WebSocketPeer() = default;
+  // False once the session is closing or closed.
+  virtual bool Send(std::string_view data, bool binary) = 0;
+  virtual void Close(uint16_t code, std::string_view reason) = 0;
+};
 }  // namespace ferry::replica
+
+struct FerryWebSocket {
+  ferry::replica::WebSocketPeer* peer;
+};
 
 struct FerryResponseSink {
   int status = 200;

@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "common/common.h"
@@ -128,6 +129,7 @@ class ReplicaServer::Impl {
     }
     FERRY_LOG(kInfo, "replica", "draining ", ongoing_.load(), " ongoing requests");
     frames_.StopAccepting();
+    CloseSessions();
     auto deadline =
         SteadyClock::now() + std::chrono::milliseconds(static_cast<int64_t>(spec_.graceful_shutdown_timeout_s * 1000));
     while (ongoing_.load() > 0 && SteadyClock::now() < deadline)
@@ -179,6 +181,16 @@ class ReplicaServer::Impl {
   void Dispatch(std::vector<TaskPtr>& tasks) {
     if (tasks.empty()) return;
     if (batcher_) {
+      // WebSocket sessions run on threads of their own, never in batches.
+      thread_local std::vector<TaskPtr> sessions;
+      sessions.clear();
+      std::erase_if(tasks, [](const TaskPtr& t) {
+        if (t->request.body_mode != transport::BodyMode::kWebSocket) return false;
+        sessions.push_back(t);
+        return true;
+      });
+      if (TaskPtr mine = executor_.Submit(sessions)) RunTask(*mine);
+      if (tasks.empty()) return;
       // Each request's own work (a model's parsing and validation) happens now, while its batch
       // gathers, instead of inside the batch that every request in it waits for.
       if (host_.can_prepare()) {
@@ -209,9 +221,28 @@ class ReplicaServer::Impl {
         if (spans_.enabled()) spans_.Start(*task);
         c->Track(task->stream_id, task);
         ongoing_.fetch_add(1, std::memory_order_relaxed);
+        switch (task->request.body_mode) {
+          case transport::BodyMode::kWhole:
+            break;
+          case transport::BodyMode::kStreamed:
+            // A deployment that takes whole bodies (batches, models) gets this one once it has all come.
+            if (batcher_ || host_.is_model()) {
+              StartGathering(task);
+              return absl::OkStatus();
+            }
+            break;
+          case transport::BodyMode::kWebSocket:
+            OpenSession(task);
+            break;
+        }
         tasks.push_back(std::move(task));
         return absl::OkStatus();
       }
+      case FrameKind::kChunk:
+      case FrameKind::kEnd:
+      case FrameKind::kMessage:
+      case FrameKind::kClose:
+        return OnInbound(*c, header, payload, tasks);
       case FrameKind::kCancel:
         c->Cancel(header.stream_id);
         return absl::OkStatus();
@@ -293,6 +324,304 @@ class ReplicaServer::Impl {
         return absl::InvalidArgumentError(
             StrCat("unexpected ", transport::FrameKindName(header.kind), " frame from a client"));
     }
+  }
+
+  // What the client sends after a request on its stream: a streamed body's pieces and end, a WebSocket
+  // session's messages and close. Frames for a stream that ended meanwhile are dropped.
+  absl::Status OnInbound(ClientConnection& c, const FrameHeader& header, std::string_view payload,
+                         std::vector<TaskPtr>& tasks) {
+    std::string_view data;
+    transport::StreamEnd end;
+    transport::WsMessage message;
+    transport::WsClose close;
+    absl::Status s;
+    switch (header.kind) {
+      case FrameKind::kChunk:
+        s = transport::DecodeChunk(payload, &data);
+        break;
+      case FrameKind::kEnd:
+        s = transport::DecodeEnd(payload, &end);
+        break;
+      case FrameKind::kMessage:
+        s = transport::DecodeMessage(payload, &message);
+        break;
+      default:
+        s = transport::DecodeClose(payload, &close);
+        break;
+    }
+    if (!s.ok()) return s;
+    auto task = std::dynamic_pointer_cast<Task>(c.Find(header.stream_id));
+    if (!task) return absl::OkStatus();
+    const transport::BodyMode mode = task->request.body_mode;
+    const bool body_frame = header.kind == FrameKind::kChunk || header.kind == FrameKind::kEnd;
+    if ((mode == transport::BodyMode::kStreamed) != body_frame || mode == transport::BodyMode::kWhole)
+      return absl::InvalidArgumentError(StrCat("unexpected ", transport::FrameKindName(header.kind),
+                                               " frame for request ", task->request.request_id));
+    if (header.kind == FrameKind::kChunk) {
+      if (!Gather(*task, data)) task->Push(data, false);
+      return absl::OkStatus();
+    }
+    if (header.kind == FrameKind::kEnd) {
+      if (!EndGathering(task, end.ok, tasks)) task->EndInbound(end.ok);
+      return absl::OkStatus();
+    }
+    bool schedule = false;
+    {
+      MutexLock lock(&task->flow_mu);
+      if (header.kind == FrameKind::kMessage) {
+        task->inbound.push_back(Task::Piece{std::string(message.data), message.binary});
+      } else if (!task->inbound_ended) {
+        task->inbound_ended = true;
+        if (!task->closing) {
+          task->close_code = close.code;
+          task->close_reason.assign(close.reason);
+        }
+      }
+      schedule = !task->scheduled;
+      task->scheduled = true;
+    }
+    if (schedule) tasks.push_back(std::move(task));
+    return absl::OkStatus();
+  }
+
+  // A streamed body for a deployment that takes whole ones: its pieces gather in the task (credited back
+  // at once: max_body_bytes, which the proxy enforces, bounds them), and the request runs at its end.
+  void StartGathering(const TaskPtr& task) {
+    {
+      MutexLock lock(&task->flow_mu);
+      task->gathering = true;
+    }
+    task->gathered_body.assign(task->request.body);
+    task->OnCancel([this, weak = std::weak_ptr<Task>(task)] {
+      std::vector<TaskPtr> none;
+      if (TaskPtr t = weak.lock()) EndGathering(t, false, none);
+    });
+  }
+
+  bool Gather(Task& task, std::string_view data) {
+    {
+      MutexLock lock(&task.flow_mu);
+      if (!task.gathering) return false;
+    }
+    task.gathered_body.append(data);
+    SendCredit(task, data.size());
+    return true;
+  }
+
+  // Ends a gathering body: complete, the request joins `tasks`; broken (or cancelled), it is answered.
+  bool EndGathering(const TaskPtr& task, bool ok, std::vector<TaskPtr>& tasks) {
+    {
+      MutexLock lock(&task->flow_mu);
+      if (!task->gathering) return false;
+      task->gathering = false;
+    }
+    if (ok && !task->cancelled.load()) {
+      task->request.body = task->gathered_body;
+      task->request.body_mode = transport::BodyMode::kWhole;
+      tasks.push_back(task);
+    } else {
+      Complete(*task, Cancelled());
+    }
+    return true;
+  }
+
+  void SendCredit(Task& task, size_t bytes) {
+    if (bytes == 0) return;
+    std::string frame;
+    transport::AppendCredit(frame, task.stream_id, static_cast<uint32_t>(std::min<size_t>(bytes, UINT32_MAX)));
+    task.connection->Send(frame);
+  }
+
+  // A streamed body as handle() reads it: the bytes that came with the request, then each piece, credited
+  // back to the client as it is taken.
+  class TaskBody : public BodySource {
+   public:
+    TaskBody(Impl& server, Task& task) : server_(server), task_(task), first_(task.request.body) {}
+    int Next(std::string_view* chunk) override {
+      if (!first_.empty()) {
+        *chunk = first_;
+        first_ = {};
+        return 1;
+      }
+      for (;;) {
+        int rc = task_.AwaitPiece(&current_);
+        if (rc != 1) return rc;
+        if (current_.empty()) continue;
+        server_.SendCredit(task_, current_.size());
+        *chunk = current_;
+        return 1;
+      }
+    }
+
+   private:
+    Impl& server_;
+    Task& task_;
+    std::string_view first_;
+    std::string current_;
+  };
+
+  // A WebSocket session's sending side: messages wait for the proxy's credit like a stream's chunks; what
+  // the deployment sends before it accepted goes out after the 101.
+  class SessionPeer : public WebSocketPeer {
+   public:
+    SessionPeer(Impl& server, const TaskPtr& task) : server_(server), task_(task.get()), weak_(task) {}
+    bool Send(std::string_view data, bool binary) override {
+      {
+        MutexLock lock(&task_->flow_mu);
+        if (task_->closing || task_->inbound_ended) return false;
+      }
+      if (task_->stream_started && !task_->AwaitCredit()) return false;
+      std::string frame;
+      transport::AppendMessage(frame, task_->stream_id, {binary, data});
+      task_->Spend(data.size());
+      ++task_->chunks_sent;
+      task_->bytes_sent += data.size();
+      return Out(frame);
+    }
+    void Close(uint16_t code, std::string_view reason) override {
+      bool schedule = false;
+      {
+        MutexLock lock(&task_->flow_mu);
+        if (task_->closing || task_->inbound_ended) return;
+        task_->closing = true;
+        task_->close_code = code;
+        task_->close_reason.assign(reason);
+        schedule = !task_->scheduled;
+        task_->scheduled = true;
+      }
+      std::string frame;
+      transport::AppendClose(frame, task_->stream_id, {code, reason});
+      Out(frame);
+      if (schedule)
+        if (TaskPtr t = weak_.lock()) server_.executor_.Enqueue(std::move(t));
+    }
+    // The session was accepted: the 101, then what was sent meanwhile.
+    void Accepted() {
+      std::string frame;
+      transport::AppendResponseStart(frame, task_->stream_id, {101, {}});
+      MutexLock lock(&mu_);
+      frame.append(early_);
+      early_.clear();
+      accepted_ = true;
+      task_->connection->Send(frame);
+    }
+
+   private:
+    bool Out(std::string_view frame) {
+      {
+        MutexLock lock(&mu_);
+        if (!accepted_) {
+          early_.append(frame);
+          return true;
+        }
+      }
+      task_->connection->Send(frame);
+      return true;
+    }
+    Impl& server_;
+    Task* task_;
+    std::weak_ptr<Task> weak_;
+    Mutex mu_;
+    bool accepted_ ABSL_GUARDED_BY(mu_) = false;
+    std::string early_ ABSL_GUARDED_BY(mu_);
+  };
+
+  // A new session: it runs (opens) now; a cancel (the client gone) brings it back to a thread to close.
+  void OpenSession(const TaskPtr& task) {
+    task->peer = std::make_unique<SessionPeer>(*this, task);
+    task->ws.peer = task->peer.get();
+    {
+      MutexLock lock(&task->flow_mu);
+      task->scheduled = true;
+    }
+    task->OnCancel([this, weak = std::weak_ptr<Task>(task)] {
+      TaskPtr t = weak.lock();
+      if (!t) return;
+      bool schedule = false;
+      {
+        MutexLock lock(&t->flow_mu);
+        schedule = !t->scheduled;
+        t->scheduled = true;
+      }
+      if (schedule) executor_.Enqueue(std::move(t));
+    });
+  }
+
+  // Runs a session on this thread: opens it (the first time), then hands the deployment every message
+  // that came, in order, and its close; returns when none is left (the next message schedules it again).
+  void RunSession(Task& task) {
+    const auto start = SteadyClock::now();
+    auto* peer = static_cast<SessionPeer*>(task.peer.get());
+    if (!task.ws_opened) {
+      task.ws_opened = true;
+      FerryResponseSink refusal;
+      if (task.cancelled.load()) {
+        Complete(task, Cancelled());
+        executor_.Done(std::nullopt);
+        return;
+      }
+      if (!host_.OpenWebSocket(task.request, task.cancelled, &task.ws, &task.ws_session, &refusal)) {
+        Complete(task, refusal);
+        executor_.Done(SteadyClock::now() - start);
+        return;
+      }
+      task.stream_started = true;
+      peer->Accepted();
+      MutexLock lock(&sessions_mu_);
+      sessions_[&task] = std::static_pointer_cast<Task>(task.connection->Find(task.stream_id));
+    }
+    for (;;) {
+      Task::Piece piece;
+      bool end = false;
+      uint16_t code = 1006;
+      std::string reason;
+      {
+        MutexLock lock(&task.flow_mu);
+        if (!task.inbound.empty()) {
+          piece = std::move(task.inbound.front());
+          task.inbound.pop_front();
+        } else if (task.inbound_ended || task.closing || task.cancelled.load()) {
+          end = true;
+          code = task.close_code;
+          reason = task.close_reason;
+        } else {
+          task.scheduled = false;
+          break;
+        }
+      }
+      if (end) {
+        host_.WebSocketClosed(task.ws_session, code, reason);
+        task.ws_session = nullptr;
+        {
+          MutexLock lock(&sessions_mu_);
+          sessions_.erase(&task);
+        }
+        FerryResponseSink switched;
+        switched.status = 101;
+        EndStream(task, switched);
+        break;
+      }
+      absl::Status s = host_.WebSocketMessage(task.ws_session, piece.data, piece.binary);
+      SendCredit(task, piece.data.size());
+      if (!s.ok()) {
+        FERRY_LOG(kWarning, "replica", "request ", task.request.request_id,
+                  ": on_message failed; closing the session with 1011: ", s.message());
+        const std::string why(s.message());
+        peer->Close(1011, std::string_view(why).substr(0, 123));
+      }
+    }
+    executor_.Done(SteadyClock::now() - start);
+  }
+
+  // Drain: every open session is closed with 1001 (going away), so that it ends before the grace period.
+  void CloseSessions() {
+    std::vector<TaskPtr> open;
+    {
+      MutexLock lock(&sessions_mu_);
+      for (auto& [raw, weak] : sessions_)
+        if (TaskPtr t = weak.lock()) open.push_back(std::move(t));
+    }
+    for (auto& t : open) t->peer->Close(1001, "replica shutting down");
   }
 
   // Asks the node agent for endpoint snapshots once user code holds a handle and the node is connected.
@@ -438,6 +767,10 @@ class ReplicaServer::Impl {
 
   // Runs a task the executor handed to this thread.
   void RunTask(Task& task) {
+    if (task.request.body_mode == transport::BodyMode::kWebSocket) {
+      RunSession(task);
+      return;
+    }
     if (task.cancelled.load()) {
       Complete(task, Cancelled());
       executor_.Done(std::nullopt);
@@ -448,7 +781,9 @@ class ReplicaServer::Impl {
     response.stream = &stream;
     auto start = SteadyClock::now();
     if (task.trace) task.trace->user_start_ns = tracing::UnixNanos();
-    host_.Handle(task.request, task.cancelled, &response);
+    std::optional<TaskBody> body;
+    if (task.request.body_mode == transport::BodyMode::kStreamed) body.emplace(*this, task);
+    host_.Handle(task.request, task.cancelled, &response, body ? &*body : nullptr);
     if (task.trace) task.trace->user_end_ns = tracing::UnixNanos();
     auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - start);
     processing_.Observe(static_cast<double>(took.count()) / 1e9);
@@ -485,6 +820,8 @@ class ReplicaServer::Impl {
   Mutex node_mu_;
   std::shared_ptr<ClientConnection> node_ ABSL_GUARDED_BY(node_mu_);  // the node agent's connection
   bool subscribed_ ABSL_GUARDED_BY(node_mu_) = false;
+  Mutex sessions_mu_;
+  std::unordered_map<Task*, std::weak_ptr<Task>> sessions_ ABSL_GUARDED_BY(sessions_mu_);  // open WebSocket sessions
   const SpanRecorder spans_;
   tracing::Tracer* tracer_;
   // Reported in stats replies; the node renders them as this replica's histograms.

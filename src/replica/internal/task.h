@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -42,6 +43,30 @@ struct Task : public TrackedStream {
   int64_t credit ABSL_GUARDED_BY(flow_mu) = transport::kStreamWindow;
   bool waiting_for_credit ABSL_GUARDED_BY(flow_mu) = false;
   std::vector<std::function<void()>> cancel_hooks ABSL_GUARDED_BY(flow_mu);
+  // What the client sends on the stream after the request: a streamed body's pieces, or a WebSocket
+  // session's messages; its end (an end frame, or the client's close), in arrival order.
+  struct Piece {
+    std::string data;
+    bool binary = false;
+  };
+  std::deque<Piece> inbound ABSL_GUARDED_BY(flow_mu);
+  bool inbound_ended ABSL_GUARDED_BY(flow_mu) = false;
+  bool inbound_ok ABSL_GUARDED_BY(flow_mu) = true;  // an end frame's ok flag
+  bool waiting_for_inbound ABSL_GUARDED_BY(flow_mu) = false;
+  // A streamed body of a deployment that takes whole bodies (batched, or a model): gathered here until its
+  // end, then the request runs with it.
+  bool gathering ABSL_GUARDED_BY(flow_mu) = false;
+  std::string gathered_body;
+  // A WebSocket session: its close (the client's code, or the deployment's), whether a thread runs it or
+  // it waits in the executor's queue, and the deployment's session object.
+  uint16_t close_code ABSL_GUARDED_BY(flow_mu) = 1006;
+  std::string close_reason ABSL_GUARDED_BY(flow_mu);
+  bool closing ABSL_GUARDED_BY(flow_mu) = false;  // the deployment closed it (close frame sent)
+  bool scheduled ABSL_GUARDED_BY(flow_mu) = false;
+  bool ws_opened = false;  // the running thread's only
+  void* ws_session = nullptr;
+  std::unique_ptr<WebSocketPeer> peer;  // the session's sending side, what `ws` points to
+  FerryWebSocket ws{nullptr};
   // What a streamed answer sent (its span's and the stats' figures).
   uint64_t chunks_sent = 0;
   uint64_t bytes_sent = 0;
@@ -66,7 +91,7 @@ struct Task : public TrackedStream {
     {
       MutexLock lock(&flow_mu);
       hooks.swap(cancel_hooks);
-      if (waiting_for_credit) flow_cv.SignalAll();
+      if (waiting_for_credit || waiting_for_inbound) flow_cv.SignalAll();
     }
     for (auto& hook : hooks) hook();
   }
@@ -99,6 +124,33 @@ struct Task : public TrackedStream {
   void Spend(size_t bytes) {
     MutexLock lock(&flow_mu);
     credit -= static_cast<int64_t>(bytes);
+  }
+  // A piece from the client; the end of them (ok: complete; not: broken).
+  void Push(std::string_view data, bool binary) {
+    MutexLock lock(&flow_mu);
+    inbound.push_back(Piece{std::string(data), binary});
+    if (waiting_for_inbound) flow_cv.SignalAll();
+  }
+  void EndInbound(bool ok) {
+    MutexLock lock(&flow_mu);
+    inbound_ended = true;
+    inbound_ok = ok;
+    if (waiting_for_inbound) flow_cv.SignalAll();
+  }
+  // Waits for the next piece: 1 with `out` set, 0 at a complete end, -1 broken or cancelled.
+  int AwaitPiece(std::string* out) {
+    MutexLock lock(&flow_mu);
+    while (inbound.empty() && !inbound_ended && !cancelled.load()) {
+      waiting_for_inbound = true;
+      flow_cv.Wait(&flow_mu);
+    }
+    waiting_for_inbound = false;
+    if (!inbound.empty()) {
+      *out = std::move(inbound.front().data);
+      inbound.pop_front();
+      return 1;
+    }
+    return inbound_ended && inbound_ok && !cancelled.load() ? 0 : -1;
   }
 };
 
