@@ -10,6 +10,7 @@
 // `prepare_us` (args) is per-request work that needs no batch, like parsing a request body: with batching it
 // is spent in prepare(), as the request arrives; otherwise in handle(). A batched answer says where it was
 // spent: `"prepared": "on arrival"` (prepare() ran on another thread before the batch) or `"in batch"`.
+// `body_bytes` says how large the request's body was (a streamed one is read whole first).
 #include <unistd.h>
 
 #include <any>
@@ -44,7 +45,9 @@ class Busy : public Deployment {
     auto start = Clock::now();
     // An unbatched call pays the fixed cost and the preparation too: it is a batch of one.
     bool cancelled = SpinUntil(start + std::chrono::microseconds(prepare_us_ + batch_cost_us_ + work_us), req);
-    return Response::FromJson(Answer(work_us, start, cancelled, 1));
+    Json answer = Answer(work_us, start, cancelled, 1);
+    answer["body_bytes"] = req.body().size();
+    return Response::FromJson(answer);
   }
 
   std::vector<Response> handle_batch(std::span<const Request> batch) override {
@@ -76,6 +79,7 @@ class Busy : public Deployment {
       if (cancelled) until = Clock::now();  // it stopped early: the next item's work starts now
       Json answer = Answer(work[i], start, cancelled, batch.size());
       answer["prepared"] = apart[i] ? "on arrival" : "in batch";
+      answer["body_bytes"] = req.body().size();
       out.push_back(Response::FromJson(answer));
     }
     return out;

@@ -26,7 +26,9 @@
 //                                             "body_streamed", "fnv1a64"} without holding it;
 //                                             &read_delay_ms=M waits M ms before each piece (a slow reader)
 //   WebSocket:   every message is sent back unchanged (text as text, binary as binary); ?close_after=N
-//                closes the session (1000) after echoing N messages; ?refuse=STATUS refuses the session
+//                closes the session (1000) after echoing N messages; ?refuse=STATUS refuses the session;
+//                with args.allow_abort, ?abort_on=TEXT aborts the replica on a message TEXT (a crash
+//                mid-session)
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -96,7 +98,8 @@ class Echo : public Deployment {
       int64_t status = Number(refuse, 400, 599);
       throw HttpError(status < 0 ? 403 : static_cast<int>(status), "refused by echo (?refuse)");
     }
-    return std::make_unique<EchoSession>(ws, Number(req.query_param("close_after"), 0, int64_t{1} << 40));
+    return std::make_unique<EchoSession>(ws, Number(req.query_param("close_after"), 0, int64_t{1} << 40),
+                                         allow_abort_ ? std::string(req.query_param("abort_on")) : std::string());
   }
 
   Response handle(const Request& req) override {
@@ -155,8 +158,13 @@ class Echo : public Deployment {
  private:
   class EchoSession : public WebSocketSession {
    public:
-    EchoSession(WebSocket ws, int64_t close_after) : ws_(ws), close_after_(close_after) {}
+    EchoSession(WebSocket ws, int64_t close_after, std::string abort_on)
+        : ws_(ws), close_after_(close_after), abort_on_(std::move(abort_on)) {}
     void on_message(std::string_view data, bool binary) override {
+      if (!abort_on_.empty() && data == abort_on_) {
+        std::fprintf(stderr, "echo: aborting on message %s (abort_on)\n", abort_on_.c_str());
+        std::abort();
+      }
       if (binary ? !ws_.send_binary(data) : !ws_.send_text(data)) return;
       if (close_after_ > 0 && ++echoed_ == close_after_) ws_.close(1000, "close_after reached");
     }
@@ -164,6 +172,7 @@ class Echo : public Deployment {
    private:
     WebSocket ws_;
     int64_t close_after_;
+    std::string abort_on_;
     int64_t echoed_ = 0;
   };
 

@@ -2,6 +2,7 @@
 forwarded as they are produced, a client that leaves cancels the stream in the replica, request_timeout_s
 bounding only the wait for the first byte, HTTP/1.0 clients, keep-alive after a stream, access lines."""
 import json
+import os
 import socket
 import unittest
 
@@ -140,6 +141,110 @@ class StreamingTest(unittest.TestCase):
             for block in r.iter_content(1 << 20):
                 total += len(block)
         self.assertEqual(total, n * size)
+
+
+BODY_CONFIG = """
+http_options: {body_stream_threshold_bytes: 65536, max_body_bytes: 4000000}
+applications:
+  - name: echo
+    route_prefix: /echo
+    deployments:
+      - {name: Echo, import_path: "builtin:echo", max_ongoing_requests: 20}
+  - name: batched
+    route_prefix: /batched
+    deployments:
+      - {name: Batched, import_path: "builtin:busy", batching: {max_batch_size: 4, batch_wait_timeout_s: 0.001}}
+"""
+
+
+def fnv1a64(data):
+    h = 14695981039346656037
+    for c in data:
+        h = ((h ^ c) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+class StreamedBodyTest(unittest.TestCase):
+    """Request bodies over body_stream_threshold_bytes (or chunked without a length) reach the replica as
+    they arrive; max_body_bytes still bounds them, mid-stream too."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ferry = Ferry(BODY_CONFIG)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ferry.stop()
+        cls.ferry.close()
+
+    def test_a_large_body_streams_to_the_deployment(self):
+        data = os.urandom(3_000_000)
+        r = requests.post(self.ferry.url("/echo/up?count_body=1"), data=data, timeout=60)
+        self.assertEqual(r.status_code, 200, r.text)
+        got = r.json()
+        self.assertTrue(got["body_streamed"])
+        self.assertEqual(got["body_bytes"], len(data))
+        self.assertGreater(got["body_pieces"], 1)
+        self.assertEqual(got["fnv1a64"], fnv1a64(data))
+        # A small one still comes whole.
+        small = requests.post(self.ferry.url("/echo/up?count_body=1"), data=b"abc", timeout=30).json()
+        self.assertEqual((small["body_streamed"], small["body_bytes"], small["body_pieces"]), (False, 3, 1))
+
+    def test_a_chunked_body_streams_and_body_reads_it_whole(self):
+        def pieces():
+            for i in range(50):
+                yield (b"%04d" % i) * 1000
+        r = requests.post(self.ferry.url("/echo/up?count_body=1"), data=pieces(), timeout=60)
+        want = b"".join(pieces())
+        self.assertEqual(r.json()["fnv1a64"], fnv1a64(want))
+        self.assertTrue(r.json()["body_streamed"])
+        # handle() that asks for body() gets it whole, streamed or not.
+        r = requests.post(self.ferry.url("/echo/whole"), data=iter([b"hello ", b"streamed ", b"world"]), timeout=30)
+        self.assertEqual(r.json()["body"], "hello streamed world")
+
+    def test_a_batched_deployment_gets_the_streamed_body_whole(self):
+        data = b"z" * 500_000
+        r = requests.post(self.ferry.url("/batched"), data=data, timeout=30)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["body_bytes"], len(data))
+        r = requests.post(self.ferry.url("/batched"), data=iter([b"a" * 100_000] * 3), timeout=30)
+        self.assertEqual(r.json()["body_bytes"], 300_000)
+
+    def test_a_body_over_max_body_bytes_mid_stream_is_413_and_cancels_the_request(self):
+        def pieces():
+            for _ in range(100):
+                yield b"q" * 65536  # 6.5 MB against a 4 MB limit, no length given
+        r = requests.post(self.ferry.url("/echo/up?count_body=1"), data=pieces(), timeout=60)
+        self.assertEqual(r.status_code, 413)
+        self.assertIn("max_body_bytes", r.json()["error"])
+        self.ferry.wait_for(lambda: "body refused mid-stream" in self.ferry.stderr(), what="the proxy's log line")
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 0, what="the deployment's request to end")
+        # A length over the limit is refused before anything is sent.
+        raw = raw_request(self.ferry.port, b"POST /echo/up HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        self.assertEqual(status_of(raw), 413)
+
+    def test_malformed_chunked_encoding_mid_body_is_a_400(self):
+        head = b"POST /echo/up?count_body=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"10000\r\n" + b"a" * 0x10000 + b"\r\nzz-not-hex\r\n"
+        raw = raw_request(self.ferry.port, head + body, timeout=30)
+        self.assertEqual(status_of(raw), 400)
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 0, what="the deployment's request to end")
+
+    def test_a_client_that_leaves_mid_body_cancels_the_request(self):
+        s = socket.create_connection(("127.0.0.1", self.ferry.port), timeout=30)
+        s.sendall(b"POST /echo/up?count_body=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n" +
+                  b"x" * 200_000)
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 1, what="the request on its replica")
+        s.close()
+        self.ferry.wait_for(lambda: ongoing(self.ferry) == 0, what="the cancelled request to end")
+        self.ferry.wait_for(lambda: "POST /echo/up 499" in self.ferry.stderr(), what="the 499 access line")
+
+    def test_a_slow_reader_holds_the_client_back(self):
+        # The deployment reads a piece every 20 ms: the client cannot be far ahead of it. The body is read
+        # whole in the end, and nothing was lost on the way.
+        data = os.urandom(1_500_000)
+        r = requests.post(self.ferry.url("/echo/up?count_body=1&read_delay_ms=2"), data=data, timeout=120)
+        self.assertEqual(r.json()["fnv1a64"], fnv1a64(data))
 
 
 if __name__ == "__main__":

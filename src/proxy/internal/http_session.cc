@@ -303,7 +303,9 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     if (ec) {
       body_streaming_ = false;
       if (call_) call_->EndBody(false);
-      std::optional<ErrorAnswer> answer = AnswerToReadError(ec, worker_.options());
+      // The connection ending mid-body (partial_message) is the client leaving, not a malformed request.
+      std::optional<ErrorAnswer> answer;
+      if (ec != http::error::partial_message) answer = AnswerToReadError(ec, worker_.options());
       if (answer && phase_ == Phase::kProcessing) {
         // Nothing was answered yet: the client hears what was wrong; the deployment's request is cancelled.
         FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": body refused mid-stream (", answer->message,
