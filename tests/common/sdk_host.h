@@ -44,6 +44,18 @@ inline int WriteChunk(FerryResponseSink* s, FerryString data) {
   s->chunks.emplace_back(data.data, data.size);
   return s->chunks.size() >= 100 ? 1 : 0;  // the 100th write finds the stream over (a client that left)
 }
+// What deployments sent through FerryHostApi.ws_send ("text:..." or "binary:...") and ws_close ("close:CODE:reason").
+inline std::vector<std::string>& WebSocketLog() {
+  static std::vector<std::string> sent;
+  return sent;
+}
+inline int WsSend(FerryWebSocket*, FerryString data, int binary) {
+  WebSocketLog().push_back((binary ? "binary:" : "text:") + std::string(data.data, data.size));
+  return 0;
+}
+inline void WsClose(FerryWebSocket*, int code, FerryString reason) {
+  WebSocketLog().push_back("close:" + std::to_string(code) + ":" + std::string(reason.data, reason.size));
+}
 // The host's table: with the HTTP entry only (struct_size ends before the tensor entry's functions), as an
 // older ferry; or, `streaming`, a host whose write_chunk records each chunk in the sink.
 inline FerryHostApi MakeHost(bool streaming) {
@@ -55,7 +67,11 @@ inline FerryHostApi MakeHost(bool streaming) {
   h.set_body = &SetBody;
   h.set_error = &SetError;
   h.log = &LogLine;
-  if (streaming) h.write_chunk = &WriteChunk;
+  if (streaming) {
+    h.write_chunk = &WriteChunk;
+    h.ws_send = &WsSend;
+    h.ws_close = &WsClose;
+  }
   return h;
 }
 inline const FerryHostApi kHost = MakeHost(false);

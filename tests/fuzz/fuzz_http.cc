@@ -2,7 +2,9 @@
 // with the proxy's limits (ProxyOptions' defaults), the answer to a read error, the header check and the
 // classification of a parsed request, its request id, the /v2 model path; then what the proxy does with
 // it (route matching, request frame encoding and decoding, its traceparent, and the JSON access line that
-// carries its path).
+// carries its path). A body that would stream (chunked, or longer than body_stream_threshold_bytes) is also
+// read the way a session streams it: the header's parser converted to a buffer_body one, the body taken
+// piece by piece into a small buffer, never more in all than max_body_bytes.
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 #include <cstddef>
@@ -18,9 +20,48 @@
 
 namespace http = boost::beast::http;
 
+namespace {
+
+// Reads the input as a session reads a streamed body: header first, then pieces of at most 61 bytes.
+void ReadStreamed(const uint8_t* data, size_t size, const ferry::proxy::ProxyOptions& options) {
+  http::request_parser<http::string_body> head;
+  ferry::proxy::ConfigureParser(head, options);
+  boost::asio::const_buffer in(data, size);
+  boost::system::error_code ec;
+  while (!head.is_header_done() && in.size() > 0) {
+    size_t used = head.put(in, ec);
+    if (ec && ec != http::error::need_more) return;
+    if (used == 0) return;
+    in += used;
+  }
+  if (!head.is_header_done() || head.is_done()) return;
+  if (head.content_length() && *head.content_length() <= options.body_stream_threshold_bytes) return;
+  http::request_parser<http::buffer_body> body(std::move(head));
+  body.body_limit(static_cast<uint64_t>(options.max_body_bytes));
+  char piece[61];
+  uint64_t total = 0;
+  for (int i = 0; i < 100000 && !body.is_done(); ++i) {
+    body.get().body().data = piece;
+    body.get().body().size = sizeof(piece);
+    size_t used = in.size() > 0 ? body.put(in, ec) : 0;
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec && ec != http::error::need_more) return;
+    total += sizeof(piece) - body.get().body().size;
+    if (total > static_cast<uint64_t>(options.max_body_bytes)) __builtin_trap();
+    if (used == 0 && body.get().body().size == sizeof(piece)) {
+      if (in.size() == 0) body.put_eof(ec);
+      return;  // needs more input than there is
+    }
+    in += used;
+  }
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const ferry::router::RoutingTable table({{"/", "root", "R", nullptr}, {"/echo", "echo", "E", nullptr}});
   static const ferry::proxy::ProxyOptions options;  // the limits a node runs with by default
+  ReadStreamed(data, size, options);
   http::request_parser<http::string_body> parser;
   ferry::proxy::ConfigureParser(parser, options);
   parser.eager(true);

@@ -13,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/served_replica.h"
@@ -89,8 +90,10 @@ class Client {
   std::vector<std::pair<FrameHeader, std::string>> early_;
 };
 
-std::string RequestFrame(uint64_t stream, std::string_view query = "", std::string_view body = "hi") {
+std::string RequestFrame(uint64_t stream, std::string_view query = "", std::string_view body = "hi",
+                         transport::BodyMode mode = transport::BodyMode::kWhole) {
   transport::RequestMessage m;
+  m.body_mode = mode;
   m.request_id = "rid";
   m.method = "POST";
   m.path = "/app";
@@ -256,6 +259,164 @@ TEST(ReplicaServerTest, AStreamWaitsForCreditAndACancelEndsIt) {
   ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
   EXPECT_FALSE(end.ok);
   EXPECT_EQ(end.message, "cancelled");
+}
+
+std::string Frame(void (*append)(std::string&, uint64_t, std::string_view), uint64_t stream, std::string_view data) {
+  std::string out;
+  append(out, stream, data);
+  return out;
+}
+
+uint32_t CreditOf(const std::string& payload) {
+  uint32_t bytes = 0;
+  EXPECT_TRUE(transport::DecodeCredit(payload, &bytes).ok());
+  return bytes;
+}
+
+// A streamed body reaches handle() piece by piece, each credited back as it is read; the end completes it.
+TEST(ReplicaServerTest, AStreamedBodyIsReadAsItArrivesAndCredited) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "count_body=1", "ab", transport::BodyMode::kStreamed));
+  c.Send(Frame(&transport::AppendChunk, 1, "cde"));
+  EXPECT_EQ(CreditOf(c.Await(FrameKind::kCredit, 1)), 3u);
+  c.Send(Frame(&transport::AppendChunk, 1, "fg"));
+  EXPECT_EQ(CreditOf(c.Await(FrameKind::kCredit, 1)), 2u);
+  std::string end;
+  transport::AppendEnd(end, 1, {true, ""});
+  c.Send(end);
+  transport::ResponseMessage r;
+  std::string payload = c.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_EQ(r.status, 200);
+  auto json = nlohmann::json::parse(r.body);
+  EXPECT_EQ(json["body_bytes"], 7);
+  EXPECT_EQ(json["body_pieces"], 3);  // the bytes that came with the request, then each chunk
+  EXPECT_EQ(json["body_streamed"], true);
+}
+
+TEST(ReplicaServerTest, ABrokenStreamedBodyFailsItsReads) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "count_body=1", "", transport::BodyMode::kStreamed));
+  c.Send(Frame(&transport::AppendChunk, 1, "abc"));
+  std::string end;
+  transport::AppendEnd(end, 1, {false, "the client's body broke"});
+  c.Send(end);
+  transport::ResponseMessage r;
+  std::string payload = c.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(std::string(r.body), HasSubstr("broke"));
+}
+
+// A deployment that takes whole bodies (batched) gets a streamed one once it has all come; its pieces are
+// credited as they arrive.
+TEST(ReplicaServerTest, ABatchedDeploymentGetsAStreamedBodyWhole) {
+  auto spec = ::ferry::testing::BuiltinSpec("busy");
+  spec.batching = spec::BatchingConfig{};
+  auto host = DeploymentHost::Create(spec);
+  ASSERT_TRUE(host.ok()) << host.status();
+  const std::string path = (std::filesystem::path(::testing::TempDir()) / ("batched-" + std::to_string(getpid()))).string();
+  ReplicaServer server(spec, **host);
+  ASSERT_TRUE(server.Listen(path).ok());
+  std::thread run([&] { server.Run(); });
+  {
+    Client c(path);
+    c.Send(RequestFrame(1, "", "12345", transport::BodyMode::kStreamed));
+    c.Send(Frame(&transport::AppendChunk, 1, std::string(1000, 'x')));
+    EXPECT_EQ(CreditOf(c.Await(FrameKind::kCredit, 1)), 1000u);
+    std::string end;
+    transport::AppendEnd(end, 1, {true, ""});
+    c.Send(end);
+    transport::ResponseMessage r;
+    std::string payload = c.Await(FrameKind::kResponse, 1);
+    ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(nlohmann::json::parse(r.body)["body_bytes"], 1005);
+  }
+  server.RequestStop();
+  run.join();
+}
+
+transport::WsMessage MessageOf(const std::string& payload) {
+  transport::WsMessage m;
+  EXPECT_TRUE(transport::DecodeMessage(payload, &m).ok());
+  return m;
+}
+
+std::string MessageFrame(uint64_t stream, std::string_view data, bool binary = false) {
+  std::string out;
+  transport::AppendMessage(out, stream, {binary, data});
+  return out;
+}
+
+// A WebSocket session: accepted (101), messages both ways with credit, the client's close reaches the
+// deployment and the session ends.
+TEST(ReplicaServerTest, AWebSocketSessionEchoesAndEndsOnTheClientsClose) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "", "", transport::BodyMode::kWebSocket));
+  transport::ResponseStart start;
+  ASSERT_TRUE(transport::DecodeResponseStart(c.Await(FrameKind::kResponseStart, 1), &start).ok());
+  EXPECT_EQ(start.status, 101);
+  c.Send(MessageFrame(1, "hello"));
+  transport::WsMessage m = MessageOf(c.Await(FrameKind::kMessage, 1));
+  EXPECT_EQ(m.data, "hello");
+  EXPECT_FALSE(m.binary);
+  EXPECT_EQ(CreditOf(c.Await(FrameKind::kCredit, 1)), 5u);
+  c.Send(MessageFrame(1, std::string_view("\0\1", 2), true));
+  m = MessageOf(c.Await(FrameKind::kMessage, 1));
+  EXPECT_TRUE(m.binary);
+  EXPECT_EQ(m.data, std::string_view("\0\1", 2));
+  std::string close;
+  transport::AppendClose(close, 1, {1000, "bye"});
+  c.Send(close);
+  transport::StreamEnd end;
+  std::string payload = c.Await(FrameKind::kEnd, 1);
+  ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+  EXPECT_TRUE(end.ok);
+}
+
+TEST(ReplicaServerTest, TheDeploymentClosesASessionAndACancelEndsAnother) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "close_after=1", "", transport::BodyMode::kWebSocket));
+  c.Send(RequestFrame(2, "", "", transport::BodyMode::kWebSocket));
+  c.Await(FrameKind::kResponseStart, 1);
+  c.Await(FrameKind::kResponseStart, 2);
+  c.Send(MessageFrame(1, "only"));
+  EXPECT_EQ(MessageOf(c.Await(FrameKind::kMessage, 1)).data, "only");
+  transport::WsClose close;
+  std::string payload = c.Await(FrameKind::kClose, 1);
+  ASSERT_TRUE(transport::DecodeClose(payload, &close).ok());
+  EXPECT_EQ(close.code, 1000);
+  EXPECT_EQ(close.reason, "close_after reached");
+  c.Await(FrameKind::kEnd, 1);
+  std::string cancel;
+  transport::AppendEmpty(cancel, FrameKind::kCancel, 2);
+  c.Send(cancel);
+  transport::StreamEnd end;
+  payload = c.Await(FrameKind::kEnd, 2);
+  ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+  EXPECT_FALSE(end.ok);  // cancelled, not closed
+}
+
+TEST(ReplicaServerTest, ARefusedSessionIsAPlainResponse) {
+  Served replica("echo");
+  Client c(replica.path());
+  c.Send(RequestFrame(1, "refuse=451", "", transport::BodyMode::kWebSocket));
+  transport::ResponseMessage r;
+  std::string payload = c.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_EQ(r.status, 451);
+  EXPECT_THAT(std::string(r.body), HasSubstr("refused by echo"));
+  Served busy("busy");
+  Client b(busy.path());
+  b.Send(RequestFrame(1, "", "", transport::BodyMode::kWebSocket));
+  payload = b.Await(FrameKind::kResponse, 1);
+  ASSERT_TRUE(transport::DecodeResponse(payload, &r).ok());
+  EXPECT_EQ(r.status, 403);
 }
 
 TEST(ReplicaServerTest, AMalformedFrameClosesOnlyItsConnection) {

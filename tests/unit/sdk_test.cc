@@ -175,8 +175,168 @@ TEST(SdkTest, ExceptionsBecomeErrors) {
   api->destroy(instance);
 }
 
+class Strict : public ferry::Deployment {
+ public:
+  explicit Strict(const ferry::Args&) {}
+  ferry::Response handle(const ferry::Request& req) override {
+    if (req.header("authorization").empty()) throw ferry::HttpError(401, "no credentials");
+    return ferry::Response::Text("ok");
+  }
+};
+
+TEST(SdkTest, HttpErrorAnswersItsStatus) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Strict>("Strict");
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK);
+  FerryRequest req = MakeRequest("/", "", {});
+  FerryResponseSink sink;
+  EXPECT_EQ(api->handle(instance, &req, &sink, &error), FERRY_OK);
+  EXPECT_EQ(sink.status, 401);
+  EXPECT_EQ(ferry::Json::parse(sink.body)["error"], "no credentials");
+  api->destroy(instance);
+}
+
+// A streamed body as the host hands it out: pieces, then the end (or a break).
+struct PieceSource {
+  std::vector<std::string> pieces;
+  size_t next = 0;
+  bool broken = false;
+  std::string all;
+};
+int ReadPiece(const FerryRequest* r, FerryString* chunk) {
+  auto* src = static_cast<PieceSource*>(r->host_context);
+  if (src->next == src->pieces.size()) return src->broken ? -1 : 0;
+  const std::string& p = src->pieces[src->next++];
+  *chunk = S(p);
+  return 1;
+}
+FerryString ReadAll(const FerryRequest* r, int* ok) {
+  auto* src = static_cast<PieceSource*>(r->host_context);
+  FerryString piece;
+  int rc;
+  while ((rc = ReadPiece(r, &piece)) == 1) src->all.append(piece.data, piece.size);
+  *ok = rc == 0;
+  return S(src->all);
+}
+
+class Uploads : public ferry::Deployment {
+ public:
+  explicit Uploads(const ferry::Args&) {}
+  ferry::Response handle(const ferry::Request& req) override {
+    if (req.query() == "whole") return ferry::Response::Text(std::string(req.body()));
+    std::string seen;
+    std::string_view piece;
+    while (req.read_body(&piece)) seen += "[" + std::string(piece) + "]";
+    return ferry::Response::Text(seen + (req.body_streamed() ? " streamed" : " whole"));
+  }
+};
+
+TEST(SdkTest, AStreamedBodyIsReadPieceByPieceOrWhole) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Uploads>("Uploads");
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK);
+  for (std::string_view query : {"pieces", "whole"}) {
+    PieceSource src{{"ab", "cd", "e"}};
+    FerryRequest req = ferry::testing::MakeRequest("POST", "/", query, "", {});
+    req.body_streamed = 1;
+    req.read_body = &ReadPiece;
+    req.read_all_body = &ReadAll;
+    req.host_context = &src;
+    FerryResponseSink sink;
+    ASSERT_EQ(api->handle(instance, &req, &sink, &error), FERRY_OK) << error.message;
+    EXPECT_EQ(sink.body, query == "whole" ? "abcde" : "[ab][cd][e] streamed");
+  }
+  // A whole body reads as one piece.
+  FerryRequest whole = ferry::testing::MakeRequest("POST", "/", "pieces", "xyz", {});
+  FerryResponseSink sink;
+  ASSERT_EQ(api->handle(instance, &whole, &sink, &error), FERRY_OK);
+  EXPECT_EQ(sink.body, "[xyz] whole");
+  // A body that breaks: the read throws BodyError, and handle() fails with its text.
+  PieceSource broken{{"ab"}, 0, true};
+  FerryRequest req = ferry::testing::MakeRequest("POST", "/", "pieces", "", {});
+  req.body_streamed = 1;
+  req.read_body = &ReadPiece;
+  req.read_all_body = &ReadAll;
+  req.host_context = &broken;
+  EXPECT_EQ(api->handle(instance, &req, &sink, &error), FERRY_ERROR);
+  EXPECT_NE(error.message.find("broke"), std::string::npos) << error.message;
+  api->destroy(instance);
+}
+
+class Chat : public ferry::Deployment {
+ public:
+  explicit Chat(const ferry::Args&) {}
+  class Session : public ferry::WebSocketSession {
+   public:
+    Session(ferry::WebSocket ws, int* closed) : ws_(ws), closed_(closed) {}
+    void on_message(std::string_view data, bool binary) override {
+      if (data == "throw") throw std::runtime_error("bad message");
+      if (data == "bye") {
+        ws_.close(4000, "asked to");
+        return;
+      }
+      if (binary)
+        ws_.send_binary(data);
+      else
+        ws_.send_text("re: " + std::string(data));
+    }
+    void on_close(int code, std::string_view) override { *closed_ = code; }
+
+   private:
+    ferry::WebSocket ws_;
+    int* closed_;
+  };
+  std::unique_ptr<ferry::WebSocketSession> accept_websocket(const ferry::Request& req, ferry::WebSocket ws) override {
+    if (req.query() == "deny") return nullptr;
+    if (req.query() == "auth") throw ferry::HttpError(401, "log in first");
+    return std::make_unique<Session>(ws, &closed);
+  }
+  int closed = 0;
+};
+
+TEST(SdkTest, WebSocketSessionsThroughTheTable) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Chat>("Chat");
+  ASSERT_NE(api->ws_open, nullptr);
+  void* instance = nullptr;
+  FerryErrorSink error;
+  ASSERT_EQ(api->create(&ferry::testing::kStreamingHost, S(""), &instance, &error), FERRY_OK);
+  ferry::testing::WebSocketLog().clear();
+  FerryRequest req = MakeRequest("/chat", "", {});
+  void* session = nullptr;
+  FerryResponseSink refusal;
+  int token = 0;  // the host's session handle: opaque to the plugin
+  auto* ws = reinterpret_cast<FerryWebSocket*>(&token);
+  ASSERT_EQ(api->ws_open(instance, &req, ws, &session, &refusal, &error), FERRY_OK);
+  ASSERT_NE(session, nullptr);
+  EXPECT_EQ(api->ws_message(instance, session, S("hi"), 0, &error), FERRY_OK);
+  EXPECT_EQ(api->ws_message(instance, session, S("\x01"), 1, &error), FERRY_OK);
+  EXPECT_EQ(api->ws_message(instance, session, S("throw"), 0, &error), FERRY_ERROR);
+  EXPECT_EQ(error.message, "bad message");
+  EXPECT_EQ(api->ws_message(instance, session, S("bye"), 0, &error), FERRY_OK);
+  EXPECT_EQ(ferry::testing::WebSocketLog(),
+            (std::vector<std::string>{"text:re: hi", "binary:\x01", "close:4000:asked to"}));
+  api->ws_closed(instance, session, 4000, S("asked to"));
+  EXPECT_EQ(static_cast<Chat*>(instance)->closed, 4000);
+
+  FerryRequest deny = MakeRequest("/chat", "deny", {});
+  FerryResponseSink denied;
+  ASSERT_EQ(api->ws_open(instance, &deny, nullptr, &session, &denied, &error), FERRY_OK);
+  EXPECT_EQ(session, nullptr);
+  EXPECT_EQ(denied.status, 403);
+  FerryRequest auth = MakeRequest("/chat", "auth", {});
+  FerryResponseSink unauthorized;
+  ASSERT_EQ(api->ws_open(instance, &auth, nullptr, &session, &unauthorized, &error), FERRY_OK);
+  EXPECT_EQ(session, nullptr);
+  EXPECT_EQ(unauthorized.status, 401);
+  EXPECT_EQ(ferry::Json::parse(unauthorized.body)["error"], "log in first");
+  api->destroy(instance);
+}
+
 TEST(SdkTest, OptionalMethodsAreNullWhenNotOverridden) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Plain>("Plain");
+  EXPECT_EQ(api->ws_open, nullptr);
   EXPECT_EQ(api->reconfigure, nullptr);
   EXPECT_EQ(api->check_health, nullptr);
   EXPECT_EQ(api->handle_batch, nullptr);
