@@ -97,7 +97,7 @@ struct HttpOptions {
   double header_timeout_s = 10;  // ferry: a client must finish its request headers within this
   int64_t max_body_bytes = 64ll << 20;
   int64_t body_stream_threshold_bytes = 1 << 20;  // ferry: larger bodies reach the replica as they arrive
-  int num_threads = 0;  // ferry: proxy I/O threads; 0 = one per core
+  int num_threads = 0;                            // ferry: proxy I/O threads; 0 = one per core
   // ferry: WebSocket sessions
   int64_t websocket_max_message_bytes = 16 << 20;
   double websocket_idle_timeout_s = 600;

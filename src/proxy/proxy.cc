@@ -26,10 +26,11 @@ ProxyMetrics::ProxyMetrics(metrics::Registry& r)
                             {"application", "deployment"})),
       timed_out(r.AddCounter("ferry_num_timed_out_requests_total", "Requests answered 504: request_timeout_s passed.",
                              {"application", "deployment"})),
-      websocket_closed(r.AddCounter("ferry_websocket_sessions_closed_total",
-                                    "WebSocket sessions ended, by close code (1006: the connection broke; 1002, 1007, "
-                                    "1009: the client broke the protocol, sent bad UTF-8, or a message over the limit).",
-                                    {"application", "route", "code"})),
+      websocket_closed(
+          r.AddCounter("ferry_websocket_sessions_closed_total",
+                       "WebSocket sessions ended, by close code (1006: the connection broke; 1002, 1007, "
+                       "1009: the client broke the protocol, sent bad UTF-8, or a message over the limit).",
+                       {"application", "route", "code"})),
       websocket_messages(r.AddCounter("ferry_websocket_messages_total",
                                       "WebSocket messages passed by the proxy, by direction (in: from clients).",
                                       {"application", "route", "direction"})) {}

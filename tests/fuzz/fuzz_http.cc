@@ -87,7 +87,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (auto model = ferry::oip::ParseModelPath(path); model && model->name.find('/') != std::string::npos)
       __builtin_trap();
   }
-  const ferry::router::Route* route = head.kind == ferry::proxy::RequestHead::Kind::kRoute ? table.Match(path) : nullptr;
+  const ferry::router::Route* route =
+      head.kind == ferry::proxy::RequestHead::Kind::kRoute ? table.Match(path) : nullptr;
   ferry::transport::HeaderList headers;
   for (const auto& f : req)
     headers.emplace_back(std::string_view(f.name_string().data(), f.name_string().size()),

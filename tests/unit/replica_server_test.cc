@@ -317,7 +317,8 @@ TEST(ReplicaServerTest, ABatchedDeploymentGetsAStreamedBodyWhole) {
   spec.batching = spec::BatchingConfig{};
   auto host = DeploymentHost::Create(spec);
   ASSERT_TRUE(host.ok()) << host.status();
-  const std::string path = (std::filesystem::path(::testing::TempDir()) / ("batched-" + std::to_string(getpid()))).string();
+  const std::string path =
+      (std::filesystem::path(::testing::TempDir()) / ("batched-" + std::to_string(getpid()))).string();
   ReplicaServer server(spec, **host);
   ASSERT_TRUE(server.Listen(path).ok());
   std::thread run([&] { server.Run(); });

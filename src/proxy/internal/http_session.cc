@@ -653,5 +653,4 @@ void StartHttpSession(Worker& worker, tcp::socket socket) {
   std::make_shared<HttpSession>(worker, std::move(socket))->Start();
 }
 
-
 }  // namespace ferry::proxy

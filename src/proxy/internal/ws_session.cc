@@ -93,10 +93,10 @@ class WebSocketSession : public Session, public CallSink, public std::enable_sha
     websocket::stream_base::timeout timeout{};
     timeout.handshake_timeout = std::chrono::seconds(30);
     // A client silent for a ping interval is pinged; one silent for another is gone.
-    timeout.idle_timeout = o.websocket_ping_interval.count() > 0
-                               ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                     2 * o.websocket_ping_interval)
-                               : websocket::stream_base::none();
+    timeout.idle_timeout =
+        o.websocket_ping_interval.count() > 0
+            ? std::chrono::duration_cast<std::chrono::steady_clock::duration>(2 * o.websocket_ping_interval)
+            : websocket::stream_base::none();
     timeout.keep_alive_pings = o.websocket_ping_interval.count() > 0;
     ws_.set_option(timeout);
     ws_.read_message_max(o.websocket_max_message_bytes);
@@ -252,18 +252,18 @@ class WebSocketSession : public Session, public CallSink, public std::enable_sha
     }
     writing_ = true;
     ws_.binary(outbox_.front().binary);
-    ws_.async_write(asio::buffer(outbox_.front().data), [self = shared_from_this()](boost::system::error_code ec,
-                                                                                    size_t) {
-      self->writing_ = false;
-      const size_t n = self->outbox_.front().data.size();
-      self->outbox_.pop_front();
-      if (ec) return;  // the read sees the connection's end
-      ++self->messages_out_;
-      self->bytes_ += n;
-      self->last_message_ = SteadyClock::now();
-      if (self->call_ && n > 0) self->call_->Credit(static_cast<uint32_t>(n));
-      self->Flush();
-    });
+    ws_.async_write(asio::buffer(outbox_.front().data),
+                    [self = shared_from_this()](boost::system::error_code ec, size_t) {
+                      self->writing_ = false;
+                      const size_t n = self->outbox_.front().data.size();
+                      self->outbox_.pop_front();
+                      if (ec) return;  // the read sees the connection's end
+                      ++self->messages_out_;
+                      self->bytes_ += n;
+                      self->last_message_ = SteadyClock::now();
+                      if (self->call_ && n > 0) self->call_->Credit(static_cast<uint32_t>(n));
+                      self->Flush();
+                    });
   }
 
   void SendCloseFrame() {
@@ -271,13 +271,13 @@ class WebSocketSession : public Session, public CallSink, public std::enable_sha
     close_sent_at_ = SteadyClock::now();
     close_code_ = pending_close_->code;
     writing_ = true;
-    ws_.async_close(websocket::close_reason(static_cast<websocket::close_code>(pending_close_->code),
-                                            beast::string_view(pending_close_->reason.data(),
-                                                                                      pending_close_->reason.size())),
-                    [self = shared_from_this()](boost::system::error_code ec) {
-                      self->writing_ = false;
-                      if (ec) self->CloseSocket();
-                    });
+    ws_.async_close(
+        websocket::close_reason(static_cast<websocket::close_code>(pending_close_->code),
+                                beast::string_view(pending_close_->reason.data(), pending_close_->reason.size())),
+        [self = shared_from_this()](boost::system::error_code ec) {
+          self->writing_ = false;
+          if (ec) self->CloseSocket();
+        });
     Read();  // the client's close ends the read
   }
 

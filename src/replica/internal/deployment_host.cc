@@ -157,7 +157,8 @@ int WsSend(FerryWebSocket* ws, FerryString data, int binary) {
 }
 void WsClose(FerryWebSocket* ws, int code, FerryString reason) {
   // Codes a deployment may send (RFC 6455 7.4): 1000-1003, 1007-1011, 3000-4999; others become 1011.
-  const bool sendable = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || (code >= 3000 && code <= 4999);
+  const bool sendable =
+      (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || (code >= 3000 && code <= 4999);
   std::string_view why = ViewOf(reason).substr(0, 123);
   ws->peer->Close(static_cast<uint16_t>(sendable ? code : 1011), why);
 }
@@ -383,7 +384,8 @@ bool DeploymentHost::OpenWebSocket(const transport::RequestMessage& request, con
   const int rc = ws_open_(instance_, &raw, ws, session, refusal, &error);
   t_request_id = {};
   if (rc != FERRY_OK) {
-    FERRY_LOG(kWarning, "replica", "request ", request.request_id, ": ws_open failed: ", ErrorText(error, "no message"));
+    FERRY_LOG(kWarning, "replica", "request ", request.request_id,
+              ": ws_open failed: ", ErrorText(error, "no message"));
     *refusal = ErrorResponse(500, ErrorText(error, "accept_websocket failed"));
     *session = nullptr;
     return false;

@@ -32,14 +32,14 @@ class DeploymentHost {
 
   // Runs handle(). A plugin error becomes 500 with the message in a JSON body. `body` (not null): the
   // request's body streams from there (the request's own body holds nothing).
-  void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
-              FerryResponseSink* response, BodySource* body = nullptr);
+  void Handle(const transport::RequestMessage& request, const std::atomic<bool>& cancelled, FerryResponseSink* response,
+              BodySource* body = nullptr);
   // WebSocket sessions: whether the deployment takes them; opening one (accepted: true with *session
   // set; refused: false with the answer in *refusal); its messages (an error: close it with 1011); its
   // end (once; frees the session).
   bool takes_websocket() const { return ws_open_ != nullptr; }
-  bool OpenWebSocket(const transport::RequestMessage& request, const std::atomic<bool>& cancelled,
-                     FerryWebSocket* ws, void** session, FerryResponseSink* refusal);
+  bool OpenWebSocket(const transport::RequestMessage& request, const std::atomic<bool>& cancelled, FerryWebSocket* ws,
+                     void** session, FerryResponseSink* refusal);
   absl::Status WebSocketMessage(void* session, std::string_view data, bool binary);
   void WebSocketClosed(void* session, uint16_t code, std::string_view reason);
   // True when the deployment has handle_batch, or is a model (the tensor entry takes batches).
