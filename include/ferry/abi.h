@@ -158,6 +158,9 @@ typedef struct FerryCallEvents {
 
 /* Where a plugin writes its answer. Opaque; written only through FerryHostApi. */
 typedef struct FerryResponseSink FerryResponseSink;
+/* A streamed answer that outlives handle() (detach_stream). OWNERSHIP: the plugin's from detach_stream
+ * until it passes it to stream_end. */
+typedef struct FerryStream FerryStream;
 /* One WebSocket session's sending side. OWNERSHIP: the host's, valid from ws_open() until ws_closed()
  * has returned; usable from any thread in that time. */
 typedef struct FerryWebSocket FerryWebSocket;
@@ -221,6 +224,19 @@ typedef struct FerryHostApi {
    * 3000-4999 the application's) and `reason` (at most 123 bytes); ws_closed() follows. Any thread. */
   int (*ws_send)(FerryWebSocket* ws, FerryString data, int binary);
   void (*ws_close)(FerryWebSocket* ws, int code, FerryString reason);
+  /* Detached streams: an answer that goes on after handle() returned, written from any thread, holding no
+   * thread of the replica while it waits (a server that pushes events when they happen). Added after
+   * version 1's first tables: read them only when struct_size covers them.
+   * detach_stream: inside handle(), sends the status and headers set so far (if no chunk did yet) and
+   * returns the stream; handle() may then return while the stream stays open (one ongoing request, until
+   * it ends). NULL where a stream cannot be (inside handle_batch): answer in handle() then.
+   * stream_write: as write_chunk (waits while the client is slow; non-zero once the stream is over: the
+   * client left, or it was cancelled), from any thread, one at a time.
+   * stream_end: ends the stream (ok non-zero: complete; zero: broken, with `message`) and frees it; once,
+   * after the last write. */
+  FerryStream* (*detach_stream)(FerryResponseSink* sink);
+  int (*stream_write)(FerryStream* stream, FerryString data);
+  void (*stream_end)(FerryStream* stream, int ok, FerryString message);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

@@ -30,6 +30,7 @@
 #include <ferry/abi.h>
 #include <ferry/handle.h>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <stdexcept>
@@ -193,6 +194,35 @@ struct Response {
   }
 };
 
+// A streamed answer that goes on after handle_stream returned (ResponseWriter::detach): write whenever
+// there is something to send, from any thread (a timer, a callback, a queue's consumer), and no replica
+// thread is held in between — so one replica keeps thousands of quiet streams open (server push, event
+// feeds). Copies share the stream; writes are serialized. The stream ends with end() or fail(), or when
+// the last copy goes away (complete). It is one ongoing request until it ends.
+class DetachedStream {
+ public:
+  DetachedStream() = default;
+  // As ResponseWriter's: false once the stream is over (the client left, the request was cancelled).
+  bool write(std::string_view data);
+  bool write_event(std::string_view data, std::string_view event = {});
+  // Ends the stream: complete, or broken (the client sees the body cut short). Later calls do nothing.
+  void end() { Finish(true, {}); }
+  void fail(std::string_view why) { Finish(false, why); }
+  // False for a stream that could not be detached (inside handle_batch, or an older ferry).
+  explicit operator bool() const { return state_ != nullptr; }
+
+ private:
+  friend class ResponseWriter;
+  struct State {
+    explicit State(FerryStream* s) : stream(s) {}
+    ~State();
+    std::mutex mu;        // one write (or the end) at a time
+    FerryStream* stream;  // null once ended
+  };
+  void Finish(bool ok, std::string_view why);
+  std::shared_ptr<State> state_;
+};
+
 // Where a streaming handler writes its answer (see Deployment::handle_stream). The status and headers
 // go out with the first write; each write is one chunk the client receives as soon as it is produced
 // (chunked transfer encoding, or Server-Sent Events with write_event). A write waits while the client is
@@ -215,11 +245,16 @@ class ResponseWriter {
   bool started() const { return started_; }
   // Answers in one piece instead (an error found before streaming began, say). Before the first write.
   void send(const Response& response);
+  // Sends the status and headers (unless a write did) and hands the stream over to a DetachedStream, so
+  // that handle_stream may return while the stream stays open; this writer writes no more. An empty
+  // DetachedStream where that cannot be (inside handle_batch, or an older ferry): stream here then.
+  DetachedStream detach();
 
  private:
   FerryResponseSink* sink_;
   std::string body_so_far_;  // only with a host that cannot stream
   bool started_ = false;
+  bool detached_ = false;
   bool has_content_type_ = false;
 };
 
@@ -329,6 +364,7 @@ inline void ResponseWriter::add_header(std::string_view name, std::string_view v
 }
 inline bool ResponseWriter::write(std::string_view data) {
   const FerryHostApi* host = internal::Host();
+  if (detached_) return false;
   started_ = true;
   if (host->struct_size < offsetof(FerryHostApi, write_chunk) + sizeof(host->write_chunk) || !host->write_chunk) {
     // A host without streams: the chunks become one body.
@@ -338,8 +374,9 @@ inline bool ResponseWriter::write(std::string_view data) {
   }
   return host->write_chunk(sink_, FerryString{data.data(), data.size()}) == 0;
 }
-inline bool ResponseWriter::write_event(std::string_view data, std::string_view event) {
-  if (!started_ && !has_content_type_) add_header("content-type", "text/event-stream");
+namespace internal {
+// One Server-Sent Event: an `event:` line when named, each line of `data` as a `data:` line, a blank line.
+inline std::string EventText(std::string_view data, std::string_view event) {
   std::string text;
   if (!event.empty()) text.append("event: ").append(event).append("\n");
   for (;;) {
@@ -349,7 +386,48 @@ inline bool ResponseWriter::write_event(std::string_view data, std::string_view 
     data.remove_prefix(nl + 1);
   }
   text.append("\n");
-  return write(text);
+  return text;
+}
+}  // namespace internal
+
+inline bool ResponseWriter::write_event(std::string_view data, std::string_view event) {
+  if (!started_ && !has_content_type_) add_header("content-type", "text/event-stream");
+  return write(internal::EventText(data, event));
+}
+
+inline DetachedStream ResponseWriter::detach() {
+  const FerryHostApi* host = internal::Host();
+  if (detached_ || !FERRY_HOST_HAS(host, detach_stream)) return {};
+  FerryStream* stream = host->detach_stream(sink_);
+  if (!stream) return {};
+  started_ = detached_ = true;
+  DetachedStream d;
+  d.state_ = std::make_shared<DetachedStream::State>(stream);
+  return d;
+}
+
+inline DetachedStream::State::~State() {
+  if (stream) internal::Host()->stream_end(stream, 1, FerryString{nullptr, 0});
+}
+
+inline bool DetachedStream::write(std::string_view data) {
+  if (!state_) return false;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (!state_->stream) return false;
+  return internal::Host()->stream_write(state_->stream, FerryString{data.data(), data.size()}) == 0;
+}
+
+inline bool DetachedStream::write_event(std::string_view data, std::string_view event) {
+  return write(internal::EventText(data, event));
+}
+
+inline void DetachedStream::Finish(bool ok, std::string_view why) {
+  if (!state_) return;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (!state_->stream) return;
+  FerryStream* stream = state_->stream;
+  state_->stream = nullptr;
+  internal::Host()->stream_end(stream, ok ? 1 : 0, FerryString{why.data(), why.size()});
 }
 
 inline void ResponseWriter::send(const Response& response) {

@@ -20,7 +20,9 @@
 //                                             (for measuring large streams); &stamp=1 appends " t=<ns>", the
 //                                             wall-clock time the chunk was produced (for measuring delivery);
 //                                             with args.allow_abort, &abort_after=K aborts the replica after
-//                                             K chunks (a crash mid-stream)
+//                                             K chunks (a crash mid-stream). A stream with an interval holds
+//                                             no thread between its chunks: it is detached and a timer
+//                                             thread of the replica writes each chunk when it is due
 //                count_body=1                 reads the body piece by piece as it arrives (a large body
 //                                             streams) and answers {"body_bytes", "body_pieces",
 //                                             "body_streamed", "fnv1a64"} without holding it;
@@ -31,6 +33,9 @@
 //                mid-session)
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <queue>
 #include <cstdio>
 #include <cstdlib>
 #include <ferry/deployment.h>
@@ -69,7 +74,18 @@ class Echo : public Deployment {
     const bool sse = req.header("accept").find("text/event-stream") != std::string_view::npos;
     const bool stamp = req.query_param("stamp") == "1";
     const int64_t abort_after = allow_abort_ ? Number(req.query_param("abort_after"), 1, int64_t{1} << 40) : 0;
-    if (!sse) out.add_header("content-type", "text/plain; charset=utf-8");
+    out.add_header("content-type", sse ? "text/event-stream" : "text/plain; charset=utf-8");
+    if (interval_ms > 0 && abort_after == 0 && count > 1) {
+      // The first chunk now, the others from the timer thread when they are due.
+      auto s = std::make_shared<Ticked>(Ticked{{}, count, 1, std::chrono::milliseconds(interval_ms), sse, stamp,
+                                               chunk_bytes});
+      if (DetachedStream d = out.detach()) {
+        s->out = std::move(d);
+        if (!Emit(s->out, 0, *s)) return;
+        ticker_.Add(std::move(s));
+        return;
+      }
+    }
     std::string chunk;
     for (int64_t i = 0; i < count; ++i) {
       if (abort_after > 0 && i == abort_after) {
@@ -218,6 +234,90 @@ class Echo : public Deployment {
     return false;
   }
 
+  // One stream with an interval between its chunks, detached from its handler.
+  struct Ticked {
+    DetachedStream out;
+    int64_t count;
+    int64_t next;  // the chunk due next
+    std::chrono::milliseconds interval;
+    bool sse, stamp;
+    int64_t chunk_bytes;
+    std::chrono::steady_clock::time_point due;
+  };
+
+  // Writes chunk `i` of `s`; false when the stream is over.
+  static bool Emit(DetachedStream& out, int64_t i, const Ticked& s) {
+    std::string chunk = "chunk " + std::to_string(i);
+    if (s.stamp)
+      chunk += " t=" + std::to_string(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+    if (s.sse) return out.write_event(chunk);
+    chunk.push_back('\n');
+    if (static_cast<int64_t>(chunk.size()) < s.chunk_bytes)
+      chunk.insert(chunk.size() - 1, s.chunk_bytes - chunk.size(), '.');
+    return out.write(chunk);
+  }
+
+  // The replica's timer thread for detached streams: writes each one's next chunk when it is due, ends it
+  // after its last (or when its client left). Started on first use, stopped with the deployment.
+  class Ticker {
+   public:
+    ~Ticker() {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        stopping_ = true;
+      }
+      cv_.notify_all();
+      if (thread_.joinable()) thread_.join();
+    }
+    void Add(std::shared_ptr<Ticked> s) {
+      s->due = std::chrono::steady_clock::now() + s->interval;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+        queue_.push(std::move(s));
+      }
+      cv_.notify_all();
+    }
+
+   private:
+    struct Later {
+      bool operator()(const std::shared_ptr<Ticked>& a, const std::shared_ptr<Ticked>& b) const {
+        return a->due > b->due;
+      }
+    };
+    void Loop() {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!stopping_) {
+        if (queue_.empty()) {
+          cv_.wait(lock);
+          continue;
+        }
+        if (std::chrono::steady_clock::now() < queue_.top()->due) {
+          cv_.wait_until(lock, queue_.top()->due);
+          continue;
+        }
+        std::shared_ptr<Ticked> s = queue_.top();
+        queue_.pop();
+        lock.unlock();
+        const bool more = Emit(s->out, s->next, *s) && ++s->next < s->count;
+        if (!more) s->out.end();
+        lock.lock();
+        if (more) {
+          s->due += s->interval;
+          queue_.push(std::move(s));
+        }
+      }
+    }
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::priority_queue<std::shared_ptr<Ticked>, std::vector<std::shared_ptr<Ticked>>, Later> queue_;
+    bool stopping_ = false;
+    std::thread thread_;
+  };
+
+  Ticker ticker_;  // its thread stops (and its streams end) when the deployment is destroyed
   std::atomic<bool> healthy_{true};
   std::atomic<double> error_rate_{0};
   std::atomic<int> delay_ms_{0};

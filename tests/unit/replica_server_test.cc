@@ -420,6 +420,39 @@ TEST(ReplicaServerTest, ARefusedSessionIsAPlainResponse) {
   EXPECT_EQ(r.status, 403);
 }
 
+// Streams with an interval are detached: waiting for their next chunk holds no thread, so a replica with
+// one thread keeps many open; a cancel ends each.
+TEST(ReplicaServerTest, DetachedStreamsHoldNoThreadWhileTheyWait) {
+  Served replica("echo", /*max_ongoing=*/1);
+  Client c(replica.path());
+  constexpr int kStreams = 8;
+  for (int i = 1; i <= kStreams; ++i) c.Send(RequestFrame(i, "stream=2&interval_ms=600000"));
+  for (int i = 1; i <= kStreams; ++i) {
+    c.Await(FrameKind::kResponseStart, i);
+    std::string_view data;
+    std::string payload = c.Await(FrameKind::kChunk, i);
+    ASSERT_TRUE(transport::DecodeChunk(payload, &data).ok());
+    EXPECT_EQ(data, "chunk 0\n");
+  }
+  EXPECT_EQ(replica.server().ongoing(), static_cast<uint32_t>(kStreams));
+  for (int i = 1; i <= kStreams; ++i) {
+    std::string cancel;
+    transport::AppendEmpty(cancel, FrameKind::kCancel, i);
+    c.Send(cancel);
+    transport::StreamEnd end;
+    std::string payload = c.Await(FrameKind::kEnd, i);
+    ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+    EXPECT_FALSE(end.ok);
+  }
+  // And a short one runs to its end from the timer thread.
+  c.Send(RequestFrame(100, "stream=3&interval_ms=1"));
+  for (int i = 0; i < 3; ++i) c.Await(FrameKind::kChunk, 100);
+  transport::StreamEnd end;
+  std::string payload = c.Await(FrameKind::kEnd, 100);
+  ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
+  EXPECT_TRUE(end.ok) << end.message;
+}
+
 TEST(ReplicaServerTest, AMalformedFrameClosesOnlyItsConnection) {
   Served replica("echo");
   Client bad(replica.path());

@@ -18,6 +18,7 @@ void SetBody(FerryResponseSink* sink, FerryString body) { sink->body.assign(body
 void SetError(FerryErrorSink* sink, FerryString message) { sink->message.assign(message.data, message.size); }
 int WriteChunk(FerryResponseSink* sink, FerryString data) {
   std::string_view chunk(data.data, data.size);
+  if (sink->detached) return 1;  // the detached stream writes now
   if (!sink->stream) {
     sink->body.append(chunk);
     return 0;
@@ -152,6 +153,20 @@ struct ReplicaNames {
 };
 ReplicaNames g_names;
 
+FerryStream* DetachStream(FerryResponseSink* sink) {
+  if (!sink->stream || sink->detached) return nullptr;
+  std::unique_ptr<DetachedSink> detached = sink->stream->Detach(*sink);
+  if (!detached) return nullptr;
+  sink->detached = true;
+  sink->streamed = true;
+  return new FerryStream{std::move(detached)};
+}
+int StreamWrite(FerryStream* stream, FerryString data) { return stream->sink->Write(ViewOf(data)) ? 0 : 1; }
+void StreamEnd(FerryStream* stream, int ok, FerryString message) {
+  stream->sink->End(ok != 0, ViewOf(message));
+  delete stream;
+}
+
 int WsSend(FerryWebSocket* ws, FerryString data, int binary) {
   return ws->peer->Send(ViewOf(data), binary != 0) ? 0 : 1;
 }
@@ -187,7 +202,10 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &ReleaseCall,
                                &ReplicaContext,
                                &WsSend,
-                               &WsClose};
+                               &WsClose,
+                               &DetachStream,
+                               &StreamWrite,
+                               &StreamEnd};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;

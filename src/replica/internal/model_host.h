@@ -17,11 +17,22 @@
 #include "transport/frame.h"
 
 namespace ferry::replica {
+// A detached stream's host side (FerryHostApi.stream_write, stream_end): writes from any thread, one at a
+// time; its end once (again: nothing).
+class DetachedSink {
+ public:
+  virtual ~DetachedSink() = default;
+  virtual bool Write(std::string_view chunk) = 0;
+  virtual void End(bool ok, std::string_view message) = 0;
+};
+
 // Where a streamed answer goes (the replica server's side of FerryHostApi.write_chunk), and the request's
 // cancellation, which the calls it makes through handles follow.
 class ResponseStream {
  public:
   virtual ~ResponseStream() = default;
+  // Sends `head` (unless a chunk did) and lets the stream outlive handle(); null when it is over already.
+  virtual std::unique_ptr<DetachedSink> Detach(const FerryResponseSink& head) = 0;
   // Runs `hook` once when the request is cancelled (at once, when it is already).
   virtual void OnCancel(std::function<void()> hook) = 0;
   // Sends `head`'s status and headers (the first call only), then `chunk`, waiting for the client's
@@ -51,6 +62,10 @@ struct FerryWebSocket {
   ferry::replica::WebSocketPeer* peer;
 };
 
+struct FerryStream {
+  std::unique_ptr<ferry::replica::DetachedSink> sink;
+};
+
 struct FerryResponseSink {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;
@@ -58,6 +73,7 @@ struct FerryResponseSink {
   // Set by the server for requests that may stream (handle(), not batches); null: chunks gather in body.
   ferry::replica::ResponseStream* stream = nullptr;
   bool streamed = false;     // write_chunk sent the head: the answer is a stream
+  bool detached = false;     // detach_stream: the stream goes on after handle() returns
   std::string stream_error;  // handle() failed after streaming began: the stream breaks with this
 };
 

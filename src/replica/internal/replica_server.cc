@@ -170,7 +170,7 @@ class ReplicaServer::Impl {
     ReadHandler handler(*this);
     while (!executor_.stopping()) {
       if (TaskPtr task = executor_.Next()) {
-        RunTask(*task);
+        RunTask(task);
         continue;
       }
       frames_.Poll(handler);
@@ -189,7 +189,7 @@ class ReplicaServer::Impl {
         sessions.push_back(t);
         return true;
       });
-      if (TaskPtr mine = executor_.Submit(sessions)) RunTask(*mine);
+      if (TaskPtr mine = executor_.Submit(sessions)) RunTask(mine);
       if (tasks.empty()) return;
       // Each request's own work (a model's parsing and validation) happens now, while its batch
       // gathers, instead of inside the batch that every request in it waits for.
@@ -205,7 +205,7 @@ class ReplicaServer::Impl {
       tasks.clear();
       return;
     }
-    if (TaskPtr mine = executor_.Submit(tasks)) RunTask(*mine);
+    if (TaskPtr mine = executor_.Submit(tasks)) RunTask(mine);
   }
 
   absl::Status OnFrame(const std::shared_ptr<ClientConnection>& c, const FrameHeader& header, std::string_view payload,
@@ -722,6 +722,7 @@ class ReplicaServer::Impl {
 
   // Sends `task`'s answer and forgets it.
   void Complete(Task& task, const FerryResponseSink& response) {
+    if (task.ended.exchange(true)) return;
     thread_local transport::HeaderList headers;
     thread_local std::string frame;
     headers.clear();
@@ -737,11 +738,19 @@ class ReplicaServer::Impl {
   // A task's streamed answer: the head with the first chunk, each chunk once the client has credit for it.
   class TaskStream : public ResponseStream {
    public:
-    explicit TaskStream(Task& task) : task_(task) {}
+    TaskStream(Impl& server, const TaskPtr& task) : server_(server), task_(*task), ptr_(task) {}
     void OnCancel(std::function<void()> hook) override { task_.OnCancel(std::move(hook)); }
+    std::unique_ptr<DetachedSink> Detach(const FerryResponseSink& head) override {
+      if (!Write(head, {})) return nullptr;
+      // Nobody may write when the client leaves: the cancel ends the stream (and frees its slot) itself.
+      task_.OnCancel([&server = server_, weak = std::weak_ptr<Task>(ptr_)] {
+        if (TaskPtr t = weak.lock()) server.EndStream(*t, FerryResponseSink{});
+      });
+      return std::make_unique<Detached>(server_, ptr_);
+    }
     bool Write(const FerryResponseSink& head, std::string_view chunk) override {
       if (task_.stream_started && !chunk.empty() && !task_.AwaitCredit()) return false;
-      if (task_.cancelled.load()) return false;
+      if (task_.cancelled.load() || task_.ended.load()) return false;
       thread_local std::string frame;
       thread_local transport::HeaderList headers;
       frame.clear();
@@ -762,11 +771,37 @@ class ReplicaServer::Impl {
     }
 
    private:
+    Impl& server_;
     Task& task_;
+    TaskPtr ptr_;
+  };
+
+  // A stream after handle() returned: writes from any thread, one at a time; its end once.
+  class Detached : public DetachedSink {
+   public:
+    Detached(Impl& server, TaskPtr task) : server_(server), task_(std::move(task)), stream_(server, task_) {}
+    bool Write(std::string_view chunk) override {
+      MutexLock lock(&mu_);
+      return chunk.empty() || stream_.Write(FerryResponseSink{}, chunk);
+    }
+    void End(bool ok, std::string_view message) override {
+      // Ended already (a cancel, or the server's own end closing every connection): the server may be gone.
+      if (task_->ended.load()) return;
+      FerryResponseSink end;
+      if (!ok) end.stream_error = message.empty() ? "the stream failed" : std::string(message);
+      server_.EndStream(*task_, end);
+    }
+
+   private:
+    Impl& server_;
+    TaskPtr task_;
+    Mutex mu_;
+    TaskStream stream_ ABSL_GUARDED_BY(mu_);
   };
 
   // Runs a task the executor handed to this thread.
-  void RunTask(Task& task) {
+  void RunTask(const TaskPtr& ptr) {
+    Task& task = *ptr;
     if (task.request.body_mode == transport::BodyMode::kWebSocket) {
       RunSession(task);
       return;
@@ -776,7 +811,7 @@ class ReplicaServer::Impl {
       executor_.Done(std::nullopt);
       return;
     }
-    TaskStream stream(task);
+    TaskStream stream(*this, ptr);
     FerryResponseSink response;
     response.stream = &stream;
     auto start = SteadyClock::now();
@@ -787,7 +822,10 @@ class ReplicaServer::Impl {
     if (task.trace) task.trace->user_end_ns = tracing::UnixNanos();
     auto took = std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - start);
     processing_.Observe(static_cast<double>(took.count()) / 1e9);
-    if (task.stream_started)
+    if (response.detached) {
+      // The stream goes on without this thread; it ends when user code (or a cancel) ends it.
+      if (!response.stream_error.empty()) EndStream(task, response);
+    } else if (task.stream_started)
       EndStream(task, response);
     else
       Complete(task, response);
@@ -797,6 +835,7 @@ class ReplicaServer::Impl {
   // Ends a streamed answer: complete, or broken (handle() failed after the first chunk, or the stream was
   // cancelled), which the client passes on by cutting the body short.
   void EndStream(Task& task, const FerryResponseSink& response) {
+    if (task.ended.exchange(true)) return;
     std::string error = response.stream_error;
     if (error.empty() && task.cancelled.load()) error = "cancelled";
     std::string frame;

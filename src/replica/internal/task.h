@@ -71,6 +71,7 @@ struct Task : public TrackedStream {
   uint64_t chunks_sent = 0;
   uint64_t bytes_sent = 0;
   bool stream_started = false;
+  std::atomic<bool> ended{false};  // its end (or answer) went out: later writes of a detached stream drop
   std::shared_ptr<ClientConnection> connection;
   std::unique_ptr<TaskTrace> trace;  // null: not traced
   // What the deployment's prepare() made of the request as it arrived (batched deployments); released
