@@ -253,6 +253,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     body_parser_.emplace(std::move(*parser_));
     parser_.reset();
     body_parser_->body_limit(static_cast<uint64_t>(worker_.options().max_body_bytes));
+    buffer_.reserve(kBodyPiece);  // reads as large as a piece, not the read-ahead's 4 KiB
     http::request<http::string_body> req(body_parser_->get().base());
     const RequestHead head = Classify(req);
     request_id_ = RequestIdFrom(req);
@@ -320,6 +321,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     if (body_parser_->is_done()) {
       body_streaming_ = false;
       piece_.reset();
+      buffer_.shrink_to_fit();
       deadline_ = SteadyClock::time_point::max();
       if (call_) call_->EndBody(true);
       if (phase_ == Phase::kProcessing && buffer_.size() == 0) ReadAhead();
