@@ -117,6 +117,8 @@ class Publisher {
   // waits for a deployment with no replica (a cold start), or a draining replica's last request ended.
   // Null: nothing runs. Set before consumers can call it, cleared before the controller goes away.
   virtual void SetWakeHook(std::function<void()> wake) = 0;
+  // For consumers: runs the wake hook, if any. Any thread.
+  virtual void Wake() = 0;
 };
 
 // The in-process publisher of a single node: hands each snapshot to its consumers synchronously, and
@@ -125,8 +127,7 @@ class LocalPublisher : public Publisher {
  public:
   void Subscribe(Consumer* consumer) override;
   void Unsubscribe(Consumer* consumer) override;
-  // For consumers: runs the wake hook, if any.
-  void Wake();
+  void Wake() override;
 
   void Publish(std::shared_ptr<const Snapshot> snapshot) override;
   std::vector<ConsumerReport> CollectReports() override;

@@ -28,7 +28,10 @@ constexpr auto kFirstSnapshotWait = std::chrono::seconds(30);
 
 class HandleClient::Impl {
  public:
-  Impl(HandleClient& owner, tracing::Tracer* tracer) : owner_(owner), tracer_(tracer), routers_(nullptr) {}
+  Impl(HandleClient& owner, tracing::Tracer* tracer)
+      : owner_(owner), tracer_(tracer), routers_([&owner] {
+          if (owner.wake_) owner.wake_();
+        }) {}
   ~Impl() { Stop(); }
 
   void StartThread() {
@@ -404,6 +407,8 @@ HandleClient::HandleClient(std::string caller, tracing::Tracer* tracer)
 HandleClient::~HandleClient() { impl_->Stop(); }
 
 void HandleClient::SetSubscribe(std::function<void()> subscribe) { subscribe_ = std::move(subscribe); }
+
+void HandleClient::SetWake(std::function<void()> wake) { wake_ = std::move(wake); }
 
 void HandleClient::Want() {
   if (wanted_.exchange(true)) return;

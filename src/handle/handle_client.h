@@ -87,6 +87,9 @@ class HandleClient : public endpoints::Consumer {
 
   // Called once, on the first Want(): asks the node for snapshots. Set before user code runs.
   void SetSubscribe(std::function<void()> subscribe);
+  // Called (on a calling thread) when a call waits for a deployment with no replica, or a draining
+  // replica's last call ended: the controller should look now. Set before user code runs.
+  void SetWake(std::function<void()> wake);
   // User code holds a handle: start the I/O thread and subscribe (once).
   void Want();
   bool wanted() const { return wanted_.load(); }
@@ -103,6 +106,7 @@ class HandleClient : public endpoints::Consumer {
  private:
   const std::string caller_;
   std::function<void()> subscribe_;
+  std::function<void()> wake_;
   std::atomic<bool> wanted_{false};
   std::unique_ptr<Impl> impl_;
 };

@@ -110,6 +110,12 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
       }
       return;
     }
+    if (header.kind == transport::FrameKind::kWake) {
+      // A handle call waits for a deployment scaled to zero: the replica's fresh load report came just
+      // before this, so the controller sees the queued call now, not at its next tick.
+      if (publisher_) publisher_->Wake();
+      return;
+    }
     if (header.kind == transport::FrameKind::kLoadReply) {
       std::string_view text;
       if (!feed_ || !transport::DecodeText(payload, &text).ok()) return;

@@ -119,7 +119,7 @@ void EndFrame(std::string& out, size_t at) {
 
 }  // namespace
 
-bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 21; }
+bool IsKnownFrameKind(uint8_t kind) { return kind >= 1 && kind <= 22; }
 
 const char* FrameKindName(FrameKind kind) {
   switch (kind) {
@@ -165,6 +165,8 @@ const char* FrameKindName(FrameKind kind) {
       return "message";
     case FrameKind::kClose:
       return "close";
+    case FrameKind::kWake:
+      return "wake";
   }
   return "unknown";
 }

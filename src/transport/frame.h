@@ -44,6 +44,7 @@ enum class FrameKind : uint8_t {
   // Version 3: streamed request bodies and WebSocket sessions.
   kMessage = 20,  // either way: one WebSocket message (text or binary)
   kClose = 21,    // either way: a WebSocket session closes (code, reason)
+  kWake = 22,     // replica -> node agent: a handle call waits for a deployment with no replica
 };
 
 // The bytes a stream's receiver takes before the sender must wait for credit: a client that reads slowly

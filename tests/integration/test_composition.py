@@ -31,6 +31,12 @@ applications:
       - {name: Front, import_path: "builtin:call", args: {next: Slow}, max_ongoing_requests: 20}
       - {name: Slow, import_path: "builtin:busy", args: {work_us: 2000000}, max_ongoing_requests: 1,
          max_queued_requests: 0}
+  - name: cold
+    route_prefix: /cold
+    deployments:
+      - {name: Front, import_path: "builtin:call", args: {next: Sleeper}}
+      - {name: Sleeper, import_path: "builtin:echo",
+         autoscaling_config: {min_replicas: 0, initial_replicas: 0, max_replicas: 1, downscale_delay_s: 600}}
 """
 
 
@@ -38,6 +44,15 @@ class CompositionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.ferry = Ferry(CONFIG)
+
+    def test_a_call_to_a_deployment_scaled_to_zero_starts_it(self):
+        # Nothing runs Sleeper until the call: the call waits in Front's router, the node wakes the
+        # controller, a replica starts, and the call is answered.
+        r = requests.post(self.ferry.url("/cold/x"), data=b"wake up", timeout=60)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["next"]["body"], "wake up")
+        metrics = requests.get(self.ferry.admin + "/metrics", timeout=10).text
+        self.assertIn('ferry_deployment_cold_starts_total{application="cold",deployment="Sleeper"} 1', metrics)
 
     @classmethod
     def tearDownClass(cls):

@@ -124,6 +124,32 @@ TEST(HandleClientTest, ACallReachesTheReplicaWithItsIdMethodAndCaller) {
   EXPECT_EQ(load["calls"][0]["ok"], 1);
 }
 
+// A call to a deployment scaled to zero waits in its router and wakes the controller (through the node)
+// at once; the first replica's arrival (the next snapshot) takes it.
+TEST(HandleClientTest, ACallToADeploymentScaledToZeroWakesTheControllerAndWaits) {
+  testing::ServedReplica replica("echo", 4, "-z");
+  HandleClient client("app/Caller", nullptr);
+  std::atomic<int> wakes{0};
+  client.SetWake([&] { wakes.fetch_add(1); });
+  auto empty = std::make_shared<endpoints::Snapshot>(*SnapshotFor(replica.path()));
+  auto set = std::make_shared<endpoints::EndpointSet>(*empty->sets["app/D"]);
+  set->endpoints.clear();
+  set->scales_from_zero = true;
+  empty->sets["app/D"] = set;
+  client.OnPublished(empty);
+  auto rec = std::make_shared<Recorder>();
+  client.Start(To("app/D", "", "cold"), rec);
+  for (int i = 0; i < 3000 && wakes.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_GE(wakes.load(), 1) << "the waiting call did not wake the controller";
+  EXPECT_EQ(client.Report().deployments.at(0).queued, 1) << "the report the wake sends must show the waiting call";
+  EXPECT_FALSE(rec->ended);
+  auto up = std::make_shared<endpoints::Snapshot>(*SnapshotFor(replica.path()));
+  up->version = 2;
+  client.OnPublished(up);
+  ASSERT_TRUE(rec->WaitEnd());
+  EXPECT_TRUE(rec->ok) << rec->error;
+}
+
 TEST(HandleClientTest, AnUnknownDeploymentIs404AndACallBeforeTheFirstSnapshotWaitsForIt) {
   testing::ServedReplica replica("echo", 4, "-b");
   HandleClient client("app/Caller", nullptr);

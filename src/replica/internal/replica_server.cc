@@ -104,7 +104,10 @@ class ReplicaServer::Impl {
         executor_(
             std::clamp(spec.max_ongoing_requests, 1, 256), [this] { ThreadLoop(); },
             [this](uint64_t n) { frames_.Wake(n); }) {
-    if (handles_) handles_->SetSubscribe([this] { SubscribeIfWanted(); });
+    if (handles_) {
+      handles_->SetSubscribe([this] { SubscribeIfWanted(); });
+      handles_->SetWake([this] { WakeController(); });
+    }
     if (spec.batching) {
       if (!host.can_batch()) {
         FERRY_LOG(kWarning, "replica", spec.deployment,
@@ -636,6 +639,21 @@ class ReplicaServer::Impl {
     }
     std::string frame;
     transport::AppendEmpty(frame, FrameKind::kSubscribe, 0);
+    node->Send(frame);
+  }
+
+  // A call waits for a deployment with no replica: the node gets this replica's load (the waiting call
+  // in it) and then a wake, so that the controller starts a replica now.
+  void WakeController() {
+    std::shared_ptr<ClientConnection> node;
+    {
+      MutexLock lock(&node_mu_);
+      if (!subscribed_) return;
+      node = node_;
+    }
+    SendLoad(*node, 0);
+    std::string frame;
+    transport::AppendEmpty(frame, FrameKind::kWake, 0);
     node->Send(frame);
   }
 
