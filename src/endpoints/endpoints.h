@@ -33,6 +33,7 @@ struct Endpoint {
   uint64_t key = 0;        // unique for this process incarnation of the replica
   std::string version;     // the deployment's code version the replica runs
   EndpointState state = EndpointState::kServing;
+  std::string node_id;  // the node it runs on; empty: the consumer's own (one node)
 };
 
 // A deployment's replicas and limits at one moment. `version` grows with every change of this set.

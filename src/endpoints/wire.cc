@@ -54,6 +54,7 @@ json SnapshotToJson(const Snapshot& snapshot) {
                            {"address", e.address},
                            {"key", e.key},
                            {"version", e.version},
+                           {"node_id", e.node_id},
                            {"draining", e.state == EndpointState::kDraining}});
     sets.push_back({{"deployment", set->deployment},
                     {"version", set->version},
@@ -92,6 +93,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> SnapshotFromJson(const json& j) 
       g.Get("address", &endpoint.address);
       g.Get("key", &endpoint.key);
       g.Get("version", &endpoint.version);
+      g.Get("node_id", &endpoint.node_id);
       g.Get("draining", &draining);
       if (!g.status().ok()) return g.status();
       endpoint.state = draining ? EndpointState::kDraining : EndpointState::kServing;

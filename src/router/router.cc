@@ -24,12 +24,16 @@ void ReplicaLease::Release() {
 }
 
 std::shared_ptr<Router> Router::Create(std::string deployment, int max_ongoing_requests, int max_queued_requests,
-                                       uint64_t seed) {
-  return std::shared_ptr<Router>(new Router(std::move(deployment), max_ongoing_requests, max_queued_requests, seed));
+                                       uint64_t seed, std::string local_node) {
+  return std::shared_ptr<Router>(
+      new Router(std::move(deployment), max_ongoing_requests, max_queued_requests, seed, std::move(local_node)));
 }
 
-Router::Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed)
-    : deployment_(std::move(deployment)), max_ongoing_(max_ongoing), max_queued_(max_queued) {
+Router::Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed, std::string local_node)
+    : deployment_(std::move(deployment)),
+      max_ongoing_(max_ongoing),
+      max_queued_(max_queued),
+      local_node_(std::move(local_node)) {
   if (seed == 0) {
     std::random_device rd;
     seed = (static_cast<uint64_t>(rd()) << 32) | rd();
@@ -45,6 +49,12 @@ uint64_t Router::NextRandomLocked() {  // xorshift64
 }
 
 int Router::PickLocked() {
+  if (has_remote_) {
+    // This node's replicas first, while one has room (no network hop); then any.
+    int local = PickAmongLocked([this](int i) { return slots_[i].replica->local; });
+    if (local >= 0) return local;
+    return PickAmongLocked([](int) { return true; });
+  }
   const int n = static_cast<int>(slots_.size());
   if (n == 0) return -1;
   if (n == 1) return slots_[0].in_flight < max_ongoing_ ? 0 : -1;
@@ -59,6 +69,28 @@ int Router::PickLocked() {
   for (int i = 0; i < n; ++i) {
     if (slots_[i].in_flight < max_ongoing_ && (best < 0 || slots_[i].in_flight < slots_[best].in_flight)) best = i;
   }
+  return best;
+}
+
+template <typename Eligible>
+int Router::PickAmongLocked(Eligible eligible) {
+  thread_local std::vector<int> candidates;
+  candidates.clear();
+  for (int i = 0; i < static_cast<int>(slots_.size()); ++i)
+    if (eligible(i)) candidates.push_back(i);
+  const int n = static_cast<int>(candidates.size());
+  if (n == 0) return -1;
+  int best = candidates[0];
+  if (n > 1) {
+    int a = static_cast<int>(NextRandomLocked() % n);
+    int b = static_cast<int>(NextRandomLocked() % (n - 1));
+    if (b >= a) ++b;
+    best = slots_[candidates[a]].in_flight <= slots_[candidates[b]].in_flight ? candidates[a] : candidates[b];
+  }
+  if (slots_[best].in_flight < max_ongoing_) return best;
+  best = -1;
+  for (int i : candidates)
+    if (slots_[i].in_flight < max_ongoing_ && (best < 0 || slots_[i].in_flight < slots_[best].in_flight)) best = i;
   return best;
 }
 
@@ -203,6 +235,7 @@ void Router::Update(const endpoints::EndpointSet& set) {
       replica->replica_id = e.replica_id;
       replica->socket_path = e.address;
       replica->key = e.key;
+      replica->local = e.node_id.empty() || e.node_id == local_node_;
       int in_flight = 0;
       if (auto back = removed_in_flight_.find(e.key); back != removed_in_flight_.end()) {
         in_flight = back->second;
@@ -210,6 +243,8 @@ void Router::Update(const endpoints::EndpointSet& set) {
       }
       slots_.push_back(Slot{std::move(replica), in_flight});
     }
+    has_remote_ = false;
+    for (const Slot& s : slots_) has_remote_ = has_remote_ || !s.replica->local;
     DrainQueueLocked(&assignments);
   }
   RunAssignments(assignments);

@@ -23,6 +23,7 @@ struct ReplicaEndpoint {
   std::string replica_id;   // e.g. "echo#Echo#3fa2c1d0"
   std::string socket_path;  // where the replica serves frames
   uint64_t key = 0;         // unique for this process incarnation of the replica
+  bool local = true;        // on the router's own node
 };
 
 class Router;
@@ -71,8 +72,10 @@ struct RouterStats {
 class Router : public std::enable_shared_from_this<Router> {
  public:
   // `seed` makes the choice of replicas repeatable (tests); 0: seeded from std::random_device.
+  // `local_node`: the node this router runs on; a replica of another node (an endpoint whose node_id is
+  // set and differs) is chosen only when no replica of this node has room.
   static std::shared_ptr<Router> Create(std::string deployment, int max_ongoing_requests, int max_queued_requests,
-                                        uint64_t seed = 0);
+                                        uint64_t seed = 0, std::string local_node = "");
 
   enum class Result { kAssigned, kQueued, kRejected };
   // kAssigned: `*lease` holds a slot now. kQueued: `waiter` gets OnAssigned later (or Cancel it).
@@ -111,7 +114,10 @@ class Router : public std::enable_shared_from_this<Router> {
     std::shared_ptr<const ReplicaEndpoint> replica;
     int in_flight = 0;
   };
-  Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed);
+  Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed, std::string local_node);
+  // Power of two choices among the slots `eligible` admits; -1 when none of them has room.
+  template <typename Eligible>
+  int PickAmongLocked(Eligible eligible) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
                         std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
@@ -130,6 +136,8 @@ class Router : public std::enable_shared_from_this<Router> {
   mutable Mutex mu_;
   int max_ongoing_ ABSL_GUARDED_BY(mu_);
   int max_queued_ ABSL_GUARDED_BY(mu_);
+  const std::string local_node_;
+  bool has_remote_ ABSL_GUARDED_BY(mu_) = false;  // some slot is on another node
   bool scales_from_zero_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped

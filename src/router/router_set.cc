@@ -4,7 +4,8 @@
 
 namespace ferry::router {
 
-RouterSet::RouterSet(std::function<void()> wake, uint64_t seed) : wake_(std::move(wake)), seed_(seed) {}
+RouterSet::RouterSet(std::function<void()> wake, uint64_t seed, std::string local_node)
+    : wake_(std::move(wake)), seed_(seed), local_node_(std::move(local_node)) {}
 
 RouterSet::~RouterSet() {
   MutexLock lock(&mu_);
@@ -40,7 +41,7 @@ void RouterSet::OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot)
     if (!e.router) {
       std::string name = key.substr(key.find('/') + 1);
       e.router = Router::Create(std::move(name), set->max_ongoing_requests, set->max_queued_requests,
-                                seed_ ? seed_ + routers_.size() : 0);
+                                seed_ ? seed_ + routers_.size() : 0, local_node_);
       if (wake_) {
         e.router->SetStarvedHook(wake_);
         e.router->SetDrainedHook(wake_);

@@ -25,7 +25,8 @@ class RouterSet : public endpoints::Consumer {
   // `wake` (may be empty) runs on a request thread when the controller should look now: a request waits
   // for a deployment with no replica, or a replica out of routing finished its last request.
   // `seed`: see Router::Create.
-  explicit RouterSet(std::function<void()> wake = nullptr, uint64_t seed = 0);
+  // `local_node`: the node these routers run on; they prefer its replicas (see Router::Create).
+  explicit RouterSet(std::function<void()> wake = nullptr, uint64_t seed = 0, std::string local_node = "");
   ~RouterSet() override;
 
   RoutingTableCell* routing() { return &routing_; }
@@ -45,6 +46,7 @@ class RouterSet : public endpoints::Consumer {
 
   const std::function<void()> wake_;
   const uint64_t seed_;
+  const std::string local_node_;
   RoutingTableCell routing_;
   mutable Mutex mu_;
   uint64_t applied_version_ ABSL_GUARDED_BY(mu_) = 0;

@@ -75,7 +75,7 @@ std::shared_ptr<const endpoints::Snapshot> SnapshotFor(const std::string& addres
   set->version = 1;
   set->max_ongoing_requests = max_ongoing;
   set->max_queued_requests = max_queued;
-  set->endpoints.push_back({"app#D#7", address, 1, "v1", endpoints::EndpointState::kServing});
+  set->endpoints.push_back({"app#D#7", address, 1, "v1", endpoints::EndpointState::kServing, ""});
   auto snapshot = std::make_shared<endpoints::Snapshot>();
   snapshot->version = 1;
   snapshot->sets["app/D"] = set;

@@ -79,7 +79,7 @@ class InferenceEndpointsTest : public ::testing::Test {
  protected:
   InferenceEndpointsTest() {
     endpoints::EndpointSet one;
-    one.endpoints.push_back({"r1", "/tmp/r1", 1, "v", endpoints::EndpointState::kServing});
+    one.endpoints.push_back({"r1", "/tmp/r1", 1, "v", endpoints::EndpointState::kServing, ""});
     ready_->Update(one);
     endpoints::EndpointSet from_zero;
     from_zero.scales_from_zero = true;

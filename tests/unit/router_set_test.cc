@@ -17,7 +17,7 @@ class HoldingWaiter : public Waiter {
 };
 
 endpoints::Endpoint E(uint64_t key, EndpointState state = EndpointState::kServing) {
-  return {"r" + std::to_string(key), "/tmp/r" + std::to_string(key), key, "v1", state};
+  return {"r" + std::to_string(key), "/tmp/r" + std::to_string(key), key, "v1", state, ""};
 }
 
 // Builds snapshots the way the controller does: unchanged sets are shared between versions.

@@ -27,6 +27,41 @@ class HoldingWaiter : public Waiter {
   ReplicaLease held;
 };
 
+// Replicas on the router's own node take requests while one has room; another node's only after.
+TEST(RouterTest, PrefersReplicasOnItsOwnNodeWhileTheyHaveRoom) {
+  auto router = Router::Create("d", /*max_ongoing=*/2, /*max_queued=*/-1, /*seed=*/7, /*local_node=*/"a");
+  endpoints::EndpointSet set;
+  set.deployment = "app/d";
+  set.max_ongoing_requests = 2;
+  set.endpoints = {{"a1", "/tmp/a1", 1, "v", endpoints::EndpointState::kServing, "a"},
+                   {"b1", "/tmp/b1", 2, "v", endpoints::EndpointState::kServing, "b"},
+                   {"a2", "/tmp/a2", 3, "v", endpoints::EndpointState::kServing, "a"},
+                   {"b2", "/tmp/b2", 4, "v", endpoints::EndpointState::kServing, "b"}};
+  router->Update(set);
+  std::vector<ReplicaLease> leases;
+  std::map<std::string, int> where;
+  for (int i = 0; i < 8; ++i) {
+    auto w = std::make_shared<HoldingWaiter>();
+    ReplicaLease lease;
+    ASSERT_EQ(router->Acquire(w, &lease), Router::Result::kAssigned);
+    ++where[lease.replica().replica_id];
+    // The first four fill node a's two replicas (2 each); only then does node b get any.
+    if (i < 4) {
+      EXPECT_EQ(lease.replica().replica_id[0], 'a') << "request " << i;
+    }
+    leases.push_back(std::move(lease));
+  }
+  EXPECT_EQ(where["a1"], 2);
+  EXPECT_EQ(where["a2"], 2);
+  EXPECT_EQ(where["b1"] + where["b2"], 4);
+  // Room on node a again: the next request goes there.
+  leases[0].Release();
+  auto w = std::make_shared<HoldingWaiter>();
+  ReplicaLease again;
+  ASSERT_EQ(router->Acquire(w, &again), Router::Result::kAssigned);
+  EXPECT_EQ(again.replica().replica_id[0], 'a');
+}
+
 TEST(RouterTest, NeverExceedsMaxOngoingPerReplica) {
   auto router = Router::Create("D", 2, -1);
   router->AddReplica(Replica(1));
