@@ -158,6 +158,10 @@ applications:
 """)
     node = subprocess.Popen([FERRY, "run", cfg, "--log-level", "warning"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    return node, wait_listening(port)
+
+
+def wait_listening(port):
     for _ in range(400):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -165,7 +169,7 @@ applications:
         except OSError:
             time.sleep(0.05)
     time.sleep(1)
-    return node, port
+    return port
 
 
 def start_peer():
@@ -174,14 +178,7 @@ def start_peer():
                              "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
                              "--ws-ping-interval", "20", "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    time.sleep(1)
-    return node, port
+    return node, wait_listening(port)
 
 
 def stop_node(node):

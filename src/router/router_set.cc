@@ -75,8 +75,9 @@ void RouterSet::PublishTableLocked() {
     std::shared_ptr<Router> router = RouterOfLocked(m.deployment_key);
     if (!router) continue;
     models.push_back(
-        {m.name, m.version, {ferry::StrCat("/v2/models/", m.name), m.application, m.deployment, std::move(router),
-                             m.access_log}});
+        {m.name,
+         m.version,
+         {ferry::StrCat("/v2/models/", m.name), m.application, m.deployment, std::move(router), m.access_log}});
   }
   routing_.Publish(std::make_shared<const RoutingTable>(std::move(routes), std::move(models), routes_->access_log));
 }

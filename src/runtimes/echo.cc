@@ -34,11 +34,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
-#include <queue>
 #include <cstdio>
 #include <cstdlib>
 #include <ferry/deployment.h>
+#include <mutex>
+#include <queue>
 #include <random>
 #include <thread>
 
@@ -77,8 +77,8 @@ class Echo : public Deployment {
     out.add_header("content-type", sse ? "text/event-stream" : "text/plain; charset=utf-8");
     if (interval_ms > 0 && abort_after == 0 && count > 1) {
       // The first chunk now, the others from the timer thread when they are due.
-      auto s = std::make_shared<Ticked>(Ticked{{}, count, 1, std::chrono::milliseconds(interval_ms), sse, stamp,
-                                               chunk_bytes});
+      auto s = std::make_shared<Ticked>(
+          Ticked{{}, count, 1, std::chrono::milliseconds(interval_ms), sse, stamp, chunk_bytes});
       if (DetachedStream d = out.detach()) {
         s->out = std::move(d);
         if (!Emit(s->out, 0, *s)) return;

@@ -1,9 +1,8 @@
 // The data plane's side of published state: routers kept per deployment and updated from endpoint sets.
 #include "router/router_set.h"
 
-#include <gtest/gtest.h>
-
 #include <atomic>
+#include <gtest/gtest.h>
 
 namespace ferry::router {
 namespace {
@@ -35,7 +34,8 @@ class Snapshots {
     next->sets[key] = set;
     auto routes = std::make_shared<endpoints::RouteTable>();
     for (const auto& [k, s] : next->sets)
-      routes->routes.push_back({"/" + k.substr(0, k.find('/')), k.substr(0, k.find('/')), k.substr(k.find('/') + 1), k});
+      routes->routes.push_back(
+          {"/" + k.substr(0, k.find('/')), k.substr(0, k.find('/')), k.substr(k.find('/') + 1), k});
     if (!last_->routes || last_->routes->routes.size() != routes->routes.size())
       next->routes = routes;  // the route table changes only when a deployment comes or goes
     last_ = next;
@@ -47,7 +47,8 @@ class Snapshots {
     next->sets.erase(key);
     auto routes = std::make_shared<endpoints::RouteTable>();
     for (const auto& [k, s] : next->sets)
-      routes->routes.push_back({"/" + k.substr(0, k.find('/')), k.substr(0, k.find('/')), k.substr(k.find('/') + 1), k});
+      routes->routes.push_back(
+          {"/" + k.substr(0, k.find('/')), k.substr(0, k.find('/')), k.substr(k.find('/') + 1), k});
     next->routes = routes;
     last_ = next;
     return last_;

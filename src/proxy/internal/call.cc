@@ -36,6 +36,21 @@ bool IsTraceparent(boost::beast::string_view name) {
 
 }  // namespace
 
+http::response<http::string_body> ResponseOf(const CallResult& result, unsigned version,
+                                             const std::string& request_id) {
+  namespace beast = boost::beast;
+  http::response<http::string_body> res{static_cast<http::status>(result.status), version};
+  for (const auto& [name, value] : result.headers) {
+    if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
+        beast::iequals(name, "connection"))
+      continue;
+    res.insert(beast::string_view(name.data(), name.size()), beast::string_view(value.data(), value.size()));
+  }
+  res.set("x-request-id", request_id);
+  res.body().assign(result.body.data(), result.body.size());
+  return res;
+}
+
 Call::Call(Worker& worker, std::shared_ptr<CallSink> session, std::shared_ptr<const router::RoutingTable> table,
            const router::Route* route, std::string request_id, RouteSeries* series)
     : worker_(worker),

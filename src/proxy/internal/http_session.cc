@@ -33,16 +33,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
   void Deliver(const CallResult& result, const std::string& request_id) override {
     if (phase_ != Phase::kProcessing) return;
     if (body_streaming_) close_after_response_ = true;  // answered before the body's end: the rest is not read
-    http::response<http::string_body> res{static_cast<http::status>(result.status), version_};
-    for (const auto& [name, value] : result.headers) {
-      if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
-          beast::iequals(name, "connection"))
-        continue;
-      res.insert(beast::string_view(name.data(), name.size()), beast::string_view(value.data(), value.size()));
-    }
-    res.set("x-request-id", request_id);
-    res.body().assign(result.body.data(), result.body.size());
-    Write(std::move(res), false);
+    Write(ResponseOf(result, version_, request_id), false);
   }
 
   // A streamed answer: the head now, then each chunk as it comes (chunked transfer encoding; for an

@@ -61,6 +61,9 @@ struct CallResult {
   std::string_view body;
 };
 
+// A call's whole answer as an HTTP response (without the replica's framing headers, with x-request-id).
+http::response<http::string_body> ResponseOf(const CallResult& result, unsigned version, const std::string& request_id);
+
 // Who a call answers: an HTTP session, or a WebSocket session. On the worker's thread.
 class CallSink {
  public:

@@ -63,15 +63,7 @@ class WebSocketSession : public Session, public CallSink, public std::enable_sha
     if (state_ != State::kWaiting) return;
     state_ = State::kRefused;
     call_ended_ = true;
-    response_ = http::response<http::string_body>{static_cast<http::status>(result.status), 11};
-    for (const auto& [name, value] : result.headers) {
-      if (beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
-          beast::iequals(name, "connection"))
-        continue;
-      response_.insert(beast::string_view(name.data(), name.size()), beast::string_view(value.data(), value.size()));
-    }
-    response_.set("x-request-id", request_id);
-    response_.body().assign(result.body.data(), result.body.size());
+    response_ = ResponseOf(result, 11, request_id);
     response_.keep_alive(false);
     response_.prepare_payload();
     close_code_ = 0;

@@ -68,9 +68,10 @@ struct Task : public TrackedStream {
   std::unique_ptr<WebSocketPeer> peer;  // the session's sending side, what `ws` points to
   FerryWebSocket ws{nullptr};
   // What a streamed answer sent (its span's and the stats' figures).
-  uint64_t chunks_sent = 0;
-  uint64_t bytes_sent = 0;
-  bool stream_started = false;
+  // Atomic: a detached stream's or a session's writes come from user threads while a cancel ends it.
+  std::atomic<uint64_t> chunks_sent{0};
+  std::atomic<uint64_t> bytes_sent{0};
+  std::atomic<bool> stream_started{false};
   std::atomic<bool> ended{false};  // its end (or answer) went out: later writes of a detached stream drop
   std::shared_ptr<ClientConnection> connection;
   std::unique_ptr<TaskTrace> trace;  // null: not traced
