@@ -78,7 +78,7 @@ class Echo : public Deployment {
     if (interval_ms > 0 && abort_after == 0 && count > 1) {
       // The first chunk now, the others from the timer thread when they are due.
       auto s = std::make_shared<Ticked>(
-          Ticked{{}, count, 1, std::chrono::milliseconds(interval_ms), sse, stamp, chunk_bytes});
+          Ticked{{}, count, 1, std::chrono::milliseconds(interval_ms), sse, stamp, chunk_bytes, {}});
       if (DetachedStream d = out.detach()) {
         s->out = std::move(d);
         if (!Emit(s->out, 0, *s)) return;
