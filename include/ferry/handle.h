@@ -98,13 +98,14 @@ struct CallState {
     for (size_t i = 0; i < n; ++i)
       s->headers.emplace_back(std::string(headers[i].name.data, headers[i].name.size),
                               std::string(headers[i].value.data, headers[i].value.size));
-    s->cv.notify_all();
+    // A whole answer's body and end follow at once: the caller is woken once, by the end.
+    if (s->stream) s->cv.notify_all();
   }
   static void OnChunk(void* user, FerryString data) {
     auto* s = static_cast<CallState*>(user);
     std::lock_guard<std::mutex> lock(s->mu);
     s->chunks.emplace_back(data.data, data.size);
-    s->cv.notify_all();
+    if (s->stream) s->cv.notify_all();
   }
   static void OnEnd(void* user, int ok, int status, FerryString error) {
     auto* s = static_cast<CallState*>(user);
@@ -190,7 +191,7 @@ class Call {
       if (!state_->chunks.empty()) {
         *chunk = std::move(state_->chunks.front());
         state_->chunks.pop_front();
-        taken = chunk->size();
+        taken = state_->stream ? chunk->size() : 0;  // only a stream's producer waits for credit
         got = true;
       } else if (!state_->ok) {
         throw CallError(state_->status, state_->error);

@@ -238,7 +238,7 @@ TEST(SdkTest, AStreamedBodyIsReadPieceByPieceOrWhole) {
   FerryErrorSink error;
   ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK);
   for (std::string_view query : {"pieces", "whole"}) {
-    PieceSource src{{"ab", "cd", "e"}};
+    PieceSource src{{"ab", "cd", "e"}, 0, false, {}};
     FerryRequest req = ferry::testing::MakeRequest("POST", "/", query, "", {});
     req.body_streamed = 1;
     req.read_body = &ReadPiece;
@@ -254,7 +254,7 @@ TEST(SdkTest, AStreamedBodyIsReadPieceByPieceOrWhole) {
   ASSERT_EQ(api->handle(instance, &whole, &sink, &error), FERRY_OK);
   EXPECT_EQ(sink.body, "[xyz] whole");
   // A body that breaks: the read throws BodyError, and handle() fails with its text.
-  PieceSource broken{{"ab"}, 0, true};
+  PieceSource broken{{"ab"}, 0, true, {}};
   FerryRequest req = ferry::testing::MakeRequest("POST", "/", "pieces", "", {});
   req.body_streamed = 1;
   req.read_body = &ReadPiece;
