@@ -362,19 +362,21 @@ TEST(ReplicaServerTest, AWebSocketSessionEchoesAndEndsOnTheClientsClose) {
   ASSERT_TRUE(transport::DecodeResponseStart(c.Await(FrameKind::kResponseStart, 1), &start).ok());
   EXPECT_EQ(start.status, 101);
   c.Send(MessageFrame(1, "hello"));
-  transport::WsMessage m = MessageOf(c.Await(FrameKind::kMessage, 1));
+  std::string payload = c.Await(FrameKind::kMessage, 1);  // the message's views point into it
+  transport::WsMessage m = MessageOf(payload);
   EXPECT_EQ(m.data, "hello");
   EXPECT_FALSE(m.binary);
   EXPECT_EQ(CreditOf(c.Await(FrameKind::kCredit, 1)), 5u);
   c.Send(MessageFrame(1, std::string_view("\0\1", 2), true));
-  m = MessageOf(c.Await(FrameKind::kMessage, 1));
+  payload = c.Await(FrameKind::kMessage, 1);
+  m = MessageOf(payload);
   EXPECT_TRUE(m.binary);
   EXPECT_EQ(m.data, std::string_view("\0\1", 2));
   std::string close;
   transport::AppendClose(close, 1, {1000, "bye"});
   c.Send(close);
   transport::StreamEnd end;
-  std::string payload = c.Await(FrameKind::kEnd, 1);
+  payload = c.Await(FrameKind::kEnd, 1);
   ASSERT_TRUE(transport::DecodeEnd(payload, &end).ok());
   EXPECT_TRUE(end.ok);
 }
