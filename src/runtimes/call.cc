@@ -56,7 +56,18 @@ class CallThrough : public Deployment {
       return;
     }
     CallResult r = call.get();
-    out.send(Response::FromJson({{"via", via_}, {"next", AsJson(r.body)}}, r.status));
+    // A JSON answer goes in as it came (checked, not parsed into a tree and written out again: a hop's
+    // work stays small); anything else as a string.
+    Response answer;
+    answer.status = r.status;
+    answer.headers.emplace_back("content-type", "application/json");
+    if (Json::accept(r.body)) {
+      answer.body.reserve(r.body.size() + via_json_.size() + 17);
+      answer.body.append("{\"next\":").append(r.body).append(",\"via\":").append(via_json_).append("}");
+    } else {
+      answer.body = Json{{"next", r.body}, {"via", via_}}.dump();
+    }
+    out.send(answer);
   }
 
  private:
@@ -87,6 +98,7 @@ class CallThrough : public Deployment {
   static Json Failure(const CallError& e) { return {{"error", e.what()}, {"status", e.status()}}; }
 
   std::string via_;
+  std::string via_json_ = Json(via_).dump();  // via_ as a JSON string
   Handle next_;
   std::vector<Handle> fanout_;
 };
