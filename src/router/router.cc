@@ -51,9 +51,9 @@ uint64_t Router::NextRandomLocked() {  // xorshift64
 int Router::PickLocked() {
   if (has_remote_) {
     // This node's replicas first, while one has room (no network hop); then any.
-    int local = PickAmongLocked([this](int i) { return slots_[i].replica->local; });
+    int local = PickAmongLocked(/*local_only=*/true);
     if (local >= 0) return local;
-    return PickAmongLocked([](int) { return true; });
+    return PickAmongLocked(/*local_only=*/false);
   }
   const int n = static_cast<int>(slots_.size());
   if (n == 0) return -1;
@@ -72,12 +72,11 @@ int Router::PickLocked() {
   return best;
 }
 
-template <typename Eligible>
-int Router::PickAmongLocked(Eligible eligible) {
+int Router::PickAmongLocked(bool local_only) {
   thread_local std::vector<int> candidates;
   candidates.clear();
   for (int i = 0; i < static_cast<int>(slots_.size()); ++i)
-    if (eligible(i)) candidates.push_back(i);
+    if (!local_only || slots_[i].replica->local) candidates.push_back(i);
   const int n = static_cast<int>(candidates.size());
   if (n == 0) return -1;
   int best = candidates[0];

@@ -115,9 +115,8 @@ class Router : public std::enable_shared_from_this<Router> {
     int in_flight = 0;
   };
   Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed, std::string local_node);
-  // Power of two choices among the slots `eligible` admits; -1 when none of them has room.
-  template <typename Eligible>
-  int PickAmongLocked(Eligible eligible) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Power of two choices among this node's slots (`local_only`) or all; -1 when none of them has room.
+  int PickAmongLocked(bool local_only) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
                         std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
