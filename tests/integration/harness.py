@@ -174,3 +174,14 @@ def raw_request(port, data, timeout=10, read_all=True):
 def status_of(raw):
     m = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
     return int(m.group(1)) if m else None
+
+
+def replica_ongoing(ferry, deployment):
+    """Requests on the replicas of `deployment` now, as the node's /metrics says (the router's count)."""
+    import requests
+    text = requests.get(ferry.admin + "/metrics", timeout=10).text
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("ferry_replica_ongoing_requests{") and f'deployment="{deployment}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

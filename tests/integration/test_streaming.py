@@ -8,7 +8,7 @@ import unittest
 
 import requests
 
-from harness import Ferry, raw_request, status_of
+from harness import Ferry, raw_request, replica_ongoing, status_of
 
 CONFIG = """
 http_options: {request_timeout_s: 1}
@@ -31,12 +31,7 @@ applications:
 
 def ongoing(ferry):
     """The router's requests on replicas of echo/Echo, from /metrics."""
-    text = requests.get(ferry.admin + "/metrics", timeout=10).text
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("ferry_replica_ongoing_requests{") and 'deployment="Echo"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return replica_ongoing(ferry, "Echo")
 
 
 class StreamingTest(unittest.TestCase):

@@ -13,7 +13,7 @@ import unittest
 import requests
 import websocket
 
-from harness import Ferry, status_of
+from harness import Ferry, replica_ongoing, status_of
 
 CONFIG = """
 http_options: {websocket_max_message_bytes: 4096}
@@ -92,15 +92,6 @@ def read_close_code(s):
         opcode, payload = read_frame(s)
         if opcode == 8:
             return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
-
-
-def ongoing(ferry, deployment):
-    text = requests.get(ferry.admin + "/metrics", timeout=10).text
-    total = 0
-    for line in text.splitlines():
-        if line.startswith("ferry_replica_ongoing_requests{") and f'deployment="{deployment}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 class WebSocketTest(unittest.TestCase):
@@ -212,13 +203,13 @@ class WebSocketTest(unittest.TestCase):
     def test_a_session_holds_its_replica_slot_and_a_vanished_client_ends_it(self):
         s, head = handshake(self.ferry.port, "/single/a")
         self.assertEqual(status_of(head), 101)
-        self.ferry.wait_for(lambda: ongoing(self.ferry, "Single") == 1, what="the session counted as ongoing")
+        self.ferry.wait_for(lambda: replica_ongoing(self.ferry, "Single") == 1, what="the session counted as ongoing")
         # max_ongoing_requests 1 and no queue: a second session is shed.
         s2, head2 = handshake(self.ferry.port, "/single/b")
         self.assertEqual(status_of(head2), 503)
         s2.close()
         s.close()  # no close frame: the connection just ends
-        self.ferry.wait_for(lambda: ongoing(self.ferry, "Single") == 0, what="the vanished session to end")
+        self.ferry.wait_for(lambda: replica_ongoing(self.ferry, "Single") == 0, what="the vanished session to end")
         self.ferry.wait_for(lambda: "close 1006" in self.ferry.stderr(), what="the 1006 access line")
 
         def a_new_session_works():
