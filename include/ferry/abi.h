@@ -140,9 +140,15 @@ typedef struct FerryCallOptions {
    * (the call's own id is made from it), its trace, and is cancelled when it is. */
   const struct FerryRequest* parent;
   double timeout_s; /* > 0: at most this long (the parent's deadline still applies); 0: none of its own */
+  /* Non-zero: the caller asks for the events, with wait_call (they arrive on its thread) or watch_call
+   * (from then on on the host's I/O thread); before either, none may arrive. A caller that blocks for
+   * the answer this way reads it itself, with no I/O thread between it and the callee. Added after
+   * version 1's first tables: the host reads it only when struct_size covers it. */
+  int events_on_demand;
 } FerryCallOptions;
 
-/* What the host tells the caller of a call, on the host's I/O thread, in this order: on_head once when
+/* What the host tells the caller of a call, on the host's I/O thread (for a call with events_on_demand:
+ * on the thread in wait_call, until watch_call), in this order: on_head once when
  * the callee answers (`stream` non-zero: chunks follow as the callee produces them), on_chunk for the
  * body (once for a whole answer, once per chunk for a stream), on_end once. A call that ends without an
  * answer gets on_end only: ok 0, `status` 503 (the callee is overloaded: max_queued_requests), 504 (the
@@ -237,6 +243,30 @@ typedef struct FerryHostApi {
   FerryStream* (*detach_stream)(FerryResponseSink* sink);
   int (*stream_write)(FerryStream* stream, FerryString data);
   void (*stream_end)(FerryStream* stream, int ok, FerryString message);
+  /* Calls made with events_on_demand. Added after version 1's first tables: read them only when
+   * struct_size covers them.
+   * wait_call: delivers the call's next events on this thread, waiting for them when `block` is
+   * non-zero, until at least one came or the call ended (its deadline passing ends it). Returns non-zero
+   * when it did; 0 when this call's events come from the I/O thread instead (it had to queue, or was
+   * watched): wait for them there.
+   * watch_call: from now on the call's events arrive on the host's I/O thread (a caller that will not
+   * wait: a callback on its end). Once per call. */
+  int (*wait_call)(FerryCall* call, int block);
+  void (*watch_call)(FerryCall* call);
+  /* Deferred answers: handle() returns before its answer exists; the answer comes later, from any thread
+   * (a callback of a call it made), and no replica thread waits meanwhile. The request is one ongoing
+   * request until answered. Added after version 1's first tables: read them only when struct_size covers
+   * them.
+   * defer_response: inside handle(), before anything was sent: returns the pending answer; nothing is
+   * sent yet. NULL where it cannot be (inside handle_batch, after streaming began, a request cancelled).
+   * stream_head: the status and headers the first stream_write on it sends (200 and none by default).
+   * stream_respond: answers in one piece (status, headers, body) and frees the stream; a stream that began
+   * just ends. stream_write and stream_end apply to it as to a detached stream; stream_end before any
+   * answer answers with the head's status and no body (ok non-zero) or 500 with `message`. */
+  FerryStream* (*defer_response)(FerryResponseSink* sink);
+  void (*stream_head)(FerryStream* stream, int status, const FerryHeader* headers, size_t num_headers);
+  void (*stream_respond)(FerryStream* stream, int status, const FerryHeader* headers, size_t num_headers,
+                         FerryString body);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

@@ -213,6 +213,7 @@ class DetachedStream {
 
  private:
   friend class ResponseWriter;
+  friend class DeferredResponse;
   struct State {
     explicit State(FerryStream* s) : stream(s) {}
     ~State();
@@ -221,6 +222,43 @@ class DetachedStream {
   };
   void Finish(bool ok, std::string_view why);
   std::shared_ptr<State> state_;
+};
+
+// An answer that comes after handle_stream returned (ResponseWriter::defer): the handler starts what
+// produces it (a call through a handle, with a callback on its end) and returns at once, so no replica
+// thread waits meanwhile. Answer once, from any thread: send() in one piece, or stream() to stream it.
+// Dropping it unanswered answers 500. The request is one ongoing request until answered. Move-only.
+class DeferredResponse {
+ public:
+  DeferredResponse() = default;
+  DeferredResponse(DeferredResponse&& other) noexcept : stream_(std::exchange(other.stream_, nullptr)) {}
+  DeferredResponse& operator=(DeferredResponse&& other) noexcept {
+    if (this != &other) {
+      Drop();
+      stream_ = std::exchange(other.stream_, nullptr);
+    }
+    return *this;
+  }
+  DeferredResponse(const DeferredResponse&) = delete;
+  DeferredResponse& operator=(const DeferredResponse&) = delete;
+  ~DeferredResponse() { Drop(); }
+
+  // False when the answer could not be deferred (inside handle_batch, or an older ferry): answer on the
+  // handling thread then.
+  explicit operator bool() const { return stream_ != nullptr; }
+  void send(const Response& response);
+  // Streams the answer instead: the status and headers go with the first write.
+  DetachedStream stream(int status = 200, const std::vector<std::pair<std::string, std::string>>& headers = {});
+
+ private:
+  friend class ResponseWriter;
+  explicit DeferredResponse(FerryStream* stream) : stream_(stream) {}
+  void Drop() {
+    static constexpr std::string_view kWhy = "the deployment dropped its deferred answer";
+    if (stream_)
+      internal::Host()->stream_end(std::exchange(stream_, nullptr), 0, FerryString{kWhy.data(), kWhy.size()});
+  }
+  FerryStream* stream_ = nullptr;
 };
 
 // Where a streaming handler writes its answer (see Deployment::handle_stream). The status and headers
@@ -249,6 +287,9 @@ class ResponseWriter {
   // that handle_stream may return while the stream stays open; this writer writes no more. An empty
   // DetachedStream where that cannot be (inside handle_batch, or an older ferry): stream here then.
   DetachedStream detach();
+  // Lets the answer come later (see DeferredResponse); this writer writes no more. Before the first
+  // write. An empty DeferredResponse where that cannot be: answer here then.
+  DeferredResponse defer();
 
  private:
   FerryResponseSink* sink_;
@@ -403,6 +444,41 @@ inline DetachedStream ResponseWriter::detach() {
   started_ = detached_ = true;
   DetachedStream d;
   d.state_ = std::make_shared<DetachedStream::State>(stream);
+  return d;
+}
+
+inline DeferredResponse ResponseWriter::defer() {
+  const FerryHostApi* host = internal::Host();
+  if (started_ || detached_ || !FERRY_HOST_HAS(host, stream_respond)) return {};
+  FerryStream* stream = host->defer_response(sink_);
+  if (!stream) return {};
+  started_ = detached_ = true;
+  return DeferredResponse(stream);
+}
+
+namespace internal {
+inline std::vector<FerryHeader> HeaderViews(const std::vector<std::pair<std::string, std::string>>& headers) {
+  std::vector<FerryHeader> out;
+  out.reserve(headers.size());
+  for (const auto& [k, v] : headers) out.push_back(FerryHeader{{k.data(), k.size()}, {v.data(), v.size()}});
+  return out;
+}
+}  // namespace internal
+
+inline void DeferredResponse::send(const Response& response) {
+  if (!stream_) throw std::logic_error("DeferredResponse::send on an empty or answered DeferredResponse");
+  std::vector<FerryHeader> headers = internal::HeaderViews(response.headers);
+  internal::Host()->stream_respond(std::exchange(stream_, nullptr), response.status, headers.data(), headers.size(),
+                                   FerryString{response.body.data(), response.body.size()});
+}
+
+inline DetachedStream DeferredResponse::stream(int status,
+                                               const std::vector<std::pair<std::string, std::string>>& headers) {
+  if (!stream_) throw std::logic_error("DeferredResponse::stream on an empty or answered DeferredResponse");
+  std::vector<FerryHeader> views = internal::HeaderViews(headers);
+  internal::Host()->stream_head(stream_, status, views.data(), views.size());
+  DetachedStream d;
+  d.state_ = std::make_shared<DetachedStream::State>(std::exchange(stream_, nullptr));
   return d;
 }
 

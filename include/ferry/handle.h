@@ -78,7 +78,8 @@ class CallError : public std::runtime_error {
 
 namespace internal {
 
-// A call's state, shared by the host's I/O thread (events) and the caller.
+// A call's state, shared by the thread that delivers its events (the caller's own, in wait_call, or the
+// host's I/O thread) and the caller.
 struct CallState {
   std::mutex mu;
   std::condition_variable cv;
@@ -88,18 +89,26 @@ struct CallState {
   std::deque<std::string> chunks;
   std::string error;
   std::function<void()> on_done;
+  std::function<void()> on_ready;  // at a stream's head, or the end
 
   static void OnHead(void* user, int status, const FerryHeader* headers, size_t n, int stream) {
     auto* s = static_cast<CallState*>(user);
-    std::lock_guard<std::mutex> lock(s->mu);
-    s->head = true;
-    s->stream = stream != 0;
-    s->status = status;
-    for (size_t i = 0; i < n; ++i)
-      s->headers.emplace_back(std::string(headers[i].name.data, headers[i].name.size),
-                              std::string(headers[i].value.data, headers[i].value.size));
-    // A whole answer's body and end follow at once: the caller is woken once, by the end.
-    if (s->stream) s->cv.notify_all();
+    std::function<void()> ready;
+    {
+      std::lock_guard<std::mutex> lock(s->mu);
+      s->head = true;
+      s->stream = stream != 0;
+      s->status = status;
+      for (size_t i = 0; i < n; ++i)
+        s->headers.emplace_back(std::string(headers[i].name.data, headers[i].name.size),
+                                std::string(headers[i].value.data, headers[i].value.size));
+      // A whole answer's body and end follow at once: the caller is woken once, by the end.
+      if (!s->stream) return;
+      s->cv.notify_all();
+      ready = std::move(s->on_ready);
+      s->on_ready = nullptr;
+    }
+    if (ready) ready();
   }
   static void OnChunk(void* user, FerryString data) {
     auto* s = static_cast<CallState*>(user);
@@ -109,7 +118,7 @@ struct CallState {
   }
   static void OnEnd(void* user, int ok, int status, FerryString error) {
     auto* s = static_cast<CallState*>(user);
-    std::function<void()> done;
+    std::function<void()> done, ready;
     {
       std::lock_guard<std::mutex> lock(s->mu);
       s->ended = true;
@@ -117,8 +126,12 @@ struct CallState {
       if (!s->ok) s->status = status;  // why it failed (after a head: the stream broke)
       s->error.assign(error.data, error.size);
       done = std::move(s->on_done);
+      ready = std::move(s->on_ready);
+      s->on_done = s->on_ready = nullptr;
       s->cv.notify_all();
     }
+    // Last: either may drop the last reference to this state.
+    if (ready) ready();
     if (done) done();
   }
   static const FerryCallEvents* Events() {
@@ -136,12 +149,16 @@ inline const FerryRequest* RawOf(const Request* request);
 class Call {
  public:
   Call() = default;
-  Call(Call&& other) noexcept : state_(std::move(other.state_)), call_(std::exchange(other.call_, nullptr)) {}
+  Call(Call&& other) noexcept
+      : state_(std::move(other.state_)),
+        call_(std::exchange(other.call_, nullptr)),
+        pumps_(std::exchange(other.pumps_, false)) {}
   Call& operator=(Call&& other) noexcept {
     if (this != &other) {
       Reset();
       state_ = std::move(other.state_);
       call_ = std::exchange(other.call_, nullptr);
+      pumps_ = std::exchange(other.pumps_, false);
     }
     return *this;
   }
@@ -166,7 +183,7 @@ class Call {
   // stream's head. Throws CallError when the call ended without an answer.
   int status() {
     std::unique_lock<std::mutex> lock(state_->mu);
-    state_->cv.wait(lock, [&] { return state_->head || state_->ended; });
+    wait(lock, [&] { return state_->head || state_->ended; });
     if (!state_->head) throw CallError(state_->status, state_->error);
     return state_->status;
   }
@@ -187,7 +204,7 @@ class Call {
     bool got = false;
     {
       std::unique_lock<std::mutex> lock(state_->mu);
-      state_->cv.wait(lock, [&] { return !state_->chunks.empty() || state_->ended; });
+      wait(lock, [&] { return !state_->chunks.empty() || state_->ended; });
       if (!state_->chunks.empty()) {
         *chunk = std::move(state_->chunks.front());
         state_->chunks.pop_front();
@@ -201,23 +218,25 @@ class Call {
     if (got && taken > 0 && FERRY_HOST_HAS(host, call_consumed)) host->call_consumed(call_, taken);
     return got;
   }
+  // True when this thread reads the answer itself (the host's direct way, taken while few calls are in
+  // flight): waiting for it costs a wake-up of this thread and nothing else. False when the host's I/O
+  // thread delivers it (under load, or when it had to queue): a handler that can answer later then
+  // frees its thread meanwhile (ResponseWriter::defer, on_ready).
+  bool direct() const { return pumps_ && internal::Host()->wait_call(call_, 0) != 0; }
   // True once the call ended (get() will not block).
   bool done() const {
+    if (pumps_) internal::Host()->wait_call(call_, 0);  // take in what has arrived
     std::lock_guard<std::mutex> lock(state_->mu);
     return state_->ended;
   }
-  // Runs `callback` on the host's I/O thread when the call ends (now, on this thread, if it has); it must
-  // not block. Read the answer with get() from there or later.
-  void on_done(std::function<void()> callback) {
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      if (!state_->ended) {
-        state_->on_done = std::move(callback);
-        return;
-      }
-    }
-    callback();
-  }
+  // Runs `callback` when the call ends, on the thread that learns of it (the host's I/O thread), or now
+  // on this thread if it has ended; it must not block. Read the answer with get() from there or later.
+  void on_done(std::function<void()> callback) { Register(&internal::CallState::on_done, false, std::move(callback)); }
+  // Runs `callback` once the answer can be read without waiting for its head: when the call ended (a whole
+  // answer, or a failure), or when a streamed answer's head arrived (then next() gives the chunks as they
+  // come: read them on a thread that may block). Where and how as on_done. How a handler answers later
+  // without holding its thread (with ResponseWriter::defer).
+  void on_ready(std::function<void()> callback) { Register(&internal::CallState::on_ready, true, std::move(callback)); }
   void cancel() {
     const FerryHostApi* host = internal::Host();
     if (call_ && FERRY_HOST_HAS(host, cancel_call)) host->cancel_call(call_);
@@ -225,7 +244,40 @@ class Call {
 
  private:
   friend class Handle;
-  Call(std::shared_ptr<internal::CallState> state, FerryCall* call) : state_(std::move(state)), call_(call) {}
+  Call(std::shared_ptr<internal::CallState> state, FerryCall* call, bool pumps)
+      : state_(std::move(state)), call_(call), pumps_(pumps) {}
+  // Waits, with `lock` held on return, until `ready()`: on this thread (the host reads the call's answer
+  // here, wait_call) while the host lets it, else on the condition variable its events signal.
+  template <typename Ready>
+  void wait(std::unique_lock<std::mutex>& lock, Ready ready) {
+    while (!ready()) {
+      if (pumps_) {
+        lock.unlock();
+        const bool pumped = internal::Host()->wait_call(call_, 1) != 0;
+        lock.lock();
+        if (pumped) continue;
+        pumps_ = false;  // its events come from the I/O thread from now on
+      }
+      state_->cv.wait(lock, ready);
+    }
+  }
+  void Register(std::function<void()> internal::CallState::*slot, bool at_stream_head, std::function<void()> callback) {
+    bool later = false;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      if (!state_->ended && !(at_stream_head && state_->head && state_->stream)) {
+        (*state_).*slot = std::move(callback);
+        later = true;
+      }
+    }
+    if (!later) {
+      callback();
+      return;
+    }
+    // Nobody waits for this call now: its events must reach us without our asking.
+    if (pumps_) internal::Host()->watch_call(call_);
+    pumps_ = false;
+  }
   void Reset() {
     if (!call_) return;
     {
@@ -234,7 +286,7 @@ class Call {
         lock.unlock();
         cancel();
         lock.lock();
-        state_->cv.wait(lock, [&] { return state_->ended; });
+        wait(lock, [&] { return state_->ended; });
       }
     }
     internal::Host()->release_call(call_);
@@ -242,6 +294,7 @@ class Call {
   }
   std::shared_ptr<internal::CallState> state_;
   FerryCall* call_ = nullptr;
+  bool pumps_ = false;  // the host delivers this call's events when asked (wait_call)
 };
 
 class Handle {
@@ -276,9 +329,12 @@ class Handle {
     o.body = {options.body.data(), options.body.size()};
     o.parent = internal::RawOf(options.parent);
     o.timeout_s = options.timeout_s;
+    // A caller that blocks on the answer reads it itself (no thread between it and the callee).
+    const bool on_demand = FERRY_HOST_HAS(host, wait_call) && FERRY_HOST_HAS(host, watch_call);
+    o.events_on_demand = on_demand ? 1 : 0;
     auto state = std::make_shared<internal::CallState>();
     FerryCall* call = host->call(handle_, &o, internal::CallState::Events(), state.get());
-    return Call(std::move(state), call);
+    return Call(std::move(state), call, on_demand);
   }
   // Ray's handle.remote(body): a POST of `body`, under the request being handled when `parent` is set.
   Call remote(std::string_view body, const Request* parent = nullptr) const {

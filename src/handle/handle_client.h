@@ -4,7 +4,14 @@
 // uses) and channels to the callees' replicas (the same ReplicaChannel). Each call routes, queues, carries
 // the caller's remaining deadline, request id and trace, may stream, and is cancelled with its caller.
 // Its load goes back to the controller in reports, so autoscaling counts handle traffic as proxy traffic.
-// Thread-safe: every method from any thread; observers are called on the client's I/O thread.
+//
+// Two ways a call's answer comes back. By default, on the client's I/O thread (it reads every callee's
+// connection and calls the observers). A call made `on_demand` whose caller will wait for it goes the
+// direct way when a replica has room at once: the calling thread writes the request on a connection of
+// its own (transport::DirectChannel) and reads the answer itself in CallRef::Wait, so a hop costs the
+// callee's wake-up and the caller's and no I/O thread in between. Such a call's observer hears on the
+// thread that waits; a caller that will not wait calls CallRef::Watch (then the I/O thread reads it).
+// Thread-safe: every method from any thread.
 #pragma once
 
 #include <atomic>
@@ -38,9 +45,13 @@ struct CallRequest {
   std::string parent_request_id;  // the request being handled; the call's own id is made from it
   std::string traceparent;        // the caller's span; when sampled, the call gets a span under it
   std::optional<SteadyClock::time_point> deadline;
+  // The caller asks for events: CallRef::Wait (on its thread) or CallRef::Watch (then on the I/O thread).
+  // Until it does, a call that went the direct way hears nothing (its answer waits in the socket).
+  bool on_demand = false;
 };
 
-// What a caller hears, on the client's I/O thread, in this order: OnHead once when the callee answers (a
+// What a caller hears, on the client's I/O thread (or, for an on-demand call, the thread in Wait), in this
+// order: OnHead once when the callee answers (a
 // whole body or a stream's head), OnChunk for the body (once, for a whole answer; per chunk, for a stream),
 // and OnEnd once. A call that ends without an answer gets OnEnd only, with the status that says why (503
 // overloaded, 504 timed out, 502 replica failed, 404 no such deployment, 499 cancelled) and a message that
@@ -64,6 +75,12 @@ class CallRef {
   void Cancel() const;
   // A stream's caller took `bytes` of its chunks: the callee may send that many more.
   void Consumed(size_t bytes) const;
+  // On-demand calls. Wait: delivers the call's next events on this thread, blocking (when `block`) until
+  // one came or the call ended (its deadline passing ends it); false when this call's events come from the
+  // I/O thread (it was queued, or watched): wait for the observer instead. Watch: from now on the events
+  // come on the I/O thread.
+  bool Wait(bool block) const;
+  void Watch() const;
   const std::string& request_id() const;
 
  private:
@@ -90,6 +107,8 @@ class HandleClient : public endpoints::Consumer {
   // Called (on a calling thread) when a call waits for a deployment with no replica, or a draining
   // replica's last call ended: the controller should look now. Set before user code runs.
   void SetWake(std::function<void()> wake);
+  // How many on-demand calls may go the direct way at once (2 unless set; see HandleClient::Impl).
+  void SetMaxDirectCalls(int n);
   // User code holds a handle: start the I/O thread and subscribe (once).
   void Want();
   bool wanted() const { return wanted_.load(); }

@@ -106,6 +106,15 @@ Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLea
   return result;
 }
 
+bool Router::TryAcquire(ReplicaLease* lease) {
+  MutexLock lock(&mu_);
+  if (queued_ != 0) return false;
+  int index = PickLocked();
+  if (index < 0) return false;
+  *lease = TakeLocked(index);
+  return true;
+}
+
 void Router::SetStarvedHook(std::function<void()> hook) {
   MutexLock lock(&mu_);
   starved_hook_ = hook ? std::make_shared<const std::function<void()>>(std::move(hook)) : nullptr;

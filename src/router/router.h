@@ -81,6 +81,9 @@ class Router : public std::enable_shared_from_this<Router> {
   // kAssigned: `*lease` holds a slot now. kQueued: `waiter` gets OnAssigned later (or Cancel it).
   // kRejected: the queue is full; answer 503.
   Result Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease);
+  // A slot now, when one has room and nobody waits; otherwise false and nothing queued (the caller then
+  // takes Acquire's way).
+  bool TryAcquire(ReplicaLease* lease);
   // Takes a queued waiter out. True: it was queued and will not be called. False: it has been (or is
   // being) assigned, and its OnAssigned runs or ran.
   bool Cancel(Waiter* waiter);

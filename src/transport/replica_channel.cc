@@ -16,8 +16,7 @@ void ReplicaChannel::Start() {
 }
 
 uint64_t ReplicaChannel::Send(std::shared_ptr<StreamListener> listener, const RequestMessage& request) {
-  uint64_t id = next_stream_id_++;
-  listeners_.emplace(id, std::move(listener));
+  uint64_t id = streams_.Add(std::move(listener));
   AppendRequest(connection_->output(), id, request);
   connection_->Flush();
   return id;
@@ -61,16 +60,64 @@ void ReplicaChannel::SendClose(uint64_t stream_id, const WsClose& close) {
 
 void ReplicaChannel::Drop() {
   connection_->Detach();
+  streams_.TakeAll();
+}
+
+void ReplicaChannel::OnFrame(const FrameHeader& header, std::string_view payload) {
+  auto self = shared_from_this();  // a listener may drop the last other reference
+  if (absl::Status s = streams_.Deliver(header, payload); !s.ok()) connection_->Close(s);
+}
+
+void ReplicaChannel::OnClosed(const absl::Status& why) {
+  auto self = shared_from_this();
+  const bool delivered = connection_->ever_connected();
+  for (auto& listener : streams_.TakeAll()) listener->OnChannelFailed(delivered, Message(why));
+  if (on_closed_) on_closed_(this);
+}
+
+uint64_t StreamTable::Add(std::shared_ptr<StreamListener> listener) {
+  MutexLock lock(&mu_);
+  uint64_t id = next_stream_id_++;
+  listeners_.emplace(id, std::move(listener));
+  return id;
+}
+
+bool StreamTable::Remove(uint64_t stream_id) {
+  MutexLock lock(&mu_);
+  streaming_.erase(stream_id);
+  return listeners_.erase(stream_id) > 0;
+}
+
+std::vector<std::shared_ptr<StreamListener>> StreamTable::TakeAll() {
+  std::vector<std::shared_ptr<StreamListener>> out;
+  MutexLock lock(&mu_);
+  out.reserve(listeners_.size());
+  for (auto& [id, listener] : listeners_) out.push_back(std::move(listener));
   listeners_.clear();
   streaming_.clear();
+  return out;
 }
 
-StreamListener* ReplicaChannel::Find(uint64_t stream_id) {
+bool StreamTable::Has(uint64_t stream_id) const {
+  MutexLock lock(&mu_);
+  return listeners_.count(stream_id) > 0;
+}
+
+size_t StreamTable::size() const {
+  MutexLock lock(&mu_);
+  return listeners_.size();
+}
+
+std::shared_ptr<StreamListener> StreamTable::Find(uint64_t stream_id, bool* streaming) const {
+  MutexLock lock(&mu_);
   auto it = listeners_.find(stream_id);
-  return it == listeners_.end() ? nullptr : it->second.get();
+  if (it == listeners_.end()) return nullptr;
+  *streaming = streaming_.count(stream_id) > 0;
+  return it->second;
 }
 
-std::shared_ptr<StreamListener> ReplicaChannel::Take(uint64_t stream_id) {
+std::shared_ptr<StreamListener> StreamTable::Take(uint64_t stream_id) {
+  MutexLock lock(&mu_);
   auto it = listeners_.find(stream_id);
   if (it == listeners_.end()) return nullptr;
   std::shared_ptr<StreamListener> listener = std::move(it->second);
@@ -79,100 +126,85 @@ std::shared_ptr<StreamListener> ReplicaChannel::Take(uint64_t stream_id) {
   return listener;
 }
 
-void ReplicaChannel::OnFrame(const FrameHeader& header, std::string_view payload) {
-  auto self = shared_from_this();  // a listener may drop the last other reference
+absl::Status StreamTable::Deliver(const FrameHeader& header, std::string_view payload) {
+  const uint64_t id = header.stream_id;
+  bool streaming = false;
   absl::Status s;
   switch (header.kind) {
     case FrameKind::kResponse: {
       ResponseMessage m;
-      if (s = DecodeResponse(payload, &m); !s.ok()) break;
-      if (streaming_.count(header.stream_id)) {
-        s = absl::InvalidArgumentError("response frame for a stream that began");
-        break;
-      }
-      if (auto listener = Take(header.stream_id)) listener->OnResponse(m);
-      return;
+      if (s = DecodeResponse(payload, &m); !s.ok()) return s;
+      if (!Find(id, &streaming)) return absl::OkStatus();  // answered already (a late frame after a failure)
+      if (streaming) return absl::InvalidArgumentError("response frame for a stream that began");
+      if (auto listener = Take(id)) listener->OnResponse(m);
+      return absl::OkStatus();
     }
     case FrameKind::kResponseStart: {
       ResponseStart m;
-      if (s = DecodeResponseStart(payload, &m); !s.ok()) break;
-      StreamListener* listener = Find(header.stream_id);
-      if (!listener) return;  // answered already (a late frame after a failure is ignored)
-      if (!streaming_.insert(header.stream_id).second) {
-        s = absl::InvalidArgumentError("a second response_start frame for one stream");
-        break;
+      if (s = DecodeResponseStart(payload, &m); !s.ok()) return s;
+      std::shared_ptr<StreamListener> listener;
+      {
+        MutexLock lock(&mu_);
+        auto it = listeners_.find(id);
+        if (it == listeners_.end()) return absl::OkStatus();
+        if (!streaming_.insert(id).second)
+          return absl::InvalidArgumentError("a second response_start frame for one stream");
+        listener = it->second;
       }
       listener->OnStreamStart(m);
-      return;
+      return absl::OkStatus();
     }
     case FrameKind::kChunk: {
       std::string_view data;
-      if (s = DecodeChunk(payload, &data); !s.ok()) break;
-      StreamListener* listener = Find(header.stream_id);
-      if (!listener) return;
-      if (!streaming_.count(header.stream_id)) {
-        s = absl::InvalidArgumentError("chunk frame before its response_start");
-        break;
-      }
+      if (s = DecodeChunk(payload, &data); !s.ok()) return s;
+      auto listener = Find(id, &streaming);
+      if (!listener) return absl::OkStatus();
+      if (!streaming) return absl::InvalidArgumentError("chunk frame before its response_start");
       listener->OnStreamChunk(data);
-      return;
+      return absl::OkStatus();
     }
     case FrameKind::kEnd: {
       StreamEnd m;
-      if (s = DecodeEnd(payload, &m); !s.ok()) break;
-      if (Find(header.stream_id) && !streaming_.count(header.stream_id)) {
-        s = absl::InvalidArgumentError("end frame before its response_start");
-        break;
-      }
-      if (auto listener = Take(header.stream_id)) listener->OnStreamEnd(m);
-      return;
+      if (s = DecodeEnd(payload, &m); !s.ok()) return s;
+      if (!Find(id, &streaming)) return absl::OkStatus();
+      if (!streaming) return absl::InvalidArgumentError("end frame before its response_start");
+      if (auto listener = Take(id)) listener->OnStreamEnd(m);
+      return absl::OkStatus();
     }
     case FrameKind::kCredit: {
       uint32_t bytes = 0;
-      if (s = DecodeCredit(payload, &bytes); !s.ok()) break;
-      if (StreamListener* listener = Find(header.stream_id)) listener->OnCredit(bytes);
-      return;
+      if (s = DecodeCredit(payload, &bytes); !s.ok()) return s;
+      if (auto listener = Find(id, &streaming)) listener->OnCredit(bytes);
+      return absl::OkStatus();
     }
     case FrameKind::kMessage:
     case FrameKind::kClose: {
       WsMessage message;
       WsClose close;
       s = header.kind == FrameKind::kMessage ? DecodeMessage(payload, &message) : DecodeClose(payload, &close);
-      if (!s.ok()) break;
-      StreamListener* listener = Find(header.stream_id);
-      if (!listener) return;
-      if (!streaming_.count(header.stream_id)) {
-        s = absl::InvalidArgumentError(ferry::StrCat(FrameKindName(header.kind), " frame before its response_start"));
-        break;
-      }
+      if (!s.ok()) return s;
+      auto listener = Find(id, &streaming);
+      if (!listener) return absl::OkStatus();
+      if (!streaming)
+        return absl::InvalidArgumentError(
+            ferry::StrCat(FrameKindName(header.kind), " frame before its response_start"));
       if (header.kind == FrameKind::kMessage)
         listener->OnMessage(message);
       else
         listener->OnClose(close);
-      return;
+      return absl::OkStatus();
     }
     case FrameKind::kHelloAck: {
       HelloAck ack;
-      s = DecodeHelloAck(payload, &ack);
-      if (s.ok() && ack.version != kProtocolVersion)
-        s = absl::FailedPreconditionError(ferry::StrCat("replica speaks protocol version ", ack.version));
-      if (s.ok()) return;
-      break;
+      if (s = DecodeHelloAck(payload, &ack); !s.ok()) return s;
+      if (ack.version != kProtocolVersion)
+        return absl::FailedPreconditionError(ferry::StrCat("replica speaks protocol version ", ack.version));
+      return absl::OkStatus();
     }
     default:
-      s = absl::InvalidArgumentError(ferry::StrCat("unexpected ", FrameKindName(header.kind), " frame from a replica"));
+      return absl::InvalidArgumentError(
+          ferry::StrCat("unexpected ", FrameKindName(header.kind), " frame from a replica"));
   }
-  connection_->Close(s);
-}
-
-void ReplicaChannel::OnClosed(const absl::Status& why) {
-  auto self = shared_from_this();
-  auto listeners = std::move(listeners_);
-  listeners_.clear();
-  streaming_.clear();
-  const bool delivered = connection_->ever_connected();
-  for (auto& [id, listener] : listeners) listener->OnChannelFailed(delivered, Message(why));
-  if (on_closed_) on_closed_(this);
 }
 
 }  // namespace ferry::transport

@@ -13,7 +13,9 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
+#include "common/mutex.h"
 #include "transport/connection.h"
 #include "transport/frame.h"
 
@@ -37,6 +39,32 @@ class StreamListener {
   // A WebSocket session (after its 101 head): a message from the deployment, and its close.
   virtual void OnMessage(const WsMessage& message) { (void)message; }
   virtual void OnClose(const WsClose& close) { (void)close; }
+};
+
+// The requests in flight on one connection to a replica, by stream id, and the delivery of what the replica
+// sends them: the part of a client connection that does not depend on who reads it (ReplicaChannel's I/O
+// thread, or DirectChannel's waiting callers). Thread-safe; listeners are called with no lock held.
+class StreamTable {
+ public:
+  uint64_t Add(std::shared_ptr<StreamListener> listener);
+  // Forgets a request that was never sent; false when it is not there (TakeAll took it: it heard why).
+  bool Remove(uint64_t stream_id);
+  // Delivers one frame from the replica to its request's listener. An error (a malformed frame, one out
+  // of order, an unexpected kind, another protocol version) means the connection must close.
+  absl::Status Deliver(const FrameHeader& header, std::string_view payload);
+  // Empties the table (the connection is gone): the listeners that were waiting.
+  std::vector<std::shared_ptr<StreamListener>> TakeAll();
+  bool Has(uint64_t stream_id) const;
+  size_t size() const;
+
+ private:
+  std::shared_ptr<StreamListener> Find(uint64_t stream_id, bool* streaming) const;
+  std::shared_ptr<StreamListener> Take(uint64_t stream_id);
+
+  mutable Mutex mu_;
+  uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<StreamListener>> listeners_ ABSL_GUARDED_BY(mu_);
+  std::unordered_set<uint64_t> streaming_ ABSL_GUARDED_BY(mu_);  // streams whose head arrived
 };
 
 class ReplicaChannel : public FrameConnection::Handler, public std::enable_shared_from_this<ReplicaChannel> {
@@ -64,15 +92,10 @@ class ReplicaChannel : public FrameConnection::Handler, public std::enable_share
   void OnClosed(const absl::Status& why) override;
 
  private:
-  StreamListener* Find(uint64_t stream_id);
-  std::shared_ptr<StreamListener> Take(uint64_t stream_id);
-
   std::string client_;
   std::function<void(ReplicaChannel*)> on_closed_;
   std::shared_ptr<FrameConnection> connection_;
-  uint64_t next_stream_id_ = 1;
-  std::unordered_map<uint64_t, std::shared_ptr<StreamListener>> listeners_;
-  std::unordered_set<uint64_t> streaming_;  // streams whose head arrived
+  StreamTable streams_;
 };
 
 }  // namespace ferry::transport

@@ -13,7 +13,11 @@ struct FerryResponseSink {
   int status = 0;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
-  std::vector<std::string> chunks;  // what write_chunk sent (kStreamingHost)
+  std::vector<std::string> chunks;  // what write_chunk (or a deferred stream's writes) sent (kStreamingHost)
+  bool deferred = false;            // defer_response took it
+  bool answered = false;            // a deferred answer came: stream_respond, or stream_end
+  bool end_ok = false;              // stream_end's ok
+  std::string end_message;          // stream_end's message
   std::string header(std::string_view name) const {
     for (const auto& [k, v] : headers)
       if (k == name) return v;
@@ -22,6 +26,9 @@ struct FerryResponseSink {
 };
 struct FerryErrorSink {
   std::string message;
+};
+struct FerryStream {
+  FerryResponseSink* sink;
 };
 
 namespace ferry::testing {
@@ -56,6 +63,35 @@ inline int WsSend(FerryWebSocket*, FerryString data, int binary) {
 inline void WsClose(FerryWebSocket*, int code, FerryString reason) {
   WebSocketLog().push_back("close:" + std::to_string(code) + ":" + std::string(reason.data, reason.size));
 }
+// Deferred answers (defer_response) land in the sink they came from.
+inline FerryStream* DeferResponse(FerryResponseSink* s) {
+  if (s->deferred) return nullptr;
+  s->deferred = true;
+  return new FerryStream{s};
+}
+inline void HeadersInto(FerryResponseSink* s, int status, const FerryHeader* h, size_t n) {
+  s->status = status;
+  for (size_t i = 0; i < n; ++i) AddHeader(s, h[i].name, h[i].value);
+}
+inline void StreamHead(FerryStream* st, int status, const FerryHeader* h, size_t n) {
+  HeadersInto(st->sink, status, h, n);
+}
+inline void StreamRespond(FerryStream* st, int status, const FerryHeader* h, size_t n, FerryString body) {
+  HeadersInto(st->sink, status, h, n);
+  SetBody(st->sink, body);
+  st->sink->answered = true;
+  delete st;
+}
+inline int StreamWrite(FerryStream* st, FerryString data) {
+  st->sink->chunks.emplace_back(data.data, data.size);
+  return 0;
+}
+inline void StreamEnd(FerryStream* st, int ok, FerryString message) {
+  st->sink->answered = true;
+  st->sink->end_ok = ok != 0;
+  st->sink->end_message.assign(message.data, message.size);
+  delete st;
+}
 // The host's table: with the HTTP entry only (struct_size ends before the tensor entry's functions), as an
 // older ferry; or, `streaming`, a host whose write_chunk records each chunk in the sink.
 inline FerryHostApi MakeHost(bool streaming) {
@@ -71,6 +107,11 @@ inline FerryHostApi MakeHost(bool streaming) {
     h.write_chunk = &WriteChunk;
     h.ws_send = &WsSend;
     h.ws_close = &WsClose;
+    h.stream_write = &StreamWrite;
+    h.stream_end = &StreamEnd;
+    h.defer_response = &DeferResponse;
+    h.stream_head = &StreamHead;
+    h.stream_respond = &StreamRespond;
   }
   return h;
 }

@@ -2,9 +2,11 @@
 through handles, back-pressure from a callee, cancellation down the chain, request ids per call, and config
 errors for args that name no deployment or form a cycle."""
 import os
+import re
 import socket
 import tempfile
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -139,6 +141,57 @@ class CompositionTest(unittest.TestCase):
         self.ferry.wait_for(lambda: f"call {rid}." in self.ferry.stderr() and "to chain/A cancelled" in self.ferry.stderr(),
                             what="the ingress's call cancelled")
         self.ferry.wait_for(lambda: "to chain/B cancelled" in self.ferry.stderr(), what="A's call cancelled")
+
+    def test_many_at_once_each_answer_reaches_its_own_client(self):
+        # Past two calls in flight a caller's calls go the I/O thread's way and builtin:call answers later
+        # (its thread goes back to reading requests): under 16 clients at once, whole answers and streams
+        # through the chain must each still reach the client that asked.
+        def whole(i):
+            r = requests.post(self.ferry.url(f"/chain/w{i}?i={i}"), data=f"body {i}".encode(), timeout=60)
+            return r.status_code, r.json()
+
+        def streamed(i):
+            with requests.get(self.ferry.url(f"/chain/s{i}?stream=3&interval_ms=20"), stream=True, timeout=60) as r:
+                return r.status_code, r.content.decode()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(whole, range(160)))
+            streams = list(pool.map(streamed, range(24)))
+        for i, (status, body) in enumerate(answers):
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["via"], "Ingress")
+            self.assertEqual(body["next"]["via"], "A")
+            self.assertEqual(body["next"]["next"]["body"], f"body {i}")
+            self.assertEqual(body["next"]["next"]["query"], f"i={i}")
+        for status, text in streams:
+            self.assertEqual(status, 200)
+            self.assertEqual(text, "chunk 0\nchunk 1\nchunk 2\n")
+
+    def test_clients_that_leave_at_once_cancel_their_calls(self):
+        # Five streams held open at once (Ingress and A take five each, Ray's default max_ongoing_requests;
+        # past two, calls go the I/O thread's way), then every client leaves: each one's calls are cancelled
+        # down the chain.
+        socks, rids = [], []
+        try:
+            for _ in range(5):
+                s = socket.create_connection(("127.0.0.1", self.ferry.port), timeout=30)
+                s.sendall(b"GET /chain/s?stream=2&interval_ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(s)
+            for s in socks:
+                got = b""
+                while b"chunk 0\n" not in got:
+                    b = s.recv(4096)
+                    self.assertTrue(b, "the connection closed before the first chunk")
+                    got += b
+                rids.append([line.split(b": ")[1].decode() for line in got.split(b"\r\n")
+                             if line.startswith(b"x-request-id")][0])
+        finally:
+            for s in socks:
+                s.close()
+        for rid in rids:
+            # Its call to A is rid.N, A's call to B rid.N.M.
+            pattern = re.compile(rf"call {rid}\.\d+\.\d+ to chain/B cancelled")
+            self.ferry.wait_for(lambda: pattern.search(self.ferry.stderr()), what=f"request {rid}'s call to B cancelled")
 
     def test_back_pressure_reaches_the_caller(self):
         # Slow takes one request at a time and queues none. A long request holds its slot (sent on a raw

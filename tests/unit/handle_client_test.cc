@@ -23,6 +23,7 @@ class Recorder : public CallObserver {
  public:
   void OnHead(int status, const transport::HeaderList& headers, bool stream) override {
     std::lock_guard<std::mutex> lock(mu_);
+    head_thread = std::this_thread::get_id();
     head_status = status;
     this->stream = stream;
     for (const auto& [k, v] : headers) this->headers.emplace_back(k, v);
@@ -35,6 +36,7 @@ class Recorder : public CallObserver {
   }
   void OnEnd(bool ok, int status, std::string_view error) override {
     std::lock_guard<std::mutex> lock(mu_);
+    end_thread = std::this_thread::get_id();
     ended = true;
     this->ok = ok;
     end_status = status;
@@ -55,7 +57,13 @@ class Recorder : public CallObserver {
     return chunks.size();
   }
 
+  bool has_ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ended;
+  }
+
   int head_status = 0;
+  std::thread::id head_thread, end_thread;  // who delivered
   bool stream = false;
   std::vector<std::pair<std::string, std::string>> headers;
   std::vector<std::string> chunks;
@@ -227,6 +235,136 @@ TEST(HandleClientTest, BackPressureIs503AndADeadlineIs504) {
   EXPECT_FALSE(late->ok);
   EXPECT_EQ(late->end_status, 504);
   EXPECT_NE(late->error.find("timed out"), std::string::npos) << late->error;
+}
+
+CallRequest OnDemand(std::string query, std::string body = "") {
+  CallRequest r = To("app/D", std::move(query), std::move(body));
+  r.on_demand = true;
+  return r;
+}
+
+// Waits (bounded) until the client reports nothing in flight on the callee: every slot came back.
+bool SlotsReturn(HandleClient& client) {
+  for (int i = 0; i < 3000; ++i) {
+    endpoints::ConsumerReport report = client.Report();
+    if (!report.deployments.empty() && report.deployments[0].ongoing == 0) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// The direct way: an on-demand call's caller writes the request and reads the answer itself, so the
+// observer hears on the caller's thread, inside Wait; nothing arrives before the caller asks.
+TEST(HandleClientTest, AnOnDemandCallIsReadByTheThreadThatWaits) {
+  testing::ServedReplica replica("echo", 4, "-e");
+  HandleClient client("app/Caller", nullptr);
+  client.OnPublished(SnapshotFor(replica.path()));
+  for (int i = 0; i < 3; ++i) {  // the first makes the connection, the others reuse it
+    auto rec = std::make_shared<Recorder>();
+    CallRef call = client.Start(OnDemand("n=" + std::to_string(i), "direct"), rec);
+    int waits = 0;
+    while (!rec->has_ended() && waits < 1000) {
+      ASSERT_TRUE(call.Wait(true)) << "an on-demand call to a replica with room must go the direct way";
+      ++waits;
+    }
+    ASSERT_TRUE(rec->ended);
+    EXPECT_TRUE(rec->ok) << rec->error;
+    EXPECT_EQ(rec->end_thread, std::this_thread::get_id());
+    EXPECT_EQ(nlohmann::json::parse(rec->chunks.at(0))["query"], "n=" + std::to_string(i));
+    EXPECT_EQ(nlohmann::json::parse(rec->chunks.at(0))["body"], "direct");
+  }
+  EXPECT_TRUE(SlotsReturn(client));
+  nlohmann::json load = nlohmann::json::parse(LoadReplyJson(client));
+  EXPECT_EQ(load["calls"][0]["ok"], 3);
+
+  // A stream through the direct way, with the caller's credit written by the caller.
+  auto stream = std::make_shared<Recorder>();
+  CallRef call = client.Start(OnDemand("stream=40&chunk_bytes=65536"), stream);
+  for (int i = 0; i < 10000 && !stream->has_ended(); ++i) {
+    size_t before = stream->chunk_count();
+    ASSERT_TRUE(call.Wait(true));
+    if (stream->chunk_count() > before) call.Consumed((stream->chunk_count() - before) * 65536);
+  }
+  ASSERT_TRUE(stream->ended);
+  EXPECT_TRUE(stream->ok) << stream->error;
+  EXPECT_EQ(stream->chunk_count(), 40u);
+}
+
+// Watch hands the reading to the I/O thread (a caller with a callback, not a wait); and two callers that
+// wait at once share the connection: one reads for both.
+TEST(HandleClientTest, AWatchedCallIsReadByTheIoThreadAndWaitersShareTheConnection) {
+  testing::ServedReplica replica("busy", 8, "-f");
+  HandleClient client("app/Caller", nullptr);
+  client.SetMaxDirectCalls(8);
+  client.OnPublished(SnapshotFor(replica.path()));
+  auto watched = std::make_shared<Recorder>();
+  CallRef call = client.Start(OnDemand("work_us=1000"), watched);
+  call.Watch();
+  EXPECT_FALSE(call.Wait(true)) << "a watched call's events come from the I/O thread";
+  ASSERT_TRUE(watched->WaitEnd());
+  EXPECT_TRUE(watched->ok) << watched->error;
+  EXPECT_NE(watched->end_thread, std::this_thread::get_id());
+
+  // Four threads, each waiting for its own call on the one connection; every answer reaches its caller.
+  std::vector<std::shared_ptr<Recorder>> recs;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) recs.push_back(std::make_shared<Recorder>());
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      CallRef c = client.Start(OnDemand("work_us=" + std::to_string(20000 - i * 5000)), recs[i]);
+      for (int n = 0; n < 1000 && !recs[i]->has_ended(); ++n)
+        if (!c.Wait(true)) recs[i]->WaitEnd();
+    });
+  for (auto& t : threads) t.join();
+  for (auto& rec : recs) {
+    ASSERT_TRUE(rec->has_ended());
+    EXPECT_TRUE(rec->ok) << rec->error;
+    EXPECT_EQ(rec->head_status, 200);
+  }
+  EXPECT_TRUE(SlotsReturn(client));
+}
+
+// A direct call cancelled while its caller waits (from another thread, as a cancelled parent does) ends at
+// once with 499; one whose deadline passes in Wait ends with 504. Either way the callee is cancelled and
+// its slot comes back when it confirms (read by the I/O thread: nobody waits any more).
+TEST(HandleClientTest, ADirectCallIsCancelledWhileWaitedForAndKeepsItsDeadline) {
+  testing::ServedReplica replica("busy", 4, "-g");
+  HandleClient client("app/Caller", nullptr);
+  client.OnPublished(SnapshotFor(replica.path()));
+  auto rec = std::make_shared<Recorder>();
+  CallRef call = client.Start(OnDemand("work_us=60000000"), rec);
+  std::thread canceller([&] {
+    for (int i = 0; i < 3000; ++i) {  // once the callee holds the slot
+      endpoints::ConsumerReport report = client.Report();
+      if (!report.deployments.empty() && report.deployments[0].ongoing == 1) break;
+      std::this_thread::sleep_for(10ms);
+    }
+    call.Cancel();
+  });
+  for (int i = 0; i < 1000 && !rec->has_ended(); ++i) ASSERT_TRUE(call.Wait(true));
+  canceller.join();
+  ASSERT_TRUE(rec->ended);
+  EXPECT_FALSE(rec->ok);
+  EXPECT_EQ(rec->end_status, 499);
+  EXPECT_TRUE(SlotsReturn(client)) << "the cancelled callee's slot never came back";
+
+  auto late = std::make_shared<Recorder>();
+  CallRequest r = OnDemand("work_us=60000000");
+  r.deadline = SteadyClock::now() + 100ms;
+  CallRef timed = client.Start(std::move(r), late);
+  for (int i = 0; i < 1000 && !late->has_ended(); ++i) ASSERT_TRUE(timed.Wait(true));
+  ASSERT_TRUE(late->ended);
+  EXPECT_EQ(late->end_status, 504);
+  EXPECT_NE(late->error.find("timed out"), std::string::npos) << late->error;
+  EXPECT_TRUE(SlotsReturn(client)) << "the timed-out callee's slot never came back";
+
+  // Past the limit of direct calls, a call goes the I/O thread's way (Wait says so).
+  client.SetMaxDirectCalls(0);
+  auto queued = std::make_shared<Recorder>();
+  CallRef io = client.Start(OnDemand("work_us=1"), queued);
+  EXPECT_FALSE(io.Wait(true));
+  ASSERT_TRUE(queued->WaitEnd());
+  EXPECT_TRUE(queued->ok) << queued->error;
 }
 
 TEST(WireTest, SnapshotsAndReportsRoundTripAndMalformedOnesAreRejected) {

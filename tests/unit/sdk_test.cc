@@ -125,6 +125,67 @@ TEST(SdkTest, HandleStreamWritesChunksOrGathersThemOnAnOlderHost) {
   api->destroy(instance);
 }
 
+// Answers later: each request's DeferredResponse waits in `pending` until the test answers it.
+class Later : public ferry::Deployment {
+ public:
+  explicit Later(const ferry::Args&) {}
+  void handle_stream(const ferry::Request&, ferry::ResponseWriter& out) override {
+    ferry::DeferredResponse d = out.defer();
+    if (!d) {
+      out.send(ferry::Response::Text("now", 203));
+      return;
+    }
+    pending.push_back(std::move(d));
+  }
+  std::vector<ferry::DeferredResponse> pending;
+};
+
+TEST(SdkTest, ADeferredAnswerComesAfterHandleReturnsWholeStreamedOrFailed) {
+  const FerryDeploymentApi* api = ferry::internal::ApiFor<Later>("Later");
+  FerryErrorSink error;
+  void* instance = nullptr;
+  ASSERT_EQ(api->create(&ferry::testing::kStreamingHost, S(""), &instance, &error), FERRY_OK) << error.message;
+  auto& later = *static_cast<Later*>(instance);
+  FerryRequest r = MakeRequest("/", "", {});
+  FerryResponseSink whole, streamed, dropped;
+  for (FerryResponseSink* sink : {&whole, &streamed, &dropped}) {
+    ASSERT_EQ(api->handle(instance, &r, sink, &error), FERRY_OK);
+    EXPECT_TRUE(sink->deferred);
+    EXPECT_FALSE(sink->answered) << "handle() returning must not answer a deferred request";
+  }
+  ASSERT_EQ(later.pending.size(), 3u);
+  later.pending[0].send(ferry::Response::Text("later", 201));
+  EXPECT_TRUE(whole.answered);
+  EXPECT_EQ(whole.status, 201);
+  EXPECT_EQ(whole.body, "later");
+  EXPECT_FALSE(later.pending[0]);
+  EXPECT_THROW(later.pending[0].send(ferry::Response::Text("twice")), std::logic_error);
+
+  ferry::DetachedStream stream = later.pending[1].stream(206, {{"content-type", "text/plain"}});
+  EXPECT_EQ(streamed.status, 206);
+  EXPECT_EQ(streamed.header("content-type"), "text/plain");
+  EXPECT_TRUE(stream.write("a"));
+  EXPECT_TRUE(stream.write("b"));
+  stream.end();
+  EXPECT_EQ(streamed.chunks, (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(streamed.answered);
+  EXPECT_TRUE(streamed.end_ok);
+
+  later.pending.pop_back();  // dropped unanswered: the host hears a failure
+  EXPECT_TRUE(dropped.answered);
+  EXPECT_FALSE(dropped.end_ok);
+  EXPECT_NE(dropped.end_message.find("dropped"), std::string::npos) << dropped.end_message;
+  api->destroy(instance);
+
+  // A host that cannot defer: the handler answers on its thread.
+  ASSERT_EQ(api->create(&kHost, S(""), &instance, &error), FERRY_OK) << error.message;
+  FerryResponseSink now;
+  ASSERT_EQ(api->handle(instance, &r, &now, &error), FERRY_OK);
+  EXPECT_EQ(now.status, 203);
+  EXPECT_EQ(now.body, "now");
+  api->destroy(instance);
+}
+
 TEST(SdkTest, GeneratedTableCallsTheClass) {
   const FerryDeploymentApi* api = ferry::internal::ApiFor<Greeter>("Greeter");
   EXPECT_EQ(api->abi_version, FERRY_ABI_VERSION);

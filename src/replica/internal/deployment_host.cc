@@ -134,6 +134,8 @@ FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallE
     r.traceparent = parent->traceparent;
     r.deadline = parent->deadline;
   }
+  if (o->struct_size >= offsetof(FerryCallOptions, events_on_demand) + sizeof(o->events_on_demand))
+    r.on_demand = o->events_on_demand != 0;
   if (o->timeout_s > 0) {
     auto own = SteadyClock::now() + std::chrono::microseconds(static_cast<int64_t>(o->timeout_s * 1e6));
     if (!r.deadline || own < *r.deadline) r.deadline = own;
@@ -145,6 +147,8 @@ FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallE
 
 void CallConsumed(FerryCall* call, size_t bytes) { call->ref.Consumed(bytes); }
 void CancelCall(FerryCall* call) { call->ref.Cancel(); }
+int WaitCall(FerryCall* call, int block) { return call->ref.Wait(block != 0) ? 1 : 0; }
+void WatchCall(FerryCall* call) { call->ref.Watch(); }
 void ReleaseCall(FerryCall* call) { delete call; }
 
 // The replica's names, set once before the deployment is created.
@@ -160,6 +164,27 @@ FerryStream* DetachStream(FerryResponseSink* sink) {
   sink->detached = true;
   sink->streamed = true;
   return new FerryStream{std::move(detached)};
+}
+FerryStream* DeferResponse(FerryResponseSink* sink) {
+  if (!sink->stream || sink->detached || sink->streamed) return nullptr;
+  std::unique_ptr<DetachedSink> deferred = sink->stream->Defer();
+  if (!deferred) return nullptr;
+  sink->detached = true;  // handle() returning does not answer
+  return new FerryStream{std::move(deferred)};
+}
+FerryResponseSink SinkOf(int status, const FerryHeader* headers, size_t n, FerryString body) {
+  FerryResponseSink out;
+  out.status = status;
+  for (size_t i = 0; i < n; ++i) out.headers.emplace_back(ViewOf(headers[i].name), ViewOf(headers[i].value));
+  out.body.assign(ViewOf(body));
+  return out;
+}
+void StreamHead(FerryStream* stream, int status, const FerryHeader* headers, size_t n) {
+  stream->sink->SetHead(SinkOf(status, headers, n, {}));
+}
+void StreamRespond(FerryStream* stream, int status, const FerryHeader* headers, size_t n, FerryString body) {
+  stream->sink->Respond(SinkOf(status, headers, n, body));
+  delete stream;
 }
 int StreamWrite(FerryStream* stream, FerryString data) { return stream->sink->Write(ViewOf(data)) ? 0 : 1; }
 void StreamEnd(FerryStream* stream, int ok, FerryString message) {
@@ -205,7 +230,12 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &WsClose,
                                &DetachStream,
                                &StreamWrite,
-                               &StreamEnd};
+                               &StreamEnd,
+                               &WaitCall,
+                               &WatchCall,
+                               &DeferResponse,
+                               &StreamHead,
+                               &StreamRespond};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;

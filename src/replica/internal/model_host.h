@@ -24,6 +24,10 @@ class DetachedSink {
   virtual ~DetachedSink() = default;
   virtual bool Write(std::string_view chunk) = 0;
   virtual void End(bool ok, std::string_view message) = 0;
+  // A deferred answer (nothing sent yet): the status and headers the first Write sends, or the whole
+  // answer in one piece (which ends it). Ignored once the stream began.
+  virtual void SetHead(const FerryResponseSink& head) = 0;
+  virtual void Respond(const FerryResponseSink& whole) = 0;
 };
 
 // Where a streamed answer goes (the replica server's side of FerryHostApi.write_chunk), and the request's
@@ -33,6 +37,9 @@ class ResponseStream {
   virtual ~ResponseStream() = default;
   // Sends `head` (unless a chunk did) and lets the stream outlive handle(); null when it is over already.
   virtual std::unique_ptr<DetachedSink> Detach(const FerryResponseSink& head) = 0;
+  // Lets the answer come after handle() returned, sending nothing now (see DetachedSink::Respond); null
+  // when the stream began or the request is over already.
+  virtual std::unique_ptr<DetachedSink> Defer() = 0;
   // Runs `hook` once when the request is cancelled (at once, when it is already).
   virtual void OnCancel(std::function<void()> hook) = 0;
   // Sends `head`'s status and headers (the first call only), then `chunk`, waiting for the client's

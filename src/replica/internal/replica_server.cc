@@ -766,6 +766,19 @@ class ReplicaServer::Impl {
       });
       return std::make_unique<Detached>(server_, ptr_);
     }
+    std::unique_ptr<DetachedSink> Defer() override {
+      if (task_.stream_started.load() || task_.cancelled.load() || task_.ended.load()) return nullptr;
+      // A cancel answers 499 in one piece, or ends the stream if one began meanwhile.
+      task_.OnCancel([&server = server_, weak = std::weak_ptr<Task>(ptr_)] {
+        if (TaskPtr t = weak.lock()) {
+          if (t->stream_started.load())
+            server.EndStream(*t, FerryResponseSink{});
+          else
+            server.Complete(*t, Cancelled());
+        }
+      });
+      return std::make_unique<Detached>(server_, ptr_);
+    }
     bool Write(const FerryResponseSink& head, std::string_view chunk) override {
       if (task_.stream_started && !chunk.empty() && !task_.AwaitCredit()) return false;
       if (task_.cancelled.load() || task_.ended.load()) return false;
@@ -794,20 +807,47 @@ class ReplicaServer::Impl {
     TaskPtr ptr_;
   };
 
-  // A stream after handle() returned: writes from any thread, one at a time; its end once.
+  // A stream after handle() returned (or a deferred answer): writes from any thread, one at a time; its
+  // end once.
   class Detached : public DetachedSink {
    public:
     Detached(Impl& server, TaskPtr task) : server_(server), task_(std::move(task)), stream_(server, task_) {}
     bool Write(std::string_view chunk) override {
       MutexLock lock(&mu_);
-      return chunk.empty() || stream_.Write(FerryResponseSink{}, chunk);
+      // A deferred answer's first write sends its head (even with no data); later empty writes send nothing.
+      if (chunk.empty() && task_->stream_started.load()) return true;
+      return stream_.Write(head_, chunk);
     }
     void End(bool ok, std::string_view message) override {
       // Ended already (a cancel, or the server's own end closing every connection): the server may be gone.
       if (task_->ended.load()) return;
       FerryResponseSink end;
       if (!ok) end.stream_error = message.empty() ? "the stream failed" : std::string(message);
+      MutexLock lock(&mu_);
+      if (!task_->stream_started.load()) {  // a deferred answer that never came
+        FerryResponseSink failed;
+        failed.status = ok ? head_.status : 500;
+        failed.headers = ok ? head_.headers : decltype(head_.headers){{"content-type", "application/json"}};
+        if (!ok)
+          failed.body = nlohmann::json{{"error", end.stream_error}, {"request_id", task_->request.request_id}}.dump();
+        server_.Complete(*task_, failed);
+        return;
+      }
       server_.EndStream(*task_, end);
+    }
+    void SetHead(const FerryResponseSink& head) override {
+      MutexLock lock(&mu_);
+      head_.status = head.status;
+      head_.headers = head.headers;
+    }
+    void Respond(const FerryResponseSink& whole) override {
+      if (task_->ended.load()) return;
+      MutexLock lock(&mu_);
+      if (task_->stream_started.load()) {  // it streamed after all: the stream just ends
+        server_.EndStream(*task_, FerryResponseSink{});
+        return;
+      }
+      server_.Complete(*task_, whole);
     }
 
    private:
@@ -815,6 +855,7 @@ class ReplicaServer::Impl {
     TaskPtr task_;
     Mutex mu_;
     TaskStream stream_ ABSL_GUARDED_BY(mu_);
+    FerryResponseSink head_ ABSL_GUARDED_BY(mu_);  // a deferred answer's status and headers
   };
 
   // Runs a task the executor handed to this thread.
