@@ -262,6 +262,10 @@ class Call {
     }
   }
   void Register(std::function<void()> internal::CallState::*slot, bool at_stream_head, std::function<void()> callback) {
+    // Nobody waits for this call from now on: its events must reach us without our asking (watch_call
+    // below). Before the callback is stored: from then on it may run on another thread, and read this.
+    const bool watch = pumps_;
+    pumps_ = false;
     bool later = false;
     {
       std::lock_guard<std::mutex> lock(state_->mu);
@@ -274,9 +278,7 @@ class Call {
       callback();
       return;
     }
-    // Nobody waits for this call now: its events must reach us without our asking.
-    if (pumps_) internal::Host()->watch_call(call_);
-    pumps_ = false;
+    if (watch) internal::Host()->watch_call(call_);
   }
   void Reset() {
     if (!call_) return;
