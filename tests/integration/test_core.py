@@ -132,7 +132,8 @@ applications:
             # instead of timing out behind it.
             r = requests.get(ferry.url("/slow?work_us=1000"), timeout=30)
             self.assertEqual(r.status_code, 200, r.text)
-            self.assertIn("timed out", ferry.stderr())
+            # The proxy's log line may reach stderr after the answer reached us.
+            ferry.wait_for(lambda: "timed out" in ferry.stderr(), what="the timeout's log line")
 
     def test_client_disconnect_cancels_the_request(self):
         with Ferry("""
