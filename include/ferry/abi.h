@@ -213,7 +213,8 @@ typedef struct FerryHostApi {
    * call_consumed: a stream's caller took `bytes` of its chunks (the callee may send that many more:
    * a caller that does not read holds the callee one window ahead, no more).
    * cancel_call: stops the call (it ends with 499 unless it ended already; the callee is cancelled).
-   * release_call: frees the call; only after its on_end returned. */
+   * release_call: frees the call; only once its on_end began (from within on_end too: the host touches
+   * nothing of the call's after calling on_end). */
   FerryHandle* (*get_handle)(FerryString application, FerryString deployment, FerryErrorSink* error);
   FerryCall* (*call)(FerryHandle* handle, const FerryCallOptions* options, const FerryCallEvents* events, void* user);
   void (*call_consumed)(FerryCall* call, size_t bytes);

@@ -80,6 +80,8 @@ class DirectChannel : public std::enable_shared_from_this<DirectChannel> {
   // With the role: waits for bytes (until `deadline`, or not at all when `wait` is false, or until a
   // Wake), then reads and delivers every whole frame.
   void ReadOnce(bool wait, std::optional<SteadyClock::time_point> deadline);
+  // Before sleeping: polls for bytes a short while, yielding the core; true when some came.
+  bool SpinForBytes(std::optional<SteadyClock::time_point> deadline);
   // Fails every request still waiting (the connection is gone); from any thread, holding no call's lock.
   void Fail(const absl::Status& why);
   // Writes a frame by group commit. False when the connection broke (it is shut down; a reader fails the
