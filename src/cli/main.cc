@@ -20,6 +20,7 @@
 
 #include "cli/admin_client.h"
 #include "cli/node.h"
+#include "cli/python_build.h"
 #include "cli/status.h"
 #include "common/common.h"
 #include "common/unique_fd.h"
@@ -54,9 +55,12 @@ See docs/config.md for the config format and docs/operations.md for running node
 )";
 
 constexpr char kRunUsage[] = R"(Usage: ferry run CONFIG [options]
+       ferry run MODULE:ATTR [KEY=VALUE ...] [options]
 
-Loads CONFIG (YAML; see docs/config.md), starts one replica process per replica, shows progress
-while they start, and serves HTTP once every replica is ready. It prints one URL per application.
+Loads CONFIG (YAML; see docs/config.md), or the Python application MODULE:ATTR (a bound application,
+or an application builder that gets the KEY=VALUE arguments as its args, as Ray's `serve run`),
+starts one replica process per replica, shows progress while they start, and serves HTTP once every
+replica is ready. It prints one URL per application.
 The admin API (ferry deploy/status/...) listens too. On SIGINT or SIGTERM it stops accepting, lets
 requests in flight finish within the largest graceful_shutdown_timeout_s of the config, stops the
 replicas, and exits 0. A config error, a port that cannot be bound or a deployment that fails to start
@@ -72,6 +76,13 @@ Options:
   --log-level LEVEL    debug, info (default), warning or error (the config's logging_config.log_level wins)
   --no-metrics         record no metrics (GET /metrics answers 404); for benchmarks and the frugal
   --run-dir DIR        where replica sockets live (default: a new directory under $TMPDIR or /tmp)
+With MODULE:ATTR:
+  --working-dir DIR    where the module is found (default: the current directory)
+  --name NAME          the application's name (default: default)
+  --route-prefix P     its route prefix (default: /)
+  -a, --address URL    deploy to the node whose admin API is at URL instead of starting one here, and
+                       return once it is deployed (as --non-blocking)
+  --non-blocking       the same, with the node at $FERRY_ADDRESS or http://127.0.0.1:8265
   -h, --help           this text
 )";
 
@@ -176,6 +187,7 @@ config::ValidationHooks Hooks(const std::string& self) {
     }
     return "";
   };
+  hooks.build_python_app = &cli::BuildPythonApp;
   // Loading a plugin to check it happens in a fresh process (ferry check-plugin): a broken library cannot
   // crash the node, and no thread of ours is forked mid-lock.
   hooks.check_plugin = [self](const std::string& path, const std::string& symbol) -> absl::Status {
@@ -250,16 +262,80 @@ std::optional<config::Config> LoadOrReport(const std::string& path, const config
   return std::move(*loaded);
 }
 
+std::set<std::string> SetUnion(std::set<std::string> a, const std::set<std::string>& b) {
+  a.insert(b.begin(), b.end());
+  return a;
+}
+
+int ReportHttpError(const AdminResponse& r);
+
+// `ferry run MODULE:ATTR k=v ...`: the one-application config it means (Ray's `serve run` arguments).
+std::optional<std::string> ImportPathConfig(const Flags& f, std::string* error) {
+  const std::string& target = f.positional[0];
+  std::error_code ec;
+  if (std::filesystem::exists(target, ec) || target.find(':') == std::string::npos ||
+      target.find('/') != std::string::npos)
+    return std::nullopt;  // a config file
+  nlohmann::json app = {{"name", f.Get("--name").value_or("default")},
+                        {"route_prefix", f.Get("--route-prefix").value_or("/")},
+                        {"import_path", target}};
+  std::string dir = std::filesystem::absolute(f.Get("--working-dir").value_or(".")).lexically_normal().string();
+  if (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  app["runtime_env"] = {{"working_dir", dir}};
+  nlohmann::json args = nlohmann::json::object();
+  for (size_t i = 1; i < f.positional.size(); ++i) {
+    const std::string& kv = f.positional[i];
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      *error = StrCat("expected KEY=VALUE application arguments after the import path, got \"", kv, "\"");
+      return std::nullopt;
+    }
+    args[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  if (!args.empty()) app["args"] = args;
+  return nlohmann::json{{"applications", {app}}}.dump();
+}
+
 int RunCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, kNodeFlags, {"--no-metrics"}, "ferry run --help");
+  Flags f = Flags::Parse(args, SetUnion(kNodeFlags, {"--working-dir", "--name", "--route-prefix", "-a", "--address"}),
+                         {"--no-metrics", "--non-blocking"}, "ferry run --help");
   if (f.help) return std::cout << kRunUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
-  if (f.positional.size() != 1) return Fail("ferry run needs exactly one CONFIG file (see ferry run --help)");
+  if (f.positional.empty()) return Fail("ferry run needs a CONFIG file or a MODULE:ATTR (see ferry run --help)");
+  std::string error;
+  std::optional<std::string> synthesized = ImportPathConfig(f, &error);
+  if (!error.empty()) return Fail(error);
+  if (!synthesized && f.positional.size() != 1)
+    return Fail("ferry run takes one CONFIG file (KEY=VALUE arguments go with a MODULE:ATTR)");
+  if (synthesized && (f.Get("-a") || f.Get("--address") || f.switches.count("--non-blocking"))) {
+    const char* env_address = getenv("FERRY_ADDRESS");
+    std::string address = f.Get("-a").value_or(
+        f.Get("--address").value_or(env_address && *env_address ? env_address : kDefaultAddress));
+    const char* env_token = getenv("FERRY_ADMIN_TOKEN");
+    absl::StatusOr<AdminResponse> r = AdminRequest(address, "PUT", "/api/serve/applications/", *synthesized,
+                                                   env_token ? env_token : "", {{"x-ferry-config-file", "command line"}});
+    if (!r.ok()) return Fail(StrCat("cannot reach the node at ", address, ": ", r.status().message()), 1);
+    if (r->status != 200) return ReportHttpError(*r);
+    std::cout << "ferry: deployed " << f.positional[0] << " to " << address << " (see ferry status)\n";
+    return 0;
+  }
   cli::NodeOptions options;
   options.ferry_binary = SelfExecutable();
   options.hooks = Hooks(options.ferry_binary);
-  std::optional<config::Config> config = LoadOrReport(f.positional[0], options.hooks);
+  std::optional<config::Config> config;
+  if (synthesized) {
+    absl::StatusOr<config::Config> parsed =
+        config::ParseConfig(*synthesized, "command line", std::filesystem::current_path().string(), options.hooks);
+    if (!parsed.ok()) {
+      std::cerr << parsed.status().message() << "\nferry: the application has errors; nothing was started\n";
+      return 1;
+    }
+    config = std::move(*parsed);
+  } else {
+    config = LoadOrReport(f.positional[0], options.hooks);
+  }
   if (!config) return 1;
+  for (const std::string& w : config->warnings) std::cerr << "warning: " << w << "\n";
   options.http = config->http_options;
   options.admin = config->admin;
   if (auto error = ApplyNodeFlags(f, options)) return Fail(*error);

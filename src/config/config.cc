@@ -30,17 +30,33 @@ class Errors {
  public:
   explicit Errors(std::string source) : source_(std::move(source)) {}
   void Add(const YAML::Mark& mark, std::string_view field, std::string_view message) {
-    list_.push_back(ferry::StrCat(source_, ":", mark.line + 1, ":", mark.column + 1, ": ", field, ": ", message));
+    list_.push_back(Line(mark, field, message));
   }
   void Add(const YAML::Node& node, std::string_view field, std::string_view message) {
     Add(node.Mark(), field, message);
   }
+  // An option accepted with no effect: reported, never an error.
+  void Warn(const YAML::Node& node, std::string_view field, std::string_view message) {
+    warnings_.push_back(Line(node.Mark(), field, message));
+  }
+  // Nodes made from what Python code set (deployment options in a decorator) have no place in the file:
+  // their messages point at `mark` (the application's import_path) and say where the value came from.
+  void SetFallback(std::optional<YAML::Mark> mark) { fallback_ = mark; }
   bool empty() const { return list_.empty(); }
   absl::Status ToStatus() const { return absl::InvalidArgumentError(absl::StrJoin(list_, "\n")); }
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
+  std::string Line(const YAML::Mark& mark, std::string_view field, std::string_view message) const {
+    if (mark.line < 0 && fallback_)
+      return ferry::StrCat(source_, ":", fallback_->line + 1, ":", fallback_->column + 1, ": ", field, ": ", message,
+                           " (set in the application's code)");
+    return ferry::StrCat(source_, ":", mark.line + 1, ":", mark.column + 1, ": ", field, ": ", message);
+  }
   std::string source_;
   std::vector<std::string> list_;
+  std::vector<std::string> warnings_;
+  std::optional<YAML::Mark> fallback_;
 };
 
 std::string Describe(const YAML::Node& node) {
@@ -219,6 +235,22 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     }
     return;
   }
+  static constexpr std::string_view kPython = "python:";
+  if (path.rfind(kPython, 0) == 0) {
+    d.kind = DeploymentConfig::Kind::kPython;
+    d.runtime = "python";
+    d.symbol = "Python";
+    if (path.size() == kPython.size() || path.find(':', kPython.size()) == std::string::npos)
+      errors.Add(node, field, "expected python:MODULE:ATTRIBUTE");
+    if (hooks.runtime_library) {
+      d.plugin_path = hooks.runtime_library("python");
+      if (d.plugin_path.empty())
+        errors.Add(node, field,
+                   "this ferry was built without the python runtime (libpython3.11-dev and pybind11-dev were not "
+                   "found when it was built)");
+    }
+    return;
+  }
   if (path.rfind(kBuiltin, 0) == 0) {
     d.kind = DeploymentConfig::Kind::kBuiltin;
     d.symbol = path.substr(kBuiltin.size());
@@ -360,6 +392,37 @@ std::optional<TracingConfig> ReadTracing(MapReader& top, Errors& errors) {
   return t;
 }
 
+// Ray Serve's deployment options that are about a cluster or about Ray's own machinery: honoured where a
+// single node can (ray_actor_options' num_cpus and num_gpus are the replica's resources), accepted with a
+// warning where it cannot yet.
+void ReadRayOptions(MapReader& map, Errors& errors, DeploymentConfig& d) {
+  ReadNumber(map, "graceful_shutdown_wait_loop_s", 0, errors, &d.graceful_shutdown_wait_loop_s);
+  YAML::Node actor = map.Get("ray_actor_options");
+  if (actor.IsDefined() && !actor.IsNull()) {
+    MapReader amap(actor, map.Field("ray_actor_options"), errors);
+    if (amap.ok()) {
+      d.ray_actor_options = ToJsonValue(actor);
+      ReadNumber(amap, "num_cpus", 0, errors, &d.resources.num_cpus);
+      ReadNumber(amap, "num_gpus", 0, errors, &d.resources.num_gpus);
+      for (const char* key : {"memory", "resources", "accelerator_type", "runtime_env", "object_store_memory"}) {
+        YAML::Node v = amap.Get(key);
+        if (v.IsDefined() && !v.IsNull())
+          errors.Warn(v, amap.Field(key), "accepted; it has no effect on a single node yet");
+      }
+      amap.RejectUnknown();
+    }
+  }
+  for (const char* key : {"placement_group_bundles", "placement_group_strategy", "max_replicas_per_node",
+                          "request_router_config", "version", "route_prefix"}) {
+    YAML::Node v = map.Get(key);
+    if (v.IsDefined() && !v.IsNull())
+      errors.Warn(v, map.Field(key),
+                  std::string_view(key) == "version" || std::string_view(key) == "route_prefix"
+                      ? "accepted and ignored, as Ray Serve ignores it today"
+                      : "accepted; it has no effect on a single node yet");
+  }
+}
+
 DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path, const std::string& base_dir,
                                 const ValidationHooks& hooks, Errors& errors) {
   DeploymentConfig d;
@@ -430,6 +493,7 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
     ReadNumber(res, "num_gpus", 0, errors, &d.resources.num_gpus);
     res.RejectUnknown();
   }
+  ReadRayOptions(map, errors, d);
   ReadNumber(map, "health_check_period_s", 0, errors, &d.health_check_period_s);
   ReadNumber(map, "health_check_timeout_s", 0, errors, &d.health_check_timeout_s);
   ReadNumber(map, "graceful_shutdown_timeout_s", 0, errors, &d.graceful_shutdown_timeout_s);
@@ -446,6 +510,180 @@ bool ValidRoutePrefix(const std::string& p) {
   if (p.rfind("/-/", 0) == 0 || p == "/-") return false;
   if (p.rfind("/v2/", 0) == 0 || p == "/v2") return false;  // the Open Inference Protocol's endpoints
   return p.find_first_of("?# \t") == std::string::npos;
+}
+
+// YAML from JSON (what Python code set): strings stay strings however they look.
+YAML::Node FromJson(const json& v) {
+  switch (v.type()) {
+    case json::value_t::object: {
+      YAML::Node n(YAML::NodeType::Map);
+      for (const auto& [k, x] : v.items()) n[k] = FromJson(x);
+      return n;
+    }
+    case json::value_t::array: {
+      YAML::Node n(YAML::NodeType::Sequence);
+      for (const auto& x : v) n.push_back(FromJson(x));
+      return n;
+    }
+    case json::value_t::null:
+      return YAML::Node(YAML::NodeType::Null);
+    case json::value_t::string: {
+      YAML::Node n(v.get<std::string>());
+      n.SetTag("!");
+      return n;
+    }
+    default:
+      return YAML::Node(v.dump());
+  }
+}
+
+RuntimeEnv ReadRuntimeEnv(const YAML::Node& node, MapReader& parent, const std::string& base_dir, Errors& errors) {
+  RuntimeEnv env;
+  MapReader map(node, parent.Field("runtime_env"), errors);
+  if (!map.ok() || !node.IsDefined() || node.IsNull()) return env;
+  auto absolute = [&](const std::string& p) {
+    std::filesystem::path path(p);
+    if (path.is_relative()) path = std::filesystem::path(base_dir) / path;
+    return path.lexically_normal().string();
+  };
+  ReadString(map, "working_dir", errors, &env.working_dir);
+  if (!env.working_dir.empty()) {
+    YAML::Node at = map.Get("working_dir");
+    if (env.working_dir.find("://") != std::string::npos) {
+      errors.Add(at, map.Field("working_dir"), "expected a local directory (remote URIs need a cluster)");
+    } else {
+      env.working_dir = absolute(env.working_dir);
+      std::error_code ec;
+      if (!std::filesystem::is_directory(env.working_dir, ec))
+        errors.Add(at, map.Field("working_dir"), StrCat("no such directory: ", env.working_dir));
+    }
+  }
+  YAML::Node modules = map.Get("py_modules");
+  if (modules.IsDefined() && !modules.IsNull()) {
+    if (!modules.IsSequence()) {
+      errors.Add(modules, map.Field("py_modules"), "expected a list of local paths");
+    } else {
+      for (size_t i = 0; i < modules.size(); ++i) {
+        if (!modules[i].IsScalar() || modules[i].Scalar().find("://") != std::string::npos) {
+          errors.Add(modules[i], StrCat(map.Field("py_modules"), "[", i, "]"), "expected a local path");
+          continue;
+        }
+        // A module's directory or file: what goes on sys.path is the directory that holds it.
+        std::filesystem::path p(absolute(modules[i].Scalar()));
+        env.py_modules.push_back(p.parent_path().string());
+      }
+    }
+  }
+  YAML::Node vars = map.Get("env_vars");
+  if (vars.IsDefined() && !vars.IsNull()) {
+    if (!vars.IsMap())
+      errors.Add(vars, map.Field("env_vars"), "expected a mapping of names to strings");
+    else
+      for (const auto& kv : vars) env.env_vars[kv.first.Scalar()] = kv.second.IsScalar() ? kv.second.Scalar() : "";
+  }
+  for (const char* key : {"pip", "conda", "uv", "container", "image_uri", "excludes", "config", "java_jars"}) {
+    YAML::Node v = map.Get(key);
+    if (v.IsDefined() && !v.IsNull())
+      errors.Warn(v, map.Field(key),
+                  "accepted and not applied: ferry runs Python code with the node's own packages (install them "
+                  "with apt on every node)");
+  }
+  map.RejectUnknown();
+  return env;
+}
+
+json ToJson(const RuntimeEnv& env) {
+  json out = json::object();
+  if (!env.working_dir.empty()) out["working_dir"] = env.working_dir;
+  if (!env.py_modules.empty()) out["py_modules"] = env.py_modules;
+  if (!env.env_vars.empty()) out["env_vars"] = env.env_vars;
+  return out;
+}
+
+// Ray's application shape: `import_path` names Python code, `args` go to its builder, `deployments`
+// override by name the options its deployments set in code (config file over code over defaults, each
+// option replaced whole). With the build hook, the code is imported (in a child process) and the
+// application's `deployments` become its Python deployments with the overrides applied, followed by
+// any entry with an import_path of its own (a C++ deployment composed with them).
+void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::string& base_dir,
+                           const ValidationHooks& hooks, Errors& errors, ApplicationConfig& app) {
+  YAML::Node import = map.Get("import_path");
+  YAML::Node args = map.Get("args");
+  if (args.IsDefined() && !args.IsNull()) {
+    if (!args.IsMap())
+      errors.Add(args, map.Field("args"), StrCat("expected a mapping, got ", Describe(args)));
+    else
+      app.args = ToJsonValue(args);
+  }
+  app.runtime_env = ReadRuntimeEnv(map.Get("runtime_env"), map, base_dir, errors);
+  if (app.import_path.empty()) {
+    errors.Add(import, map.Field("import_path"), "expected module:attribute (a bound application or a builder)");
+    return;
+  }
+  if (!hooks.build_python_app) return;
+  absl::StatusOr<PythonApp> built = hooks.build_python_app(app.import_path, app.args, app.runtime_env);
+  if (!built.ok()) {
+    errors.Add(import, map.Field("import_path"), StrCat("cannot import the application: ", Message(built.status())));
+    YAML::Node shared = node;  // the same node: later readers see the (empty) list
+    shared["deployments"] = YAML::Node(YAML::NodeType::Sequence);
+    return;
+  }
+  YAML::Node overrides = map.Get("deployments");
+  if (overrides.IsDefined() && !overrides.IsNull() && !overrides.IsSequence()) {
+    errors.Add(overrides, map.Field("deployments"), "expected a list of deployments");
+    overrides = YAML::Node(YAML::NodeType::Sequence);
+  }
+  json names = json::array();
+  for (const PythonApp::Deployment& d : built->deployments) names.push_back(d.name);
+  YAML::Node out(YAML::NodeType::Sequence);
+  std::set<std::string> used;
+  for (const PythonApp::Deployment& d : built->deployments) {
+    YAML::Node n = FromJson(d.options.is_object() ? d.options : json::object());
+    n["name"] = FromJson(d.name);
+    n["import_path"] = FromJson(StrCat("python:", app.import_path));
+    json python = ToJson(app.runtime_env);
+    python["import_path"] = app.import_path;
+    python["app_args"] = app.args.is_null() ? json::object() : app.args;
+    python["deployment"] = d.name;
+    python["python_deployments"] = names;
+    n["args"] = FromJson(json{{"python", python}});
+    for (size_t i = 0; overrides.IsDefined() && i < overrides.size(); ++i) {
+      const YAML::Node& o = overrides[i];
+      if (!o.IsMap() || !o["name"].IsDefined() || !o["name"].IsScalar() || o["name"].Scalar() != d.name) continue;
+      used.insert(d.name);
+      for (const auto& kv : o) {
+        const std::string& key = kv.first.Scalar();
+        if (key == "name") continue;
+        if (key == "import_path" || key == "args") {
+          // The stored form of an application built before (its own import path and args): rebuilt above.
+          if (key == "import_path" && kv.second.IsScalar() && kv.second.Scalar().rfind("python:", 0) == 0) continue;
+          if (key == "args" && kv.second.IsMap() && kv.second["python"].IsDefined()) continue;
+          errors.Add(kv.first, StrCat(map.Field("deployments"), "[", i, "].", key),
+                     "a deployment of a Python application takes its code and args from the application's "
+                     "import_path and args");
+          continue;
+        }
+        n[key] = kv.second;
+      }
+    }
+    out.push_back(n);
+  }
+  for (size_t i = 0; overrides.IsDefined() && i < overrides.size(); ++i) {
+    const YAML::Node& o = overrides[i];
+    std::string name = o.IsMap() && o["name"].IsDefined() && o["name"].IsScalar() ? o["name"].Scalar() : "";
+    if (used.count(name)) continue;
+    YAML::Node own = o.IsMap() ? o["import_path"] : YAML::Node();
+    if (own.IsDefined() && own.IsScalar() && own.Scalar().rfind("python:", 0) != 0) {
+      out.push_back(o);  // a C++ deployment of the same application
+      continue;
+    }
+    errors.Add(o, StrCat(map.Field("deployments"), "[", i, "]"),
+               StrCat("no deployment named \"", name, "\" in the application ", app.import_path, " builds (it has: ",
+                      absl::StrJoin(names.get<std::vector<std::string>>(), ", "), ")"));
+  }
+  YAML::Node shared = node;  // the same node: CheckHandleArgs and the readers below see the deployments
+  shared["deployments"] = out;
+  if (app.ingress.empty()) app.ingress = built->ingress;
 }
 
 ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& path, const std::string& base_dir,
@@ -465,11 +703,26 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   ReadString(map, "ingress", errors, &app.ingress);
   app.logging_config = ReadLogging(map, errors);
   YAML::Node deployments = map.Get("deployments");
-  if (!deployments.IsDefined() || !deployments.IsSequence() || deployments.size() == 0) {
+  YAML::Node import = map.Get("import_path");
+  if (import.IsDefined()) {
+    ReadString(map, "import_path", errors, &app.import_path);
+    ReadPythonApplication(node, map, base_dir, hooks, errors, app);
+    deployments = map.Get("deployments");
+  } else {
+    for (const char* key : {"args", "runtime_env"})
+      if (map.Get(key).IsDefined())
+        errors.Add(map.Get(key), map.Field(key), "needs an application-level import_path (a Python application)");
+  }
+  if (!app.import_path.empty() && (!deployments.IsDefined() || deployments.size() == 0)) {
+    // A Python application that could not be built: its import_path error says why.
+    if (!hooks.build_python_app)
+      errors.Add(import, map.Field("import_path"), "this config was read without importing its Python code");
+  } else if (!deployments.IsDefined() || !deployments.IsSequence() || deployments.size() == 0) {
     errors.Add(deployments.IsDefined() ? deployments.Mark() : map.Mark(), map.Field("deployments"),
                "required: a non-empty list of deployments");
   } else {
     std::set<std::string> names;
+    if (!app.import_path.empty()) errors.SetFallback(import.Mark());
     for (size_t i = 0; i < deployments.size(); ++i) {
       std::string field = ferry::StrCat(map.Field("deployments"), "[", i, "]");
       app.deployments.push_back(ReadDeployment(deployments[i], field, base_dir, hooks, errors));
@@ -478,6 +731,7 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
         errors.Add(deployments[i].Mark(), field + ".name",
                    ferry::StrCat("duplicate deployment name \"", name, "\" in application \"", app.name, "\""));
     }
+    errors.SetFallback(std::nullopt);
     if (app.ingress.empty()) {
       app.ingress = app.deployments.front().name;
     } else if (!names.count(app.ingress)) {
@@ -727,6 +981,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   }
   top.RejectUnknown();
   if (!errors.empty()) return errors.ToStatus();
+  config.warnings = errors.warnings();
   for (ApplicationConfig& app : config.applications)
     for (DeploymentConfig& d : app.deployments)
       d.logging = d.logging_config     ? *d.logging_config
@@ -847,7 +1102,9 @@ json ToJson(const ApplicationConfig& app) {
                                 {"health_check_timeout_s", d.health_check_timeout_s},
                                 {"graceful_shutdown_timeout_s", d.graceful_shutdown_timeout_s},
                                 {"max_constructor_retry_count", d.max_constructor_retry_count},
-                                {"startup_timeout_s", d.startup_timeout_s}});
+                                {"startup_timeout_s", d.startup_timeout_s},
+                                {"graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s}});
+    if (!d.ray_actor_options.is_null()) a["deployments"].back()["ray_actor_options"] = d.ray_actor_options;
     if (d.batching) a["deployments"].back()["batching"] = ToJson(*d.batching);
     if (d.logging_config) a["deployments"].back()["logging_config"] = ToJson(*d.logging_config);
     if (d.autoscaling_config) {  // one or the other, as in the config file
@@ -856,6 +1113,11 @@ json ToJson(const ApplicationConfig& app) {
     }
   }
   if (app.logging_config) a["logging_config"] = ToJson(*app.logging_config);
+  if (!app.import_path.empty()) {
+    a["import_path"] = app.import_path;
+    if (!app.args.is_null()) a["args"] = app.args;
+    if (!app.runtime_env.empty()) a["runtime_env"] = ToJson(app.runtime_env);
+  }
   return a;
 }
 

@@ -47,7 +47,8 @@ struct AutoscalingConfig {
 
 struct DeploymentConfig {
   // kRuntime: a model runtime (torchscript:PATH, xgboost:PATH), a plugin library shipped with ferry.
-  enum class Kind { kBuiltin, kPlugin, kRuntime };
+  // kPython: a Python deployment (python:module:attr), served by the python runtime library.
+  enum class Kind { kBuiltin, kPlugin, kRuntime, kPython };
   std::string name;
   std::string import_path;  // as written in the config
   Kind kind = Kind::kBuiltin;
@@ -72,6 +73,8 @@ struct DeploymentConfig {
   double graceful_shutdown_timeout_s = 20;
   int max_constructor_retry_count = 20;         // start failures in a row before the version is DEPLOY_FAILED
   double startup_timeout_s = 300;               // ferry: a replica not ready by then counts as a failed start
+  double graceful_shutdown_wait_loop_s = 2;     // Ray's; accepted (ferry drains by in-flight count)
+  nlohmann::json ray_actor_options;             // Ray's, as written (num_cpus/num_gpus go to resources)
   std::optional<LoggingConfig> logging_config;  // as written for this deployment
   LoggingConfig logging;  // in effect: this deployment's, else its application's, else the top level's
 
@@ -79,8 +82,21 @@ struct DeploymentConfig {
   std::string ResolvedImportPath() const;
 };
 
+// Ray's runtime_env, with local paths made absolute.
+struct RuntimeEnv {
+  std::string working_dir;
+  std::vector<std::string> py_modules;
+  nlohmann::json env_vars = nlohmann::json::object();
+  bool empty() const { return working_dir.empty() && py_modules.empty() && env_vars.empty(); }
+};
+
 struct ApplicationConfig {
   std::string name;
+  // Ray's application-level import path (module:attr, a bound application or a builder taking `args`),
+  // its args and runtime_env; the Python deployments it builds are in `deployments` (kPython).
+  std::string import_path;
+  nlohmann::json args;  // null when absent
+  RuntimeEnv runtime_env;
   std::string route_prefix = "/";
   std::string ingress;                          // a deployment name; defaults to the first deployment
   std::optional<LoggingConfig> logging_config;  // as written; the default for its deployments
@@ -124,6 +140,19 @@ struct Config {
   std::optional<LoggingConfig> logging_config;  // the node's own logs, and the default for applications
   std::optional<TracingConfig> tracing;         // none: tracing off
   std::vector<ApplicationConfig> applications;
+  // Options accepted that have no effect here (Ray's options for clusters, say): one line each, with the
+  // file, line and column, for the user to see (ferry deploy prints them, the node logs them).
+  std::vector<std::string> warnings;
+};
+
+// What a Python application's import path builds (ValidationHooks::build_python_app).
+struct PythonApp {
+  std::string ingress;
+  struct Deployment {
+    std::string name;
+    nlohmann::json options;  // the options set in code (Ray's names)
+  };
+  std::vector<Deployment> deployments;
 };
 
 // What validation asks of the outside world. Empty functions skip the check.
@@ -135,6 +164,12 @@ struct ValidationHooks {
   std::function<std::string(std::string_view name)> runtime_library;
   // OK when the shared library at `path` loads and exports the deployment `symbol`.
   std::function<absl::Status(const std::string& path, const std::string& symbol)> check_plugin;
+  // Imports a Python application (import path, args, runtime_env) and says which deployments it has.
+  // Unset: an application-level import_path is kept as written, its deployments read as given (the
+  // controller's restore, which has them built already).
+  std::function<absl::StatusOr<PythonApp>(const std::string& import_path, const nlohmann::json& args,
+                                          const RuntimeEnv& env)>
+      build_python_app;
 };
 
 // Parses and validates a config. `source_name` names it in errors; relative plugin paths resolve against

@@ -1,0 +1,140 @@
+"""From an import path to the deployments of an application: what the node runs (in a subprocess) when a
+config names `import_path: module:attr`, and what each Python replica runs to find its own class and
+constructor arguments.
+
+    /usr/bin/python3 -m ferry.serve._private.build '{"import_path": ..., "args": {...}}'
+
+prints {"ingress": NAME, "deployments": [{"name": NAME, "options": {...}}]} (the options set in code), or
+exits 1 with the traceback on standard error.
+"""
+
+import importlib
+import inspect
+import json
+import sys
+from typing import Any, Dict, List
+
+from ..deployment import Application, Deployment
+from ..handle import DeploymentHandle
+
+
+def load_attr(import_path: str):
+    """`module:attr` (or `module.attr`, Ray's older form) to the object it names."""
+    if ":" in import_path:
+        module_name, _, attr = import_path.partition(":")
+    else:
+        module_name, _, attr = import_path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f'expected an import path "module:attribute", got {import_path!r}')
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def application_of(target: Any, args: Dict[str, Any]) -> Application:
+    """The Application an import path's object makes: an Application as it is, a Deployment bound with no
+    arguments, or an application builder called with the config's `args` (Ray's)."""
+    if isinstance(target, Application):
+        if args:
+            raise ValueError("`args` are given, but the import path names a bound application, not a builder")
+        return target
+    if isinstance(target, Deployment):
+        return target.bind()
+    if callable(target):
+        params = list(inspect.signature(target).parameters.values())
+        if params and params[0].annotation not in (inspect.Parameter.empty, dict, Dict) and hasattr(
+                params[0].annotation, "parse_obj"):
+            app = target(params[0].annotation.parse_obj(args or {}))  # a pydantic model of the args
+        else:
+            app = target(args or {})
+        if not isinstance(app, Application):
+            raise TypeError(f"the application builder returned {type(app).__name__}, not a bound application")
+        return app
+    raise TypeError(f"the import path names a {type(target).__name__}, not an application or a builder")
+
+
+def walk(app: Application) -> List[Application]:
+    """Every bound deployment of the graph, the ingress first, each name once (a name bound twice to
+    different code is an error, as in Ray)."""
+    seen: Dict[str, Application] = {}
+    order: List[Application] = []
+
+    def visit(node):
+        if isinstance(node, Application):
+            name = node.deployment.name
+            if name in seen:
+                if seen[name] is not node and seen[name].deployment.func_or_class is not node.deployment.func_or_class:
+                    raise ValueError(f'two different deployments are named "{name}" in one application')
+                if seen[name] is node:
+                    return
+            else:
+                seen[name] = node
+                order.append(node)
+            for a in node.init_args:
+                visit(a)
+            for a in node.init_kwargs.values():
+                visit(a)
+        elif isinstance(node, (list, tuple, set)):
+            for a in node:
+                visit(a)
+        elif isinstance(node, dict):
+            for a in node.values():
+                visit(a)
+
+    visit(app)
+    return order
+
+
+def with_handles(value: Any, app_name: str, python: set) -> Any:
+    """The constructor argument `value` with every bound deployment in it replaced by a handle to it."""
+    if isinstance(value, Application):
+        return DeploymentHandle(value.deployment.name, app_name, _python=value.deployment.name in python)
+    if isinstance(value, list):
+        return [with_handles(v, app_name, python) for v in value]
+    if isinstance(value, tuple):
+        return tuple(with_handles(v, app_name, python) for v in value)
+    if isinstance(value, dict):
+        return {k: with_handles(v, app_name, python) for k, v in value.items()}
+    return value
+
+
+def jsonable_options(d: Deployment) -> Dict[str, Any]:
+    out = {}
+    for k, v in d.user_configured_options.items():
+        if hasattr(v, "dict"):  # a pydantic AutoscalingConfig and the like
+            v = v.dict(exclude_unset=True)
+        try:
+            json.dumps(v)
+        except TypeError:
+            raise TypeError(f"deployment {d.name}: option {k} is not JSON-serializable: {v!r}") from None
+        out[k] = v
+    return out
+
+
+def describe(app: Application) -> Dict[str, Any]:
+    nodes = walk(app)
+    return {
+        "ingress": app.deployment.name,
+        "deployments": [{"name": n.deployment.name, "options": jsonable_options(n.deployment)} for n in nodes],
+    }
+
+
+def main(argv: List[str]) -> int:
+    from .errors import user_traceback
+
+    request = json.loads(argv[1])
+    for p in reversed(request.get("sys_path", [])):
+        sys.path.insert(0, p)
+    try:
+        app = application_of(load_attr(request["import_path"]), request.get("args") or {})
+        described = describe(app)
+    except Exception as e:
+        sys.stderr.write(user_traceback(e))
+        return 1
+    sys.stdout.write(json.dumps(described))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

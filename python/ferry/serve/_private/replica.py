@@ -1,0 +1,363 @@
+"""The Python side of a Python replica: driven by the native runtime (src/runtimes/python), one object per
+replica process.
+
+Threads: requests arrive on the replica's threads (up to max_ongoing_requests at once). A sync method runs
+on its request's thread; an async one (and any coroutine or async generator a method returns) runs on the
+replica's one asyncio event loop, its thread waiting for the answer without the GIL. So sync code never
+blocks the loop, and max_ongoing_requests bounds both kinds.
+"""
+
+import asyncio
+import base64
+import inspect
+import json
+import logging
+import pickle
+import struct
+import sys
+import threading
+import traceback
+from typing import Any
+
+import _ferry
+
+from .. import context as _context
+from .. import handle as _handle
+from ..deployment import Application, Deployment
+from . import build, errors, http
+
+_LOG_LEVELS = ((logging.ERROR, 3), (logging.WARNING, 2), (logging.INFO, 1))
+
+
+class _FerryLogHandler(logging.Handler):
+    """Python's logging into the replica's log, in the deployment's encoding, with the request's id."""
+
+    def emit(self, record):
+        try:
+            level = next((f for p, f in _LOG_LEVELS if record.levelno >= p), 0)
+            message = self.format(record)
+            rid = _context._request_context.get().request_id
+            if rid and not _on_request_thread():  # (on a request's thread the host adds its id)
+                message = f"{message} (request_id {rid})"
+            _ferry.log(level, message)
+        except Exception:
+            self.handleError(record)
+
+
+_thread_state = threading.local()
+
+
+def _on_request_thread() -> bool:
+    return getattr(_thread_state, "in_request", False)
+
+
+def _install_logging():
+    root = logging.getLogger()
+    if not any(isinstance(h, _FerryLogHandler) for h in root.handlers):
+        h = _FerryLogHandler()
+        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(h)
+        if root.level == logging.WARNING:
+            root.setLevel(logging.INFO)
+    # Ray's replica logger name: user code often logs through it.
+    logging.getLogger("ray.serve").setLevel(logging.INFO)
+
+
+_LEN = struct.Struct("<I")
+
+
+class _Answered(Exception):
+    pass
+
+
+class Replica:
+    def __init__(self, config: dict):
+        _install_logging()
+        app_name, deployment_name, replica_id = _ferry.replica_context()
+        self.app_name = app_name
+        self.deployment_name = config.get("deployment") or deployment_name
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._run_loop, name="ferry-asyncio", daemon=True)
+        self._loop_thread.start()
+        asyncio.run_coroutine_threadsafe(self._install(), self.loop).result()
+
+        python = set(config.get("python_deployments") or [])
+        if config.get("pickled"):
+            func_or_class, args, kwargs = _load_pickled(config["pickled"])
+        else:
+            app = build.application_of(build.load_attr(config["import_path"]), config.get("app_args") or {})
+            node = next((n for n in build.walk(app) if n.deployment.name == self.deployment_name), None)
+            if node is None:
+                raise LookupError(f'the application of {config["import_path"]} has no deployment '
+                                  f'"{self.deployment_name}"')
+            python |= {n.deployment.name for n in build.walk(app)}
+            func_or_class, args, kwargs = node.deployment.func_or_class, node.init_args, node.init_kwargs
+        _app_info["python"] = python
+        _app_info["ingress"] = config.get("ingress", "")
+        args = build.with_handles(args, app_name, python)
+        kwargs = build.with_handles(kwargs, app_name, python)
+        self.is_function = not inspect.isclass(func_or_class)
+        self.asgi_app = None
+        _context._set_replica_context(_context.ReplicaContext(
+            app_name=app_name, deployment=self.deployment_name,
+            replica_id=_context.ReplicaID(replica_id), servable_object=None))
+        if self.is_function:
+            self.instance = func_or_class
+        else:
+            async def construct():
+                return func_or_class(*args, **kwargs)
+            self.instance = asyncio.run_coroutine_threadsafe(construct(), self.loop).result()
+            _context._replica_context.servable_object = self.instance
+            self.asgi_app = _asgi_app_of(func_or_class, self.instance)
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _run_loop(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _install(self):
+        _handle._install_reader(self.loop)
+
+    def _on_loop(self, coro, ctx):
+        """Runs `coro` on the loop with the request's context; waits for it without the GIL."""
+
+        async def with_context():
+            _context._request_context.set(ctx)
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(with_context(), self.loop).result()
+
+    def _call(self, fn, args, kwargs, ctx):
+        """Calls user code: a sync function here, a coroutine on the loop. A generator (sync or async)
+        comes back as it is: the caller streams it."""
+        if inspect.iscoroutinefunction(fn):
+            return self._on_loop(fn(*args, **kwargs), ctx)
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            return self._on_loop(result, ctx)
+        return result
+
+    # --- requests --------------------------------------------------------------------------------------
+    def handle(self, request_id, method, path, query, route_prefix, headers, body, token, writer):
+        pickled = streamed = False
+        method_name = ""
+        model_id = ""
+        for k, v in headers:
+            if k == "x-ferry-args":
+                pickled = v == _handle.PICKLE
+            elif k == "x-ferry-method":
+                method_name = v
+            elif k == "x-ferry-stream":
+                streamed = v == "1"
+            elif k == "serve_multiplexed_model_id":
+                model_id = v
+        ctx = _context.RequestContext(request_id=request_id, route=route_prefix, app_name=self.app_name,
+                                      multiplexed_model_id=model_id, token=token)
+        reset = _context._request_context.set(ctx)
+        _thread_state.in_request = True
+        started = [False]
+        try:
+            if pickled:
+                args, kwargs = pickle.loads(body)
+                fn = self._method(method_name or "__call__")
+                result = self._call(fn, args, kwargs, ctx)
+                self._answer_pickled(result, writer, streamed, ctx, started)
+            elif self.asgi_app is not None:
+                self._run_asgi(http.scope_for(method, path, query, route_prefix, headers), body, writer, ctx, started)
+            else:
+                request = http.make_request(http.scope_for(method, path, query, route_prefix, headers), body)
+                fn = self._method(method_name or "__call__")
+                result = self._call(fn, (request,), {}, ctx)
+                self._answer_http(result, writer, ctx, started)
+        except Exception as e:
+            if started[0]:
+                raise  # too late for a status: the stream breaks
+            logging.getLogger("ray.serve").error(
+                "request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
+            if pickled:
+                writer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
+                            _pickle_error(e))
+            else:
+                writer.send(500, [("content-type", "application/json")], json.dumps({
+                    "error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
+                    "request_id": request_id, "deployment": self.deployment_name}).encode())
+        finally:
+            _thread_state.in_request = False
+            _context._request_context.reset(reset)
+
+    def _method(self, name: str):
+        if self.is_function:
+            if name != "__call__":
+                raise AttributeError(f"function deployment {self.deployment_name} has no method {name!r}")
+            return self.instance
+        fn = getattr(self.instance, name, None)
+        if fn is None or name.startswith("_") and name != "__call__":
+            raise AttributeError(f"deployment {self.deployment_name} has no method {name!r}")
+        return fn
+
+    def _iterate(self, result, ctx):
+        """The items of a sync or async generator, pulled on this thread (an async one step by step on the
+        loop)."""
+        if inspect.isasyncgen(result) or hasattr(result, "__anext__"):
+            it = result.__aiter__() if hasattr(result, "__aiter__") else result
+            while True:
+                try:
+                    yield self._on_loop(it.__anext__(), ctx)
+                except StopAsyncIteration:
+                    return
+        else:
+            yield from result
+
+    def _stream(self, items, writer, started, encode):
+        try:
+            for item in items:
+                started[0] = True
+                if not writer.write(encode(item)):
+                    break  # the client left or the request was cancelled
+        finally:
+            close = getattr(items, "close", None)
+            if close:
+                close()
+
+    def _answer_http(self, result, writer, ctx, started):
+        if isinstance(result, http.StreamingResponse):
+            status, headers = http.streaming_head(result)
+            writer.start(status, headers)
+            self._stream(self._iterate(result.body_iterator, ctx), writer, started, http.encode_chunk)
+            return
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            writer.start(200, [("content-type", "text/plain; charset=utf-8")])
+            self._stream(self._iterate(result, ctx), writer, started, http.encode_chunk)
+            return
+        status, headers, body = http.whole_answer(result)
+        writer.send(status, headers, body)
+
+    def _answer_pickled(self, result, writer, streamed, ctx, started):
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            writer.start(200, [("x-ferry-result", _handle.PICKLE_STREAM)])
+
+            def frame(item):
+                data = pickle.dumps(item, protocol=5)
+                return _LEN.pack(len(data)) + data
+
+            self._stream(self._iterate(result, ctx), writer, started, frame)
+            return
+        writer.send(200, [("x-ferry-result", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
+                    pickle.dumps(result, protocol=5))
+
+    def _run_asgi(self, scope, body, writer, ctx, started):
+        """Runs the ingress ASGI app (FastAPI) for one request on the loop; its response body streams when
+        the app sends it in parts."""
+        import queue
+
+        parts: "queue.Queue" = queue.Queue(maxsize=8)
+
+        async def receive():
+            if not getattr(receive, "sent", False):
+                receive.sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the request has no more body: wait until cancelled
+
+        async def send(message):
+            await asyncio.get_running_loop().run_in_executor(None, parts.put, message)
+
+        async def app():
+            try:
+                await self.asgi_app(scope, receive, send)
+            finally:
+                await asyncio.get_running_loop().run_in_executor(None, parts.put, None)
+
+        asyncio.run_coroutine_threadsafe(_with_ctx(app(), ctx), self.loop)
+        status, headers, chunks = 500, [], []
+        while True:
+            m = parts.get()
+            if m is None:
+                break
+            if m["type"] == "http.response.start":
+                status = m["status"]
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in m.get("headers", [])]
+            elif m["type"] == "http.response.body":
+                data = bytes(m.get("body", b""))
+                if m.get("more_body", False) or started[0]:
+                    if not started[0]:
+                        writer.start(status, headers)
+                        started[0] = True
+                        if chunks:
+                            writer.write(b"".join(chunks))
+                            chunks = []
+                    if data and not writer.write(data):
+                        break
+                else:
+                    chunks.append(data)
+        if not started[0]:
+            writer.send(status, headers, b"".join(chunks))
+
+    # --- the rest of Ray's replica interface -----------------------------------------------------------
+    def reconfigure(self, user_config: Any) -> None:
+        fn = getattr(self.instance, "reconfigure", None) if not self.is_function else None
+        if fn is None:
+            if user_config is not None:
+                raise AttributeError(f"deployment {self.deployment_name} has a user_config but no reconfigure()")
+            return
+        self._call(fn, (user_config,), {}, _context.RequestContext())
+
+    def check_health(self) -> bool:
+        fn = getattr(self.instance, "check_health", None) if not self.is_function else None
+        if fn is not None:
+            result = self._call(fn, (), {}, _context.RequestContext())
+            if result is False:
+                return False
+        return True
+
+    def shutdown(self) -> None:
+        fn = getattr(type(self.instance), "__del__", None) if not self.is_function else None
+        try:
+            if fn is not None:
+                fn(self.instance)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _with_ctx(coro, ctx):
+    _context._request_context.set(ctx)
+    return await coro
+
+
+def _pickle_error(e: BaseException) -> bytes:
+    try:
+        exc = pickle.dumps(e, protocol=5)
+        pickle.loads(exc)
+    except Exception:
+        exc = None
+    return pickle.dumps({
+        "type": type(e).__name__,
+        "message": str(e),
+        "traceback": errors.user_traceback(e),
+        "exception": exc,
+    }, protocol=5)
+
+
+def _load_pickled(data: str):
+    import cloudpickle  # noqa: F401  (classes shipped by value need it to load)
+
+    return pickle.loads(base64.b64decode(data))
+
+
+def _asgi_app_of(cls, instance):
+    """The ASGI app of a class decorated with serve.ingress, with its class-based routes bound to this
+    instance; None otherwise."""
+    make = getattr(cls, "__ferry_ingress__", None)
+    if make is None:
+        return None
+    return make(instance)
+
+
+_app_info = {"ingress": "", "python": set()}
+
+
+def ingress_of_this_app() -> str:
+    return _app_info["ingress"]
+
+
+def is_python_deployment(name: str) -> bool:
+    return name in _app_info["python"]

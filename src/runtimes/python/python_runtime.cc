@@ -1,0 +1,473 @@
+// python: — serves Python deployments written with Ray Serve's API (`from ferry import serve`).
+//
+// Built as its own shared library (libferry_runtime_python.so) against the public SDK, exactly as a
+// user's plugin is, and loaded only by replicas that serve Python: the ferry binary never links
+// libpython. Each replica process embeds its own CPython 3.11, so replicas share no GIL.
+//
+// This file is the glue only: the interpreter's start, and `_ferry`, the native module the Python side
+// (python/ferry/serve/_private/replica.py) drives: the request it is handed, the writer it answers with,
+// and calls through handles (the host's call table, with events kept here until Python takes them).
+// Everything about Ray Serve's semantics lives in Python.
+//
+// Threads: requests arrive on the replica's threads (up to max_ongoing_requests at once); each takes the
+// GIL to run Python and drops it whenever it waits (a write waiting for the client's credit, a handle
+// call's answer). A call's events arrive on the host's I/O thread, which never takes the GIL: it stores
+// them and wakes the waiter (a condition variable for a thread, an eventfd the asyncio loop reads).
+#include <dlfcn.h>
+#include <pybind11/embed.h>
+#include <pybind11/stl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <filesystem>
+#include <ferry/deployment.h>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace ferry::runtimes::python {
+namespace {
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+std::string_view View(FerryString s) { return {s.data, s.size}; }
+FerryString Str(std::string_view s) { return FerryString{s.data(), s.size()}; }
+
+// Tokens of calls whose state changed, for the asyncio loop: the I/O thread pushes and writes the
+// eventfd; the loop's reader takes them all.
+class ReadyQueue {
+ public:
+  ReadyQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  int fd() const { return fd_; }
+  void Push(uint64_t token) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake = tokens_.empty();
+      tokens_.push_back(token);
+    }
+    if (wake) {
+      uint64_t one = 1;
+      ssize_t n = ::write(fd_, &one, sizeof(one));
+      (void)n;
+    }
+  }
+  std::vector<uint64_t> Take() {
+    uint64_t count;
+    ssize_t n = ::read(fd_, &count, sizeof(count));
+    (void)n;
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<uint64_t> out(tokens_.begin(), tokens_.end());
+    tokens_.clear();
+    return out;
+  }
+
+ private:
+  const int fd_;
+  std::mutex mu_;
+  std::deque<uint64_t> tokens_;
+};
+
+ReadyQueue& Ready() {
+  static ReadyQueue* q = new ReadyQueue();  // lives as long as the process (the loop may outlive statics)
+  return *q;
+}
+
+// The request a replica thread is handling, for the calls its Python code makes (they inherit its
+// deadline, request id, trace and cancellation). Valid until handle_stream returns; Python may keep the
+// token longer (a task it spawned), so every use locks it and finds it cleared once the request is over.
+class RequestToken {
+ public:
+  explicit RequestToken(const FerryRequest* raw) : raw_(raw) {}
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    raw_ = nullptr;
+  }
+  bool cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return raw_ && raw_->is_cancelled && raw_->is_cancelled(raw_) != 0;
+  }
+  template <typename F>
+  auto With(F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return f(raw_);
+  }
+
+ private:
+  std::mutex mu_;
+  const FerryRequest* raw_;
+};
+
+// One call through a handle: what the callee answered so far. Kept alive by itself until its on_end.
+class PyCall : public std::enable_shared_from_this<PyCall> {
+ public:
+  ~PyCall() {
+    if (call_) internal::Host()->release_call(call_);
+  }
+
+  void Start(FerryHandle* handle, const FerryCallOptions& options) {
+    static const FerryCallEvents events = {sizeof(FerryCallEvents), &OnHead, &OnChunk, &OnEnd};
+    self_ = shared_from_this();
+    FerryCall* c = internal::Host()->call(handle, &options, &events, this);
+    std::lock_guard<std::mutex> lock(mu_);
+    call_ = c;
+  }
+
+  // Waits until a streamed chunk or the end is there (`for_chunk`), or the end (not `for_chunk`); false
+  // when `timeout_s` (>= 0) passed first. Without the GIL.
+  bool Wait(double timeout_s, bool for_chunk) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto ready = [&] { return ended_ || (for_chunk && stream_ && !chunks_.empty()); };
+    if (timeout_s < 0) {
+      cv_.wait(lock, ready);
+      return true;
+    }
+    return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
+  }
+  // The asyncio loop learns of the next event through the ready queue, with this token (0: stop).
+  void Notify(uint64_t token) {
+    bool now;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      token_ = token;
+      now = token != 0 && (ended_ || (stream_ && !chunks_.empty()));
+      if (now) token_ = 0;
+    }
+    if (now) Ready().Push(token);
+  }
+  void Cancel() {
+    FerryCall* c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (ended_) return;
+      c = call_;
+    }
+    if (c) internal::Host()->cancel_call(c);
+  }
+  // (status, headers, body, ok, error) once ended; None before.
+  py::object Result() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ended_) return py::none();
+    std::string body;
+    for (auto& c : chunks_) body += c;
+    chunks_.clear();
+    return py::make_tuple(status_, headers_, py::bytes(body), ok_, error_);
+  }
+  // The next chunk of a streamed answer: bytes; None when none is there yet; an empty tuple at the end
+  // (then Result() tells how it ended).
+  py::object NextChunk() {
+    std::string chunk;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (chunks_.empty()) return ended_ ? py::object(py::tuple()) : py::object(py::none());
+      chunk = std::move(chunks_.front());
+      chunks_.pop_front();
+    }
+    if (call_ && !chunk.empty()) internal::Host()->call_consumed(call_, chunk.size());
+    return py::bytes(chunk);
+  }
+  // (status, headers, streaming) once the callee answered; None before.
+  py::object Head() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!head_) return py::none();
+    return py::make_tuple(status_, headers_, stream_);
+  }
+  bool done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ended_;
+  }
+
+ private:
+  void Changed(std::unique_lock<std::mutex>& lock) {
+    uint64_t token = std::exchange(token_, 0);
+    lock.unlock();
+    cv_.notify_all();
+    if (token) Ready().Push(token);
+  }
+  static void OnHead(void* user, int status, const FerryHeader* headers, size_t n, int stream) {
+    auto* self = static_cast<PyCall*>(user);
+    std::unique_lock<std::mutex> lock(self->mu_);
+    self->head_ = true;
+    self->status_ = status;
+    self->stream_ = stream != 0;
+    for (size_t i = 0; i < n; ++i) self->headers_.emplace_back(View(headers[i].name), View(headers[i].value));
+    self->Changed(lock);
+  }
+  static void OnChunk(void* user, FerryString data) {
+    auto* self = static_cast<PyCall*>(user);
+    std::unique_lock<std::mutex> lock(self->mu_);
+    self->chunks_.emplace_back(View(data));
+    if (self->stream_) self->Changed(lock);
+  }
+  static void OnEnd(void* user, int ok, int status, FerryString error) {
+    auto* self = static_cast<PyCall*>(user);
+    std::shared_ptr<PyCall> keep;
+    {
+      std::unique_lock<std::mutex> lock(self->mu_);
+      self->ended_ = true;
+      self->ok_ = ok != 0;
+      if (!self->head_) self->status_ = status;
+      self->error_.assign(View(error));
+      keep = std::move(self->self_);
+      self->Changed(lock);
+    }
+    // `keep` may hold the last reference: the call is released here, which on_end allows.
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::shared_ptr<PyCall> self_;  // until on_end
+  FerryCall* call_ = nullptr;
+  uint64_t token_ = 0;
+  bool head_ = false, stream_ = false, ended_ = false, ok_ = false;
+  int status_ = 0;
+  HeaderList headers_;
+  std::deque<std::string> chunks_;
+  std::string error_;
+};
+
+// A handle to one deployment, from the host (which owns it for the replica's life).
+struct PyHandle {
+  FerryHandle* raw = nullptr;
+};
+
+PyHandle GetHandle(const std::string& app, const std::string& deployment) {
+  const FerryHostApi* host = internal::Host();
+  if (!FERRY_HOST_HAS(host, get_handle)) throw std::runtime_error("this ferry cannot make calls through handles");
+  FerryHandle* raw = host->get_handle(Str(app), Str(deployment), nullptr);
+  if (!raw) throw std::runtime_error("no handle to deployment \"" + deployment + "\" of application \"" + app + "\"");
+  return PyHandle{raw};
+}
+
+std::shared_ptr<PyCall> StartCall(const PyHandle& handle, const std::string& method_name,
+                                  const std::string& http_method, const std::string& path, const std::string& query,
+                                  const HeaderList& headers, const py::bytes& body, double timeout_s,
+                                  const std::shared_ptr<RequestToken>& parent) {
+  std::string_view body_view = body;
+  std::vector<FerryHeader> views;
+  views.reserve(headers.size());
+  for (const auto& [k, v] : headers) views.push_back(FerryHeader{Str(k), Str(v)});
+  FerryCallOptions o{};
+  o.struct_size = sizeof(FerryCallOptions);
+  o.method_name = Str(method_name);
+  o.http_method = Str(http_method);
+  o.path = Str(path);
+  o.query = Str(query);
+  o.headers = views.data();
+  o.num_headers = views.size();
+  o.body = Str(body_view);
+  o.timeout_s = timeout_s;
+  auto call = std::make_shared<PyCall>();
+  py::gil_scoped_release unlocked;
+  if (parent) {
+    parent->With([&](const FerryRequest* raw) {
+      o.parent = raw;
+      call->Start(handle.raw, o);
+    });
+  } else {
+    call->Start(handle.raw, o);
+  }
+  return call;
+}
+
+// The writer of one request's answer, valid during handle_stream only (cleared after).
+class PyWriter {
+ public:
+  explicit PyWriter(ResponseWriter* out) : out_(out) {}
+  void Clear() { out_ = nullptr; }
+  void Send(int status, const HeaderList& headers, const py::bytes& body) {
+    ResponseWriter* out = Get();
+    Response r;
+    r.status = status;
+    r.headers = headers;
+    r.body = body;
+    out->send(r);
+  }
+  void Start(int status, const HeaderList& headers) {
+    ResponseWriter* out = Get();
+    out->set_status(status);
+    for (const auto& [k, v] : headers) out->add_header(k, v);
+  }
+  bool Write(const py::bytes& data) {
+    ResponseWriter* out = Get();
+    std::string_view view = data;
+    py::gil_scoped_release unlocked;  // waits for the client's credit
+    return out->write(view);
+  }
+
+ private:
+  ResponseWriter* Get() {
+    if (!out_) throw std::runtime_error("this request was already answered");
+    return out_;
+  }
+  ResponseWriter* out_;
+};
+
+void Log(int level, const std::string& message) { log::Write(level, message); }
+
+PYBIND11_EMBEDDED_MODULE(_ferry, m) {
+  m.doc() = "Ferry's replica host, for ferry.serve (internal)";
+  m.def("log", &Log);
+  m.def("replica_context", [] {
+    ReplicaContext c = get_replica_context();
+    return py::make_tuple(c.app_name, c.deployment, c.replica_id);
+  });
+  m.def("ready_fd", [] { return Ready().fd(); });
+  m.def("take_ready", [] { return Ready().Take(); });
+  py::class_<RequestToken, std::shared_ptr<RequestToken>>(m, "RequestToken")
+      .def("cancelled", &RequestToken::cancelled);
+  py::class_<PyHandle>(m, "Handle");
+  m.def("get_handle", &GetHandle);
+  py::class_<PyCall, std::shared_ptr<PyCall>>(m, "Call")
+      .def("wait", &PyCall::Wait, py::call_guard<py::gil_scoped_release>())
+      .def("notify", &PyCall::Notify)
+      .def("cancel", &PyCall::Cancel, py::call_guard<py::gil_scoped_release>())
+      .def("result", &PyCall::Result)
+      .def("head", &PyCall::Head)
+      .def("next_chunk", &PyCall::NextChunk)
+      .def("done", &PyCall::done);
+  m.def("start_call", &StartCall);
+  py::class_<PyWriter, std::shared_ptr<PyWriter>>(m, "Writer")
+      .def("send", &PyWriter::Send)
+      .def("start", &PyWriter::Start)
+      .def("write", &PyWriter::Write);
+}
+
+// The interpreter: started by the first deployment instance, never finalized (extension modules such as
+// numpy and torch do not survive Py_Finalize; the process ends instead).
+void StartInterpreter(const Json& config) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    // Extension modules (numpy's, torch's) do not link libpython: its symbols must be global, and this
+    // library (and so libpython) was loaded RTLD_LOCAL.
+    if (!dlopen("libpython3.11.so.1.0", RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD))
+      dlopen("libpython3.11.so.1.0", RTLD_NOW | RTLD_GLOBAL);
+    if (config.contains("env_vars") && config["env_vars"].is_object())
+      for (const auto& [k, v] : config["env_vars"].items())
+        setenv(k.c_str(), v.is_string() ? v.get<std::string>().c_str() : v.dump().c_str(), 1);
+    PyConfig pc;
+    PyConfig_InitPythonConfig(&pc);
+    pc.install_signal_handlers = 0;  // SIGTERM and SIGINT belong to the replica (drain)
+    pc.parse_argv = 0;
+    py::initialize_interpreter(&pc, 0, nullptr, /*add_program_dir_to_path=*/false);
+    {
+      py::module_ sys = py::module_::import("sys");
+      py::list path = sys.attr("path");
+      // The ferry package of this build (the source tree's python/), unless it is installed.
+      std::error_code ec;
+      if (std::filesystem::is_regular_file(std::filesystem::path(FERRY_PYTHON_DIR) / "ferry" / "__init__.py", ec))
+        path.insert(0, FERRY_PYTHON_DIR);
+      for (const char* key : {"py_modules", "sys_path"})
+        if (config.contains(key) && config[key].is_array())
+          for (auto it = config[key].rbegin(); it != config[key].rend(); ++it) path.insert(0, it->get<std::string>());
+      if (config.contains("working_dir") && config["working_dir"].is_string()) {
+        std::string dir = config["working_dir"].get<std::string>();
+        path.insert(0, dir);
+        if (chdir(dir.c_str()) != 0) log::Warning("cannot enter working_dir " + dir);
+      }
+    }
+    PyEval_SaveThread();  // the GIL is taken per request from here
+  });
+}
+
+std::string PythonError(py::error_already_set& e) {
+  // The traceback as Python prints it: what a user needs to find the line.
+  try {
+    return py::module_::import("ferry.serve._private.errors").attr("user_traceback")(e.value()).cast<std::string>();
+  } catch (...) {
+  }
+  try {
+    py::module_ tb = py::module_::import("traceback");
+    py::object lines = tb.attr("format_exception")(e.type(), e.value(), e.trace());
+    return py::str("").attr("join")(lines).cast<std::string>();
+  } catch (...) {
+    return e.what();
+  }
+}
+
+class Python : public Deployment {
+ public:
+  explicit Python(const Args& args) {
+    const Json& config = args.json().contains("python") ? args.json()["python"] : args.json();
+    StartInterpreter(config);
+    py::gil_scoped_acquire gil;
+    try {
+      py::module_ replica = py::module_::import("ferry.serve._private.replica");
+      runtime_ = replica.attr("Replica")(py::module_::import("json").attr("loads")(config.dump()));
+    } catch (py::error_already_set& e) {
+      throw std::runtime_error(PythonError(e));
+    }
+  }
+  ~Python() override {
+    py::gil_scoped_acquire gil;
+    try {
+      runtime_.attr("shutdown")();
+    } catch (py::error_already_set& e) {
+      log::Warning("shutting down: " + PythonError(e));
+    }
+    runtime_ = py::object();
+  }
+
+  void handle_stream(const Request& request, ResponseWriter& out) override {
+    auto token = std::make_shared<RequestToken>(internal::RawOf(&request));
+    auto writer = std::make_shared<PyWriter>(&out);
+    {
+      py::gil_scoped_acquire gil;
+      try {
+        const FerryRequest* raw = internal::RawOf(&request);
+        HeaderList headers;
+        headers.reserve(raw->num_headers);
+        for (size_t i = 0; i < raw->num_headers; ++i)
+          headers.emplace_back(View(raw->headers[i].name), View(raw->headers[i].value));
+        std::string_view body;
+        {
+          py::gil_scoped_release unlocked;  // a streamed body is read to its end first
+          body = request.body();
+        }
+        runtime_.attr("handle")(request.request_id(), request.method(), request.path(), request.query(),
+                                request.route_prefix(), headers, py::bytes(body.data(), body.size()), token, writer);
+      } catch (py::error_already_set& e) {
+        std::string text = PythonError(e);
+        writer->Clear();
+        token->Clear();
+        throw std::runtime_error(text);
+      }
+    }
+    writer->Clear();
+    token->Clear();
+  }
+
+  void reconfigure(const Json& user_config) override {
+    py::gil_scoped_acquire gil;
+    try {
+      runtime_.attr("reconfigure")(py::module_::import("json").attr("loads")(user_config.dump()));
+    } catch (py::error_already_set& e) {
+      throw std::runtime_error(PythonError(e));
+    }
+  }
+
+  bool check_health() override {
+    py::gil_scoped_acquire gil;
+    try {
+      return runtime_.attr("check_health")().cast<bool>();
+    } catch (py::error_already_set& e) {
+      throw std::runtime_error(PythonError(e));
+    }
+  }
+
+ private:
+  py::object runtime_;
+};
+
+}  // namespace
+}  // namespace ferry::runtimes::python
+
+using Python = ferry::runtimes::python::Python;
+FERRY_DEPLOYMENT(Python)
