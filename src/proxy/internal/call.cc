@@ -198,8 +198,14 @@ transport::RequestMessage Call::Encode(uint32_t timeout_ms) {
     if (traced && IsTraceparent(field.name_string())) continue;  // replaced below
     size_t at = arena.size();
     for (char c : field.name_string()) arena.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c));
-    headers.emplace_back(std::string_view(arena).substr(at),
-                         std::string_view(field.value().data(), field.value().size()));
+    std::string_view name = std::string_view(arena).substr(at);
+    // x-ferry-* headers are what deployments tell each other on calls through handles (the caller, the
+    // method, Python's pickled arguments): a client never sets them.
+    if (name.rfind("x-ferry-", 0) == 0) {
+      arena.resize(at);
+      continue;
+    }
+    headers.emplace_back(name, std::string_view(field.value().data(), field.value().size()));
   }
   // The replica's spans are children of the proxy's.
   if (traced) headers.emplace_back("traceparent", traceparent_);

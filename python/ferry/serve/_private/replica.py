@@ -139,11 +139,13 @@ class Replica:
 
     # --- requests --------------------------------------------------------------------------------------
     def handle(self, request_id, method, path, query, route_prefix, headers, body, token, writer):
-        pickled = streamed = False
+        pickled = streamed = from_deployment = False
         method_name = ""
         model_id = ""
         for k, v in headers:
-            if k == "x-ferry-args":
+            if k == "x-ferry-caller":
+                from_deployment = True  # a call through a handle: the proxy drops x-ferry-* from clients
+            elif k == "x-ferry-args":
                 pickled = v == _handle.PICKLE
             elif k == "x-ferry-method":
                 method_name = v
@@ -151,6 +153,9 @@ class Replica:
                 streamed = v == "1"
             elif k == "serve_multiplexed_model_id":
                 model_id = v
+        if not from_deployment:
+            pickled = streamed = False
+            method_name = ""
         ctx = _context.RequestContext(request_id=request_id, route=route_prefix, app_name=self.app_name,
                                       multiplexed_model_id=model_id, token=token)
         reset = _context._request_context.set(ctx)

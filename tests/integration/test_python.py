@@ -1,0 +1,262 @@
+"""Python deployments (Ray Serve's API, `from ferry import serve`) as a client sees them: Ray's config shape
+(application-level import_path, args, runtime_env, deployments as overrides), HTTP answers of every kind,
+composition and streams through handles, batching, multiplexing, user_config, FastAPI ingress, Python and
+C++ deployments in one application, and what bad code gets."""
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from harness import BUILD_DIR, FERRY_BIN, Ferry, run_ferry
+
+APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyapps")
+HAVE_PYTHON = os.path.exists(os.path.join(BUILD_DIR, "libferry_runtime_python.so"))
+
+CONFIG = f"""
+http_options: {{request_timeout_s: 60}}
+applications:
+  - name: greet
+    route_prefix: /greet
+    import_path: basics:greeter
+    runtime_env: {{working_dir: "{APPS}", env_vars: {{GREETING_SOURCE: config}}}}
+  - name: echo
+    route_prefix: /echo
+    import_path: basics:echo
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: calc
+    route_prefix: /calc
+    import_path: basics:calculator
+    runtime_env: {{working_dir: "{APPS}"}}
+    deployments:
+      - {{name: Adder, num_replicas: 2}}
+  - name: batch
+    route_prefix: /batch
+    import_path: basics:batcher
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: models
+    route_prefix: /models
+    import_path: basics:models
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: conf
+    route_prefix: /conf
+    import_path: basics:configurable
+    runtime_env: {{working_dir: "{APPS}"}}
+    deployments:
+      - {{name: Configurable, user_config: {{threshold: 7}}, ray_actor_options: {{num_cpus: 0.5, memory: 1000000}}}}
+  - name: api
+    route_prefix: /api
+    import_path: basics:fastapi_app
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: built
+    route_prefix: /built
+    import_path: basics:build_app
+    args: {{greeting: Howdy}}
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: mixed
+    route_prefix: /mixed
+    import_path: basics:to_echo
+    runtime_env: {{working_dir: "{APPS}"}}
+    deployments:
+      - {{name: CEcho, import_path: "builtin:echo"}}
+  - name: cpp_calls_python
+    route_prefix: /cpp
+    deployments:
+      - {{name: Front, import_path: "builtin:call", args: {{next: {{deployment: Greeter, application: greet}}}}}}
+"""
+
+
+@unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
+class PythonDeploymentsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.ferry = Ferry(CONFIG, timeout=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ferry.stop()
+        cls.ferry.close()
+
+    def get(self, path, **kw):
+        return requests.get(self.ferry.url(path), timeout=60, **kw)
+
+    def test_a_handler_answers_with_text_json_a_response_or_a_stream(self):
+        r = self.get("/greet?name=Ferry")
+        self.assertEqual((r.status_code, r.text), (200, "Hello, Ferry!"))
+        self.assertTrue(r.headers["content-type"].startswith("text/plain"))
+        r = self.get("/greet/sub/path?kind=json&name=x")
+        self.assertEqual(r.json(), {"greeting": "Hello", "name": "x", "path": "/greet/sub/path"})
+        r = self.get("/greet?kind=response")
+        self.assertEqual((r.status_code, r.text, r.headers["x-kind"]), (418, "teapot", "response"))
+        r = self.get("/greet?kind=stream&n=4")
+        self.assertEqual(r.text, "part 0\npart 1\npart 2\npart 3\n")
+        self.assertEqual(r.headers.get("transfer-encoding"), "chunked")
+        r = self.get("/greet?kind=generator")
+        self.assertEqual(r.text, "gen 0\ngen 1\ngen 2\n")
+
+    def test_an_exception_is_a_500_naming_it_and_its_traceback_is_logged(self):
+        r = self.get("/greet?kind=raise")
+        self.assertEqual(r.status_code, 500)
+        body = r.json()
+        self.assertEqual(body["type"], "KeyError")
+        self.assertIn("no such thing", body["message"])
+        self.assertEqual(body["request_id"], r.headers["x-request-id"])
+        self.ferry.wait_for(lambda: "raise KeyError" in self.ferry.stderr() + self.ferry.stdout(),
+                            what="the traceback in the log")
+
+    def test_python_logging_reaches_ferrys_log_with_the_request_id(self):
+        r = self.get("/greet?kind=log&name=loggy")
+        rid = r.headers["x-request-id"]
+        logs = lambda: self.ferry.stderr() + self.ferry.stdout()  # noqa: E731
+        self.ferry.wait_for(lambda: any("greeting loggy" in line and rid in line for line in logs().splitlines()),
+                            what="the log line")
+
+    def test_the_request_is_starlettes_with_body_json_and_headers(self):
+        r = requests.post(self.ferry.url("/echo"), json={"a": [1, 2]}, headers={"x-custom": "v"}, timeout=60)
+        body = r.json()
+        self.assertEqual(body["method"], "POST")
+        self.assertEqual(body["json"], {"a": [1, 2]})
+        self.assertEqual(body["headers"]["x-custom"], "v")
+
+    def test_a_client_cannot_send_pickled_arguments(self):
+        # x-ferry-* headers are for calls between deployments; the proxy drops them from clients.
+        # A pickle that would run code if loaded: it reaches __call__ as an HTTP request body instead.
+        evil = b"cos\nsystem\n(S'touch /tmp/ferry-pwned'\ntR."
+        r = requests.post(self.ferry.url("/greet?name=p"), data=evil, timeout=60,
+                          headers={"x-ferry-args": "pickle", "x-ferry-caller": "evil", "x-ferry-method": "x"})
+        self.assertEqual((r.status_code, r.text), (200, "Hello, p!"))
+        self.assertFalse(os.path.exists("/tmp/ferry-pwned"))
+
+    def test_handles_chain_responses_stream_and_carry_exceptions(self):
+        self.assertEqual(self.get("/calc?x=5&op=chain").json(), {"result": 30})
+        self.assertEqual(self.get("/calc?x=4&op=stream").json(), {"items": [0, 1, 2, 3]})
+        self.assertEqual(self.get("/calc?x=2&op=sync").json(), {"result": 12})
+        failed = self.get("/calc?op=fail").json()
+        self.assertEqual(failed["caught"], "ValueError")
+        self.assertEqual(failed["message"], "the adder cannot do that")
+        self.assertTrue(any("calc/Adder" in n and "raise ValueError" in n for n in failed["notes"]), failed["notes"])
+
+    def test_config_overrides_options_set_in_code(self):
+        status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()
+        adder = status["applications"]["calc"]["deployments"]["Adder"]
+        self.assertEqual(len(adder["replicas"]), 2)
+        self.assertEqual(self.get("/conf").json(), {"threshold": 7})
+
+    def test_concurrent_calls_form_batches(self):
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: self.get(f"/batch?x={i}").json(), range(8)))
+        self.assertEqual(sorted(a["x"] for a in answers), list(range(8)))
+        self.assertGreater(max(a["batch_size"] for a in answers), 1, answers)
+        self.assertLessEqual(max(a["batch_size"] for a in answers), 4, answers)
+
+    def test_multiplexed_models_load_once_and_the_least_recently_used_is_evicted(self):
+        h = lambda m: {"serve_multiplexed_model_id": m}  # noqa: E731
+        self.assertEqual(self.get("/models", headers=h("a")).json(), {"model": "a", "loads": ["a"]})
+        self.assertEqual(self.get("/models", headers=h("a")).json()["loads"], ["a"])
+        self.get("/models", headers=h("b"))
+        self.get("/models", headers=h("c"))  # evicts a (2 models per replica)
+        self.assertEqual(self.get("/models", headers=h("a")).json()["loads"], ["a", "b", "c", "a"])
+
+    def test_a_fastapi_ingress_serves_its_routes_under_the_route_prefix(self):
+        self.assertEqual(self.get("/api/hello?name=you").json(), {"hello": "you!"})
+        r = requests.post(self.ferry.url("/api/items/7"), json={"k": 1}, timeout=60)
+        self.assertEqual(r.json(), {"item_id": 7, "body": {"k": 1}})
+        self.assertEqual(self.get("/api/items/x").status_code, 405)  # FastAPI's own answer
+        self.assertEqual(self.get("/api/nothing").status_code, 404)
+
+    def test_an_application_builder_gets_the_configs_args(self):
+        self.assertEqual(self.get("/built?name=B").text, "Howdy, B!")
+
+    def test_python_and_cpp_deployments_call_each_other(self):
+        said = self.get("/mixed").json()["echo_said"]
+        self.assertEqual(json.loads(said["body"]), {"from": "python"})
+        self.assertEqual(said["headers"]["x-ferry-caller"], "mixed/ToEcho")
+        # builtin:call forwards the client's request to the Python Greeter and nests its (text) answer.
+        r = self.get("/cpp?name=cpp")
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.json()["via"], "Front")
+        self.assertEqual(r.json()["next"], "Hello, cpp!")
+
+    def test_replica_context_names_the_replica(self):
+        c = self.get("/greet?kind=context").json()
+        self.assertEqual((c["app"], c["deployment"]), ("greet", "Greeter"))
+        self.assertTrue(c["replica"].startswith("greet#Greeter#"), c)
+
+    def test_replicas_of_a_deployment_are_separate_processes(self):
+        pids = self.ferry.replica_pids()
+        self.assertGreaterEqual(len(pids), 10)
+
+
+@unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
+class PythonErrorsTest(unittest.TestCase):
+    def run_config(self, text):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(text)
+        try:
+            return subprocess.run([FERRY_BIN, "run", f.name, "--http-port", "0", "--admin-port", "0"],
+                                  capture_output=True, text=True, timeout=120)
+        finally:
+            os.unlink(f.name)
+
+    def test_an_import_error_is_a_config_error_with_the_traceback_at_the_import_path(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "bad.py"), "w") as f:
+                f.write("import os\n\ndef oops(:\n    pass\n")
+            done = self.run_config(f"applications:\n  - name: a\n    import_path: bad:app\n"
+                                   f"    runtime_env: {{working_dir: {d}}}\n")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertRegex(done.stderr, r":3:18: applications\[0\]\.import_path: cannot import the application")
+        self.assertIn("SyntaxError", done.stderr)
+        self.assertIn("bad.py", done.stderr)
+
+    def test_a_missing_module_and_an_unknown_override_are_named(self):
+        done = self.run_config("applications:\n  - name: a\n    import_path: no_such_module:app\n")
+        self.assertIn("ModuleNotFoundError: No module named 'no_such_module'", done.stderr)
+        done = self.run_config(f"applications:\n  - name: a\n    import_path: basics:greeter\n"
+                               f"    runtime_env: {{working_dir: {APPS}}}\n    deployments:\n      - name: Nope\n")
+        self.assertIn('no deployment named "Nope" in the application basics:greeter builds (it has: Greeter)',
+                      done.stderr)
+
+    def test_a_constructor_that_raises_fails_the_deployment_with_its_traceback(self):
+        done = self.run_config(f"applications:\n  - name: a\n    import_path: basics:broken\n"
+                               f"    runtime_env: {{working_dir: {APPS}}}\n"
+                               f"    deployments: [{{name: Broken, max_constructor_retry_count: 1}}]\n")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("the constructor failed on purpose", done.stderr + done.stdout)
+        self.assertIn("basics.py", done.stderr + done.stdout)
+
+    def test_ferry_run_takes_an_import_path_and_builder_arguments(self):
+        ferry = None
+        try:
+            ferry = _RunImportPath(["basics:build_app", "greeting=Yo", "--working-dir", APPS, "--route-prefix", "/x"])
+            r = requests.get(ferry.url("/x?name=cli"), timeout=60)
+            self.assertEqual(r.text, "Yo, cli!")
+        finally:
+            if ferry:
+                ferry.stop()
+                ferry.close()
+
+
+class _RunImportPath(Ferry):
+    """`ferry run MODULE:ATTR ...` instead of a config file."""
+
+    def __init__(self, args):
+        import threading
+        self.dir = tempfile.TemporaryDirectory(prefix="ferry-test-")
+        self.stdout_lines, self.stderr_lines = [], []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen([FERRY_BIN, "run", *args, "--http-port", "0", "--admin-port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self._readers = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True)]
+        for t in self._readers:
+            t.start()
+        self.port = None
+        self.wait_ready(120)
+
+
+if __name__ == "__main__":
+    unittest.main()
