@@ -36,6 +36,61 @@ struct Reply {
   http::status status = http::status::ok;
   json body;
   std::optional<std::string> text;  // sent instead of `body`: the Prometheus text format
+  std::string content_type;         // of `text`; empty: Prometheus's
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+// A driver's call, gathered whole (the admin thread that took the request waits for it).
+class GatheredCall : public handle::CallObserver {
+ public:
+  void OnHead(int status, const transport::HeaderList& headers, bool) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    for (const auto& [k, v] : headers) headers_.emplace_back(k, v);
+  }
+  void OnChunk(std::string_view data) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    body_.append(data);
+  }
+  void OnEnd(bool ok, int status, std::string_view error) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ended_ = true;
+      ok_ = ok;
+      if (status_ == 0) status_ = status;
+      error_.assign(error);
+    }
+    cv_.notify_all();
+  }
+  // The callee's status and headers, with x-ferry-call-ok and x-ferry-call-error saying how the call
+  // ended, and its body.
+  Reply Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return ended_; });
+    Reply r;
+    r.status = static_cast<http::status>(status_);
+    r.headers = std::move(headers_);
+    r.headers.emplace_back("x-ferry-call-ok", ok_ ? "1" : "0");
+    if (!error_.empty()) r.headers.emplace_back("x-ferry-call-error", error_);
+    r.content_type = "application/octet-stream";
+    for (auto it = r.headers.begin(); it != r.headers.end(); ++it)
+      if (it->first == "content-type") {
+        r.content_type = it->second;
+        r.headers.erase(it);
+        break;
+      }
+    r.text = std::move(body_);
+    return r;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool ended_ = false, ok_ = false;
+  int status_ = 0;
+  std::vector<std::pair<std::string, std::string>> headers_;
+  std::string body_;
+  std::string error_;
 };
 
 Reply Error(http::status status, std::string_view message) { return {status, {{"error", message}}}; }
@@ -156,7 +211,10 @@ class AdminServer::Impl {
         }
       }
       http::response<http::string_body> res{reply.status, 11};
-      res.set(http::field::content_type, reply.text ? "text/plain; version=0.0.4; charset=utf-8" : "application/json");
+      res.set(http::field::content_type, !reply.content_type.empty() ? reply.content_type
+                                         : reply.text                  ? "text/plain; version=0.0.4; charset=utf-8"
+                                                                       : "application/json");
+      for (const auto& [k, v] : reply.headers) res.insert(k, v);
       if (reply.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
       if (reply.text)
         res.body() = std::move(*reply.text);
@@ -234,12 +292,49 @@ class AdminServer::Impl {
       std::string app(path.substr(kRollback.size(), path.size() - kRollback.size() - 9));
       return Apply([this, app] { return controller_->Rollback(app); }, "rolled back");
     }
+    static constexpr std::string_view kCall = "/api/ferry/call/";
+    if (path.rfind(kCall, 0) == 0) {
+      if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to call a deployment");
+      std::string_view key = path.substr(kCall.size());
+      const size_t slash = key.find('/');
+      if (slash == 0 || slash == std::string_view::npos || slash + 1 == key.size() ||
+          key.find('/', slash + 1) != std::string_view::npos)
+        return Error(http::status::bad_request, "expected /api/ferry/call/{application}/{deployment}");
+      return CallDeployment(req, key);
+    }
     if (path == "/api/ferry/shutdown") {
       if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to shut down");
       if (options_.on_shutdown) options_.on_shutdown();
       return {http::status::ok, {{"result", "shutting down"}}};
     }
     return Error(http::status::not_found, StrCat("no admin endpoint at ", path));
+  }
+
+  // A call from a driver script (ferry.serve's handles outside a replica), through the node's handle
+  // client: as a deployment's call, with the request's x-ferry-* headers (method, arguments), its
+  // content type and model id. The admin API's authentication is the caller's: loopback or the token.
+  Reply CallDeployment(const http::request<http::string_body>& req, std::string_view key) {
+    if (!options_.handles) return Error(http::status::not_found, "this node takes no calls from drivers");
+    handle::CallRequest call;
+    call.deployment_key = std::string(key);
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      for (char& c : name) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+      std::string value(field.value());
+      if (name == "x-ferry-method") {
+        call.method_name = value;
+      } else if (name == "x-ferry-timeout-s") {
+        double s = std::strtod(value.c_str(), nullptr);
+        if (s > 0) call.deadline = SteadyClock::now() + std::chrono::microseconds(static_cast<int64_t>(s * 1e6));
+      } else if (name.rfind("x-ferry-", 0) == 0 || name == "content-type" || name == "serve_multiplexed_model_id") {
+        call.headers.emplace_back(std::move(name), std::move(value));
+      }
+    }
+    call.body = req.body();
+    auto gathered = std::make_shared<GatheredCall>();
+    options_.handles->Want();
+    handle::CallRef ref = options_.handles->Start(std::move(call), gathered);
+    return gathered->Wait();
   }
 
   Reply Wrap(std::optional<json> body) {

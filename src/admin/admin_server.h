@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "controller/controller.h"
+#include "handle/handle_client.h"
 
 namespace ferry::metrics {
 class Registry;
@@ -29,6 +30,8 @@ struct AdminServerOptions {
   config::ValidationHooks hooks;         // for validating deployed configs
   std::function<void()> on_shutdown;     // POST /api/ferry/shutdown
   metrics::Registry* metrics = nullptr;  // GET /metrics renders it, then the controller's state
+  // POST /api/ferry/call/{app}/{deployment}: calls from driver scripts (serve.run's handles); null: 404.
+  handle::HandleClient* handles = nullptr;
 };
 
 class AdminServer {

@@ -81,7 +81,7 @@ class Node {
     control_.reset();  // kills whatever replica is left
   }
 
-  absl::Status Create(endpoints::Publisher* publisher, const std::string& run_dir) {
+  absl::Status Create(endpoints::Publisher* publisher, const std::string& run_dir, handle::HandleClient* handles) {
     if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
           controller::EmbeddedStateStore::Open(options_.state_dir);
@@ -124,6 +124,7 @@ class Node {
     admin.hooks = options_.hooks;
     admin.on_shutdown = [this] { boost::asio::post(io_, [this] { BeginStop("admin API shutdown"); }); };
     admin.metrics = metrics_;
+    admin.handles = handles;
     absl::StatusOr<std::unique_ptr<admin::AdminServer>> server = admin::AdminServer::Create(admin, io_, control_.get());
     if (!server.ok()) return server.status();
     admin_ = std::move(*server);
@@ -244,6 +245,11 @@ int RunNode(const NodeOptions& options) {
   endpoints::LocalPublisher publisher;
   router::RouterSet routers([&publisher] { publisher.Wake(); });
   publisher.Subscribe(&routers);
+  // Calls from driver scripts (the admin API's /api/ferry/call/): a handle client of the node's own,
+  // subscribed on its first call.
+  handle::HandleClient driver_calls("-/driver", nullptr);
+  driver_calls.SetSubscribe([&publisher, &driver_calls] { publisher.Subscribe(&driver_calls); });
+  driver_calls.SetWake([&publisher] { publisher.Wake(); });
   // The config's log encoding from the first line on (its level applies with the config).
   if (options.initial_config && options.initial_config->logging_config)
     Log::SetEncoding(options.initial_config->logging_config->encoding);
@@ -279,7 +285,7 @@ int RunNode(const NodeOptions& options) {
   int code;
   {
     Node node(options, std::move(*proxy), options.metrics ? &registry : nullptr, &tracer);
-    absl::Status created = node.Create(&publisher, run_dir);
+    absl::Status created = node.Create(&publisher, run_dir, &driver_calls);
     if (!created.ok()) {
       Complain(StrCat("ferry: ", Message(created)));
       code = 1;
@@ -288,6 +294,7 @@ int RunNode(const NodeOptions& options) {
     }
   }
   publisher.Unsubscribe(&routers);
+  if (driver_calls.wanted()) publisher.Unsubscribe(&driver_calls);
   if (own_run_dir) {
     std::error_code ignored;
     std::filesystem::remove_all(run_dir, ignored);

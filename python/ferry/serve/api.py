@@ -28,14 +28,18 @@ def _address() -> str:
     return os.environ.get("FERRY_ADDRESS", "http://127.0.0.1:8265").rstrip("/")
 
 
+def _admin_headers() -> Dict[str, str]:
+    token = os.environ.get("FERRY_ADMIN_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 def _request(method: str, path: str, body: Optional[dict] = None, timeout: float = 30.0):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(_address() + path, data=data, method=method)
     if data is not None:
         req.add_header("content-type", "application/json")
-    token = os.environ.get("FERRY_ADMIN_TOKEN")
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
+    for k, v in _admin_headers().items():
+        req.add_header(k, v)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             text = r.read()

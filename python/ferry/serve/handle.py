@@ -118,11 +118,6 @@ class DeploymentHandle:
 
     def _handle(self):
         if self._native is None:
-            if _ferry is None:
-                raise _exc.RayServeException(
-                    "this DeploymentHandle is called outside a Ferry replica; call deployments over HTTP "
-                    "from a driver script"
-                )
             app = self.app_name or _context.get_replica_context().app_name
             self._native = _ferry.get_handle(app, self.deployment_name)
         return self._native
@@ -166,7 +161,74 @@ class DeploymentHandle:
             body, content_type = _http_body(args, kwargs)
             headers.append(("content-type", content_type))
         method = "" if opts.method_name == "__call__" else opts.method_name
+        if _ferry is None:  # a driver script: through the node's admin API
+            return _DriverCall(self.app_name or "default", self.deployment_name, method, headers, body)
         return _ferry.start_call(self._handle(), method, "POST", "/", "", headers, body, opts.timeout_s, ctx.token)
+
+
+class _DriverCall:
+    """A call from a driver script (no replica around it): POST /api/ferry/call/{app}/{deployment} on the
+    node's admin API, run on a pool thread. Offers what a native call does; a stream arrives whole."""
+
+    def __init__(self, app: str, deployment: str, method: str, headers, body: bytes):
+        from .api import _address, _admin_headers
+
+        url = f"{_address()}/api/ferry/call/{app}/{deployment}"
+        hdrs = dict(headers)
+        hdrs.update(_admin_headers())
+        if method:
+            hdrs["x-ferry-method"] = method
+        self._result = None
+        self._taken = False
+        self.future = _chain_pool.submit(self._run, url, hdrs, body)
+
+    def _run(self, url, headers, body):
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req) as r:
+                status, hdrs, data = r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read()
+        except urllib.error.HTTPError as e:
+            status, hdrs, data = e.code, [(k.lower(), v) for k, v in e.headers.items()], e.read()
+        except OSError as e:
+            self._result = (502, [], b"", False, f"cannot reach the Ferry node: {e}")
+            return
+        ok = _header(hdrs, "x-ferry-call-ok") == "1"
+        self._result = (status, hdrs, data, ok, _header(hdrs, "x-ferry-call-error"))
+
+    def wait(self, timeout_s: float, for_chunk: bool) -> bool:
+        try:
+            self.future.result(timeout=None if timeout_s < 0 else timeout_s)
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self):
+        return self._result if self.future.done() else None
+
+    def head(self):
+        if not self.future.done():
+            return None
+        return (self._result[0], self._result[1], False)
+
+    def next_chunk(self):
+        if not self.future.done():
+            return None
+        if not self._taken and self._result[2]:
+            self._taken = True
+            return self._result[2]
+        return ()
+
+    def notify(self, token: int) -> None:
+        pass
+
+    def cancel(self) -> None:
+        self.future.cancel()
 
 
 def _rebuild_handle(deployment_name, app_name, opts, python):
@@ -283,6 +345,8 @@ class DeploymentResponse(_Base):
 
     async def _await(self):
         call = await self._native_call_async()
+        if isinstance(call, _DriverCall):
+            await asyncio.wrap_future(call.future)
         while not call.done():
             await _next_event(call)
         return _decode(self._handle_, *call.result())
@@ -365,6 +429,8 @@ class DeploymentResponseGenerator(_Base):
 
     async def __anext__(self):
         call = await self._native_call_async()
+        if isinstance(call, _DriverCall):
+            await asyncio.wrap_future(call.future)
         while not self._items and not self._done:
             if not self._poll(call):
                 await _next_event(call)
