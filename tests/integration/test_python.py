@@ -240,6 +240,34 @@ class PythonErrorsTest(unittest.TestCase):
                 ferry.close()
 
 
+@unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
+class DriverScriptTest(unittest.TestCase):
+    def test_serve_run_from_a_script_starts_a_node_ships_its_classes_and_shuts_down(self):
+        from harness import SOURCE_DIR, free_port
+        with tempfile.TemporaryDirectory() as state, tempfile.TemporaryDirectory() as cwd:
+            env = dict(os.environ, FERRY_BIN=FERRY_BIN, FERRY_STATE_DIR=state,
+                       FERRY_ADDRESS=f"http://127.0.0.1:{free_port()}",
+                       PYTHONPATH=os.path.join(SOURCE_DIR, "python"))
+            # Run from elsewhere: the script's classes reach the replicas by value, not by import.
+            done = subprocess.run(["/usr/bin/python3", os.path.join(APPS, "driver_script.py")], cwd=cwd, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            seen = json.loads(done.stdout.strip().splitlines()[-1])
+            self.assertEqual(seen["result"], "HELLO (DEFINED IN __MAIN__)")
+            self.assertEqual(seen["async"], "ASYNC (DEFINED IN __MAIN__)")
+            self.assertEqual(seen["stream"], ["t0", "t1", "t2"])
+            self.assertEqual(seen["status"], "RUNNING")
+            self.assertEqual(seen["app_handle"], "AGAIN (DEFINED IN __MAIN__)")
+            self.assertEqual(seen["after_delete"], [])
+            # serve.shutdown stopped the node serve.run started.
+            wait = 0
+            while os.path.exists(os.path.join(state, "ferry.pid")) and wait < 100:
+                import time
+                time.sleep(0.1)
+                wait += 1
+            self.assertFalse(os.path.exists(os.path.join(state, "ferry.pid")))
+
+
 class _RunImportPath(Ferry):
     """`ferry run MODULE:ATTR ...` instead of a config file."""
 

@@ -177,6 +177,11 @@ def delete(name: str, _blocking: bool = True) -> None:
     config = _current_config()
     config["applications"] = [a for a in config["applications"] if a.get("name") != name]
     _request("PUT", "/api/serve/applications/", config)
+    deadline = time.monotonic() + 120
+    while _blocking and time.monotonic() < deadline:
+        if name not in (_request("GET", "/api/serve/applications/") or {}).get("applications", {}):
+            return
+        time.sleep(0.1)
 
 
 def shutdown() -> None:

@@ -31,8 +31,9 @@ class _Cache:
     async def _load(self, owner, model_id):
         try:
             while len(self.models) >= self.max_models:
-                _, old = self.models.popitem(last=False)
-                await _unload(old)
+                _, evicted = self.models.popitem(last=False)
+                await _unload(evicted)
+                del evicted
             result = self.load(owner, model_id) if owner is not None else self.load(model_id)
             if inspect.isawaitable(result):
                 result = await result
@@ -43,12 +44,11 @@ class _Cache:
 
 
 async def _unload(model):
-    # As Ray: a model with __del__ gets it called when evicted.
+    """An evicted model is dropped (a sync __del__ runs when its last reference goes); an async __del__ is
+    awaited here, as Ray does."""
     fn = getattr(type(model), "__del__", None)
-    if fn is not None:
-        r = fn(model)
-        if inspect.isawaitable(r):
-            await r
+    if fn is not None and inspect.iscoroutinefunction(fn):
+        await fn(model)
 
 
 def multiplexed(func: Optional[Callable] = None, max_num_models_per_replica: int = 3):

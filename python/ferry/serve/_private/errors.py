@@ -1,6 +1,7 @@
 """Tracebacks as a user needs them: the user's frames, not Ferry's machinery around them."""
 
 import os
+import pickle
 import traceback
 
 _FERRY_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,3 +23,15 @@ def user_traceback(e: BaseException) -> str:
         t.stack = traceback.StackSummary.from_list(kept)
     text = "".join(tb.format())
     return text.replace("Traceback (most recent call last):\n", "", 1) if not chain[0].stack else text
+
+
+def pickle_error(e: BaseException) -> bytes:
+    """What a Python callee answers a handle call that raised `e`: its type, message and traceback, and the
+    exception itself when it survives pickling (the caller raises it again)."""
+    try:
+        exc = pickle.dumps(e, protocol=5)
+        pickle.loads(exc)
+    except Exception:
+        exc = None
+    return pickle.dumps({"type": type(e).__name__, "message": str(e), "traceback": user_traceback(e),
+                         "exception": exc}, protocol=5)

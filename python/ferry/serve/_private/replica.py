@@ -181,7 +181,7 @@ class Replica:
                 "request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
             if pickled:
                 writer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
-                            _pickle_error(e))
+                            errors.pickle_error(e))
             else:
                 writer.send(500, [("content-type", "application/json")], json.dumps({
                     "error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
@@ -326,20 +326,6 @@ class Replica:
 async def _with_ctx(coro, ctx):
     _context._request_context.set(ctx)
     return await coro
-
-
-def _pickle_error(e: BaseException) -> bytes:
-    try:
-        exc = pickle.dumps(e, protocol=5)
-        pickle.loads(exc)
-    except Exception:
-        exc = None
-    return pickle.dumps({
-        "type": type(e).__name__,
-        "message": str(e),
-        "traceback": errors.user_traceback(e),
-        "exception": exc,
-    }, protocol=5)
 
 
 def _load_pickled(data: str):
