@@ -31,6 +31,13 @@ class PluginTest(unittest.TestCase):
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
+    def test_install_holds_the_python_package(self):
+        site = os.path.join(self.prefix, "lib/python3.11/dist-packages")
+        self.assertTrue(os.path.exists(os.path.join(site, "ferry/serve/__init__.py")))
+        done = subprocess.run(["/usr/bin/python3", "-c", "from ferry import serve; print(serve.deployment.__name__)"],
+                              env=dict(os.environ, PYTHONPATH=site), capture_output=True, text=True)
+        self.assertEqual(done.stdout.strip(), "deployment", done.stderr)
+
     def test_install_holds_the_sdk(self):
         self.assertTrue(os.path.exists(os.path.join(self.prefix, "include/ferry/deployment.h")))
         self.assertTrue(os.path.exists(os.path.join(self.prefix, "include/ferry/abi.h")))

@@ -241,6 +241,17 @@ class PythonErrorsTest(unittest.TestCase):
 
 
 @unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
+class QuickstartTest(unittest.TestCase):
+    def test_the_quickstart_serves_its_python_application(self):
+        from harness import SOURCE_DIR
+        with Ferry(config_file=os.path.join(SOURCE_DIR, "examples/quickstart.yaml"), timeout=120) as ferry:
+            r = requests.get(ferry.url("/sentiment?text=what+a+great+day"), timeout=60)
+            self.assertEqual(r.json(), {"text": "what a great day", "label": "positive", "score": 1})
+            r = requests.get(ferry.url("/sentiment?text=an+awful+slow+day"), timeout=60)
+            self.assertEqual(r.json()["label"], "negative")
+
+
+@unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
 class DriverScriptTest(unittest.TestCase):
     def test_serve_run_from_a_script_starts_a_node_ships_its_classes_and_shuts_down(self):
         from harness import SOURCE_DIR, free_port
