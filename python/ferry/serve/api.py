@@ -75,12 +75,14 @@ def _ferry_binary() -> str:
 
 def start(http_options: Optional[dict] = None, **_ignored) -> None:
     """Makes sure a Ferry node answers at the admin address; starts a local one (with `http_options`'
-    host and port) when none does."""
+    host and port; the port defaults to $FERRY_HTTP_PORT, else 8000) when none does."""
     global _started_node
     if _context._in_replica() or _reachable():
         return
     args = [_ferry_binary(), "start"]
     http_options = dict(http_options or {})
+    if "port" not in http_options and os.environ.get("FERRY_HTTP_PORT"):
+        http_options["port"] = os.environ["FERRY_HTTP_PORT"]
     if "host" in http_options:
         args += ["--http-host", str(http_options["host"])]
     if "port" in http_options:
