@@ -369,7 +369,7 @@ class AdminServer::Impl {
     // Node-level sections are the node's, set when it starts: the file a node was started with deploys
     // again as it is, and one that asks for other settings deploys its applications with a warning (as
     // Ray Serve logs one for http_options), never a refusal.
-    std::vector<std::string> warnings;
+    std::vector<std::string> warnings = config.warnings;
     if (config.has_http_options && config::ToJson(config.http_options) != config::ToJson(options_.node_http)) {
       warnings.push_back(StrCat("http_options: the node serves with ", config::ToJson(options_.node_http).dump(),
                                 "; http_options are set when the node starts, so the config's are ignored"));

@@ -240,8 +240,10 @@ void ReadImportPath(const YAML::Node& node, const std::string& field, const std:
     d.kind = DeploymentConfig::Kind::kPython;
     d.runtime = "python";
     d.symbol = "Python";
-    if (path.size() == kPython.size() || path.find(':', kPython.size()) == std::string::npos)
-      errors.Add(node, field, "expected python:MODULE:ATTRIBUTE");
+    const std::string_view target = std::string_view(path).substr(kPython.size());
+    if (target.empty() || target.find_first_of(":.") == std::string_view::npos || target.back() == ':' ||
+        target.back() == '.' || target.front() == ':' || target.front() == '.')
+      errors.Add(node, field, "expected python:MODULE:ATTRIBUTE (or python:MODULE.ATTRIBUTE)");
     if (hooks.runtime_library) {
       d.plugin_path = hooks.runtime_library("python");
       if (d.plugin_path.empty())
@@ -311,8 +313,10 @@ std::optional<double> ReadOptionalNumber(MapReader& map, const std::string& key,
   return v;
 }
 
-AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& path, Errors& errors) {
-  AutoscalingConfig a;
+// `base`: the defaults the given fields go on top of (num_replicas: "auto" has its own, as in Ray).
+AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& path, Errors& errors,
+                                  AutoscalingConfig base = {}) {
+  AutoscalingConfig a = base;
   MapReader map(node, path, errors);
   if (!map.ok()) return a;
   ReadInt(map, "min_replicas", 0, 10000, errors, &a.min_replicas);
@@ -331,11 +335,33 @@ AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& pat
   a.downscaling_factor = ReadOptionalNumber(map, "downscaling_factor", 0.001, errors);
   ReadNumber(map, "metrics_interval_s", 0.01, errors, &a.metrics_interval_s);
   ReadNumber(map, "look_back_period_s", 0.01, errors, &a.look_back_period_s);
+  YAML::Node aggregation = map.Get("aggregation_function");
+  if (aggregation.IsDefined() && !aggregation.IsNull()) {
+    const std::string v = aggregation.IsScalar() ? aggregation.Scalar() : "";
+    if (v != "mean" && v != "max" && v != "min")
+      errors.Add(aggregation, path + ".aggregation_function", StrCat("expected mean, max or min, got ", Describe(aggregation)));
+    else if (v != "mean")
+      errors.Warn(aggregation, path + ".aggregation_function",
+                  "accepted; ferry averages the load over look_back_period_s (mean) whatever is set here");
+  }
+  YAML::Node policy = map.Get("policy");
+  if (policy.IsDefined() && !policy.IsNull())
+    errors.Warn(policy, path + ".policy", "accepted; custom autoscaling policies are not run by ferry yet (the default policy applies)");
   map.RejectUnknown();
   if (a.min_replicas > a.max_replicas)
     errors.Add(node, path, StrCat("min_replicas (", a.min_replicas, ") is above max_replicas (", a.max_replicas, ")"));
   if (a.initial_replicas && (*a.initial_replicas < a.min_replicas || *a.initial_replicas > a.max_replicas))
     errors.Add(node, path + ".initial_replicas", "expected a value from min_replicas to max_replicas");
+  return a;
+}
+
+// Ray Serve's num_replicas: "auto": autoscaling from 1 to 100 replicas, 2 requests each; an
+// autoscaling_config given with it applies its fields on top of these.
+AutoscalingConfig AutoDefaults() {
+  AutoscalingConfig a;
+  a.min_replicas = 1;
+  a.max_replicas = 100;
+  a.target_ongoing_requests = 2;
   return a;
 }
 
@@ -366,6 +392,15 @@ std::optional<LoggingConfig> ReadLogging(MapReader& parent, Errors& errors) {
     errors.Add(level, map.Field("log_level"),
                StrCat("expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got ", Describe(level)));
   ReadBool(map, "enable_access_log", errors, &l.enable_access_log);
+  for (const char* key : {"logs_dir", "additional_log_standard_attrs"}) {
+    YAML::Node v = map.Get(key);
+    if (v.IsDefined() && !v.IsNull())
+      errors.Warn(v, map.Field(key),
+                  std::string_view(key) == "logs_dir"
+                      ? "accepted; ferry writes its logs (replicas' too) to standard error, where ferry start's log "
+                        "file or the service manager keeps them"
+                      : "accepted; ferry's log lines carry a fixed set of fields");
+  }
   map.RejectUnknown();
   return l;
 }
@@ -472,14 +507,10 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   if (autoscaling.IsDefined() && !autoscaling.IsNull()) {
     if (num_replicas.IsDefined() && !auto_replicas)
       errors.Add(num_replicas, map.Field("num_replicas"), "set num_replicas or autoscaling_config, not both");
-    d.autoscaling_config = ReadAutoscaling(autoscaling, map.Field("autoscaling_config"), errors);
+    d.autoscaling_config =
+        ReadAutoscaling(autoscaling, map.Field("autoscaling_config"), errors, auto_replicas ? AutoDefaults() : AutoscalingConfig{});
   } else if (auto_replicas) {
-    // Ray Serve's num_replicas: "auto": autoscaling from 1 to 100 replicas, 2 requests each.
-    AutoscalingConfig a;
-    a.min_replicas = 1;
-    a.max_replicas = 100;
-    a.target_ongoing_requests = 2;
-    d.autoscaling_config = a;
+    d.autoscaling_config = AutoDefaults();
   }
   ReadInt(map, "max_ongoing_requests", 1, 100000, errors, &d.max_ongoing_requests);
   ReadInt(map, "max_queued_requests", -1, 100000000, errors, &d.max_queued_requests);
@@ -702,6 +733,9 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   YAML::Node ingress = map.Get("ingress");
   ReadString(map, "ingress", errors, &app.ingress);
   app.logging_config = ReadLogging(map, errors);
+  YAML::Node external = map.Get("external_scaler_enabled");
+  if (external.IsDefined() && !external.IsNull() && external.IsScalar() && external.Scalar() == "true")
+    errors.Warn(external, map.Field("external_scaler_enabled"), "accepted; ferry's own autoscaler decides replica counts");
   YAML::Node deployments = map.Get("deployments");
   YAML::Node import = map.Get("import_path");
   if (import.IsDefined()) {
@@ -923,6 +957,12 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     ReadInt(hmap, "websocket_max_message_bytes", 1, 1ll << 30, errors, &h.websocket_max_message_bytes);
     ReadNumber(hmap, "websocket_idle_timeout_s", 0, errors, &h.websocket_idle_timeout_s);
     ReadNumber(hmap, "websocket_ping_interval_s", 0, errors, &h.websocket_ping_interval_s);
+    for (const char* key : {"root_path", "ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs",
+                            "location", "middlewares"}) {
+      YAML::Node v = hmap.Get(key);
+      if (v.IsDefined() && !v.IsNull() && !(v.IsScalar() && v.Scalar().empty()))
+        errors.Warn(v, hmap.Field(key), "accepted; it has no effect in ferry yet");
+    }
     hmap.RejectUnknown();
   }
   YAML::Node admin = top.Get("admin");
@@ -942,6 +982,30 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   }
   config.logging_config = ReadLogging(top, errors);
   config.tracing = ReadTracing(top, errors);
+  // Ray Serve's node-level sections.
+  YAML::Node proxy_location = top.Get("proxy_location");
+  if (proxy_location.IsDefined() && !proxy_location.IsNull()) {
+    const std::string v = proxy_location.IsScalar() ? proxy_location.Scalar() : "";
+    if (v != "EveryNode" && v != "HeadOnly" && v != "Disabled")
+      errors.Add(proxy_location, "proxy_location", StrCat("expected EveryNode, HeadOnly or Disabled, got ", Describe(proxy_location)));
+    else if (v == "Disabled")
+      errors.Warn(proxy_location, "proxy_location", "accepted; a single node serves HTTP whatever is set here");
+  }
+  YAML::Node grpc = top.Get("grpc_options");
+  if (grpc.IsDefined() && !grpc.IsNull()) {
+    if (!grpc.IsMap())
+      errors.Add(grpc, "grpc_options", StrCat("expected a mapping, got ", Describe(grpc)));
+    else if (grpc["grpc_servicer_functions"].IsDefined() && grpc["grpc_servicer_functions"].size() > 0)
+      errors.Warn(grpc, "grpc_options", "accepted; ferry has no gRPC proxy yet (its HTTP proxy serves every application)");
+  }
+  YAML::Node target_capacity = top.Get("target_capacity");
+  if (target_capacity.IsDefined() && !target_capacity.IsNull()) {
+    double v = 0;
+    ReadNumber(top, "target_capacity", 0, errors, &v);
+    if (v > 100) errors.Add(target_capacity, "target_capacity", "expected a percentage from 0 to 100");
+    else if (v != 100)
+      errors.Warn(target_capacity, "target_capacity", "accepted; ferry runs every deployment at its full target for now");
+  }
   YAML::Node apps = top.Get("applications");
   if (!apps.IsDefined() || !apps.IsSequence()) {
     // An empty list is a config: a node with nothing deployed yet, or every application removed.

@@ -144,6 +144,9 @@ class PythonDeploymentsTest(unittest.TestCase):
         adder = status["applications"]["calc"]["deployments"]["Adder"]
         self.assertEqual(len(adder["replicas"]), 2)
         self.assertEqual(self.get("/conf").json(), {"threshold": 7})
+        # Ray's options without an effect on one node are accepted with a warning naming where they are.
+        self.assertRegex(self.ferry.stderr(), r"warning: .*config\.yaml:\d+:\d+: applications\[5\]\.deployments\[0\]\."
+                                              r"ray_actor_options\.memory: accepted; it has no effect on a single node")
 
     def test_concurrent_calls_form_batches(self):
         with ThreadPoolExecutor(8) as pool:
@@ -227,6 +230,58 @@ class PythonErrorsTest(unittest.TestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("the constructor failed on purpose", done.stderr + done.stdout)
         self.assertIn("basics.py", done.stderr + done.stdout)
+
+    def test_a_config_as_ray_writes_it_loads_with_one_warning_per_option_without_effect(self):
+        text = f"""# as `serve build` writes a config
+proxy_location: EveryNode
+http_options:
+  host: 127.0.0.1
+  port: 8000
+  root_path: ''
+  request_timeout_s: 30
+grpc_options:
+  port: 9000
+  grpc_servicer_functions: []
+logging_config:
+  encoding: TEXT
+  log_level: INFO
+  logs_dir: null
+  enable_access_log: true
+target_capacity: 100
+applications:
+- name: app1
+  route_prefix: /calc
+  import_path: basics.calculator
+  runtime_env: {{working_dir: "{APPS}"}}
+  deployments:
+  - name: Adder
+    num_replicas: auto
+    autoscaling_config: {{max_replicas: 3, aggregation_function: max}}
+    max_ongoing_requests: 5
+    max_queued_requests: -1
+    graceful_shutdown_wait_loop_s: 2.0
+    graceful_shutdown_timeout_s: 20.0
+    health_check_period_s: 10.0
+    health_check_timeout_s: 30.0
+    ray_actor_options: {{num_cpus: 1.0}}
+    placement_group_bundles: [{{CPU: 1}}]
+    placement_group_strategy: PACK
+    max_replicas_per_node: 4
+  - name: Multiplier
+  - name: Calculator
+"""
+        with Ferry(text, timeout=120) as ferry:
+            self.assertEqual(requests.get(ferry.url("/calc?x=1&op=chain"), timeout=60).json(), {"result": 22})
+            warnings = [line for line in ferry.stderr().splitlines() if line.startswith("warning: ")]
+            self.assertEqual(len(warnings), 4, warnings)
+            for field in ["autoscaling_config.aggregation_function", "placement_group_bundles",
+                          "placement_group_strategy", "max_replicas_per_node"]:
+                self.assertTrue(any(field in w for w in warnings), (field, warnings))
+            status = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
+            deployed = status["applications"]["app1"]["deployed_app_config"]["deployments"]
+            auto = next(d for d in deployed if d["name"] == "Adder")["autoscaling_config"]
+            # num_replicas: auto's defaults (min 1, target 2) with the given max on top, as in Ray.
+            self.assertEqual((auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"]), (1, 3, 2))
 
     def test_ferry_run_takes_an_import_path_and_builder_arguments(self):
         ferry = None

@@ -1,5 +1,8 @@
 #include "config/config.h"
 
+#include <stdlib.h>
+
+#include <absl/strings/str_join.h>
 #include <filesystem>
 #include <fstream>
 #include <gmock/gmock.h>
@@ -95,6 +98,106 @@ applications:
   EXPECT_EQ(d.max_queued_requests, 9);
   EXPECT_EQ(d.user_config["threshold"], 0.5);
   EXPECT_EQ(d.resources.num_cpus, 0.5);
+}
+
+// Ray Serve's options that have no effect on one node load, each with one warning naming where it is;
+// num_replicas: auto with an autoscaling_config starts from auto's defaults; a Python application's
+// import_path is kept, and without the build hook (the controller's restore) its deployments are read as
+// they were written back.
+TEST(ConfigTest, RaysOptionsWithoutEffectLoadWithAWarningEach) {
+  auto c = ParseConfig(R"(proxy_location: HeadOnly
+grpc_options: {port: 9000, grpc_servicer_functions: [a.b]}
+target_capacity: 50
+logging_config: {logs_dir: /var/log/ray}
+applications:
+  - name: a
+    deployments:
+      - name: D
+        import_path: builtin:echo
+        num_replicas: auto
+        autoscaling_config: {max_replicas: 7}
+        ray_actor_options: {num_cpus: 2, memory: 100}
+        max_replicas_per_node: 2
+        graceful_shutdown_wait_loop_s: 3
+)",
+                       "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const auto& w = c->warnings;
+  ASSERT_EQ(w.size(), 5u) << absl::StrJoin(w, "\n");
+  EXPECT_THAT(w[0], HasSubstr("cfg.yaml:2:15: grpc_options: accepted; ferry has no gRPC proxy yet"));
+  EXPECT_THAT(w[1], HasSubstr("cfg.yaml:3:18: target_capacity: accepted"));
+  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("logging_config.logs_dir: accepted"));
+  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("cfg.yaml:12:45: applications[0].deployments[0].ray_actor_options.memory"));
+  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("applications[0].deployments[0].max_replicas_per_node"));
+  const DeploymentConfig& d = c->applications[0].deployments[0];
+  EXPECT_EQ(d.resources.num_cpus, 2);
+  EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 3);
+  ASSERT_TRUE(d.autoscaling_config);
+  EXPECT_EQ(d.autoscaling_config->min_replicas, 1);
+  EXPECT_EQ(d.autoscaling_config->max_replicas, 7);
+  EXPECT_EQ(d.autoscaling_config->target_ongoing_requests, 2);
+  EXPECT_THAT(ErrorOf("proxy_location: Everywhere\napplications: []\n"),
+              HasSubstr("cfg.yaml:1:17: proxy_location: expected EveryNode, HeadOnly or Disabled"));
+}
+
+TEST(ConfigTest, APythonApplicationIsBuiltByTheHookAndWrittenBackAsBuilt) {
+  // The config's directory, holding the working_dir it names.
+  std::string base = (std::filesystem::temp_directory_path() / "ferry-config-test-XXXXXX").string();
+  ASSERT_NE(mkdtemp(base.data()), nullptr);
+  std::filesystem::create_directories(base + "/code");
+  ValidationHooks hooks = Builtins();
+  std::vector<std::string> imported;
+  hooks.runtime_library = [](std::string_view name) { return std::string("/lib/libferry_runtime_") + std::string(name) + ".so"; };
+  hooks.build_python_app = [&](const std::string& import_path, const nlohmann::json& args,
+                               const RuntimeEnv& env) -> absl::StatusOr<PythonApp> {
+    imported.push_back(import_path);
+    if (import_path == "broken:app") return absl::InvalidArgumentError("SyntaxError: invalid syntax");
+    EXPECT_EQ(args["k"], "v");
+    EXPECT_EQ(env.working_dir, base + "/code");
+    PythonApp app;
+    app.ingress = "Front";
+    app.deployments = {{"Front", {{"num_replicas", 2}, {"max_ongoing_requests", 9}}}, {"Back", nlohmann::json::object()}};
+    return app;
+  };
+  const char* yaml = R"(applications:
+  - name: a
+    import_path: mod:app
+    args: {k: v}
+    runtime_env: {working_dir: code, pip: [torch]}
+    deployments:
+      - {name: Front, num_replicas: 3}
+      - {name: Cpp, import_path: "builtin:echo"}
+)";
+  auto c = ParseConfig(yaml, "cfg.yaml", base, hooks);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const ApplicationConfig& app = c->applications[0];
+  EXPECT_EQ(app.import_path, "mod:app");
+  EXPECT_EQ(app.ingress, "Front");
+  ASSERT_EQ(app.deployments.size(), 3u);
+  EXPECT_EQ(app.deployments[0].kind, DeploymentConfig::Kind::kPython);
+  EXPECT_EQ(app.deployments[0].num_replicas, 3) << "the config's value wins over the code's";
+  EXPECT_EQ(app.deployments[0].max_ongoing_requests, 9) << "the code's value wins over the default";
+  EXPECT_EQ(app.deployments[0].plugin_path, "/lib/libferry_runtime_python.so");
+  EXPECT_EQ(app.deployments[0].args["python"]["deployment"], "Front");
+  EXPECT_EQ(app.deployments[1].name, "Back");
+  EXPECT_EQ(app.deployments[2].kind, DeploymentConfig::Kind::kBuiltin);
+  EXPECT_THAT(absl::StrJoin(c->warnings, "\n"), HasSubstr("applications[0].runtime_env.pip: accepted and not applied"));
+
+  // Written back and read without the hook (the controller's restore): the same deployments, no import.
+  imported.clear();
+  auto restored = ParseConfig(ToJson(*c).dump(), "state", "/", Builtins());
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE(imported.empty());
+  EXPECT_EQ(ToJson(*restored), ToJson(*c));
+
+  EXPECT_THAT(ErrorOf("applications:\n  - name: a\n    import_path: broken:app\n", hooks),
+              HasSubstr("cfg.yaml:3:18: applications[0].import_path: cannot import the application: SyntaxError"));
+  auto nope = ParseConfig("applications:\n  - name: a\n    import_path: mod:app\n    args: {k: v}\n"
+                          "    runtime_env: {working_dir: code}\n    deployments: [{name: Nope}]\n",
+                          "cfg.yaml", base, hooks);
+  EXPECT_THAT(std::string(nope.status().message()),
+              HasSubstr("no deployment named \"Nope\" in the application mod:app builds (it has: Front, Back)"));
+  std::filesystem::remove_all(base);
 }
 
 TEST(ConfigTest, YamlSyntaxErrorHasLineAndColumn) {
@@ -387,7 +490,7 @@ logging_config:
   enable_access_log: sometimes
 applications:
   - name: a
-    deployments: [{name: D, import_path: builtin:echo, logging_config: {logs_dir: /tmp}}]
+    deployments: [{name: D, import_path: builtin:echo, logging_config: {log_dir: /tmp}}]
 )");
   EXPECT_THAT(e, HasSubstr("cfg.yaml:3:18: tracing.otlp_endpoint: https is not supported"));
   EXPECT_THAT(e, HasSubstr("cfg.yaml:4:19: tracing.sampling_ratio: expected a number from 0 to 1"));
@@ -396,7 +499,7 @@ applications:
   EXPECT_THAT(e,
               HasSubstr("cfg.yaml:8:14: logging_config.log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"));
   EXPECT_THAT(e, HasSubstr("cfg.yaml:9:22: logging_config.enable_access_log: expected true or false"));
-  EXPECT_THAT(e, HasSubstr("applications[0].deployments[0].logging_config.logs_dir: unknown field"));
+  EXPECT_THAT(e, HasSubstr("applications[0].deployments[0].logging_config.log_dir: unknown field"));
   EXPECT_THAT(ErrorOf("tracing: {sampling_ratio: 1}\napplications: [{name: a, deployments: [{name: D, import_path: "
                       "builtin:echo}]}]\n"),
               HasSubstr("cfg.yaml:1:10: tracing.otlp_endpoint: required"));
