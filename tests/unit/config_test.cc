@@ -124,11 +124,11 @@ applications:
   ASSERT_TRUE(c.ok()) << c.status();
   const auto& w = c->warnings;
   ASSERT_EQ(w.size(), 5u) << absl::StrJoin(w, "\n");
-  EXPECT_THAT(w[0], HasSubstr("cfg.yaml:2:15: grpc_options: accepted; ferry has no gRPC proxy yet"));
-  EXPECT_THAT(w[1], HasSubstr("cfg.yaml:3:18: target_capacity: accepted"));
-  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("logging_config.logs_dir: accepted"));
-  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("cfg.yaml:12:45: applications[0].deployments[0].ray_actor_options.memory"));
-  EXPECT_THAT(absl::StrJoin(w, "\n"), HasSubstr("applications[0].deployments[0].max_replicas_per_node"));
+  EXPECT_THAT(w[0], HasSubstr("cfg.yaml:4:28: logging_config.logs_dir: accepted"));
+  EXPECT_THAT(w[1], HasSubstr("cfg.yaml:2:15: grpc_options: accepted; ferry has no gRPC proxy yet"));
+  EXPECT_THAT(w[2], HasSubstr("cfg.yaml:3:18: target_capacity: accepted"));
+  EXPECT_THAT(w[3], HasSubstr("cfg.yaml:12:50: applications[0].deployments[0].ray_actor_options.memory: accepted"));
+  EXPECT_THAT(w[4], HasSubstr("cfg.yaml:13:32: applications[0].deployments[0].max_replicas_per_node: accepted"));
   const DeploymentConfig& d = c->applications[0].deployments[0];
   EXPECT_EQ(d.resources.num_cpus, 2);
   EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 3);
