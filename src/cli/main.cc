@@ -105,11 +105,17 @@ Options:
 constexpr char kClientUsage[] = R"(Usage:
   ferry deploy CONFIG [--address URL] [--token TOKEN]
   ferry status [--json] [--watch] [--interval S] [--count N] [--address URL] [--token TOKEN]
-  ferry config [--address URL] [--token TOKEN]
+  ferry status -n NAME [--address URL] [--token TOKEN]
+  ferry config [-n NAME] [--address URL] [--token TOKEN]
   ferry rollback APPLICATION [--address URL] [--token TOKEN]
-  ferry shutdown [--address URL] [--token TOKEN]
+  ferry shutdown [-y] [--address URL] [--token TOKEN]
+  ferry build IMPORT_PATH... [-o FILE] [-d DIR]
 
---address defaults to $FERRY_ADDRESS, else http://127.0.0.1:8265; --token to $FERRY_ADMIN_TOKEN.
+--address (-a) defaults to $FERRY_ADDRESS, else http://127.0.0.1:8265; --token to $FERRY_ADMIN_TOKEN.
+status -n and config -n print one application (its status, or its config as deployed), in YAML as Ray's
+`serve status -n` and `serve config -n` do. shutdown asks nothing, so -y (Ray's) changes nothing.
+build imports each Python application (a bound application or a builder; from DIR, default the current
+directory) and writes a config that deploys them, in Ray's format, to FILE or standard output.
 deploy sends the whole file (relative plugin paths resolve against its directory); invalid configs are
 refused with every error found, and nothing running changes.
 )";
@@ -476,12 +482,14 @@ int ReportHttpError(const AdminResponse& r) {
 }
 
 int ClientCommand(const std::string& command, const std::vector<std::string>& args) {
-  Flags f =
-      Flags::Parse(args, {"--address", "--token", "--interval", "--count"}, {"--json", "--watch"}, "ferry --help");
+  Flags f = Flags::Parse(args, {"--address", "-a", "--token", "--interval", "--count", "-n", "--name"},
+                         {"--json", "--watch", "-y", "--yes"}, "ferry --help");
   if (f.help) return std::cout << kClientUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
+  if (auto a = f.Get("-a")) f.values["--address"] = *a;
+  const std::optional<std::string> app_name = f.Get("-n") ? f.Get("-n") : f.Get("--name");
   std::optional<ClientContext> c = ClientFrom(f);
-  if (command == "status" && !f.switches.count("--json")) {
+  if (command == "status" && !f.switches.count("--json") && !app_name) {
     // Live traffic needs two scrapes of /metrics, --interval apart (1 s by default).
     cli::StatusOptions s{c->address, c->token};
     s.watch = f.switches.count("--watch") > 0;
@@ -519,8 +527,19 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
   if (!r.ok()) return Fail(std::string(Message(r.status())), 1);
   if (r->status != 200) return ReportHttpError(*r);
   nlohmann::json body = nlohmann::json::parse(r->body, nullptr, false);
-  if (command == "status") {
+  if (command == "status" && app_name) {
+    if (!body.contains("applications") || !body["applications"].contains(*app_name))
+      return Fail(StrCat("no application named \"", *app_name, "\""), 1);
+    nlohmann::json app = body["applications"][*app_name];
+    app.erase("deployed_app_config");
+    std::cout << (f.switches.count("--json") ? app.dump(2) + "\n" : JsonToYaml(app));
+  } else if (command == "status") {
     std::cout << body.dump(2) << "\n";  // --json: the admin API's document, as it is
+  } else if (command == "config" && app_name) {
+    if (body.is_object() && body.contains("applications"))
+      for (const auto& app : body["applications"])
+        if (app.value("name", "") == *app_name) return std::cout << JsonToYaml(app), 0;
+    return Fail(StrCat("no application named \"", *app_name, "\""), 1);
   } else if (command == "config") {
     std::cout << (body.is_null() ? "# nothing deployed\n" : JsonToYaml(body));
   } else {
@@ -528,6 +547,57 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
       for (const auto& w : body["warnings"]) std::cerr << "ferry: warning: " << w.get<std::string>() << "\n";
     std::cout << "ferry: " << body.value("result", "done") << "\n";
   }
+  return 0;
+}
+
+// ferry build IMPORT_PATH... [-o FILE] [-d DIR]: Ray's `serve build`.
+int BuildCommand(const std::vector<std::string>& args) {
+  Flags f = Flags::Parse(args, {"-o", "--output-path", "-d", "--app-dir"}, {}, "ferry --help");
+  if (f.help) return std::cout << kClientUsage, 0;
+  if (!f.error.empty()) return Fail(f.error);
+  if (f.positional.empty()) return Fail("ferry build needs at least one IMPORT_PATH (module:attr)");
+  const std::string dir = std::filesystem::absolute(f.Get("-d").value_or(f.Get("--app-dir").value_or(".")))
+                              .lexically_normal()
+                              .string();
+  config::RuntimeEnv env;
+  env.config_dir = dir;
+  // The modules are found in the config file's directory: when it is not DIR, the file names DIR as the
+  // working_dir (relative to itself).
+  std::optional<std::string> out = f.Get("-o") ? f.Get("-o") : f.Get("--output-path");
+  const std::filesystem::path out_dir =
+      out ? std::filesystem::absolute(*out).parent_path() : std::filesystem::current_path();
+  nlohmann::json runtime_env = nlohmann::json::object();
+  if (out_dir.lexically_normal() != std::filesystem::path(dir))
+    runtime_env["working_dir"] = std::filesystem::path(dir).lexically_relative(out_dir).string();
+  nlohmann::json apps = nlohmann::json::array();
+  for (size_t i = 0; i < f.positional.size(); ++i) {
+    const std::string& import_path = f.positional[i];
+    absl::StatusOr<config::PythonApp> built = cli::BuildPythonApp(import_path, nlohmann::json::object(), env);
+    if (!built.ok()) return Fail(StrCat("cannot import ", import_path, ": ", Message(built.status())), 1);
+    nlohmann::json deployments = nlohmann::json::array();
+    for (const auto& d : built->deployments) {
+      nlohmann::json entry = {{"name", d.name}};
+      for (const auto& [k, v] : d.options.items()) entry[k] = v;
+      deployments.push_back(entry);
+    }
+    apps.push_back({{"name", StrCat("app", i + 1)},
+                    {"route_prefix", f.positional.size() == 1 ? "/" : StrCat("/app", i + 1)},
+                    {"import_path", import_path},
+                    {"runtime_env", runtime_env},
+                    {"deployments", deployments}});
+  }
+  nlohmann::json config = {
+      {"proxy_location", "EveryNode"},
+      {"http_options", {{"host", "0.0.0.0"}, {"port", 8000}}},
+      {"grpc_options", {{"port", 9000}, {"grpc_servicer_functions", nlohmann::json::array()}}},
+      {"logging_config", {{"encoding", "TEXT"}, {"log_level", "INFO"}, {"logs_dir", nullptr}, {"enable_access_log", true}}},
+      {"applications", apps}};
+  std::string text = "# Written by `ferry build`; deploy it with `ferry deploy` or `ferry run`.\n\n" +
+                     JsonToYaml(config);
+  if (!out) return std::cout << text, 0;
+  std::ofstream file(*out);
+  if (!(file << text)) return Fail(StrCat("cannot write ", *out), 1);
+  std::cout << "ferry: wrote " << *out << "\n";
   return 0;
 }
 
@@ -583,6 +653,7 @@ int main(int argc, char** argv) {
   if (command == "deploy" || command == "status" || command == "config" || command == "rollback" ||
       command == "shutdown")
     return ferry::ClientCommand(command, args);
+  if (command == "build") return ferry::BuildCommand(args);
   if (command == "replica") return ferry::ReplicaCommand(args);
   if (command == "check-plugin") return ferry::CheckPluginCommand(args);
   return ferry::Fail(ferry::StrCat("unknown command \"", command, "\" (see ferry --help)"));

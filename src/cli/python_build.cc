@@ -27,10 +27,7 @@ std::string FerryPythonDir() {
 absl::StatusOr<config::PythonApp> BuildPythonApp(const std::string& import_path, const nlohmann::json& args,
                                                  const config::RuntimeEnv& env) {
   nlohmann::json request = {{"import_path", import_path}, {"args", args.is_null() ? nlohmann::json::object() : args}};
-  nlohmann::json sys_path = nlohmann::json::array();
-  if (!env.working_dir.empty()) sys_path.push_back(env.working_dir);
-  for (const std::string& m : env.py_modules) sys_path.push_back(m);
-  request["sys_path"] = sys_path;
+  request["sys_path"] = env.SysPath();
   const char* python_env = getenv("FERRY_PYTHON");
   const std::string python = python_env && *python_env ? python_env : "/usr/bin/python3";
   const std::string request_text = request.dump();

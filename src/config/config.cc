@@ -599,9 +599,7 @@ RuntimeEnv ReadRuntimeEnv(const YAML::Node& node, MapReader& parent, const std::
           errors.Add(modules[i], StrCat(map.Field("py_modules"), "[", i, "]"), "expected a local path");
           continue;
         }
-        // A module's directory or file: what goes on sys.path is the directory that holds it.
-        std::filesystem::path p(absolute(modules[i].Scalar()));
-        env.py_modules.push_back(p.parent_path().string());
+        env.py_modules.push_back(absolute(modules[i].Scalar()));
       }
     }
   }
@@ -622,6 +620,21 @@ RuntimeEnv ReadRuntimeEnv(const YAML::Node& node, MapReader& parent, const std::
   map.RejectUnknown();
   return env;
 }
+
+}  // namespace
+
+std::vector<std::string> RuntimeEnv::SysPath() const {
+  std::vector<std::string> out;
+  if (!working_dir.empty())
+    out.push_back(working_dir);
+  else if (!config_dir.empty() && config_dir != "/")
+    out.push_back(config_dir);
+  // A module's directory or file: what goes on sys.path is the directory that holds it.
+  for (const std::string& m : py_modules) out.push_back(std::filesystem::path(m).parent_path().string());
+  return out;
+}
+
+namespace {
 
 json ToJson(const RuntimeEnv& env) {
   json out = json::object();
@@ -647,6 +660,7 @@ void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::st
       app.args = ToJsonValue(args);
   }
   app.runtime_env = ReadRuntimeEnv(map.Get("runtime_env"), map, base_dir, errors);
+  app.runtime_env.config_dir = base_dir;
   if (app.import_path.empty()) {
     errors.Add(import, map.Field("import_path"), "expected module:attribute (a bound application or a builder)");
     return;
@@ -673,6 +687,7 @@ void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::st
     n["name"] = FromJson(d.name);
     n["import_path"] = FromJson(StrCat("python:", app.import_path));
     json python = ToJson(app.runtime_env);
+    python["sys_path"] = app.runtime_env.SysPath();
     python["import_path"] = app.import_path;
     python["app_args"] = app.args.is_null() ? json::object() : app.args;
     python["deployment"] = d.name;

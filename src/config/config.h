@@ -85,9 +85,13 @@ struct DeploymentConfig {
 // Ray's runtime_env, with local paths made absolute.
 struct RuntimeEnv {
   std::string working_dir;
-  std::vector<std::string> py_modules;
+  std::vector<std::string> py_modules;  // a module's directory or file each
   nlohmann::json env_vars = nlohmann::json::object();
+  std::string config_dir;  // the config file's directory: on sys.path when there is no working_dir
   bool empty() const { return working_dir.empty() && py_modules.empty() && env_vars.empty(); }
+  // What goes on sys.path, in order: the working_dir (else the config's directory), then the directory
+  // holding each of py_modules.
+  std::vector<std::string> SysPath() const;
 };
 
 struct ApplicationConfig {

@@ -183,6 +183,18 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.assertEqual(r.json()["via"], "Front")
         self.assertEqual(r.json()["next"], "Hello, cpp!")
 
+    def test_status_and_config_of_one_application_as_ray_prints_them(self):
+        import yaml
+        done = run_ferry(["status", "-n", "greet", "-a", self.ferry.admin])
+        self.assertEqual(done.returncode, 0, done.stderr)
+        status = yaml.safe_load(done.stdout)
+        self.assertEqual((status["status"], list(status["deployments"])), ("RUNNING", ["Greeter"]))
+        done = run_ferry(["config", "-n", "built", "--address", self.ferry.admin])
+        config = yaml.safe_load(done.stdout)
+        self.assertEqual((config["import_path"], config["args"]), ("basics:build_app", {"greeting": "Howdy"}))
+        self.assertEqual(config["deployments"][0]["name"], "Built")
+        self.assertNotEqual(run_ferry(["status", "-n", "nope", "-a", self.ferry.admin]).returncode, 0)
+
     def test_replica_context_names_the_replica(self):
         c = self.get("/greet?kind=context").json()
         self.assertEqual((c["app"], c["deployment"]), ("greet", "Greeter"))
@@ -282,6 +294,21 @@ applications:
             auto = next(d for d in deployed if d["name"] == "Adder")["autoscaling_config"]
             # num_replicas: auto's defaults (min 1, target 2) with the given max on top, as in Ray.
             self.assertEqual((auto["min_replicas"], auto["max_replicas"], auto["target_ongoing_requests"]), (1, 3, 2))
+
+    def test_ferry_build_writes_a_config_that_deploys(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "built.yaml")
+            done = run_ferry(["build", "basics:calculator", "-d", APPS, "-o", out])
+            self.assertEqual(done.returncode, 0, done.stderr)
+            with open(out) as f:
+                text = f.read()
+            self.assertIn("import_path: \"basics:calculator\"", text)
+            with Ferry(config_file=out, timeout=120) as ferry:
+                self.assertEqual(requests.get(ferry.url("/?x=1&op=chain"), timeout=60).json(), {"result": 22})
+                self.assertFalse([line for line in ferry.stderr().splitlines() if line.startswith("warning: ")])
+        done = run_ferry(["build", "no_such_module:app"])
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("No module named 'no_such_module'", done.stderr)
 
     def test_ferry_run_takes_an_import_path_and_builder_arguments(self):
         ferry = None

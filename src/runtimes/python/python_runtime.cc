@@ -364,12 +364,12 @@ void StartInterpreter(const Json& config) {
       std::error_code ec;
       if (std::filesystem::is_regular_file(std::filesystem::path(FERRY_PYTHON_DIR) / "ferry" / "__init__.py", ec))
         path.insert(0, FERRY_PYTHON_DIR);
-      for (const char* key : {"py_modules", "sys_path"})
-        if (config.contains(key) && config[key].is_array())
-          for (auto it = config[key].rbegin(); it != config[key].rend(); ++it) path.insert(0, it->get<std::string>());
+      if (config.contains("sys_path") && config["sys_path"].is_array())
+        for (auto it = config["sys_path"].rbegin(); it != config["sys_path"].rend(); ++it)
+          path.insert(0, it->get<std::string>());
+      // The working_dir (first on sys_path already) is the replica's current directory too, as in Ray.
       if (config.contains("working_dir") && config["working_dir"].is_string()) {
         std::string dir = config["working_dir"].get<std::string>();
-        path.insert(0, dir);
         if (chdir(dir.c_str()) != 0) log::Warning("cannot enter working_dir " + dir);
       }
     }
