@@ -19,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -233,6 +234,108 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   std::string error_;
 };
 
+// An answer Python gives later, from the asyncio loop (the async way: see Python::handle_stream). Sending
+// never waits; a stream's writes wait for the client's credit, so Python makes them off the loop.
+class PyStream {
+ public:
+  explicit PyStream(DetachedStream s) : stream_(std::move(s)) {}
+  bool Write(const py::bytes& data) {
+    std::string_view view = data;
+    py::gil_scoped_release unlocked;
+    return stream_.write(view);
+  }
+  void End() {
+    py::gil_scoped_release unlocked;
+    stream_.end();
+  }
+  void Fail(const std::string& why) {
+    py::gil_scoped_release unlocked;
+    stream_.fail(why);
+  }
+
+ private:
+  DetachedStream stream_;
+};
+
+// Dropped unanswered (Python lost it), the request answers 500: DeferredResponse's own drop.
+class PyDeferred {
+ public:
+  explicit PyDeferred(DeferredResponse d) : deferred_(std::move(d)) {}
+  void Send(int status, const HeaderList& headers, const py::bytes& body) {
+    Response r;
+    r.status = status;
+    r.headers = headers;
+    r.body = body;
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!deferred_) throw std::runtime_error("this request was already answered");
+    deferred_.send(r);
+  }
+  std::shared_ptr<PyStream> Stream(int status, const HeaderList& headers) {
+    py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!deferred_) throw std::runtime_error("this request was already answered");
+    return std::make_shared<PyStream>(deferred_.stream(status, headers));
+  }
+ private:
+  std::mutex mu_;
+  DeferredResponse deferred_;
+};
+
+// Requests for the asyncio loop: a replica thread copies the request, defers its answer and pushes it
+// here; the loop takes every waiting one at each wake-up of its reader.
+struct PendingRequest {
+  std::string request_id, method, path, query, route_prefix;
+  HeaderList headers;
+  std::string body;
+  std::shared_ptr<PyDeferred> answer;
+};
+
+class RequestQueue {
+ public:
+  RequestQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  int fd() const { return fd_; }
+  void Push(PendingRequest r) {
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      wake = pending_.empty();
+      pending_.push_back(std::move(r));
+    }
+    if (wake) {
+      uint64_t one = 1;
+      ssize_t n = ::write(fd_, &one, sizeof(one));
+      (void)n;
+    }
+  }
+  // On the loop, with the GIL: (request_id, method, path, query, route_prefix, headers, body, answer) each.
+  py::list Take() {
+    uint64_t count;
+    ssize_t n = ::read(fd_, &count, sizeof(count));
+    (void)n;
+    std::deque<PendingRequest> taken;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      taken.swap(pending_);
+    }
+    py::list out;
+    for (PendingRequest& r : taken)
+      out.append(py::make_tuple(r.request_id, r.method, r.path, r.query, r.route_prefix, r.headers,
+                                py::bytes(r.body), r.answer));
+    return out;
+  }
+
+ private:
+  const int fd_;
+  std::mutex mu_;
+  std::deque<PendingRequest> pending_;
+};
+
+RequestQueue& Requests() {
+  static RequestQueue* q = new RequestQueue();
+  return *q;
+}
+
 // A handle to one deployment, from the host (which owns it for the replica's life).
 struct PyHandle {
   FerryHandle* raw = nullptr;
@@ -334,6 +437,15 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
       .def("next_chunk", &PyCall::NextChunk)
       .def("done", &PyCall::done);
   m.def("start_call", &StartCall);
+  m.def("request_fd", [] { return Requests().fd(); });
+  m.def("take_requests", [] { return Requests().Take(); });
+  py::class_<PyStream, std::shared_ptr<PyStream>>(m, "Stream")
+      .def("write", &PyStream::Write)
+      .def("end", &PyStream::End)
+      .def("fail", &PyStream::Fail);
+  py::class_<PyDeferred, std::shared_ptr<PyDeferred>>(m, "Deferred")
+      .def("send", &PyDeferred::Send)
+      .def("stream", &PyDeferred::Stream);
   py::class_<PyWriter, std::shared_ptr<PyWriter>>(m, "Writer")
       .def("send", &PyWriter::Send)
       .def("start", &PyWriter::Start)
@@ -401,6 +513,11 @@ class Python : public Deployment {
     try {
       py::module_ replica = py::module_::import("ferry.serve._private.replica");
       runtime_ = replica.attr("Replica")(py::module_::import("json").attr("loads")(config.dump()));
+      // Which requests take the async way: HTTP ones when __call__ (or the ASGI app) is async, and calls
+      // through handles to async methods.
+      py::tuple fast = runtime_.attr("async_paths")();
+      async_http_ = fast[0].cast<bool>();
+      for (auto name : fast[1]) async_methods_.push_back(name.cast<std::string>());
     } catch (py::error_already_set& e) {
       throw std::runtime_error(PythonError(e));
     }
@@ -416,6 +533,7 @@ class Python : public Deployment {
   }
 
   void handle_stream(const Request& request, ResponseWriter& out) override {
+    if (TryAsync(request, out)) return;
     auto token = std::make_shared<RequestToken>(internal::RawOf(&request));
     auto writer = std::make_shared<PyWriter>(&out);
     {
@@ -444,6 +562,45 @@ class Python : public Deployment {
     token->Clear();
   }
 
+  // The async way: a request for an async handler is copied, its answer deferred, and handed to the
+  // asyncio loop, which runs it and answers; this thread takes no GIL and goes back to the replica's
+  // next request. One thread runs Python for all of them, so concurrent requests do not fight over the
+  // GIL (as a uvicorn worker's loop does not).
+  bool TryAsync(const Request& request, ResponseWriter& out) {
+    if (!async_http_ && async_methods_.empty()) return false;
+    const FerryRequest* raw = internal::RawOf(&request);
+    std::string_view method, caller, args;
+    for (size_t i = 0; i < raw->num_headers; ++i) {
+      std::string_view k = View(raw->headers[i].name);
+      if (k == "x-ferry-method") method = View(raw->headers[i].value);
+      if (k == "x-ferry-caller") caller = View(raw->headers[i].value);
+      if (k == "x-ferry-args") args = View(raw->headers[i].value);
+    }
+    bool async;
+    if (caller.empty() || args.empty()) {
+      async = async_http_ && method.empty();  // HTTP to __call__ or the ingress app
+    } else {
+      const std::string_view name = method.empty() ? std::string_view("__call__") : method;
+      async = std::find(async_methods_.begin(), async_methods_.end(), name) != async_methods_.end();
+    }
+    if (!async) return false;
+    PendingRequest p;
+    p.body = std::string(request.body());  // a streamed body is read to its end here
+    DeferredResponse deferred = out.defer();
+    if (!deferred) return false;  // inside a batch, or a host that cannot defer
+    p.request_id = request.request_id();
+    p.method = request.method();
+    p.path = request.path();
+    p.query = request.query();
+    p.route_prefix = request.route_prefix();
+    p.headers.reserve(raw->num_headers);
+    for (size_t i = 0; i < raw->num_headers; ++i)
+      p.headers.emplace_back(View(raw->headers[i].name), View(raw->headers[i].value));
+    p.answer = std::make_shared<PyDeferred>(std::move(deferred));
+    Requests().Push(std::move(p));
+    return true;
+  }
+
   void reconfigure(const Json& user_config) override {
     py::gil_scoped_acquire gil;
     try {
@@ -464,6 +621,8 @@ class Python : public Deployment {
 
  private:
   py::object runtime_;
+  bool async_http_ = false;
+  std::vector<std::string> async_methods_;
 };
 
 }  // namespace

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 Headers = List[Tuple[str, str]]
+_JSON = [("content-type", "application/json")]
 
 
 def scope_for(method: str, path: str, query: str, route_prefix: str, headers: Headers) -> dict:
@@ -63,18 +64,20 @@ def whole_answer(value: Any) -> Tuple[int, Headers, bytes]:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in value.raw_headers]
         return value.status_code, headers, bytes(value.body)
     if value is None:
-        return 200, [("content-type", "application/json")], b"null"
+        return 200, _JSON, b"null"
     if isinstance(value, bytes):
         return 200, [("content-type", "application/octet-stream")], value
     if isinstance(value, str):
         return 200, [("content-type", "text/plain; charset=utf-8")], value.encode()
     try:
-        from fastapi.encoders import jsonable_encoder  # pydantic models, dataclasses, datetimes...
-
-        value = jsonable_encoder(value)
-    except ImportError:
-        pass
-    return 200, [("content-type", "application/json")], json.dumps(value).encode()
+        body = json.dumps(value)
+    except (TypeError, ValueError):
+        try:
+            from fastapi.encoders import jsonable_encoder  # pydantic models, dataclasses, datetimes...
+        except ImportError:
+            raise
+        body = json.dumps(jsonable_encoder(value))
+    return 200, _JSON, body.encode()
 
 
 def streaming_head(value: StreamingResponse) -> Tuple[int, Headers]:

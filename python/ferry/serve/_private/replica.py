@@ -9,6 +9,7 @@ blocks the loop, and max_ongoing_requests bounds both kinds.
 
 import asyncio
 import base64
+import concurrent.futures
 import inspect
 import json
 import logging
@@ -77,6 +78,7 @@ class Replica:
         self.app_name = app_name
         self.deployment_name = config.get("deployment") or deployment_name
         self.loop = asyncio.new_event_loop()
+        self._writers = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="ferry-writer")
         self._loop_thread = threading.Thread(target=self._run_loop, name="ferry-asyncio", daemon=True)
         self._loop_thread.start()
         asyncio.run_coroutine_threadsafe(self._install(), self.loop).result()
@@ -117,6 +119,141 @@ class Replica:
 
     async def _install(self):
         _handle._install_reader(self.loop)
+        self.loop.add_reader(_ferry.request_fd(), self._take_requests)
+
+    # --- the async way: requests the native side hands to the loop ------------------------------------
+    def async_paths(self):
+        """(whether HTTP requests take the async way, the methods whose handle calls do): the native side
+        defers those requests' answers and hands them to the loop, without taking the GIL."""
+        if self.asgi_app is not None:
+            return True, []
+        if self.is_function:
+            fn = self.instance
+            return _is_async(fn), (["__call__"] if _is_async(fn) else [])
+        names = [n for n in dir(type(self.instance)) if (not n.startswith("_") or n == "__call__")
+                 and _is_async(getattr(type(self.instance), n, None))]
+        return "__call__" in names, names
+
+    def _take_requests(self):
+        for item in _ferry.take_requests():
+            self.loop.create_task(self._serve(*item))
+
+    async def _serve(self, request_id, method, path, query, route_prefix, headers, body, answer):
+        pickled = streamed = from_deployment = False
+        method_name = model_id = ""
+        for k, v in headers:
+            if k == "x-ferry-caller":
+                from_deployment = True
+            elif k == "x-ferry-args":
+                pickled = v == _handle.PICKLE
+            elif k == "x-ferry-method":
+                method_name = v
+            elif k == "x-ferry-stream":
+                streamed = v == "1"
+            elif k == "serve_multiplexed_model_id":
+                model_id = v
+        if not from_deployment:
+            pickled = streamed = False
+            method_name = ""
+        _context._request_context.set(_context.RequestContext(
+            request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id))
+        stream = None
+        try:
+            if pickled:
+                args, kwargs = pickle.loads(body)
+                result = self._method(method_name or "__call__")(*args, **kwargs)
+                if inspect.iscoroutine(result):
+                    result = await result
+                if inspect.isasyncgen(result) or inspect.isgenerator(result):
+                    stream = answer.stream(200, [("x-ferry-result", _handle.PICKLE_STREAM)])
+                    await self._stream_async(result, stream, _frame)
+                else:
+                    answer.send(200, [("x-ferry-result", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
+                                pickle.dumps(result, protocol=5))
+            elif self.asgi_app is not None:
+                await self._asgi_async(http.scope_for(method, path, query, route_prefix, headers), body, answer)
+            else:
+                request = http.make_request(http.scope_for(method, path, query, route_prefix, headers), body)
+                result = self._method("__call__")(request)
+                if inspect.iscoroutine(result):
+                    result = await result
+                if isinstance(result, http.StreamingResponse):
+                    status, hdrs = http.streaming_head(result)
+                    stream = answer.stream(status, hdrs)
+                    await self._stream_async(result.body_iterator, stream, http.encode_chunk)
+                elif inspect.isasyncgen(result) or inspect.isgenerator(result):
+                    stream = answer.stream(200, [("content-type", "text/plain; charset=utf-8")])
+                    await self._stream_async(result, stream, http.encode_chunk)
+                else:
+                    answer.send(*http.whole_answer(result))
+        except Exception as e:
+            logging.getLogger("ray.serve").error(
+                "request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
+            if stream is not None:
+                stream.fail(f"{type(e).__name__}: {e}")
+            elif pickled:
+                answer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
+                            errors.pickle_error(e))
+            else:
+                answer.send(500, [("content-type", "application/json")], self._error_body(e, request_id))
+
+    def _error_body(self, e, request_id) -> bytes:
+        return json.dumps({"error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
+                           "request_id": request_id, "deployment": self.deployment_name}).encode()
+
+    async def _stream_async(self, items, stream, encode):
+        """Writes a generator's items (sync or async) to `stream`; the writes wait for the client's credit, so
+        they happen on the writer threads, and the generator waits for each."""
+        loop = asyncio.get_running_loop()
+        try:
+            if hasattr(items, "__anext__") or hasattr(items, "__aiter__"):
+                async for item in items:
+                    if not await loop.run_in_executor(self._writers, stream.write, encode(item)):
+                        break
+            else:
+                for item in items:
+                    if not await loop.run_in_executor(self._writers, stream.write, encode(item)):
+                        break
+        finally:
+            close = getattr(items, "aclose", None) or getattr(items, "close", None)
+            if close:
+                r = close()
+                if inspect.isawaitable(r):
+                    await r
+        stream.end()
+
+    async def _asgi_async(self, scope, body, answer):
+        loop = asyncio.get_running_loop()
+        state = {"status": 500, "headers": [], "parts": [], "stream": None}
+        sent = False
+
+        async def receive():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["headers"] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+            elif message["type"] == "http.response.body":
+                data = bytes(message.get("body", b""))
+                if state["stream"] is None and not message.get("more_body", False):
+                    state["parts"].append(data)
+                    return
+                if state["stream"] is None:
+                    state["stream"] = answer.stream(state["status"], state["headers"])
+                    data = b"".join(state["parts"]) + data
+                if data:
+                    await loop.run_in_executor(self._writers, state["stream"].write, data)
+
+        await self.asgi_app(scope, receive, send)
+        if state["stream"] is not None:
+            state["stream"].end()
+        else:
+            answer.send(state["status"], state["headers"], b"".join(state["parts"]))
 
     def _on_loop(self, coro, ctx):
         """Runs `coro` on the loop with the request's context; waits for it without the GIL."""
@@ -168,7 +305,12 @@ class Replica:
                 result = self._call(fn, args, kwargs, ctx)
                 self._answer_pickled(result, writer, streamed, ctx, started)
             elif self.asgi_app is not None:
-                self._run_asgi(http.scope_for(method, path, query, route_prefix, headers), body, writer, ctx, started)
+                # (HTTP requests to an ingress app take the async way; this is for where an answer cannot
+                # be deferred: the app's answer is gathered whole.)
+                gathered = _Gathered(writer)
+                self._on_loop(self._asgi_async(http.scope_for(method, path, query, route_prefix, headers), body,
+                                               gathered), ctx)
+                gathered.flush()
             else:
                 request = http.make_request(http.scope_for(method, path, query, route_prefix, headers), body)
                 fn = self._method(method_name or "__call__")
@@ -183,9 +325,7 @@ class Replica:
                 writer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
                             errors.pickle_error(e))
             else:
-                writer.send(500, [("content-type", "application/json")], json.dumps({
-                    "error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
-                    "request_id": request_id, "deployment": self.deployment_name}).encode())
+                writer.send(500, [("content-type", "application/json")], self._error_body(e, request_id))
         finally:
             _thread_state.in_request = False
             _context._request_context.reset(reset)
@@ -240,62 +380,10 @@ class Replica:
     def _answer_pickled(self, result, writer, streamed, ctx, started):
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             writer.start(200, [("x-ferry-result", _handle.PICKLE_STREAM)])
-
-            def frame(item):
-                data = pickle.dumps(item, protocol=5)
-                return _LEN.pack(len(data)) + data
-
-            self._stream(self._iterate(result, ctx), writer, started, frame)
+            self._stream(self._iterate(result, ctx), writer, started, _frame)
             return
         writer.send(200, [("x-ferry-result", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
                     pickle.dumps(result, protocol=5))
-
-    def _run_asgi(self, scope, body, writer, ctx, started):
-        """Runs the ingress ASGI app (FastAPI) for one request on the loop; its response body streams when
-        the app sends it in parts."""
-        import queue
-
-        parts: "queue.Queue" = queue.Queue(maxsize=8)
-
-        async def receive():
-            if not getattr(receive, "sent", False):
-                receive.sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # the request has no more body: wait until cancelled
-
-        async def send(message):
-            await asyncio.get_running_loop().run_in_executor(None, parts.put, message)
-
-        async def app():
-            try:
-                await self.asgi_app(scope, receive, send)
-            finally:
-                await asyncio.get_running_loop().run_in_executor(None, parts.put, None)
-
-        asyncio.run_coroutine_threadsafe(_with_ctx(app(), ctx), self.loop)
-        status, headers, chunks = 500, [], []
-        while True:
-            m = parts.get()
-            if m is None:
-                break
-            if m["type"] == "http.response.start":
-                status = m["status"]
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in m.get("headers", [])]
-            elif m["type"] == "http.response.body":
-                data = bytes(m.get("body", b""))
-                if m.get("more_body", False) or started[0]:
-                    if not started[0]:
-                        writer.start(status, headers)
-                        started[0] = True
-                        if chunks:
-                            writer.write(b"".join(chunks))
-                            chunks = []
-                    if data and not writer.write(data):
-                        break
-                else:
-                    chunks.append(data)
-        if not started[0]:
-            writer.send(status, headers, b"".join(chunks))
 
     # --- the rest of Ray's replica interface -----------------------------------------------------------
     def reconfigure(self, user_config: Any) -> None:
@@ -326,6 +414,45 @@ class Replica:
 async def _with_ctx(coro, ctx):
     _context._request_context.set(ctx)
     return await coro
+
+
+class _Gathered:
+    """A deferred answer's interface over a request thread's writer, gathering a stream whole."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.head = None
+        self.parts = []
+
+    def send(self, status, headers, body):
+        self.writer.send(status, headers, body)
+
+    def stream(self, status, headers):
+        self.head = (status, headers)
+        return self
+
+    def write(self, data) -> bool:
+        self.parts.append(data)
+        return True
+
+    def end(self):
+        pass
+
+    def fail(self, why):
+        raise RuntimeError(why)
+
+    def flush(self):
+        if self.head is not None:
+            self.writer.send(self.head[0], self.head[1], b"".join(self.parts))
+
+
+def _is_async(fn) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _frame(item) -> bytes:
+    data = pickle.dumps(item, protocol=5)
+    return _LEN.pack(len(data)) + data
 
 
 def _load_pickled(data: str):
