@@ -2,7 +2,6 @@
 handlers for the FastAPI peer (fastapi_peer.py) where there is one."""
 
 import json
-import os
 import time
 
 import numpy as np
@@ -60,6 +59,29 @@ class Hop:
 
 
 hop = Hop.bind(Callee.bind())
+
+
+@serve.deployment(max_ongoing_requests=8)
+class SyncHop:
+    """Hop's sync twin: `def` methods and .result(), as much Ray Serve code is written."""
+
+    def __init__(self, callee):
+        self.callee = callee
+
+    def __call__(self, request: Request):
+        n = int(request.query_params.get("n", "0"))
+        if not n:
+            return {"echo": self.callee.remote(1).result()}
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.callee.remote(i).result()
+            times.append((time.perf_counter() - t0) * 1e6)
+        times.sort()
+        return {"calls": n, "p50_us": times[n // 2], "p90_us": times[n * 9 // 10], "p99_us": times[n * 99 // 100]}
+
+
+sync_hop = SyncHop.bind(Callee.bind())
 
 
 @serve.deployment(max_ongoing_requests=64)

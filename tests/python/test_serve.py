@@ -2,7 +2,6 @@
 application graph, @serve.batch, @serve.multiplexed, what handlers' return values become, how a handle
 decodes answers and errors, and tracebacks."""
 import asyncio
-import json
 import os
 import pickle
 import sys

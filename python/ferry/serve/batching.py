@@ -51,7 +51,7 @@ class _Queue:
                 await asyncio.wait_for(self.arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 break
-        batch, n = [], 0
+        batch = []
         while self.items and len(batch) < self.max_batch_size:
             candidate = batch + [self.items[0]]
             if batch and self._size([i for _, i, _ in candidate]) > self.max_batch_size:

@@ -313,6 +313,16 @@ class _Base:
                 self._call.cancel()
         return self._call
 
+    def __del__(self):
+        # An answer nobody waits for any more is read by the host's I/O thread, which frees the callee's
+        # slot when it arrives (a waiting thread would have read it itself).
+        call = self._call
+        if call is not None and not isinstance(call, _DriverCall):
+            try:
+                call.watch()
+            except Exception:
+                pass
+
     def cancel(self) -> None:
         """Cancels the call (and what the callee called); waiting for it raises RequestCancelledError."""
         self._cancelled = True

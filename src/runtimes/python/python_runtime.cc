@@ -113,12 +113,19 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
     if (call_) internal::Host()->release_call(call_);
   }
 
-  void Start(FerryHandle* handle, const FerryCallOptions& options) {
+  // The call's events come when asked (events_on_demand): a thread that waits for the answer reads it
+  // itself (the host's direct way: no I/O thread between it and the callee); an asyncio waiter, a
+  // timeout or a response Python dropped hands them to the host's I/O thread instead (Watch).
+  void Start(FerryHandle* handle, FerryCallOptions& options) {
     static const FerryCallEvents events = {sizeof(FerryCallEvents), &OnHead, &OnChunk, &OnEnd};
     self_ = shared_from_this();
-    FerryCall* c = internal::Host()->call(handle, &options, &events, this);
+    const FerryHostApi* host = internal::Host();
+    const bool on_demand = FERRY_HOST_HAS(host, wait_call) && FERRY_HOST_HAS(host, watch_call);
+    options.events_on_demand = on_demand ? 1 : 0;
+    FerryCall* c = host->call(handle, &options, &events, this);
     std::lock_guard<std::mutex> lock(mu_);
     call_ = c;
+    pumps_ = on_demand;
   }
 
   // Waits until a streamed chunk or the end is there (`for_chunk`), or the end (not `for_chunk`); false
@@ -126,14 +133,50 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   bool Wait(double timeout_s, bool for_chunk) {
     std::unique_lock<std::mutex> lock(mu_);
     auto ready = [&] { return ended_ || (for_chunk && stream_ && !chunks_.empty()); };
+    if (timeout_s >= 0 && pumps_) {  // the host's wait has no timeout: its I/O thread reads instead
+      lock.unlock();
+      Watch();
+      lock.lock();
+    }
+    while (!ready() && pumps_) {
+      lock.unlock();
+      const bool pumped = internal::Host()->wait_call(call_, 1) != 0;
+      lock.lock();
+      if (!pumped) pumps_ = false;  // the call went the I/O thread's way: its events come from there
+    }
     if (timeout_s < 0) {
       cv_.wait(lock, ready);
       return true;
     }
     return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
   }
+  // From now on the host's I/O thread delivers this call's events (once; idempotent).
+  void Watch() {
+    FerryCall* c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!pumps_) return;
+      pumps_ = false;
+      c = call_;
+    }
+    internal::Host()->watch_call(c);
+  }
+  // Takes in what has arrived for a call whose events come when asked, without waiting.
+  void Poll() {
+    FerryCall* c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!pumps_ || ended_) return;
+      c = call_;
+    }
+    if (internal::Host()->wait_call(c, 0) == 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      pumps_ = false;
+    }
+  }
   // The asyncio loop learns of the next event through the ready queue, with this token (0: stop).
   void Notify(uint64_t token) {
+    if (token != 0) Watch();
     bool now;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -154,6 +197,7 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   }
   // (status, headers, body, ok, error) once ended; None before.
   py::object Result() {
+    Poll();
     std::lock_guard<std::mutex> lock(mu_);
     if (!ended_) return py::none();
     std::string body;
@@ -164,6 +208,7 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   // The next chunk of a streamed answer: bytes; None when none is there yet; an empty tuple at the end
   // (then Result() tells how it ended).
   py::object NextChunk() {
+    Poll();
     std::string chunk;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -176,11 +221,13 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   }
   // (status, headers, streaming) once the callee answered; None before.
   py::object Head() {
+    Poll();
     std::lock_guard<std::mutex> lock(mu_);
     if (!head_) return py::none();
     return py::make_tuple(status_, headers_, stream_);
   }
   bool done() {
+    Poll();
     std::lock_guard<std::mutex> lock(mu_);
     return ended_;
   }
@@ -228,6 +275,7 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
   FerryCall* call_ = nullptr;
   uint64_t token_ = 0;
   bool head_ = false, stream_ = false, ended_ = false, ok_ = false;
+  bool pumps_ = false;  // the events come when asked (wait_call), not from the I/O thread
   int status_ = 0;
   HeaderList headers_;
   std::deque<std::string> chunks_;
@@ -431,6 +479,7 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
   py::class_<PyCall, std::shared_ptr<PyCall>>(m, "Call")
       .def("wait", &PyCall::Wait, py::call_guard<py::gil_scoped_release>())
       .def("notify", &PyCall::Notify)
+      .def("watch", &PyCall::Watch, py::call_guard<py::gil_scoped_release>())
       .def("cancel", &PyCall::Cancel, py::call_guard<py::gil_scoped_release>())
       .def("result", &PyCall::Result)
       .def("head", &PyCall::Head)

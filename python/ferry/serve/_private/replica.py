@@ -15,16 +15,13 @@ import json
 import logging
 import pickle
 import struct
-import sys
 import threading
-import traceback
 from typing import Any
 
 import _ferry
 
 from .. import context as _context
 from .. import handle as _handle
-from ..deployment import Application, Deployment
 from . import build, errors, http
 
 _LOG_LEVELS = ((logging.ERROR, 3), (logging.WARNING, 2), (logging.INFO, 1))
@@ -139,7 +136,7 @@ class Replica:
             self.loop.create_task(self._serve(*item))
 
     async def _serve(self, request_id, method, path, query, route_prefix, headers, body, answer):
-        pickled = streamed = from_deployment = False
+        pickled = from_deployment = False
         method_name = model_id = ""
         for k, v in headers:
             if k == "x-ferry-caller":
@@ -148,12 +145,10 @@ class Replica:
                 pickled = v == _handle.PICKLE
             elif k == "x-ferry-method":
                 method_name = v
-            elif k == "x-ferry-stream":
-                streamed = v == "1"
             elif k == "serve_multiplexed_model_id":
                 model_id = v
         if not from_deployment:
-            pickled = streamed = False
+            pickled = False
             method_name = ""
         _context._request_context.set(_context.RequestContext(
             request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id))
@@ -276,7 +271,7 @@ class Replica:
 
     # --- requests --------------------------------------------------------------------------------------
     def handle(self, request_id, method, path, query, route_prefix, headers, body, token, writer):
-        pickled = streamed = from_deployment = False
+        pickled = from_deployment = False
         method_name = ""
         model_id = ""
         for k, v in headers:
@@ -286,12 +281,10 @@ class Replica:
                 pickled = v == _handle.PICKLE
             elif k == "x-ferry-method":
                 method_name = v
-            elif k == "x-ferry-stream":
-                streamed = v == "1"
             elif k == "serve_multiplexed_model_id":
                 model_id = v
         if not from_deployment:
-            pickled = streamed = False
+            pickled = False
             method_name = ""
         ctx = _context.RequestContext(request_id=request_id, route=route_prefix, app_name=self.app_name,
                                       multiplexed_model_id=model_id, token=token)
@@ -303,7 +296,7 @@ class Replica:
                 args, kwargs = pickle.loads(body)
                 fn = self._method(method_name or "__call__")
                 result = self._call(fn, args, kwargs, ctx)
-                self._answer_pickled(result, writer, streamed, ctx, started)
+                self._answer_pickled(result, writer, ctx, started)
             elif self.asgi_app is not None:
                 # (HTTP requests to an ingress app take the async way; this is for where an answer cannot
                 # be deferred: the app's answer is gathered whole.)
@@ -377,7 +370,7 @@ class Replica:
         status, headers, body = http.whole_answer(result)
         writer.send(status, headers, body)
 
-    def _answer_pickled(self, result, writer, streamed, ctx, started):
+    def _answer_pickled(self, result, writer, ctx, started):
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             writer.start(200, [("x-ferry-result", _handle.PICKLE_STREAM)])
             self._stream(self._iterate(result, ctx), writer, started, _frame)
@@ -456,9 +449,9 @@ def _frame(item) -> bytes:
 
 
 def _load_pickled(data: str):
-    import cloudpickle  # noqa: F401  (classes shipped by value need it to load)
+    import cloudpickle  # classes shipped by value load with cloudpickle's helpers
 
-    return pickle.loads(base64.b64decode(data))
+    return cloudpickle.loads(base64.b64decode(data))
 
 
 def _asgi_app_of(cls, instance):
