@@ -4,6 +4,7 @@ composition and streams through handles, batching, multiplexing, user_config, Fa
 C++ deployments in one application, and what bad code gets."""
 import json
 import os
+import re
 import subprocess
 import tempfile
 import unittest
@@ -62,6 +63,10 @@ applications:
     runtime_env: {{working_dir: "{APPS}"}}
     deployments:
       - {{name: CEcho, import_path: "builtin:echo"}}
+  - name: hangs
+    route_prefix: /hangs
+    import_path: basics:hangs
+    runtime_env: {{working_dir: "{APPS}"}}
   - name: cpp_calls_python
     route_prefix: /cpp
     deployments:
@@ -195,6 +200,36 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.assertEqual(config["deployments"][0]["name"], "Built")
         self.assertNotEqual(run_ferry(["status", "-n", "nope", "-a", self.ferry.admin]).returncode, 0)
 
+    def test_sync_code_that_never_returns_is_stopped_when_its_request_is_cancelled(self):
+        # The client gives up after 1 s: the proxy cancels the request, and the replica raises
+        # RequestCancelledError in the thread that spins. Its one slot (max_ongoing_requests: 1) comes back.
+        with self.assertRaises(requests.exceptions.ReadTimeout):
+            requests.get(self.ferry.url("/hangs?hang=1"), timeout=1)
+        r = requests.get(self.ferry.url("/hangs"), timeout=60)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.ferry.wait_for(lambda: "RequestCancelledError" in self.ferry.stderr() + self.ferry.stdout(),
+                            what="the cancel in the log")
+
+    def test_a_health_check_that_hangs_fails_by_its_timeout_and_the_replica_is_replaced(self):
+        # basics.HANG_FLAG: while it exists, Hangs.check_health spins.
+        HANG_FLAG = os.path.join(os.environ.get("TMPDIR", "/tmp"), "ferry-test-hang-health")
+        before = requests.get(self.ferry.url("/hangs"), timeout=60).json()["pid"]
+        open(HANG_FLAG, "w").close()
+        try:
+            self.ferry.wait_for(lambda: re.search(r"replica hangs#Hangs#\S+ failed 3 health checks in a row \(check_health "
+                                                  r"did not answer within health_check_timeout_s",
+                                                  self.ferry.stderr() + self.ferry.stdout()),
+                                timeout=60, what="three failed health checks")
+        finally:
+            os.unlink(HANG_FLAG)
+
+        def replaced():
+            try:
+                return requests.get(self.ferry.url("/hangs"), timeout=10).json()["pid"] != before
+            except (requests.RequestException, ValueError, KeyError):
+                return False
+        self.ferry.wait_for(replaced, timeout=60, what="a new replica")
+
     def test_replica_context_names_the_replica(self):
         c = self.get("/greet?kind=context").json()
         self.assertEqual((c["app"], c["deployment"]), ("greet", "Greeter"))
@@ -202,7 +237,7 @@ class PythonDeploymentsTest(unittest.TestCase):
 
     def test_replicas_of_a_deployment_are_separate_processes(self):
         pids = self.ferry.replica_pids()
-        self.assertGreaterEqual(len(pids), 10)
+        self.assertGreaterEqual(len(pids), 11)
 
 
 @unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")

@@ -215,3 +215,27 @@ class Broken:
 
 
 broken = Broken.bind()
+
+
+# --- Code that hangs ------------------------------------------------------------------------------------------
+HANG_FLAG = os.path.join(os.environ.get("TMPDIR", "/tmp"), "ferry-test-hang-health")
+
+
+@serve.deployment(max_ongoing_requests=1, health_check_period_s=0.2, health_check_timeout_s=0.5)
+class Hangs:
+    def __init__(self):
+        self.served = 0
+
+    def __call__(self, request: Request):
+        if request.query_params.get("hang"):
+            while True:  # never returns: only a cancel stops it
+                pass
+        self.served += 1
+        return {"served": self.served, "pid": os.getpid()}
+
+    def check_health(self):
+        while os.path.exists(HANG_FLAG):
+            pass
+
+
+hangs = Hangs.bind()

@@ -16,6 +16,7 @@ import logging
 import pickle
 import struct
 import threading
+import time
 from typing import Any
 
 import _ferry
@@ -79,6 +80,7 @@ class Replica:
         self._loop_thread = threading.Thread(target=self._run_loop, name="ferry-asyncio", daemon=True)
         self._loop_thread.start()
         asyncio.run_coroutine_threadsafe(self._install(), self.loop).result()
+        self._canceller = _Canceller()
 
         python = set(config.get("python_deployments") or [])
         if config.get("pickled"):
@@ -295,7 +297,8 @@ class Replica:
             if pickled:
                 args, kwargs = pickle.loads(body)
                 fn = self._method(method_name or "__call__")
-                result = self._call(fn, args, kwargs, ctx)
+                with self._canceller.watch(token):
+                    result = self._call(fn, args, kwargs, ctx)
                 self._answer_pickled(result, writer, ctx, started)
             elif self.asgi_app is not None:
                 # (HTTP requests to an ingress app take the async way; this is for where an answer cannot
@@ -307,7 +310,8 @@ class Replica:
             else:
                 request = http.make_request(http.scope_for(method, path, query, route_prefix, headers), body)
                 fn = self._method(method_name or "__call__")
-                result = self._call(fn, (request,), {}, ctx)
+                with self._canceller.watch(token):
+                    result = self._call(fn, (request,), {}, ctx)
                 self._answer_http(result, writer, ctx, started)
         except Exception as e:
             if started[0]:
@@ -407,6 +411,63 @@ class Replica:
 async def _with_ctx(coro, ctx):
     _context._request_context.set(ctx)
     return await coro
+
+
+class _Canceller:
+    """Stops sync user code whose request was cancelled (its client left, its deadline passed, its caller
+    cancelled it), even code that never returns (`while True: pass`): a thread polls the requests running
+    on the request threads every 50 ms and raises RequestCancelledError in the thread of a cancelled one
+    (PyThreadState_SetAsyncExc, at its next bytecode), so its thread and its max_ongoing_requests slot
+    come back."""
+
+    def __init__(self):
+        import ctypes
+
+        api = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+        self._raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(api)
+        self._clear_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(api)
+        self._lock = threading.Lock()
+        self._running = {}  # thread id -> request token
+        self._thread = threading.Thread(target=self._poll, name="ferry-canceller", daemon=True)
+        self._thread.start()
+
+    def watch(self, token):
+        return _Watched(self, token)
+
+    def _poll(self):
+        from ..exceptions import RequestCancelledError
+
+        while True:
+            time.sleep(0.05)
+            with self._lock:
+                for tid, token in list(self._running.items()):
+                    if token is not None and token.cancelled():
+                        self._raise_in(tid, RequestCancelledError)
+                        self._running[tid] = None  # once
+
+    def _enter(self, token):
+        with self._lock:
+            self._running[threading.get_ident()] = token
+
+    def _exit(self):
+        tid = threading.get_ident()
+        with self._lock:
+            fired = self._running.pop(tid, "absent") is None
+        if fired:  # raised already, or still pending: clear what has not been raised yet
+            self._clear_in(tid, None)
+
+
+class _Watched:
+    def __init__(self, canceller, token):
+        self.canceller = canceller
+        self.token = token
+
+    def __enter__(self):
+        self.canceller._enter(self.token)
+
+    def __exit__(self, *exc):
+        self.canceller._exit()
+        return False
 
 
 class _Gathered:
