@@ -175,6 +175,22 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.assertEqual(self.get("/api/items/x").status_code, 405)  # FastAPI's own answer
         self.assertEqual(self.get("/api/nothing").status_code, 404)
 
+    def test_a_fastapi_websocket_route_takes_sessions(self):
+        import websocket  # python3-websocket
+        ws = websocket.create_connection(self.ferry.url("/api/ws").replace("http://", "ws://"), timeout=30)
+        ws.send("hello")
+        self.assertEqual(ws.recv(), "HELLO!")
+        ws.send("again")
+        self.assertEqual(ws.recv(), "AGAIN!")
+        ws.send("bye")  # the app closes with its own code
+        opcode, data = ws.recv_data(control_frame=True)
+        self.assertEqual((opcode, int.from_bytes(data[:2], "big")), (websocket.ABNF.OPCODE_CLOSE, 4000))
+        ws.close()
+        # A path with no websocket route is refused.
+        with self.assertRaises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(self.ferry.url("/api/nows").replace("http://", "ws://"), timeout=30)
+        self.assertEqual(refused.exception.status_code, 403)
+
     def test_an_application_builder_gets_the_configs_args(self):
         self.assertEqual(self.get("/built?name=B").text, "Howdy, B!")
 

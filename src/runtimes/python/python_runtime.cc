@@ -384,6 +384,53 @@ RequestQueue& Requests() {
   return *q;
 }
 
+// A WebSocket session of an ingress ASGI app (FastAPI's websocket routes): Python sends through PyWs
+// (its sends wait for the client's credit, so Python makes them off the loop), and the session hands
+// each message and its end to `deliver`, a Python callable that queues them for the app.
+class PyWs {
+ public:
+  explicit PyWs(WebSocket ws) : ws_(ws) {}
+  bool SendText(const std::string& text) {
+    py::gil_scoped_release unlocked;
+    return ws_.send_text(text);
+  }
+  bool SendBytes(const py::bytes& data) {
+    std::string_view view = data;
+    py::gil_scoped_release unlocked;
+    return ws_.send_binary(view);
+  }
+  void Close(int code, const std::string& reason) {
+    py::gil_scoped_release unlocked;
+    ws_.close(code, reason);
+  }
+
+ private:
+  WebSocket ws_;
+};
+
+class PySession : public WebSocketSession {
+ public:
+  explicit PySession(py::object deliver) : deliver_(std::move(deliver)) {}
+  ~PySession() override {
+    py::gil_scoped_acquire gil;
+    deliver_ = py::object();
+  }
+  void on_message(std::string_view data, bool binary) override {
+    py::gil_scoped_acquire gil;
+    if (binary)
+      deliver_("message", py::bytes(data.data(), data.size()), 0);
+    else
+      deliver_("message", py::str(data.data(), data.size()), 0);
+  }
+  void on_close(int code, std::string_view reason) override {
+    py::gil_scoped_acquire gil;
+    deliver_("close", py::str(reason.data(), reason.size()), code);
+  }
+
+ private:
+  py::object deliver_;
+};
+
 // A handle to one deployment, from the host (which owns it for the replica's life).
 struct PyHandle {
   FerryHandle* raw = nullptr;
@@ -495,6 +542,10 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
   py::class_<PyDeferred, std::shared_ptr<PyDeferred>>(m, "Deferred")
       .def("send", &PyDeferred::Send)
       .def("stream", &PyDeferred::Stream);
+  py::class_<PyWs, std::shared_ptr<PyWs>>(m, "WebSocket")
+      .def("send_text", &PyWs::SendText)
+      .def("send_bytes", &PyWs::SendBytes)
+      .def("close", &PyWs::Close);
   py::class_<PyWriter, std::shared_ptr<PyWriter>>(m, "Writer")
       .def("send", &PyWriter::Send)
       .def("start", &PyWriter::Start)
@@ -648,6 +699,25 @@ class Python : public Deployment {
     p.answer = std::make_shared<PyDeferred>(std::move(deferred));
     Requests().Push(std::move(p));
     return true;
+  }
+
+  // A WebSocket session for the ingress ASGI app: Python runs the app on the loop until it accepts (or
+  // refuses: 403) and returns what takes the session's messages.
+  std::unique_ptr<WebSocketSession> accept_websocket(const Request& request, WebSocket ws) override {
+    const FerryRequest* raw = internal::RawOf(&request);
+    py::gil_scoped_acquire gil;
+    py::object deliver;
+    try {
+      HeaderList headers;
+      for (size_t i = 0; i < raw->num_headers; ++i)
+        headers.emplace_back(View(raw->headers[i].name), View(raw->headers[i].value));
+      deliver = runtime_.attr("accept_websocket")(request.request_id(), request.path(), request.query(),
+                                                  request.route_prefix(), headers, std::make_shared<PyWs>(ws));
+    } catch (py::error_already_set& e) {
+      throw std::runtime_error(PythonError(e));
+    }
+    if (deliver.is_none()) throw HttpError(403, "the application did not accept the WebSocket session");
+    return std::make_unique<PySession>(std::move(deliver));
   }
 
   void reconfigure(const Json& user_config) override {

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import os
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
@@ -183,6 +183,20 @@ class Api:
     @api.post("/items/{item_id}")
     async def create(self, item_id: int, request: Request):
         return {"item_id": item_id, "body": (await request.json())}
+
+
+    @api.websocket("/ws")
+    async def chat(self, ws: WebSocket):
+        await ws.accept()
+        while True:
+            try:
+                text = await ws.receive_text()
+            except WebSocketDisconnect:
+                return
+            if text == "bye":
+                await ws.close(code=4000)
+                return
+            await ws.send_text(text.upper() + self.suffix)
 
 
 fastapi_app = Api.bind("!")

@@ -382,6 +382,83 @@ class Replica:
         writer.send(200, [("x-ferry-result", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
                     pickle.dumps(result, protocol=5))
 
+    # --- WebSocket sessions of an ingress app ----------------------------------------------------------
+    def accept_websocket(self, request_id, path, query, route_prefix, headers, ws):
+        """Runs the ingress ASGI app for a WebSocket session (on a request thread, which waits until the app
+        accepts or refuses). Returns what the native session hands each message and its end to, or None
+        when refused."""
+        if self.asgi_app is None:
+            return None
+        scope = http.scope_for("GET", path, query, route_prefix, headers)
+        scope["type"] = "websocket"
+        scope["scheme"] = "ws"
+        protocols = next((v for k, v in headers if k == "sec-websocket-protocol"), "")
+        scope["subprotocols"] = [p.strip() for p in protocols.split(",") if p.strip()]
+        accepted = concurrent.futures.Future()
+        inbox: "asyncio.Queue" = asyncio.Queue()
+        loop = self.loop
+        writers = self._writers
+        state = {"connected": False, "closed": False}
+
+        async def receive():
+            if not state["connected"]:
+                state["connected"] = True
+                return {"type": "websocket.connect"}
+            return await inbox.get()
+
+        async def send(message):
+            kind = message["type"]
+            if kind == "websocket.accept":
+                if not accepted.done():
+                    accepted.set_result(True)
+            elif kind == "websocket.send":
+                if message.get("bytes") is not None:
+                    await loop.run_in_executor(writers, ws.send_bytes, message["bytes"])
+                else:
+                    await loop.run_in_executor(writers, ws.send_text, message.get("text") or "")
+            elif kind == "websocket.close":
+                if not accepted.done():
+                    accepted.set_result(False)
+                elif not state["closed"]:
+                    state["closed"] = True
+                    await loop.run_in_executor(writers, ws.close, int(message.get("code", 1000)),
+                                               message.get("reason") or "")
+            elif kind == "websocket.http.response.start" and not accepted.done():
+                accepted.set_result(False)
+
+        async def run():
+            _context._request_context.set(_context.RequestContext(request_id=request_id, route=route_prefix,
+                                                                  app_name=self.app_name))
+            try:
+                await self.asgi_app(scope, receive, send)
+            except Exception as e:
+                logging.getLogger("ray.serve").error(
+                    "WebSocket session %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
+                if accepted.done() and not state["closed"]:
+                    state["closed"] = True
+                    await loop.run_in_executor(writers, ws.close, 1011, type(e).__name__)
+            finally:
+                if not accepted.done():
+                    accepted.set_result(False)
+                elif not state["closed"]:
+                    state["closed"] = True
+                    await loop.run_in_executor(writers, ws.close, 1000, "")
+
+        asyncio.run_coroutine_threadsafe(run(), loop)
+        if not accepted.result():
+            return None
+
+        def deliver(kind, data, code):
+            if kind == "message":
+                message = {"type": "websocket.receive", "bytes": data} if isinstance(data, bytes) else \
+                    {"type": "websocket.receive", "text": data}
+            else:
+                state["closed"] = True
+                message = {"type": "websocket.disconnect", "code": code}
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+
+        return deliver
+
     # --- the rest of Ray's replica interface -----------------------------------------------------------
     def reconfigure(self, user_config: Any) -> None:
         fn = getattr(self.instance, "reconfigure", None) if not self.is_function else None
