@@ -268,6 +268,10 @@ typedef struct FerryHostApi {
   void (*stream_head)(FerryStream* stream, int status, const FerryHeader* headers, size_t num_headers);
   void (*stream_respond)(FerryStream* stream, int status, const FerryHeader* headers, size_t num_headers,
                          FerryString body);
+  /* Non-zero once the request a detached stream or deferred answer belongs to is cancelled (its client
+   * went away, its deadline passed, its caller cancelled it): stop working on it. Cheap; any thread.
+   * Added after version 1's first tables: read it only when struct_size covers it. */
+  int (*stream_cancelled)(FerryStream* stream);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

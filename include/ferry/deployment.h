@@ -210,6 +210,9 @@ class DetachedStream {
   void fail(std::string_view why) { Finish(false, why); }
   // False for a stream that could not be detached (inside handle_batch, or an older ferry).
   explicit operator bool() const { return state_ != nullptr; }
+  // True once the request is cancelled (the client left, the deadline passed) or the stream ended: stop
+  // producing. Cheap; any thread.
+  bool cancelled() const;
 
  private:
   friend class ResponseWriter;
@@ -246,6 +249,12 @@ class DeferredResponse {
   // False when the answer could not be deferred (inside handle_batch, or an older ferry): answer on the
   // handling thread then.
   explicit operator bool() const { return stream_ != nullptr; }
+  // True once the request is cancelled (the client left, the deadline passed): no answer will be read.
+  // Cheap; any thread (not concurrently with send or stream).
+  bool cancelled() const {
+    const FerryHostApi* host = internal::Host();
+    return stream_ && FERRY_HOST_HAS(host, stream_cancelled) && host->stream_cancelled(stream_) != 0;
+  }
   void send(const Response& response);
   // Streams the answer instead: the status and headers go with the first write.
   DetachedStream stream(int status = 200, const std::vector<std::pair<std::string, std::string>>& headers = {});
@@ -497,6 +506,12 @@ inline bool DetachedStream::write_event(std::string_view data, std::string_view 
   return write(internal::EventText(data, event));
 }
 
+inline bool DetachedStream::cancelled() const {
+  if (!state_) return true;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  const FerryHostApi* host = internal::Host();
+  return !state_->stream || (FERRY_HOST_HAS(host, stream_cancelled) && host->stream_cancelled(state_->stream) != 0);
+}
 inline void DetachedStream::Finish(bool ok, std::string_view why) {
   if (!state_) return;
   std::lock_guard<std::mutex> lock(state_->mu);

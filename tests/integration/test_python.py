@@ -67,6 +67,10 @@ applications:
     route_prefix: /hangs
     import_path: basics:hangs
     runtime_env: {{working_dir: "{APPS}"}}
+  - name: waits
+    route_prefix: /waits
+    import_path: basics:waits
+    runtime_env: {{working_dir: "{APPS}"}}
   - name: cpp_calls_python
     route_prefix: /cpp
     deployments:
@@ -226,6 +230,20 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.ferry.wait_for(lambda: "RequestCancelledError" in self.ferry.stderr() + self.ferry.stdout(),
                             what="the cancel in the log")
 
+    def test_an_async_handler_is_cancelled_with_its_request_and_so_are_its_calls(self):
+        logs = lambda: self.ferry.stderr() + self.ferry.stdout()  # noqa: E731
+        with self.assertRaises(requests.exceptions.ReadTimeout):
+            requests.get(self.ferry.url("/waits?tag=alone"), timeout=1)
+        self.ferry.wait_for(lambda: "Waits alone was cancelled" in logs(), what="the task's cancel")
+        # Awaiting a call to a sync method that spins: the call is cancelled too, and the spinning thread
+        # gets RequestCancelledError (the Spinner's one slot comes back: a second call is served).
+        for tag in ("first", "second"):
+            with self.assertRaises(requests.exceptions.ReadTimeout):
+                requests.get(self.ferry.url(f"/waits?via=1&tag={tag}"), timeout=1)
+            self.ferry.wait_for(lambda: f"Waits {tag} was cancelled" in logs(), what="the task's cancel")
+        self.ferry.wait_for(lambda: len(re.findall(r"\[waits#Spinner#\S+\] ray\.serve: request \S+ failed:\n(?:.*\n){0,8}?"
+                                                   r".*RequestCancelledError", logs())) >= 2, what="the callee's cancels")
+
     def test_a_health_check_that_hangs_fails_by_its_timeout_and_the_replica_is_replaced(self):
         # basics.HANG_FLAG: while it exists, Hangs.check_health spins.
         HANG_FLAG = os.path.join(os.environ.get("TMPDIR", "/tmp"), "ferry-test-hang-health")
@@ -253,7 +271,7 @@ class PythonDeploymentsTest(unittest.TestCase):
 
     def test_replicas_of_a_deployment_are_separate_processes(self):
         pids = self.ferry.replica_pids()
-        self.assertGreaterEqual(len(pids), 11)
+        self.assertGreaterEqual(len(pids), 13)
 
 
 @unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")

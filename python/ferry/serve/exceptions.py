@@ -26,7 +26,9 @@ class RequestCancelledError(RayServeException):
 
     def __init__(self, request_id: str = "", message: str = ""):
         self._request_id = request_id
-        super().__init__(message or f"Request {request_id} was cancelled.")
+        super().__init__(message or (f"Request {request_id} was cancelled." if request_id else
+                                     "The request was cancelled (its client left, its deadline passed, or its "
+                                     "caller cancelled it)."))
 
 
 class DeploymentUnavailableError(RayServeException):

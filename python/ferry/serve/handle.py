@@ -357,8 +357,12 @@ class DeploymentResponse(_Base):
         call = await self._native_call_async()
         if isinstance(call, _DriverCall):
             await asyncio.wrap_future(call.future)
-        while not call.done():
-            await _next_event(call)
+        try:
+            while not call.done():
+                await _next_event(call)
+        except asyncio.CancelledError:
+            call.cancel()  # the awaiting task was cancelled (its own request was): so is this call
+            raise
         return _decode(self._handle_, *call.result())
 
     def _to_object_ref(self, *args, **kwargs):

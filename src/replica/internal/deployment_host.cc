@@ -182,6 +182,7 @@ FerryResponseSink SinkOf(int status, const FerryHeader* headers, size_t n, Ferry
 void StreamHead(FerryStream* stream, int status, const FerryHeader* headers, size_t n) {
   stream->sink->SetHead(SinkOf(status, headers, n, {}));
 }
+int StreamCancelled(FerryStream* stream) { return stream->sink->Cancelled() ? 1 : 0; }
 void StreamRespond(FerryStream* stream, int status, const FerryHeader* headers, size_t n, FerryString body) {
   stream->sink->Respond(SinkOf(status, headers, n, body));
   delete stream;
@@ -235,7 +236,8 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &WatchCall,
                                &DeferResponse,
                                &StreamHead,
-                               &StreamRespond};
+                               &StreamRespond,
+                               &StreamCancelled};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;

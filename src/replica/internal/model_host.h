@@ -28,6 +28,8 @@ class DetachedSink {
   // answer in one piece (which ends it). Ignored once the stream began.
   virtual void SetHead(const FerryResponseSink& head) = 0;
   virtual void Respond(const FerryResponseSink& whole) = 0;
+  // True once the request is cancelled (its client left, its deadline passed).
+  virtual bool Cancelled() const = 0;
 };
 
 // Where a streamed answer goes (the replica server's side of FerryHostApi.write_chunk), and the request's

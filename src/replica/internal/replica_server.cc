@@ -840,6 +840,7 @@ class ReplicaServer::Impl {
       head_.status = head.status;
       head_.headers = head.headers;
     }
+    bool Cancelled() const override { return task_->cancelled.load() || task_->ended.load(); }
     void Respond(const FerryResponseSink& whole) override {
       if (task_->ended.load()) return;
       MutexLock lock(&mu_);

@@ -319,6 +319,10 @@ class PyDeferred {
     if (!deferred_) throw std::runtime_error("this request was already answered");
     deferred_.send(r);
   }
+  bool Cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return deferred_.cancelled();
+  }
   std::shared_ptr<PyStream> Stream(int status, const HeaderList& headers) {
     py::gil_scoped_release unlocked;
     std::lock_guard<std::mutex> lock(mu_);
@@ -541,6 +545,7 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
       .def("fail", &PyStream::Fail);
   py::class_<PyDeferred, std::shared_ptr<PyDeferred>>(m, "Deferred")
       .def("send", &PyDeferred::Send)
+      .def("cancelled", &PyDeferred::Cancelled)
       .def("stream", &PyDeferred::Stream);
   py::class_<PyWs, std::shared_ptr<PyWs>>(m, "WebSocket")
       .def("send_text", &PyWs::SendText)

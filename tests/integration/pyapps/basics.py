@@ -251,5 +251,26 @@ class Hangs:
         while os.path.exists(HANG_FLAG):
             pass
 
+    def spin(self, tag):
+        while True:
+            pass
+
+
+@serve.deployment
+class Waits:
+    def __init__(self, hangs: DeploymentHandle):
+        self.hangs = hangs
+
+    async def __call__(self, request: Request):
+        tag = request.query_params.get("tag", "")
+        try:
+            if request.query_params.get("via"):
+                await self.hangs.spin.remote(tag)
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            logger.info("Waits %s was cancelled", tag)
+            raise
+
 
 hangs = Hangs.bind()
+waits = Waits.bind(Hangs.options(name="Spinner").bind())

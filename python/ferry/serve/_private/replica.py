@@ -155,6 +155,8 @@ class Replica:
         _context._request_context.set(_context.RequestContext(
             request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id))
         stream = None
+        task = asyncio.current_task()
+        self._canceller.watch_task(task, answer, self.loop)
         try:
             if pickled:
                 args, kwargs = pickle.loads(body)
@@ -193,6 +195,8 @@ class Replica:
                             errors.pickle_error(e))
             else:
                 answer.send(500, [("content-type", "application/json")], self._error_body(e, request_id))
+        finally:
+            self._canceller.forget_task(task)
 
     def _error_body(self, e, request_id) -> bytes:
         return json.dumps({"error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
@@ -505,6 +509,7 @@ class _Canceller:
         self._clear_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(api)
         self._lock = threading.Lock()
         self._running = {}  # thread id -> request token
+        self._tasks = {}  # asyncio task -> (its deferred answer, its loop)
         self._thread = threading.Thread(target=self._poll, name="ferry-canceller", daemon=True)
         self._thread.start()
 
@@ -521,6 +526,20 @@ class _Canceller:
                     if token is not None and token.cancelled():
                         self._raise_in(tid, RequestCancelledError)
                         self._running[tid] = None  # once
+                for task, (answer, loop) in list(self._tasks.items()):
+                    if answer.cancelled():
+                        loop.call_soon_threadsafe(task.cancel)
+                        del self._tasks[task]
+
+    # An async handler's task: cancelled (asyncio's CancelledError at its next await, and the calls it is
+    # awaiting cancelled down the chain) once its request is.
+    def watch_task(self, task, answer, loop):
+        with self._lock:
+            self._tasks[task] = (answer, loop)
+
+    def forget_task(self, task):
+        with self._lock:
+            self._tasks.pop(task, None)
 
     def _enter(self, token):
         with self._lock:
