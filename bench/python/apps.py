@@ -54,8 +54,13 @@ class Hop:
             t0 = time.perf_counter()
             await self.callee.remote(i)
             times.append((time.perf_counter() - t0) * 1e6)
-        times.sort()
-        return {"calls": n, "p50_us": times[n // 2], "p90_us": times[n * 9 // 10], "p99_us": times[n * 99 // 100]}
+        return percentiles(times)
+
+
+def percentiles(times: list) -> dict:
+    times = sorted(times)
+    n = len(times)
+    return {"calls": n, "p50_us": times[n // 2], "p90_us": times[n * 9 // 10], "p99_us": times[n * 99 // 100]}
 
 
 hop = Hop.bind(Callee.bind())
@@ -77,8 +82,7 @@ class SyncHop:
             t0 = time.perf_counter()
             self.callee.remote(i).result()
             times.append((time.perf_counter() - t0) * 1e6)
-        times.sort()
-        return {"calls": n, "p50_us": times[n // 2], "p90_us": times[n * 9 // 10], "p99_us": times[n * 99 // 100]}
+        return percentiles(times)
 
 
 sync_hop = SyncHop.bind(Callee.bind())

@@ -136,7 +136,7 @@ def main():
                       f"p90 {inside['p90_us']:.0f} us, p99 {inside['p99_us']:.0f} us (target p50 <= 150 us) "
                       f"{verdict(inside['p50_us'] <= 150)}", flush=True)
                 r[f"{name}_inside"] = inside
-                r[f"{name}_http"] = show(f"HTTP -> ingress -> one call, 1 conn", measure(node.url(f"/{name}"), 1))
+                r[f"{name}_http"] = show("HTTP -> ingress -> one call, 1 conn", measure(node.url(f"/{name}"), 1))
             results["hop"] = r
         if "mlp" in PARTS:
             print("mlp: MLP 256-512-512-10 with torch and @serve.batch, 64 connections", flush=True)

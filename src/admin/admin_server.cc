@@ -212,8 +212,8 @@ class AdminServer::Impl {
       }
       http::response<http::string_body> res{reply.status, 11};
       res.set(http::field::content_type, !reply.content_type.empty() ? reply.content_type
-                                         : reply.text                  ? "text/plain; version=0.0.4; charset=utf-8"
-                                                                       : "application/json");
+                                         : reply.text                ? "text/plain; version=0.0.4; charset=utf-8"
+                                                                     : "application/json");
       for (const auto& [k, v] : reply.headers) res.insert(k, v);
       if (reply.status == http::status::unauthorized) res.set(http::field::www_authenticate, "Bearer");
       if (reply.text)

@@ -315,11 +315,12 @@ int RunCommand(const std::vector<std::string>& args) {
     return Fail("ferry run takes one CONFIG file (KEY=VALUE arguments go with a MODULE:ATTR)");
   if (synthesized && (f.Get("-a") || f.Get("--address") || f.switches.count("--non-blocking"))) {
     const char* env_address = getenv("FERRY_ADDRESS");
-    std::string address = f.Get("-a").value_or(
-        f.Get("--address").value_or(env_address && *env_address ? env_address : kDefaultAddress));
+    std::string address =
+        f.Get("-a").value_or(f.Get("--address").value_or(env_address && *env_address ? env_address : kDefaultAddress));
     const char* env_token = getenv("FERRY_ADMIN_TOKEN");
-    absl::StatusOr<AdminResponse> r = AdminRequest(address, "PUT", "/api/serve/applications/", *synthesized,
-                                                   env_token ? env_token : "", {{"x-ferry-config-file", "command line"}});
+    absl::StatusOr<AdminResponse> r =
+        AdminRequest(address, "PUT", "/api/serve/applications/", *synthesized, env_token ? env_token : "",
+                     {{"x-ferry-config-file", "command line"}});
     if (!r.ok()) return Fail(StrCat("cannot reach the node at ", address, ": ", r.status().message()), 1);
     if (r->status != 200) return ReportHttpError(*r);
     std::cout << "ferry: deployed " << f.positional[0] << " to " << address << " (see ferry status)\n";
@@ -556,9 +557,8 @@ int BuildCommand(const std::vector<std::string>& args) {
   if (f.help) return std::cout << kClientUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.empty()) return Fail("ferry build needs at least one IMPORT_PATH (module:attr)");
-  const std::string dir = std::filesystem::absolute(f.Get("-d").value_or(f.Get("--app-dir").value_or(".")))
-                              .lexically_normal()
-                              .string();
+  const std::string dir =
+      std::filesystem::absolute(f.Get("-d").value_or(f.Get("--app-dir").value_or("."))).lexically_normal().string();
   config::RuntimeEnv env;
   env.config_dir = dir;
   // The modules are found in the config file's directory: when it is not DIR, the file names DIR as the
@@ -590,10 +590,11 @@ int BuildCommand(const std::vector<std::string>& args) {
       {"proxy_location", "EveryNode"},
       {"http_options", {{"host", "0.0.0.0"}, {"port", 8000}}},
       {"grpc_options", {{"port", 9000}, {"grpc_servicer_functions", nlohmann::json::array()}}},
-      {"logging_config", {{"encoding", "TEXT"}, {"log_level", "INFO"}, {"logs_dir", nullptr}, {"enable_access_log", true}}},
+      {"logging_config",
+       {{"encoding", "TEXT"}, {"log_level", "INFO"}, {"logs_dir", nullptr}, {"enable_access_log", true}}},
       {"applications", apps}};
-  std::string text = "# Written by `ferry build`; deploy it with `ferry deploy` or `ferry run`.\n\n" +
-                     JsonToYaml(config);
+  std::string text =
+      "# Written by `ferry build`; deploy it with `ferry deploy` or `ferry run`.\n\n" + JsonToYaml(config);
   if (!out) return std::cout << text, 0;
   std::ofstream file(*out);
   if (!(file << text)) return Fail(StrCat("cannot write ", *out), 1);

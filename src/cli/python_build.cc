@@ -38,14 +38,16 @@ absl::StatusOr<config::PythonApp> BuildPythonApp(const std::string& import_path,
   for (char** e = environ; *e; ++e) {
     std::string_view kv(*e);
     if (kv.rfind("PYTHONPATH=", 0) == 0) {
-      if (kv.size() > 11) pythonpath = pythonpath.empty() ? std::string(kv.substr(11)) : StrCat(pythonpath, ":", kv.substr(11));
+      if (kv.size() > 11)
+        pythonpath = pythonpath.empty() ? std::string(kv.substr(11)) : StrCat(pythonpath, ":", kv.substr(11));
       continue;
     }
     std::string name(kv.substr(0, kv.find('=')));
     if (env.env_vars.contains(name)) continue;
     env_s.emplace_back(kv);
   }
-  for (const auto& [k, v] : env.env_vars.items()) env_s.push_back(StrCat(k, "=", v.is_string() ? v.get<std::string>() : v.dump()));
+  for (const auto& [k, v] : env.env_vars.items())
+    env_s.push_back(StrCat(k, "=", v.is_string() ? v.get<std::string>() : v.dump()));
   if (!pythonpath.empty()) env_s.push_back("PYTHONPATH=" + pythonpath);
   std::vector<char*> argv, envp;
   for (auto& a : argv_s) argv.push_back(a.data());

@@ -339,14 +339,16 @@ AutoscalingConfig ReadAutoscaling(const YAML::Node& node, const std::string& pat
   if (aggregation.IsDefined() && !aggregation.IsNull()) {
     const std::string v = aggregation.IsScalar() ? aggregation.Scalar() : "";
     if (v != "mean" && v != "max" && v != "min")
-      errors.Add(aggregation, path + ".aggregation_function", StrCat("expected mean, max or min, got ", Describe(aggregation)));
+      errors.Add(aggregation, path + ".aggregation_function",
+                 StrCat("expected mean, max or min, got ", Describe(aggregation)));
     else if (v != "mean")
       errors.Warn(aggregation, path + ".aggregation_function",
                   "accepted; ferry averages the load over look_back_period_s (mean) whatever is set here");
   }
   YAML::Node policy = map.Get("policy");
   if (policy.IsDefined() && !policy.IsNull())
-    errors.Warn(policy, path + ".policy", "accepted; custom autoscaling policies are not run by ferry yet (the default policy applies)");
+    errors.Warn(policy, path + ".policy",
+                "accepted; custom autoscaling policies are not run by ferry yet (the default policy applies)");
   map.RejectUnknown();
   if (a.min_replicas > a.max_replicas)
     errors.Add(node, path, StrCat("min_replicas (", a.min_replicas, ") is above max_replicas (", a.max_replicas, ")"));
@@ -507,8 +509,8 @@ DeploymentConfig ReadDeployment(const YAML::Node& node, const std::string& path,
   if (autoscaling.IsDefined() && !autoscaling.IsNull()) {
     if (num_replicas.IsDefined() && !auto_replicas)
       errors.Add(num_replicas, map.Field("num_replicas"), "set num_replicas or autoscaling_config, not both");
-    d.autoscaling_config =
-        ReadAutoscaling(autoscaling, map.Field("autoscaling_config"), errors, auto_replicas ? AutoDefaults() : AutoscalingConfig{});
+    d.autoscaling_config = ReadAutoscaling(autoscaling, map.Field("autoscaling_config"), errors,
+                                           auto_replicas ? AutoDefaults() : AutoscalingConfig{});
   } else if (auto_replicas) {
     d.autoscaling_config = AutoDefaults();
   }
@@ -724,8 +726,8 @@ void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::st
       continue;
     }
     errors.Add(o, StrCat(map.Field("deployments"), "[", i, "]"),
-               StrCat("no deployment named \"", name, "\" in the application ", app.import_path, " builds (it has: ",
-                      absl::StrJoin(names.get<std::vector<std::string>>(), ", "), ")"));
+               StrCat("no deployment named \"", name, "\" in the application ", app.import_path,
+                      " builds (it has: ", absl::StrJoin(names.get<std::vector<std::string>>(), ", "), ")"));
   }
   YAML::Node shared = node;  // the same node: CheckHandleArgs and the readers below see the deployments
   shared["deployments"] = out;
@@ -750,7 +752,8 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
   app.logging_config = ReadLogging(map, errors);
   YAML::Node external = map.Get("external_scaler_enabled");
   if (external.IsDefined() && !external.IsNull() && external.IsScalar() && external.Scalar() == "true")
-    errors.Warn(external, map.Field("external_scaler_enabled"), "accepted; ferry's own autoscaler decides replica counts");
+    errors.Warn(external, map.Field("external_scaler_enabled"),
+                "accepted; ferry's own autoscaler decides replica counts");
   YAML::Node deployments = map.Get("deployments");
   YAML::Node import = map.Get("import_path");
   if (import.IsDefined()) {
@@ -1002,7 +1005,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
   if (proxy_location.IsDefined() && !proxy_location.IsNull()) {
     const std::string v = proxy_location.IsScalar() ? proxy_location.Scalar() : "";
     if (v != "EveryNode" && v != "HeadOnly" && v != "Disabled")
-      errors.Add(proxy_location, "proxy_location", StrCat("expected EveryNode, HeadOnly or Disabled, got ", Describe(proxy_location)));
+      errors.Add(proxy_location, "proxy_location",
+                 StrCat("expected EveryNode, HeadOnly or Disabled, got ", Describe(proxy_location)));
     else if (v == "Disabled")
       errors.Warn(proxy_location, "proxy_location", "accepted; a single node serves HTTP whatever is set here");
   }
@@ -1011,15 +1015,18 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     if (!grpc.IsMap())
       errors.Add(grpc, "grpc_options", StrCat("expected a mapping, got ", Describe(grpc)));
     else if (grpc["grpc_servicer_functions"].IsDefined() && grpc["grpc_servicer_functions"].size() > 0)
-      errors.Warn(grpc, "grpc_options", "accepted; ferry has no gRPC proxy yet (its HTTP proxy serves every application)");
+      errors.Warn(grpc, "grpc_options",
+                  "accepted; ferry has no gRPC proxy yet (its HTTP proxy serves every application)");
   }
   YAML::Node target_capacity = top.Get("target_capacity");
   if (target_capacity.IsDefined() && !target_capacity.IsNull()) {
     double v = 0;
     ReadNumber(top, "target_capacity", 0, errors, &v);
-    if (v > 100) errors.Add(target_capacity, "target_capacity", "expected a percentage from 0 to 100");
+    if (v > 100)
+      errors.Add(target_capacity, "target_capacity", "expected a percentage from 0 to 100");
     else if (v != 100)
-      errors.Warn(target_capacity, "target_capacity", "accepted; ferry runs every deployment at its full target for now");
+      errors.Warn(target_capacity, "target_capacity",
+                  "accepted; ferry runs every deployment at its full target for now");
   }
   YAML::Node apps = top.Get("applications");
   if (!apps.IsDefined() || !apps.IsSequence()) {

@@ -382,7 +382,8 @@ applications:
     def test_ferry_run_takes_an_import_path_and_builder_arguments(self):
         ferry = None
         try:
-            ferry = _RunImportPath(["basics:build_app", "greeting=Yo", "--working-dir", APPS, "--route-prefix", "/x"])
+            ferry = Ferry(target=["basics:build_app", "greeting=Yo", "--working-dir", APPS, "--route-prefix", "/x"],
+                          timeout=120)
             r = requests.get(ferry.url("/x?name=cli"), timeout=60)
             self.assertEqual(r.text, "Yo, cli!")
         finally:
@@ -428,24 +429,6 @@ class DriverScriptTest(unittest.TestCase):
                 time.sleep(0.1)
                 wait += 1
             self.assertFalse(os.path.exists(os.path.join(state, "ferry.pid")))
-
-
-class _RunImportPath(Ferry):
-    """`ferry run MODULE:ATTR ...` instead of a config file."""
-
-    def __init__(self, args):
-        import threading
-        self.dir = tempfile.TemporaryDirectory(prefix="ferry-test-")
-        self.stdout_lines, self.stderr_lines = [], []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen([FERRY_BIN, "run", *args, "--http-port", "0", "--admin-port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self._readers = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True)]
-        for t in self._readers:
-            t.start()
-        self.port = None
-        self.wait_ready(120)
 
 
 if __name__ == "__main__":

@@ -30,24 +30,6 @@ def commands(console):
     return out
 
 
-class _RunIn(Ferry):
-    """`ferry run ARGS` in a directory (a config file or an import path resolved there)."""
-
-    def __init__(self, args, cwd):
-        import threading
-        self.dir = tempfile.TemporaryDirectory(prefix="ferry-guide-")
-        self.stdout_lines, self.stderr_lines = [], []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen([FERRY_BIN, "run", *args, "--http-port", "0", "--admin-port", "0"], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self._readers = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True)]
-        for t in self._readers:
-            t.start()
-        self.port = None
-        self.wait_ready(120)
-
-
 @unittest.skipUnless(HAVE_PYTHON, "this build has no python runtime")
 class PythonGuideTest(unittest.TestCase):
     def test_every_block_of_the_guide_runs_as_shown(self):
@@ -72,7 +54,7 @@ class PythonGuideTest(unittest.TestCase):
             for command, expected in commands(console):
                 argv = shlex.split(command)
                 if argv[:2] == ["ferry", "run"]:
-                    node = _RunIn(argv[2:], cwd)
+                    node = Ferry(target=argv[2:], cwd=cwd, timeout=120)
                     continue
                 if argv[0] == "curl":
                     if node:

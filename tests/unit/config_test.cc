@@ -147,7 +147,9 @@ TEST(ConfigTest, APythonApplicationIsBuiltByTheHookAndWrittenBackAsBuilt) {
   std::filesystem::create_directories(base + "/code");
   ValidationHooks hooks = Builtins();
   std::vector<std::string> imported;
-  hooks.runtime_library = [](std::string_view name) { return std::string("/lib/libferry_runtime_") + std::string(name) + ".so"; };
+  hooks.runtime_library = [](std::string_view name) {
+    return std::string("/lib/libferry_runtime_") + std::string(name) + ".so";
+  };
   hooks.build_python_app = [&](const std::string& import_path, const nlohmann::json& args,
                                const RuntimeEnv& env) -> absl::StatusOr<PythonApp> {
     imported.push_back(import_path);
@@ -156,7 +158,8 @@ TEST(ConfigTest, APythonApplicationIsBuiltByTheHookAndWrittenBackAsBuilt) {
     EXPECT_EQ(env.working_dir, base + "/code");
     PythonApp app;
     app.ingress = "Front";
-    app.deployments = {{"Front", {{"num_replicas", 2}, {"max_ongoing_requests", 9}}}, {"Back", nlohmann::json::object()}};
+    app.deployments = {{"Front", {{"num_replicas", 2}, {"max_ongoing_requests", 9}}},
+                       {"Back", nlohmann::json::object()}};
     return app;
   };
   const char* yaml = R"(applications:
@@ -192,9 +195,10 @@ TEST(ConfigTest, APythonApplicationIsBuiltByTheHookAndWrittenBackAsBuilt) {
 
   EXPECT_THAT(ErrorOf("applications:\n  - name: a\n    import_path: broken:app\n", hooks),
               HasSubstr("cfg.yaml:3:18: applications[0].import_path: cannot import the application: SyntaxError"));
-  auto nope = ParseConfig("applications:\n  - name: a\n    import_path: mod:app\n    args: {k: v}\n"
-                          "    runtime_env: {working_dir: code}\n    deployments: [{name: Nope}]\n",
-                          "cfg.yaml", base, hooks);
+  auto nope = ParseConfig(
+      "applications:\n  - name: a\n    import_path: mod:app\n    args: {k: v}\n"
+      "    runtime_env: {working_dir: code}\n    deployments: [{name: Nope}]\n",
+      "cfg.yaml", base, hooks);
   EXPECT_THAT(std::string(nope.status().message()),
               HasSubstr("no deployment named \"Nope\" in the application mod:app builds (it has: Front, Back)"));
   std::filesystem::remove_all(base);

@@ -23,8 +23,8 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
-#include <filesystem>
 #include <ferry/deployment.h>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -329,6 +329,7 @@ class PyDeferred {
     if (!deferred_) throw std::runtime_error("this request was already answered");
     return std::make_shared<PyStream>(deferred_.stream(status, headers));
   }
+
  private:
   std::mutex mu_;
   DeferredResponse deferred_;
@@ -372,8 +373,8 @@ class RequestQueue {
     }
     py::list out;
     for (PendingRequest& r : taken)
-      out.append(py::make_tuple(r.request_id, r.method, r.path, r.query, r.route_prefix, r.headers,
-                                py::bytes(r.body), r.answer));
+      out.append(py::make_tuple(r.request_id, r.method, r.path, r.query, r.route_prefix, r.headers, py::bytes(r.body),
+                                r.answer));
     return out;
   }
 
@@ -523,8 +524,7 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
   });
   m.def("ready_fd", [] { return Ready().fd(); });
   m.def("take_ready", [] { return Ready().Take(); });
-  py::class_<RequestToken, std::shared_ptr<RequestToken>>(m, "RequestToken")
-      .def("cancelled", &RequestToken::cancelled);
+  py::class_<RequestToken, std::shared_ptr<RequestToken>>(m, "RequestToken").def("cancelled", &RequestToken::cancelled);
   py::class_<PyHandle>(m, "Handle");
   m.def("get_handle", &GetHandle);
   py::class_<PyCall, std::shared_ptr<PyCall>>(m, "Call")

@@ -1,6 +1,7 @@
 """HTTP for Python deployments: the Starlette Request a handler receives, and how what it returns becomes
 the answer (Ray Serve's rules)."""
 
+import asyncio
 import json
 from typing import Any, List, Tuple
 
@@ -35,7 +36,8 @@ def scope_for(method: str, path: str, query: str, route_prefix: str, headers: He
     }
 
 
-def make_request(scope: dict, body: bytes) -> Request:
+def receiver(body: bytes, then_wait: bool = False):
+    """An ASGI receive() that gives the whole body, then a disconnect (or, `then_wait`, waits forever)."""
     sent = False
 
     async def receive():
@@ -43,9 +45,15 @@ def make_request(scope: dict, body: bytes) -> Request:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if then_wait:
+            await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
-    return Request(scope, receive)
+    return receive
+
+
+def make_request(scope: dict, body: bytes) -> Request:
+    return Request(scope, receiver(body))
 
 
 def encode_chunk(item: Any) -> bytes:

@@ -138,20 +138,7 @@ class Replica:
             self.loop.create_task(self._serve(*item))
 
     async def _serve(self, request_id, method, path, query, route_prefix, headers, body, answer):
-        pickled = from_deployment = False
-        method_name = model_id = ""
-        for k, v in headers:
-            if k == "x-ferry-caller":
-                from_deployment = True
-            elif k == "x-ferry-args":
-                pickled = v == _handle.PICKLE
-            elif k == "x-ferry-method":
-                method_name = v
-            elif k == "serve_multiplexed_model_id":
-                model_id = v
-        if not from_deployment:
-            pickled = False
-            method_name = ""
+        pickled, method_name, model_id = _call_headers(headers)
         _context._request_context.set(_context.RequestContext(
             request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id))
         stream = None
@@ -226,14 +213,9 @@ class Replica:
     async def _asgi_async(self, scope, body, answer):
         loop = asyncio.get_running_loop()
         state = {"status": 500, "headers": [], "parts": [], "stream": None}
-        sent = False
-
-        async def receive():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()
+        # After the body, receive() waits: a disconnect would end a StreamingResponse (its cancel comes
+        # from the request's own cancellation instead).
+        receive = http.receiver(body, then_wait=True)
 
         async def send(message):
             if message["type"] == "http.response.start":
@@ -277,21 +259,7 @@ class Replica:
 
     # --- requests --------------------------------------------------------------------------------------
     def handle(self, request_id, method, path, query, route_prefix, headers, body, token, writer):
-        pickled = from_deployment = False
-        method_name = ""
-        model_id = ""
-        for k, v in headers:
-            if k == "x-ferry-caller":
-                from_deployment = True  # a call through a handle: the proxy drops x-ferry-* from clients
-            elif k == "x-ferry-args":
-                pickled = v == _handle.PICKLE
-            elif k == "x-ferry-method":
-                method_name = v
-            elif k == "serve_multiplexed_model_id":
-                model_id = v
-        if not from_deployment:
-            pickled = False
-            method_name = ""
+        pickled, method_name, model_id = _call_headers(headers)
         ctx = _context.RequestContext(request_id=request_id, route=route_prefix, app_name=self.app_name,
                                       multiplexed_model_id=model_id, token=token)
         reset = _context._request_context.set(ctx)
@@ -594,6 +562,26 @@ class _Gathered:
     def flush(self):
         if self.head is not None:
             self.writer.send(self.head[0], self.head[1], b"".join(self.parts))
+
+
+def _call_headers(headers):
+    """(pickled arguments?, method name, multiplexed model id) of a request. Only a call from a deployment
+    (x-ferry-caller: the proxy drops x-ferry-* headers from clients) may carry pickled arguments or name a
+    method; from a client, the request is plain HTTP to __call__."""
+    pickled = from_deployment = False
+    method_name = model_id = ""
+    for k, v in headers:
+        if k == "x-ferry-caller":
+            from_deployment = True
+        elif k == "x-ferry-args":
+            pickled = v == _handle.PICKLE
+        elif k == "x-ferry-method":
+            method_name = v
+        elif k == "serve_multiplexed_model_id":
+            model_id = v
+    if not from_deployment:
+        return False, "", model_id
+    return pickled, method_name, model_id
 
 
 def _is_async(fn) -> bool:
