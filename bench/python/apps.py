@@ -120,3 +120,9 @@ class Mlp:
 
 def mlp_app(args: dict):
     return Mlp.bind(args["model_file"], int(args.get("threads", 2)))
+
+
+@serve.deployment(max_ongoing_requests=4)
+class CpuAsync:
+    async def __call__(self, request: Request) -> dict:
+        return {"acc": burn()}
