@@ -152,9 +152,14 @@ def main():
                                        "data": x.flatten().tolist()}]}, f)
             lua = os.path.join(ROOT, "bench/models/post.lua")
             r = {}
-            deploy(node, "mlp", "apps:mlp_app", args=f"    args: {{model_file: \"{model}\", threads: 2}}\n")
-            r["ferry"] = show("ferry, 1 replica x 2 threads", measure(node.url("/mlp/v2/models/mlp/infer"), 64,
-                                                                      script=lua, env={"BODY_FILE": body}))
+            for replicas, threads in ((1, 2), (2, 1)):
+                deploy(node, f"mlp{replicas}", "apps:mlp_app",
+                       f"    deployments: [{{name: Mlp, num_replicas: {replicas}}}]\n",
+                       args=f"    args: {{model_file: \"{model}\", threads: {threads}}}\n")
+                r[f"ferry_{replicas}"] = show(f"ferry, {replicas} replica(s) x {threads} thread(s)",
+                                              measure(node.url(f"/mlp{replicas}/v2/models/mlp/infer"), 64,
+                                                      script=lua, env={"BODY_FILE": body}))
+            r["ferry"] = max(r["ferry_1"], r["ferry_2"], key=lambda x: x["rps"])
             for workers in (1, 2):
                 peer = Uvicorn("fastapi_app:app", workers, os.path.join(ROOT, "bench/models"),
                                env={"MODEL_FILE": model, "WORKERS": str(workers)})
