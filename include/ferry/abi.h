@@ -272,6 +272,10 @@ typedef struct FerryHostApi {
    * went away, its deadline passed, its caller cancelled it): stop working on it. Cheap; any thread.
    * Added after version 1's first tables: read it only when struct_size covers it. */
   int (*stream_cancelled)(FerryStream* stream);
+  /* As log, for the request `request_id` (a deferred answer's work, or any thread that knows which
+   * request it works for): the line carries that request id. Added after version 1's first tables: read
+   * it only when struct_size covers it. */
+  void (*log_for_request)(int level, FerryString request_id, FerryString message);
 } FerryHostApi;
 
 /* Levels of FerryHostApi.log. */

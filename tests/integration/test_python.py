@@ -234,7 +234,9 @@ class PythonDeploymentsTest(unittest.TestCase):
         logs = lambda: self.ferry.stderr() + self.ferry.stdout()  # noqa: E731
         with self.assertRaises(requests.exceptions.ReadTimeout):
             requests.get(self.ferry.url("/waits?tag=alone"), timeout=1)
-        self.ferry.wait_for(lambda: "Waits alone was cancelled" in logs(), what="the task's cancel")
+        # (Logged on the asyncio loop: the line still carries the request's id, as a field.)
+        self.ferry.wait_for(lambda: re.search(r"Waits alone was cancelled request_id=[0-9a-f]{32}", logs()),
+                            what="the task's cancel")
         # Awaiting a call to a sync method that spins: the call is cancelled too, and the spinning thread
         # gets RequestCancelledError (the Spinner's one slot comes back: a second call is served).
         for tag in ("first", "second"):

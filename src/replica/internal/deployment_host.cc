@@ -46,6 +46,13 @@ void HostLog(int level, FerryString message) {
     Log::Write(l, "user", text, {{"request_id", t_request_id}});
 }
 
+void HostLogForRequest(int level, FerryString request_id, FerryString message) {
+  std::string_view saved = t_request_id;
+  t_request_id = std::string_view(request_id.data, request_id.size);
+  HostLog(level, message);
+  t_request_id = saved;
+}
+
 // Whether the plugin's table is long enough to hold `field` (tables grow by appending).
 #define FERRY_HAS(api, field) ((api)->struct_size >= offsetof(FerryDeploymentApi, field) + sizeof((api)->field))
 
@@ -237,7 +244,8 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &DeferResponse,
                                &StreamHead,
                                &StreamRespond,
-                               &StreamCancelled};
+                               &StreamCancelled,
+                               &HostLogForRequest};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;

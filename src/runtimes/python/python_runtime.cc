@@ -530,7 +530,16 @@ class PyWriter {
   ResponseWriter* out_;
 };
 
-void Log(int level, const std::string& message) { log::Write(level, message); }
+// A line of Python's logging: with the request id of the request its code works for when the host cannot
+// know it (code on the asyncio loop), else as the host writes it (a request thread's lines carry its id).
+void Log(int level, const std::string& message, const std::string& request_id) {
+  const FerryHostApi* host = internal::Host();
+  if (!request_id.empty() && FERRY_HOST_HAS(host, log_for_request)) {
+    host->log_for_request(level, Str(request_id), Str(message));
+    return;
+  }
+  log::Write(level, message);
+}
 
 PYBIND11_EMBEDDED_MODULE(_ferry, m) {
   m.doc() = "Ferry's replica host, for ferry.serve (internal)";

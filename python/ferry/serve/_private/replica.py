@@ -36,9 +36,8 @@ class _FerryLogHandler(logging.Handler):
             level = next((f for p, f in _LOG_LEVELS if record.levelno >= p), 0)
             message = self.format(record)
             rid = _context._request_context.get().request_id
-            if rid and not _on_request_thread():  # (on a request's thread the host adds its id)
-                message = f"{message} (request_id {rid})"
-            _ferry.log(level, message)
+            # On a request's thread the host knows the request; elsewhere (the asyncio loop) it is told.
+            _ferry.log(level, message, "" if _on_request_thread() else rid)
         except Exception:
             self.handleError(record)
 
