@@ -58,18 +58,20 @@ class Gil {
   py::gil_scoped_acquire gil_;
 };
 
-// Tokens of calls whose state changed, for the asyncio loop: the I/O thread pushes and writes the
-// eventfd; the loop's reader takes them all.
-class ReadyQueue {
+// What other threads hand the asyncio loop: Push from any thread (the first of a batch writes the eventfd
+// the loop's reader watches), TakeAll on the loop. Lives as long as the process (the loop may outlive
+// statics).
+template <typename T>
+class LoopQueue {
  public:
-  ReadyQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  LoopQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
   int fd() const { return fd_; }
-  void Push(uint64_t token) {
+  void Push(T item) {
     bool wake;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      wake = tokens_.empty();
-      tokens_.push_back(token);
+      wake = items_.empty();
+      items_.push_back(std::move(item));
     }
     if (wake) {
       uint64_t one = 1;
@@ -77,21 +79,24 @@ class ReadyQueue {
       (void)n;
     }
   }
-  std::vector<uint64_t> Take() {
+  std::deque<T> TakeAll() {
     uint64_t count;
     ssize_t n = ::read(fd_, &count, sizeof(count));
     (void)n;
+    std::deque<T> taken;
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<uint64_t> out(tokens_.begin(), tokens_.end());
-    tokens_.clear();
-    return out;
+    taken.swap(items_);
+    return taken;
   }
 
  private:
   const int fd_;
   std::mutex mu_;
-  std::deque<uint64_t> tokens_;
+  std::deque<T> items_;
 };
+
+// Tokens of calls whose state changed (their awaiting tasks wake).
+using ReadyQueue = LoopQueue<uint64_t>;
 
 ReadyQueue& Ready() {
   static ReadyQueue* q = new ReadyQueue();  // lives as long as the process (the loop may outlive statics)
@@ -361,45 +366,7 @@ struct PendingRequest {
   std::shared_ptr<PyDeferred> answer;
 };
 
-class RequestQueue {
- public:
-  RequestQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-  int fd() const { return fd_; }
-  void Push(PendingRequest r) {
-    bool wake;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      wake = pending_.empty();
-      pending_.push_back(std::move(r));
-    }
-    if (wake) {
-      uint64_t one = 1;
-      ssize_t n = ::write(fd_, &one, sizeof(one));
-      (void)n;
-    }
-  }
-  // On the loop, with the GIL: (request_id, method, path, query, route_prefix, headers, body, answer) each.
-  py::list Take() {
-    uint64_t count;
-    ssize_t n = ::read(fd_, &count, sizeof(count));
-    (void)n;
-    std::deque<PendingRequest> taken;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      taken.swap(pending_);
-    }
-    py::list out;
-    for (PendingRequest& r : taken)
-      out.append(py::make_tuple(r.request_id, r.method, r.path, r.query, r.route_prefix, r.headers, py::bytes(r.body),
-                                r.answer));
-    return out;
-  }
-
- private:
-  const int fd_;
-  std::mutex mu_;
-  std::deque<PendingRequest> pending_;
-};
+using RequestQueue = LoopQueue<PendingRequest>;
 
 RequestQueue& Requests() {
   static RequestQueue* q = new RequestQueue();
@@ -549,7 +516,10 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
     return py::make_tuple(c.app_name, c.deployment, c.replica_id);
   });
   m.def("ready_fd", [] { return Ready().fd(); });
-  m.def("take_ready", [] { return Ready().Take(); });
+  m.def("take_ready", [] {
+    std::deque<uint64_t> tokens = Ready().TakeAll();
+    return std::vector<uint64_t>(tokens.begin(), tokens.end());
+  });
   py::class_<RequestToken, std::shared_ptr<RequestToken>>(m, "RequestToken").def("cancelled", &RequestToken::cancelled);
   py::class_<PyHandle>(m, "Handle");
   m.def("get_handle", &GetHandle);
@@ -564,7 +534,14 @@ PYBIND11_EMBEDDED_MODULE(_ferry, m) {
       .def("done", &PyCall::done);
   m.def("start_call", &StartCall);
   m.def("request_fd", [] { return Requests().fd(); });
-  m.def("take_requests", [] { return Requests().Take(); });
+  // (request_id, method, path, query, route_prefix, headers, body, answer) of each waiting request.
+  m.def("take_requests", [] {
+    py::list out;
+    for (PendingRequest& r : Requests().TakeAll())
+      out.append(py::make_tuple(r.request_id, r.method, r.path, r.query, r.route_prefix, r.headers, py::bytes(r.body),
+                                r.answer));
+    return out;
+  });
   py::class_<PyStream, std::shared_ptr<PyStream>>(m, "Stream")
       .def("write", &PyStream::Write)
       .def("end", &PyStream::End)
