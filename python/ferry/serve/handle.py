@@ -332,10 +332,6 @@ class _Base:
     def cancelled(self) -> bool:
         return self._cancelled
 
-    @property
-    def request_id(self) -> str:
-        return ""
-
 
 class DeploymentResponse(_Base):
     """The future answer of a call (Ray's): `.result(timeout_s=)`, `await`, `.cancel()`, or pass it to another
@@ -364,9 +360,6 @@ class DeploymentResponse(_Base):
             call.cancel()  # the awaiting task was cancelled (its own request was): so is this call
             raise
         return _decode(self._handle_, *call.result())
-
-    def _to_object_ref(self, *args, **kwargs):
-        raise NotImplementedError("Ferry has no Ray object references")
 
 
 _LEN = struct.Struct("<I")

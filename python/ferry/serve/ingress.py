@@ -41,7 +41,7 @@ def ingress(app: Union[Any, Callable[[], Any]]):
             raise TypeError("@serve.ingress decorates a class")
 
         def make(instance):
-            asgi = app() if (callable(app) and not hasattr(app, "router") and inspect.isfunction(app)) else app
+            asgi = app() if inspect.isfunction(app) else app  # a factory, or the app itself
             if hasattr(asgi, "router"):
                 _bind_routes(asgi, cls, instance)
             return asgi

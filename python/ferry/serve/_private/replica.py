@@ -172,21 +172,25 @@ class Replica:
                 else:
                     answer.send(*http.whole_answer(result))
         except Exception as e:
-            logging.getLogger("ray.serve").error(
-                "request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
             if stream is not None:
+                _log_failure(request_id, e)
                 stream.fail(f"{type(e).__name__}: {e}")
-            elif pickled:
-                answer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
-                            errors.pickle_error(e))
             else:
-                answer.send(500, [("content-type", "application/json")], self._error_body(e, request_id))
+                self._answer_failure(e, request_id, pickled, answer.send)
         finally:
             self._canceller.forget_task(task)
 
-    def _error_body(self, e, request_id) -> bytes:
-        return json.dumps({"error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
-                           "request_id": request_id, "deployment": self.deployment_name}).encode()
+    def _answer_failure(self, e, request_id, pickled, send):
+        """Logs `e` and answers 500: pickled for a handle call (the caller raises it again), else JSON naming
+        the exception and the request."""
+        _log_failure(request_id, e)
+        if pickled:
+            send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
+                 errors.pickle_error(e))
+        else:
+            send(500, [("content-type", "application/json")], json.dumps({
+                "error": f"{type(e).__name__}: {e}", "type": type(e).__name__, "message": str(e),
+                "request_id": request_id, "deployment": self.deployment_name}).encode())
 
     async def _stream_async(self, items, stream, encode):
         """Writes a generator's items (sync or async) to `stream`; the writes wait for the client's credit, so
@@ -287,13 +291,7 @@ class Replica:
         except Exception as e:
             if started[0]:
                 raise  # too late for a status: the stream breaks
-            logging.getLogger("ray.serve").error(
-                "request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
-            if pickled:
-                writer.send(500, [("x-ferry-error", _handle.PICKLE), ("content-type", "application/x-ferry-pickle")],
-                            errors.pickle_error(e))
-            else:
-                writer.send(500, [("content-type", "application/json")], self._error_body(e, request_id))
+            self._answer_failure(e, request_id, pickled, writer.send)
         finally:
             _thread_state.in_request = False
             _context._request_context.reset(reset)
@@ -561,6 +559,10 @@ class _Gathered:
     def flush(self):
         if self.head is not None:
             self.writer.send(self.head[0], self.head[1], b"".join(self.parts))
+
+
+def _log_failure(request_id, e):
+    logging.getLogger("ray.serve").error("request %s failed:\n%s", request_id, errors.user_traceback(e).rstrip())
 
 
 def _call_headers(headers):
