@@ -1,9 +1,11 @@
 // A toy sentiment "model": scores text by counting words from a lexicon. It shows every part of the
-// SDK: constructor args, handle, reconfigure (user_config), check_health, and ferry::log. Reviews, below,
+// SDK: constructor args, handle, reconfigure (user_config), check_health, ferry::log and a metric of its
+// own (ferry::metrics, on the node's /metrics as sentiment_labels_total{label=...}). Reviews, below,
 // composes with it through a deployment handle and streams its answer (reviews.yaml serves both).
 #include <atomic>
 #include <cctype>
 #include <ferry/deployment.h>
+#include <ferry/metrics.h>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -28,7 +30,7 @@ class Sentiment : public ferry::Deployment {
     for (std::string w; words >> w;) score += positive_.count(w) ? 1 : negative_.count(w) ? -1 : 0;
     double threshold = threshold_.load();
     const char* label = score > threshold ? "positive" : score < -threshold ? "negative" : "neutral";
-    served_.fetch_add(1);
+    labels_.inc(1, {{"label", label}});
     return ferry::Response::FromJson({{"label", label}, {"score", score}, {"threshold", threshold}});
   }
 
@@ -39,7 +41,7 @@ class Sentiment : public ferry::Deployment {
  private:
   std::set<std::string> positive_, negative_;
   std::atomic<double> threshold_{0.0};
-  std::atomic<long> served_{0};
+  ferry::metrics::Counter labels_{"sentiment_labels", "Texts scored, by the label they got.", {"label"}};
 };
 
 FERRY_DEPLOYMENT(Sentiment)

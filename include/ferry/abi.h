@@ -276,7 +276,28 @@ typedef struct FerryHostApi {
    * request it works for): the line carries that request id. Added after version 1's first tables: read
    * it only when struct_size covers it. */
   void (*log_for_request)(int level, FerryString request_id, FerryString message);
+  /* The deployment's own metrics (Ray Serve's ray.serve.metrics), exported on the node's /metrics with the
+   * replica's application, deployment and replica as labels besides the tags. metric_define returns an id
+   * (>= 0) for a name ([a-zA-Z_:][a-zA-Z0-9_:]*, not starting with ferry_), a kind (FERRY_METRIC_*) and,
+   * for a histogram, 1 to 64 ascending positive bucket boundaries; the same name, kind and boundaries again
+   * give the same id; -1 otherwise, with *error (when not null) set to the reason, valid on the calling
+   * thread until its next metric_define. metric_record adds `value` (> 0) to a
+   * counter, sets a gauge, observes a histogram, in the series of `tags` (names [a-zA-Z_][a-zA-Z0-9_]*, any
+   * order); 0 when recorded, -1 when dropped (unknown id, a counter's value not positive, a bad tag name,
+   * or 10,000 series in the replica). Any thread. Added after version 1's first tables: read them only
+   * when struct_size covers them. */
+  int (*metric_define)(FerryString name, FerryString description, int kind, const double* boundaries,
+                       size_t num_boundaries, FerryString* error);
+  int (*metric_record)(int metric, const FerryHeader* tags, size_t num_tags, double value);
+  /* The multiplexed models this replica has loaded now (Ray's model ids, the serve_multiplexed_model_id
+   * header), replacing what it said before: routers send a model's requests to replicas that have it
+   * loaded first. Copied; any thread. Added after version 1's first tables: read it only when
+   * struct_size covers it. */
+  void (*set_model_ids)(const FerryString* model_ids, size_t num_model_ids);
 } FerryHostApi;
+
+/* Kinds of FerryHostApi.metric_define. */
+enum { FERRY_METRIC_COUNTER = 0, FERRY_METRIC_GAUGE = 1, FERRY_METRIC_HISTOGRAM = 2 };
 
 /* Levels of FerryHostApi.log. */
 enum { FERRY_LOG_DEBUG = 0, FERRY_LOG_INFO = 1, FERRY_LOG_WARNING = 2, FERRY_LOG_ERROR = 3 };

@@ -3,8 +3,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <string>
 #include <tuple>
 
@@ -38,6 +40,8 @@ json StatusJson(const ControllerSnapshot& snapshot) {
                             {"pid", r.pid > 0 ? json(r.pid) : json(nullptr)},
                             {"start_time_s", r.start_time_s},
                             {"version", r.version}});
+        if (r.stats && !r.stats->model_ids.empty())  // @serve.multiplexed models it holds, as last polled
+          replicas.back()["multiplexed_model_ids"] = r.stats->model_ids;
         counts[ReplicaStateName(r.state)] = counts.value(ReplicaStateName(r.state), 0) + 1;
       }
       deployments[d.name] = {{"name", d.name},
@@ -94,6 +98,56 @@ json StatusJson(const ControllerSnapshot& snapshot) {
   if (snapshot.http_options) out["http_options"] = config::ToJson(*snapshot.http_options);
   return out;
 }
+
+namespace {
+
+// The deployments' own metrics (ray.serve.metrics), as Ray exports them: one family per name over every
+// replica that records it, each series labelled with its application, deployment and replica besides its
+// tags (a tag of the same name wins), counters named with a _total suffix. A replica that defined the
+// name with another type or other bounds than the first one seen is left out of that family.
+void RenderUserMetrics(const std::vector<const DeploymentView*>& deployments, metrics::SampleWriter& w) {
+  using Labels = std::vector<std::pair<std::string, std::string>>;
+  struct Family {
+    const metrics::UserMetric* first = nullptr;
+    std::vector<std::pair<Labels, const metrics::UserSeries*>> series;
+  };
+  std::map<std::string, Family> families;
+  for (const DeploymentView* d : deployments) {
+    for (const ReplicaView& r : d->replicas) {
+      if (!r.stats) continue;
+      for (const metrics::UserMetric& m : r.stats->user_metrics) {
+        Family& f = families[m.name];
+        if (!f.first) f.first = &m;
+        if (f.first->type != m.type || f.first->bounds != m.bounds) continue;
+        for (const metrics::UserSeries& s : m.series) {
+          Labels l = {{"application", d->application}, {"deployment", d->name}, {"replica", r.replica_id}};
+          for (const auto& [k, v] : s.tags) {
+            auto same = std::find_if(l.begin(), l.end(), [&](const auto& e) { return e.first == k; });
+            if (same != l.end())
+              same->second = v;
+            else
+              l.emplace_back(k, v);
+          }
+          f.series.emplace_back(std::move(l), &s);
+        }
+      }
+    }
+  }
+  for (const auto& [name, f] : families) {
+    const metrics::UserMetric& m = *f.first;
+    const std::string exported =
+        m.type == metrics::Type::kCounter && !name.ends_with("_total") ? name + "_total" : name;
+    w.Header(exported, m.help.empty() ? "A deployment's own metric (ray.serve.metrics)." : m.help, m.type);
+    for (const auto& [labels, s] : f.series) {
+      if (m.type == metrics::Type::kHistogram)
+        w.HistogramSamples(exported, labels, m.bounds, s->counts, s->sum);
+      else
+        w.Sample(exported, labels, s->value);
+    }
+  }
+}
+
+}  // namespace
 
 std::string MetricsText(const ControllerSnapshot& snapshot) {
   using metrics::Type;
@@ -241,6 +295,7 @@ std::string MetricsText(const ControllerSnapshot& snapshot) {
       w.Sample("ferry_replica_memory_bytes", l, static_cast<double>(resident) * static_cast<double>(kPageSize));
     }
   }
+  RenderUserMetrics(deployments, w);
   return out;
 }
 

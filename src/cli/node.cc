@@ -94,10 +94,10 @@ class Node {
     callbacks.on_all_ready = [this] {
       if (!http_open_) OpenHttp();
     };
-    callbacks.on_start_failure = [this](const std::string& deployment, const std::string& message) {
+    callbacks.on_start_failure = [this](const std::string& what, const std::string& message) {
       if (!options_.exit_on_start_failure || http_open_ || failed_) return;
       failed_ = true;
-      Complain(StrCat("ferry: deployment ", deployment, " failed to start: ", message));
+      Complain(StrCat("ferry: ", what, " failed to start: ", message));
       exit_code_ = 1;
       control_->Shutdown([this] { io_.stop(); });
     };

@@ -111,6 +111,8 @@ absl::StatusOr<config::PythonApp> BuildPythonApp(const std::string& import_path,
     return absl::InternalError(StrCat("the import printed no application: ", stdout_text.substr(0, 500)));
   config::PythonApp app;
   app.ingress = built["ingress"].get<std::string>();
+  if (built.contains("code_version") && built["code_version"].is_string())
+    app.code_version = built["code_version"].get<std::string>();
   for (const auto& d : built["deployments"]) {
     if (!d.contains("name") || !d["name"].is_string()) return absl::InternalError("a deployment without a name");
     app.deployments.push_back({d["name"].get<std::string>(), d.value("options", nlohmann::json::object())});

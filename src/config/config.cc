@@ -670,7 +670,16 @@ void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::st
   if (!hooks.build_python_app) return;
   absl::StatusOr<PythonApp> built = hooks.build_python_app(app.import_path, app.args, app.runtime_env);
   if (!built.ok()) {
-    errors.Add(import, map.Field("import_path"), StrCat("cannot import the application: ", Message(built.status())));
+    // As Ray: the config is taken and the application is DEPLOY_FAILED with the traceback; what runs of it
+    // keeps running. The warning tells the one who deployed it at once.
+    app.build_error = Message(built.status());
+    std::string_view last = app.build_error;
+    while (!last.empty() && last.back() == '\n') last.remove_suffix(1);
+    last = last.substr(last.find_last_of('\n') == std::string_view::npos ? 0 : last.find_last_of('\n') + 1);
+    errors.Warn(import, map.Field("import_path"),
+                StrCat("cannot import the application (", last,
+                       "): it is DEPLOY_FAILED with the traceback in its status, and a version already running "
+                       "keeps serving"));
     YAML::Node shared = node;  // the same node: later readers see the (empty) list
     shared["deployments"] = YAML::Node(YAML::NodeType::Sequence);
     return;
@@ -694,6 +703,7 @@ void ReadPythonApplication(const YAML::Node& node, MapReader& map, const std::st
     python["app_args"] = app.args.is_null() ? json::object() : app.args;
     python["deployment"] = d.name;
     python["python_deployments"] = names;
+    if (!built->code_version.empty()) python["code_version"] = built->code_version;
     n["args"] = FromJson(json{{"python", python}});
     for (size_t i = 0; overrides.IsDefined() && i < overrides.size(); ++i) {
       const YAML::Node& o = overrides[i];
@@ -756,6 +766,7 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
                 "accepted; ferry's own autoscaler decides replica counts");
   YAML::Node deployments = map.Get("deployments");
   YAML::Node import = map.Get("import_path");
+  ReadString(map, "build_error", errors, &app.build_error);  // the stored form of an application that failed
   if (import.IsDefined()) {
     ReadString(map, "import_path", errors, &app.import_path);
     ReadPythonApplication(node, map, base_dir, hooks, errors, app);
@@ -766,8 +777,8 @@ ApplicationConfig ReadApplication(const YAML::Node& node, const std::string& pat
         errors.Add(map.Get(key), map.Field(key), "needs an application-level import_path (a Python application)");
   }
   if (!app.import_path.empty() && (!deployments.IsDefined() || deployments.size() == 0)) {
-    // A Python application that could not be built: its import_path error says why.
-    if (!hooks.build_python_app)
+    // A Python application that could not be built (build_error says why), or read without its code.
+    if (app.build_error.empty() && !hooks.build_python_app)
       errors.Add(import, map.Field("import_path"), "this config was read without importing its Python code");
   } else if (!deployments.IsDefined() || !deployments.IsSequence() || deployments.size() == 0) {
     errors.Add(deployments.IsDefined() ? deployments.Mark() : map.Mark(), map.Field("deployments"),
@@ -1204,6 +1215,7 @@ json ToJson(const ApplicationConfig& app) {
     if (!app.args.is_null()) a["args"] = app.args;
     if (!app.runtime_env.empty()) a["runtime_env"] = ToJson(app.runtime_env);
   }
+  if (!app.build_error.empty()) a["build_error"] = app.build_error;
   return a;
 }
 

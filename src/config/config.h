@@ -105,6 +105,10 @@ struct ApplicationConfig {
   std::string ingress;                          // a deployment name; defaults to the first deployment
   std::optional<LoggingConfig> logging_config;  // as written; the default for its deployments
   std::vector<DeploymentConfig> deployments;
+  // Set when import_path's code could not be imported or built (an ImportError, a SyntaxError, a builder
+  // that raised): the traceback. Such an application has no deployments of this version: it is
+  // DEPLOY_FAILED with the traceback as its message, and a version already running keeps serving.
+  std::string build_error;
 
   const DeploymentConfig& IngressDeployment() const;
 };
@@ -152,6 +156,7 @@ struct Config {
 // What a Python application's import path builds (ValidationHooks::build_python_app).
 struct PythonApp {
   std::string ingress;
+  std::string code_version;  // a hash of the application's source: changed code is a new version
   struct Deployment {
     std::string name;
     nlohmann::json options;  // the options set in code (Ray's names)

@@ -171,9 +171,34 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
   const double now_s = WallSeconds();
   std::set<std::string> wanted_apps, wanted_deployments;
   bool changed = false;
-  for (const auto& app_config : config.applications) {
+  // What runs: as given, but an application whose code failed to build keeps the version it runs.
+  config::Config effective = config;
+  std::vector<std::pair<std::string, std::string>> failed_builds;  // told once this config is in place
+  for (auto& app_config : effective.applications) {
     wanted_apps.insert(app_config.name);
     auto& app = apps_[app_config.name];
+    if (!app_config.build_error.empty()) {
+      const std::string error = app_config.build_error;
+      const bool running = app && !app->deleting && app->config.build_error.empty();
+      if (!app || app->build_error != error) {
+        changed = true;
+        FERRY_LOG(kError, "controller", "application ", app_config.name, " is DEPLOY_FAILED: its code did not build",
+                  running ? "; its running version keeps serving" : "");
+        failed_builds.emplace_back(app_config.name, error);
+      }
+      if (running) {
+        app_config = app->config;  // what runs stays, and is what is stored
+        for (const auto& dc : app_config.deployments) wanted_deployments.insert(StrCat(app_config.name, "/", dc.name));
+      } else {
+        if (!app) app = std::make_unique<Application>();
+        app->config = app_config;
+        app->deleting = false;
+        app->last_deployed_time_s = now_s;
+      }
+      app->build_error = error;
+      continue;
+    }
+    if (app) app->build_error.clear();
     json new_json = config::ToJson(app_config);
     std::map<std::string, std::string> versions;  // a plugin rebuilt in place changes only its version
     for (const auto& dc : app_config.deployments) versions[dc.name] = DeploymentVersion(dc);
@@ -258,11 +283,13 @@ absl::Status Controller::ApplyInternal(const config::Config& config, bool recove
   // The first config counts as a change even when it holds no application: the node opens once it is
   // applied.
   if (changed || !applied_) waiting_all_ready_ = true;
-  applied_ = config;
+  applied_ = std::move(effective);
   routes_changed_ = true;
   PublishIfChanged();
   absl::Status saved = Persist();
   ScheduleTick();
+  if (callbacks_.on_start_failure)
+    for (const auto& [name, error] : failed_builds) callbacks_.on_start_failure(StrCat("application ", name), error);
   return saved;
 }
 

@@ -48,9 +48,9 @@ struct ControllerCallbacks {
   std::function<void(const std::string& line)> on_progress;
   // Every deployment of the applied config reached its target (once per Apply that changed something).
   std::function<void()> on_all_ready;
-  // A replica of `deployment` ("app/name") failed to start: its constructor threw, or it died or timed
-  // out before getting ready.
-  std::function<void(const std::string& deployment, const std::string& message)> on_start_failure;
+  // Something failed to start: "deployment app/name" (a replica's constructor threw, or it died or timed
+  // out before getting ready), or "application app" (its Python code did not import or build).
+  std::function<void(const std::string& what, const std::string& message)> on_start_failure;
 };
 
 struct ControllerOptions {

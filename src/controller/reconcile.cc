@@ -286,8 +286,18 @@ void Controller::PollStats(Replica& r, SteadyTime now) {
     if (!d) return;
     auto it = d->replicas.find(id);
     if (it == d->replicas.end()) return;
-    it->second.stats_outstanding = false;
-    if (stats.ok()) it->second.stats = std::move(*stats);
+    Replica& r = it->second;
+    r.stats_outstanding = false;
+    if (!stats.ok()) return;
+    if (r.endpoint && stats->model_ids != r.endpoint->model_ids) {
+      // Its multiplexed models changed: routers learn it with the next publish (at most a stats period late).
+      r.endpoint->model_ids = stats->model_ids;
+      if (r.routed) {
+        SetChanged(*d);
+        PublishIfChanged();
+      }
+    }
+    r.stats = std::move(*stats);
   });
 }
 
@@ -416,7 +426,7 @@ void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
   } else {
     FERRY_LOG(kWarning, "controller", d.key, ": ", d.message);
   }
-  if (callbacks_.on_start_failure) callbacks_.on_start_failure(d.key, message);
+  if (callbacks_.on_start_failure) callbacks_.on_start_failure(StrCat("deployment ", d.key), message);
 }
 
 void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) {
@@ -501,6 +511,9 @@ void Controller::UpdateStatuses() {
     std::string message;
     if (app->deleting) {
       status = ApplicationStatus::kDeleting;
+    } else if (!app->build_error.empty()) {  // Ray's wording
+      status = ApplicationStatus::kDeployFailed;
+      message = StrCat("Deploying app '", name, "' failed with exception:\n", app->build_error);
     } else {
       for (const auto& dc : app->config.deployments) {
         auto it = deployments_.find(StrCat(name, "/", dc.name));

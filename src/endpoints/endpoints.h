@@ -33,7 +33,8 @@ struct Endpoint {
   uint64_t key = 0;        // unique for this process incarnation of the replica
   std::string version;     // the deployment's code version the replica runs
   EndpointState state = EndpointState::kServing;
-  std::string node_id;  // the node it runs on; empty: the consumer's own (one node)
+  std::string node_id;                 // the node it runs on; empty: the consumer's own (one node)
+  std::vector<std::string> model_ids;  // multiplexed models it has loaded (Ray's), as it last reported them
 };
 
 // A deployment's replicas and limits at one moment. `version` grows with every change of this set.

@@ -49,13 +49,15 @@ json SnapshotToJson(const Snapshot& snapshot) {
   json sets = json::array();
   for (const auto& [key, set] : snapshot.sets) {
     json endpoints = json::array();
-    for (const Endpoint& e : set->endpoints)
+    for (const Endpoint& e : set->endpoints) {
       endpoints.push_back({{"replica_id", e.replica_id},
                            {"address", e.address},
                            {"key", e.key},
                            {"version", e.version},
                            {"node_id", e.node_id},
                            {"draining", e.state == EndpointState::kDraining}});
+      if (!e.model_ids.empty()) endpoints.back()["model_ids"] = e.model_ids;
+    }
     sets.push_back({{"deployment", set->deployment},
                     {"version", set->version},
                     {"max_ongoing_requests", set->max_ongoing_requests},
@@ -95,6 +97,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> SnapshotFromJson(const json& j) 
       g.Get("version", &endpoint.version);
       g.Get("node_id", &endpoint.node_id);
       g.Get("draining", &draining);
+      g.Get("model_ids", &endpoint.model_ids);
       if (!g.status().ok()) return g.status();
       endpoint.state = draining ? EndpointState::kDraining : EndpointState::kServing;
       set->endpoints.push_back(std::move(endpoint));

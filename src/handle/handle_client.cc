@@ -212,6 +212,13 @@ class HandleCall : public router::Waiter,
 
   const std::string& request_id() const { return request_id_; }
   HandleClient::Impl& client() { return client_; }
+  // The multiplexed model the call is for (Ray's multiplexed_model_id option, sent as a header): routers
+  // prefer replicas that have it loaded.
+  std::string_view ModelId() const {
+    for (const auto& [name, value] : request_.headers)
+      if (name == "serve_multiplexed_model_id") return value;
+    return {};
+  }
   // Went the direct way (set before its CallRef exists; never changes after).
   bool direct() const { return direct_ != nullptr; }
 
@@ -223,7 +230,7 @@ class HandleCall : public router::Waiter,
     std::shared_ptr<router::Router> router = client_.routers().Find(request_.deployment_key);
     if (!router) return false;
     router::ReplicaLease lease;
-    if (!router->TryAcquire(&lease)) return false;
+    if (!router->TryAcquire(&lease, ModelId())) return false;
     std::shared_ptr<transport::DirectChannel> channel = client_.DirectTo(lease.replica());
     if (!channel) return false;
     transport::RequestMessage m;
@@ -433,7 +440,7 @@ class HandleCall : public router::Waiter,
     }
     state_ = State::kQueued;
     router::ReplicaLease lease;
-    switch (router_->Acquire(shared_from_this(), &lease)) {
+    switch (router_->Acquire(shared_from_this(), &lease, ModelId())) {
       case router::Router::Result::kAssigned:
         Dispatch(std::move(lease));
         return;

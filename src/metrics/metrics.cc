@@ -1,5 +1,6 @@
 #include "metrics/metrics.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -74,7 +75,14 @@ void AppendHeader(std::string* out, std::string_view name, std::string_view help
   *out += "# HELP ";
   *out += name;
   *out += ' ';
-  *out += help;
+  for (char c : help) {  // the text format escapes a backslash and a line feed in HELP
+    if (c == '\\')
+      *out += "\\\\";
+    else if (c == '\n')
+      *out += "\\n";
+    else
+      *out += c;
+  }
   *out += "\n# TYPE ";
   *out += name;
   *out += ' ';
@@ -277,6 +285,105 @@ double Quantile(double q, const std::map<double, double>& cumulative) {
     lower_count = count;
   }
   return lower_bound;
+}
+
+bool IsMetricName(std::string_view name) {
+  if (name.empty()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':';
+    if (!alpha && !(i > 0 && c >= '0' && c <= '9')) return false;
+  }
+  return true;
+}
+
+bool IsLabelName(std::string_view name) {
+  return IsMetricName(name) && name.find(':') == std::string_view::npos && !name.starts_with("__");
+}
+
+int UserRegistry::Define(std::string_view name, std::string_view help, Type type, std::vector<double> bounds,
+                         std::string* error) {
+  auto fail = [&](std::string why) {
+    if (error) *error = std::move(why);
+    return -1;
+  };
+  if (!IsMetricName(name))
+    return fail("invalid metric name '" + std::string(name) +
+                "': letters, digits, '_' and ':' only, not starting with a digit");
+  if (name.starts_with("ferry_")) return fail("metric name '" + std::string(name) + "': ferry_ is reserved");
+  if (type == Type::kHistogram) {
+    if (bounds.empty() || bounds.size() > kMaxBounds)
+      return fail("histogram '" + std::string(name) + "': between 1 and 64 boundaries");
+    for (size_t i = 0; i < bounds.size(); ++i)
+      if (!(bounds[i] > 0) || !std::isfinite(bounds[i]) || (i > 0 && bounds[i] <= bounds[i - 1]))
+        return fail("histogram '" + std::string(name) + "': boundaries must be positive and ascending");
+  } else {
+    bounds.clear();
+  }
+  MutexLock lock(&mu_);
+  for (size_t i = 0; i < metrics_.size(); ++i) {
+    const UserMetric& m = metrics_[i].meta;
+    if (m.name != name) continue;
+    if (m.type != type || m.bounds != bounds)
+      return fail("metric '" + std::string(name) + "' is already defined with another type or boundaries");
+    return static_cast<int>(i);
+  }
+  Entry e;
+  e.meta.name = std::string(name);
+  e.meta.help = std::string(help);
+  e.meta.type = type;
+  e.meta.bounds = std::move(bounds);
+  metrics_.push_back(std::move(e));
+  return static_cast<int>(metrics_.size() - 1);
+}
+
+bool UserRegistry::Record(int id, Tags tags, double value) {
+  for (const auto& [k, v] : tags)
+    if (!IsLabelName(k)) return false;
+  std::sort(tags.begin(), tags.end());
+  MutexLock lock(&mu_);
+  if (id < 0 || static_cast<size_t>(id) >= metrics_.size()) return false;
+  Entry& e = metrics_[id];
+  if (e.meta.type == Type::kCounter && !(value > 0)) return false;
+  auto it = e.series.find(tags);
+  if (it == e.series.end()) {
+    if (num_series_ >= kMaxSeries) return false;
+    ++num_series_;
+    it = e.series.emplace(tags, UserSeries{}).first;
+    it->second.tags = std::move(tags);
+    if (e.meta.type == Type::kHistogram) it->second.counts.assign(e.meta.bounds.size() + 1, 0);
+  }
+  UserSeries& s = it->second;
+  switch (e.meta.type) {
+    case Type::kCounter:
+      s.value += value;
+      break;
+    case Type::kGauge:
+      s.value = value;
+      break;
+    case Type::kHistogram: {
+      size_t i = 0;
+      while (i < e.meta.bounds.size() && value > e.meta.bounds[i]) ++i;
+      ++s.counts[i];
+      s.sum += value;
+      break;
+    }
+  }
+  return true;
+}
+
+std::vector<UserMetric> UserRegistry::Snapshot() const {
+  MutexLock lock(&mu_);
+  std::vector<UserMetric> out;
+  out.reserve(metrics_.size());
+  for (const Entry& e : metrics_) {
+    if (e.series.empty()) continue;
+    UserMetric m = e.meta;
+    m.series.reserve(e.series.size());
+    for (const auto& [tags, s] : e.series) m.series.push_back(s);
+    out.push_back(std::move(m));
+  }
+  return out;
 }
 
 }  // namespace ferry::metrics

@@ -12,11 +12,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
-
-#include "common/mutex.h"
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "common/mutex.h"
 
 namespace ferry::metrics {
 
@@ -157,6 +157,53 @@ std::vector<Sample> ParseText(std::string_view text);
 // The q-quantile (0..1) of a histogram from its cumulative buckets (upper bound -> count, +Inf included),
 // interpolating linearly inside the bucket as Prometheus' histogram_quantile does. NaN without samples.
 double Quantile(double q, const std::map<double, double>& cumulative);
+
+// A deployment's own metrics (Ray Serve's ray.serve.metrics, the C ABI's metric_define and metric_record),
+// as a replica reports them to its node: each metric with its series, one per set of tags.
+struct UserSeries {
+  std::vector<std::pair<std::string, std::string>> tags;  // sorted by key
+  double value = 0;                                       // counter, gauge
+  std::vector<uint64_t> counts;                           // histogram: non-cumulative, one per bound and +Inf
+  double sum = 0;                                         // histogram
+};
+struct UserMetric {
+  std::string name;
+  std::string help;
+  Type type = Type::kCounter;
+  std::vector<double> bounds;  // histogram
+  std::vector<UserSeries> series;
+};
+
+// The user metrics of one replica process. Thread-safe. Series are kept until the replica exits; past
+// kMaxSeries (all metrics together) new tag sets are dropped, so a tag with unbounded values cannot take
+// the replica's memory or the node's scrape with it.
+class UserRegistry {
+ public:
+  static constexpr size_t kMaxSeries = 10000;
+  static constexpr size_t kMaxBounds = 64;
+  // The metric's id (>= 0): a new one, or the existing one for the same name, type and bounds. -1 with
+  // `error` set for a name that is not a Prometheus metric name or is reserved (ferry_*), bounds not
+  // positive and ascending, or a name already defined with another type or bounds.
+  int Define(std::string_view name, std::string_view help, Type type, std::vector<double> bounds, std::string* error);
+  // A counter adds `value` (> 0), a gauge sets it, a histogram observes it. False when the id is unknown,
+  // a counter's value is not positive, a tag key is not a label name, or the series limit is reached.
+  bool Record(int id, std::vector<std::pair<std::string, std::string>> tags, double value);
+  std::vector<UserMetric> Snapshot() const;
+
+ private:
+  using Tags = std::vector<std::pair<std::string, std::string>>;
+  struct Entry {
+    UserMetric meta;  // series unused: they live in `series`
+    std::map<Tags, UserSeries> series;
+  };
+  mutable Mutex mu_;
+  std::vector<Entry> metrics_ ABSL_GUARDED_BY(mu_);
+  size_t num_series_ ABSL_GUARDED_BY(mu_) = 0;
+};
+// True for a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*) and label name ([a-zA-Z_][a-zA-Z0-9_]*, not
+// starting with "__").
+bool IsMetricName(std::string_view name);
+bool IsLabelName(std::string_view name);
 
 // Escapes a label value for the text format (backslash, quote, newline).
 std::string EscapeLabel(std::string_view value);

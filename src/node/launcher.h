@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "metrics/metrics.h"
 #include "spec/spec.h"
 
 namespace ferry::node {
@@ -35,11 +36,13 @@ struct CallStats {
 // What a replica reports of itself since it started.
 struct ReplicaStats {
   uint64_t requests_total = 0;
-  HistogramCounts processing_seconds;  // per request, handle() or its share of a batch
-  HistogramCounts batch_size;          // per batch run
-  uint64_t spans_exported = 0;         // its spans sent to the collector
-  uint64_t spans_dropped = 0;          // and dropped (queue full, collector down)
-  std::vector<CallStats> calls;        // through handles, by callee (replicas that hold handles)
+  HistogramCounts processing_seconds;             // per request, handle() or its share of a batch
+  HistogramCounts batch_size;                     // per batch run
+  uint64_t spans_exported = 0;                    // its spans sent to the collector
+  uint64_t spans_dropped = 0;                     // and dropped (queue full, collector down)
+  std::vector<CallStats> calls;                   // through handles, by callee (replicas that hold handles)
+  std::vector<metrics::UserMetric> user_metrics;  // the deployment's own (ray.serve.metrics)
+  std::vector<std::string> model_ids;             // multiplexed models it has loaded (sorted)
 };
 
 class ReplicaListener {

@@ -488,6 +488,8 @@ void NodeAgent::GetStats(const std::string& replica_id, StatsDone done) {
         stats.batch_size = {std::move(reply.batch_size.counts), reply.batch_size.sum};
         stats.spans_exported = reply.spans_exported;
         stats.spans_dropped = reply.spans_dropped;
+        stats.user_metrics = std::move(reply.user_metrics);
+        stats.model_ids = std::move(reply.model_ids);
         if (auto channel = weak.lock(); channel && channel->feed())
           stats.calls = CallStatsFrom(channel->feed()->calls());
         done(std::move(stats));

@@ -1,5 +1,7 @@
 #include "router/router.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <random>
 
 namespace ferry::router {
@@ -48,12 +50,25 @@ uint64_t Router::NextRandomLocked() {  // xorshift64
   return rng_;
 }
 
-int Router::PickLocked() {
+int Router::PickLocked(std::string_view model_id) {
+  if (!model_id.empty() && has_models_) {
+    // Ray's multiplexed routing: a replica that has the model loaded; else one of those with the fewest
+    // models loaded (the likeliest to load it without evicting another's); else any, below.
+    int holder = PickAmongLocked([&](const Slot& s) { return s.replica->HasModel(model_id); });
+    if (holder >= 0) return holder;
+    size_t fewest = SIZE_MAX;
+    for (const Slot& s : slots_)
+      if (s.in_flight < max_ongoing_) fewest = std::min(fewest, s.replica->model_ids.size());
+    if (fewest != SIZE_MAX) {
+      int emptiest = PickAmongLocked([&](const Slot& s) { return s.replica->model_ids.size() == fewest; });
+      if (emptiest >= 0) return emptiest;
+    }
+  }
   if (has_remote_) {
     // This node's replicas first, while one has room (no network hop); then any.
-    int local = PickAmongLocked(/*local_only=*/true);
+    int local = PickAmongLocked([](const Slot& s) { return s.replica->local; });
     if (local >= 0) return local;
-    return PickAmongLocked(/*local_only=*/false);
+    return PickAmongLocked([](const Slot&) { return true; });
   }
   const int n = static_cast<int>(slots_.size());
   if (n == 0) return -1;
@@ -72,11 +87,12 @@ int Router::PickLocked() {
   return best;
 }
 
-int Router::PickAmongLocked(bool local_only) {
+template <typename Eligible>
+int Router::PickAmongLocked(const Eligible& eligible) {
   thread_local std::vector<int> candidates;
   candidates.clear();
   for (int i = 0; i < static_cast<int>(slots_.size()); ++i)
-    if (!local_only || slots_[i].replica->local) candidates.push_back(i);
+    if (eligible(slots_[i])) candidates.push_back(i);
   const int n = static_cast<int>(candidates.size());
   if (n == 0) return -1;
   int best = candidates[0];
@@ -99,17 +115,17 @@ ReplicaLease Router::TakeLocked(int index) {
   return ReplicaLease(shared_from_this(), slot.replica, static_cast<size_t>(index));
 }
 
-Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease) {
+Router::Result Router::Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease, std::string_view model_id) {
   std::shared_ptr<const std::function<void()>> starved;
-  Result result = AcquireOrQueue(waiter, lease, &starved);
+  Result result = AcquireOrQueue(waiter, lease, model_id, &starved);
   if (starved) (*starved)();
   return result;
 }
 
-bool Router::TryAcquire(ReplicaLease* lease) {
+bool Router::TryAcquire(ReplicaLease* lease, std::string_view model_id) {
   MutexLock lock(&mu_);
   if (queued_ != 0) return false;
-  int index = PickLocked();
+  int index = PickLocked(model_id);
   if (index < 0) return false;
   *lease = TakeLocked(index);
   return true;
@@ -126,11 +142,12 @@ void Router::SetDrainedHook(std::function<void()> hook) {
 }
 
 Router::Result Router::AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+                                      std::string_view model_id,
                                       std::shared_ptr<const std::function<void()>>* starved) {
   MutexLock lock(&mu_);
   // FIFO: while others wait, a newcomer queues behind them.
   if (queued_ == 0) {
-    int index = PickLocked();
+    int index = PickLocked(model_id);
     if (index >= 0) {
       *lease = TakeLocked(index);
       return Result::kAssigned;
@@ -199,6 +216,7 @@ void Router::AddReplica(std::shared_ptr<const ReplicaEndpoint> replica) {
     MutexLock lock(&mu_);
     for (const Slot& s : slots_)
       if (s.replica->key == replica->key) return;
+    has_models_ = has_models_ || !replica->model_ids.empty();
     slots_.push_back(Slot{std::move(replica), 0});
     DrainQueueLocked(&assignments);
   }
@@ -234,6 +252,11 @@ void Router::Update(const endpoints::EndpointSet& set) {
       if (it == serving.end()) {
         RemoveSlotLocked(i);
       } else {
+        if (it->second->model_ids != slots_[i].replica->model_ids) {  // leases keep the endpoint they have
+          auto updated = std::make_shared<ReplicaEndpoint>(*slots_[i].replica);
+          updated->model_ids = it->second->model_ids;
+          slots_[i].replica = std::move(updated);
+        }
         serving.erase(it);  // routed already: keeps its slot and its count
       }
     }
@@ -244,6 +267,7 @@ void Router::Update(const endpoints::EndpointSet& set) {
       replica->socket_path = e.address;
       replica->key = e.key;
       replica->local = e.node_id.empty() || e.node_id == local_node_;
+      replica->model_ids = e.model_ids;
       int in_flight = 0;
       if (auto back = removed_in_flight_.find(e.key); back != removed_in_flight_.end()) {
         in_flight = back->second;
@@ -251,8 +275,11 @@ void Router::Update(const endpoints::EndpointSet& set) {
       }
       slots_.push_back(Slot{std::move(replica), in_flight});
     }
-    has_remote_ = false;
-    for (const Slot& s : slots_) has_remote_ = has_remote_ || !s.replica->local;
+    has_remote_ = has_models_ = false;
+    for (const Slot& s : slots_) {
+      has_remote_ = has_remote_ || !s.replica->local;
+      has_models_ = has_models_ || !s.replica->model_ids.empty();
+    }
     DrainQueueLocked(&assignments);
   }
   RunAssignments(assignments);

@@ -10,6 +10,7 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -20,10 +21,16 @@ namespace ferry::router {
 
 // A replica as routers see it. Immutable once published.
 struct ReplicaEndpoint {
-  std::string replica_id;   // e.g. "echo#Echo#3fa2c1d0"
-  std::string socket_path;  // where the replica serves frames
-  uint64_t key = 0;         // unique for this process incarnation of the replica
-  bool local = true;        // on the router's own node
+  std::string replica_id;              // e.g. "echo#Echo#3fa2c1d0"
+  std::string socket_path;             // where the replica serves frames
+  uint64_t key = 0;                    // unique for this process incarnation of the replica
+  bool local = true;                   // on the router's own node
+  std::vector<std::string> model_ids;  // multiplexed models it has loaded (Ray's), as it last reported them
+  bool HasModel(std::string_view id) const {
+    for (const std::string& m : model_ids)
+      if (m == id) return true;
+    return false;
+  }
 };
 
 class Router;
@@ -79,11 +86,13 @@ class Router : public std::enable_shared_from_this<Router> {
 
   enum class Result { kAssigned, kQueued, kRejected };
   // kAssigned: `*lease` holds a slot now. kQueued: `waiter` gets OnAssigned later (or Cancel it).
-  // kRejected: the queue is full; answer 503.
-  Result Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease);
+  // kRejected: the queue is full; answer 503. With a `model_id` (Ray's multiplexed model, the
+  // serve_multiplexed_model_id header), replicas that have that model loaded are preferred, then those
+  // with the fewest models loaded, then any; a queued request takes the first slot that frees.
+  Result Acquire(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease, std::string_view model_id = {});
   // A slot now, when one has room and nobody waits; otherwise false and nothing queued (the caller then
   // takes Acquire's way).
-  bool TryAcquire(ReplicaLease* lease);
+  bool TryAcquire(ReplicaLease* lease, std::string_view model_id = {});
   // Takes a queued waiter out. True: it was queued and will not be called. False: it has been (or is
   // being) assigned, and its OnAssigned runs or ran.
   bool Cancel(Waiter* waiter);
@@ -118,15 +127,16 @@ class Router : public std::enable_shared_from_this<Router> {
     int in_flight = 0;
   };
   Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed, std::string local_node);
-  // Power of two choices among this node's slots (`local_only`) or all; -1 when none of them has room.
-  int PickAmongLocked(bool local_only) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease,
+  // Power of two choices among the slots `eligible(slot)` admits; -1 when none of them has room.
+  template <typename Eligible>
+  int PickAmongLocked(const Eligible& eligible) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Result AcquireOrQueue(const std::shared_ptr<Waiter>& waiter, ReplicaLease* lease, std::string_view model_id,
                         std::shared_ptr<const std::function<void()>>* starved);
   void Release(const ReplicaEndpoint& replica, size_t index_hint);
   // Takes slots_[i] out of routing, keeping its in-flight count until its last request ends.
   void RemoveSlotLocked(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Index of the replica to use, or -1 when all are full.
-  int PickLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int PickLocked(std::string_view model_id = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t NextRandomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   ReplicaLease TakeLocked(int index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pairs queued waiters with free slots; the caller runs the returned assignments after unlocking.
@@ -140,6 +150,7 @@ class Router : public std::enable_shared_from_this<Router> {
   int max_queued_ ABSL_GUARDED_BY(mu_);
   const std::string local_node_;
   bool has_remote_ ABSL_GUARDED_BY(mu_) = false;  // some slot is on another node
+  bool has_models_ ABSL_GUARDED_BY(mu_) = false;  // some slot has multiplexed models loaded
   bool scales_from_zero_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped

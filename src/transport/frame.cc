@@ -89,6 +89,7 @@ class Cursor {
     return true;
   }
   bool done() const { return data_.empty(); }
+  size_t left() const { return data_.size(); }
   absl::Status Finish(std::string_view what) const {
     if (failed_) return absl::InvalidArgumentError(ferry::StrCat("malformed ", what, " frame: truncated"));
     if (!data_.empty())
@@ -268,6 +269,30 @@ void AppendStatsReply(std::string& out, uint64_t stream_id, const StatsReply& m)
   }
   PutU64(out, m.spans_exported);
   PutU64(out, m.spans_dropped);
+  PutU32(out, static_cast<uint32_t>(m.user_metrics.size()));
+  for (const metrics::UserMetric& metric : m.user_metrics) {
+    PutString(out, metric.name);
+    PutString(out, metric.help);
+    out.push_back(static_cast<char>(metric.type));
+    PutU32(out, static_cast<uint32_t>(metric.bounds.size()));
+    for (double b : metric.bounds) PutU64(out, std::bit_cast<uint64_t>(b));
+    PutU32(out, static_cast<uint32_t>(metric.series.size()));
+    for (const metrics::UserSeries& series : metric.series) {
+      PutU32(out, static_cast<uint32_t>(series.tags.size()));
+      for (const auto& [k, v] : series.tags) {
+        PutString(out, k);
+        PutString(out, v);
+      }
+      if (metric.type == metrics::Type::kHistogram) {
+        for (uint64_t c : series.counts) PutU64(out, c);
+        PutU64(out, std::bit_cast<uint64_t>(series.sum));
+      } else {
+        PutU64(out, std::bit_cast<uint64_t>(series.value));
+      }
+    }
+  }
+  PutU32(out, static_cast<uint32_t>(m.model_ids.size()));
+  for (const std::string& id : m.model_ids) PutString(out, id);
   EndFrame(out, at);
 }
 
@@ -367,6 +392,60 @@ absl::Status DecodeReconfigure(std::string_view payload, std::string_view* user_
   return c.Finish("reconfigure");
 }
 
+// A stats reply's user metrics (after the spans). Counts are checked against the bytes left before anything
+// is allocated; names, tag keys and bounds are checked as the registry checks them, so what the node
+// renders is valid text whatever a replica sent.
+static absl::Status DecodeUserMetrics(Cursor& c, std::vector<metrics::UserMetric>* out) {
+  auto bad = [](std::string_view why) { return absl::InvalidArgumentError(ferry::StrCat("stats reply: ", why)); };
+  uint32_t n = 0;
+  if (!c.U32(&n)) return absl::OkStatus();  // truncated: Finish says so
+  if (n > c.left() / 14) return bad("more user metrics than bytes");
+  out->resize(n);
+  for (metrics::UserMetric& m : *out) {
+    std::string_view name, help;
+    uint8_t type = 0;
+    uint32_t num_bounds = 0, num_series = 0;
+    if (!c.String(&name) || !c.String(&help) || !c.U8(&type) || !c.U32(&num_bounds)) return absl::OkStatus();
+    if (!metrics::IsMetricName(name)) return bad(ferry::StrCat("user metric name '", name, "' is not valid"));
+    if (type > static_cast<uint8_t>(metrics::Type::kHistogram)) return bad("user metric type unknown");
+    m.name = std::string(name);
+    m.help = std::string(help);
+    m.type = static_cast<metrics::Type>(type);
+    if (num_bounds > metrics::UserRegistry::kMaxBounds) return bad("user histogram with more than 64 bounds");
+    if (m.type != metrics::Type::kHistogram && num_bounds != 0) return bad("bounds on a counter or gauge");
+    m.bounds.resize(num_bounds);
+    for (double& b : m.bounds) {
+      uint64_t bits = 0;
+      if (!c.U64(&bits)) return absl::OkStatus();
+      b = std::bit_cast<double>(bits);
+    }
+    if (!c.U32(&num_series)) return absl::OkStatus();
+    const size_t per_series = 4 + 8 * (m.type == metrics::Type::kHistogram ? num_bounds + 2 : 1);
+    if (num_series > c.left() / per_series) return bad("more user metric series than bytes");
+    m.series.resize(num_series);
+    for (metrics::UserSeries& series : m.series) {
+      HeaderList tags;
+      if (!c.Headers(&tags)) return absl::OkStatus();
+      for (const auto& [k, v] : tags) {
+        if (!metrics::IsLabelName(k)) return bad(ferry::StrCat("user metric tag '", k, "' is not a label name"));
+        series.tags.emplace_back(std::string(k), std::string(v));
+      }
+      uint64_t bits = 0;
+      if (m.type == metrics::Type::kHistogram) {
+        series.counts.assign(num_bounds + 1, 0);
+        for (uint64_t& count : series.counts)
+          if (!c.U64(&count)) return absl::OkStatus();
+        if (!c.U64(&bits)) return absl::OkStatus();
+        series.sum = std::bit_cast<double>(bits);
+      } else {
+        if (!c.U64(&bits)) return absl::OkStatus();
+        series.value = std::bit_cast<double>(bits);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
   Cursor c(payload);
   bool ok = c.U32(&out->ongoing) && c.U32(&out->queued) && c.U64(&out->total);
@@ -385,6 +464,22 @@ absl::Status DecodeStatsReply(std::string_view payload, StatsReply* out) {
     }
   }
   if (ok && !c.done()) c.U64(&out->spans_exported) && c.U64(&out->spans_dropped);
+  if (ok && !c.done()) {
+    absl::Status s = DecodeUserMetrics(c, &out->user_metrics);
+    if (!s.ok()) return s;
+  }
+  if (ok && !c.done()) {
+    uint32_t n = 0;
+    if (c.U32(&n)) {
+      if (n > c.left() / 4) return absl::InvalidArgumentError("stats reply: more model ids than bytes");
+      out->model_ids.resize(n);
+      for (std::string& id : out->model_ids) {
+        std::string_view v;
+        if (!c.String(&v)) break;
+        id = std::string(v);
+      }
+    }
+  }
   return c.Finish("stats reply");
 }
 

@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "metrics/metrics.h"
+
 namespace ferry::transport {
 
 inline constexpr uint32_t kProtocolVersion = 3;
@@ -139,6 +141,10 @@ struct StatsReply {
   // wire after the histograms.
   uint64_t spans_exported = 0;
   uint64_t spans_dropped = 0;
+  // The deployment's own metrics (ray.serve.metrics); optional on the wire after the spans.
+  std::vector<metrics::UserMetric> user_metrics;
+  // The multiplexed models it has loaded (Ray's model ids; sorted); optional on the wire after the metrics.
+  std::vector<std::string> model_ids;
 };
 
 // Each Append* writes a whole frame (header and payload) at the end of `out`.

@@ -187,3 +187,18 @@ def replica_ongoing(ferry, deployment):
         if line.startswith("ferry_replica_ongoing_requests{") and f'deployment="{deployment}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def metric_samples(ferry, name):
+    """The samples named `name` on the node's /metrics now, as (labels dict, value) pairs."""
+    import requests
+    text = requests.get(ferry.admin + "/metrics", timeout=10).text
+    out = []
+    for line in text.splitlines():
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$', line)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict((k, v.encode().decode("unicode_escape"))
+                      for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((labels, float(m.group(3))))
+    return out

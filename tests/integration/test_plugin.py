@@ -10,7 +10,7 @@ import unittest
 
 import requests
 
-from harness import BUILD_DIR, SOURCE_DIR, Ferry, run_ferry
+from harness import BUILD_DIR, SOURCE_DIR, Ferry, metric_samples, run_ferry, wait_until
 
 
 class PluginTest(unittest.TestCase):
@@ -71,6 +71,14 @@ applications:
             lines = [l for l in ferry.stderr_lines if "lexicon: 2 positive and 1 negative words" in l]
             self.assertEqual(len(lines), 2, ferry.stderr())
             self.assertTrue(all(" INFO user [sentiment#Sentiment#" in l for l in lines), lines)
+            # Its own counter (ferry/metrics.h) on the node's /metrics, per replica, with the replica's
+            # labels and its tag; the node polls replicas every second.
+            def labelled(label):
+                return sum(v for l, v in metric_samples(ferry, "sentiment_labels_total")
+                           if l.get("label") == label and l.get("application") == "sentiment"
+                           and l.get("deployment") == "Sentiment" and l.get("replica", "").startswith("sentiment#"))
+            wait_until(lambda: labelled("positive") == 1 and labelled("neutral") == 1 and labelled("negative") == 1,
+                       what="sentiment_labels_total for each label")
 
     def test_installed_binary_serves_the_example_config(self):
         # examples/plugin/sentiment.yaml names build/libsentiment.so relative to itself.

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from harness import BUILD_DIR, FERRY_BIN, Ferry, run_ferry
+from harness import BUILD_DIR, FERRY_BIN, Ferry, metric_samples, run_ferry, wait_until
 
 APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyapps")
 HAVE_PYTHON = os.path.exists(os.path.join(BUILD_DIR, "libferry_runtime_python.so"))
@@ -71,6 +71,14 @@ applications:
     route_prefix: /waits
     import_path: basics:waits
     runtime_env: {{working_dir: "{APPS}"}}
+  - name: placed
+    route_prefix: /placed
+    import_path: basics:placed_models
+    runtime_env: {{working_dir: "{APPS}"}}
+  - name: counted
+    route_prefix: /counted
+    import_path: basics:counted
+    runtime_env: {{working_dir: "{APPS}"}}
   - name: cpp_calls_python
     route_prefix: /cpp
     deployments:
@@ -123,6 +131,43 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.ferry.wait_for(lambda: any("greeting loggy" in line and rid in line for line in logs().splitlines()),
                             what="the log line")
 
+    def test_metrics_of_its_own_are_on_the_nodes_metrics_with_the_replicas_labels(self):
+        for path in ("/counted?size=5", "/counted?size=50&kind=big", "/counted?size=500", "/counted/x?size=0.5"):
+            self.assertEqual(self.get(path).text, "counted")
+        # Ray's errors for a tag the metric does not declare and a counter that would go down: a 500 naming them.
+        r = self.get("/counted?bad=tag")
+        self.assertEqual((r.status_code, r.json()["type"]), (500, "ValueError"))
+        self.assertIn("nope", r.json()["message"])
+        r = self.get("/counted?bad=value")
+        self.assertEqual((r.status_code, r.json()["type"]), (500, "ValueError"))
+
+        def total(name, **want):
+            return sum(v for labels, v in metric_samples(self.ferry, name)
+                       if all(labels.get(k) == w for k, w in want.items()))
+        # 5 plain requests (3 above, and the two that failed after counting); 1 big one, counted by 2.
+        wait_until(lambda: total("basics_requests_total", kind="plain") == 5 and
+                   total("basics_requests_total", kind="big") == 2, timeout=30, what="the counters")
+        samples = metric_samples(self.ferry, "basics_requests_total")
+        for labels, _ in samples:
+            self.assertEqual((labels["application"], labels["deployment"], labels["route"]),
+                             ("counted", "Counted", "/counted"))
+            self.assertTrue(labels["replica"].startswith("counted#Counted#"), labels)
+        wait_until(lambda: total("basics_size_count") == 6, timeout=30, what="the histogram")
+        self.assertEqual(total("basics_size_bucket", le="1"), 3)    # 0.5 and the two bad ones (size 0)
+        self.assertEqual(total("basics_size_bucket", le="10"), 4)   # and 5
+        self.assertEqual(total("basics_size_bucket", le="100"), 5)  # and 50
+        self.assertEqual(total("basics_size_bucket", le="+Inf"), 6)
+        self.assertEqual(total("basics_size_sum"), 555.5)
+        self.assertEqual(len(metric_samples(self.ferry, "basics_last_size")),
+                         len({l["replica"] for l, _ in metric_samples(self.ferry, "basics_size_count")}))
+        # A module-level metric, set at import: one series per replica of every deployment of that module's
+        # applications that imported it.
+        loaded = [l for l, v in metric_samples(self.ferry, "basics_module_loaded") if l["application"] == "counted"]
+        self.assertEqual(len(loaded), 2, loaded)
+        text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
+        self.assertIn("# HELP basics_requests_total Requests, by kind.\n# TYPE basics_requests_total counter", text)
+        self.assertIn("# TYPE basics_size histogram", text)
+
     def test_the_request_is_starlettes_with_body_json_and_headers(self):
         r = requests.post(self.ferry.url("/echo"), json={"a": [1, 2]}, headers={"x-custom": "v"}, timeout=60)
         body = r.json()
@@ -171,6 +216,22 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.get("/models", headers=h("b"))
         self.get("/models", headers=h("c"))  # evicts a (2 models per replica)
         self.assertEqual(self.get("/models", headers=h("a")).json()["loads"], ["a", "b", "c", "a"])
+
+    def test_a_models_requests_go_to_the_replica_that_has_it_loaded(self):
+        h = lambda m: {"serve_multiplexed_model_id": m}  # noqa: E731
+        first = self.get("/placed", headers=h("m1")).json()
+        self.assertEqual(first["model"], "m1")
+
+        def holders(model):
+            status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()
+            replicas = status["applications"]["placed"]["deployments"]["PlacedModels"]["replicas"]
+            return [r["pid"] for r in replicas if model in r.get("multiplexed_model_ids", [])]
+        # The replica reports what it holds; the status shows it once the node has it (and routers too).
+        wait_until(lambda: holders("m1") == [first["pid"]], timeout=30, what="m1 reported by its replica")
+        pids = {self.get("/placed", headers=h("m1")).json()["pid"] for _ in range(20)}
+        self.assertEqual(pids, {first["pid"]})
+        # A model no replica holds goes to one holding the fewest (none): not the one that holds m1.
+        self.assertNotEqual(self.get("/placed", headers=h("m2")).json()["pid"], first["pid"])
 
     def test_a_fastapi_ingress_serves_its_routes_under_the_route_prefix(self):
         self.assertEqual(self.get("/api/hello?name=you").json(), {"hello": "you!"})
@@ -287,20 +348,70 @@ class PythonErrorsTest(unittest.TestCase):
         finally:
             os.unlink(f.name)
 
-    def test_an_import_error_is_a_config_error_with_the_traceback_at_the_import_path(self):
+    def test_code_that_does_not_import_stops_ferry_run_with_the_traceback_and_the_import_path(self):
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "bad.py"), "w") as f:
                 f.write("import os\n\ndef oops(:\n    pass\n")
             done = self.run_config(f"applications:\n  - name: a\n    import_path: bad:app\n"
                                    f"    runtime_env: {{working_dir: {d}}}\n")
         self.assertNotEqual(done.returncode, 0)
-        self.assertRegex(done.stderr, r":3:18: applications\[0\]\.import_path: cannot import the application")
-        self.assertIn("SyntaxError", done.stderr)
+        self.assertRegex(done.stderr, r":3:18: applications\[0\]\.import_path: cannot import the application "
+                                      r"\(SyntaxError: .*\): it is DEPLOY_FAILED")
+        self.assertIn("ferry: application a failed to start", done.stderr)
         self.assertIn("bad.py", done.stderr)
-
-    def test_a_missing_module_and_an_unknown_override_are_named(self):
         done = self.run_config("applications:\n  - name: a\n    import_path: no_such_module:app\n")
+        self.assertNotEqual(done.returncode, 0)
         self.assertIn("ModuleNotFoundError: No module named 'no_such_module'", done.stderr)
+
+    def test_a_version_that_does_not_import_is_deploy_failed_and_the_running_one_keeps_serving(self):
+        with tempfile.TemporaryDirectory() as d:
+            module = os.path.join(d, "versioned.py")
+            with open(module, "w") as f:
+                f.write("from ferry import serve\n\n@serve.deployment\ndef hello(request):\n    return 'v1'\n\n"
+                        "app = hello.bind()\n")
+            config = (f"applications:\n  - name: v\n    route_prefix: /v\n    import_path: versioned:app\n"
+                      f"    runtime_env: {{working_dir: {d}}}\n")
+            with Ferry(config, timeout=120) as ferry:
+                self.assertEqual(requests.get(ferry.url("/v"), timeout=30).text, "v1")
+                with open(module, "w") as f:
+                    f.write("from ferry import serve\nraise RuntimeError('v2 is broken')\n")
+                r = requests.put(ferry.admin + "/api/serve/applications/", data=config, timeout=60)
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertIn("cannot import the application (RuntimeError: v2 is broken)", r.json()["warnings"][0])
+                status = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
+                app = status["applications"]["v"]
+                self.assertEqual(app["status"], "DEPLOY_FAILED")
+                self.assertIn("Deploying app 'v' failed with exception:", app["message"])
+                self.assertIn("Traceback", app["message"])
+                self.assertIn("versioned.py", app["message"])
+                self.assertIn("RuntimeError: v2 is broken", app["message"])
+                # The version that imported keeps serving, from the replica it had.
+                self.assertEqual(requests.get(ferry.url("/v"), timeout=30).text, "v1")
+                self.assertEqual(app["deployments"]["hello"]["replica_states"], {"RUNNING": 1})
+                # A new application whose code fails is DEPLOY_FAILED too, with nothing to serve.
+                bad_new = config + (f"  - name: w\n    route_prefix: /w\n    import_path: versioned:app\n"
+                                    f"    runtime_env: {{working_dir: {d}}}\n")
+                r = requests.put(ferry.admin + "/api/serve/applications/", data=bad_new, timeout=60)
+                self.assertEqual(r.status_code, 200, r.text)
+                status = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
+                self.assertEqual(status["applications"]["w"]["status"], "DEPLOY_FAILED")
+                self.assertEqual(requests.get(ferry.url("/w"), timeout=30).status_code, 404)
+                # Fixed: the next deploy builds it and both run the new code.
+                with open(module, "w") as f:
+                    f.write("from ferry import serve\n\n@serve.deployment\ndef hello(request):\n"
+                            "    return 'v3'\n\napp = hello.bind()\n")
+                r = requests.put(ferry.admin + "/api/serve/applications/", data=bad_new, timeout=60)
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertEqual(r.json().get("warnings", []), [])
+
+                def both_running():
+                    apps = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()["applications"]
+                    return all(apps[n]["status"] == "RUNNING" for n in ("v", "w"))
+                wait_until(both_running, timeout=60, what="both applications RUNNING")
+                self.assertEqual(requests.get(ferry.url("/v"), timeout=30).text, "v3")
+                self.assertEqual(requests.get(ferry.url("/w"), timeout=30).text, "v3")
+
+    def test_an_unknown_override_is_named(self):
         done = self.run_config(f"applications:\n  - name: a\n    import_path: basics:greeter\n"
                                f"    runtime_env: {{working_dir: {APPS}}}\n    deployments:\n      - name: Nope\n")
         self.assertIn('no deployment named "Nope" in the application basics:greeter builds (it has: Greeter)',

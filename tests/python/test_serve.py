@@ -241,5 +241,43 @@ class MultiplexTest(unittest.TestCase):
         self.assertEqual(unloaded[:2], ["b", "c"])
 
 
+class MetricsTest(unittest.TestCase):
+    """ferry.serve.metrics outside a replica: Ray's checks and errors; recording keeps nothing (the node's
+    /metrics shows what replicas record: tests/integration/test_python.py)."""
+
+    def test_rays_checks_on_names_tags_and_values(self):
+        from ferry.serve import metrics
+        with self.assertRaisesRegex(ValueError, "Empty name"):
+            metrics.Counter("")
+        with self.assertRaisesRegex(TypeError, "tag_keys should be a tuple"):
+            metrics.Counter("c", tag_keys=["a"])
+        with self.assertRaisesRegex(ValueError, "boundaries argument should be provided"):
+            metrics.Histogram("h")
+        with self.assertRaisesRegex(ValueError, "Use positive values"):
+            metrics.Histogram("h", boundaries=[0, 1])
+        c = metrics.Counter("c", description="d", tag_keys=("a", "b"))
+        self.assertIs(c.set_default_tags({"a": "x"}), c)
+        with self.assertRaisesRegex(ValueError, "Unrecognized tag key z"):
+            c.set_default_tags({"z": "1"})
+        with self.assertRaisesRegex(ValueError, "Missing value for tag key"):
+            c.inc()
+        with self.assertRaisesRegex(ValueError, "value must be >0"):
+            c.inc(0, tags={"b": "y"})
+        with self.assertRaisesRegex(TypeError, "Tag values must be str"):
+            c.inc(tags={"b": 1})
+        c.inc(2, tags={"b": "y"})  # valid: outside a replica, kept nowhere
+        g = metrics.Gauge("g")
+        g.set(None)
+        with self.assertRaisesRegex(TypeError, "value must be int or float"):
+            g.set("1")
+        self.assertEqual(c.info, {"name": "c", "description": "d", "tag_keys": ("a", "b"),
+                                  "default_tags": {"a": "x"}})
+        with self.assertWarns(UserWarning):
+            metrics.Gauge("1bad")
+        # Picklable (Ray's __reduce__): a metric made in a driver is made again where it is unpickled.
+        h = pickle.loads(pickle.dumps(metrics.Histogram("h", boundaries=[1, 2], tag_keys=("k",))))
+        self.assertEqual(h.info["boundaries"], [1, 2])
+        self.assertEqual(h.info["tag_keys"], ("k",))
+
 if __name__ == "__main__":
     unittest.main()

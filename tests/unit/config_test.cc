@@ -193,8 +193,18 @@ TEST(ConfigTest, APythonApplicationIsBuiltByTheHookAndWrittenBackAsBuilt) {
   EXPECT_TRUE(imported.empty());
   EXPECT_EQ(ToJson(*restored), ToJson(*c));
 
-  EXPECT_THAT(ErrorOf("applications:\n  - name: a\n    import_path: broken:app\n", hooks),
-              HasSubstr("cfg.yaml:3:18: applications[0].import_path: cannot import the application: SyntaxError"));
+  // Code that does not import: the config is taken, the application carries the traceback (it will be
+  // DEPLOY_FAILED) and a warning points at its import_path; stored and restored, it stays failed.
+  auto broken = ParseConfig("applications:\n  - name: a\n    import_path: broken:app\n", "cfg.yaml", base, hooks);
+  ASSERT_TRUE(broken.ok()) << broken.status();
+  EXPECT_EQ(broken->applications[0].build_error, "SyntaxError: invalid syntax");
+  EXPECT_TRUE(broken->applications[0].deployments.empty());
+  EXPECT_THAT(absl::StrJoin(broken->warnings, "\n"),
+              HasSubstr("cfg.yaml:3:18: applications[0].import_path: cannot import the application (SyntaxError: "
+                        "invalid syntax): it is DEPLOY_FAILED"));
+  auto broken_restored = ParseConfig(ToJson(*broken).dump(), "state", "/", Builtins());
+  ASSERT_TRUE(broken_restored.ok()) << broken_restored.status();
+  EXPECT_EQ(broken_restored->applications[0].build_error, "SyntaxError: invalid syntax");
   auto nope = ParseConfig(
       "applications:\n  - name: a\n    import_path: mod:app\n    args: {k: v}\n"
       "    runtime_env: {working_dir: code}\n    deployments: [{name: Nope}]\n",

@@ -5,9 +5,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "admin/render.h"
 #include "common/fake_clock.h"
 #include "common/fake_launcher.h"
-#include "admin/render.h"
 #include "router/router_set.h"
 
 namespace ferry::controller {
@@ -44,13 +44,14 @@ class ControllerTest : public ::testing::Test {
   }
 
   void Make(StateStore* store) {
-    controller_ = Controller::CreateWithLauncher(io_,
-                                                 [this](node::ReplicaListener* listener) {
-                                                   auto fake = std::make_unique<testing::FakeLauncher>(listener);
-                                                   fake_ = fake.get();
-                                                   return fake;
-                                                 },
-                                                 &publisher_, store, {}, Options());
+    controller_ = Controller::CreateWithLauncher(
+        io_,
+        [this](node::ReplicaListener* listener) {
+          auto fake = std::make_unique<testing::FakeLauncher>(listener);
+          fake_ = fake.get();
+          return fake;
+        },
+        &publisher_, store, {}, Options());
   }
 
   // Ticks, lets started replicas get ready and pass their first check, ticks again.
@@ -63,7 +64,9 @@ class ControllerTest : public ::testing::Test {
     }
   }
 
-  nlohmann::json Deployment() { return admin::StatusJson(controller_->Snapshot())["applications"]["app"]["deployments"]["D"]; }
+  nlohmann::json Deployment() {
+    return admin::StatusJson(controller_->Snapshot())["applications"]["app"]["deployments"]["D"];
+  }
   std::string AppStatus() { return admin::StatusJson(controller_->Snapshot())["applications"]["app"]["status"]; }
   int Routed() {
     const router::Route* r = routers_.routing()->Get()->Match("/app");
@@ -182,6 +185,45 @@ TEST_F(ControllerTest, FailedVersionKeepsTheOldOneServing) {
   EXPECT_EQ(fake_->started.size(), 3u);  // no more attempts at the failed version
 }
 
+// A version whose code did not build (config::ApplicationConfig::build_error, a Python import that
+// failed): the application is DEPLOY_FAILED with the traceback, the running version keeps serving and is
+// what is stored, and the next version that builds clears it.
+TEST_F(ControllerTest, AVersionThatDidNotBuildKeepsTheOldOneServing) {
+  ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
+  Settle();
+  config::Config broken = Parse(App(2, "{v: 2}"));
+  broken.applications[0].deployments.clear();
+  broken.applications[0].build_error = "Traceback (most recent call last):\nSyntaxError: invalid syntax";
+  ASSERT_TRUE(controller_->Apply(broken).ok());
+  Settle();
+  EXPECT_EQ(AppStatus(), "DEPLOY_FAILED");
+  EXPECT_THAT(admin::StatusJson(controller_->Snapshot())["applications"]["app"]["message"].get<std::string>(),
+              HasSubstr("Deploying app 'app' failed with exception:\nTraceback (most recent call last):\nSyntaxError"));
+  EXPECT_EQ(Routed(), 2);
+  EXPECT_EQ(fake_->started.size(), 2u);
+  EXPECT_TRUE(fake_->stopped.empty());
+  EXPECT_EQ(Deployment()["replica_states"]["RUNNING"], 2);
+  EXPECT_TRUE(controller_->HistoryJson().empty()) << "nothing new ran: no history";
+
+  // A new application that did not build: DEPLOY_FAILED, nothing started, no route.
+  config::Config both = broken;
+  both.applications.push_back(broken.applications[0]);
+  both.applications[1].name = "other";
+  both.applications[1].route_prefix = "/other";
+  ASSERT_TRUE(controller_->Apply(both).ok());
+  Settle();
+  EXPECT_EQ(admin::StatusJson(controller_->Snapshot())["applications"]["other"]["status"], "DEPLOY_FAILED");
+  EXPECT_EQ(fake_->started.size(), 2u);
+  EXPECT_EQ(routers_.routing()->Get()->Match("/other"), nullptr);
+
+  // Built at last: the new version rolls out and the application runs.
+  ASSERT_TRUE(controller_->Apply(Parse(App(2, "{v: 2}"))).ok());
+  Settle(12);
+  EXPECT_EQ(AppStatus(), "RUNNING");
+  EXPECT_EQ(fake_->started.size(), 4u);
+  EXPECT_EQ(admin::StatusJson(controller_->Snapshot())["applications"]["app"]["message"], "");
+}
+
 TEST_F(ControllerTest, CrashedReplicaIsReplaced) {
   ASSERT_TRUE(controller_->Apply(Parse(App(2))).ok());
   Settle();
@@ -231,7 +273,7 @@ TEST_F(ControllerTest, AReplicaStopsOnlyOnceTheDataPlaneHasNothingInFlightOnIt) 
   EXPECT_EQ(Routed(), 1);
   EXPECT_TRUE(fake_->stopped.empty()) << "stopped with a request in flight on it";
   EXPECT_EQ(Deployment()["ongoing_requests"], 2);  // from the data plane's report
-  held.clear();  // the requests end; the data plane wakes the controller
+  held.clear();                                    // the requests end; the data plane wakes the controller
   io_.restart();
   io_.poll();
   EXPECT_EQ(fake_->stopped.size(), 1u);
@@ -316,9 +358,12 @@ TEST_F(ControllerTest, CrashesInARowBackOffFrom100MsDoublingInSimulatedTime) {
 }
 
 TEST_F(ControllerTest, AHealthCheckThatNeverAnswersFailsByItsTimeoutInSimulatedTime) {
-  ASSERT_TRUE(controller_->Apply(Parse(
-      "applications:\n  - name: app\n    route_prefix: /app\n    deployments:\n      - name: D\n"
-      "        import_path: builtin:echo\n        health_check_period_s: 10\n        health_check_timeout_s: 5\n")).ok());
+  ASSERT_TRUE(
+      controller_
+          ->Apply(Parse("applications:\n  - name: app\n    route_prefix: /app\n    deployments:\n      - name: D\n"
+                        "        import_path: builtin:echo\n        health_check_period_s: 10\n        "
+                        "health_check_timeout_s: 5\n"))
+          .ok());
   Settle();
   ASSERT_EQ(Routed(), 1);
   const std::string hung = fake_->started[0].replica_id;
@@ -361,10 +406,11 @@ TEST_F(ControllerTest, AutoscalingWaitsOutUpscaleDelayInSimulatedTime) {
     void OnAssigned(router::ReplicaLease lease) override { held = std::move(lease); }
     router::ReplicaLease held;
   };
-  ASSERT_TRUE(controller_->Apply(Parse(App(-1, "{v: 1}",
-                                           "        autoscaling_config: {min_replicas: 1, max_replicas: 4, "
-                                           "target_ongoing_requests: 2, upscale_delay_s: 30, metrics_interval_s: 1, "
-                                           "look_back_period_s: 5}\n        max_ongoing_requests: 100\n")))
+  ASSERT_TRUE(controller_
+                  ->Apply(Parse(App(-1, "{v: 1}",
+                                    "        autoscaling_config: {min_replicas: 1, max_replicas: 4, "
+                                    "target_ongoing_requests: 2, upscale_delay_s: 30, metrics_interval_s: 1, "
+                                    "look_back_period_s: 5}\n        max_ongoing_requests: 100\n")))
                   .ok());
   Settle();
   ASSERT_EQ(Routed(), 1);

@@ -87,7 +87,12 @@ TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
   EXPECT_EQ(back.batch_size.sum, 12);
   EXPECT_EQ(back.spans_exported, 40u);
   EXPECT_EQ(back.spans_dropped, 2u);
-  const std::string_view payload = PayloadOf(sh);
+  EXPECT_TRUE(back.user_metrics.empty());
+  // Without user metrics and model ids (two empty lists: 8 bytes), as a replica before them sends it.
+  const std::string_view payload = PayloadOf(sh).substr(0, PayloadOf(sh).size() - 8);
+  StatsReply before_user_metrics;
+  ASSERT_TRUE(DecodeStatsReply(payload, &before_user_metrics).ok());
+  EXPECT_EQ(before_user_metrics.spans_dropped, 2u);
   StatsReply older;
   ASSERT_TRUE(DecodeStatsReply(payload.substr(0, payload.size() - 16), &older).ok());
   EXPECT_EQ(older.processing_seconds.counts, (std::vector<uint64_t>{2, 7, 0}));
@@ -327,6 +332,60 @@ TEST(FrameReaderTest, MalformedHeaderStopsTheStream) {
   FrameHeader h;
   std::string_view payload;
   EXPECT_FALSE(reader.Next(&h, &payload).ok());
+}
+
+// A replica's own metrics ride at the end of its stats reply; what the node cannot render safely (a bad
+// name or tag key, counts beyond the bytes sent) fails the decode instead of reaching /metrics.
+TEST(FrameTest, StatsReplyCarriesUserMetrics) {
+  using metrics::Type;
+  using metrics::UserMetric;
+  StatsReply stats{1, 0, 2};
+  stats.user_metrics.push_back(UserMetric{"hits", "Cache hits.", Type::kCounter, {}, {{{{"model", "a"}}, 3.5, {}, 0}}});
+  stats.user_metrics.push_back(
+      UserMetric{"size", "", Type::kHistogram, {1, 10}, {{{}, 0, {1, 2, 0}, 12.5}, {{{"k", "v"}}, 0, {0, 0, 1}, 99}}});
+  stats.model_ids = {"m1", "m2"};
+  std::string frame;
+  AppendStatsReply(frame, 1, stats);
+  StatsReply back;
+  ASSERT_TRUE(DecodeStatsReply(PayloadOf(frame), &back).ok());
+  EXPECT_EQ(back.model_ids, (std::vector<std::string>{"m1", "m2"}));
+  ASSERT_EQ(back.user_metrics.size(), 2u);
+  EXPECT_EQ(back.user_metrics[0].name, "hits");
+  EXPECT_EQ(back.user_metrics[0].help, "Cache hits.");
+  EXPECT_EQ(back.user_metrics[0].type, Type::kCounter);
+  ASSERT_EQ(back.user_metrics[0].series.size(), 1u);
+  EXPECT_EQ(back.user_metrics[0].series[0].tags, (std::vector<std::pair<std::string, std::string>>{{"model", "a"}}));
+  EXPECT_EQ(back.user_metrics[0].series[0].value, 3.5);
+  const UserMetric& h = back.user_metrics[1];
+  EXPECT_EQ(h.type, Type::kHistogram);
+  EXPECT_EQ(h.bounds, (std::vector<double>{1, 10}));
+  ASSERT_EQ(h.series.size(), 2u);
+  EXPECT_EQ(h.series[0].counts, (std::vector<uint64_t>{1, 2, 0}));
+  EXPECT_EQ(h.series[0].sum, 12.5);
+  EXPECT_EQ(h.series[1].tags[0].second, "v");
+  EXPECT_EQ(h.series[1].sum, 99);
+
+  // Truncated anywhere inside the metrics or the model ids: an error, never a partial read. (Without the
+  // model ids' 16 bytes in all it is a reply from before them.)
+  const std::string_view payload = PayloadOf(frame);
+  for (size_t cut = 1; cut < 60; ++cut)
+    EXPECT_EQ(DecodeStatsReply(payload.substr(0, payload.size() - cut), &back).ok(), cut == 16) << cut;
+
+  for (const UserMetric& bad : {UserMetric{"9lives", "", Type::kGauge, {}, {{{}, 1, {}, 0}}},
+                                UserMetric{"g", "", Type::kGauge, {}, {{{{"__reserved", "x"}}, 1, {}, 0}}},
+                                UserMetric{"g", "", Type::kGauge, {}, {{{{"a-b", "x"}}, 1, {}, 0}}}}) {
+    StatsReply s;
+    s.user_metrics.push_back(bad);
+    std::string f;
+    AppendStatsReply(f, 1, s);
+    EXPECT_FALSE(DecodeStatsReply(PayloadOf(f), &back).ok()) << bad.name;
+  }
+  // A series count no payload could hold is refused before anything is allocated.
+  std::string huge;
+  AppendStatsReply(huge, 1, StatsReply{});
+  std::string body(PayloadOf(huge).substr(0, PayloadOf(huge).size() - 8));
+  for (int i = 0; i < 4; ++i) body.push_back('\xff');
+  EXPECT_FALSE(DecodeStatsReply(body, &back).ok());
 }
 
 }  // namespace

@@ -385,6 +385,14 @@ TEST(WireTest, SnapshotsAndReportsRoundTripAndMalformedOnesAreRejected) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->applied_version, 9u);
   EXPECT_EQ(back->deployments[0].in_flight, (std::vector<std::pair<uint64_t, int>>{{1, 3}}));
+  // A replica's multiplexed models travel with its endpoint (handles in other processes route by them).
+  endpoints::Snapshot with_models = *snapshot;
+  auto models_set = std::make_shared<endpoints::EndpointSet>(set);
+  models_set->endpoints[0].model_ids = {"m1", "m2"};
+  with_models.sets["app/D"] = models_set;
+  auto models_back = endpoints::SnapshotFromJson(endpoints::SnapshotToJson(with_models));
+  ASSERT_TRUE(models_back.ok()) << models_back.status();
+  EXPECT_EQ((*models_back)->sets.at("app/D")->endpoints[0].model_ids, (std::vector<std::string>{"m1", "m2"}));
   EXPECT_FALSE(endpoints::SnapshotFromJson(nlohmann::json::parse(R"({"sets": [{"version": 1}]})")).ok());
   EXPECT_FALSE(endpoints::SnapshotFromJson(nlohmann::json::parse(R"({"sets": {}})")).ok());
   auto bad = endpoints::ReportFromJson(nlohmann::json::parse(R"({"deployments": [{"queued": "x"}]})"));

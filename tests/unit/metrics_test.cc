@@ -96,5 +96,65 @@ TEST(MetricsTest, TextReadsBackAndQuantilesInterpolate) {
   EXPECT_EQ(Quantile(0.99, {{0.1, 1}, {INFINITY, 10}}), 0.1);  // in +Inf: the highest finite bound
 }
 
+TEST(UserRegistryTest, DefinesOnceAndRecordsBySeries) {
+  UserRegistry r;
+  std::string error;
+  const int hits = r.Define("hits", "Cache hits.", Type::kCounter, {}, &error);
+  ASSERT_GE(hits, 0) << error;
+  EXPECT_EQ(r.Define("hits", "again", Type::kCounter, {}, &error), hits);  // the same metric
+  EXPECT_EQ(r.Define("hits", "", Type::kGauge, {}, &error), -1);
+  EXPECT_NE(error.find("another type"), std::string::npos) << error;
+  const int size = r.Define("size", "", Type::kHistogram, {1, 10}, &error);
+  ASSERT_GE(size, 0) << error;
+  EXPECT_EQ(r.Define("size", "", Type::kHistogram, {1, 100}, &error), -1);
+  const int temp = r.Define("temp", "", Type::kGauge, {}, &error);
+
+  // Tags in any order name one series.
+  EXPECT_TRUE(r.Record(hits, {{"b", "2"}, {"a", "1"}}, 2));
+  EXPECT_TRUE(r.Record(hits, {{"a", "1"}, {"b", "2"}}, 0.5));
+  EXPECT_TRUE(r.Record(hits, {}, 1));
+  EXPECT_FALSE(r.Record(hits, {}, 0));  // a counter only goes up
+  EXPECT_FALSE(r.Record(hits, {}, -1));
+  EXPECT_TRUE(r.Record(temp, {}, 5));
+  EXPECT_TRUE(r.Record(temp, {}, -3));  // a gauge keeps the last value
+  EXPECT_TRUE(r.Record(size, {}, 0.5));
+  EXPECT_TRUE(r.Record(size, {}, 10));
+  EXPECT_TRUE(r.Record(size, {}, 11));
+  EXPECT_FALSE(r.Record(size, {{"bad-key", "x"}}, 1));
+  EXPECT_FALSE(r.Record(99, {}, 1));
+
+  std::vector<UserMetric> snapshot = r.Snapshot();
+  ASSERT_EQ(snapshot.size(), 3u);
+  EXPECT_EQ(snapshot[0].name, "hits");
+  ASSERT_EQ(snapshot[0].series.size(), 2u);
+  EXPECT_TRUE(snapshot[0].series[0].tags.empty());
+  EXPECT_EQ(snapshot[0].series[0].value, 1);
+  EXPECT_EQ(snapshot[0].series[1].tags, (std::vector<std::pair<std::string, std::string>>{{"a", "1"}, {"b", "2"}}));
+  EXPECT_EQ(snapshot[0].series[1].value, 2.5);
+  EXPECT_EQ(snapshot[1].series[0].counts, (std::vector<uint64_t>{1, 1, 1}));  // <=1, <=10, +Inf
+  EXPECT_EQ(snapshot[1].series[0].sum, 21.5);
+  EXPECT_EQ(snapshot[2].series[0].value, -3);
+}
+
+TEST(UserRegistryTest, RefusesBadNamesAndBoundsAndBoundsItsSeries) {
+  UserRegistry r;
+  std::string error;
+  for (const char* name : {"", "9x", "a-b", "ferry_requests"}) {
+    EXPECT_EQ(r.Define(name, "", Type::kCounter, {}, &error), -1) << name;
+    EXPECT_FALSE(error.empty());
+  }
+  EXPECT_EQ(r.Define("h", "", Type::kHistogram, {}, &error), -1);
+  EXPECT_EQ(r.Define("h", "", Type::kHistogram, {2, 1}, &error), -1);
+  EXPECT_EQ(r.Define("h", "", Type::kHistogram, {0, 1}, &error), -1);
+  EXPECT_GE(r.Define("ns:ok_name", "", Type::kGauge, {}, &error), 0);
+
+  const int g = r.Define("per_user", "", Type::kGauge, {}, &error);
+  size_t recorded = 0;
+  for (size_t i = 0; i < UserRegistry::kMaxSeries + 10; ++i)
+    recorded += r.Record(g, {{"user", std::to_string(i)}}, 1) ? 1 : 0;
+  EXPECT_EQ(recorded, UserRegistry::kMaxSeries);
+  EXPECT_TRUE(r.Record(g, {{"user", "0"}}, 2));  // an existing series still records
+}
+
 }  // namespace
 }  // namespace ferry::metrics

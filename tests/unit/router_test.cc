@@ -3,6 +3,7 @@
 #include <atomic>
 #include <gtest/gtest.h>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace ferry::router {
@@ -60,6 +61,53 @@ TEST(RouterTest, PrefersReplicasOnItsOwnNodeWhileTheyHaveRoom) {
   ReplicaLease again;
   ASSERT_EQ(router->Acquire(w, &again), Router::Result::kAssigned);
   EXPECT_EQ(again.replica().replica_id[0], 'a');
+}
+
+// Ray's multiplexed routing: a model's requests go to the replicas that have it loaded while one has room;
+// a model nobody holds goes to the replicas holding the fewest models; full holders spill to any other.
+// The models a replica holds change with the endpoint set, without losing its in-flight count.
+TEST(RouterTest, AModelsRequestsGoFirstToTheReplicasThatHoldIt) {
+  auto router = Router::Create("d", /*max_ongoing=*/2, /*max_queued=*/-1, /*seed=*/7);
+  endpoints::EndpointSet set;
+  set.deployment = "app/d";
+  set.max_ongoing_requests = 2;
+  auto endpoint = [](const char* id, uint64_t key, std::vector<std::string> models) {
+    endpoints::Endpoint e{id, std::string("/tmp/") + id, key, "v", endpoints::EndpointState::kServing, ""};
+    e.model_ids = std::move(models);
+    return e;
+  };
+  set.endpoints = {endpoint("r1", 1, {"a", "b"}), endpoint("r2", 2, {"c"}), endpoint("r3", 3, {})};
+  router->Update(set);
+  auto acquire = [&](std::string_view model) {
+    ReplicaLease lease;
+    EXPECT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &lease, model), Router::Result::kAssigned);
+    return lease;
+  };
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(acquire("c").replica().replica_id, "r2");
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(acquire("a").replica().replica_id, "r1");
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(acquire("zzz").replica().replica_id, "r3");  // holds none
+  ReplicaLease direct;
+  ASSERT_TRUE(router->TryAcquire(&direct, "b"));
+  EXPECT_EQ(direct.replica().replica_id, "r1");
+  // r1 full (2 ongoing): "a" spills to the replica with the fewest models that has room.
+  ReplicaLease second = acquire("a");
+  EXPECT_EQ(second.replica().replica_id, "r1");
+  ReplicaLease spilled = acquire("a");
+  EXPECT_EQ(spilled.replica().replica_id, "r3");
+  // r3 loads "c" too; r2 evicts it: the set says so, and "c" now goes to r3. r1's two requests still count.
+  set.endpoints = {endpoint("r1", 1, {"a", "b"}), endpoint("r2", 2, {"d"}), endpoint("r3", 3, {"a", "c"})};
+  set.version = 2;
+  router->Update(set);
+  EXPECT_EQ(router->InFlight(1), 2);
+  EXPECT_EQ(acquire("c").replica().replica_id, "r3");
+  EXPECT_EQ(acquire("d").replica().replica_id, "r2");
+  // Without a model id, any replica.
+  std::set<std::string> any;
+  for (int i = 0; i < 30; ++i) {
+    ReplicaLease l;
+    if (router->TryAcquire(&l)) any.insert(l.replica().replica_id);
+  }
+  EXPECT_GE(any.size(), 2u);
 }
 
 TEST(RouterTest, NeverExceedsMaxOngoingPerReplica) {

@@ -1,6 +1,7 @@
 // The SDK's C++ layer, exercised through the C ABI table it generates, as the host uses it.
 #include <any>
 #include <ferry/deployment.h>
+#include <ferry/metrics.h>
 #include <ferry/model.h>
 #include <gtest/gtest.h>
 #include <string>
@@ -70,6 +71,65 @@ TEST(SdkTest, LogLinesGoThroughTheHost) {
   EXPECT_EQ(::testing::internal::GetCapturedStderr(), "constructed\n");
   EXPECT_TRUE(ferry::testing::LoggedLines().empty());
   api->destroy(instance);
+}
+
+// ferry::metrics through a host table that records what reaches it: tags in the declared order with
+// defaults filled in, samples dropped before the host for missing or undeclared tags, and the host's
+// refusal of a definition thrown with its reason.
+struct RecordedSample {
+  int id;
+  std::vector<std::pair<std::string, std::string>> tags;
+  double value;
+};
+std::vector<RecordedSample>& RecordedSamples() {
+  static std::vector<RecordedSample> samples;
+  return samples;
+}
+
+TEST(SdkTest, MetricsGoThroughTheHostWithTheirTags) {
+  FerryHostApi host = kHost;
+  host.struct_size = sizeof(FerryHostApi);
+  host.metric_define = [](FerryString name, FerryString, int kind, const double*, size_t num_bounds,
+                          FerryString* error) -> int {
+    static const std::string why = "refused";
+    if (std::string_view(name.data, name.size) == "bad") {
+      *error = FerryString{why.data(), why.size()};
+      return -1;
+    }
+    return kind * 10 + static_cast<int>(num_bounds);
+  };
+  host.metric_record = [](int id, const FerryHeader* tags, size_t n, double value) -> int {
+    RecordedSample s{id, {}, value};
+    for (size_t i = 0; i < n; ++i)
+      s.tags.emplace_back(std::string(tags[i].name.data, tags[i].name.size),
+                          std::string(tags[i].value.data, tags[i].value.size));
+    RecordedSamples().push_back(std::move(s));
+    return 0;
+  };
+  const FerryHostApi* saved = ferry::internal::Host();
+  ferry::internal::Host() = &host;
+  RecordedSamples().clear();
+  ferry::metrics::Counter hits("hits", "", {"model", "kind"});
+  hits.set_default_tags({{"kind", "plain"}});
+  EXPECT_TRUE(hits.inc(2, {{"model", "a"}}));
+  EXPECT_FALSE(hits.inc(1));                                    // model has no value
+  EXPECT_FALSE(hits.inc(1, {{"model", "a"}, {"other", "x"}}));  // other is not declared
+  EXPECT_THROW(hits.set_default_tags({{"other", "x"}}), std::invalid_argument);
+  ferry::metrics::Histogram size("size", "", {1, 2, 3});
+  EXPECT_TRUE(size.observe(1.5));
+  EXPECT_THROW(ferry::metrics::Gauge("bad"), std::invalid_argument);
+  ASSERT_EQ(RecordedSamples().size(), 2u);
+  EXPECT_EQ(RecordedSamples()[0].id, 0);
+  EXPECT_EQ(RecordedSamples()[0].tags,
+            (std::vector<std::pair<std::string, std::string>>{{"model", "a"}, {"kind", "plain"}}));
+  EXPECT_EQ(RecordedSamples()[0].value, 2);
+  EXPECT_EQ(RecordedSamples()[1].id, 23);  // a histogram (kind 2) with 3 bounds
+  // Without a host that has metrics (outside a replica, an older ferry): nothing recorded, nothing thrown.
+  ferry::internal::Host() = &kHost;
+  ferry::metrics::Gauge quiet("quiet");
+  EXPECT_FALSE(quiet.set(1));
+  ferry::internal::Host() = saved;
+  EXPECT_EQ(RecordedSamples().size(), 2u);
 }
 
 // Streams ?n= events; ?plain=1 answers in one piece instead.

@@ -5,7 +5,7 @@ script, serve.run() deploys to a Ferry node through its admin API (starting a lo
 shipping classes defined in the script by value (cloudprickle), as Ray does.
 """
 
-from . import exceptions, handle  # noqa: F401
+from . import exceptions, handle, metrics  # noqa: F401
 from .api import (delete, get_app_handle, get_deployment_handle, run, shutdown, start, status)  # noqa: F401
 from .batching import batch  # noqa: F401
 from .context import ReplicaContext, get_multiplexed_model_id, get_replica_context  # noqa: F401
@@ -17,6 +17,6 @@ from .multiplex import multiplexed  # noqa: F401
 __all__ = [
     "Application", "Deployment", "DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator",
     "ReplicaContext", "batch", "delete", "deployment", "exceptions", "get_app_handle", "get_deployment_handle",
-    "get_multiplexed_model_id", "get_replica_context", "handle", "ingress", "multiplexed", "run", "shutdown",
+    "get_multiplexed_model_id", "get_replica_context", "handle", "ingress", "metrics", "multiplexed", "run", "shutdown",
     "start", "status",
 ]

@@ -1,6 +1,8 @@
 """`@serve.multiplexed` (Ray Serve's): a replica keeps up to max_num_models_per_replica models loaded,
 least recently used evicted first; the request's model id comes from the serve_multiplexed_model_id header
-or the handle's multiplexed_model_id option (serve.get_multiplexed_model_id())."""
+or the handle's multiplexed_model_id option (serve.get_multiplexed_model_id()). The replica tells Ferry which
+models it holds after each load and eviction, and routers send a model's requests to replicas that hold it
+first, then to those holding the fewest models."""
 
 import asyncio
 import collections
@@ -15,6 +17,7 @@ class _Cache:
         self.max_models = max_models
         self.models: "collections.OrderedDict" = collections.OrderedDict()
         self.loading = {}
+        _caches.append(self)
 
     async def get(self, owner, model_id: str):
         if not isinstance(model_id, str) or not model_id:
@@ -32,15 +35,29 @@ class _Cache:
         try:
             while len(self.models) >= self.max_models:
                 _, evicted = self.models.popitem(last=False)
+                _report_models()
                 await _unload(evicted)
                 del evicted
             result = self.load(owner, model_id) if owner is not None else self.load(model_id)
             if inspect.isawaitable(result):
                 result = await result
             self.models[model_id] = result
+            _report_models()
             return result
         finally:
             self.loading.pop(model_id, None)
+
+
+_caches = []  # every model cache of this process (one replica per process)
+
+
+def _report_models():
+    """Tells the replica's host which models this replica holds now (it reports them to routers)."""
+    from . import context as _context
+    if not _context._in_replica():
+        return
+    import _ferry
+    _ferry.set_model_ids(sorted({m for cache in _caches for m in cache.models}))
 
 
 async def _unload(model):

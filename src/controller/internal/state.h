@@ -119,6 +119,9 @@ struct Controller::Application {
   double last_deployed_time_s = 0;
   ApplicationStatus status = ApplicationStatus::kNotStarted;
   std::string message;
+  // The traceback of the last config of this application whose code did not import or build; cleared by
+  // the next one that does. While set the application is DEPLOY_FAILED, and `config` is what still runs.
+  std::string build_error;
 };
 
 // A deployment's code version: changes when anything that needs a new process changes.

@@ -81,7 +81,8 @@ void Call::Start(http::request<http::string_body>&& request) {
 void Call::Route() {
   state_ = State::kQueued;
   router::ReplicaLease lease;
-  switch (route_->router->Acquire(shared_from_this(), &lease)) {
+  // A multiplexed model's requests go first to the replicas that have it loaded.
+  switch (route_->router->Acquire(shared_from_this(), &lease, request_["serve_multiplexed_model_id"])) {
     case router::Router::Result::kAssigned:
       Dispatch(std::move(lease));
       return;

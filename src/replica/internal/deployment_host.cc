@@ -2,9 +2,11 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstddef>
 
 #include "common/common.h"
+#include "common/mutex.h"
 #include "runtimes/runtimes.h"
 
 namespace ferry::replica {
@@ -217,6 +219,48 @@ void ReplicaContext(FerryString* application, FerryString* deployment, FerryStri
   if (replica_id) *replica_id = Str(g_names.replica_id);
 }
 
+metrics::UserRegistry g_user_metrics;
+
+int MetricDefine(FerryString name, FerryString description, int kind, const double* boundaries, size_t num_boundaries,
+                 FerryString* error) {
+  thread_local std::string why;
+  int id = -1;
+  if (kind < FERRY_METRIC_COUNTER || kind > FERRY_METRIC_HISTOGRAM)
+    why = ferry::StrCat("unknown metric kind ", kind);
+  else
+    id = g_user_metrics.Define(ViewOf(name), ViewOf(description), static_cast<metrics::Type>(kind),
+                               std::vector<double>(boundaries, boundaries + (boundaries ? num_boundaries : 0)), &why);
+  if (id < 0 && error) *error = Str(why);
+  return id;
+}
+
+int MetricRecord(int metric, const FerryHeader* tags, size_t num_tags, double value) {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  pairs.reserve(num_tags);
+  for (size_t i = 0; i < num_tags; ++i) pairs.emplace_back(ViewOf(tags[i].name), ViewOf(tags[i].value));
+  return g_user_metrics.Record(metric, std::move(pairs), value) ? 0 : -1;
+}
+
+struct LoadedModels {
+  Mutex mu;
+  std::vector<std::string> ids ABSL_GUARDED_BY(mu);
+};
+LoadedModels& Models() {
+  static LoadedModels models;
+  return models;
+}
+
+void SetModelIds(const FerryString* model_ids, size_t num_model_ids) {
+  std::vector<std::string> ids;
+  ids.reserve(num_model_ids);
+  for (size_t i = 0; i < num_model_ids; ++i) ids.emplace_back(ViewOf(model_ids[i]));
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  LoadedModels& m = Models();
+  MutexLock lock(&m.mu);
+  m.ids = std::move(ids);
+}
+
 const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                FERRY_ABI_VERSION,
                                &SetStatus,
@@ -245,7 +289,10 @@ const FerryHostApi kHostApi = {sizeof(FerryHostApi),
                                &StreamHead,
                                &StreamRespond,
                                &StreamCancelled,
-                               &HostLogForRequest};
+                               &HostLogForRequest,
+                               &MetricDefine,
+                               &MetricRecord,
+                               &SetModelIds};
 
 int IsCancelled(const FerryRequest* request) {
   return static_cast<const CancelContext*>(request->host_context)->cancelled->load(std::memory_order_relaxed) ? 1 : 0;
@@ -312,6 +359,14 @@ std::string ErrorText(const FerryErrorSink& error, std::string_view fallback) {
 }  // namespace
 
 const FerryHostApi* HostApi() { return &kHostApi; }
+
+metrics::UserRegistry& UserMetrics() { return g_user_metrics; }
+
+std::vector<std::string> LoadedModelIds() {
+  LoadedModels& m = Models();
+  MutexLock lock(&m.mu);
+  return m.ids;
+}
 
 void SetHandleClient(handle::HandleClient* client) { g_handles = client; }
 

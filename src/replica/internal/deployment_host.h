@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "handle/handle_client.h"
+#include "metrics/metrics.h"
 #include "replica/internal/model_host.h"
 #include "replica/replica.h"
 #include "transport/frame.h"
@@ -19,6 +20,10 @@ namespace ferry::replica {
 
 // The functions the replica host offers deployments (FerryHostApi), as every deployment it creates gets them.
 const FerryHostApi* HostApi();
+// What deployments in this process recorded through metric_define / metric_record.
+metrics::UserRegistry& UserMetrics();
+// The multiplexed models a deployment in this process said it has loaded (set_model_ids), sorted.
+std::vector<std::string> LoadedModelIds();
 // Where FerryHostApi's handles go: this process's handle client (one replica per process). Set before the
 // deployment is created; null: get_handle fails.
 void SetHandleClient(handle::HandleClient* client);

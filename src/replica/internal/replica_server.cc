@@ -295,6 +295,8 @@ class ReplicaServer::Impl {
       case FrameKind::kStats: {
         std::string frame;
         transport::StatsReply stats{ongoing_.load(), 0, total_.load(), Counts(processing_), Counts(batch_size_)};
+        stats.user_metrics = UserMetrics().Snapshot();
+        stats.model_ids = LoadedModelIds();
         if (tracer_) {
           stats.spans_exported = tracer_->exported();
           stats.spans_dropped = tracer_->dropped();

@@ -511,9 +511,40 @@ void Log(int level, const std::string& message, const std::string& request_id) {
   log::Write(level, message);
 }
 
+// ferry.serve.metrics: the host's user metrics (ValueError for what the host refuses to define).
+int MetricDefine(const std::string& name, const std::string& description, int kind, const std::vector<double>& bounds) {
+  const FerryHostApi* host = internal::Host();
+  if (!FERRY_HOST_HAS(host, metric_define)) throw std::runtime_error("this ferry has no user metrics");
+  FerryString error{nullptr, 0};
+  int id = host->metric_define(Str(name), Str(description), kind, bounds.data(), bounds.size(), &error);
+  if (id < 0) throw py::value_error(std::string(error.data, error.size));
+  return id;
+}
+
+bool MetricRecord(int id, const std::vector<std::pair<std::string, std::string>>& tags, double value) {
+  const FerryHostApi* host = internal::Host();
+  std::vector<FerryHeader> raw;
+  raw.reserve(tags.size());
+  for (const auto& [k, v] : tags) raw.push_back(FerryHeader{Str(k), Str(v)});
+  return host->metric_record(id, raw.data(), raw.size(), value) == 0;
+}
+
+// @serve.multiplexed: the models this replica holds, for routers to prefer it for them.
+void SetModelIds(const std::vector<std::string>& ids) {
+  const FerryHostApi* host = internal::Host();
+  if (!FERRY_HOST_HAS(host, set_model_ids)) return;  // an older host: routing ignores models
+  std::vector<FerryString> raw;
+  raw.reserve(ids.size());
+  for (const std::string& id : ids) raw.push_back(Str(id));
+  host->set_model_ids(raw.data(), raw.size());
+}
+
 PYBIND11_EMBEDDED_MODULE(_ferry, m) {
   m.doc() = "Ferry's replica host, for ferry.serve (internal)";
   m.def("log", &Log);
+  m.def("metric_define", &MetricDefine);
+  m.def("metric_record", &MetricRecord);
+  m.def("set_model_ids", &SetModelIds);
   m.def("replica_context", [] {
     ReplicaContext c = get_replica_context();
     return py::make_tuple(c.app_name, c.deployment, c.replica_id);

@@ -146,6 +146,20 @@ class ModelServer:
 models = ModelServer.bind()
 
 
+@serve.deployment(num_replicas=3)
+class PlacedModels:
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str):
+        return model_id
+
+    async def __call__(self, request: Request):
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        return {"model": model, "pid": os.getpid()}
+
+
+placed_models = PlacedModels.bind()
+
+
 # --- user_config and health -----------------------------------------------------------------------------------
 @serve.deployment(user_config={"threshold": 1})
 class Configurable:
@@ -274,3 +288,38 @@ class Waits:
 
 hangs = Hangs.bind()
 waits = Waits.bind(Hangs.options(name="Spinner").bind())
+
+
+# --- Metrics of its own (ferry.serve.metrics), on the node's /metrics --------------------------------------
+from ferry.serve import metrics  # noqa: E402
+
+LOADED = metrics.Gauge("basics_module_loaded", description="Set when the module is imported in a replica.")
+LOADED.set(1)
+
+
+@serve.deployment(num_replicas=2)
+class Counted:
+    def __init__(self):
+        self.requests = metrics.Counter("basics_requests", description="Requests, by kind.",
+                                        tag_keys=("kind", "route"))
+        self.requests.set_default_tags({"kind": "plain"})
+        self.size = metrics.Histogram("basics_size", description="Sizes asked for.", boundaries=[1, 10, 100])
+        self.last = metrics.Gauge("basics_last_size")
+
+    async def __call__(self, request: Request):
+        q = request.query_params
+        size = float(q.get("size", "0"))
+        if q.get("kind"):
+            self.requests.inc(2, tags={"kind": q["kind"]})
+        else:
+            self.requests.inc()
+        self.size.observe(size)
+        self.last.set(size)
+        if q.get("bad") == "tag":
+            self.requests.inc(tags={"nope": "x"})
+        if q.get("bad") == "value":
+            self.requests.inc(0)
+        return "counted"
+
+
+counted = Counted.bind()

@@ -4,13 +4,16 @@ constructor arguments.
 
     /usr/bin/python3 -m ferry.serve._private.build '{"import_path": ..., "args": {...}}'
 
-prints {"ingress": NAME, "deployments": [{"name": NAME, "options": {...}}]} (the options set in code), or
-exits 1 with the traceback on standard error.
+prints {"ingress": NAME, "deployments": [{"name": NAME, "options": {...}}], "code_version": HASH} (the
+options set in code; a hash of the code, so that deploying changed code makes new replicas, as Ray's hash
+of the working_dir does), or exits 1 with the traceback on standard error.
 """
 
+import hashlib
 import importlib
 import inspect
 import json
+import os
 import sys
 from typing import Any, Dict, List
 
@@ -120,6 +123,44 @@ def describe(app: Application) -> Dict[str, Any]:
     }
 
 
+_MAX_HASHED_FILES = 20000
+
+
+def code_version(sys_path: List[str], import_path: str) -> str:
+    """A hash of the Python source an application runs: every .py file under the runtime_env's directories
+    (working_dir, py_modules), or the imported module's own file when there are none."""
+    h = hashlib.sha256()
+    files = 0
+    for root in sys_path:
+        if os.path.isfile(root):
+            candidates = [(root, os.path.basename(root))]
+        else:
+            candidates = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+                for name in sorted(filenames):
+                    if name.endswith(".py"):
+                        path = os.path.join(dirpath, name)
+                        candidates.append((path, os.path.relpath(path, root)))
+        for path, rel in candidates:
+            files += 1
+            if files > _MAX_HASHED_FILES:
+                break
+            try:
+                with open(path, "rb") as f:
+                    h.update(rel.encode() + b"\0" + f.read() + b"\0")
+            except OSError:
+                continue
+    if not sys_path:
+        module = sys.modules.get(import_path.partition(":")[0] if ":" in import_path
+                                 else import_path.rpartition(".")[0])
+        path = getattr(module, "__file__", None)
+        if path and os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def main(argv: List[str]) -> int:
     from .errors import user_traceback
 
@@ -129,6 +170,7 @@ def main(argv: List[str]) -> int:
     try:
         app = application_of(load_attr(request["import_path"]), request.get("args") or {})
         described = describe(app)
+        described["code_version"] = code_version(request.get("sys_path", []), request["import_path"])
     except Exception as e:
         sys.stderr.write(user_traceback(e))
         return 1

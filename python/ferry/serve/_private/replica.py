@@ -81,6 +81,10 @@ class Replica:
         asyncio.run_coroutine_threadsafe(self._install(), self.loop).result()
         self._canceller = _Canceller()
 
+        # Set before the user's module is imported: module-level metrics and get_replica_context() see it.
+        _context._set_replica_context(_context.ReplicaContext(
+            app_name=app_name, deployment=self.deployment_name,
+            replica_id=_context.ReplicaID(replica_id), servable_object=None))
         python = set(config.get("python_deployments") or [])
         if config.get("pickled"):
             func_or_class, args, kwargs = _load_pickled(config["pickled"])
@@ -98,9 +102,6 @@ class Replica:
         kwargs = build.with_handles(kwargs, app_name, python)
         self.is_function = not inspect.isclass(func_or_class)
         self.asgi_app = None
-        _context._set_replica_context(_context.ReplicaContext(
-            app_name=app_name, deployment=self.deployment_name,
-            replica_id=_context.ReplicaID(replica_id), servable_object=None))
         if self.is_function:
             self.instance = func_or_class
         else:
