@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -95,7 +96,10 @@ absl::StatusOr<config::PythonApp> BuildPythonApp(const std::string& import_path,
     }
   }
   int status = 0;
-  waitpid(pid, &status, 0);
+  pid_t waited;
+  while ((waited = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+  }
+  if (waited != pid) return absl::InternalError(StrCat("lost the exit status of the import of ", import_path));
   if (timed_out) return absl::DeadlineExceededError(StrCat("importing ", import_path, " took over 120 s"));
   if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
     return absl::FailedPreconditionError(StrCat("cannot run ", python, " (set FERRY_PYTHON to a Python 3.11)"));

@@ -403,10 +403,14 @@ void NodeAgent::WatchChildren() {
 }
 
 void NodeAgent::Reap() {
-  for (;;) {
+  // Only its own replicas: other children of this process (the import of a Python application, a plugin
+  // check) are waited for by whoever started them, who needs their exit status.
+  std::vector<std::pair<pid_t, int>> exited;
+  for (const auto& [id, p] : processes_) {
     int status = 0;
-    pid_t pid = waitpid(-1, &status, WNOHANG);
-    if (pid <= 0) return;
+    if (waitpid(p->pid, &status, WNOHANG) == p->pid) exited.emplace_back(p->pid, status);
+  }
+  for (const auto& [pid, status] : exited) {
     for (auto it = processes_.begin(); it != processes_.end(); ++it) {
       Process* p = it->second.get();
       if (p->pid != pid) continue;
