@@ -30,6 +30,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -376,34 +377,54 @@ RequestQueue& Requests() {
   return *q;
 }
 
+// The life of one WebSocket session, shared by its PyWs and PySession. Python may keep its PyWs past the
+// session's end (the ASGI server closes after the app returned, a task sends late), but the host's
+// WebSocket is valid only until on_close returns: sends and closes hold `mu` shared and do nothing once
+// `over`; the session's end (on_close, or a refusal) sets `over` holding it exclusively, so none is under
+// way when the host lets the WebSocket go. (A send waiting for the client's credit ends when the session
+// does: the host cancels it.)
+struct WsLife {
+  std::shared_mutex mu;
+  bool over = false;
+  void End() {
+    std::unique_lock lock(mu);
+    over = true;
+  }
+};
+
 // A WebSocket session of an ingress ASGI app (FastAPI's websocket routes): Python sends through PyWs
 // (its sends wait for the client's credit, so Python makes them off the loop), and the session hands
 // each message and its end to `deliver`, a Python callable that queues them for the app.
 class PyWs {
  public:
-  explicit PyWs(WebSocket ws) : ws_(ws) {}
+  PyWs(WebSocket ws, std::shared_ptr<WsLife> life) : ws_(ws), life_(std::move(life)) {}
   bool SendText(const std::string& text) {
     py::gil_scoped_release unlocked;
-    return ws_.send_text(text);
+    std::shared_lock lock(life_->mu);
+    return !life_->over && ws_.send_text(text);
   }
   bool SendBytes(const py::bytes& data) {
     std::string_view view = data;
     py::gil_scoped_release unlocked;
-    return ws_.send_binary(view);
+    std::shared_lock lock(life_->mu);
+    return !life_->over && ws_.send_binary(view);
   }
   void Close(int code, const std::string& reason) {
     py::gil_scoped_release unlocked;
-    ws_.close(code, reason);
+    std::shared_lock lock(life_->mu);
+    if (!life_->over) ws_.close(code, reason);
   }
 
  private:
   WebSocket ws_;
+  std::shared_ptr<WsLife> life_;
 };
 
 class PySession : public WebSocketSession {
  public:
-  explicit PySession(py::object deliver) : deliver_(std::move(deliver)) {}
+  PySession(py::object deliver, std::shared_ptr<WsLife> life) : deliver_(std::move(deliver)), life_(std::move(life)) {}
   ~PySession() override {
+    life_->End();
     Gil gil;
     deliver_ = py::object();
   }
@@ -415,12 +436,14 @@ class PySession : public WebSocketSession {
       deliver_("message", py::str(data.data(), data.size()), 0);
   }
   void on_close(int code, std::string_view reason) override {
+    life_->End();  // before Python hears of it: from here its sends and closes do nothing
     Gil gil;
     deliver_("close", py::str(reason.data(), reason.size()), code);
   }
 
  private:
   py::object deliver_;
+  std::shared_ptr<WsLife> life_;
 };
 
 // A handle to one deployment, from the host (which owns it for the replica's life).
@@ -747,6 +770,7 @@ class Python : public Deployment {
   // refuses: 403) and returns what takes the session's messages.
   std::unique_ptr<WebSocketSession> accept_websocket(const Request& request, WebSocket ws) override {
     const FerryRequest* raw = internal::RawOf(&request);
+    auto life = std::make_shared<WsLife>();
     Gil gil;
     py::object deliver;
     try {
@@ -754,12 +778,16 @@ class Python : public Deployment {
       for (size_t i = 0; i < raw->num_headers; ++i)
         headers.emplace_back(View(raw->headers[i].name), View(raw->headers[i].value));
       deliver = runtime_.attr("accept_websocket")(request.request_id(), request.path(), request.query(),
-                                                  request.route_prefix(), headers, std::make_shared<PyWs>(ws));
+                                                  request.route_prefix(), headers, std::make_shared<PyWs>(ws, life));
     } catch (py::error_already_set& e) {
+      life->End();
       throw std::runtime_error(PythonError(e));
     }
-    if (deliver.is_none()) throw HttpError(403, "the application did not accept the WebSocket session");
-    return std::make_unique<PySession>(std::move(deliver));
+    if (deliver.is_none()) {
+      life->End();  // refused: the host lets the WebSocket go on return
+      throw HttpError(403, "the application did not accept the WebSocket session");
+    }
+    return std::make_unique<PySession>(std::move(deliver), std::move(life));
   }
 
   void reconfigure(const Json& user_config) override {
