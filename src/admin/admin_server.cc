@@ -5,6 +5,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <condition_variable>
+#include <deque>
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -30,6 +31,8 @@ namespace {
 constexpr uint64_t kMaxConfigBytes = 16 << 20;
 constexpr auto kControllerWait = std::chrono::seconds(30);
 
+class DriverCall;
+
 struct Reply {
   Reply() = default;
   Reply(http::status s, json b) : status(s), body(std::move(b)) {}
@@ -38,40 +41,65 @@ struct Reply {
   std::optional<std::string> text;  // sent instead of `body`: the Prometheus text format
   std::string content_type;         // of `text`; empty: Prometheus's
   std::vector<std::pair<std::string, std::string>> headers;
+  std::shared_ptr<DriverCall> stream;  // sent instead of all the above: a driver's streamed call
 };
 
-// A driver's call, gathered whole (the admin thread that took the request waits for it).
-class GatheredCall : public handle::CallObserver {
+// A driver's call. The admin thread that took the request takes the callee's answer piece by piece
+// (crediting the callee as it goes, so a stream moves at the pace its reader reads): gathered whole, or,
+// when the driver asked for a stream (x-ferry-stream) and the callee streams, passed on chunk by chunk.
+class DriverCall : public handle::CallObserver {
  public:
-  void OnHead(int status, const transport::HeaderList& headers, bool) override {
+  void OnHead(int status, const transport::HeaderList& headers, bool stream) override {
     std::lock_guard<std::mutex> lock(mu_);
     status_ = status;
+    streamed_ = stream;
+    head_ = true;
     for (const auto& [k, v] : headers) headers_.emplace_back(k, v);
+    cv_.notify_all();
   }
   void OnChunk(std::string_view data) override {
     std::lock_guard<std::mutex> lock(mu_);
-    body_.append(data);
-  }
-  void OnEnd(bool ok, int status, std::string_view error) override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ended_ = true;
-      ok_ = ok;
-      if (status_ == 0) status_ = status;
-      error_.assign(error);
-    }
+    chunks_.emplace_back(data);
     cv_.notify_all();
   }
-  // The callee's status and headers, with x-ferry-call-ok and x-ferry-call-error saying how the call
-  // ended, and its body.
-  Reply Wait() {
+  void OnEnd(bool ok, int status, std::string_view error) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ended_ = true;
+    ok_ = ok;
+    if (status_ == 0) status_ = status;
+    error_.assign(error);
+    cv_.notify_all();
+  }
+  void set_ref(handle::CallRef ref) { ref_ = std::move(ref); }
+  const handle::CallRef& ref() const { return ref_; }
+
+  // True when the callee's answer is a stream (chunks follow, from Next); false when the call ended
+  // without one or answered whole.
+  bool WaitForHead() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return ended_; });
+    cv_.wait(lock, [&] { return head_ || ended_; });
+    return head_ && streamed_;
+  }
+  // The next piece of the answer: true with `chunk` set (the callee is credited for it); false at the end.
+  bool Next(std::string* chunk) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !chunks_.empty() || ended_; });
+    if (chunks_.empty()) return false;
+    *chunk = std::move(chunks_.front());
+    chunks_.pop_front();
+    lock.unlock();
+    ref_.Consumed(chunk->size());
+    return true;
+  }
+  // The callee's status and headers (content-type apart), with x-ferry-call-ok (how the call ended, or
+  // for a stream "1" so far) and x-ferry-call-error (why it ended without an answer).
+  Reply Head(bool so_far) {
+    std::lock_guard<std::mutex> lock(mu_);
     Reply r;
     r.status = static_cast<http::status>(status_);
-    r.headers = std::move(headers_);
-    r.headers.emplace_back("x-ferry-call-ok", ok_ ? "1" : "0");
-    if (!error_.empty()) r.headers.emplace_back("x-ferry-call-error", error_);
+    r.headers = headers_;
+    r.headers.emplace_back("x-ferry-call-ok", so_far || ok_ ? "1" : "0");
+    if (!so_far && !error_.empty()) r.headers.emplace_back("x-ferry-call-error", error_);
     r.content_type = "application/octet-stream";
     for (auto it = r.headers.begin(); it != r.headers.end(); ++it)
       if (it->first == "content-type") {
@@ -79,18 +107,32 @@ class GatheredCall : public handle::CallObserver {
         r.headers.erase(it);
         break;
       }
-    r.text = std::move(body_);
     return r;
+  }
+  // The whole answer, once the call ended.
+  Reply Whole() {
+    std::string body, chunk;
+    while (Next(&chunk)) body.append(chunk);
+    Reply r = Head(false);
+    r.text = std::move(body);
+    return r;
+  }
+  // How a streamed answer ended: ok, or the reason it broke.
+  bool ended_ok(std::string* error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *error = error_;
+    return ok_;
   }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  bool ended_ = false, ok_ = false;
+  bool head_ = false, streamed_ = false, ended_ = false, ok_ = false;
   int status_ = 0;
   std::vector<std::pair<std::string, std::string>> headers_;
-  std::string body_;
+  std::deque<std::string> chunks_;
   std::string error_;
+  handle::CallRef ref_;
 };
 
 Reply Error(http::status status, std::string_view message) { return {status, {{"error", message}}}; }
@@ -209,6 +251,10 @@ class AdminServer::Impl {
           FERRY_LOG(kError, "admin", "answering ", parser.get().target(), " failed: ", e.what());
           reply = Error(http::status::internal_server_error, StrCat("the admin API failed: ", e.what()));
         }
+      }
+      if (reply.stream) {
+        if (!WriteStream(socket, *reply.stream, keep_alive)) return;
+        continue;
       }
       http::response<http::string_body> res{reply.status, 11};
       res.set(http::field::content_type, !reply.content_type.empty() ? reply.content_type
@@ -331,10 +377,44 @@ class AdminServer::Impl {
       }
     }
     call.body = req.body();
-    auto gathered = std::make_shared<GatheredCall>();
+    const bool wants_stream = req.find("x-ferry-stream") != req.end();
+    auto driver = std::make_shared<DriverCall>();
     options_.handles->Want();
-    handle::CallRef ref = options_.handles->Start(std::move(call), gathered);
-    return gathered->Wait();
+    driver->set_ref(options_.handles->Start(std::move(call), driver));
+    if (wants_stream && driver->WaitForHead()) {
+      Reply r;
+      r.stream = std::move(driver);
+      return r;
+    }
+    return driver->Whole();
+  }
+
+  // A streamed answer to a driver, chunked as the callee sends it. False when the connection is done
+  // with: the client went away (the call is cancelled), or the stream broke (cut short without its last
+  // chunk, which the driver reads as the stream breaking).
+  bool WriteStream(tcp::socket& socket, DriverCall& call, bool keep_alive) {
+    Reply head = call.Head(/*so_far=*/true);
+    http::response<http::empty_body> res{head.status, 11};
+    res.set(http::field::content_type, head.content_type);
+    for (const auto& [k, v] : head.headers) res.insert(k, v);
+    res.chunked(true);
+    res.keep_alive(keep_alive);
+    http::response_serializer<http::empty_body> serializer{res};
+    boost::system::error_code ec;
+    http::write_header(socket, serializer, ec);
+    std::string chunk;
+    while (!ec && call.Next(&chunk)) asio::write(socket, http::make_chunk(asio::buffer(chunk)), ec);
+    if (ec) {
+      call.ref().Cancel();
+      return false;
+    }
+    std::string error;
+    if (!call.ended_ok(&error)) {
+      FERRY_LOG(kWarning, "admin", "a driver's stream broke: ", error);
+      return false;
+    }
+    asio::write(socket, http::make_chunk_last(), ec);
+    return !ec && keep_alive;
   }
 
   Reply Wrap(std::optional<json> body) {

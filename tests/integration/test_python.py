@@ -524,6 +524,9 @@ class DriverScriptTest(unittest.TestCase):
             self.assertEqual(seen["result"], "HELLO (DEFINED IN __MAIN__)")
             self.assertEqual(seen["async"], "ASYNC (DEFINED IN __MAIN__)")
             self.assertEqual(seen["stream"], ["t0", "t1", "t2"])
+            # A stream reaches the driver item by item, sync and async (the callee waits for the driver).
+            self.assertEqual(seen["live"], ["first", "second"])
+            self.assertEqual(seen["live_async"], ["first", "second"])
             self.assertEqual(seen["status"], "RUNNING")
             self.assertEqual(seen["app_handle"], "AGAIN (DEFINED IN __MAIN__)")
             self.assertEqual(seen["after_delete"], [])

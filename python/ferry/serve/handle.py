@@ -8,6 +8,7 @@ answer comes back decoded by its content type (JSON, text, or bytes).
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -168,7 +169,8 @@ class DeploymentHandle:
 
 class _DriverCall:
     """A call from a driver script (no replica around it): POST /api/ferry/call/{app}/{deployment} on the
-    node's admin API, run on a pool thread. Offers what a native call does; a stream arrives whole."""
+    node's admin API, run on a pool thread. Offers what a native call does; a stream (x-ferry-stream)
+    arrives chunk by chunk as the callee yields, and one cut short raises as a broken stream."""
 
     def __init__(self, app: str, deployment: str, method: str, headers, body: bytes):
         from .api import _address, _admin_headers
@@ -178,51 +180,80 @@ class _DriverCall:
         hdrs.update(_admin_headers())
         if method:
             hdrs["x-ferry-method"] = method
-        self._result = None
+        self._stream = "x-ferry-stream" in hdrs
+        self._cv = threading.Condition()
+        self._head = None       # (status, headers) once they arrived
+        self._chunks = collections.deque()
+        self._result = None     # (status, headers, body, ok, error) once the call ended
         self._taken = False
         self.future = _chain_pool.submit(self._run, url, hdrs, body)
 
     def _run(self, url, headers, body):
+        import http.client
         import urllib.error
         import urllib.request
 
         req = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req) as r:
-                status, hdrs, data = r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read()
+                status, hdrs = r.status, [(k.lower(), v) for k, v in r.getheaders()]
+                ok = _header(hdrs, "x-ferry-call-ok") == "1"
+                if self._stream and _header(hdrs, "transfer-encoding") == "chunked":
+                    with self._cv:
+                        self._head = (status, hdrs)
+                        self._cv.notify_all()
+                    try:
+                        while True:
+                            data = r.read1(1 << 16)
+                            if not data:
+                                break
+                            with self._cv:
+                                self._chunks.append(data)
+                                self._cv.notify_all()
+                    except (http.client.HTTPException, OSError) as e:
+                        self._end((status, hdrs, b"", False, f"the stream was cut short ({e})"))
+                        return
+                    self._end((status, hdrs, b"", ok, _header(hdrs, "x-ferry-call-error")))
+                    return
+                data = r.read()
         except urllib.error.HTTPError as e:
             status, hdrs, data = e.code, [(k.lower(), v) for k, v in e.headers.items()], e.read()
         except OSError as e:
-            self._result = (502, [], b"", False, f"cannot reach the Ferry node: {e}")
+            self._end((502, [], b"", False, f"cannot reach the Ferry node: {e}"))
             return
         ok = _header(hdrs, "x-ferry-call-ok") == "1"
-        self._result = (status, hdrs, data, ok, _header(hdrs, "x-ferry-call-error"))
+        self._end((status, hdrs, data, ok, _header(hdrs, "x-ferry-call-error")))
+
+    def _end(self, result) -> None:
+        with self._cv:
+            self._result = result
+            if self._head is None:
+                self._head = (result[0], result[1])
+                if result[2]:
+                    self._chunks.append(result[2])
+            self._cv.notify_all()
 
     def wait(self, timeout_s: float, for_chunk: bool) -> bool:
-        try:
-            self.future.result(timeout=None if timeout_s < 0 else timeout_s)
-            return True
-        except concurrent.futures.TimeoutError:
-            return False
+        """Until the call ended (or, `for_chunk`, a chunk is there); False when `timeout_s` (>= 0) passed."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._result is not None or (for_chunk and self._chunks),
+                                     timeout=None if timeout_s < 0 else timeout_s)
 
     def done(self) -> bool:
-        return self.future.done()
+        return self._result is not None
 
     def result(self):
-        return self._result if self.future.done() else None
+        return self._result
 
     def head(self):
-        if not self.future.done():
-            return None
-        return (self._result[0], self._result[1], False)
+        with self._cv:
+            return None if self._head is None else (self._head[0], self._head[1], self._stream)
 
     def next_chunk(self):
-        if not self.future.done():
-            return None
-        if not self._taken and self._result[2]:
-            self._taken = True
-            return self._result[2]
-        return ()
+        with self._cv:
+            if self._chunks:
+                return self._chunks.popleft()
+            return () if self._result is not None else None
 
     def notify(self, token: int) -> None:
         pass
@@ -436,11 +467,13 @@ class DeploymentResponseGenerator(_Base):
 
     async def __anext__(self):
         call = await self._native_call_async()
-        if isinstance(call, _DriverCall):
-            await asyncio.wrap_future(call.future)
+        driver = isinstance(call, _DriverCall)
         while not self._items and not self._done:
             if not self._poll(call):
-                await _next_event(call)
+                if driver:  # a driver has no replica loop to wake it: a pool thread waits
+                    await asyncio.get_running_loop().run_in_executor(_chain_pool, call.wait, -1.0, True)
+                else:
+                    await _next_event(call)
         if self._items:
             return self._items.pop(0)
         raise StopAsyncIteration
