@@ -286,18 +286,18 @@ void Controller::PollStats(Replica& r, SteadyTime now) {
     if (!d) return;
     auto it = d->replicas.find(id);
     if (it == d->replicas.end()) return;
-    Replica& r = it->second;
-    r.stats_outstanding = false;
+    Replica& replica = it->second;
+    replica.stats_outstanding = false;
     if (!stats.ok()) return;
-    if (r.endpoint && stats->model_ids != r.endpoint->model_ids) {
-      // Its multiplexed models changed: routers learn it with the next publish (at most a stats period late).
-      r.endpoint->model_ids = stats->model_ids;
-      if (r.routed) {
+    if (replica.endpoint && stats->model_ids != replica.endpoint->model_ids) {
+      // Its multiplexed models changed: routers learn it now, at most a stats period after the change.
+      replica.endpoint->model_ids = stats->model_ids;
+      if (replica.routed) {
         SetChanged(*d);
         PublishIfChanged();
       }
     }
-    r.stats = std::move(*stats);
+    replica.stats = std::move(*stats);
   });
 }
 
