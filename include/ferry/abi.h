@@ -145,6 +145,12 @@ typedef struct FerryCallOptions {
    * the answer this way reads it itself, with no I/O thread between it and the callee. Added after
    * version 1's first tables: the host reads it only when struct_size covers it. */
   int events_on_demand;
+  /* When `parent` is NULL: the stream of a deferred answer (defer_response) or detached stream whose
+   * request the call works for, after handle() returned — the call carries that request's deadline,
+   * request id and trace, and is cancelled with it, as with `parent`. The caller keeps it valid (not
+   * ended with stream_end or stream_respond) during call(). Added after version 1's first tables: the host
+   * reads it only when struct_size covers it. */
+  struct FerryStream* parent_stream;
 } FerryCallOptions;
 
 /* What the host tells the caller of a call, on the host's I/O thread (for a call with events_on_demand:

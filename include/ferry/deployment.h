@@ -258,6 +258,9 @@ class DeferredResponse {
   void send(const Response& response);
   // Streams the answer instead: the status and headers go with the first write.
   DetachedStream stream(int status = 200, const std::vector<std::pair<std::string, std::string>>& headers = {});
+  // The host's stream of this answer while unanswered (for the SDK's own use: calls made for this request
+  // name it as their parent, FerryCallOptions.parent_stream).
+  FerryStream* raw() const { return stream_; }
 
  private:
   friend class ResponseWriter;

@@ -162,6 +162,11 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.assertEqual(failed["caught"], "ValueError")
         self.assertEqual(failed["message"], "the adder cannot do that")
         self.assertTrue(any("calc/Adder" in n and "raise ValueError" in n for n in failed["notes"]), failed["notes"])
+        r = self.get("/calc?op=ids")
+        rid = r.headers["x-request-id"]
+        ids = r.json()["ids"]
+        self.assertEqual(len(set(ids)), 2)
+        self.assertTrue(all(i.startswith(rid + ".") for i in ids), (rid, ids))
 
     def test_config_overrides_options_set_in_code(self):
         status = requests.get(self.ferry.admin + "/api/serve/applications/", timeout=10).json()

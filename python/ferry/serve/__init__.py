@@ -5,7 +5,7 @@ script, serve.run() deploys to a Ferry node through its admin API (starting a lo
 shipping classes defined in the script by value (cloudprickle), as Ray does.
 """
 
-from . import exceptions, handle, metrics  # noqa: F401
+from . import context, exceptions, handle, metrics  # noqa: F401
 from .api import (delete, get_app_handle, get_deployment_handle, run, shutdown, start, status)  # noqa: F401
 from .batching import batch  # noqa: F401
 from .context import ReplicaContext, get_multiplexed_model_id, get_replica_context  # noqa: F401

@@ -39,7 +39,9 @@ class RequestContext:
     route: str = ""
     app_name: str = ""
     multiplexed_model_id: str = ""
-    token: Any = None  # the native request: calls made while handling it inherit its deadline and trace
+    # The native request (a replica thread's RequestToken, or an async handler's deferred answer): calls made
+    # while handling it inherit its deadline, request id and trace.
+    token: Any = None
 
 
 _replica_context: Optional[ReplicaContext] = None
@@ -59,6 +61,12 @@ def get_replica_context() -> ReplicaContext:
             "`serve.get_replica_context()` may only be called from within a Serve deployment's code."
         )
     return _replica_context
+
+
+def _get_serve_request_context() -> RequestContext:
+    """Ray's (private, and used in its docs): the request being handled — its request_id, route,
+    app_name and multiplexed_model_id."""
+    return _request_context.get()
 
 
 def get_multiplexed_model_id() -> str:

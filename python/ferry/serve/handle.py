@@ -67,6 +67,21 @@ async def _next_event(call) -> None:
 _chain_pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ferry-chain")
 
 
+async def _own_request_cancelled(result) -> None:
+    """A call that ended 499 because the request being handled was cancelled (its calls go with it): the
+    handler's task is cancelled, as in Ray — asyncio.CancelledError here rather than RequestCancelledError.
+    A call cancelled on its own (response.cancel()) is left to raise RequestCancelledError."""
+    if result is None or result[0] != 499 or result[3]:
+        return
+    cancelled = getattr(_context._request_context.get().token, "cancelled", None)
+    if cancelled is None or not cancelled():
+        return
+    task = asyncio.current_task()
+    if task is not None and not task.cancelling():
+        task.cancel()
+    await asyncio.sleep(0)
+
+
 @dataclass(frozen=True)
 class _HandleOptions:
     method_name: str = "__call__"
@@ -390,7 +405,10 @@ class DeploymentResponse(_Base):
         except asyncio.CancelledError:
             call.cancel()  # the awaiting task was cancelled (its own request was): so is this call
             raise
-        return _decode(self._handle_, *call.result())
+        result = call.result()  # (taken once: the native call hands its body over)
+        if not self._cancelled:
+            await _own_request_cancelled(result)
+        return _decode(self._handle_, *result)
 
 
 _LEN = struct.Struct("<I")
@@ -405,6 +423,7 @@ class DeploymentResponseGenerator(_Base):
         self._buffer = b""
         self._items = []
         self._done = False
+        self._result = None  # the call's end, once _finish took it
 
     def _take(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -416,7 +435,7 @@ class DeploymentResponseGenerator(_Base):
             self._buffer = self._buffer[4 + n:]
 
     def _finish(self, call) -> None:
-        result = call.result()
+        result = self._result = call.result()
         status, headers, body, ok, error = result
         if _header(headers, "x-ferry-result") == PICKLE_STREAM and ok:
             self._done = True
@@ -469,7 +488,13 @@ class DeploymentResponseGenerator(_Base):
         call = await self._native_call_async()
         driver = isinstance(call, _DriverCall)
         while not self._items and not self._done:
-            if not self._poll(call):
+            try:
+                polled = self._poll(call)
+            except _exc.RequestCancelledError:
+                if not self._cancelled:
+                    await _own_request_cancelled(self._result)
+                raise
+            if not polled:
                 if driver:  # a driver has no replica loop to wake it: a pool thread waits
                     await asyncio.get_running_loop().run_in_executor(_chain_pool, call.wait, -1.0, True)
                 else:

@@ -138,10 +138,18 @@ FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallE
     r.headers.emplace_back(ViewOf(o->headers[i].name), ViewOf(o->headers[i].value));
   r.body = ViewOf(o->body);
   const CancelContext* parent = o->parent ? static_cast<const CancelContext*>(o->parent->host_context) : nullptr;
+  FerryStream* parent_stream =
+      !parent && o->struct_size >= offsetof(FerryCallOptions, parent_stream) + sizeof(o->parent_stream)
+          ? o->parent_stream
+          : nullptr;
   if (parent) {
     r.parent_request_id = parent->request_id;
     r.traceparent = parent->traceparent;
     r.deadline = parent->deadline;
+  } else if (parent_stream) {  // a request answered after handle() returned
+    r.parent_request_id = parent_stream->request_id;
+    r.traceparent = parent_stream->traceparent;
+    r.deadline = parent_stream->deadline;
   }
   if (o->struct_size >= offsetof(FerryCallOptions, events_on_demand) + sizeof(o->events_on_demand))
     r.on_demand = o->events_on_demand != 0;
@@ -151,6 +159,7 @@ FerryCall* StartCall(FerryHandle* h, const FerryCallOptions* o, const FerryCallE
   }
   auto* call = new FerryCall{g_handles->Start(std::move(r), std::make_shared<AbiObserver>(events, user))};
   if (parent && parent->scope) parent->scope->OnCancel([ref = call->ref] { ref.Cancel(); });
+  if (parent_stream) parent_stream->sink->OnCancel([ref = call->ref] { ref.Cancel(); });
   return call;
 }
 
@@ -166,20 +175,30 @@ struct ReplicaNames {
 };
 ReplicaNames g_names;
 
+// What calls made for the request after handle() returned inherit (FerryCallOptions.parent_stream).
+FerryStream* WithParentFields(FerryStream* stream, const FerryResponseSink& sink) {
+  if (const auto* context = static_cast<const CancelContext*>(sink.request)) {
+    stream->request_id = std::string(context->request_id);
+    stream->traceparent = std::string(context->traceparent);
+    stream->deadline = context->deadline;
+  }
+  return stream;
+}
+
 FerryStream* DetachStream(FerryResponseSink* sink) {
   if (!sink->stream || sink->detached) return nullptr;
   std::unique_ptr<DetachedSink> detached = sink->stream->Detach(*sink);
   if (!detached) return nullptr;
   sink->detached = true;
   sink->streamed = true;
-  return new FerryStream{std::move(detached)};
+  return WithParentFields(new FerryStream{std::move(detached)}, *sink);
 }
 FerryStream* DeferResponse(FerryResponseSink* sink) {
   if (!sink->stream || sink->detached || sink->streamed) return nullptr;
   std::unique_ptr<DetachedSink> deferred = sink->stream->Defer();
   if (!deferred) return nullptr;
   sink->detached = true;  // handle() returning does not answer
-  return new FerryStream{std::move(deferred)};
+  return WithParentFields(new FerryStream{std::move(deferred)}, *sink);
 }
 FerryResponseSink SinkOf(int status, const FerryHeader* headers, size_t n, FerryString body) {
   FerryResponseSink out;
@@ -444,6 +463,11 @@ void DeploymentHost::Handle(const transport::RequestMessage& request, const std:
   CancelContext context;
   FerryRequest raw;
   FillRequest(request, cancelled, headers, context, raw, response->stream, body);
+  response->request = &context;  // for an answer deferred or detached: what its calls inherit
+  struct Forget {                // the context dies with this call: nothing may find it after
+    FerryResponseSink* sink;
+    ~Forget() { sink->request = nullptr; }
+  } forget{response};
   if (model_) {
     std::unique_ptr<ModelHost::Prepared> p = model_->Prepare(request);
     if (p->answer) {

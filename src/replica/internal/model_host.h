@@ -6,6 +6,7 @@
 #pragma once
 
 #include <absl/status/statusor.h>
+#include <chrono>
 #include <ferry/abi.h>
 #include <ferry/model.h>
 #include <functional>
@@ -30,6 +31,8 @@ class DetachedSink {
   virtual void Respond(const FerryResponseSink& whole) = 0;
   // True once the request is cancelled (its client left, its deadline passed).
   virtual bool Cancelled() const = 0;
+  // Runs `hook` once when the request is cancelled (at once, when it is already): calls made for it.
+  virtual void OnCancel(std::function<void()> hook) = 0;
 };
 
 // Where a streamed answer goes (the replica server's side of FerryHostApi.write_chunk), and the request's
@@ -73,6 +76,10 @@ struct FerryWebSocket {
 
 struct FerryStream {
   std::unique_ptr<ferry::replica::DetachedSink> sink;
+  // The request's, for calls that name this stream as their parent (FerryCallOptions.parent_stream).
+  std::string request_id;
+  std::string traceparent;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
 struct FerryResponseSink {
@@ -81,9 +88,10 @@ struct FerryResponseSink {
   std::string body;
   // Set by the server for requests that may stream (handle(), not batches); null: chunks gather in body.
   ferry::replica::ResponseStream* stream = nullptr;
-  bool streamed = false;     // write_chunk sent the head: the answer is a stream
-  bool detached = false;     // detach_stream: the stream goes on after handle() returns
-  std::string stream_error;  // handle() failed after streaming began: the stream breaks with this
+  bool streamed = false;          // write_chunk sent the head: the answer is a stream
+  bool detached = false;          // detach_stream: the stream goes on after handle() returns
+  const void* request = nullptr;  // the host's context of the request being handled (its parent fields)
+  std::string stream_error;       // handle() failed after streaming began: the stream breaks with this
 };
 
 struct FerryErrorSink {

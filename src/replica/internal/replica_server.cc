@@ -843,6 +843,7 @@ class ReplicaServer::Impl {
       head_.headers = head.headers;
     }
     bool Cancelled() const override { return task_->cancelled.load() || task_->ended.load(); }
+    void OnCancel(std::function<void()> hook) override { task_->OnCancel(std::move(hook)); }
     void Respond(const FerryResponseSink& whole) override {
       if (task_->ended.load()) return;
       MutexLock lock(&mu_);

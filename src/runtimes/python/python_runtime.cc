@@ -310,9 +310,24 @@ class PyCall : public std::enable_shared_from_this<PyCall> {
 
 // An answer Python gives later, from the asyncio loop (the async way: see Python::handle_stream). Sending
 // never waits; a stream's writes wait for the client's credit, so Python makes them off the loop.
+// The host's stream of a deferred answer, while it may be named as the parent of the calls the async
+// handler makes (FerryCallOptions.parent_stream): cleared, under `mu`, before anything ends the stream,
+// so a call never names one the host let go. Shared by the answer and the stream it may become.
+struct AnswerLife {
+  std::mutex mu;
+  FerryStream* raw = nullptr;
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mu);
+    raw = nullptr;
+  }
+};
+
 class PyStream {
  public:
-  explicit PyStream(DetachedStream s) : stream_(std::move(s)) {}
+  PyStream(DetachedStream s, std::shared_ptr<AnswerLife> life) : stream_(std::move(s)), life_(std::move(life)) {}
+  ~PyStream() {
+    if (life_) life_->Clear();  // the last copy of the stream ends it as it goes
+  }
   bool Write(const py::bytes& data) {
     std::string_view view = data;
     py::gil_scoped_release unlocked;
@@ -320,21 +335,30 @@ class PyStream {
   }
   void End() {
     py::gil_scoped_release unlocked;
+    if (life_) life_->Clear();
     stream_.end();
   }
   void Fail(const std::string& why) {
     py::gil_scoped_release unlocked;
+    if (life_) life_->Clear();
     stream_.fail(why);
   }
 
  private:
   DetachedStream stream_;
+  std::shared_ptr<AnswerLife> life_;
 };
 
 // Dropped unanswered (Python lost it), the request answers 500: DeferredResponse's own drop.
 class PyDeferred {
  public:
-  explicit PyDeferred(DeferredResponse d) : deferred_(std::move(d)) {}
+  explicit PyDeferred(DeferredResponse d) : deferred_(std::move(d)), life_(std::make_shared<AnswerLife>()) {
+    life_->raw = deferred_.raw();
+  }
+  ~PyDeferred() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (deferred_) life_->Clear();  // dropping it unanswered answers 500; a stream it became lives on
+  }
   void Send(int status, const HeaderList& headers, const py::bytes& body) {
     Response r;
     r.status = status;
@@ -343,6 +367,7 @@ class PyDeferred {
     py::gil_scoped_release unlocked;
     std::lock_guard<std::mutex> lock(mu_);
     if (!deferred_) throw std::runtime_error("this request was already answered");
+    life_->Clear();
     deferred_.send(r);
   }
   bool Cancelled() {
@@ -353,12 +378,19 @@ class PyDeferred {
     py::gil_scoped_release unlocked;
     std::lock_guard<std::mutex> lock(mu_);
     if (!deferred_) throw std::runtime_error("this request was already answered");
-    return std::make_shared<PyStream>(deferred_.stream(status, headers));
+    return std::make_shared<PyStream>(deferred_.stream(status, headers), life_);
+  }
+  // Runs f(stream) with the answer's stream (null once it ended), which stays valid meanwhile.
+  template <typename F>
+  void WithStream(F f) {
+    std::lock_guard<std::mutex> lock(life_->mu);
+    f(life_->raw);
   }
 
  private:
   std::mutex mu_;
   DeferredResponse deferred_;
+  std::shared_ptr<AnswerLife> life_;
 };
 
 // Requests for the asyncio loop: a replica thread copies the request, defers its answer and pushes it
@@ -459,10 +491,12 @@ PyHandle GetHandle(const std::string& app, const std::string& deployment) {
   return PyHandle{raw};
 }
 
+// `parent`: the request the calls are made for — a RequestToken (a replica thread's request), a
+// Deferred (an async handler's request, answered later), or None.
 std::shared_ptr<PyCall> StartCall(const PyHandle& handle, const std::string& method_name,
                                   const std::string& http_method, const std::string& path, const std::string& query,
                                   const HeaderList& headers, const py::bytes& body, double timeout_s,
-                                  const std::shared_ptr<RequestToken>& parent) {
+                                  const py::object& parent) {
   std::string_view body_view = body;
   std::vector<FerryHeader> views;
   views.reserve(headers.size());
@@ -478,10 +512,21 @@ std::shared_ptr<PyCall> StartCall(const PyHandle& handle, const std::string& met
   o.body = Str(body_view);
   o.timeout_s = timeout_s;
   auto call = std::make_shared<PyCall>();
+  std::shared_ptr<RequestToken> token;
+  std::shared_ptr<PyDeferred> answer;
+  if (py::isinstance<RequestToken>(parent))
+    token = parent.cast<std::shared_ptr<RequestToken>>();
+  else if (py::isinstance<PyDeferred>(parent))
+    answer = parent.cast<std::shared_ptr<PyDeferred>>();
   py::gil_scoped_release unlocked;
-  if (parent) {
-    parent->With([&](const FerryRequest* raw) {
+  if (token) {
+    token->With([&](const FerryRequest* raw) {
       o.parent = raw;
+      call->Start(handle.raw, o);
+    });
+  } else if (answer) {
+    answer->WithStream([&](FerryStream* stream) {
+      o.parent_stream = stream;
       call->Start(handle.raw, o);
     });
   } else {

@@ -76,6 +76,9 @@ class Adder:
     def fail(self):
         raise ValueError("the adder cannot do that")
 
+    def whoami(self) -> str:
+        return serve.context._get_serve_request_context().request_id
+
 
 @serve.deployment
 class Multiplier:
@@ -106,6 +109,12 @@ class Calculator:
                 return {"caught": type(e).__name__, "message": str(e), "notes": getattr(e, "__notes__", [])}
         if op == "sync":
             return {"result": self.adder.remote(x).result(timeout_s=30)}
+        if op == "ids":
+            # Calls made by an async handler carry its request's id (and deadline and trace), before and
+            # after an await.
+            first = await self.adder.whoami.remote()
+            await asyncio.sleep(0)
+            return {"ids": [first, await self.adder.whoami.remote()]}
         return {"op": op}
 
 

@@ -139,8 +139,11 @@ class Replica:
 
     async def _serve(self, request_id, method, path, query, route_prefix, headers, body, answer):
         pickled, method_name, model_id = _call_headers(headers)
+        # The answer stands for the request in the calls the handler makes: they carry its deadline,
+        # request id and trace.
         _context._request_context.set(_context.RequestContext(
-            request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id))
+            request_id=request_id, route=route_prefix, app_name=self.app_name, multiplexed_model_id=model_id,
+            token=answer))
         stream = None
         task = asyncio.current_task()
         self._canceller.watch_task(task, answer, self.loop)
@@ -494,7 +497,7 @@ class _Canceller:
                         self._running[tid] = None  # once
                 for task, (answer, loop) in list(self._tasks.items()):
                     if answer.cancelled():
-                        loop.call_soon_threadsafe(task.cancel)
+                        loop.call_soon_threadsafe(_cancel_once, task)
                         del self._tasks[task]
 
     # An async handler's task: cancelled (asyncio's CancelledError at its next await, and the calls it is
@@ -517,6 +520,13 @@ class _Canceller:
             fired = self._running.pop(tid, "absent") is None
         if fired:  # raised already, or still pending: clear what has not been raised yet
             self._clear_in(tid, None)
+
+
+def _cancel_once(task) -> None:
+    """Cancels a request's task unless that is under way (a call the task awaited, cancelled with the
+    request, may have cancelled it first)."""
+    if not task.cancelling():
+        task.cancel()
 
 
 class _Watched:
