@@ -121,12 +121,12 @@ void RenderUserMetrics(const std::vector<const DeploymentView*>& deployments, me
         if (f.first->type != m.type || f.first->bounds != m.bounds) continue;
         for (const metrics::UserSeries& s : m.series) {
           Labels l = {{"application", d->application}, {"deployment", d->name}, {"replica", r.replica_id}};
-          for (const auto& [k, v] : s.tags) {
-            auto same = std::find_if(l.begin(), l.end(), [&](const auto& e) { return e.first == k; });
+          for (const auto& tag : s.tags) {
+            auto same = std::find_if(l.begin(), l.end(), [&](const auto& e) { return e.first == tag.first; });
             if (same != l.end())
-              same->second = v;
+              same->second = tag.second;
             else
-              l.emplace_back(k, v);
+              l.push_back(tag);
           }
           f.series.emplace_back(std::move(l), &s);
         }
