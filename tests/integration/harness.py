@@ -202,3 +202,43 @@ def metric_samples(ferry, name):
                       for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
         out.append((labels, float(m.group(3))))
     return out
+
+
+class Prometheus:
+    """A real Prometheus (Debian's) scraping a node's admin /metrics every second, on a free port; `query`
+    answers an instant PromQL query's first value (None: no answer or no result yet). A context manager."""
+
+    def __init__(self, ferry):
+        import tempfile
+        self.work = tempfile.TemporaryDirectory(prefix="ferry-prom-")
+        admin = ferry.admin.removeprefix("http://")
+        config = os.path.join(self.work.name, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ferry\n"
+                    f"    static_configs:\n      - targets: ['{admin}']\n")
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api/v1/query"
+        self.process = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={self.work.name}/data",
+             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(self, q):
+        import requests
+        try:
+            r = requests.get(self.api, params={"query": q}, timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return None
+        result = r.get("data", {}).get("result", [])
+        return float(result[0]["value"][1]) if result else None
+
+    def raw_query(self, q):
+        import requests
+        return requests.get(self.api, params={"query": q}, timeout=5).json()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.work.cleanup()

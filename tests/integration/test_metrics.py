@@ -4,14 +4,13 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
 import requests
 
-from harness import FERRY_BIN, SOURCE_DIR, Ferry, free_port, wait_until
+from harness import FERRY_BIN, SOURCE_DIR, Ferry, Prometheus, wait_until
 
 DASHBOARD = os.path.join(SOURCE_DIR, "deploy", "grafana", "ferry.json")
 
@@ -94,16 +93,7 @@ class MetricsTest(unittest.TestCase):
                 loader.join()
 
     def test_a_real_prometheus_scrapes_and_queries_ferry(self):
-        with Ferry(CONFIG) as ferry, tempfile.TemporaryDirectory(prefix="ferry-prom-") as work:
-            admin = ferry.admin.removeprefix("http://")
-            config = os.path.join(work, "prometheus.yml")
-            with open(config, "w") as f:
-                f.write(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ferry\n"
-                        f"    static_configs:\n      - targets: ['{admin}']\n")
-            port = free_port()
-            prom = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={work}/data",
-                                     f"--web.listen-address=127.0.0.1:{port}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with Ferry(CONFIG) as ferry, Prometheus(ferry) as prom:
             stop = threading.Event()
 
             def load():  # bounded: at most 60 s or until the test is done
@@ -115,16 +105,7 @@ class MetricsTest(unittest.TestCase):
             loader = threading.Thread(target=load)
             loader.start()
             try:
-                api = f"http://127.0.0.1:{port}/api/v1/query"
-
-                def query(q):
-                    try:
-                        r = requests.get(api, params={"query": q}, timeout=5).json()
-                    except (requests.RequestException, ValueError):
-                        return None
-                    result = r.get("data", {}).get("result", [])
-                    return float(result[0]["value"][1]) if result else None
-
+                query = prom.query
                 up = wait_until(lambda: query('up{job="ferry"}'), 60, "Prometheus to scrape ferry")
                 self.assertEqual(up, 1.0)
                 rate = wait_until(lambda: query('sum(rate(ferry_num_http_requests_total{route="/echo",code="200"}[5s]))'),
@@ -147,16 +128,13 @@ class MetricsTest(unittest.TestCase):
                 self.assertGreaterEqual(len(exprs), 10)
                 for expr in exprs:
                     q = expr.replace("$__rate_interval", "5s")
-                    r = requests.get(api, params={"query": q}, timeout=5).json()
+                    r = prom.raw_query(q)
                     self.assertEqual(r["status"], "success", f"{q}: {r}")
                     for name in re.findall(r"\b(ferry_[a-z_]+?)(?:_bucket|_sum|_count)?\b", q):
                         self.assertIn(name, exported, f"dashboard query {q} names {name}")
             finally:
                 stop.set()
                 loader.join()
-                prom.terminate()
-                prom.wait(timeout=30)
-
 
 if __name__ == "__main__":
     unittest.main()

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from harness import BUILD_DIR, FERRY_BIN, Ferry, metric_samples, run_ferry, wait_until
+from harness import BUILD_DIR, FERRY_BIN, Ferry, Prometheus, metric_samples, run_ferry, wait_until
 
 APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyapps")
 HAVE_PYTHON = os.path.exists(os.path.join(BUILD_DIR, "libferry_runtime_python.so"))
@@ -137,6 +137,14 @@ class PythonDeploymentsTest(unittest.TestCase):
         text = requests.get(self.ferry.admin + "/metrics", timeout=10).text
         self.assertIn("# HELP basics_requests_total Requests, by kind.\n# TYPE basics_requests_total counter", text)
         self.assertIn("# TYPE basics_size histogram", text)
+        # The text with them is valid to Prometheus' own checker, and a real Prometheus scrapes and sums them.
+        check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        with Prometheus(self.ferry) as prom:
+            self.assertEqual(wait_until(lambda: prom.query('sum(basics_requests_total{application="counted"})'),
+                                        60, "Prometheus to scrape the counter"), 7.0)
+            self.assertEqual(wait_until(lambda: prom.query('sum(basics_size_bucket{le="10"})'), 60, "the histogram"),
+                             4.0)
 
     def test_the_request_is_starlettes_with_body_json_and_headers(self):
         r = requests.post(self.ferry.url("/echo"), json={"a": [1, 2]}, headers={"x-custom": "v"}, timeout=60)
