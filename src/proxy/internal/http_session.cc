@@ -107,12 +107,16 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     if (body_paused_) ReadBodyPiece();
   }
 
-  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kStreaming, kWriting, kClosed };
+  enum class Phase { kIdle, kReadingHeader, kReadingBody, kProcessing, kStreaming, kWriting, kLingering, kClosed };
 
   // Called by the worker's sweep a few times a second. Idle too long between requests, or too slow sending
   // one: close. Requests being processed have their own deadline in their Call.
   void CheckDeadline(SteadyClock::time_point now) override {
     if (now < deadline_) return;
+    if (phase_ == Phase::kLingering) {  // the client went quiet without closing: enough
+      Close();
+      return;
+    }
     if (phase_ == Phase::kProcessing && reading_body_) {
       FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": the client stopped sending its body; closing");
       Close();
@@ -303,6 +307,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
         FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": body refused mid-stream (", answer->message,
                   "); cancelling it");
         if (call_) call_->Abandon();
+        linger_ = true;  // the client is likely still sending: let it, so that it reads the answer
         WriteError(answer->status, answer->message, true);
         return;
       }
@@ -322,10 +327,38 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
   }
 
   void OnReadError(const boost::system::error_code& ec) {
-    if (std::optional<ErrorAnswer> answer = AnswerToReadError(ec, worker_.options()))
+    if (std::optional<ErrorAnswer> answer = AnswerToReadError(ec, worker_.options())) {
+      linger_ = answer->close;  // a body may be on its way (a length over max_body_bytes, say)
       WriteError(answer->status, answer->message, answer->close);
-    else
+    } else {
       Close();
+    }
+  }
+
+  // After an answer that ends the connection while the client may still be sending (a body refused
+  // mid-stream or by its length): stop sending, then read and drop what still comes before closing, as
+  // nginx's lingering close does. Closing with unread data would reset the connection, and a client still
+  // writing its body would get a broken pipe instead of the answer. Bounded: 2 s without data, 64 MiB.
+  void Linger() {
+    phase_ = Phase::kLingering;
+    boost::system::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    linger_left_ = 64 << 20;
+    if (!piece_) piece_ = std::make_unique<char[]>(kBodyPiece);
+    LingerRead();
+  }
+  void LingerRead() {
+    SetDeadline(std::chrono::milliseconds(2000));
+    socket_.async_read_some(asio::buffer(piece_.get(), kBodyPiece),
+                            [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
+                              if (self->phase_ != Phase::kLingering) return;
+                              if (ec || n >= self->linger_left_) {
+                                self->Close();
+                                return;
+                              }
+                              self->linger_left_ -= n;
+                              self->LingerRead();
+                            });
   }
 
   void OnRequest() {
@@ -542,6 +575,10 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     request_id_.clear();
     response_ = {};
     if (ec || close_after_response_) {
+      if (!ec && linger_) {
+        Linger();
+        return;
+      }
       Close();
       return;
     }
@@ -604,6 +641,8 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     socket_.close(ignored);
   }
 
+  bool linger_ = false;     // closing after the answer: linger first (see Linger)
+  size_t linger_left_ = 0;  // bytes a lingering connection may still drop
   static constexpr size_t kReadAhead = 4096;
   static constexpr size_t kBodyPiece = 64 * 1024;
   static constexpr unsigned kClientClosedRequest = 499;
