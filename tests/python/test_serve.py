@@ -279,5 +279,33 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(h.info["boundaries"], [1, 2])
         self.assertEqual(h.info["tag_keys"], ("k",))
 
+class CodeVersionTest(unittest.TestCase):
+    """The build's hash of an application's source: what makes redeploying edited code a new version."""
+
+    def test_it_changes_with_the_code_and_ignores_caches_and_a_walk_past_its_bound(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "pkg", "__pycache__"))
+            os.makedirs(os.path.join(d, ".git"))
+            with open(os.path.join(d, "app.py"), "w") as f:
+                f.write("x = 1\n")
+            with open(os.path.join(d, "pkg", "m.py"), "w") as f:
+                f.write("y = 1\n")
+            first = build.code_version([d], "app:x")
+            for junk in (os.path.join(d, "pkg", "__pycache__", "m.py"), os.path.join(d, ".git", "h.py"),
+                         os.path.join(d, "notes.txt")):
+                with open(junk, "w") as f:
+                    f.write("anything")
+            self.assertEqual(build.code_version([d], "app:x"), first)
+            with open(os.path.join(d, "pkg", "m.py"), "w") as f:
+                f.write("y = 2\n")
+            self.assertNotEqual(build.code_version([d], "app:x"), first)
+            old = build._MAX_HASHED_FILES
+            build._MAX_HASHED_FILES = 1
+            try:
+                self.assertEqual(len(list(build._source_files([d, d]))), 1)
+            finally:
+                build._MAX_HASHED_FILES = old
+
 if __name__ == "__main__":
     unittest.main()

@@ -126,38 +126,45 @@ def describe(app: Application) -> Dict[str, Any]:
 _MAX_HASHED_FILES = 20000
 
 
+def _source_files(sys_path: List[str]):
+    """(path, name within its root) of each .py file under the runtime_env's paths, in a stable order,
+    at most _MAX_HASHED_FILES of them: the walk stops there, so a huge working_dir costs a bounded time."""
+    count = 0
+    for root in sys_path:
+        if os.path.isfile(root):
+            walked = [(os.path.dirname(root), [], [os.path.basename(root)])]
+            base = os.path.dirname(root)
+        else:
+            walked, base = os.walk(root), root
+        for dirpath, dirnames, filenames in walked:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(filenames):
+                if not name.endswith(".py"):
+                    continue
+                count += 1
+                if count > _MAX_HASHED_FILES:
+                    return
+                path = os.path.join(dirpath, name)
+                yield path, os.path.relpath(path, base)
+
+
 def code_version(sys_path: List[str], import_path: str) -> str:
     """A hash of the Python source an application runs: every .py file under the runtime_env's directories
     (working_dir, py_modules), or the imported module's own file when there are none."""
     h = hashlib.sha256()
-    files = 0
-    for root in sys_path:
-        if os.path.isfile(root):
-            candidates = [(root, os.path.basename(root))]
-        else:
-            candidates = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-                for name in sorted(filenames):
-                    if name.endswith(".py"):
-                        path = os.path.join(dirpath, name)
-                        candidates.append((path, os.path.relpath(path, root)))
-        for path, rel in candidates:
-            files += 1
-            if files > _MAX_HASHED_FILES:
-                break
-            try:
-                with open(path, "rb") as f:
-                    h.update(rel.encode() + b"\0" + f.read() + b"\0")
-            except OSError:
-                continue
+    files = list(_source_files(sys_path))
     if not sys_path:
         module = sys.modules.get(import_path.partition(":")[0] if ":" in import_path
                                  else import_path.rpartition(".")[0])
         path = getattr(module, "__file__", None)
         if path and os.path.isfile(path):
+            files = [(path, os.path.basename(path))]
+    for path, name in files:
+        try:
             with open(path, "rb") as f:
-                h.update(f.read())
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+        except OSError:
+            continue
     return h.hexdigest()[:16]
 
 
