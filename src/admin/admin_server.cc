@@ -15,6 +15,7 @@
 
 #include "admin/render.h"
 #include "common/common.h"
+#include "common/http_client.h"
 #include "common/mutex.h"
 #include "metrics/metrics.h"
 
@@ -297,6 +298,25 @@ class AdminServer::Impl {
     std::string_view path = target.substr(0, target.find('?'));
     if (!path.empty() && path.back() != '/' && path == "/api/serve/applications") path = "/api/serve/applications/";
     const http::verb method = req.method();
+    if (path == "/api/ferry/nodes") {
+      if (method != http::verb::get) return Error(http::status::method_not_allowed, "use GET on /api/ferry/nodes");
+      if (!options_.nodes)
+        return Error(http::status::not_found, "this node is not in a cluster (start it with ferry start --cluster)");
+      absl::StatusOr<json> nodes = options_.nodes();
+      if (!nodes.ok()) return Error(http::status::service_unavailable, StrCat("cannot read the cluster's nodes: ", Message(nodes.status())));
+      return {http::status::ok, {{"nodes", *nodes}}};
+    }
+    static constexpr std::string_view kRollback = "/api/ferry/applications/";
+    const bool controller_endpoint = path == "/api/serve/applications/" || path == "/api/ferry/history" ||
+                                     path == "/api/ferry/config" || path.rfind(kRollback, 0) == 0;
+    if (controller_endpoint && options_.leader_admin) {
+      if (std::optional<std::string> leader = options_.leader_admin()) {
+        // Forwarded once at most: a node that thinks the sender leads while the sender thinks it does not
+        // (the leadership just moved) answers 503 rather than sending it back.
+        if (req.find("x-ferry-forwarded") != req.end()) leader = std::string();
+        return ToLeader(req, *leader);
+      }
+    }
     if (path == "/api/serve/applications/") {
       if (method == http::verb::get) {
         // The snapshot is taken on the controller's thread; rendering happens here, off it.
@@ -331,7 +351,6 @@ class AdminServer::Impl {
         return applied ? config::ToJson(*applied) : json(nullptr);
       }));
     }
-    static constexpr std::string_view kRollback = "/api/ferry/applications/";
     if (path.rfind(kRollback, 0) == 0 && path.size() > kRollback.size() + 9 &&
         path.substr(path.size() - 9) == "/rollback") {
       if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to roll back");
@@ -354,6 +373,38 @@ class AdminServer::Impl {
       return {http::status::ok, {{"result", "shutting down"}}};
     }
     return Error(http::status::not_found, StrCat("no admin endpoint at ", path));
+  }
+
+  // A request for the controller on a node that does not lead the cluster: sent on to the leader's admin
+  // API as it came (with its token), and its answer passed back.
+  Reply ToLeader(const http::request<http::string_body>& req, const std::string& leader) {
+    if (leader.empty())
+      return Error(http::status::service_unavailable,
+                   "no controller leads the cluster right now (an election is under way, or etcd is out of reach); "
+                   "retry in a few seconds");
+    absl::StatusOr<HttpEndpoint> endpoint = ParseHttpEndpoint(leader);
+    if (!endpoint.ok()) return Error(http::status::bad_gateway, StrCat("the leader's admin URL ", leader, ": ", Message(endpoint.status())));
+    HttpCall call;
+    call.method = std::string(req.method_string());
+    call.path = std::string(req.target());
+    call.body = req.body();
+    if (auto it = req.find(http::field::content_type); it != req.end()) call.content_type = std::string(it->value());
+    for (const auto& field : req) {
+      std::string name(field.name_string());
+      for (char& ch : name) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+      if (name == "authorization" || name.rfind("x-ferry-", 0) == 0) call.headers.emplace_back(name, std::string(field.value()));
+    }
+    call.headers.emplace_back("x-ferry-forwarded", "1");
+    call.timeout = kControllerWait + std::chrono::seconds(5);
+    absl::StatusOr<HttpResponse> answer = SendHttp(*endpoint, call);
+    if (!answer.ok())
+      return Error(http::status::bad_gateway, StrCat("the leading node's admin API (", leader, ") did not answer: ", Message(answer.status())));
+    Reply r;
+    r.status = static_cast<http::status>(answer->status);
+    r.text = std::move(answer->body);
+    r.content_type = "application/json";
+    r.headers.emplace_back("x-ferry-leader", leader);
+    return r;
   }
 
   // A call from a driver script (ferry.serve's handles outside a replica), through the node's handle

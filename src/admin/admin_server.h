@@ -9,6 +9,8 @@
 #include <boost/asio/io_context.hpp>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "config/config.h"
@@ -32,6 +34,11 @@ struct AdminServerOptions {
   metrics::Registry* metrics = nullptr;  // GET /metrics renders it, then the controller's state
   // POST /api/ferry/call/{app}/{deployment}: calls from driver scripts (serve.run's handles); null: 404.
   handle::HandleClient* handles = nullptr;
+  // Cluster mode. leader_admin: nullopt while this node leads (its controller answers); otherwise the
+  // leading node's admin URL, where the controller's endpoints (applications, history, config, rollback)
+  // are forwarded, or "" when nobody leads (503). nodes: GET /api/ferry/nodes. Null on one node.
+  std::function<std::optional<std::string>()> leader_admin;
+  std::function<absl::StatusOr<nlohmann::json>()> nodes;
 };
 
 class AdminServer {

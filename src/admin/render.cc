@@ -27,6 +27,9 @@ using controller::ReplicaView;
 using nlohmann::json;
 
 json StatusJson(const ControllerSnapshot& snapshot) {
+  // Where things run, in Ray's fields: one node alone is "local".
+  const std::string node_id = snapshot.node_id.empty() ? "local" : snapshot.node_id;
+  const std::string node_ip = snapshot.node_ip.empty() ? "127.0.0.1" : snapshot.node_ip;
   json apps = json::object();
   for (const ApplicationView& app : snapshot.applications) {
     json deployments = json::object();
@@ -38,6 +41,8 @@ json StatusJson(const ControllerSnapshot& snapshot) {
         replicas.push_back({{"replica_id", r.replica_id},
                             {"state", ReplicaStateName(r.state)},
                             {"pid", r.pid > 0 ? json(r.pid) : json(nullptr)},
+                            {"node_id", node_id},
+                            {"node_ip", node_ip},
                             {"start_time_s", r.start_time_s},
                             {"version", r.version}});
         if (r.stats && !r.stats->model_ids.empty())  // @serve.multiplexed models it holds, as last polled
@@ -92,8 +97,8 @@ json StatusJson(const ControllerSnapshot& snapshot) {
                       {"deployed_app_config", app.deployed_app_config},
                       {"deployments", deployments}};
   }
-  json out = {{"controller_info", {{"node_id", "local"}, {"pid", snapshot.pid}}},
-              {"proxies", {{"local", "HEALTHY"}}},
+  json out = {{"controller_info", {{"node_id", node_id}, {"node_ip", node_ip}, {"pid", snapshot.pid}}},
+              {"proxies", {{node_id, "HEALTHY"}}},
               {"applications", apps}};
   if (snapshot.http_options) out["http_options"] = config::ToJson(*snapshot.http_options);
   return out;

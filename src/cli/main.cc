@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "cli/node.h"
 #include "cli/python_build.h"
 #include "cli/status.h"
+#include "cluster/cluster.h"
 #include "common/common.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
@@ -47,6 +49,7 @@ Usage:
   ferry config                      the config a node runs, as YAML
   ferry rollback APPLICATION        return an application to the config it had before its last change
   ferry shutdown                    drain and stop a node
+  ferry nodes [--json]              a cluster's nodes: state, leader, address, resources, labels
   ferry --help | ferry COMMAND --help | ferry --version
 
 Commands that talk to a node take --address URL (default http://127.0.0.1:8265, or $FERRY_ADDRESS) and
@@ -100,6 +103,15 @@ Options:
   --http-host HOST, --http-port PORT, --threads N, --admin-host HOST, --admin-port PORT,
   --admin-token-file F, --log-level LEVEL, --no-metrics   as for ferry run
   -h, --help           this text
+Cluster mode (docs/operations.md, "Running a cluster"):
+  --cluster etcd://HOST:PORT[,HOST:PORT...]   join the cluster whose shared state is in this etcd; the
+                       desired state lives there, not in --state-dir, and the controller runs on
+                       whichever node leads
+  --node-name NAME     the node's name in the cluster (default: the host name)
+  --address IP         how other nodes reach this one (default: --http-host, or 127.0.0.1)
+  --resources JSON     what it offers, Ray's way: '{"CPU": 16, "GPU": 2, "memory": 64e9}' (default: its cores)
+  --labels K=V[,K=V]   labels for placement
+  --lease-ttl-s N      how long after its death the cluster notices it (default 2)
 )";
 
 constexpr char kClientUsage[] = R"(Usage:
@@ -109,6 +121,7 @@ constexpr char kClientUsage[] = R"(Usage:
   ferry config [-n NAME] [--address URL] [--token TOKEN]
   ferry rollback APPLICATION [--address URL] [--token TOKEN]
   ferry shutdown [-y] [--address URL] [--token TOKEN]
+  ferry nodes [--json] [--address URL] [--token TOKEN]
   ferry build IMPORT_PATH... [-o FILE] [-d DIR]
 
 --address (-a) defaults to $FERRY_ADDRESS, else http://127.0.0.1:8265; --token to $FERRY_ADMIN_TOKEN.
@@ -372,8 +385,52 @@ std::optional<pid_t> RunningNode(const std::string& pid_file) {
   return static_cast<pid_t>(pid);
 }
 
+// `ferry start --cluster ...`: the node's membership, from its flags.
+std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& node, cluster::ClusterOptions* out) {
+  absl::StatusOr<std::vector<HttpEndpoint>> etcd = cluster::ParseEtcdUrl(*f.Get("--cluster"));
+  if (!etcd.ok()) return StrCat("--cluster: ", Message(etcd.status()));
+  out->etcd = std::move(*etcd);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  out->node_id = f.Get("--node-name").value_or(host);
+  if (out->node_id.empty() || out->node_id.find_first_of("/ \t\n") != std::string::npos)
+    return "--node-name needs a name without '/' or spaces";
+  // How other nodes reach this one: --address, else the proxy's host when it is a concrete address.
+  const std::string& http_host = node.http.host;
+  out->address = f.Get("--address").value_or(http_host == "0.0.0.0" || http_host == "::" ? "127.0.0.1" : http_host);
+  if (auto v = f.Get("--resources")) {
+    nlohmann::json r = nlohmann::json::parse(*v, nullptr, false);
+    if (!r.is_object()) return "--resources needs a JSON object, e.g. '{\"CPU\": 16, \"GPU\": 2}'";
+    for (auto& [k, amount] : r.items())
+      if (!amount.is_number() || amount.get<double>() < 0)
+        return StrCat("--resources: \"", k, "\" needs a non-negative number");
+    out->resources = std::move(r);
+  } else {
+    out->resources = {{"CPU", std::max(1u, std::thread::hardware_concurrency())}};
+  }
+  if (auto v = f.Get("--labels")) {
+    std::string_view rest = *v;
+    while (!rest.empty()) {
+      std::string_view kv = rest.substr(0, rest.find(','));
+      rest.remove_prefix(std::min(rest.size(), kv.size() + 1));
+      size_t eq = kv.find('=');
+      if (eq == std::string_view::npos || eq == 0) return StrCat("--labels needs KEY=VALUE[,KEY=VALUE...], got \"", kv, "\"");
+      out->labels[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+    }
+  }
+  if (auto v = f.Get("--lease-ttl-s")) {
+    int ttl;
+    if (!ParseInt(*v, &ttl) || ttl < 1 || ttl > 600) return "--lease-ttl-s needs a number of seconds from 1 to 600";
+    out->lease_ttl_s = ttl;
+  }
+  return std::nullopt;
+}
+
 int StartCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, kNodeFlags, {"--foreground", "--no-metrics"}, "ferry start --help");
+  Flags f = Flags::Parse(args,
+                         SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels",
+                                               "--lease-ttl-s"}),
+                         {"--foreground", "--no-metrics"}, "ferry start --help");
   if (f.help) return std::cout << kStartUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.size() > 1) return Fail("ferry start takes at most one CONFIG file (see ferry start --help)");
@@ -389,6 +446,18 @@ int StartCommand(const std::vector<std::string>& args) {
   }
   if (auto error = ApplyNodeFlags(f, options)) return Fail(*error);
   if (options.initial_config) options.initial_config->http_options = options.http;
+  if (f.Get("--cluster")) {
+    if (options.initial_config && !options.initial_config->applications.empty())
+      return Fail("a cluster node takes no applications at start: deploy them with ferry deploy CONFIG --address "
+                  "<any node's admin URL> (CONFIG may still set http_options and admin)");
+    options.initial_config.reset();
+    cluster::ClusterOptions cluster;
+    if (auto error = ClusterFlags(f, options, &cluster)) return Fail(*error);
+    options.cluster = std::move(cluster);
+  } else {
+    for (const char* flag : {"--node-name", "--address", "--resources", "--labels", "--lease-ttl-s"})
+      if (f.Get(flag)) return Fail(StrCat(flag, " is for cluster nodes: add --cluster etcd://HOST:PORT"));
+  }
   std::string state_dir = std::filesystem::absolute(f.Get("--state-dir").value_or(DefaultStateDir())).string();
   std::error_code ec;
   std::filesystem::create_directories(state_dir + "/run", ec);
@@ -524,6 +593,8 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
                      c->token);
   } else if (command == "shutdown") {
     r = AdminRequest(c->address, "POST", "/api/ferry/shutdown", "", c->token);
+  } else if (command == "nodes") {
+    r = AdminRequest(c->address, "GET", "/api/ferry/nodes", "", c->token);
   }
   if (!r.ok()) return Fail(std::string(Message(r.status())), 1);
   if (r->status != 200) return ReportHttpError(*r);
@@ -536,6 +607,18 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
     std::cout << (f.switches.count("--json") ? app.dump(2) + "\n" : JsonToYaml(app));
   } else if (command == "status") {
     std::cout << body.dump(2) << "\n";  // --json: the admin API's document, as it is
+  } else if (command == "nodes") {
+    if (f.switches.count("--json")) return std::cout << body.dump(2) << "\n", 0;
+    std::printf("%-20s %-6s %-7s %-22s %-30s %s\n", "NODE", "STATE", "LEADER", "ADDRESS", "RESOURCES", "LABELS");
+    for (const auto& n : body.value("nodes", nlohmann::json::array())) {
+      std::string labels;
+      const nlohmann::json given = n.value("labels", nlohmann::json::object());
+      for (auto& [k, v] : given.items())
+        labels += StrCat(labels.empty() ? "" : ",", k, "=", v.is_string() ? v.get<std::string>() : v.dump());
+      std::printf("%-20s %-6s %-7s %-22s %-30s %s\n", n.value("node_id", "").c_str(), n.value("state", "").c_str(),
+                  n.value("leader", false) ? "yes" : "", n.value("address", "").c_str(),
+                  n.value("resources", nlohmann::json::object()).dump().c_str(), labels.c_str());
+    }
   } else if (command == "config" && app_name) {
     if (body.is_object() && body.contains("applications"))
       for (const auto& app : body["applications"])
@@ -652,7 +735,7 @@ int main(int argc, char** argv) {
   if (command == "run") return ferry::RunCommand(args);
   if (command == "start") return ferry::StartCommand(args);
   if (command == "deploy" || command == "status" || command == "config" || command == "rollback" ||
-      command == "shutdown")
+      command == "shutdown" || command == "nodes")
     return ferry::ClientCommand(command, args);
   if (command == "build") return ferry::BuildCommand(args);
   if (command == "replica") return ferry::ReplicaCommand(args);

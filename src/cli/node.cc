@@ -75,6 +75,7 @@ class Node {
         signals_(io_, SIGINT, SIGTERM) {}
 
   ~Node() {
+    if (member_) member_->Stop();  // resigns: a standby leads at its next step
     if (admin_) admin_->Stop();
     if (drainer_.joinable()) drainer_.join();
     proxy_->Stop();
@@ -82,7 +83,23 @@ class Node {
   }
 
   absl::Status Create(endpoints::Publisher* publisher, const std::string& run_dir, handle::HandleClient* handles) {
-    if (!options_.state_dir.empty()) {
+    publisher_ = publisher;
+    run_dir_ = run_dir;
+    if (options_.cluster) {
+      cluster::ClusterMember::Callbacks membership;
+      membership.on_elected = [this](int64_t fence) { boost::asio::post(io_, [this, fence] { Lead(fence); }); };
+      membership.on_deposed = [this] {
+        boost::asio::post(io_, [this] {
+          Say(StrCat("ferry: node ", options_.cluster->node_id,
+                     " no longer leads; it keeps serving what it runs until another node leads"));
+        });
+      };
+      membership.on_other_leader = [this](const cluster::NodeInfo& leader) {
+        boost::asio::post(io_, [this, id = leader.node_id] { StandDown(id); });
+      };
+      member_ = std::make_unique<cluster::ClusterMember>(*options_.cluster, std::move(membership));
+      store_ = std::make_unique<cluster::EtcdStateStore>(member_.get());
+    } else if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
           controller::EmbeddedStateStore::Open(options_.state_dir);
       if (!store.ok()) return store.status();
@@ -101,12 +118,8 @@ class Node {
       exit_code_ = 1;
       control_->Shutdown([this] { io_.stop(); });
     };
-    controller::ControllerOptions controller_options;
-    controller_options.tracer = tracer_;
-    absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
-        io_, options_.ferry_binary, run_dir, publisher, store_.get(), callbacks, controller_options);
-    if (!created.ok()) return created.status();
-    control_ = std::move(*created);
+    callbacks_ = callbacks;
+    if (absl::Status made = MakeController(); !made.ok()) return made;
 
     absl::StatusOr<std::string> token = config::LoadAdminToken(options_.admin);
     if (!token.ok()) return token.status();
@@ -125,6 +138,21 @@ class Node {
     admin.on_shutdown = [this] { boost::asio::post(io_, [this] { BeginStop("admin API shutdown"); }); };
     admin.metrics = metrics_;
     admin.handles = handles;
+    if (member_) {
+      admin.leader_admin = [this]() -> std::optional<std::string> {
+        if (member_->leading()) return std::nullopt;
+        std::optional<cluster::NodeInfo> leader = member_->leader();
+        if (!leader || leader->node_id == options_.cluster->node_id) return std::string();  // nobody (known) leads
+        return leader->admin_url;
+      };
+      admin.nodes = [this]() -> absl::StatusOr<nlohmann::json> {
+        absl::StatusOr<std::vector<cluster::NodeInfo>> nodes = member_->Nodes();
+        if (!nodes.ok()) return nodes.status();
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& n : *nodes) out.push_back(cluster::NodeJson(n));
+        return out;
+      };
+    }
     absl::StatusOr<std::unique_ptr<admin::AdminServer>> server = admin::AdminServer::Create(admin, io_, control_.get());
     if (!server.ok()) return server.status();
     admin_ = std::move(*server);
@@ -135,6 +163,18 @@ class Node {
     WaitForSignal();
     admin_->Start();
     control_->Start();
+    if (member_) {
+      // The controller acts once this node is elected (Lead); until then the node serves what it has.
+      OpenHttp();
+      const std::string& ip = options_.cluster->address;
+      absl::Status joined = member_->Start(StrCat("http://", ip, ":", admin_->port()), StrCat("http://", ip, ":", proxy_->port()));
+      if (!joined.ok()) {
+        Complain(StrCat("ferry: cannot join the cluster: ", Message(joined)));
+        return 1;
+      }
+      io_.run();
+      return exit_code_;
+    }
     absl::Status restored = control_->Restore();
     if (!restored.ok()) Complain(StrCat("ferry: could not restore the saved state: ", Message(restored)));
     if (options_.initial_config) {
@@ -147,6 +187,50 @@ class Node {
   }
 
  private:
+  absl::Status MakeController() {
+    controller::ControllerOptions controller_options;
+    controller_options.tracer = tracer_;
+    if (options_.cluster) {
+      controller_options.node_id = options_.cluster->node_id;
+      controller_options.node_ip = options_.cluster->address;
+    }
+    absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
+        io_, options_.ferry_binary, run_dir_, publisher_, store_.get(), callbacks_, controller_options);
+    if (!created.ok()) return created.status();
+    control_ = std::move(*created);
+    return absl::OkStatus();
+  }
+
+  // Elected: the desired state comes from etcd and this node's controller converges to it.
+  void Lead(int64_t fence) {
+    if (stopping_) return;
+    if (standing_down_) {  // re-elected while the old term's replicas still stop: lead once they have
+      pending_fence_ = fence;
+      return;
+    }
+    Say(StrCat("ferry: node ", options_.cluster->node_id, " leads the cluster (fence ", fence, ")"));
+    // The state in etcd wins over what this node may still run from an earlier term (Restore applies it as
+    // an update: what did not change keeps running).
+    absl::Status restored = control_->Restore();
+    if (!restored.ok()) Complain(StrCat("ferry: could not restore the cluster's state: ", Message(restored)));
+  }
+
+  // Another node leads: what this one ran as the cluster's leader is that node's to run now, so it stops
+  // it and waits as a standby (its controller forgets the applications without saving anything).
+  void StandDown(const std::string& leader) {
+    if (stopping_ || standing_down_ || member_->leading() || !control_->applied_config()) return;
+    standing_down_ = true;
+    Say(StrCat("ferry: node ", leader, " leads the cluster; node ", options_.cluster->node_id,
+               " stops the replicas it ran as the leader"));
+    control_->StandDown([this] {
+      boost::asio::post(io_, [this] {
+        standing_down_ = false;
+        if (pending_fence_ && member_->fence() == *pending_fence_) Lead(*pending_fence_);
+        pending_fence_.reset();
+      });
+    });
+  }
+
   void OpenHttp() {
     proxy_->Start();
     http_open_ = true;
@@ -226,6 +310,12 @@ class Node {
   std::unique_ptr<proxy::Proxy> proxy_;
   metrics::Registry* metrics_;
   tracing::Tracer* tracer_;
+  endpoints::Publisher* publisher_ = nullptr;
+  std::string run_dir_;
+  controller::ControllerCallbacks callbacks_;
+  std::unique_ptr<cluster::ClusterMember> member_;  // cluster mode only
+  bool standing_down_ = false;
+  std::optional<int64_t> pending_fence_;
   std::unique_ptr<controller::StateStore> store_;
   std::unique_ptr<controller::Controller> control_;
   std::unique_ptr<admin::AdminServer> admin_;

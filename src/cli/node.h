@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "cluster/cluster.h"
 #include "config/config.h"
 
 namespace ferry::cli {
@@ -28,6 +29,9 @@ struct NodeOptions {
   // A daemon (`ferry start`): its stdout is the log file, so what it would print there (the ready lines,
   // draining, stopped) is written as log lines instead, in the log's encoding.
   bool daemon = false;
+  // Cluster mode (--cluster): membership, leadership and the desired state in etcd. The node's controller
+  // acts only while this node leads; otherwise its admin API hands writes to the leader's.
+  std::optional<cluster::ClusterOptions> cluster;
 };
 
 // Runs until SIGINT/SIGTERM or an admin shutdown; returns the process exit code.

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -73,6 +74,115 @@ bool Dechunk(std::string_view in, std::string* out) {
     out->append(in.substr(0, size));
     in.remove_prefix(size + 2);
   }
+}
+
+// Parses "HTTP/1.1 200 OK": the status, or 0 when it is not an HTTP status line.
+int StatusOf(std::string_view answer) {
+  std::string_view line = answer.substr(0, answer.find("\r\n"));
+  size_t space = line.find(' ');
+  if (line.rfind("HTTP/", 0) != 0 || space == std::string_view::npos || line.size() < space + 4 ||
+      !IsDigits(line.substr(space + 1, 3)))
+    return 0;
+  return std::stoi(std::string(line.substr(space + 1, 3)));
+}
+
+// Decodes a chunked body as it arrives: Feed takes the bytes read so far (it keeps what is not a whole
+// piece yet) and hands each chunk's data to `out`. Done after the last chunk; Bad on a malformed size.
+class Dechunker {
+ public:
+  enum class State { kMore, kDone, kBad, kStopped };
+  State Feed(std::string_view bytes, const std::function<bool(std::string_view)>& out) {
+    pending_.append(bytes);
+    std::string_view in = pending_;
+    State state = State::kMore;
+    for (;;) {
+      if (left_ > 0) {  // inside a chunk's data
+        size_t n = std::min(left_, in.size());
+        if (n == 0) break;
+        if (!out(in.substr(0, n))) {
+          state = State::kStopped;
+          break;
+        }
+        in.remove_prefix(n);
+        left_ -= n;
+        if (left_ == 0) crlf_ = true;
+        continue;
+      }
+      if (crlf_) {  // the CRLF after a chunk's data
+        if (in.size() < 2) break;
+        in.remove_prefix(2);
+        crlf_ = false;
+      }
+      size_t eol = in.find("\r\n");
+      if (eol == std::string_view::npos) {
+        if (in.size() > 1024) state = State::kBad;
+        break;
+      }
+      std::string_view hex = in.substr(0, std::min(eol, in.find(';')));
+      if (hex.empty() || hex.size() > 15) return State::kBad;
+      size_t size = 0;
+      for (char c : hex) {
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return State::kBad;
+        size = size * 16 + static_cast<size_t>(d);
+      }
+      in.remove_prefix(eol + 2);
+      if (size == 0) return State::kDone;
+      left_ = size;
+    }
+    pending_.erase(0, pending_.size() - in.size());
+    return state;
+  }
+
+ private:
+  std::string pending_;
+  size_t left_ = 0;
+  bool crlf_ = false;
+};
+
+// The rest of a streamed answer whose head is in `answer` (up to `head_end`): its body pieces to
+// call.on_body as they arrive, until it ends, on_body says stop, or *call.stop is set.
+absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::string& answer, size_t head_end,
+                                        const HttpCall& call) {
+  HttpResponse response;
+  response.status = StatusOf(answer);
+  if (response.status == 0) return absl::UnavailableError(StrCat(where, ": not an HTTP answer"));
+  std::string_view head = std::string_view(answer).substr(0, head_end + 2);
+  const bool chunked = HeaderValue(head, "transfer-encoding") == "chunked";
+  std::string_view length_text = HeaderValue(head, "content-length");
+  uint64_t length_left = !chunked && IsDigits(length_text) ? std::stoull(std::string(length_text)) : UINT64_MAX;
+  Dechunker dechunker;
+  bool stopped = false;
+  auto deliver = [&](std::string_view bytes) {
+    if (chunked) {
+      Dechunker::State state = dechunker.Feed(bytes, call.on_body);
+      if (state == Dechunker::State::kBad) return absl::UnavailableError(StrCat(where, ": a malformed chunk"));
+      stopped = state != Dechunker::State::kMore;
+      return absl::OkStatus();
+    }
+    bytes = bytes.substr(0, std::min<uint64_t>(bytes.size(), length_left));
+    if (length_left != UINT64_MAX) length_left -= bytes.size();
+    stopped = (!bytes.empty() && !call.on_body(bytes)) || length_left == 0;
+    return absl::OkStatus();
+  };
+  if (absl::Status s = deliver(std::string_view(answer).substr(head_end + 4)); !s.ok()) return s;
+  while (!stopped && !(call.stop && call.stop->load())) {
+    pollfd p{fd, POLLIN, 0};
+    int n = ::poll(&p, 1, 200);
+    if (n < 0 && errno != EINTR) return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    if (n <= 0) continue;
+    char buf[16384];
+    ssize_t got = ::recv(fd, buf, sizeof(buf), 0);
+    if (got > 0) {
+      if (absl::Status s = deliver(std::string_view(buf, static_cast<size_t>(got))); !s.ok()) return s;
+    } else if (got == 0) {
+      if (chunked || length_left != UINT64_MAX) return absl::UnavailableError(StrCat(where, ": the stream was cut off"));
+      break;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    }
+  }
+  return response;
 }
 
 }  // namespace
@@ -172,6 +282,7 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
   for (;;) {
     if (head_end == std::string::npos) head_end = answer.find("\r\n\r\n");
     if (call.status_only && answer.find("\r\n") != std::string::npos) break;
+    if (call.on_body && head_end != std::string::npos) return StreamBody(fd.get(), where, answer, head_end, call);
     if (head_end != std::string::npos) {
       std::string_view head = std::string_view(answer).substr(0, head_end + 2);
       std::string_view rest = std::string_view(answer).substr(head_end + 4);
@@ -191,14 +302,10 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
       return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
     }
   }
-  // "HTTP/1.1 200 OK"
-  std::string_view line = std::string_view(answer).substr(0, answer.find("\r\n"));
-  size_t space = line.find(' ');
-  if (line.rfind("HTTP/", 0) != 0 || space == std::string_view::npos || line.size() < space + 4 ||
-      !IsDigits(line.substr(space + 1, 3)))
+  response.status = StatusOf(answer);
+  if (response.status == 0)
     return absl::UnavailableError(answer.empty() ? StrCat(where, ": closed without an answer")
                                                  : StrCat(where, ": not an HTTP answer"));
-  response.status = std::stoi(std::string(line.substr(space + 1, 3)));
   if (call.status_only) return response;
   if (head_end == std::string::npos) return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
   std::string_view head = std::string_view(answer).substr(0, head_end + 2);

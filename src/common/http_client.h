@@ -5,7 +5,9 @@
 
 #include <absl/status/statusor.h>
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -39,6 +41,11 @@ struct HttpCall {
   std::chrono::milliseconds timeout{5000};
   // Read only the status line (the body is not needed): the connection closes as soon as it arrives.
   bool status_only = false;
+  // A body read as it arrives (a long-lived stream such as etcd's watch): each decoded piece goes here, and
+  // HttpResponse::body stays empty. `timeout` then bounds the head only; the stream lasts until the peer
+  // ends it, on_body returns false, or *stop is set (checked at least every 200 ms).
+  std::function<bool(std::string_view piece)> on_body;
+  const std::atomic<bool>* stop = nullptr;
 };
 
 // Sends `call` to `endpoint` and reads the answer (a body by Content-Length, chunked, or up to the close).

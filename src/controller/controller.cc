@@ -297,15 +297,22 @@ absl::Status Controller::Restore() {
   if (!store_) return absl::OkStatus();
   absl::StatusOr<std::optional<std::string>> text = store_->Load();
   if (!text.ok()) return text.status();
-  if (!*text) return absl::OkStatus();
-  json state = json::parse(**text, nullptr, false);
+  json state = *text ? json::parse(**text, nullptr, false) : json{{"config", nullptr}};
   if (!state.is_object()) return absl::DataLossError("controller state is not JSON");
+  history_.clear();  // the store's is the whole history (a cluster's new leader may restore twice)
   if (state.contains("history") && state["history"].is_object()) {
     for (auto& [app, entries] : state["history"].items()) {
       for (auto& e : entries) history_[app].push_back({e.value("time_s", 0.0), e.value("config", json())});
     }
   }
-  if (!state.contains("config") || state["config"].is_null()) return absl::OkStatus();
+  if (!state.contains("config") || state["config"].is_null()) {
+    if (applied_ && !applied_->applications.empty()) {  // someone deleted everything meanwhile
+      config::Config nothing = *applied_;
+      nothing.applications.clear();
+      return ApplyInternal(nothing, false, false);
+    }
+    return absl::OkStatus();
+  }
   absl::StatusOr<config::Config> config = config::ParseConfig(state["config"].dump(), "controller state", "/");
   if (!config.ok()) return absl::DataLossError(StrCat("stored config no longer loads: ", Message(config.status())));
   ApplyNodeObservability(*config);  // this line and the rest in the restored config's encoding
@@ -455,6 +462,8 @@ ApplicationStatus Controller::application_status(const std::string& application)
 ControllerSnapshot Controller::Snapshot() const {
   ControllerSnapshot out;
   out.pid = getpid();
+  out.node_id = options_.node_id;
+  out.node_ip = options_.node_ip;
   if (applied_) out.http_options = applied_->http_options;
   if (options_.tracer) {
     out.spans_exported = options_.tracer->exported();

@@ -56,6 +56,10 @@ struct ControllerCallbacks {
 struct ControllerOptions {
   std::chrono::milliseconds tick{100};
   size_t history_per_application = 20;
+  // Where the controller runs, for the status's controller_info and replicas (cluster mode; empty on one
+  // node: "local").
+  std::string node_id;
+  std::string node_ip;
   // This process's tracer, configured from the config's `tracing` on every apply; null: not traced.
   tracing::Tracer* tracer = nullptr;
   // Where time comes from: restart backoff, start and health-check deadlines, drains, autoscaling delays.
@@ -115,6 +119,8 @@ struct ApplicationView {
 
 struct ControllerSnapshot {
   pid_t pid = 0;
+  std::string node_id;  // ControllerOptions'
+  std::string node_ip;
   std::vector<ApplicationView> applications;  // by name
   std::optional<config::HttpOptions> http_options;
   // The node's own spans (proxy and queue), when it has a tracer.
@@ -156,6 +162,9 @@ class Controller : public node::ReplicaListener {
   void Tick();
   // Takes every replica out of routing, drains and stops them; `done` runs once all have exited.
   void Shutdown(std::function<void()> done);
+  // As Shutdown, then forgets every application without saving (the desired state stays in the store),
+  // ready to Restore again: a cluster node that no longer leads.
+  void StandDown(std::function<void()> done);
 
   // What it knows now, as values (the admin API renders status and metrics from it).
   ControllerSnapshot Snapshot() const;

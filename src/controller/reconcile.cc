@@ -548,6 +548,25 @@ void Controller::ReportProgress(const Deployment& d) {
   callbacks_.on_progress(StrCat(d.key, ": ", ready, "/", d.TargetReplicas(), " replicas ready"));
 }
 
+void Controller::StandDown(std::function<void()> done) {
+  Shutdown([this, done = std::move(done)] {
+    // Everything stopped: forget it all (nothing is saved: the desired state stays where it is) and
+    // publish the empty snapshot, numbered after the last, so routers drop the sets.
+    for (const auto& [key, d] : deployments_) changed_sets_.push_back(key);
+    routes_changed_ = true;
+    deployments_.clear();
+    by_replica_.clear();
+    health_waits_.clear();
+    apps_.clear();
+    history_.clear();
+    applied_.reset();
+    waiting_all_ready_ = false;
+    shutting_down_ = false;
+    PublishIfChanged();
+    done();
+  });
+}
+
 void Controller::Shutdown(std::function<void()> done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);

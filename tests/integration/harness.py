@@ -18,21 +18,22 @@ BUILD_DIR = os.environ.get("FERRY_BUILD_DIR") or os.path.join(SOURCE_DIR, "build
 
 class Ferry:
     """A `ferry run` process serving a config written to a temporary file (`env`: variables to add), or, with
-    `target`, what `ferry run TARGET...` names (an import path and its arguments), run in `cwd`."""
+    `target`, what `ferry run TARGET...` names (an import path and its arguments), run in `cwd`; or, with
+    `argv`, ferry with those arguments (a `ferry start --foreground` node)."""
 
     def __init__(self, config_text=None, extra_args=(), ready=True, timeout=30, config_file=None, binary=None,
-                 env=None, target=None, cwd=None):
+                 env=None, target=None, cwd=None, argv=None):
         self.dir = tempfile.TemporaryDirectory(prefix="ferry-test-")
         self.config_path = config_file or os.path.join(self.dir.name, "config.yaml")
-        if config_file is None and target is None:
+        if config_file is None and target is None and argv is None:
             with open(self.config_path, "w") as f:
                 f.write(config_text)
         self.stdout_lines = []
         self.stderr_lines = []
         self._lock = threading.Lock()
+        command = argv or ["run", *(target or [self.config_path]), "--http-port", "0", "--admin-port", "0", *extra_args]
         self.proc = subprocess.Popen(
-            [binary or FERRY_BIN, "run", *(target or [self.config_path]), "--http-port", "0", "--admin-port", "0",
-             *extra_args],
+            [binary or FERRY_BIN, *command],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, cwd=cwd,
             env={**os.environ, **env} if env else None)
         self._readers = [

@@ -1,0 +1,244 @@
+#include "cluster/cluster.h"
+
+#include "common/common.h"
+
+namespace ferry::cluster {
+namespace {
+
+using json = nlohmann::json;
+
+std::optional<NodeInfo> NodeOf(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  NodeInfo n;
+  n.node_id = j.value("node_id", "");
+  n.address = j.value("address", "");
+  n.admin_url = j.value("admin_url", "");
+  n.http_url = j.value("http_url", "");
+  n.resources = j.value("resources", json::object());
+  if (auto labels = j.find("labels"); labels != j.end() && labels->is_object())
+    for (auto& [k, v] : labels->items())
+      if (v.is_string()) n.labels[k] = v.get<std::string>();
+  n.started_at_s = j.value("started_at_s", 0.0);
+  if (n.node_id.empty()) return std::nullopt;
+  return n;
+}
+
+}  // namespace
+
+json NodeJson(const NodeInfo& node) {
+  return {{"node_id", node.node_id},     {"address", node.address},     {"admin_url", node.admin_url},
+          {"http_url", node.http_url},   {"resources", node.resources}, {"labels", node.labels},
+          {"started_at_s", node.started_at_s}, {"state", node.alive ? "ALIVE" : "DEAD"}, {"leader", node.leader}};
+}
+
+ClusterMember::ClusterMember(ClusterOptions options, Callbacks callbacks)
+    : options_(std::move(options)), callbacks_(std::move(callbacks)), etcd_(EtcdOptions{options_.etcd}) {}
+
+ClusterMember::~ClusterMember() { Stop(); }
+
+absl::Status ClusterMember::Register() {
+  absl::StatusOr<int64_t> lease = etcd_.GrantLease(options_.lease_ttl_s);
+  if (!lease.ok()) return lease.status();
+  const std::string alive = options_.prefix + "alive/" + options_.node_id;
+  // The id is this node's while its alive key is: a second node with the same id cannot join.
+  absl::StatusOr<TxnResult> txn =
+      etcd_.Txn({Compare::CreateRevision(alive, 0)},
+                {TxnOp::Put(alive, record_, *lease), TxnOp::Put(options_.prefix + "members/" + options_.node_id, record_)});
+  if (!txn.ok() || !txn->succeeded) {
+    (void)etcd_.Revoke(*lease);
+    if (!txn.ok()) return txn.status();
+    return absl::AlreadyExistsError(StrCat("a live node named \"", options_.node_id,
+                                           "\" is already in the cluster (pick another --node-name, or wait ",
+                                           options_.lease_ttl_s, " s for the old one's lease to lapse)"));
+  }
+  lease_ = *lease;
+  last_renewed_ = std::chrono::steady_clock::now();
+  return absl::OkStatus();
+}
+
+absl::Status ClusterMember::Start(const std::string& admin_url, const std::string& http_url) {
+  if (options_.node_id.empty()) return absl::InvalidArgumentError("a cluster node needs a name (--node-name)");
+  NodeInfo self;
+  self.node_id = options_.node_id;
+  self.address = options_.address;
+  self.admin_url = admin_url;
+  self.http_url = http_url;
+  self.resources = options_.resources;
+  self.labels = options_.labels;
+  self.started_at_s = WallSeconds();
+  json record = NodeJson(self);
+  record.erase("state");
+  record.erase("leader");
+  record_ = record.dump();
+  if (options_.lease_ttl_s < 1) return absl::InvalidArgumentError("the lease TTL must be at least 1 s");
+  // A node restarted under its old name waits out its previous incarnation's lease.
+  absl::Status registered;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(options_.lease_ttl_s + 1);
+  for (;;) {
+    registered = Register();
+    if (registered.ok() || !absl::IsAlreadyExists(registered) || std::chrono::steady_clock::now() >= until) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (!registered.ok()) return registered;
+  FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " joined the cluster (lease ", lease_, ", TTL ",
+            options_.lease_ttl_s, " s)");
+  thread_ = std::thread([this] { Loop(); });
+  return absl::OkStatus();
+}
+
+void ClusterMember::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (lease_) {
+    // Resigning: the leader key and the alive key go with the lease, and a standby leads at its next step.
+    (void)etcd_.Revoke(lease_);
+    lease_ = 0;
+  }
+  fence_.store(0);
+}
+
+std::optional<NodeInfo> ClusterMember::leader() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return leader_;
+}
+
+void ClusterMember::Loop() {
+  const auto period = std::chrono::milliseconds(std::max<int64_t>(100, options_.lease_ttl_s * 1000 / 4));
+  for (;;) {
+    Step();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (wake_.wait_for(lock, period, [this] { return stopping_; })) return;
+  }
+}
+
+void ClusterMember::Depose(const std::string& why) {
+  if (fence_.exchange(0) == 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    leader_.reset();  // not this node any more, and which node leads is not known yet
+  }
+  FERRY_LOG(kWarning, "cluster", "node ", options_.node_id, " no longer leads: ", why);
+  if (callbacks_.on_deposed) callbacks_.on_deposed();
+}
+
+void ClusterMember::Step() {
+  const auto now = std::chrono::steady_clock::now();
+  if (lease_ != 0) {
+    absl::StatusOr<int64_t> ttl = etcd_.KeepAlive(lease_);
+    if (ttl.ok()) {
+      last_renewed_ = now;
+    } else if (absl::IsNotFound(ttl.status())) {
+      lease_ = 0;
+      Depose("its lease expired");
+    } else if (now - last_renewed_ >= std::chrono::seconds(options_.lease_ttl_s)) {
+      // etcd has been out of reach for a whole TTL: the lease has lapsed there, so another node may lead.
+      Depose(StrCat("etcd was out of reach for ", options_.lease_ttl_s, " s (", Message(ttl.status()), ")"));
+    }
+  }
+  if (lease_ == 0) {
+    absl::Status registered = Register();
+    if (!registered.ok()) {
+      FERRY_LOG(kWarning, "cluster", "node ", options_.node_id, " cannot rejoin the cluster yet: ", Message(registered));
+      return;
+    }
+    FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " rejoined the cluster");
+  }
+  const std::string key = leader_key();
+  absl::StatusOr<RangeResult> current = etcd_.Get(key);
+  if (!current.ok()) return;
+  std::optional<NodeInfo> leader;
+  if (!current->kvs.empty()) {
+    leader = NodeOf(current->kvs[0].value);
+    const int64_t revision = current->kvs[0].create_revision;
+    if (fence_.load() != 0 && revision != fence_.load()) Depose("another node leads");
+    if (fence_.load() == 0 && current->kvs[0].lease == lease_) {
+      // Still this node's leadership (etcd kept the lease through an outage that deposed it here).
+      fence_.store(revision);
+      FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " leads the cluster again (fence ", revision, ")");
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        leader_ = leader;
+        if (leader_) leader_->leader = leader_->alive = true;
+      }
+      if (callbacks_.on_elected) callbacks_.on_elected(revision);
+      return;
+    }
+  } else {
+    if (fence_.load() != 0) Depose("its leader key is gone");
+    // Nobody leads: campaign. The key is created only if it is still absent, bound to this node's lease.
+    absl::StatusOr<TxnResult> txn =
+        etcd_.Txn({Compare::CreateRevision(key, 0)}, {TxnOp::Put(key, record_, lease_)}, {TxnOp::Get(key)});
+    if (!txn.ok()) return;
+    if (txn->succeeded) {
+      leader = NodeOf(record_);
+      fence_.store(txn->revision);
+      FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " leads the cluster (fence ", txn->revision, ")");
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        leader_ = leader;
+        if (leader_) leader_->leader = leader_->alive = true;
+      }
+      if (callbacks_.on_elected) callbacks_.on_elected(txn->revision);
+      return;
+    }
+    if (!txn->ranges.empty() && !txn->ranges[0].kvs.empty()) leader = NodeOf(txn->ranges[0].kvs[0].value);
+  }
+  if (leader) leader->leader = leader->alive = true;
+  bool other_changed = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    other_changed = leader && leader->node_id != options_.node_id && (!leader_ || leader_->node_id != leader->node_id);
+    leader_ = leader;
+  }
+  if (other_changed && callbacks_.on_other_leader) callbacks_.on_other_leader(*leader);
+}
+
+absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
+  absl::StatusOr<TxnResult> read = etcd_.Txn(
+      {}, {TxnOp::GetPrefix(options_.prefix + "members/"), TxnOp::GetPrefix(options_.prefix + "alive/"),
+           TxnOp::Get(leader_key())});
+  if (!read.ok()) return read.status();
+  if (read->ranges.size() != 3) return absl::UnavailableError("etcd answered the node listing partly");
+  std::vector<NodeInfo> nodes;
+  std::set<std::string> alive;
+  const std::string alive_prefix = options_.prefix + "alive/";
+  for (const KeyValue& kv : read->ranges[1].kvs) alive.insert(kv.key.substr(alive_prefix.size()));
+  std::string leader_id;
+  if (!read->ranges[2].kvs.empty())
+    if (std::optional<NodeInfo> l = NodeOf(read->ranges[2].kvs[0].value)) leader_id = l->node_id;
+  for (const KeyValue& kv : read->ranges[0].kvs) {
+    std::optional<NodeInfo> n = NodeOf(kv.value);
+    if (!n) continue;
+    n->alive = alive.contains(n->node_id);
+    n->leader = n->node_id == leader_id;
+    nodes.push_back(std::move(*n));
+  }
+  return nodes;
+}
+
+absl::StatusOr<std::optional<std::string>> EtcdStateStore::Load() {
+  absl::StatusOr<RangeResult> r = member_->etcd().Get(member_->options().prefix + "state");
+  if (!r.ok()) return r.status();
+  if (r->kvs.empty()) return std::optional<std::string>();
+  return std::optional<std::string>(r->kvs[0].value);
+}
+
+absl::Status EtcdStateStore::Save(const std::string& document) {
+  const int64_t fence = member_->fence();
+  if (fence == 0) return absl::FailedPreconditionError("this node does not lead the cluster: it cannot change its state");
+  absl::StatusOr<TxnResult> txn = member_->etcd().Txn({Compare::CreateRevision(member_->leader_key(), fence)},
+                                                      {TxnOp::Put(member_->options().prefix + "state", document)});
+  if (!txn.ok()) return txn.status();
+  if (!txn->succeeded)
+    return absl::FailedPreconditionError(
+        "this node no longer leads the cluster (its leadership lapsed): the state was not changed");
+  return absl::OkStatus();
+}
+
+}  // namespace ferry::cluster

@@ -1,0 +1,241 @@
+// The cluster's shared state against a real etcd (tests/common/etcd_server.h starts one): the etcd client
+// (KV, transactions, leases, watch), a node's membership and the controller's election, the fence on a
+// leader's writes, and the desired state in etcd.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+
+#include "cluster/cluster.h"
+#include "cluster/etcd.h"
+#include "common/etcd_server.h"
+
+namespace ferry::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+
+template <typename F>
+bool Eventually(F f, std::chrono::milliseconds limit = 15s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    if (f()) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return f();
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { server_ = new testing::EtcdServer(); }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override {
+    prefix_ = "/t" + std::to_string(++counter_) + "/";
+    etcd_ = std::make_unique<Etcd>(EtcdOptions{{server_->endpoint()}});
+  }
+  ClusterOptions Options(const std::string& node) {
+    ClusterOptions o;
+    o.etcd = {server_->endpoint()};
+    o.prefix = prefix_;
+    o.node_id = node;
+    o.address = "127.0.0.1";
+    o.lease_ttl_s = 1;
+    return o;
+  }
+  static testing::EtcdServer* server_;
+  static int counter_;
+  std::string prefix_;
+  std::unique_ptr<Etcd> etcd_;
+};
+testing::EtcdServer* ClusterTest::server_ = nullptr;
+int ClusterTest::counter_ = 0;
+
+TEST(EtcdUrlTest, ParsesEndpointsAndRejectsWhatItCannotUse) {
+  auto one = ParseEtcdUrl("etcd://10.0.0.5:2379");
+  ASSERT_TRUE(one.ok());
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_EQ((*one)[0].host, "10.0.0.5");
+  EXPECT_EQ((*one)[0].port, "2379");
+  auto three = ParseEtcdUrl("etcd://a:1,b,http://c:3");
+  ASSERT_TRUE(three.ok());
+  ASSERT_EQ(three->size(), 3u);
+  EXPECT_EQ((*three)[1].port, "2379");  // etcd's default
+  EXPECT_EQ((*three)[2].host, "c");
+  EXPECT_FALSE(ParseEtcdUrl("etcd://").ok());
+  EXPECT_FALSE(ParseEtcdUrl("etcd://a:99999").ok());
+  EXPECT_EQ(PrefixEnd("/ferry/"), "/ferry0");
+  EXPECT_EQ(PrefixEnd(std::string("a\xff", 2)), "b");
+}
+
+TEST_F(ClusterTest, KeysValuesAndTransactions) {
+  const std::string k = prefix_ + "k";
+  auto put = etcd_->Put(k, std::string("v\0\xff", 3));  // bytes, not text
+  ASSERT_TRUE(put.ok()) << put.status();
+  auto got = etcd_->Get(k);
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->kvs.size(), 1u);
+  EXPECT_EQ(got->kvs[0].value, std::string("v\0\xff", 3));
+  EXPECT_EQ(got->kvs[0].create_revision, *put);
+  EXPECT_TRUE(etcd_->Get(prefix_ + "absent")->kvs.empty());
+  ASSERT_TRUE(etcd_->Put(prefix_ + "k2", "2").ok());
+  EXPECT_EQ(etcd_->GetPrefix(prefix_)->kvs.size(), 2u);
+
+  // Create-if-absent: the first wins, the second reads what is there.
+  auto first = etcd_->Txn({Compare::CreateRevision(prefix_ + "lock", 0)}, {TxnOp::Put(prefix_ + "lock", "a")},
+                          {TxnOp::Get(prefix_ + "lock")});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->succeeded);
+  auto second = etcd_->Txn({Compare::CreateRevision(prefix_ + "lock", 0)}, {TxnOp::Put(prefix_ + "lock", "b")},
+                           {TxnOp::Get(prefix_ + "lock")});
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(second->succeeded);
+  ASSERT_EQ(second->ranges.size(), 1u);
+  EXPECT_EQ(second->ranges[0].kvs.at(0).value, "a");
+  EXPECT_EQ(second->ranges[0].kvs.at(0).create_revision, first->revision);
+
+  EXPECT_EQ(*etcd_->DeletePrefix(prefix_), 3);
+  EXPECT_TRUE(etcd_->GetPrefix(prefix_)->kvs.empty());
+}
+
+TEST_F(ClusterTest, LeasesKeepKeysWhileRenewedAndDropThemWhenNot) {
+  auto lease = etcd_->GrantLease(1);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_TRUE(etcd_->Put(prefix_ + "alive", "x", *lease).ok());
+  EXPECT_EQ(etcd_->Get(prefix_ + "alive")->kvs.at(0).lease, *lease);
+  auto ttl = etcd_->KeepAlive(*lease);
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  EXPECT_GE(*ttl, 1);
+  // Not renewed: the key goes with the lease, and renewing then says the lease is gone.
+  EXPECT_TRUE(Eventually([&] { return etcd_->Get(prefix_ + "alive")->kvs.empty(); }));
+  EXPECT_TRUE(absl::IsNotFound(etcd_->KeepAlive(*lease).status()));
+  // Revoking drops the keys at once.
+  auto other = etcd_->GrantLease(60);
+  ASSERT_TRUE(etcd_->Put(prefix_ + "b", "x", *other).ok());
+  ASSERT_TRUE(etcd_->Revoke(*other).ok());
+  EXPECT_TRUE(etcd_->Get(prefix_ + "b")->kvs.empty());
+}
+
+TEST_F(ClusterTest, WatchStreamsChangesUnderAPrefixUntilStopped) {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<WatchEvent> seen;
+  std::atomic<bool> created{false};
+  absl::Status outcome;
+  std::thread watcher([&] {
+    outcome = etcd_->Watch(prefix_ + "w/", 0, stop, [&](int64_t, const std::vector<WatchEvent>& events) {
+      created = true;
+      std::lock_guard<std::mutex> lock(mu);
+      seen.insert(seen.end(), events.begin(), events.end());
+    });
+  });
+  ASSERT_TRUE(Eventually([&] { return created.load(); }));
+  ASSERT_TRUE(etcd_->Put(prefix_ + "w/a", "1").ok());
+  ASSERT_TRUE(etcd_->Put(prefix_ + "elsewhere", "1").ok());
+  ASSERT_TRUE(etcd_->Delete(prefix_ + "w/a").ok());
+  EXPECT_TRUE(Eventually([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return seen.size() >= 2;
+  }));
+  stop = true;
+  watcher.join();
+  EXPECT_TRUE(outcome.ok()) << outcome;
+  ASSERT_EQ(seen.size(), 2u);  // nothing from outside the prefix
+  EXPECT_EQ(seen[0].type, WatchEvent::Type::kPut);
+  EXPECT_EQ(seen[0].kv.key, prefix_ + "w/a");
+  EXPECT_EQ(seen[0].kv.value, "1");
+  EXPECT_EQ(seen[1].type, WatchEvent::Type::kDelete);
+}
+
+TEST_F(ClusterTest, OneNodeLeadsAndAStandbyTakesOverWhenTheLeaderResigns) {
+  std::atomic<int> elected_a{0}, elected_b{0}, deposed_a{0};
+  std::atomic<int64_t> fence_b{0};
+  ClusterMember::Callbacks ca, cb;
+  ca.on_elected = [&](int64_t) { ++elected_a; };
+  ca.on_deposed = [&] { ++deposed_a; };
+  cb.on_elected = [&](int64_t fence) {
+    fence_b = fence;
+    ++elected_b;
+  };
+  auto a = std::make_unique<ClusterMember>(Options("a"), ca);
+  ClusterMember b(Options("b"), cb);
+  ASSERT_TRUE(a->Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok());
+  ASSERT_TRUE(Eventually([&] { return a->leading(); }));
+  ASSERT_TRUE(b.Start("http://127.0.0.1:3", "http://127.0.0.1:4").ok());
+  ASSERT_TRUE(Eventually([&] { return b.leader().has_value(); }));
+  EXPECT_EQ(b.leader()->node_id, "a");
+  EXPECT_EQ(b.leader()->admin_url, "http://127.0.0.1:1");
+  EXPECT_FALSE(b.leading());
+  EXPECT_EQ(elected_a.load(), 1);
+
+  // A second node under a live node's name cannot join.
+  ClusterOptions twin = Options("a");
+  ClusterMember impostor(twin, {});
+  absl::Status refused = impostor.Start("x", "y");
+  EXPECT_TRUE(absl::IsAlreadyExists(refused)) << refused;
+
+  // The nodes, as `ferry nodes` lists them.
+  auto nodes = b.Nodes();
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  ASSERT_EQ(nodes->size(), 2u);
+  EXPECT_TRUE((*nodes)[0].alive && (*nodes)[0].leader);
+  EXPECT_TRUE((*nodes)[1].alive && !(*nodes)[1].leader);
+
+  // The leader resigns (its lease is revoked): the standby leads at its next step.
+  a->Stop();
+  ASSERT_TRUE(Eventually([&] { return b.leading(); }));
+  EXPECT_EQ(elected_b.load(), 1);
+  EXPECT_EQ(b.fence(), fence_b.load());
+  nodes = b.Nodes();
+  ASSERT_TRUE(nodes.ok());
+  EXPECT_FALSE((*nodes)[0].alive);  // a: still listed, as dead
+  EXPECT_FALSE((*nodes)[0].leader);
+  EXPECT_TRUE((*nodes)[1].leader);
+}
+
+TEST_F(ClusterTest, TheDesiredStateIsWrittenOnlyUnderTheLeadersFence) {
+  ClusterMember leader(Options("l"), {});
+  ASSERT_TRUE(leader.Start("a", "b").ok());
+  ASSERT_TRUE(Eventually([&] { return leader.leading(); }));
+  EtcdStateStore store(&leader);
+  EXPECT_FALSE(store.Load()->has_value());
+  ASSERT_TRUE(store.Save(R"({"config": 1})").ok());
+  EXPECT_EQ(store.Load()->value(), R"({"config": 1})");
+
+  // Someone else takes the leadership behind this node's back (its key replaced): its writes now fail
+  // and change nothing, even before it has noticed.
+  const int64_t fence = leader.fence();
+  ASSERT_TRUE(etcd_->Delete(prefix_ + "leader").ok());
+  ASSERT_TRUE(etcd_->Put(prefix_ + "leader", R"({"node_id": "usurper"})").ok());
+  EXPECT_EQ(leader.fence(), fence);  // it still thinks it leads
+  absl::Status fenced = store.Save(R"({"config": 2})");
+  EXPECT_TRUE(absl::IsFailedPrecondition(fenced)) << fenced;
+  EXPECT_EQ(store.Load()->value(), R"({"config": 1})");
+  // At its next step it knows.
+  EXPECT_TRUE(Eventually([&] { return !leader.leading(); }));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store.Save("{}")));
+}
+
+TEST_F(ClusterTest, ANodeCutOffFromEtcdStepsDownAndRejoinsWhenItComesBack) {
+  std::atomic<int> deposed{0}, elected{0};
+  ClusterMember::Callbacks c;
+  c.on_elected = [&](int64_t) { ++elected; };
+  c.on_deposed = [&] { ++deposed; };
+  ClusterMember node(Options("n"), c);
+  ASSERT_TRUE(node.Start("a", "b").ok());
+  ASSERT_TRUE(Eventually([&] { return node.leading(); }));
+  server_->Stop();
+  EXPECT_TRUE(Eventually([&] { return deposed.load() == 1; }));
+  EXPECT_FALSE(node.leading());
+  ASSERT_TRUE(server_->Start());
+  // Back: it registers again and, alone, leads again.
+  EXPECT_TRUE(Eventually([&] { return node.leading(); }, 30s));
+  EXPECT_EQ(elected.load(), 2);
+}
+
+}  // namespace
+}  // namespace ferry::cluster
