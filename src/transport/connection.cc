@@ -1,9 +1,13 @@
 #include "transport/connection.h"
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 
 #include "common/common.h"
+#include "transport/address.h"
 
 namespace ferry::transport {
 
@@ -22,13 +26,29 @@ void FrameConnection::Start() {
     DoRead();
     return;
   }
-  socket_.async_connect(
-      asio::local::stream_protocol::endpoint(path_), [self = shared_from_this()](const boost::system::error_code& ec) {
+  absl::StatusOr<FrameAddress> address = ParseFrameAddress(path_);
+  asio::generic::stream_protocol::endpoint endpoint;
+  boost::system::error_code bad;
+  if (address.ok() && address->tcp) {
+    asio::ip::address ip = asio::ip::make_address(address->host, bad);
+    endpoint = asio::ip::tcp::endpoint(ip, address->port);
+  } else if (address.ok()) {
+    endpoint = asio::local::stream_protocol::endpoint(address->path);
+  }
+  if (!address.ok() || bad) {
+    asio::post(socket_.get_executor(), [self = shared_from_this(), why = address.ok() ? bad.message() : std::string(Message(address.status()))] {
+      self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", why)));
+    });
+    return;
+  }
+  const bool tcp = address->tcp;
+  socket_.async_connect(endpoint, [self = shared_from_this(), tcp](const boost::system::error_code& ec) {
         if (self->closed_) return;
         if (ec) {
           self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", ec.message())));
           return;
         }
+        if (tcp) SetNoDelay(self->socket_.native_handle());
         self->connected_ = true;
         self->DoRead();
         self->Flush();

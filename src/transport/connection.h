@@ -1,11 +1,12 @@
-// A frame stream over a Unix domain socket, driven by one io_context thread. Frames appended to the
+// A frame stream over a stream socket (a Unix socket on one node, TCP between nodes: see address.h),
+// driven by one io_context thread. Frames appended to the
 // output are written in as few syscalls as possible: while one write is in flight, later frames collect
 // and go out together. Not thread-safe: every call on the thread that runs the socket's executor.
 #pragma once
 
 #include <absl/status/status.h>
 #include <boost/asio/any_io_executor.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -16,7 +17,7 @@ namespace ferry::transport {
 
 class FrameConnection : public std::enable_shared_from_this<FrameConnection> {
  public:
-  using Socket = boost::asio::local::stream_protocol::socket;
+  using Socket = boost::asio::generic::stream_protocol::socket;
 
   // Receives what arrives. Called on the connection's thread; may append frames and Flush().
   class Handler {
@@ -29,7 +30,8 @@ class FrameConnection : public std::enable_shared_from_this<FrameConnection> {
 
   // A connection over an already connected socket.
   FrameConnection(Socket socket, Handler* handler);
-  // A connection that will connect to `path`; frames appended before it connects wait and go out after.
+  // A connection that will connect to `path` (a frame address: a Unix socket path or tcp://IP:PORT);
+  // frames appended before it connects wait and go out after.
   FrameConnection(const boost::asio::any_io_executor& executor, std::string path, Handler* handler);
   ~FrameConnection();
 

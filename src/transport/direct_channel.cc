@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common/common.h"
+#include "transport/address.h"
 
 namespace ferry::transport {
 
@@ -41,17 +42,13 @@ class DirectChannel::Watcher {
 
 absl::StatusOr<std::shared_ptr<DirectChannel>> DirectChannel::Connect(const std::string& socket_path,
                                                                       std::string_view client) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof(addr.sun_path))
-    return absl::InvalidArgumentError(StrCat("socket path too long: ", socket_path));
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return absl::InternalError(StrCat("socket: ", std::strerror(errno)));
+  absl::StatusOr<FrameAddress> address = ParseFrameAddress(socket_path);
+  if (!address.ok()) return address.status();
   // Non-blocking: a replica whose backlog is full (or that is gone) fails the connect at once, and the
   // call goes the I/O thread's way instead of holding its caller.
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0)
-    return absl::UnavailableError(StrCat("connect ", socket_path, ": ", std::strerror(errno)));
+  absl::StatusOr<UniqueFd> connected = ConnectFrameSocket(*address);
+  if (!connected.ok()) return connected.status();
+  UniqueFd fd = std::move(*connected);
   UniqueFd wake(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!wake) return absl::InternalError(StrCat("eventfd: ", std::strerror(errno)));
   std::shared_ptr<DirectChannel> channel(new DirectChannel(std::move(fd), std::move(wake)));

@@ -3,7 +3,8 @@ own process on loopback. What must hold: one node leads (etcd election) and the 
 controller's endpoints to it; the desired state lives in etcd, so when the leader's node dies (kill -9) a
 standby leads within the lease TTL plus a step and brings every application back to RUNNING; `ferry nodes`
 and the status say where things run; a node whose name is taken cannot join; a leader that loses etcd
-keeps serving, and leads again when etcd is back.
+keeps serving, and leads again when etcd is back; a leader frozen past its lease finds another leader when
+it thaws and stops what it ran.
 """
 import json
 import os
@@ -168,6 +169,33 @@ class ClusterTest(unittest.TestCase):
         out = run_ferry(["nodes", "--address", survivor.admin]).stdout
         self.assertRegex(out, rf"{leader.name}\s+DEAD")
         self.assertRegex(out, rf"{new_leader}\s+ALIVE\s+yes")
+
+    def test_a_leader_that_was_frozen_past_its_lease_finds_another_leader_and_stops_its_replicas(self):
+        # SIGSTOP freezes the leader's node (as a long GC pause or a cut network would): its lease lapses, a
+        # standby leads and starts echo. Thawed, the old leader learns it was deposed, finds the other
+        # leader, and stops the replicas it ran; the desired state stays the new leader's.
+        leader, (standby,) = self.start_nodes(["p1", "p2"])
+        with open(os.path.join(standby.dir.name, "echo.yaml"), "w") as f:
+            f.write(ECHO)
+        self.assertEqual(run_ferry(["deploy", f.name, "--address", standby.admin]).returncode, 0)
+        wait_until(lambda: running(leader), timeout=60, what="echo RUNNING on the first leader")
+        old_pids = leader.replica_pids()
+        self.assertEqual(len(old_pids), 2)
+        os.kill(leader.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: standby.leader() == standby.name, timeout=30, what="the standby to lead")
+            wait_until(lambda: running(standby), timeout=60, what="echo RUNNING on the new leader")
+        finally:
+            os.kill(leader.proc.pid, signal.SIGCONT)
+        wait_until(lambda: not leader.replica_pids(), timeout=60, what="the old leader to stop its replicas")
+        self.assertIn("leads the cluster; node p1 stops the replicas it ran as the leader", leader.stdout())
+        self.assertEqual(standby.leader(), standby.name)
+        self.assertTrue(running(standby))
+        # Its admin API now forwards to the new leader.
+        r = leader.api("/api/serve/applications/")
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.headers.get("x-ferry-leader"), standby.admin)
+        self.assertEqual(r.json()["controller_info"]["node_id"], standby.name)
 
     def test_a_taken_name_cannot_join_and_bad_flags_are_refused(self):
         self.start_nodes(["only"])

@@ -4,6 +4,7 @@
 // that stops accepting removes its socket file. Every wait is bounded (a receive timeout, a deadline).
 #include "replica/internal/frame_server.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "common/mutex.h"
+#include "transport/address.h"
 
 namespace ferry::replica {
 namespace {
@@ -192,6 +194,41 @@ TEST(FrameServerTest, FramesOfAConnectionArriveInOrderAndWholeAndAreAnswered) {
     reader.Commit(static_cast<size_t>(n));
   }
   EXPECT_EQ(answered, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
+}
+
+TEST(FrameServerTest, ClientsOnOtherNodesConnectOverTcp) {
+  Served s;
+  absl::StatusOr<uint16_t> port = s.server().ListenTcp("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok()) << port.status();
+  ASSERT_GT(*port, 0);
+  absl::StatusOr<transport::FrameAddress> address =
+      transport::ParseFrameAddress(transport::TcpAddress("127.0.0.1", *port));
+  ASSERT_TRUE(address.ok());
+  absl::StatusOr<UniqueFd> fd = transport::ConnectFrameSocket(*address);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  std::string bytes = Request(9, "from another node");
+  ASSERT_EQ(::send(fd->get(), bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
+  ASSERT_TRUE(WaitFor([&] { return s.handler().seen().size() == 1; }));
+  transport::RequestMessage m;
+  ASSERT_TRUE(transport::DecodeRequest(s.handler().seen()[0].payload, &m).ok());
+  EXPECT_EQ(m.body, "from another node");
+  // The answer comes back over the same TCP connection.
+  transport::FrameReader reader;
+  FrameHeader h;
+  std::string_view p;
+  for (;;) {
+    absl::StatusOr<bool> got = reader.Next(&h, &p);
+    ASSERT_TRUE(got.ok());
+    if (*got) break;
+    pollfd wait{fd->get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&wait, 1, 30000), 1) << "no answer";
+    char* at = reader.Prepare(4096);
+    ssize_t n = ::recv(fd->get(), at, 4096, 0);
+    ASSERT_GT(n, 0);
+    reader.Commit(static_cast<size_t>(n));
+  }
+  EXPECT_EQ(h.stream_id, 9u);
+  EXPECT_FALSE(s.server().ListenTcp("not-an-ip", 0).ok());
 }
 
 TEST(FrameServerTest, AClientThatLeavesCancelsWhatItSent) {

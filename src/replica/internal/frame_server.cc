@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -13,6 +15,7 @@
 
 #include "common/common.h"
 #include "common/handoff.h"
+#include "transport/address.h"
 
 namespace ferry::replica {
 
@@ -20,7 +23,8 @@ namespace {
 
 constexpr uint64_t kListenId = 0;
 constexpr uint64_t kWakeId = 1;
-constexpr uint64_t kFirstConnectionId = 2;
+constexpr uint64_t kTcpListenId = 2;
+constexpr uint64_t kFirstConnectionId = 3;
 constexpr auto kStuckWriteLimit = std::chrono::seconds(30);
 
 }  // namespace
@@ -130,6 +134,37 @@ absl::Status FrameServer::Listen(const std::string& path) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<uint16_t> FrameServer::ListenTcp(const std::string& host, uint16_t port) {
+  if (!epoll_fd_) return absl::FailedPreconditionError("ListenTcp comes after Listen");
+  sockaddr_storage storage{};
+  socklen_t len;
+  int family;
+  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&storage); inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = family = AF_INET;
+    v4->sin_port = htons(port);
+    len = sizeof(sockaddr_in);
+  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage); inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = family = AF_INET6;
+    v6->sin6_port = htons(port);
+    len = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(StrCat("'", host, "' is not a numeric IP address"));
+  }
+  tcp_listen_fd_.reset(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!tcp_listen_fd_) return absl::InternalError(StrCat("socket: ", std::strerror(errno)));
+  int one = 1;
+  ::setsockopt(tcp_listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(tcp_listen_fd_.get(), reinterpret_cast<sockaddr*>(&storage), len) != 0 ||
+      ::listen(tcp_listen_fd_.get(), 128) != 0)
+    return absl::UnavailableError(StrCat("listen on ", host, ":", port, ": ", std::strerror(errno)));
+  len = sizeof(storage);
+  ::getsockname(tcp_listen_fd_.get(), reinterpret_cast<sockaddr*>(&storage), &len);
+  const uint16_t bound = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&storage)->sin_port
+                                                 : reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port);
+  Register(tcp_listen_fd_.get(), kTcpListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
+  return bound;
+}
+
 void FrameServer::Poll(Handler& handler) {
   epoll_event ev;
   int n = epoll_wait(epoll_fd_.get(), &ev, 1, -1);
@@ -139,7 +174,9 @@ void FrameServer::Poll(Handler& handler) {
     ssize_t r = ::read(wake_fd_.get(), &value, sizeof(value));  // semaphore: takes one token
     (void)r;
   } else if (ev.data.u64 == kListenId) {
-    AcceptAll();
+    AcceptAll(listen_fd_.get(), kListenId);
+  } else if (ev.data.u64 == kTcpListenId) {
+    AcceptAll(tcp_listen_fd_.get(), kTcpListenId);
   } else if (std::shared_ptr<ClientConnection> c = Find(ev.data.u64)) {
     HandOff::Acquire(c.get());  // the reader is this thread's now (see OnReadable's re-arm)
     OnReadable(c, handler);
@@ -156,6 +193,7 @@ void FrameServer::StopAccepting() {
   // unlinked, it gets no new client, and a thread that re-arms it finds it gone.
   accepting_.store(false);
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+  if (tcp_listen_fd_) epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, tcp_listen_fd_.get(), nullptr);
   ::unlink(socket_path_.c_str());
 }
 
@@ -171,10 +209,11 @@ void FrameServer::Register(int fd, uint64_t id, uint32_t events, int op) {
   epoll_ctl(epoll_fd_.get(), op, fd, &ev);
 }
 
-void FrameServer::AcceptAll() {
+void FrameServer::AcceptAll(int listen_fd, uint64_t listen_id) {
   for (;;) {
-    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) break;
+    if (listen_id == kTcpListenId) transport::SetNoDelay(fd);
     auto c = std::make_shared<ClientConnection>(fd, next_id_.fetch_add(1));
     {
       MutexLock lock(&connections_mu_);
@@ -182,7 +221,7 @@ void FrameServer::AcceptAll() {
     }
     Register(fd, c->id(), EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, EPOLL_CTL_ADD);
   }
-  if (accepting_.load()) Register(listen_fd_.get(), kListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
+  if (accepting_.load()) Register(listen_fd, listen_id, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_MOD);
 }
 
 std::shared_ptr<ClientConnection> FrameServer::Find(uint64_t id) {

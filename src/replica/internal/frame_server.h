@@ -9,6 +9,7 @@
 #pragma once
 
 #include <absl/status/status.h>
+#include <absl/status/statusor.h>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -89,6 +90,9 @@ class FrameServer {
 
   // Binds and listens on `path` (replacing a stale socket file).
   absl::Status Listen(const std::string& path);
+  // Also listens on TCP at `host` (a numeric IP) and `port` (0: any free port), after Listen: for clients
+  // on other nodes (cluster mode). Returns the port bound.
+  absl::StatusOr<uint16_t> ListenTcp(const std::string& host, uint16_t port);
   // Waits for one event and handles it: accepts new clients, or reads one connection's frames into
   // `handler`; returns after that, or after a Wake.
   void Poll(Handler& handler);
@@ -101,7 +105,7 @@ class FrameServer {
 
  private:
   void Register(int fd, uint64_t id, uint32_t events, int op);
-  void AcceptAll();
+  void AcceptAll(int listen_fd, uint64_t listen_id);
   std::shared_ptr<ClientConnection> Find(uint64_t id);
   void Drop(const std::shared_ptr<ClientConnection>& c, std::string_view why);
   void OnReadable(const std::shared_ptr<ClientConnection>& c, Handler& handler);
@@ -109,6 +113,7 @@ class FrameServer {
   // Set in Listen, before any thread polls; read-only after.
   UniqueFd epoll_fd_;
   UniqueFd listen_fd_;
+  UniqueFd tcp_listen_fd_;  // cluster mode only
   UniqueFd wake_fd_;
   std::string socket_path_;
   std::atomic<bool> accepting_{true};

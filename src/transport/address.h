@@ -1,0 +1,35 @@
+// Where a replica serves frames: a Unix socket path on its own node, or "tcp://IP:PORT" for other nodes
+// (cluster mode). Every frame client (the proxy's channels, handles, the node agent's and the controller's
+// control channels) connects through here, so both kinds work everywhere; TCP connections get TCP_NODELAY
+// (frames are written whole, and a small answer must not wait for Nagle).
+#pragma once
+
+#include <absl/status/statusor.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "common/unique_fd.h"
+
+namespace ferry::transport {
+
+struct FrameAddress {
+  bool tcp = false;
+  std::string path;  // a Unix socket
+  std::string host;  // tcp: a numeric IPv4 or IPv6 address
+  uint16_t port = 0;
+};
+
+// "tcp://IP:PORT" ("tcp://[IPv6]:PORT"), else a Unix socket path.
+absl::StatusOr<FrameAddress> ParseFrameAddress(std::string_view address);
+std::string TcpAddress(std::string_view host, uint16_t port);  // "tcp://HOST:PORT", IPv6 in brackets
+
+// A connected, non-blocking stream socket to `address` (Unavailable when nobody listens there). A TCP
+// connect waits up to `timeout_ms` for the handshake.
+absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int timeout_ms = 2000);
+
+// Disables Nagle's algorithm on a TCP socket (nothing for a Unix one).
+void SetNoDelay(int fd);
+
+}  // namespace ferry::transport
