@@ -303,7 +303,9 @@ class AdminServer::Impl {
       if (!options_.nodes)
         return Error(http::status::not_found, "this node is not in a cluster (start it with ferry start --cluster)");
       absl::StatusOr<json> nodes = options_.nodes();
-      if (!nodes.ok()) return Error(http::status::service_unavailable, StrCat("cannot read the cluster's nodes: ", Message(nodes.status())));
+      if (!nodes.ok())
+        return Error(http::status::service_unavailable,
+                     StrCat("cannot read the cluster's nodes: ", Message(nodes.status())));
       return {http::status::ok, {{"nodes", *nodes}}};
     }
     static constexpr std::string_view kRollback = "/api/ferry/applications/";
@@ -383,7 +385,9 @@ class AdminServer::Impl {
                    "no controller leads the cluster right now (an election is under way, or etcd is out of reach); "
                    "retry in a few seconds");
     absl::StatusOr<HttpEndpoint> endpoint = ParseHttpEndpoint(leader);
-    if (!endpoint.ok()) return Error(http::status::bad_gateway, StrCat("the leader's admin URL ", leader, ": ", Message(endpoint.status())));
+    if (!endpoint.ok())
+      return Error(http::status::bad_gateway,
+                   StrCat("the leader's admin URL ", leader, ": ", Message(endpoint.status())));
     HttpCall call;
     call.method = std::string(req.method_string());
     call.path = std::string(req.target());
@@ -392,13 +396,15 @@ class AdminServer::Impl {
     for (const auto& field : req) {
       std::string name(field.name_string());
       for (char& ch : name) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
-      if (name == "authorization" || name.rfind("x-ferry-", 0) == 0) call.headers.emplace_back(name, std::string(field.value()));
+      if (name == "authorization" || name.rfind("x-ferry-", 0) == 0)
+        call.headers.emplace_back(name, std::string(field.value()));
     }
     call.headers.emplace_back("x-ferry-forwarded", "1");
     call.timeout = kControllerWait + std::chrono::seconds(5);
     absl::StatusOr<HttpResponse> answer = SendHttp(*endpoint, call);
     if (!answer.ok())
-      return Error(http::status::bad_gateway, StrCat("the leading node's admin API (", leader, ") did not answer: ", Message(answer.status())));
+      return Error(http::status::bad_gateway,
+                   StrCat("the leading node's admin API (", leader, ") did not answer: ", Message(answer.status())));
     Reply r;
     r.status = static_cast<http::status>(answer->status);
     r.text = std::move(answer->body);

@@ -15,8 +15,8 @@
 #include <optional>
 #include <set>
 #include <sstream>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/admin_client.h"
@@ -414,7 +414,8 @@ std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& 
       std::string_view kv = rest.substr(0, rest.find(','));
       rest.remove_prefix(std::min(rest.size(), kv.size() + 1));
       size_t eq = kv.find('=');
-      if (eq == std::string_view::npos || eq == 0) return StrCat("--labels needs KEY=VALUE[,KEY=VALUE...], got \"", kv, "\"");
+      if (eq == std::string_view::npos || eq == 0)
+        return StrCat("--labels needs KEY=VALUE[,KEY=VALUE...], got \"", kv, "\"");
       out->labels[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
     }
   }
@@ -427,10 +428,9 @@ std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& 
 }
 
 int StartCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args,
-                         SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels",
-                                               "--lease-ttl-s"}),
-                         {"--foreground", "--no-metrics"}, "ferry start --help");
+  Flags f = Flags::Parse(
+      args, SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels", "--lease-ttl-s"}),
+      {"--foreground", "--no-metrics"}, "ferry start --help");
   if (f.help) return std::cout << kStartUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.size() > 1) return Fail("ferry start takes at most one CONFIG file (see ferry start --help)");
@@ -448,8 +448,9 @@ int StartCommand(const std::vector<std::string>& args) {
   if (options.initial_config) options.initial_config->http_options = options.http;
   if (f.Get("--cluster")) {
     if (options.initial_config && !options.initial_config->applications.empty())
-      return Fail("a cluster node takes no applications at start: deploy them with ferry deploy CONFIG --address "
-                  "<any node's admin URL> (CONFIG may still set http_options and admin)");
+      return Fail(
+          "a cluster node takes no applications at start: deploy them with ferry deploy CONFIG --address "
+          "<any node's admin URL> (CONFIG may still set http_options and admin)");
     options.initial_config.reset();
     cluster::ClusterOptions cluster;
     if (auto error = ClusterFlags(f, options, &cluster)) return Fail(*error);

@@ -167,7 +167,8 @@ class Node {
       // The controller acts once this node is elected (Lead); until then the node serves what it has.
       OpenHttp();
       const std::string& ip = options_.cluster->address;
-      absl::Status joined = member_->Start(StrCat("http://", ip, ":", admin_->port()), StrCat("http://", ip, ":", proxy_->port()));
+      absl::Status joined =
+          member_->Start(StrCat("http://", ip, ":", admin_->port()), StrCat("http://", ip, ":", proxy_->port()));
       if (!joined.ok()) {
         Complain(StrCat("ferry: cannot join the cluster: ", Message(joined)));
         return 1;

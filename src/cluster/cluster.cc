@@ -27,9 +27,15 @@ std::optional<NodeInfo> NodeOf(const std::string& text) {
 }  // namespace
 
 json NodeJson(const NodeInfo& node) {
-  return {{"node_id", node.node_id},     {"address", node.address},     {"admin_url", node.admin_url},
-          {"http_url", node.http_url},   {"resources", node.resources}, {"labels", node.labels},
-          {"started_at_s", node.started_at_s}, {"state", node.alive ? "ALIVE" : "DEAD"}, {"leader", node.leader}};
+  return {{"node_id", node.node_id},
+          {"address", node.address},
+          {"admin_url", node.admin_url},
+          {"http_url", node.http_url},
+          {"resources", node.resources},
+          {"labels", node.labels},
+          {"started_at_s", node.started_at_s},
+          {"state", node.alive ? "ALIVE" : "DEAD"},
+          {"leader", node.leader}};
 }
 
 ClusterMember::ClusterMember(ClusterOptions options, Callbacks callbacks)
@@ -42,9 +48,9 @@ absl::Status ClusterMember::Register() {
   if (!lease.ok()) return lease.status();
   const std::string alive = options_.prefix + "alive/" + options_.node_id;
   // The id is this node's while its alive key is: a second node with the same id cannot join.
-  absl::StatusOr<TxnResult> txn =
-      etcd_.Txn({Compare::CreateRevision(alive, 0)},
-                {TxnOp::Put(alive, record_, *lease), TxnOp::Put(options_.prefix + "members/" + options_.node_id, record_)});
+  absl::StatusOr<TxnResult> txn = etcd_.Txn(
+      {Compare::CreateRevision(alive, 0)},
+      {TxnOp::Put(alive, record_, *lease), TxnOp::Put(options_.prefix + "members/" + options_.node_id, record_)});
   if (!txn.ok() || !txn->succeeded) {
     (void)etcd_.Revoke(*lease);
     if (!txn.ok()) return txn.status();
@@ -144,7 +150,8 @@ void ClusterMember::Step() {
   if (lease_ == 0) {
     absl::Status registered = Register();
     if (!registered.ok()) {
-      FERRY_LOG(kWarning, "cluster", "node ", options_.node_id, " cannot rejoin the cluster yet: ", Message(registered));
+      FERRY_LOG(kWarning, "cluster", "node ", options_.node_id,
+                " cannot rejoin the cluster yet: ", Message(registered));
       return;
     }
     FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " rejoined the cluster");
@@ -200,9 +207,9 @@ void ClusterMember::Step() {
 }
 
 absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
-  absl::StatusOr<TxnResult> read = etcd_.Txn(
-      {}, {TxnOp::GetPrefix(options_.prefix + "members/"), TxnOp::GetPrefix(options_.prefix + "alive/"),
-           TxnOp::Get(leader_key())});
+  absl::StatusOr<TxnResult> read =
+      etcd_.Txn({}, {TxnOp::GetPrefix(options_.prefix + "members/"), TxnOp::GetPrefix(options_.prefix + "alive/"),
+                     TxnOp::Get(leader_key())});
   if (!read.ok()) return read.status();
   if (read->ranges.size() != 3) return absl::UnavailableError("etcd answered the node listing partly");
   std::vector<NodeInfo> nodes;
@@ -231,7 +238,8 @@ absl::StatusOr<std::optional<std::string>> EtcdStateStore::Load() {
 
 absl::Status EtcdStateStore::Save(const std::string& document) {
   const int64_t fence = member_->fence();
-  if (fence == 0) return absl::FailedPreconditionError("this node does not lead the cluster: it cannot change its state");
+  if (fence == 0)
+    return absl::FailedPreconditionError("this node does not lead the cluster: it cannot change its state");
   absl::StatusOr<TxnResult> txn = member_->etcd().Txn({Compare::CreateRevision(member_->leader_key(), fence)},
                                                       {TxnOp::Put(member_->options().prefix + "state", document)});
   if (!txn.ok()) return txn.status();

@@ -13,17 +13,16 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,7 +36,7 @@ struct ClusterOptions {
   std::vector<HttpEndpoint> etcd;
   std::string prefix = "/ferry/";
   std::string node_id;
-  std::string address;  // the node's IP address, as others reach it
+  std::string address;                                  // the node's IP address, as others reach it
   nlohmann::json resources = nlohmann::json::object();  // Ray's: {"CPU": 16, "GPU": 2, "memory": ...}
   std::map<std::string, std::string> labels;
   int64_t lease_ttl_s = 2;  // a dead node is noticed (and a dead leader replaced) this long after it died

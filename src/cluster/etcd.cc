@@ -1,7 +1,6 @@
 #include "cluster/etcd.h"
 
 #include <absl/strings/escaping.h>
-
 #include <nlohmann/json.hpp>
 
 #include "common/common.h"
@@ -132,7 +131,8 @@ absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url) {
     e->path = "";
     endpoints.push_back(std::move(*e));
   }
-  if (endpoints.empty()) return absl::InvalidArgumentError(StrCat("no etcd endpoint in '", url, "' (etcd://HOST:PORT)"));
+  if (endpoints.empty())
+    return absl::InvalidArgumentError(StrCat("no etcd endpoint in '", url, "' (etcd://HOST:PORT)"));
   return endpoints;
 }
 
@@ -189,8 +189,8 @@ absl::StatusOr<std::string> Etcd::Call(std::string_view path, const std::string&
     call.timeout = options_.timeout;
     absl::StatusOr<HttpResponse> r = SendHttp(options_.endpoints[at], call);
     if (!r.ok()) {
-      last = absl::UnavailableError(StrCat("etcd at ", options_.endpoints[at].host, ":", options_.endpoints[at].port,
-                                           ": ", Message(r.status())));
+      last = absl::UnavailableError(
+          StrCat("etcd at ", options_.endpoints[at].host, ":", options_.endpoints[at].port, ": ", Message(r.status())));
       continue;
     }
     preferred_.store(at, std::memory_order_relaxed);
@@ -263,7 +263,8 @@ absl::StatusOr<int64_t> Etcd::GrantLease(int64_t ttl_s) {
 
 absl::StatusOr<int64_t> Etcd::KeepAlive(int64_t lease) {
   // The gateway's keepalive is a stream; one request in, one answer out, then the stream ends.
-  absl::StatusOr<json> j = Parse(Call("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump()), "etcd keepalive");
+  absl::StatusOr<json> j =
+      Parse(Call("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump()), "etcd keepalive");
   if (!j.ok()) return j.status();
   const json result = j->value("result", json::object());
   const int64_t ttl = Int(result, "TTL");

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>

@@ -24,8 +24,8 @@ std::string Number(double v) {
 // The state Place works on: what each node has left, and who runs where.
 struct Cluster {
   const std::vector<PlacementNode>& nodes;
-  std::map<std::string, ResourceSet> free;                      // by node
-  std::map<std::string, int> replicas;                          // by node: replicas of all deployments
+  std::map<std::string, ResourceSet> free;                           // by node
+  std::map<std::string, int> replicas;                               // by node: replicas of all deployments
   std::map<std::pair<std::string, std::string>, int> of_deployment;  // (node, deployment) -> replicas
 
   Cluster(const std::vector<PlacementNode>& n, const std::vector<PlacedReplica>& placed) : nodes(n) {
@@ -100,7 +100,8 @@ std::string Lacks(const ResourceSet& free, const ResourceSet& need) {
     if (v <= 0) continue;
     auto it = free.find(k);
     const double have = it == free.end() ? 0 : std::max(0.0, it->second);
-    if (have + kEpsilon < v) StrAppend(&out, out.empty() ? "" : ", ", k, " (needs ", Number(v), ", has ", Number(have), " free)");
+    if (have + kEpsilon < v)
+      StrAppend(&out, out.empty() ? "" : ", ", k, " (needs ", Number(v), ", has ", Number(have), " free)");
   }
   return out;
 }
@@ -235,15 +236,16 @@ Placement PlaceOne(Cluster& c, const ReplicaRequest& r) {
       const std::vector<const PlacementNode*>& pool = i == 0 ? hosts : eligible;
       const PlacementNode* pick = nullptr;
       for (const PlacementNode* n : pool)
-        if (!pick && std::find(chosen.begin(), chosen.end(), n->node_id) == chosen.end() && fits(n->node_id, r.bundles[i]))
+        if (!pick && std::find(chosen.begin(), chosen.end(), n->node_id) == chosen.end() &&
+            fits(n->node_id, r.bundles[i]))
           pick = n;
       if (!pick && r.strategy == BundleStrategy::kSpread)
         for (const PlacementNode* n : pool)
           if (!pick && fits(n->node_id, r.bundles[i])) pick = n;
       if (!pick) {
         p.why_not = r.strategy == BundleStrategy::kStrictSpread
-                        ? StrCat("STRICT_SPREAD needs ", r.bundles.size(), " distinct nodes for its bundles; bundle ", i,
-                                 " ", ResourcesText(r.bundles[i]), " fits on no node left")
+                        ? StrCat("STRICT_SPREAD needs ", r.bundles.size(), " distinct nodes for its bundles; bundle ",
+                                 i, " ", ResourcesText(r.bundles[i]), " fits on no node left")
                         : StrCat("bundle ", i, " ", ResourcesText(r.bundles[i]), " fits on no node; ",
                                  ClosestLacks(c, pool, r.bundles[i]));
         return p;

@@ -46,7 +46,7 @@ struct PlacedReplica {
   std::string deployment;  // "app/name"
   // What it takes on each node it occupies: one entry without bundles, one per node its bundles went to.
   std::map<std::string, ResourceSet> taken;  // node id -> resources
-  std::string node_id;  // where the replica itself runs (bundle 0's node)
+  std::string node_id;                       // where the replica itself runs (bundle 0's node)
 };
 
 struct ReplicaRequest {
@@ -61,9 +61,9 @@ struct ReplicaRequest {
 
 struct Placement {
   std::string replica_id;
-  std::string node_id;                   // empty: it fits nowhere now
+  std::string node_id;                    // empty: it fits nowhere now
   std::vector<std::string> bundle_nodes;  // each bundle's node, with bundles
-  std::string why_not;                   // when it fits nowhere: what it needs and what the best node lacks
+  std::string why_not;                    // when it fits nowhere: what it needs and what the best node lacks
 };
 
 // Places `requests` in order, each seeing the ones placed before it. `placed` are the replicas that hold

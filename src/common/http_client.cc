@@ -64,7 +64,10 @@ bool Dechunk(std::string_view in, std::string* out) {
     std::string_view hex = in.substr(0, in.find_first_of(";\r"));
     if (hex.empty() || hex.size() > 15) return false;
     for (char c : hex) {
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
       if (d < 0) return false;
       size = size * 16 + static_cast<size_t>(d);
     }
@@ -122,7 +125,10 @@ class Dechunker {
       if (hex.empty() || hex.size() > 15) return State::kBad;
       size_t size = 0;
       for (char c : hex) {
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
         if (d < 0) return State::kBad;
         size = size * 16 + static_cast<size_t>(d);
       }
@@ -176,7 +182,8 @@ absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::s
     if (got > 0) {
       if (absl::Status s = deliver(std::string_view(buf, static_cast<size_t>(got))); !s.ok()) return s;
     } else if (got == 0) {
-      if (chunked || length_left != UINT64_MAX) return absl::UnavailableError(StrCat(where, ": the stream was cut off"));
+      if (chunked || length_left != UINT64_MAX)
+        return absl::UnavailableError(StrCat(where, ": the stream was cut off"));
       break;
     } else if (errno != EAGAIN && errno != EINTR) {
       return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
@@ -297,7 +304,8 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
     } else if (n == 0) {
       break;  // closed: the answer ends here
     } else if (errno == EAGAIN || errno == EINTR) {
-      if (!WaitFor(fd.get(), POLLIN, deadline)) return absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
+      if (!WaitFor(fd.get(), POLLIN, deadline))
+        return absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
     } else {
       return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
     }

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <atomic>
 #include <chrono>
 #include <functional>

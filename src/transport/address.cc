@@ -32,7 +32,8 @@ absl::StatusOr<FrameAddress> ParseFrameAddress(std::string_view address) {
     colon = close + 1;
   } else {
     colon = rest.rfind(':');
-    if (colon == std::string_view::npos) return absl::InvalidArgumentError(StrCat("bad frame address '", address, "' (tcp://IP:PORT)"));
+    if (colon == std::string_view::npos)
+      return absl::InvalidArgumentError(StrCat("bad frame address '", address, "' (tcp://IP:PORT)"));
     a.host = std::string(rest.substr(0, colon));
   }
   std::string_view port = rest.substr(colon + 1);
@@ -41,13 +42,15 @@ absl::StatusOr<FrameAddress> ParseFrameAddress(std::string_view address) {
     if (c < '0' || c > '9' || value > 65535) return absl::InvalidArgumentError(StrCat("bad port in '", address, "'"));
     value = value * 10 + static_cast<unsigned>(c - '0');
   }
-  if (port.empty() || value == 0 || value > 65535) return absl::InvalidArgumentError(StrCat("bad port in '", address, "'"));
+  if (port.empty() || value == 0 || value > 65535)
+    return absl::InvalidArgumentError(StrCat("bad port in '", address, "'"));
   a.port = static_cast<uint16_t>(value);
   return a;
 }
 
 std::string TcpAddress(std::string_view host, uint16_t port) {
-  return host.find(':') != std::string_view::npos ? StrCat("tcp://[", host, "]:", port) : StrCat("tcp://", host, ":", port);
+  return host.find(':') != std::string_view::npos ? StrCat("tcp://[", host, "]:", port)
+                                                  : StrCat("tcp://", host, ":", port);
 }
 
 void SetNoDelay(int fd) {
@@ -72,7 +75,8 @@ absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int tim
   sockaddr_storage storage{};
   socklen_t len = 0;
   int family;
-  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&storage); inet_pton(AF_INET, address.host.c_str(), &v4->sin_addr) == 1) {
+  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+      inet_pton(AF_INET, address.host.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = family = AF_INET;
     v4->sin_port = htons(address.port);
     len = sizeof(sockaddr_in);

@@ -36,23 +36,24 @@ void FrameConnection::Start() {
     endpoint = asio::local::stream_protocol::endpoint(address->path);
   }
   if (!address.ok() || bad) {
-    asio::post(socket_.get_executor(), [self = shared_from_this(), why = address.ok() ? bad.message() : std::string(Message(address.status()))] {
+    asio::post(socket_.get_executor(), [self = shared_from_this(),
+                                        why = address.ok() ? bad.message() : std::string(Message(address.status()))] {
       self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", why)));
     });
     return;
   }
   const bool tcp = address->tcp;
   socket_.async_connect(endpoint, [self = shared_from_this(), tcp](const boost::system::error_code& ec) {
-        if (self->closed_) return;
-        if (ec) {
-          self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", ec.message())));
-          return;
-        }
-        if (tcp) SetNoDelay(self->socket_.native_handle());
-        self->connected_ = true;
-        self->DoRead();
-        self->Flush();
-      });
+    if (self->closed_) return;
+    if (ec) {
+      self->Fail(absl::UnavailableError(ferry::StrCat("connect ", self->path_, ": ", ec.message())));
+      return;
+    }
+    if (tcp) SetNoDelay(self->socket_.native_handle());
+    self->connected_ = true;
+    self->DoRead();
+    self->Flush();
+  });
 }
 
 void FrameConnection::Flush() {

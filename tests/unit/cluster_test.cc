@@ -1,14 +1,14 @@
 // The cluster's shared state against a real etcd (tests/common/etcd_server.h starts one): the etcd client
 // (KV, transactions, leases, watch), a node's membership and the controller's election, the fence on a
 // leader's writes, and the desired state in etcd.
-#include <gtest/gtest.h>
+#include "cluster/cluster.h"
 
 #include <atomic>
 #include <chrono>
+#include <gtest/gtest.h>
 #include <mutex>
 #include <thread>
 
-#include "cluster/cluster.h"
 #include "cluster/etcd.h"
 #include "common/etcd_server.h"
 

@@ -97,7 +97,8 @@ TEST(ConnectionTest, FramesCrossOverTcpToo) {
   asio::ip::tcp::acceptor acceptor(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   const uint16_t port = acceptor.local_endpoint().port();
   Recorder client_side, server_side;
-  auto client = std::make_shared<FrameConnection>(io.get_executor(), "tcp://127.0.0.1:" + std::to_string(port), &client_side);
+  auto client =
+      std::make_shared<FrameConnection>(io.get_executor(), "tcp://127.0.0.1:" + std::to_string(port), &client_side);
   AppendEmpty(client->output(), FrameKind::kHealth, 5);  // before it connects: it waits
   client->Start();
   std::shared_ptr<FrameConnection> server;
@@ -154,8 +155,8 @@ TEST(FrameAddressTest, ParsesUnixPathsAndTcpAddresses) {
   EXPECT_EQ(v6->host, "fd00::2");
   EXPECT_EQ(TcpAddress("fd00::2", 9), "tcp://[fd00::2]:9");
   EXPECT_EQ(TcpAddress("10.0.0.1", 80), "tcp://10.0.0.1:80");
-  for (const char* bad : {"", "tcp://", "tcp://1.2.3.4", "tcp://1.2.3.4:0", "tcp://1.2.3.4:70000", "tcp://[::1]9",
-                          "tcp://1.2.3.4:x"})
+  for (const char* bad :
+       {"", "tcp://", "tcp://1.2.3.4", "tcp://1.2.3.4:0", "tcp://1.2.3.4:70000", "tcp://[::1]9", "tcp://1.2.3.4:x"})
     EXPECT_FALSE(ParseFrameAddress(bad).ok()) << bad;
   EXPECT_FALSE(ConnectFrameSocket(*ParseFrameAddress("tcp://host.example:1")).ok());
 }

@@ -4,7 +4,6 @@
 #include "cluster/placement.h"
 
 #include <gtest/gtest.h>
-
 #include <map>
 #include <set>
 
@@ -42,8 +41,9 @@ TEST(PlacementTest, ReplicasSpreadOverTheNodesThatFit) {
 }
 
 TEST(PlacementTest, ResourcesIncludeGpusMemoryAndCustomOnes) {
-  std::vector<PlacementNode> nodes = {Node("cpu-1", {{"CPU", 16}, {"memory", 64e9}}),
-                                      Node("gpu-1", {{"CPU", 16}, {"GPU", 2}, {"memory", 64e9}, {"accelerator_A100", 2}})};
+  std::vector<PlacementNode> nodes = {
+      Node("cpu-1", {{"CPU", 16}, {"memory", 64e9}}),
+      Node("gpu-1", {{"CPU", 16}, {"GPU", 2}, {"memory", 64e9}, {"accelerator_A100", 2}})};
   auto placed = Place(nodes, {},
                       {Replica("g1", "app/LLM", {{"CPU", 1}, {"GPU", 1}, {"accelerator_A100", 1}}),
                        Replica("g2", "app/LLM", {{"CPU", 1}, {"GPU", 1}, {"accelerator_A100", 1}}),
@@ -60,7 +60,8 @@ TEST(PlacementTest, ResourcesIncludeGpusMemoryAndCustomOnes) {
 }
 
 TEST(PlacementTest, MaxReplicasPerNodeAndLabelsLimitWhereReplicasGo) {
-  std::vector<PlacementNode> nodes = {Node("a", {{"CPU", 8}}, {{"zone", "a"}}), Node("b", {{"CPU", 8}}, {{"zone", "b"}}),
+  std::vector<PlacementNode> nodes = {Node("a", {{"CPU", 8}}, {{"zone", "a"}}),
+                                      Node("b", {{"CPU", 8}}, {{"zone", "b"}}),
                                       Node("c", {{"CPU", 8}}, {{"zone", "a"}})};
   std::vector<ReplicaRequest> five;
   for (int i = 0; i < 5; ++i) {
@@ -138,10 +139,11 @@ TEST(PlacementTest, PlacementGroupStrategies) {
 }
 
 TEST(PlacementTest, ScalingDownEmptiesTheLeastUsedNodesFirst) {
-  std::vector<PlacedReplica> placed = {
-      {"d1", "app/D", {{"a", {{"CPU", 1}}}}, "a"}, {"d2", "app/D", {{"b", {{"CPU", 1}}}}, "b"},
-      {"x1", "app/X", {{"b", {{"CPU", 1}}}}, "b"}, {"x2", "app/X", {{"b", {{"CPU", 1}}}}, "b"},
-      {"d3", "app/D", {}, ""}};
+  std::vector<PlacedReplica> placed = {{"d1", "app/D", {{"a", {{"CPU", 1}}}}, "a"},
+                                       {"d2", "app/D", {{"b", {{"CPU", 1}}}}, "b"},
+                                       {"x1", "app/X", {{"b", {{"CPU", 1}}}}, "b"},
+                                       {"x2", "app/X", {{"b", {{"CPU", 1}}}}, "b"},
+                                       {"d3", "app/D", {}, ""}};
   // d3 has no node yet; then d1 (node a runs one replica) before d2 (node b runs three).
   EXPECT_EQ(ChooseToStop({"d1", "d2", "d3"}, placed, 2), (std::vector<std::string>{"d3", "d1"}));
   EXPECT_EQ(ChooseToStop({"d1", "d2", "d3"}, placed, 5).size(), 3u);

@@ -1,9 +1,9 @@
 #include "replica/internal/frame_server.h"
 
-#include <errno.h>
-#include <poll.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -143,7 +143,8 @@ absl::StatusOr<uint16_t> FrameServer::ListenTcp(const std::string& host, uint16_
     v4->sin_family = family = AF_INET;
     v4->sin_port = htons(port);
     len = sizeof(sockaddr_in);
-  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage); inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+             inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = family = AF_INET6;
     v6->sin6_port = htons(port);
     len = sizeof(sockaddr_in6);
