@@ -7,9 +7,7 @@ namespace {
 
 using json = nlohmann::json;
 
-std::optional<NodeInfo> NodeOf(const std::string& text) {
-  json j = json::parse(text, nullptr, false);
-  if (!j.is_object()) return std::nullopt;
+NodeInfo NodeOfJson(const json& j) {
   NodeInfo n;
   n.node_id = j.value("node_id", "");
   n.address = j.value("address", "");
@@ -20,8 +18,21 @@ std::optional<NodeInfo> NodeOf(const std::string& text) {
     for (auto& [k, v] : labels->items())
       if (v.is_string()) n.labels[k] = v.get<std::string>();
   n.started_at_s = j.value("started_at_s", 0.0);
-  if (n.node_id.empty()) return std::nullopt;
   return n;
+}
+
+// A node's record as etcd holds it; nullopt for one that is not (a value of the wrong type included:
+// whatever is in etcd is read, never trusted).
+std::optional<NodeInfo> NodeOf(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  try {
+    NodeInfo n = NodeOfJson(j);
+    if (n.node_id.empty()) return std::nullopt;
+    return n;
+  } catch (const json::exception&) {
+    return std::nullopt;
+  }
 }
 
 }  // namespace

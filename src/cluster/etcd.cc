@@ -10,6 +10,22 @@ namespace {
 
 using json = nlohmann::json;
 
+// Fields of what the gateway answered, read without trusting their types (a wrong one reads as absent).
+const json& Field(const json& j, const char* name) {
+  static const json kNull;
+  if (!j.is_object()) return kNull;
+  auto it = j.find(name);
+  return it == j.end() ? kNull : *it;
+}
+bool Bool(const json& j, const char* name) {
+  const json& f = Field(j, name);
+  return f.is_boolean() && f.get<bool>();
+}
+std::string Str(const json& j, const char* name) {
+  const json& f = Field(j, name);
+  return f.is_string() ? f.get<std::string>() : std::string();
+}
+
 std::string B64(std::string_view bytes) { return absl::Base64Escape(absl::string_view(bytes.data(), bytes.size())); }
 
 std::string Unb64(const json& j) {
@@ -20,6 +36,7 @@ std::string Unb64(const json& j) {
 
 // The gateway writes int64 fields as strings ("revision": "12") and leaves out zero values.
 int64_t Int(const json& j, const char* field) {
+  if (!j.is_object()) return 0;
   auto it = j.find(field);
   if (it == j.end()) return 0;
   if (it->is_string()) return std::strtoll(it->get<std::string>().c_str(), nullptr, 10);
@@ -29,8 +46,9 @@ int64_t Int(const json& j, const char* field) {
 
 KeyValue KvOf(const json& j) {
   KeyValue kv;
-  kv.key = Unb64(j.value("key", json()));
-  kv.value = Unb64(j.value("value", json()));
+  if (!j.is_object()) return kv;
+  kv.key = Unb64(Field(j, "key"));
+  kv.value = Unb64(Field(j, "value"));
   kv.create_revision = Int(j, "create_revision");
   kv.mod_revision = Int(j, "mod_revision");
   kv.version = Int(j, "version");
@@ -40,7 +58,7 @@ KeyValue KvOf(const json& j) {
 
 RangeResult RangeOf(const json& j) {
   RangeResult r;
-  if (auto h = j.find("header"); h != j.end()) r.revision = Int(*h, "revision");
+  if (auto h = j.find("header"); h != j.end() && h->is_object()) r.revision = Int(*h, "revision");
   if (auto kvs = j.find("kvs"); kvs != j.end() && kvs->is_array())
     for (const json& kv : *kvs) r.kvs.push_back(KvOf(kv));
   return r;
@@ -92,11 +110,22 @@ json CompareJson(const Compare& c) {
 
 // An error the gateway answered ({"error": ..., "code": N, "message": ...}), or OK.
 absl::Status GatewayError(const json& j, std::string_view what) {
-  auto it = j.find("error");
-  if (it == j.end()) it = j.find("message");
-  if (it == j.end() || !it->is_string() || j.contains("result")) return absl::OkStatus();
-  const std::string message = it->get<std::string>();
-  const int code = j.value("code", 0);
+  if (!j.is_object() || j.contains("result")) return absl::OkStatus();
+  const json& error = Field(j, "error");
+  std::string message;
+  int64_t code = 0;
+  if (error.is_string()) {  // a unary call's error
+    message = error.get<std::string>();
+    code = Int(j, "code");
+  } else if (error.is_object()) {  // a stream's ({"error": {"grpc_code": 5, "message": ...}})
+    message = Str(error, "message");
+    code = Int(error, "grpc_code");
+  } else if (Field(j, "message").is_string()) {
+    message = Str(j, "message");
+    code = Int(j, "code");
+  } else {
+    return absl::OkStatus();
+  }
   if (message.find("requested lease not found") != std::string::npos || code == 5)
     return absl::NotFoundError(StrCat(what, ": ", message));
   if (message.find("compacted") != std::string::npos || code == 11)
@@ -104,15 +133,66 @@ absl::Status GatewayError(const json& j, std::string_view what) {
   return absl::UnavailableError(StrCat(what, ": ", message));
 }
 
-absl::StatusOr<json> Parse(const absl::StatusOr<std::string>& text, std::string_view what) {
-  if (!text.ok()) return text.status();
-  json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+absl::StatusOr<json> ParseText(std::string_view text, std::string_view what) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return absl::UnavailableError(StrCat(what, ": etcd answered no JSON object"));
   if (absl::Status error = GatewayError(j, what); !error.ok()) return error;
   return j;
 }
 
+absl::StatusOr<json> Parse(const absl::StatusOr<std::string>& text, std::string_view what) {
+  if (!text.ok()) return text.status();
+  return ParseText(*text, what);
+}
+
+TxnResult TxnOf(const json& j) {
+  TxnResult r;
+  r.succeeded = Bool(j, "succeeded");
+  r.revision = Int(Field(j, "header"), "revision");
+  if (auto responses = j.find("responses"); responses != j.end() && responses->is_array())
+    for (const json& one : *responses)
+      if (auto range = one.find("response_range"); range != one.end() && range->is_object())
+        r.ranges.push_back(RangeOf(*range));
+  return r;
+}
+
 }  // namespace
+
+absl::StatusOr<RangeResult> ParseRangeAnswer(std::string_view text) {
+  absl::StatusOr<json> j = ParseText(text, "etcd range");
+  if (!j.ok()) return j.status();
+  return RangeOf(*j);
+}
+
+absl::StatusOr<TxnResult> ParseTxnAnswer(std::string_view text) {
+  absl::StatusOr<json> j = ParseText(text, "etcd txn");
+  if (!j.ok()) return j.status();
+  return TxnOf(*j);
+}
+
+absl::StatusOr<WatchBatch> ParseWatchLine(std::string_view line) {
+  absl::StatusOr<json> j = ParseText(line, "etcd watch");
+  if (!j.ok()) return j.status();
+  const json& result = Field(*j, "result");
+  if (!result.is_object()) return absl::UnavailableError("etcd watch: a line without a result object");
+  if (Int(result, "compact_revision") > 0)
+    return absl::OutOfRangeError(StrCat("etcd watch: compacted up to revision ", Int(result, "compact_revision")));
+  if (Bool(result, "canceled"))
+    return absl::UnavailableError(StrCat("etcd cancelled the watch: ", Str(result, "cancel_reason")));
+  WatchBatch batch;
+  batch.created = Bool(result, "created");
+  batch.revision = Int(Field(result, "header"), "revision");
+  if (auto list = result.find("events"); list != result.end() && list->is_array()) {
+    for (const json& e : *list) {
+      if (!e.is_object()) continue;
+      WatchEvent event;
+      event.type = Str(e, "type") == "DELETE" ? WatchEvent::Type::kDelete : WatchEvent::Type::kPut;
+      event.kv = KvOf(Field(e, "kv"));
+      batch.events.push_back(std::move(event));
+    }
+  }
+  return batch;
+}
 
 absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url) {
   std::string_view rest = url;
@@ -220,7 +300,7 @@ absl::StatusOr<int64_t> Etcd::Put(std::string_view key, std::string_view value, 
   if (lease) body["lease"] = std::to_string(lease);
   absl::StatusOr<json> j = Parse(Call("/v3/kv/put", body.dump()), "etcd put");
   if (!j.ok()) return j.status();
-  return Int(j->value("header", json::object()), "revision");
+  return Int(Field(*j, "header"), "revision");
 }
 
 absl::StatusOr<int64_t> Etcd::Delete(std::string_view key) {
@@ -244,20 +324,14 @@ absl::StatusOr<TxnResult> Etcd::Txn(const std::vector<Compare>& compare, const s
   for (const TxnOp& op : failure) body["failure"].push_back(OpJson(op));
   absl::StatusOr<json> j = Parse(Call("/v3/kv/txn", body.dump()), "etcd txn");
   if (!j.ok()) return j.status();
-  TxnResult r;
-  r.succeeded = j->value("succeeded", false);
-  r.revision = Int(j->value("header", json::object()), "revision");
-  if (auto responses = j->find("responses"); responses != j->end() && responses->is_array())
-    for (const json& one : *responses)
-      if (auto range = one.find("response_range"); range != one.end()) r.ranges.push_back(RangeOf(*range));
-  return r;
+  return TxnOf(*j);
 }
 
 absl::StatusOr<int64_t> Etcd::GrantLease(int64_t ttl_s) {
   absl::StatusOr<json> j = Parse(Call("/v3/lease/grant", json{{"TTL", std::to_string(ttl_s)}}.dump()), "etcd lease");
   if (!j.ok()) return j.status();
   const int64_t id = Int(*j, "ID");
-  if (id == 0) return absl::UnavailableError(StrCat("etcd granted no lease: ", j->value("error", "")));
+  if (id == 0) return absl::UnavailableError(StrCat("etcd granted no lease: ", Str(*j, "error")));
   return id;
 }
 
@@ -266,8 +340,7 @@ absl::StatusOr<int64_t> Etcd::KeepAlive(int64_t lease) {
   absl::StatusOr<json> j =
       Parse(Call("/v3/lease/keepalive", json{{"ID", std::to_string(lease)}}.dump()), "etcd keepalive");
   if (!j.ok()) return j.status();
-  const json result = j->value("result", json::object());
-  const int64_t ttl = Int(result, "TTL");
+  const int64_t ttl = Int(Field(*j, "result"), "TTL");
   if (ttl <= 0) return absl::NotFoundError(StrCat("lease ", lease, " has expired"));
   return ttl;
 }
@@ -297,32 +370,13 @@ absl::Status Etcd::Watch(std::string_view prefix, int64_t start_revision, const 
   call.on_body = [&](std::string_view piece) {
     line.append(piece);
     for (size_t eol; (eol = line.find('\n')) != std::string::npos; line.erase(0, eol + 1)) {
-      json j = json::parse(std::string_view(line).substr(0, eol), nullptr, false);
-      if (j.is_discarded() || !j.is_object()) continue;
-      if (absl::Status error = GatewayError(j, "etcd watch"); !error.ok()) {
-        outcome = error;
+      if (line.find_first_not_of(" \r", 0) >= eol) continue;  // an empty line
+      absl::StatusOr<WatchBatch> batch = ParseWatchLine(std::string_view(line).substr(0, eol));
+      if (!batch.ok()) {
+        outcome = batch.status();
         return false;
       }
-      const json result = j.value("result", json::object());
-      if (Int(result, "compact_revision") > 0) {
-        outcome = absl::OutOfRangeError(StrCat("etcd watch: revision ", start_revision, " was compacted"));
-        return false;
-      }
-      if (result.value("canceled", false)) {
-        outcome = absl::UnavailableError(StrCat("etcd cancelled the watch: ", result.value("cancel_reason", "")));
-        return false;
-      }
-      std::vector<WatchEvent> events;
-      if (auto list = result.find("events"); list != result.end() && list->is_array()) {
-        for (const json& e : *list) {
-          WatchEvent event;
-          event.type = e.value("type", "") == "DELETE" ? WatchEvent::Type::kDelete : WatchEvent::Type::kPut;
-          event.kv = KvOf(e.value("kv", json::object()));
-          events.push_back(std::move(event));
-        }
-      }
-      const int64_t revision = Int(result.value("header", json::object()), "revision");
-      if (!events.empty() || result.value("created", false)) on_events(revision, events);
+      if (!batch->events.empty() || batch->created) on_events(batch->revision, batch->events);
     }
     return !stop.load();
   };

@@ -83,6 +83,18 @@ struct WatchEvent {
 // The smallest key after every key that starts with `prefix` (etcd's range_end for a prefix).
 std::string PrefixEnd(std::string_view prefix);
 
+// The gateway's answers, decoded (what etcd sends is bytes from the network: an error, never a crash).
+absl::StatusOr<RangeResult> ParseRangeAnswer(std::string_view json);
+absl::StatusOr<TxnResult> ParseTxnAnswer(std::string_view json);
+// One line of a watch stream: its events and the revision they reached; `created` for the stream's first
+// line. OutOfRange when the start revision was compacted, Unavailable when etcd cancelled the watch.
+struct WatchBatch {
+  int64_t revision = 0;
+  bool created = false;
+  std::vector<WatchEvent> events;
+};
+absl::StatusOr<WatchBatch> ParseWatchLine(std::string_view line);
+
 struct EtcdOptions {
   std::vector<HttpEndpoint> endpoints;
   std::chrono::milliseconds timeout{3000};  // per call

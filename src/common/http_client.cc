@@ -89,63 +89,6 @@ int StatusOf(std::string_view answer) {
   return std::stoi(std::string(line.substr(space + 1, 3)));
 }
 
-// Decodes a chunked body as it arrives: Feed takes the bytes read so far (it keeps what is not a whole
-// piece yet) and hands each chunk's data to `out`. Done after the last chunk; Bad on a malformed size.
-class Dechunker {
- public:
-  enum class State { kMore, kDone, kBad, kStopped };
-  State Feed(std::string_view bytes, const std::function<bool(std::string_view)>& out) {
-    pending_.append(bytes);
-    std::string_view in = pending_;
-    State state = State::kMore;
-    for (;;) {
-      if (left_ > 0) {  // inside a chunk's data
-        size_t n = std::min(left_, in.size());
-        if (n == 0) break;
-        if (!out(in.substr(0, n))) {
-          state = State::kStopped;
-          break;
-        }
-        in.remove_prefix(n);
-        left_ -= n;
-        if (left_ == 0) crlf_ = true;
-        continue;
-      }
-      if (crlf_) {  // the CRLF after a chunk's data
-        if (in.size() < 2) break;
-        in.remove_prefix(2);
-        crlf_ = false;
-      }
-      size_t eol = in.find("\r\n");
-      if (eol == std::string_view::npos) {
-        if (in.size() > 1024) state = State::kBad;
-        break;
-      }
-      std::string_view hex = in.substr(0, std::min(eol, in.find(';')));
-      if (hex.empty() || hex.size() > 15) return State::kBad;
-      size_t size = 0;
-      for (char c : hex) {
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0) return State::kBad;
-        size = size * 16 + static_cast<size_t>(d);
-      }
-      in.remove_prefix(eol + 2);
-      if (size == 0) return State::kDone;
-      left_ = size;
-    }
-    pending_.erase(0, pending_.size() - in.size());
-    return state;
-  }
-
- private:
-  std::string pending_;
-  size_t left_ = 0;
-  bool crlf_ = false;
-};
-
 // The rest of a streamed answer whose head is in `answer` (up to `head_end`): its body pieces to
 // call.on_body as they arrive, until it ends, on_body says stop, or *call.stop is set.
 absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::string& answer, size_t head_end,
@@ -157,13 +100,13 @@ absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::s
   const bool chunked = HeaderValue(head, "transfer-encoding") == "chunked";
   std::string_view length_text = HeaderValue(head, "content-length");
   uint64_t length_left = !chunked && IsDigits(length_text) ? std::stoull(std::string(length_text)) : UINT64_MAX;
-  Dechunker dechunker;
+  ChunkedDecoder dechunker;
   bool stopped = false;
   auto deliver = [&](std::string_view bytes) {
     if (chunked) {
-      Dechunker::State state = dechunker.Feed(bytes, call.on_body);
-      if (state == Dechunker::State::kBad) return absl::UnavailableError(StrCat(where, ": a malformed chunk"));
-      stopped = state != Dechunker::State::kMore;
+      ChunkedDecoder::State state = dechunker.Feed(bytes, call.on_body);
+      if (state == ChunkedDecoder::State::kBad) return absl::UnavailableError(StrCat(where, ": a malformed chunk"));
+      stopped = state != ChunkedDecoder::State::kMore;
       return absl::OkStatus();
     }
     bytes = bytes.substr(0, std::min<uint64_t>(bytes.size(), length_left));
@@ -193,6 +136,55 @@ absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::s
 }
 
 }  // namespace
+
+ChunkedDecoder::State ChunkedDecoder::Feed(std::string_view bytes, const std::function<bool(std::string_view)>& out) {
+  pending_.append(bytes);
+  std::string_view in = pending_;
+  State state = State::kMore;
+  for (;;) {
+    if (left_ > 0) {  // inside a chunk's data
+      size_t n = std::min(left_, in.size());
+      if (n == 0) break;
+      if (!out(in.substr(0, n))) {
+        state = State::kStopped;
+        in.remove_prefix(n);
+        left_ -= n;
+        break;
+      }
+      in.remove_prefix(n);
+      left_ -= n;
+      if (left_ == 0) crlf_ = true;
+      continue;
+    }
+    if (crlf_) {  // the CRLF after a chunk's data
+      if (in.size() < 2) break;
+      if (in.substr(0, 2) != "\r\n") return State::kBad;
+      in.remove_prefix(2);
+      crlf_ = false;
+    }
+    size_t eol = in.find("\r\n");
+    if (eol == std::string_view::npos) {
+      if (in.size() > 1024) return State::kBad;  // no chunk-size line is that long
+      break;
+    }
+    std::string_view hex = in.substr(0, std::min(eol, in.find(';')));
+    if (hex.empty() || hex.size() > 15) return State::kBad;
+    size_t size = 0;
+    for (char c : hex) {
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
+      if (d < 0) return State::kBad;
+      size = size * 16 + static_cast<size_t>(d);
+    }
+    in.remove_prefix(eol + 2);
+    if (size == 0) return State::kDone;
+    left_ = size;
+  }
+  pending_.erase(0, pending_.size() - in.size());
+  return state;
+}
 
 absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url, bool scheme_optional) {
   constexpr std::string_view kScheme = "http://";

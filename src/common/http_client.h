@@ -47,6 +47,20 @@ struct HttpCall {
   const std::atomic<bool>* stop = nullptr;
 };
 
+// Decodes a chunked HTTP body as it arrives: Feed takes the next bytes read (it keeps what is not a whole
+// piece yet) and hands each chunk's data to `out` as soon as it is there. kDone after the last chunk
+// (trailers are not read); kBad on a malformed chunk; kStopped when `out` returned false.
+class ChunkedDecoder {
+ public:
+  enum class State { kMore, kDone, kBad, kStopped };
+  State Feed(std::string_view bytes, const std::function<bool(std::string_view)>& out);
+
+ private:
+  std::string pending_;
+  size_t left_ = 0;    // data bytes left in the current chunk
+  bool crlf_ = false;  // the CRLF after a chunk's data comes next
+};
+
 // Sends `call` to `endpoint` and reads the answer (a body by Content-Length, chunked, or up to the close).
 // Unavailable when the peer cannot be reached or answers with something that is not HTTP; DeadlineExceeded
 // when `call.timeout` passes first. The error names the endpoint.

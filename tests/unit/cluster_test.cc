@@ -72,6 +72,41 @@ TEST(EtcdUrlTest, ParsesEndpointsAndRejectsWhatItCannotUse) {
   EXPECT_EQ(PrefixEnd(std::string("a\xff", 2)), "b");
 }
 
+TEST(EtcdAnswersTest, DecodesTheGatewaysJsonAndRefusesTheRest) {
+  auto range = ParseRangeAnswer(
+      R"({"header":{"revision":"7"},"kvs":[{"key":"L2E=","value":"eA==","create_revision":"5","lease":"9"}]})");
+  ASSERT_TRUE(range.ok());
+  EXPECT_EQ(range->revision, 7);
+  ASSERT_EQ(range->kvs.size(), 1u);
+  EXPECT_EQ(range->kvs[0].key, "/a");
+  EXPECT_EQ(range->kvs[0].value, "x");
+  EXPECT_EQ(range->kvs[0].lease, 9);
+  auto txn = ParseTxnAnswer(R"({"header":{"revision":"8"},"succeeded":true,"responses":[{"response_put":{}}]})");
+  ASSERT_TRUE(txn.ok());
+  EXPECT_TRUE(txn->succeeded);
+  EXPECT_TRUE(txn->ranges.empty());
+  // Fields of the wrong type read as absent; errors are statuses.
+  auto odd = ParseTxnAnswer(R"({"succeeded":"yes","header":[],"responses":{"x":1}})");
+  ASSERT_TRUE(odd.ok());
+  EXPECT_FALSE(odd->succeeded);
+  EXPECT_FALSE(ParseRangeAnswer("[1,2]").ok());
+  EXPECT_FALSE(ParseRangeAnswer("not json").ok());
+  EXPECT_TRUE(
+      absl::IsNotFound(ParseRangeAnswer(R"({"error":"etcdserver: requested lease not found","code":5})").status()));
+  auto watch = ParseWatchLine(
+      R"({"result":{"header":{"revision":"4"},"events":[{"type":"DELETE","kv":{"key":"eA=="}},{"kv":{"key":"eQ==","value":"MQ=="}}]}})");
+  ASSERT_TRUE(watch.ok());
+  EXPECT_EQ(watch->revision, 4);
+  ASSERT_EQ(watch->events.size(), 2u);
+  EXPECT_EQ(watch->events[0].type, WatchEvent::Type::kDelete);
+  EXPECT_EQ(watch->events[1].kv.value, "1");
+  EXPECT_TRUE(ParseWatchLine(R"({"result":{"created":true}})")->created);
+  EXPECT_TRUE(absl::IsOutOfRange(ParseWatchLine(R"({"result":{"compact_revision":"3"}})").status()));
+  EXPECT_TRUE(absl::IsUnavailable(ParseWatchLine(R"({"result":{"canceled":true}})").status()));
+  EXPECT_TRUE(absl::IsUnavailable(
+      ParseWatchLine(R"({"error":{"grpc_code":14,"http_code":503,"message":"transport is closing"}})").status()));
+}
+
 TEST_F(ClusterTest, KeysValuesAndTransactions) {
   const std::string k = prefix_ + "k";
   auto put = etcd_->Put(k, std::string("v\0\xff", 3));  // bytes, not text

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <mutex>
@@ -111,6 +112,63 @@ TEST(HttpClientTest, ReadsBodiesByLengthChunkedOrToTheClose) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->status, 404);
   EXPECT_EQ(r->body, "{\"error\": \"nope\"}");
+}
+
+TEST(HttpClientTest, AStreamedBodyArrivesPieceByPieceUntilItEndsOrIsStopped) {
+  // A chunked stream that ends: every piece, in order.
+  CannedServer ended({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\none\n\r\n4\r\ntwo\n\r\n0\r\n\r\n"},
+                     /*keep_open=*/true);
+  std::string got;
+  HttpCall call;
+  call.on_body = [&](std::string_view piece) {
+    got.append(piece);
+    return true;
+  };
+  absl::StatusOr<HttpResponse> r = SendHttp(ended.endpoint(), call);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(got, "one\ntwo\n");
+  EXPECT_TRUE(r->body.empty());
+  // One that never ends: the reader's stop flag ends it (the head's timeout does not).
+  CannedServer endless({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"}, /*keep_open=*/true);
+  std::atomic<bool> stop{false};
+  got.clear();
+  call.stop = &stop;
+  call.timeout = std::chrono::milliseconds(100);
+  call.on_body = [&](std::string_view piece) {
+    got.append(piece);
+    stop = true;
+    return true;
+  };
+  r = SendHttp(endless.endpoint(), call);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(got, "abc");
+  // Cut off mid-stream: an error.
+  CannedServer cut({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc"});
+  call.stop = nullptr;
+  call.on_body = [](std::string_view) { return true; };
+  r = SendHttp(cut.endpoint(), call);
+  EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+}
+
+TEST(HttpClientTest, ChunkedDecoderTakesBytesInAnyPieces) {
+  const std::string body = "3\r\nabc\r\n10;ext=1\r\n0123456789abcdef\r\n0\r\n\r\n";
+  for (size_t step = 1; step <= body.size(); ++step) {
+    ChunkedDecoder d;
+    std::string out;
+    ChunkedDecoder::State state = ChunkedDecoder::State::kMore;
+    for (size_t at = 0; at < body.size() && state == ChunkedDecoder::State::kMore; at += step)
+      state = d.Feed(std::string_view(body).substr(at, step), [&](std::string_view p) {
+        out.append(p);
+        return true;
+      });
+    EXPECT_EQ(state, ChunkedDecoder::State::kDone) << step;
+    EXPECT_EQ(out, "abc0123456789abcdef") << step;
+  }
+  for (const char* bad : {"x\r\n", "3\r\nabcXY", "ffffffffffffffff\r\n"}) {
+    ChunkedDecoder d;
+    EXPECT_EQ(d.Feed(bad, [](std::string_view) { return true; }), ChunkedDecoder::State::kBad) << bad;
+  }
 }
 
 TEST(HttpClientTest, StatusOnlyDoesNotWaitForTheBody) {
