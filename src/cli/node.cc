@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "admin/admin_server.h"
+#include "cluster/cluster_publisher.h"
 #include "common/common.h"
 #include "controller/controller.h"
 #include "controller/state_store.h"
@@ -75,6 +76,7 @@ class Node {
         signals_(io_, SIGINT, SIGTERM) {}
 
   ~Node() {
+    if (cluster_publisher_) cluster_publisher_->Stop();
     if (member_) member_->Stop();  // resigns: a standby leads at its next step
     if (admin_) admin_->Stop();
     if (drainer_.joinable()) drainer_.join();
@@ -82,13 +84,18 @@ class Node {
     control_.reset();  // kills whatever replica is left
   }
 
-  absl::Status Create(endpoints::Publisher* publisher, const std::string& run_dir, handle::HandleClient* handles) {
-    publisher_ = publisher;
+  absl::Status Create(endpoints::LocalPublisher* local_publisher, const std::string& run_dir,
+                      handle::HandleClient* handles) {
+    publisher_ = local_publisher;
     run_dir_ = run_dir;
     if (options_.cluster) {
       cluster::ClusterMember::Callbacks membership;
-      membership.on_elected = [this](int64_t fence) { boost::asio::post(io_, [this, fence] { Lead(fence); }); };
+      membership.on_elected = [this](int64_t fence) {
+        cluster_publisher_->SourceChanged();  // route by this node's controller from now on
+        boost::asio::post(io_, [this, fence] { Lead(fence); });
+      };
       membership.on_deposed = [this] {
+        cluster_publisher_->SourceChanged();  // route by what the next leader publishes
         boost::asio::post(io_, [this] {
           Say(StrCat("ferry: node ", options_.cluster->node_id,
                      " no longer leads; it keeps serving what it runs until another node leads"));
@@ -99,6 +106,8 @@ class Node {
       };
       member_ = std::make_unique<cluster::ClusterMember>(*options_.cluster, std::move(membership));
       store_ = std::make_unique<cluster::EtcdStateStore>(member_.get());
+      cluster_publisher_ = std::make_unique<cluster::ClusterPublisher>(member_.get(), local_publisher);
+      publisher_ = cluster_publisher_.get();
     } else if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
           controller::EmbeddedStateStore::Open(options_.state_dir);
@@ -173,6 +182,7 @@ class Node {
         Complain(StrCat("ferry: cannot join the cluster: ", Message(joined)));
         return 1;
       }
+      cluster_publisher_->Start();
       io_.run();
       return exit_code_;
     }
@@ -194,6 +204,7 @@ class Node {
     if (options_.cluster) {
       controller_options.node_id = options_.cluster->node_id;
       controller_options.node_ip = options_.cluster->address;
+      controller_options.replica_tcp_host = options_.cluster->address;  // other nodes reach its replicas
     }
     absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
         io_, options_.ferry_binary, run_dir_, publisher_, store_.get(), callbacks_, controller_options);
@@ -314,7 +325,8 @@ class Node {
   endpoints::Publisher* publisher_ = nullptr;
   std::string run_dir_;
   controller::ControllerCallbacks callbacks_;
-  std::unique_ptr<cluster::ClusterMember> member_;  // cluster mode only
+  std::unique_ptr<cluster::ClusterMember> member_;                // cluster mode only
+  std::unique_ptr<cluster::ClusterPublisher> cluster_publisher_;  // cluster mode: between controller and routers
   bool standing_down_ = false;
   std::optional<int64_t> pending_fence_;
   std::unique_ptr<controller::StateStore> store_;
@@ -334,7 +346,8 @@ int RunNode(const NodeOptions& options) {
   // The controller publishes endpoint sets and routes here; the proxy's routers consume them and report
   // their load back. Both outlive the node's controller and proxy.
   endpoints::LocalPublisher publisher;
-  router::RouterSet routers([&publisher] { publisher.Wake(); });
+  router::RouterSet routers([&publisher] { publisher.Wake(); }, 0,
+                            options.cluster ? options.cluster->node_id : std::string());
   publisher.Subscribe(&routers);
   // Calls from driver scripts (the admin API's /api/ferry/call/): a handle client of the node's own,
   // subscribed on its first call.

@@ -60,6 +60,8 @@ struct ControllerOptions {
   // node: "local").
   std::string node_id;
   std::string node_ip;
+  // Cluster mode: replicas also serve frames on TCP at this IP, so other nodes' proxies reach them.
+  std::string replica_tcp_host;
   // This process's tracer, configured from the config's `tracing` on every apply; null: not traced.
   tracing::Tracer* tracer = nullptr;
   // Where time comes from: restart backoff, start and health-check deadlines, drains, autoscaling delays.
@@ -173,7 +175,8 @@ class Controller : public node::ReplicaListener {
   ApplicationStatus application_status(const std::string& application) const;
   size_t replica_count() const { return by_replica_.size(); }
 
-  void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) override;
+  void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, const std::string& tcp_address,
+                      pid_t pid) override;
   void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) override;
 
  private:

@@ -219,6 +219,7 @@ void Controller::StartReplica(Deployment& d) {
   spec.batching = t.batching;
   spec.logging = t.logging;
   spec.tracing = ReplicaTracing();
+  spec.tcp_host = options_.replica_tcp_host;
   ++d.starts;
   absl::Status s = launcher_->StartReplica(spec);
   if (!s.ok()) {
@@ -429,7 +430,8 @@ void Controller::RecordStartFailure(Deployment& d, const std::string& message) {
   if (callbacks_.on_start_failure) callbacks_.on_start_failure(StrCat("deployment ", d.key), message);
 }
 
-void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) {
+void Controller::OnReplicaReady(const std::string& replica_id, const std::string& socket_path,
+                                const std::string& tcp_address, pid_t pid) {
   Deployment* d = FindByReplica(replica_id);
   if (!d) return;
   Replica& r = d->replicas[replica_id];
@@ -438,6 +440,8 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   endpoints::Endpoint endpoint;
   endpoint.replica_id = replica_id;
   endpoint.address = socket_path;
+  endpoint.tcp_address = tcp_address;
+  endpoint.node_id = options_.node_id;
   endpoint.key = next_key_++;
   endpoint.version = r.version;
   r.endpoint = std::move(endpoint);

@@ -52,6 +52,7 @@ json SnapshotToJson(const Snapshot& snapshot) {
     for (const Endpoint& e : set->endpoints) {
       endpoints.push_back({{"replica_id", e.replica_id},
                            {"address", e.address},
+                           {"tcp_address", e.tcp_address},
                            {"key", e.key},
                            {"version", e.version},
                            {"node_id", e.node_id},
@@ -93,6 +94,7 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> SnapshotFromJson(const json& j) 
       Fields g(e, "snapshot endpoint");
       g.Get("replica_id", &endpoint.replica_id);
       g.Get("address", &endpoint.address);
+      g.Get("tcp_address", &endpoint.tcp_address);
       g.Get("key", &endpoint.key);
       g.Get("version", &endpoint.version);
       g.Get("node_id", &endpoint.node_id);

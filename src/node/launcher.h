@@ -48,8 +48,10 @@ struct ReplicaStats {
 class ReplicaListener {
  public:
   virtual ~ReplicaListener() = default;
-  // The replica constructed its deployment and listens on `socket_path`.
-  virtual void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, pid_t pid) = 0;
+  // The replica constructed its deployment and listens on `socket_path`, and on `tcp_address`
+  // (tcp://IP:PORT, for other nodes) when its spec asked for TCP (else empty).
+  virtual void OnReplicaReady(const std::string& replica_id, const std::string& socket_path,
+                              const std::string& tcp_address, pid_t pid) = 0;
   // The replica process ended. `message` is the constructor's error when it failed before getting ready,
   // else how it exited ("killed by signal 9", "exited with code 1").
   virtual void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) = 0;

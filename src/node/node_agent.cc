@@ -368,7 +368,10 @@ void NodeAgent::ReadStatus(const std::string& replica_id) {
           p->ready = true;
           p->control = std::make_shared<ControlChannel>(io_, p->socket_path, publisher_);
           p->control->Start();
-          listener_->OnReplicaReady(replica_id, p->socket_path, p->pid);
+          const std::string tcp = line.contains("tcp_address") && line["tcp_address"].is_string()
+                                      ? line["tcp_address"].get<std::string>()
+                                      : std::string();
+          listener_->OnReplicaReady(replica_id, p->socket_path, tcp, p->pid);
         } else if (line.is_object() && line.contains("error") && line["error"].is_string()) {
           p->start_error = line["error"].get<std::string>();
         }

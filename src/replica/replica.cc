@@ -14,6 +14,7 @@
 #include "replica/internal/deployment_host.h"
 #include "replica/internal/replica_server.h"
 #include "tracing/tracing.h"
+#include "transport/address.h"
 
 namespace ferry::replica {
 
@@ -78,7 +79,16 @@ int RunReplica(const ReplicaOptions& options) {
     WriteStatus(status.get(), {{"error", std::string(listening.message())}});
     return 1;
   }
-  WriteStatus(status.get(), {{"ready", true}, {"pid", getpid()}});
+  nlohmann::json ready = {{"ready", true}, {"pid", getpid()}};
+  if (!spec->tcp_host.empty()) {
+    absl::StatusOr<uint16_t> port = server.ListenTcp(spec->tcp_host);
+    if (!port.ok()) {
+      WriteStatus(status.get(), {{"error", std::string(port.status().message())}});
+      return 1;
+    }
+    ready["tcp_address"] = transport::TcpAddress(spec->tcp_host, *port);
+  }
+  WriteStatus(status.get(), ready);
   status.reset();  // the node reads one line: it has it
   FERRY_LOG(kInfo, "replica", "serving ", spec->deployment, " on ", options.socket_path);
   g_server = &server;

@@ -33,6 +33,7 @@ json ToJson(const ReplicaSpec& s) {
           {"user_config", s.user_config},
           {"max_ongoing_requests", s.max_ongoing_requests},
           {"num_cpus", s.num_cpus},
+          {"tcp_host", s.tcp_host},
           {"graceful_shutdown_timeout_s", s.graceful_shutdown_timeout_s},
           {"batching", s.batching ? ToJson(*s.batching) : json(nullptr)},
           {"logging", ToJson(s.logging)},
@@ -146,6 +147,7 @@ absl::StatusOr<ReplicaSpec> ReplicaSpecFromJson(const json& j) {
   f.Read("symbol", &s.symbol);
   f.Read("max_ongoing_requests", &s.max_ongoing_requests);
   f.Read("num_cpus", &s.num_cpus);
+  f.Read("tcp_host", &s.tcp_host);
   f.Read("graceful_shutdown_timeout_s", &s.graceful_shutdown_timeout_s);
   if (!f.status().ok()) return f.status();
   if (auto it = j.find("args"); it != j.end()) s.args = *it;

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <absl/status/statusor.h>
-
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -58,6 +57,9 @@ struct ReplicaSpec {
   std::optional<BatchingConfig> batching;  // none: not batched
   LoggingConfig logging;
   std::optional<TracingConfig> tracing;  // none: no spans
+  // Cluster mode: also serve frames on TCP at this IP (port chosen by the kernel), for other nodes' proxies
+  // and handles. Empty: the Unix socket only.
+  std::string tcp_host;
 };
 
 // What changes in a running replica without a restart (a reconfigure frame). Each field is optional: only

@@ -4,11 +4,10 @@
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "node/launcher.h"
 
@@ -55,7 +54,7 @@ class FakeLauncher : public node::ReplicaLauncher {
     for (const auto& id : ids) {
       if (!live_.count(id)) continue;
       if (error.empty()) {
-        listener_->OnReplicaReady(id, "/nonexistent/" + id, 1000 + static_cast<pid_t>(started.size()));
+        listener_->OnReplicaReady(id, "/nonexistent/" + id, "", 1000 + static_cast<pid_t>(started.size()));
       } else {
         live_.erase(id);
         listener_->OnReplicaExited(id, false, error);

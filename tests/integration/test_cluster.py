@@ -1,6 +1,7 @@
 """Cluster mode on one machine: a real etcd (started here) and ferry nodes started with --cluster, each its
 own process on loopback. What must hold: one node leads (etcd election) and the others forward the
-controller's endpoints to it; the desired state lives in etcd, so when the leader's node dies (kill -9) a
+controller's endpoints to it; every node's proxy serves every application (the leader's endpoint sets go
+through etcd, its replicas are reached over TCP); the desired state lives in etcd, so when the leader's node dies (kill -9) a
 standby leads within the lease TTL plus a step and brings every application back to RUNNING; `ferry nodes`
 and the status say where things run; a node whose name is taken cannot join; a leader that loses etcd
 keeps serving, and leads again when etcd is back; a leader frozen past its lease finds another leader when
@@ -109,6 +110,14 @@ def running(node, app="echo", replicas=2):
     return s if len(reps) == replicas else None
 
 
+def answers(node, body):
+    try:
+        r = requests.post(node.url("/echo"), data=body, timeout=5)
+        return r.status_code == 200 and r.json()["body"] == body.decode()
+    except (requests.RequestException, ValueError):
+        return False
+
+
 class ClusterTest(unittest.TestCase):
     def setUp(self):
         self.etcd = Etcd()
@@ -144,6 +153,12 @@ class ClusterTest(unittest.TestCase):
             for rep in d["replicas"]:
                 self.assertEqual((rep["node_id"], rep["node_ip"]), (leader.name, "127.0.0.1"))
         self.assertEqual(requests.post(leader.url("/echo"), data=b"x", timeout=10).json()["body"], "x")
+        # Every node's proxy serves it: the standbys route by the leader's endpoint sets (from etcd) to its
+        # replicas over TCP.
+        for n in standbys:
+            wait_until(lambda: answers(n, b"s"), timeout=30, what=f"echo through {n.name}'s proxy")
+        for rep in [r for d in status["applications"]["echo"]["deployments"].values() for r in d["replicas"]]:
+            self.assertTrue(rep["state"] == "RUNNING")
 
         # kill -9 the leader's node: a standby leads once its lease lapses, and the state it reads from etcd
         # brings echo back, on the new leader's node.
@@ -159,6 +174,8 @@ class ClusterTest(unittest.TestCase):
         status = wait_until(lambda: running(by_name[new_leader]), timeout=60, what="echo RUNNING again")
         self.assertEqual(status["controller_info"]["node_id"], new_leader)
         self.assertEqual(requests.post(by_name[new_leader].url("/echo"), data=b"y", timeout=10).json()["body"], "y")
+        other = [n for n in standbys if n.name != new_leader][0]
+        wait_until(lambda: answers(other, b"z"), timeout=30, what="echo through the other standby's proxy again")
         nodes = survivor.nodes()
         self.assertEqual(nodes[leader.name]["state"], "DEAD")
         self.assertTrue(nodes[new_leader]["leader"])
@@ -185,6 +202,7 @@ class ClusterTest(unittest.TestCase):
         try:
             wait_until(lambda: standby.leader() == standby.name, timeout=30, what="the standby to lead")
             wait_until(lambda: running(standby), timeout=60, what="echo RUNNING on the new leader")
+            wait_until(lambda: answers(standby, b"q"), timeout=30, what="echo through the new leader")
         finally:
             os.kill(leader.proc.pid, signal.SIGCONT)
         wait_until(lambda: not leader.replica_pids(), timeout=60, what="the old leader to stop its replicas")

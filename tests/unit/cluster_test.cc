@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "cluster/cluster_publisher.h"
 #include "cluster/etcd.h"
 #include "common/etcd_server.h"
 
@@ -270,6 +271,99 @@ TEST_F(ClusterTest, ANodeCutOffFromEtcdStepsDownAndRejoinsWhenItComesBack) {
   // Back: it registers again and, alone, leads again.
   EXPECT_TRUE(Eventually([&] { return node.leading(); }, 30s));
   EXPECT_EQ(elected.load(), 2);
+}
+
+// A consumer that keeps what it was given.
+class Recorder : public endpoints::Consumer {
+ public:
+  void OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (last_) EXPECT_GT(snapshot->version, last_->version);  // one increasing sequence, whatever the source
+    last_ = std::move(snapshot);
+  }
+  endpoints::ConsumerReport Report() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    endpoints::ConsumerReport r;
+    r.applied_version = last_ ? last_->version : 0;
+    return r;
+  }
+  std::shared_ptr<const endpoints::Snapshot> last() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<const endpoints::Snapshot> last_;
+};
+
+std::shared_ptr<const endpoints::Snapshot> OneSet(uint64_t version, const std::string& node) {
+  auto snapshot = std::make_shared<endpoints::Snapshot>();
+  snapshot->version = version;
+  auto set = std::make_shared<endpoints::EndpointSet>();
+  set->deployment = "app/D";
+  set->version = version;
+  endpoints::Endpoint tcp;
+  tcp.replica_id = "app#D#1";
+  tcp.address = "/run/n/r1.sock";
+  tcp.tcp_address = "tcp://10.0.0.1:4000";
+  tcp.node_id = node;
+  tcp.key = 1;
+  endpoints::Endpoint unix_only = tcp;
+  unix_only.replica_id = "app#D#2";
+  unix_only.tcp_address.clear();
+  unix_only.key = 2;
+  set->endpoints = {tcp, unix_only};
+  snapshot->sets[set->deployment] = set;
+  return snapshot;
+}
+
+TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
+  ClusterMember a(Options("a"), {}), b(Options("b"), {});
+  ASSERT_TRUE(a.Start("x", "y").ok());
+  ASSERT_TRUE(Eventually([&] { return a.leading(); }));
+  ASSERT_TRUE(b.Start("x", "y").ok());
+  endpoints::LocalPublisher local_a, local_b;
+  Recorder seen_a, seen_b;
+  local_a.Subscribe(&seen_a);
+  local_b.Subscribe(&seen_b);
+  ClusterPublisher pub_a(&a, &local_a), pub_b(&b, &local_b);
+  pub_a.Start();
+  pub_b.Start();
+
+  // The leader's controller publishes: its own routers get it as it is; the standby's get it from etcd,
+  // the leader's replicas by their TCP addresses (one without a TCP address is not reachable from there).
+  pub_a.Publish(OneSet(7, "a"));
+  ASSERT_TRUE(seen_a.last());
+  EXPECT_EQ(seen_a.last()->sets.at("app/D")->endpoints.size(), 2u);
+  EXPECT_EQ(seen_a.last()->sets.at("app/D")->endpoints[0].address, "/run/n/r1.sock");
+  ASSERT_TRUE(Eventually([&] { return seen_b.last() != nullptr; }));
+  const auto& remote = seen_b.last()->sets.at("app/D")->endpoints;
+  ASSERT_EQ(remote.size(), 1u);
+  EXPECT_EQ(remote[0].address, "tcp://10.0.0.1:4000");
+  EXPECT_EQ(remote[0].node_id, "a");
+  // The leader's controller reads its consumers' reports in its own numbering.
+  auto reports = pub_a.CollectReports();
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].applied_version, 7u);
+  // A standby's own controller publishes nothing that its routers use.
+  const uint64_t before = seen_b.last()->version;
+  pub_b.Publish(OneSet(1, "b"));
+  EXPECT_EQ(seen_b.last()->version, before);
+
+  // The leader goes: b leads, and its routers now follow its own controller's snapshots (numbered after
+  // what they had, so none is taken for a late one).
+  pub_a.Stop();
+  a.Stop();
+  ASSERT_TRUE(Eventually([&] { return b.leading(); }));
+  pub_b.SourceChanged();
+  pub_b.Publish(OneSet(2, "b"));
+  EXPECT_GT(seen_b.last()->version, before);
+  EXPECT_EQ(seen_b.last()->sets.at("app/D")->endpoints.size(), 2u);
+  EXPECT_EQ(seen_b.last()->sets.at("app/D")->endpoints[1].address, "/run/n/r1.sock");
+  pub_b.Stop();
+  local_a.Unsubscribe(&seen_a);
+  local_b.Unsubscribe(&seen_b);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ namespace {
 using ::testing::HasSubstr;
 
 struct Events : ReplicaListener {
-  void OnReplicaReady(const std::string& id, const std::string& socket_path, pid_t pid) override {
+  void OnReplicaReady(const std::string& id, const std::string& socket_path, const std::string& tcp_address,
+                      pid_t pid) override {
     ready[id] = {socket_path, pid};
   }
   void OnReplicaExited(const std::string& id, bool was_ready, const std::string& message) override {

@@ -125,6 +125,8 @@ class ReplicaServer::Impl {
     return frames_.Listen(path);
   }
 
+  absl::StatusOr<uint16_t> ListenTcp(const std::string& host) { return frames_.ListenTcp(host, 0); }
+
   void Run() {
     executor_.Start();
     uint64_t value;
@@ -944,6 +946,7 @@ ReplicaServer::ReplicaServer(const ReplicaSpec& spec, DeploymentHost& host, trac
     : impl_(std::make_unique<Impl>(spec, host, tracer, handles)) {}
 ReplicaServer::~ReplicaServer() = default;
 absl::Status ReplicaServer::Listen(const std::string& path) { return impl_->Listen(path); }
+absl::StatusOr<uint16_t> ReplicaServer::ListenTcp(const std::string& host) { return impl_->ListenTcp(host); }
 void ReplicaServer::Run() { impl_->Run(); }
 void ReplicaServer::RequestStop() { impl_->RequestStop(); }
 uint32_t ReplicaServer::ongoing() const { return impl_->ongoing(); }

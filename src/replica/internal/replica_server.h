@@ -38,6 +38,8 @@ class ReplicaServer {
 
   // Binds and listens on `path` (replacing a stale socket file).
   absl::Status Listen(const std::string& path);
+  // Also serves on TCP at `host` (a numeric IP), any free port; after Listen. The port bound.
+  absl::StatusOr<uint16_t> ListenTcp(const std::string& host);
   // Serves until RequestStop; then stops accepting, waits up to graceful_shutdown_timeout_s for requests
   // in flight to finish, and returns.
   void Run();

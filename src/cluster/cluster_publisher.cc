@@ -1,0 +1,157 @@
+#include "cluster/cluster_publisher.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/common.h"
+#include "endpoints/wire.h"
+
+namespace ferry::cluster {
+
+ClusterPublisher::ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local)
+    : member_(member), local_(local) {}
+
+ClusterPublisher::~ClusterPublisher() { Stop(); }
+
+void ClusterPublisher::Start() {
+  writer_ = std::thread([this] { WriterLoop(); });
+  watcher_ = std::thread([this] { WatcherLoop(); });
+}
+
+void ClusterPublisher::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  stop_watch_ = true;
+  wake_writer_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+void ClusterPublisher::SourceChanged() {
+  std::lock_guard<std::mutex> lock(mu_);
+  DeliverLocked();
+  wake_writer_.notify_all();
+}
+
+void ClusterPublisher::Publish(std::shared_ptr<const endpoints::Snapshot> snapshot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  local_latest_ = std::move(snapshot);
+  if (member_->leading()) {
+    to_write_ = endpoints::SnapshotToJson(*local_latest_).dump();
+    wake_writer_.notify_all();
+  }
+  DeliverLocked();
+}
+
+void ClusterPublisher::DeliverLocked() {
+  const Source want = member_->leading() ? Source::kLocal : Source::kRemote;
+  const std::shared_ptr<const endpoints::Snapshot>& latest = want == Source::kLocal ? local_latest_ : remote_latest_;
+  if (!latest) return;
+  const uint64_t version = want == Source::kLocal ? latest->version : remote_epoch_;
+  if (want == delivered_source_ && version <= delivered_source_version_) return;
+  uint64_t out = out_version_ + 1;
+  if (want == Source::kLocal) {
+    if (want == delivered_source_)
+      out = static_cast<uint64_t>(static_cast<int64_t>(version) + local_offset_);
+    else
+      local_offset_ = static_cast<int64_t>(out) - static_cast<int64_t>(version);
+  }
+  auto copy = std::make_shared<endpoints::Snapshot>(*latest);  // the sets are shared, not copied
+  copy->version = out;
+  delivered_source_ = want;
+  delivered_source_version_ = version;
+  out_version_ = out;
+  local_->Publish(std::move(copy));
+}
+
+std::vector<endpoints::ConsumerReport> ClusterPublisher::CollectReports() {
+  std::vector<endpoints::ConsumerReport> reports = local_->CollectReports();
+  std::lock_guard<std::mutex> lock(mu_);
+  // The controller numbers its own snapshots: a consumer routing by its snapshot of local version v has
+  // applied v + offset here.
+  for (endpoints::ConsumerReport& r : reports) {
+    const int64_t local = static_cast<int64_t>(r.applied_version) - local_offset_;
+    r.applied_version = delivered_source_ == Source::kLocal && local > 0 ? static_cast<uint64_t>(local) : 0;
+  }
+  return reports;
+}
+
+void ClusterPublisher::WriterLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    if (to_write_.empty() || !member_->leading()) {
+      if (!member_->leading()) to_write_.clear();  // a leader that lost its term has nothing to publish
+      wake_writer_.wait(lock);
+      continue;
+    }
+    std::string document = std::move(to_write_);
+    to_write_.clear();
+    const int64_t fence = member_->fence();
+    lock.unlock();
+    absl::StatusOr<TxnResult> written =
+        fence ? member_->etcd().Txn({Compare::CreateRevision(member_->leader_key(), fence)},
+                                    {TxnOp::Put(key(), document)})
+              : absl::StatusOr<TxnResult>(absl::FailedPreconditionError("not leading"));
+    lock.lock();
+    if (written.ok() && written->succeeded) continue;
+    if (!written.ok())
+      FERRY_LOG(kWarning, "cluster", "cannot publish the endpoint sets to etcd: ", Message(written.status()));
+    if (to_write_.empty() && member_->leading()) to_write_ = std::move(document);  // nothing newer: retry this
+    wake_writer_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
+  }
+}
+
+std::shared_ptr<const endpoints::Snapshot> ClusterPublisher::FromDocument(const std::string& text) const {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded()) return nullptr;
+  absl::StatusOr<std::shared_ptr<const endpoints::Snapshot>> decoded = endpoints::SnapshotFromJson(j);
+  if (!decoded.ok()) {
+    FERRY_LOG(kWarning, "cluster", "the leader's endpoint sets in etcd do not decode: ", Message(decoded.status()));
+    return nullptr;
+  }
+  auto snapshot = std::make_shared<endpoints::Snapshot>(**decoded);
+  const std::string& self = member_->options().node_id;
+  for (auto& [key, set] : snapshot->sets) {
+    auto routed = std::make_shared<endpoints::EndpointSet>(*set);
+    routed->endpoints.clear();
+    for (endpoints::Endpoint e : set->endpoints) {
+      if (e.node_id != self) {  // another node's replica: over TCP, or not at all
+        if (e.tcp_address.empty()) continue;
+        e.address = e.tcp_address;
+      }
+      routed->endpoints.push_back(std::move(e));
+    }
+    set = std::move(routed);
+  }
+  return snapshot;
+}
+
+void ClusterPublisher::WatcherLoop() {
+  const std::string k = key();
+  auto take = [&](const std::string& value) {
+    std::shared_ptr<const endpoints::Snapshot> snapshot = FromDocument(value);
+    if (!snapshot) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    remote_latest_ = std::move(snapshot);
+    ++remote_epoch_;
+    DeliverLocked();
+  };
+  while (!stop_watch_.load()) {
+    absl::StatusOr<RangeResult> now = member_->etcd().Get(k);
+    if (now.ok()) {
+      if (!now->kvs.empty()) take(now->kvs[0].value);
+      absl::Status watched =
+          member_->etcd().Watch(k, now->revision + 1, stop_watch_, [&](int64_t, const std::vector<WatchEvent>& events) {
+            for (const WatchEvent& e : events)
+              if (e.type == WatchEvent::Type::kPut && e.kv.key == k) take(e.kv.value);
+          });
+      if (stop_watch_.load()) return;
+      FERRY_LOG(kDebug, "cluster", "the endpoint watch ended (", Message(watched), "); watching again");
+    }
+    for (int i = 0; i < 5 && !stop_watch_.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace ferry::cluster

@@ -1,0 +1,74 @@
+// Cluster mode's published state. The node's routers (its proxy's, its driver calls') subscribe here, and
+// the node's controller publishes here, as on one node; in between, the source of what they route by
+// depends on who leads:
+//   - while this node leads: its controller's snapshots, which are also written to etcd (PREFIX/endpoints,
+//     one JSON document, fenced on the leadership, the latest only: a slow etcd coalesces);
+//   - otherwise: the leader's, read from etcd by a watch, with the leader's replicas reached over TCP
+//     (each endpoint's tcp_address; endpoints without one are left out).
+// Consumers see one increasing version sequence across source changes (each source's versions are
+// shifted to follow the last delivered), and the controller's report collection is shifted back.
+// The data plane keeps the last snapshot it has when etcd or the leader is gone.
+// Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "cluster/cluster.h"
+#include "endpoints/endpoints.h"
+
+namespace ferry::cluster {
+
+class ClusterPublisher : public endpoints::Publisher {
+ public:
+  // `local` carries snapshots to this node's consumers; both outlive this.
+  ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local);
+  ~ClusterPublisher() override;  // Stop()
+
+  // Starts the etcd writer and watcher threads.
+  void Start();
+  void Stop();
+  // The node's leadership changed: route by the other source now.
+  void SourceChanged();
+
+  void Subscribe(endpoints::Consumer* consumer) override { local_->Subscribe(consumer); }
+  void Unsubscribe(endpoints::Consumer* consumer) override { local_->Unsubscribe(consumer); }
+  void Publish(std::shared_ptr<const endpoints::Snapshot> snapshot) override;
+  std::vector<endpoints::ConsumerReport> CollectReports() override;
+  void SetWakeHook(std::function<void()> wake) override { local_->SetWakeHook(std::move(wake)); }
+  void Wake() override { local_->Wake(); }
+
+  std::string key() const { return member_->options().prefix + "endpoints"; }
+
+ private:
+  enum class Source { kNone, kLocal, kRemote };
+  // Delivers the selected source's latest snapshot if it is newer than what consumers have. Under mu_.
+  void DeliverLocked();
+  void WriterLoop();
+  void WatcherLoop();
+  // The leader's document as this node routes by it (other nodes' endpoints reached over TCP).
+  std::shared_ptr<const endpoints::Snapshot> FromDocument(const std::string& text) const;
+
+  ClusterMember* const member_;
+  endpoints::LocalPublisher* const local_;
+  std::mutex mu_;
+  std::condition_variable wake_writer_;
+  std::shared_ptr<const endpoints::Snapshot> local_latest_;   // from this node's controller
+  std::shared_ptr<const endpoints::Snapshot> remote_latest_;  // from etcd
+  uint64_t remote_epoch_ = 0;  // grows with each remote snapshot (a new leader restarts its numbering)
+  Source delivered_source_ = Source::kNone;
+  uint64_t delivered_source_version_ = 0;  // the delivered snapshot's version in its own source's numbering
+  uint64_t out_version_ = 0;               // the last version consumers got
+  int64_t local_offset_ = 0;               // out = local version + local_offset_ (while delivering local ones)
+  std::string to_write_;                   // the latest local snapshot's document, not yet in etcd
+  bool stopping_ = false;
+  std::atomic<bool> stop_watch_{false};
+  std::thread writer_;
+  std::thread watcher_;
+};
+
+}  // namespace ferry::cluster
