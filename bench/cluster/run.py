@@ -7,8 +7,10 @@
    killed one each round).
 2. etcd writes in steady state: the store's revision over IDLE_S seconds with the cluster idle and serving
    (lease keepalives are not writes; anything that bumps the revision is).
+3. The cost of crossing nodes: wrk at one connection for 5 s against the leader's proxy (its own replicas,
+   over Unix sockets) and against a standby's proxy (the same replicas, over TCP), alternated three times.
 
-Usage: bench/cluster/run.py [ROUNDS] [IDLE_S]   (needs a built ferry and etcd-server)
+Usage: bench/cluster/run.py [ROUNDS] [IDLE_S]   (needs a built ferry, etcd-server and wrk)
 """
 import base64
 import os
@@ -23,7 +25,7 @@ import time
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import FERRY, free_port  # noqa: E402
+from common import FERRY, free_port, wrk  # noqa: E402
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 IDLE_S = int(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -146,6 +148,17 @@ def main():
         writes = etcd.revision() - before
         print(f"steady state: {writes} etcd writes in {IDLE_S} s with 3 nodes and 2 replicas "
               f"({writes / IDLE_S:.2f}/s; lease keepalives are not writes)")
+
+        leader = etcd.leader()
+        standby = next(n for name, n in nodes.items() if name != leader)
+        wait(lambda: standby.answers())
+        local, remote = [], []
+        for _ in range(3):
+            local.append(wrk(f"http://127.0.0.1:{nodes[leader].http}/echo", 1, 5)["p50_us"])
+            remote.append(wrk(f"http://127.0.0.1:{standby.http}/echo", 1, 5)["p50_us"])
+        print(f"one connection, p50: through the leader's proxy {statistics.median(local):.0f} us "
+              f"(runs {local}), through a standby's proxy over TCP {statistics.median(remote):.0f} us (runs {remote}): "
+              f"crossing nodes adds {statistics.median(remote) - statistics.median(local):.0f} us")
 
         elected, serving = [], []
         next_id = 3

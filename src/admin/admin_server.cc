@@ -402,9 +402,14 @@ class AdminServer::Impl {
     call.headers.emplace_back("x-ferry-forwarded", "1");
     call.timeout = kControllerWait + std::chrono::seconds(5);
     absl::StatusOr<HttpResponse> answer = SendHttp(*endpoint, call);
-    if (!answer.ok())
-      return Error(http::status::bad_gateway,
-                   StrCat("the leading node's admin API (", leader, ") did not answer: ", Message(answer.status())));
+    if (!answer.ok()) {
+      // Its node may have just died: until its lease lapses and another node leads, nobody can answer.
+      Reply r = Error(http::status::service_unavailable,
+                      StrCat("the leading node's admin API (", leader, ") did not answer (", Message(answer.status()),
+                             "); if that node is gone, another one leads within the lease TTL: retry"));
+      r.headers.emplace_back("Retry-After", "1");
+      return r;
+    }
     Reply r;
     r.status = static_cast<http::status>(answer->status);
     r.text = std::move(answer->body);

@@ -150,7 +150,7 @@ class Node {
     if (member_) {
       admin.leader_admin = [this]() -> std::optional<std::string> {
         if (member_->leading()) return std::nullopt;
-        std::optional<cluster::NodeInfo> leader = member_->leader();
+        std::optional<cluster::NodeInfo> leader = member_->LeaderNow();
         if (!leader || leader->node_id == options_.cluster->node_id) return std::string();  // nobody (known) leads
         return leader->admin_url;
       };

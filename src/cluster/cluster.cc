@@ -217,6 +217,15 @@ void ClusterMember::Step() {
   if (other_changed && callbacks_.on_other_leader) callbacks_.on_other_leader(*leader);
 }
 
+std::optional<NodeInfo> ClusterMember::LeaderNow() {
+  absl::StatusOr<RangeResult> current = etcd_.Get(leader_key());
+  if (!current.ok()) return leader();
+  if (current->kvs.empty()) return std::nullopt;
+  std::optional<NodeInfo> l = NodeOf(current->kvs[0].value);
+  if (l) l->leader = l->alive = true;
+  return l;
+}
+
 absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
   absl::StatusOr<TxnResult> read =
       etcd_.Txn({}, {TxnOp::GetPrefix(options_.prefix + "members/"), TxnOp::GetPrefix(options_.prefix + "alive/"),

@@ -83,6 +83,8 @@ class ClusterMember {
   int64_t fence() const { return fence_.load(); }
   // The leader's record as last seen (nullopt: nobody leads, as far as this node knows).
   std::optional<NodeInfo> leader() const;
+  // The leader's record as etcd holds it now (nullopt: nobody leads); the last seen when etcd cannot be read.
+  std::optional<NodeInfo> LeaderNow();
   // Every node ever registered, alive or not, read from etcd now.
   absl::StatusOr<std::vector<NodeInfo>> Nodes();
 

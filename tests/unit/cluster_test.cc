@@ -338,7 +338,8 @@ TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
   EXPECT_EQ(seen_a.last()->sets.at("app/D")->endpoints.size(), 2u);
   EXPECT_EQ(seen_a.last()->sets.at("app/D")->endpoints[0].address, "/run/n/r1.sock");
   ASSERT_TRUE(Eventually([&] { return seen_b.last() != nullptr; }));
-  const auto& remote = seen_b.last()->sets.at("app/D")->endpoints;
+  const std::shared_ptr<const endpoints::Snapshot> at_b = seen_b.last();  // the views below point into it
+  const auto& remote = at_b->sets.at("app/D")->endpoints;
   ASSERT_EQ(remote.size(), 1u);
   EXPECT_EQ(remote[0].address, "tcp://10.0.0.1:4000");
   EXPECT_EQ(remote[0].node_id, "a");

@@ -209,8 +209,9 @@ TEST(FrameServerTest, ClientsOnOtherNodesConnectOverTcp) {
   std::string bytes = Request(9, "from another node");
   ASSERT_EQ(::send(fd->get(), bytes.data(), bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size()));
   ASSERT_TRUE(WaitFor([&] { return s.handler().seen().size() == 1; }));
+  std::vector<Seen> seen = s.handler().seen();  // the message's views point into it
   transport::RequestMessage m;
-  ASSERT_TRUE(transport::DecodeRequest(s.handler().seen()[0].payload, &m).ok());
+  ASSERT_TRUE(transport::DecodeRequest(seen[0].payload, &m).ok());
   EXPECT_EQ(m.body, "from another node");
   // The answer comes back over the same TCP connection.
   transport::FrameReader reader;
