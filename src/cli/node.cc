@@ -106,7 +106,8 @@ class Node {
       };
       member_ = std::make_unique<cluster::ClusterMember>(*options_.cluster, std::move(membership));
       store_ = std::make_unique<cluster::EtcdStateStore>(member_.get());
-      cluster_publisher_ = std::make_unique<cluster::ClusterPublisher>(member_.get(), local_publisher);
+      cluster_publisher_ = std::make_unique<cluster::ClusterPublisher>(
+          member_.get(), local_publisher, [this](std::function<void()> f) { boost::asio::post(io_, std::move(f)); });
       publisher_ = cluster_publisher_.get();
     } else if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =

@@ -7,8 +7,9 @@
 
 namespace ferry::cluster {
 
-ClusterPublisher::ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local)
-    : member_(member), local_(local) {}
+ClusterPublisher::ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local,
+                                   Runner run_on_publisher_thread)
+    : member_(member), local_(local), run_(std::move(run_on_publisher_thread)) {}
 
 ClusterPublisher::~ClusterPublisher() { Stop(); }
 
@@ -30,9 +31,11 @@ void ClusterPublisher::Stop() {
 }
 
 void ClusterPublisher::SourceChanged() {
-  std::lock_guard<std::mutex> lock(mu_);
-  DeliverLocked();
   wake_writer_.notify_all();
+  run_([this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    DeliverLocked();
+  });
 }
 
 void ClusterPublisher::Publish(std::shared_ptr<const endpoints::Snapshot> snapshot) {
@@ -133,10 +136,15 @@ void ClusterPublisher::WatcherLoop() {
   auto take = [&](const std::string& value) {
     std::shared_ptr<const endpoints::Snapshot> snapshot = FromDocument(value);
     if (!snapshot) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    remote_latest_ = std::move(snapshot);
-    ++remote_epoch_;
-    DeliverLocked();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      remote_latest_ = std::move(snapshot);
+      ++remote_epoch_;
+    }
+    run_([this] {
+      std::lock_guard<std::mutex> lock(mu_);
+      DeliverLocked();
+    });
   };
   while (!stop_watch_.load()) {
     absl::StatusOr<RangeResult> now = member_->etcd().Get(k);

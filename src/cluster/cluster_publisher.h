@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,8 +26,11 @@ namespace ferry::cluster {
 
 class ClusterPublisher : public endpoints::Publisher {
  public:
-  // `local` carries snapshots to this node's consumers; both outlive this.
-  ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local);
+  // `local` carries snapshots to this node's consumers; both outlive this. Consumers expect snapshots on
+  // the publisher's (the controller's) thread: what the watch or a leadership change brings is handed to
+  // `run_on_publisher_thread` (which runs it there), while the controller's own come on that thread.
+  using Runner = std::function<void(std::function<void()>)>;
+  ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local, Runner run_on_publisher_thread);
   ~ClusterPublisher() override;  // Stop()
 
   // Starts the etcd writer and watcher threads.
@@ -55,6 +59,7 @@ class ClusterPublisher : public endpoints::Publisher {
 
   ClusterMember* const member_;
   endpoints::LocalPublisher* const local_;
+  const Runner run_;
   std::mutex mu_;
   std::condition_variable wake_writer_;
   std::shared_ptr<const endpoints::Snapshot> local_latest_;   // from this node's controller

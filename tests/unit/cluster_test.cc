@@ -327,7 +327,9 @@ TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
   Recorder seen_a, seen_b;
   local_a.Subscribe(&seen_a);
   local_b.Subscribe(&seen_b);
-  ClusterPublisher pub_a(&a, &local_a), pub_b(&b, &local_b);
+  // No controller thread here: what the publishers hand over runs at once, on whichever thread.
+  auto inline_runner = [](std::function<void()> f) { f(); };
+  ClusterPublisher pub_a(&a, &local_a, inline_runner), pub_b(&b, &local_b, inline_runner);
   pub_a.Start();
   pub_b.Start();
 
