@@ -28,14 +28,14 @@ enum class EndpointState {
 
 // One replica as the data plane sees it.
 struct Endpoint {
-  std::string replica_id;   // e.g. "echo#Echo#3fa2c1d0"
-  std::string address;      // where it serves frames (a Unix socket path on its node)
-  std::string tcp_address;  // tcp://IP:PORT for consumers on other nodes (cluster mode); empty: none
-  uint64_t key = 0;         // unique for this process incarnation of the replica
-  std::string version;      // the deployment's code version the replica runs
+  std::string replica_id;  // e.g. "echo#Echo#3fa2c1d0"
+  std::string address;     // where it serves frames (a Unix socket path on its node)
+  uint64_t key = 0;        // unique for this process incarnation of the replica
+  std::string version;     // the deployment's code version the replica runs
   EndpointState state = EndpointState::kServing;
   std::string node_id;                 // the node it runs on; empty: the consumer's own (one node)
   std::vector<std::string> model_ids;  // multiplexed models it has loaded (Ray's), as it last reported them
+  std::string tcp_address;             // tcp://IP:PORT for consumers on other nodes (cluster mode); empty: none
 };
 
 // A deployment's replicas and limits at one moment. `version` grows with every change of this set.
