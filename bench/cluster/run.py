@@ -13,6 +13,7 @@
 Usage: bench/cluster/run.py [ROUNDS] [IDLE_S]   (needs a built ferry, etcd-server and wrk)
 """
 import base64
+import json
 import os
 import shutil
 import signal
@@ -25,7 +26,10 @@ import time
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from common import FERRY, free_port, wrk  # noqa: E402
+from common import FERRY, ROOT, free_port, wrk  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import Etcd  # noqa: E402  (etcd-server on free loopback ports, as the cluster tests start it)
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 IDLE_S = int(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -39,44 +43,17 @@ ECHO = """applications:
 """
 
 
-class Etcd:
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ferry-bench-etcd-")
-        self.port, peer = free_port(), free_port()
-        client = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(self.dir, "etcd.log"), "w")
-        self.proc = subprocess.Popen(
-            ["etcd", "--name", "b", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
-             "--advertise-client-urls", client, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}", "--initial-cluster",
-             f"b=http://127.0.0.1:{peer}"], stdout=self.log, stderr=self.log)
-        until = time.monotonic() + 30
-        while time.monotonic() < until:
-            try:
-                self.revision()
-                return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("etcd did not start")
+def etcd_post(etcd, path, body):
+    return requests.post(f"http://127.0.0.1:{etcd.client_port}{path}", json=body, timeout=5).json()
 
-    def post(self, path, body):
-        return requests.post(f"http://127.0.0.1:{self.port}{path}", json=body, timeout=5).json()
 
-    def revision(self):
-        return int(self.post("/v3/kv/range", {"key": base64.b64encode(b"/ferry/leader").decode()})["header"]["revision"])
+def etcd_revision(etcd):
+    return int(etcd_post(etcd, "/v3/kv/range", {"key": base64.b64encode(b"/ferry/leader").decode()})["header"]["revision"])
 
-    def leader(self):
-        kvs = self.post("/v3/kv/range", {"key": base64.b64encode(b"/ferry/leader").decode()}).get("kvs", [])
-        if not kvs:
-            return None
-        import json
-        return json.loads(base64.b64decode(kvs[0]["value"]))["node_id"]
 
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def etcd_leader(etcd):
+    kvs = etcd_post(etcd, "/v3/kv/range", {"key": base64.b64encode(b"/ferry/leader").decode()}).get("kvs", [])
+    return json.loads(base64.b64decode(kvs[0]["value"]))["node_id"] if kvs else None
 
 
 class Node:
@@ -88,7 +65,7 @@ class Node:
         self.log = open(os.path.join(self.dir, "node.log"), "w")
         self.proc = subprocess.Popen(
             [FERRY, "start", "--foreground", "--state-dir", os.path.join(self.dir, "state"), "--cluster",
-             f"etcd://127.0.0.1:{etcd.port}", "--node-name", name, "--address", "127.0.0.1", "--http-port",
+             etcd.url, "--node-name", name, "--address", "127.0.0.1", "--http-port",
              str(self.http), "--admin-port", str(self.admin_port), "--lease-ttl-s", "2", "--log-level", "warning"],
             stdout=self.log, stderr=self.log)
         until = time.monotonic() + 30
@@ -134,22 +111,22 @@ def main():
     try:
         for i in range(3):
             nodes[f"n{i}"] = Node(etcd, f"n{i}")
-        wait(etcd.leader)
+        wait(lambda: etcd_leader(etcd))
         path = os.path.join(next(iter(nodes.values())).dir, "echo.yaml")
         with open(path, "w") as f:
             f.write(ECHO)
         any_node = next(iter(nodes.values()))
         subprocess.run([FERRY, "deploy", path, "--address", any_node.admin], check=True, capture_output=True)
-        wait(lambda: nodes[etcd.leader()].answers())
+        wait(lambda: nodes[etcd_leader(etcd)].answers())
 
         # Steady state: nothing to do, everything serving.
-        before = etcd.revision()
+        before = etcd_revision(etcd)
         time.sleep(IDLE_S)
-        writes = etcd.revision() - before
+        writes = etcd_revision(etcd) - before
         print(f"steady state: {writes} etcd writes in {IDLE_S} s with 3 nodes and 2 replicas "
               f"({writes / IDLE_S:.2f}/s; lease keepalives are not writes)")
 
-        leader = etcd.leader()
+        leader = etcd_leader(etcd)
         standby = next(n for name, n in nodes.items() if name != leader)
         wait(lambda: standby.answers())
         local, remote = [], []
@@ -163,10 +140,10 @@ def main():
         elected, serving = [], []
         next_id = 3
         for round_ in range(ROUNDS):
-            old = etcd.leader()
+            old = etcd_leader(etcd)
             killed_at = time.monotonic()
             nodes[old].proc.kill()
-            new = wait(lambda: (l := etcd.leader()) and l != old and l)
+            new = wait(lambda: (l := etcd_leader(etcd)) and l != old and l)
             elected.append(time.monotonic() - killed_at)
             wait(lambda: nodes[new].answers())
             serving.append(time.monotonic() - killed_at)

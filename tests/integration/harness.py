@@ -4,12 +4,15 @@ Every wait here is bounded; every process started is stopped, even when a test f
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+
+import requests
 
 FERRY_BIN = os.environ.get("FERRY_BIN") or os.path.join(os.path.dirname(__file__), "../../build/ferry")
 SOURCE_DIR = os.environ.get("FERRY_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
@@ -243,3 +246,43 @@ class Prometheus:
         self.process.terminate()
         self.process.wait(timeout=30)
         self.work.cleanup()
+
+
+class Etcd:
+    """etcd-server on free loopback ports, its data in a temporary directory; stop() and start() keep both."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="ferry-etcd-")
+        self.client_port, self.peer_port = free_port(), free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        self.log = open(os.path.join(self.dir, "etcd.log"), "a")
+        self.proc = subprocess.Popen(
+            ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
+             "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"t={peer}"], stdout=self.log, stderr=self.log)
+        wait_until(self._answers, timeout=30, what="etcd to answer")
+
+    def _answers(self):
+        try:
+            return requests.post(f"http://127.0.0.1:{self.client_port}/v3/kv/range", json={"key": "AA=="},
+                                 timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self):
+        return f"etcd://127.0.0.1:{self.client_port}"

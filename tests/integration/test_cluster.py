@@ -7,18 +7,16 @@ and the status say where things run; a node whose name is taken cannot join; a l
 keeps serving, and leads again when etcd is back; a leader frozen past its lease finds another leader when
 it thaws and stops what it ran.
 """
-import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import unittest
 
 import requests
 
-from harness import FERRY_BIN, Ferry, free_port, run_ferry, wait_until
+from harness import Etcd, Ferry, run_ferry, wait_until
 
 ECHO = """applications:
   - name: echo
@@ -28,46 +26,6 @@ ECHO = """applications:
         import_path: builtin:echo
         num_replicas: 2
 """
-
-
-class Etcd:
-    """etcd-server on free loopback ports, its data in a temporary directory; stop() and start() keep both."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="ferry-etcd-")
-        self.client_port, self.peer_port = free_port(), free_port()
-        self.proc = None
-        self.start()
-
-    def start(self):
-        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
-        self.log = open(os.path.join(self.dir, "etcd.log"), "a")
-        self.proc = subprocess.Popen(
-            ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
-             "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}"], stdout=self.log, stderr=self.log)
-        wait_until(self._answers, timeout=30, what="etcd to answer")
-
-    def _answers(self):
-        try:
-            return requests.post(f"http://127.0.0.1:{self.client_port}/v3/kv/range", json={"key": "AA=="},
-                                 timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-    def close(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    @property
-    def url(self):
-        return f"etcd://127.0.0.1:{self.client_port}"
 
 
 class Node(Ferry):
