@@ -95,6 +95,9 @@ absl::Status ApplyTracing(tracing::Tracer* tracer, const std::optional<spec::Tra
 
 class ReplicaServer::Impl {
  public:
+  ~Impl() {
+    while (finishing_.load() > 0) std::this_thread::yield();  // a few instructions left, never a wait on I/O
+  }
   Impl(const ReplicaSpec& spec, DeploymentHost& host, tracing::Tracer* tracer, handle::HandleClient* handles)
       : spec_(spec),
         host_(host),
@@ -743,7 +746,17 @@ class ReplicaServer::Impl {
   }
 
   // Sends `task`'s answer and forgets it.
+  // A thread that ends a request (often a detached stream's, outside the executor) is inside the server
+  // from its answer's frame to its bookkeeping: the server is not destroyed meanwhile (a client may tear
+  // it down as soon as the answer arrives).
+  struct Finishing {
+    explicit Finishing(std::atomic<int>& n) : n(n) { n.fetch_add(1); }
+    ~Finishing() { n.fetch_sub(1); }
+    std::atomic<int>& n;
+  };
+
   void Complete(Task& task, const FerryResponseSink& response) {
+    Finishing finishing(finishing_);
     if (task.ended.exchange(true)) return;
     thread_local transport::HeaderList headers;
     thread_local std::string frame;
@@ -900,6 +913,7 @@ class ReplicaServer::Impl {
   // Ends a streamed answer: complete, or broken (handle() failed after the first chunk, or the stream was
   // cancelled), which the client passes on by cutting the body short.
   void EndStream(Task& task, const FerryResponseSink& response) {
+    Finishing finishing(finishing_);
     if (task.ended.exchange(true)) return;
     std::string error = response.stream_error;
     if (error.empty() && task.cancelled.load()) error = "cancelled";
@@ -933,6 +947,7 @@ class ReplicaServer::Impl {
   metrics::Histogram batch_size_{metrics::BatchSizeBuckets()};
   UniqueFd stop_fd_;
   std::atomic<uint32_t> ongoing_{0};
+  std::atomic<int> finishing_{0};  // threads inside Complete/EndStream (see Finishing)
   std::atomic<uint64_t> total_{0};
   FrameServer frames_;
   Executor executor_;  // after frames_: its threads poll it, so they stop before it goes
