@@ -54,29 +54,14 @@ std::string_view HeaderValue(std::string_view head, std::string_view name) {
   return {};
 }
 
-// Decodes a chunked body; false when it is not complete (or malformed).
+// Decodes a whole chunked body; false when it is not complete (or malformed).
 bool Dechunk(std::string_view in, std::string* out) {
   out->clear();
-  for (;;) {
-    size_t eol = in.find("\r\n");
-    if (eol == std::string_view::npos) return false;
-    size_t size = 0;
-    std::string_view hex = in.substr(0, in.find_first_of(";\r"));
-    if (hex.empty() || hex.size() > 15) return false;
-    for (char c : hex) {
-      int d = c >= '0' && c <= '9'   ? c - '0'
-              : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                     : -1;
-      if (d < 0) return false;
-      size = size * 16 + static_cast<size_t>(d);
-    }
-    in.remove_prefix(eol + 2);
-    if (size == 0) return true;
-    if (in.size() < size + 2) return false;
-    out->append(in.substr(0, size));
-    in.remove_prefix(size + 2);
-  }
+  ChunkedDecoder decoder;
+  return decoder.Feed(in, [out](std::string_view piece) {
+    out->append(piece);
+    return true;
+  }) == ChunkedDecoder::State::kDone;
 }
 
 // Parses "HTTP/1.1 200 OK": the status, or 0 when it is not an HTTP status line.

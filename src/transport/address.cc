@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "common/common.h"
+#include "common/http_client.h"
 
 namespace ferry::transport {
 
@@ -21,31 +22,35 @@ absl::StatusOr<FrameAddress> ParseFrameAddress(std::string_view address) {
     a.path = std::string(address);
     return a;
   }
-  std::string_view rest = address.substr(6);
+  // HOST:PORT as an HTTP URL's authority (the same rules: [IPv6], a port from 1 to 65535), the port required.
+  std::string_view authority = address.substr(6);
+  const size_t colon = authority.rfind(':'), bracket = authority.rfind(']');
+  absl::StatusOr<HttpEndpoint> e = ParseHttpEndpoint(authority, /*scheme_optional=*/true);
+  if (!e.ok() || colon == std::string_view::npos || (bracket != std::string_view::npos && colon < bracket) ||
+      e->path != "/")
+    return absl::InvalidArgumentError(StrCat("bad frame address '", address, "' (tcp://IP:PORT or tcp://[IPv6]:PORT)",
+                                             e.ok() ? "" : StrCat(": ", Message(e.status()))));
   a.tcp = true;
-  size_t colon;
-  if (rest.starts_with("[")) {
-    size_t close = rest.find(']');
-    if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':')
-      return absl::InvalidArgumentError(StrCat("bad frame address '", address, "' (tcp://[IPv6]:PORT)"));
-    a.host = std::string(rest.substr(1, close - 1));
-    colon = close + 1;
-  } else {
-    colon = rest.rfind(':');
-    if (colon == std::string_view::npos)
-      return absl::InvalidArgumentError(StrCat("bad frame address '", address, "' (tcp://IP:PORT)"));
-    a.host = std::string(rest.substr(0, colon));
-  }
-  std::string_view port = rest.substr(colon + 1);
-  unsigned value = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9' || value > 65535) return absl::InvalidArgumentError(StrCat("bad port in '", address, "'"));
-    value = value * 10 + static_cast<unsigned>(c - '0');
-  }
-  if (port.empty() || value == 0 || value > 65535)
-    return absl::InvalidArgumentError(StrCat("bad port in '", address, "'"));
-  a.port = static_cast<uint16_t>(value);
+  a.host = e->host;
+  a.port = static_cast<uint16_t>(std::stoi(e->port));
   return a;
+}
+
+absl::StatusOr<NumericAddress> ToNumericAddress(const std::string& host, uint16_t port) {
+  NumericAddress n;
+  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&n.storage); inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = n.family = AF_INET;
+    v4->sin_port = htons(port);
+    n.length = sizeof(sockaddr_in);
+  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&n.storage);
+             inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = n.family = AF_INET6;
+    v6->sin6_port = htons(port);
+    n.length = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(StrCat("'", host, "' is not a numeric IP address"));
+  }
+  return n;
 }
 
 std::string TcpAddress(std::string_view host, uint16_t port) {
@@ -72,27 +77,13 @@ absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int tim
       return absl::UnavailableError(StrCat("connect ", address.path, ": ", std::strerror(errno)));
     return fd;
   }
-  sockaddr_storage storage{};
-  socklen_t len = 0;
-  int family;
-  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
-      inet_pton(AF_INET, address.host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = family = AF_INET;
-    v4->sin_port = htons(address.port);
-    len = sizeof(sockaddr_in);
-  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-             inet_pton(AF_INET6, address.host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = family = AF_INET6;
-    v6->sin6_port = htons(address.port);
-    len = sizeof(sockaddr_in6);
-  } else {
-    return absl::InvalidArgumentError(StrCat("'", address.host, "' is not a numeric IP address"));
-  }
+  absl::StatusOr<NumericAddress> numeric = ToNumericAddress(address.host, address.port);
+  if (!numeric.ok()) return numeric.status();
   const std::string where = TcpAddress(address.host, address.port);
-  UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  UniqueFd fd(::socket(numeric->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) return absl::InternalError(StrCat("socket: ", std::strerror(errno)));
   SetNoDelay(fd.get());
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&storage), len) != 0) {
+  if (::connect(fd.get(), numeric->sockaddr_ptr(), numeric->length) != 0) {
     if (errno != EINPROGRESS) return absl::UnavailableError(StrCat("connect ", where, ": ", std::strerror(errno)));
     pollfd p{fd.get(), POLLOUT, 0};
     int n;

@@ -4,6 +4,8 @@
 // (frames are written whole, and a small answer must not wait for Nagle).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <absl/status/statusor.h>
 #include <cstdint>
 #include <string>
@@ -23,6 +25,15 @@ struct FrameAddress {
 // "tcp://IP:PORT" ("tcp://[IPv6]:PORT"), else a Unix socket path.
 absl::StatusOr<FrameAddress> ParseFrameAddress(std::string_view address);
 std::string TcpAddress(std::string_view host, uint16_t port);  // "tcp://HOST:PORT", IPv6 in brackets
+
+// A numeric IPv4 or IPv6 address and port as the socket calls take it (no name lookup).
+struct NumericAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  int family = 0;
+  const sockaddr* sockaddr_ptr() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+absl::StatusOr<NumericAddress> ToNumericAddress(const std::string& host, uint16_t port);
 
 // A connected, non-blocking stream socket to `address` (Unavailable when nobody listens there). A TCP
 // connect waits up to `timeout_ms` for the handshake.

@@ -115,8 +115,6 @@ class ClusterTest(unittest.TestCase):
         # replicas over TCP.
         for n in standbys:
             wait_until(lambda: answers(n, b"s"), timeout=30, what=f"echo through {n.name}'s proxy")
-        for rep in [r for d in status["applications"]["echo"]["deployments"].values() for r in d["replicas"]]:
-            self.assertTrue(rep["state"] == "RUNNING")
 
         # kill -9 the leader's node: a standby leads once its lease lapses, and the state it reads from etcd
         # brings echo back, on the new leader's node.
@@ -184,9 +182,8 @@ class ClusterTest(unittest.TestCase):
         finally:
             shutil.rmtree(state, ignore_errors=True)
         r = run_ferry(["start", "--foreground", "--cluster", "etcd://", "--http-port", "0"])
-        self.assertEqual(r.returncode, 2 if r.returncode == 2 else r.returncode)
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--cluster", r.stderr)
+        self.assertIn("--cluster: no etcd endpoint", r.stderr)
         r = run_ferry(["start", "--foreground", "--node-name", "x"])
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--node-name is for cluster nodes", r.stderr)

@@ -136,32 +136,20 @@ absl::Status FrameServer::Listen(const std::string& path) {
 
 absl::StatusOr<uint16_t> FrameServer::ListenTcp(const std::string& host, uint16_t port) {
   if (!epoll_fd_) return absl::FailedPreconditionError("ListenTcp comes after Listen");
-  sockaddr_storage storage{};
-  socklen_t len;
-  int family;
-  if (auto* v4 = reinterpret_cast<sockaddr_in*>(&storage); inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = family = AF_INET;
-    v4->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-  } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
-             inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = family = AF_INET6;
-    v6->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-  } else {
-    return absl::InvalidArgumentError(StrCat("'", host, "' is not a numeric IP address"));
-  }
-  tcp_listen_fd_.reset(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  absl::StatusOr<transport::NumericAddress> address = transport::ToNumericAddress(host, port);
+  if (!address.ok()) return address.status();
+  tcp_listen_fd_.reset(::socket(address->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!tcp_listen_fd_) return absl::InternalError(StrCat("socket: ", std::strerror(errno)));
   int one = 1;
   ::setsockopt(tcp_listen_fd_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(tcp_listen_fd_.get(), reinterpret_cast<sockaddr*>(&storage), len) != 0 ||
+  if (::bind(tcp_listen_fd_.get(), address->sockaddr_ptr(), address->length) != 0 ||
       ::listen(tcp_listen_fd_.get(), 128) != 0)
     return absl::UnavailableError(StrCat("listen on ", host, ":", port, ": ", std::strerror(errno)));
-  len = sizeof(storage);
-  ::getsockname(tcp_listen_fd_.get(), reinterpret_cast<sockaddr*>(&storage), &len);
-  const uint16_t bound = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&storage)->sin_port
-                                                 : reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port);
+  sockaddr_storage bound_at{};
+  socklen_t len = sizeof(bound_at);
+  ::getsockname(tcp_listen_fd_.get(), reinterpret_cast<sockaddr*>(&bound_at), &len);
+  const uint16_t bound = ntohs(address->family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound_at)->sin_port
+                                                          : reinterpret_cast<sockaddr_in6*>(&bound_at)->sin6_port);
   Register(tcp_listen_fd_.get(), kTcpListenId, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
   return bound;
 }
