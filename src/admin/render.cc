@@ -41,8 +41,8 @@ json StatusJson(const ControllerSnapshot& snapshot) {
         replicas.push_back({{"replica_id", r.replica_id},
                             {"state", ReplicaStateName(r.state)},
                             {"pid", r.pid > 0 ? json(r.pid) : json(nullptr)},
-                            {"node_id", node_id},
-                            {"node_ip", node_ip},
+                            {"node_id", r.node_id.empty() ? node_id : r.node_id},
+                            {"node_ip", r.node_id.empty() ? node_ip : r.node_ip},
                             {"start_time_s", r.start_time_s},
                             {"version", r.version}});
         if (r.stats && !r.stats->model_ids.empty())  // @serve.multiplexed models it holds, as last polled

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "admin/admin_server.h"
+#include "cluster/cluster_launcher.h"
 #include "cluster/cluster_publisher.h"
 #include "common/common.h"
 #include "controller/controller.h"
@@ -81,7 +82,8 @@ class Node {
     if (admin_) admin_->Stop();
     if (drainer_.joinable()) drainer_.join();
     proxy_->Stop();
-    control_.reset();  // kills whatever replica is left
+    control_.reset();  // kills whatever replica is left (in cluster mode, the worker's)
+    worker_.reset();
   }
 
   absl::Status Create(endpoints::LocalPublisher* local_publisher, const std::string& run_dir,
@@ -109,6 +111,11 @@ class Node {
       cluster_publisher_ = std::make_unique<cluster::ClusterPublisher>(
           member_.get(), local_publisher, [this](std::function<void()> f) { boost::asio::post(io_, std::move(f)); });
       publisher_ = cluster_publisher_.get();
+      // The replicas the leader assigns to this node run here, fed endpoint snapshots like the proxy.
+      absl::StatusOr<std::unique_ptr<cluster::NodeWorker>> worker =
+          cluster::NodeWorker::Create(io_, member_.get(), options_.ferry_binary, run_dir_, publisher_);
+      if (!worker.ok()) return worker.status();
+      worker_ = std::move(*worker);
     } else if (!options_.state_dir.empty()) {
       absl::StatusOr<std::unique_ptr<controller::EmbeddedStateStore>> store =
           controller::EmbeddedStateStore::Open(options_.state_dir);
@@ -184,6 +191,7 @@ class Node {
         return 1;
       }
       cluster_publisher_->Start();
+      worker_->Start();
       io_.run();
       return exit_code_;
     }
@@ -206,6 +214,16 @@ class Node {
       controller_options.node_id = options_.cluster->node_id;
       controller_options.node_ip = options_.cluster->address;
       controller_options.replica_tcp_host = options_.cluster->address;  // other nodes reach its replicas
+    }
+    if (options_.cluster) {
+      // Whichever node leads places replicas on every node's worker, through etcd.
+      control_ = controller::Controller::CreateWithLauncher(
+          io_,
+          [this](node::ReplicaListener* listener) {
+            return std::make_unique<cluster::ClusterLauncher>(io_, member_.get(), listener);
+          },
+          publisher_, store_.get(), callbacks_, controller_options);
+      return absl::OkStatus();
     }
     absl::StatusOr<std::unique_ptr<controller::Controller>> created = controller::Controller::Create(
         io_, options_.ferry_binary, run_dir_, publisher_, store_.get(), callbacks_, controller_options);
@@ -312,6 +330,17 @@ class Node {
     if (requests_left > 0)
       Complain(StrCat("ferry: graceful_shutdown_timeout_s passed with ", requests_left, " requests in flight"));
     proxy_->Stop();
+    if (worker_) {
+      // A cluster node leaves: it resigns (the next leader places its replicas elsewhere at once) and stops
+      // what it runs. What runs on other nodes keeps running.
+      cluster_publisher_->Stop();
+      member_->Stop();
+      worker_->StopAll([this] {
+        Say("ferry: stopped");
+        io_.stop();
+      });
+      return;
+    }
     control_->Shutdown([this] {
       Say("ferry: stopped");
       io_.stop();
@@ -328,6 +357,7 @@ class Node {
   controller::ControllerCallbacks callbacks_;
   std::unique_ptr<cluster::ClusterMember> member_;                // cluster mode only
   std::unique_ptr<cluster::ClusterPublisher> cluster_publisher_;  // cluster mode: between controller and routers
+  std::unique_ptr<cluster::NodeWorker> worker_;                   // cluster mode: runs this node's replicas
   bool standing_down_ = false;
   std::optional<int64_t> pending_fence_;
   std::unique_ptr<controller::StateStore> store_;

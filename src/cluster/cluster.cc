@@ -21,9 +21,9 @@ NodeInfo NodeOfJson(const json& j) {
   return n;
 }
 
-// A node's record as etcd holds it; nullopt for one that is not (a value of the wrong type included:
-// whatever is in etcd is read, never trusted).
-std::optional<NodeInfo> NodeOf(const std::string& text) {
+}  // namespace
+
+std::optional<NodeInfo> NodeFromRecord(const std::string& text) {
   json j = json::parse(text, nullptr, false);
   if (!j.is_object()) return std::nullopt;
   try {
@@ -34,8 +34,6 @@ std::optional<NodeInfo> NodeOf(const std::string& text) {
     return std::nullopt;
   }
 }
-
-}  // namespace
 
 json NodeJson(const NodeInfo& node) {
   return {{"node_id", node.node_id},
@@ -98,7 +96,7 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   if (!registered.ok()) return registered;
-  FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " joined the cluster (lease ", lease_, ", TTL ",
+  FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " joined the cluster (lease ", lease_.load(), ", TTL ",
             options_.lease_ttl_s, " s)");
   thread_ = std::thread([this] { Loop(); });
   return absl::OkStatus();
@@ -172,7 +170,7 @@ void ClusterMember::Step() {
   if (!current.ok()) return;
   std::optional<NodeInfo> leader;
   if (!current->kvs.empty()) {
-    leader = NodeOf(current->kvs[0].value);
+    leader = NodeFromRecord(current->kvs[0].value);
     const int64_t revision = current->kvs[0].create_revision;
     if (fence_.load() != 0 && revision != fence_.load()) Depose("another node leads");
     if (fence_.load() == 0 && current->kvs[0].lease == lease_) {
@@ -194,7 +192,7 @@ void ClusterMember::Step() {
         etcd_.Txn({Compare::CreateRevision(key, 0)}, {TxnOp::Put(key, record_, lease_)}, {TxnOp::Get(key)});
     if (!txn.ok()) return;
     if (txn->succeeded) {
-      leader = NodeOf(record_);
+      leader = NodeFromRecord(record_);
       fence_.store(txn->revision);
       FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " leads the cluster (fence ", txn->revision, ")");
       {
@@ -205,7 +203,7 @@ void ClusterMember::Step() {
       if (callbacks_.on_elected) callbacks_.on_elected(txn->revision);
       return;
     }
-    if (!txn->ranges.empty() && !txn->ranges[0].kvs.empty()) leader = NodeOf(txn->ranges[0].kvs[0].value);
+    if (!txn->ranges.empty() && !txn->ranges[0].kvs.empty()) leader = NodeFromRecord(txn->ranges[0].kvs[0].value);
   }
   if (leader) leader->leader = leader->alive = true;
   bool other_changed = false;
@@ -221,7 +219,7 @@ std::optional<NodeInfo> ClusterMember::LeaderNow() {
   absl::StatusOr<RangeResult> current = etcd_.Get(leader_key());
   if (!current.ok()) return leader();
   if (current->kvs.empty()) return std::nullopt;
-  std::optional<NodeInfo> l = NodeOf(current->kvs[0].value);
+  std::optional<NodeInfo> l = NodeFromRecord(current->kvs[0].value);
   if (l) l->leader = l->alive = true;
   return l;
 }
@@ -238,9 +236,9 @@ absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
   for (const KeyValue& kv : read->ranges[1].kvs) alive.insert(kv.key.substr(alive_prefix.size()));
   std::string leader_id;
   if (!read->ranges[2].kvs.empty())
-    if (std::optional<NodeInfo> l = NodeOf(read->ranges[2].kvs[0].value)) leader_id = l->node_id;
+    if (std::optional<NodeInfo> l = NodeFromRecord(read->ranges[2].kvs[0].value)) leader_id = l->node_id;
   for (const KeyValue& kv : read->ranges[0].kvs) {
-    std::optional<NodeInfo> n = NodeOf(kv.value);
+    std::optional<NodeInfo> n = NodeFromRecord(kv.value);
     if (!n) continue;
     n->alive = alive.contains(n->node_id);
     n->leader = n->node_id == leader_id;

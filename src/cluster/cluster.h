@@ -56,6 +56,9 @@ struct NodeInfo {
 };
 
 nlohmann::json NodeJson(const NodeInfo& node);
+// A node's record as etcd holds it (PREFIX/members/<node>); nullopt for one that is not (whatever is in
+// etcd is read, never trusted).
+std::optional<NodeInfo> NodeFromRecord(const std::string& text);
 
 class ClusterMember {
  public:
@@ -79,6 +82,8 @@ class ClusterMember {
   void Stop();
 
   bool leading() const { return fence_.load() != 0; }
+  // The node's lease while it is registered (its alive key and its replicas' reports are bound to it), else 0.
+  int64_t lease() const { return lease_.load(); }
   // The leadership's fence while leading, else 0.
   int64_t fence() const { return fence_.load(); }
   // The leader's record as last seen (nullopt: nobody leads, as far as this node knows).
@@ -103,7 +108,7 @@ class ClusterMember {
   const Callbacks callbacks_;
   Etcd etcd_;
   std::atomic<int64_t> fence_{0};
-  int64_t lease_ = 0;  // the member's thread only (and Start/Stop while it does not run)
+  std::atomic<int64_t> lease_{0};  // written by the member's thread only (and Start/Stop while it does not run)
   std::chrono::steady_clock::time_point last_renewed_;
   std::string record_;  // the member record, JSON
   mutable std::mutex mu_;

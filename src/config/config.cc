@@ -429,11 +429,29 @@ std::optional<TracingConfig> ReadTracing(MapReader& top, Errors& errors) {
   return t;
 }
 
-// Ray Serve's deployment options that are about a cluster or about Ray's own machinery: honoured where a
-// single node can (ray_actor_options' num_cpus and num_gpus are the replica's resources), accepted with a
-// warning where it cannot yet.
+// A mapping of resource names to non-negative amounts (ray_actor_options.resources, one placement group
+// bundle), added to `out`.
+void ReadResourceMap(const YAML::Node& node, const std::string& path, Errors& errors,
+                     std::map<std::string, double>* out) {
+  MapReader map(node, path, errors);
+  if (!map.ok() || !node.IsMap()) return;
+  for (const auto& item : node) {
+    const std::string name = item.first.Scalar();
+    double amount = 0;
+    ReadNumber(map, name, 0, errors, &amount);
+    (*out)[name] = amount;
+  }
+}
+
+// Ray Serve's deployment options that are about a cluster or about Ray's own machinery. ray_actor_options'
+// num_cpus and num_gpus are the replica's resources everywhere; its memory, resources and label_selector,
+// placement_group_bundles/strategy and max_replicas_per_node place replicas in cluster mode (`placement`)
+// and are accepted with a warning on a single node, where there is nowhere else to go.
 void ReadRayOptions(MapReader& map, Errors& errors, DeploymentConfig& d) {
+  constexpr const char* kClusterOnly =
+      "accepted; it places replicas in cluster mode and has no effect on a single node";
   ReadNumber(map, "graceful_shutdown_wait_loop_s", 0, errors, &d.graceful_shutdown_wait_loop_s);
+  spec::PlacementSpec& placement = d.placement;
   YAML::Node actor = map.Get("ray_actor_options");
   if (actor.IsDefined() && !actor.IsNull()) {
     MapReader amap(actor, map.Field("ray_actor_options"), errors);
@@ -441,16 +459,74 @@ void ReadRayOptions(MapReader& map, Errors& errors, DeploymentConfig& d) {
       d.ray_actor_options = ToJsonValue(actor);
       ReadNumber(amap, "num_cpus", 0, errors, &d.resources.num_cpus);
       ReadNumber(amap, "num_gpus", 0, errors, &d.resources.num_gpus);
-      for (const char* key : {"memory", "resources", "accelerator_type", "runtime_env", "object_store_memory"}) {
+      double memory = 0;
+      ReadNumber(amap, "memory", 0, errors, &memory);
+      if (memory > 0) placement.resources["memory"] = memory;
+      YAML::Node custom = amap.Get("resources");
+      if (custom.IsDefined() && !custom.IsNull()) {
+        ReadResourceMap(custom, amap.Field("resources"), errors, &placement.resources);
+        for (const char* reserved : {"CPU", "GPU", "memory"})
+          if (custom.IsMap() && custom[reserved].IsDefined())
+            errors.Add(custom[reserved], StrCat(amap.Field("resources"), ".", reserved),
+                       "set it with num_cpus, num_gpus or memory, as Ray requires");
+      }
+      YAML::Node labels = amap.Get("label_selector");
+      if (labels.IsDefined() && !labels.IsNull()) {
+        MapReader lmap(labels, amap.Field("label_selector"), errors);
+        if (lmap.ok() && labels.IsMap())
+          for (const auto& item : labels) {
+            std::string value;
+            ReadString(lmap, item.first.Scalar(), errors, &value);
+            placement.label_selector[item.first.Scalar()] = value;
+          }
+      }
+      for (const char* key : {"memory", "resources", "label_selector"}) {
         YAML::Node v = amap.Get(key);
-        if (v.IsDefined() && !v.IsNull())
-          errors.Warn(v, amap.Field(key), "accepted; it has no effect on a single node yet");
+        if (v.IsDefined() && !v.IsNull()) errors.Warn(v, amap.Field(key), kClusterOnly);
+      }
+      for (const char* key : {"accelerator_type", "runtime_env", "object_store_memory"}) {
+        YAML::Node v = amap.Get(key);
+        if (v.IsDefined() && !v.IsNull()) errors.Warn(v, amap.Field(key), "accepted; it has no effect in ferry yet");
       }
       amap.RejectUnknown();
     }
   }
-  for (const char* key : {"placement_group_bundles", "placement_group_strategy", "max_replicas_per_node",
-                          "request_router_config", "version", "route_prefix"}) {
+  placement.resources["CPU"] = d.resources.num_cpus;
+  if (d.resources.num_gpus > 0) placement.resources["GPU"] = d.resources.num_gpus;
+  YAML::Node bundles = map.Get("placement_group_bundles");
+  if (bundles.IsDefined() && !bundles.IsNull()) {
+    if (!bundles.IsSequence() || bundles.size() == 0) {
+      errors.Add(bundles, map.Field("placement_group_bundles"),
+                 StrCat("expected a non-empty list of resource mappings, got ", Describe(bundles)));
+    } else {
+      for (size_t i = 0; i < bundles.size(); ++i) {
+        std::map<std::string, double> bundle;
+        ReadResourceMap(bundles[i], StrCat(map.Field("placement_group_bundles"), "[", i, "]"), errors, &bundle);
+        placement.bundles.push_back(std::move(bundle));
+      }
+      errors.Warn(bundles, map.Field("placement_group_bundles"), kClusterOnly);
+    }
+  }
+  YAML::Node strategy = map.Get("placement_group_strategy");
+  if (strategy.IsDefined() && !strategy.IsNull()) {
+    const std::string v = strategy.IsScalar() ? strategy.Scalar() : "";
+    if (v != "PACK" && v != "SPREAD" && v != "STRICT_PACK" && v != "STRICT_SPREAD")
+      errors.Add(strategy, map.Field("placement_group_strategy"),
+                 StrCat("expected PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got ", Describe(strategy)));
+    else if (placement.bundles.empty())
+      errors.Add(strategy, map.Field("placement_group_strategy"), "needs placement_group_bundles, as in Ray");
+    else
+      placement.strategy = v;
+    errors.Warn(strategy, map.Field("placement_group_strategy"), kClusterOnly);
+  }
+  YAML::Node per_node = map.Get("max_replicas_per_node");
+  if (per_node.IsDefined() && !per_node.IsNull()) {
+    int n = 0;
+    ReadInt(map, "max_replicas_per_node", 1, 100, errors, &n);  // Ray's bounds
+    if (n > 0) placement.max_replicas_per_node = n;
+    errors.Warn(per_node, map.Field("max_replicas_per_node"), kClusterOnly);
+  }
+  for (const char* key : {"request_router_config", "version", "route_prefix"}) {
     YAML::Node v = map.Get(key);
     if (v.IsDefined() && !v.IsNull())
       errors.Warn(v, map.Field(key),

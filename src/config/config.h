@@ -71,10 +71,13 @@ struct DeploymentConfig {
   double health_check_period_s = 10;
   double health_check_timeout_s = 30;
   double graceful_shutdown_timeout_s = 20;
-  int max_constructor_retry_count = 20;         // start failures in a row before the version is DEPLOY_FAILED
-  double startup_timeout_s = 300;               // ferry: a replica not ready by then counts as a failed start
-  double graceful_shutdown_wait_loop_s = 2;     // Ray's; accepted (ferry drains by in-flight count)
-  nlohmann::json ray_actor_options;             // Ray's, as written (num_cpus/num_gpus go to resources)
+  int max_constructor_retry_count = 20;      // start failures in a row before the version is DEPLOY_FAILED
+  double startup_timeout_s = 300;            // ferry: a replica not ready by then counts as a failed start
+  double graceful_shutdown_wait_loop_s = 2;  // Ray's; accepted (ferry drains by in-flight count)
+  nlohmann::json ray_actor_options;          // Ray's, as written (num_cpus/num_gpus go to resources)
+  // Cluster mode: where its replicas may run (resources by Ray's names, placement group, per-node cap,
+  // labels); CPU and GPU are `resources`' num_cpus and num_gpus.
+  spec::PlacementSpec placement;
   std::optional<LoggingConfig> logging_config;  // as written for this deployment
   LoggingConfig logging;  // in effect: this deployment's, else its application's, else the top level's
 

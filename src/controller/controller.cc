@@ -93,7 +93,9 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
   h = Fnv1a(h, d.ResolvedImportPath());
   h = Fnv1a(h, d.args.dump());
   h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
-  if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());  // the replica's execution mode
+  if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());                      // the replica's execution mode
+  if (d.placement != spec::PlacementSpec{.resources = {{"CPU", d.resources.num_cpus}}})  // where it may run
+    h = Fnv1a(h, spec::ToJson(d.placement).dump());
   if (d.kind != config::DeploymentConfig::Kind::kBuiltin) {
     // The plugin library's or the model file's contents: replacing either in place is a new version too.
     std::ifstream in(d.kind == config::DeploymentConfig::Kind::kRuntime ? d.model_path : d.plugin_path,
@@ -309,15 +311,20 @@ absl::Status Controller::Restore() {
     if (applied_ && !applied_->applications.empty()) {  // someone deleted everything meanwhile
       config::Config nothing = *applied_;
       nothing.applications.clear();
-      return ApplyInternal(nothing, false, false);
+      absl::Status s = ApplyInternal(nothing, false, false);
+      AdoptExisting();
+      return s;
     }
+    AdoptExisting();  // nothing to run: what a previous leader left running stops
     return absl::OkStatus();
   }
   absl::StatusOr<config::Config> config = config::ParseConfig(state["config"].dump(), "controller state", "/");
   if (!config.ok()) return absl::DataLossError(StrCat("stored config no longer loads: ", Message(config.status())));
   ApplyNodeObservability(*config);  // this line and the rest in the restored config's encoding
   FERRY_LOG(kInfo, "controller", "restoring ", config->applications.size(), " applications from the state store");
-  return ApplyInternal(*config, true, false);
+  absl::Status s = ApplyInternal(*config, true, false);
+  if (s.ok()) AdoptExisting();  // before the first tick: replicas a previous leader placed keep serving
+  return s;
 }
 
 absl::Status Controller::Rollback(const std::string& application) {
@@ -486,7 +493,8 @@ ControllerSnapshot Controller::Snapshot() const {
     v.starts = d.starts;
     v.cold_starts = d.cold_starts;
     for (const auto& [id, r] : d.replicas) {
-      ReplicaView rv{id, r.state, r.pid, r.start_time_s, r.version, std::nullopt, r.stats};
+      ReplicaView rv{
+          id, r.state, r.pid, r.start_time_s, r.version, std::nullopt, r.stats, r.location.node_id, r.location.node_ip};
       if (r.endpoint) rv.in_flight = d.InFlight(r.endpoint->key);
       v.replicas.push_back(std::move(rv));
     }

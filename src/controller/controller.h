@@ -79,6 +79,8 @@ struct ReplicaView {
   std::string version;
   std::optional<int> in_flight;  // requests the data plane has on it; none: never routable
   std::optional<node::ReplicaStats> stats;
+  std::string node_id;  // cluster mode: where it runs (empty: the controller's node)
+  std::string node_ip;
 };
 
 struct AutoscalingView {
@@ -193,13 +195,19 @@ class Controller : public node::ReplicaListener {
   absl::Status ApplyInternal(const config::Config& config, bool recovering, bool record_history);
   void ReconcileDeployment(Deployment& d, std::chrono::steady_clock::time_point now);
   void Autoscale(Deployment& d, std::chrono::steady_clock::time_point now);
-  void StartReplica(Deployment& d);
+  // False when it could not (fits on no node now, or failed to start): start no more this tick.
+  bool StartReplica(Deployment& d);
+  // Takes over the replicas the launcher runs already (a new leader's), for deployments of the restored
+  // state; stops the others.
+  void AdoptExisting();
   void BeginStop(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceHealth(Deployment& d, Replica& r, std::chrono::steady_clock::time_point now);
   void PollStats(Replica& r, std::chrono::steady_clock::time_point now);
   void AdvanceUpdate(Deployment& d, Replica& r);
   void OnHealthResult(uint64_t token, const absl::Status& status);
   void MarkRunning(Deployment& d, Replica& r);
+  // A ready replica's endpoint, with a new key.
+  endpoints::Endpoint NewEndpoint(const Replica& r, const std::string& address, const std::string& tcp_address);
   void RecordStartFailure(Deployment& d, const std::string& message);
   void UpdateStatuses();
   // The consumers' reports: each deployment's load and in-flight counts, and the oldest snapshot in use.

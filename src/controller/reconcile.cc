@@ -172,7 +172,8 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   if (!d.version_failed && now >= d.backoff_until) {
     int surge = old_serving.empty() ? n : std::max(1, static_cast<int>(std::ceil(0.2 * n)));
     int to_start = std::min(n - current_total, surge - static_cast<int>(current_starting.size()));
-    for (int i = 0; i < to_start; ++i) StartReplica(d);
+    for (int i = 0; i < to_start; ++i)
+      if (!StartReplica(d)) break;
   }
   // num_replicas went down: stop the extras, those not serving yet first, then the newest.
   for (int extra = current_total - n; extra > 0; --extra) {
@@ -194,7 +195,7 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   for (size_t i = static_cast<size_t>(keep_old); i < old_serving.size(); ++i) BeginStop(d, *old_serving[i], now);
 }
 
-void Controller::StartReplica(Deployment& d) {
+bool Controller::StartReplica(Deployment& d) {
   const config::DeploymentConfig& t = d.target;
   spec::ReplicaSpec spec;
   spec.replica_id = StrCat(d.application, "#", t.name, "#", NewShortId(8));
@@ -220,13 +221,22 @@ void Controller::StartReplica(Deployment& d) {
   spec.logging = t.logging;
   spec.tracing = ReplicaTracing();
   spec.tcp_host = options_.replica_tcp_host;
-  ++d.starts;
+  spec.version = d.version;
+  spec.placement = t.placement;
   absl::Status s = launcher_->StartReplica(spec);
+  if (absl::IsResourceExhausted(s)) {
+    // It fits on no node now: not a failed start. Said once, shown in the status until it fits.
+    if (d.unschedulable != Message(s)) FERRY_LOG(kWarning, "controller", Message(s));
+    d.unschedulable = std::string(Message(s));
+    return false;
+  }
   if (!s.ok()) {
     FERRY_LOG(kError, "controller", "cannot start a replica of ", d.key, ": ", Message(s));
     RecordStartFailure(d, std::string(Message(s)));
-    return;
+    return false;
   }
+  ++d.starts;
+  d.unschedulable.clear();
   Replica& r = d.replicas[spec.replica_id];
   r.id = spec.replica_id;
   r.version = d.version;
@@ -239,7 +249,58 @@ void Controller::StartReplica(Deployment& d) {
   r.applied_logging = spec.logging;
   r.applied_tracing = spec.tracing;
   r.checked_generation = d.in_place_generation;
+  r.location = launcher_->LocationOf(r.id);
   by_replica_[r.id] = &d;
+  return true;
+}
+
+void Controller::AdoptExisting() {
+  const SteadyTime now = clock_->Now();
+  for (node::ExistingReplica& e : launcher_->Existing()) {
+    const std::string& id = e.spec.replica_id;
+    auto it = deployments_.find(StrCat(e.spec.application, "/", e.spec.deployment));
+    if (it == deployments_.end() || it->second->deleting || by_replica_.count(id)) {
+      FERRY_LOG(kInfo, "controller", "stopping replica ", id, ": its deployment is not in the config");
+      launcher_->StopReplica(id, Millis(e.spec.graceful_shutdown_timeout_s));
+      continue;
+    }
+    Deployment& d = *it->second;
+    Replica& r = d.replicas[id];
+    r.id = id;
+    r.version = e.spec.version;
+    r.location = launcher_->LocationOf(id);
+    r.state = ReplicaState::kStarting;
+    r.started = now;
+    r.start_time_s = WallSeconds();
+    // What it was started with; a reconfigure made since is compared again and applied again if needed.
+    r.applied_user_config = e.spec.user_config;
+    r.applied_max_ongoing = e.spec.max_ongoing_requests;
+    r.applied_logging = e.spec.logging;
+    r.applied_tracing = e.spec.tracing;
+    r.checked_generation = 0;
+    by_replica_[id] = &d;
+    if (e.ready) {  // it was serving: it goes on serving, and is checked at the next period
+      r.ready = true;
+      r.pid = e.pid;
+      r.endpoint = NewEndpoint(r, e.address, e.tcp_address);
+      r.next_health = now + Millis(d.target.health_check_period_s);
+      MarkRunning(d, r);
+    }
+    FERRY_LOG(kInfo, "controller", "took over replica ", id, " on node ", r.location.node_id,
+              e.ready ? " (RUNNING)" : " (STARTING)");
+  }
+}
+
+endpoints::Endpoint Controller::NewEndpoint(const Replica& r, const std::string& address,
+                                            const std::string& tcp_address) {
+  endpoints::Endpoint endpoint;
+  endpoint.replica_id = r.id;
+  endpoint.address = address;
+  endpoint.tcp_address = tcp_address;
+  endpoint.node_id = r.location.node_id.empty() ? options_.node_id : r.location.node_id;
+  endpoint.key = next_key_++;
+  endpoint.version = r.version;
+  return endpoint;
 }
 
 void Controller::BeginStop(Deployment& d, Replica& r, SteadyTime now) {
@@ -437,14 +498,7 @@ void Controller::OnReplicaReady(const std::string& replica_id, const std::string
   Replica& r = d->replicas[replica_id];
   r.ready = true;
   r.pid = pid;
-  endpoints::Endpoint endpoint;
-  endpoint.replica_id = replica_id;
-  endpoint.address = socket_path;
-  endpoint.tcp_address = tcp_address;
-  endpoint.node_id = options_.node_id;
-  endpoint.key = next_key_++;
-  endpoint.version = r.version;
-  r.endpoint = std::move(endpoint);
+  r.endpoint = NewEndpoint(r, socket_path, tcp_address);
   r.next_health = clock_->Now();  // it serves once its first check passes
   ScheduleTick();
 }
@@ -500,6 +554,7 @@ void Controller::UpdateStatuses() {
       d->unhealthy = false;
       d->reached_target = true;
       d->recovering = false;
+      d->unschedulable.clear();
     } else if (d->unhealthy) {
       d->status = DeploymentStatus::kUnhealthy;
     } else if (other > 0 || !d->reached_target) {
@@ -508,6 +563,7 @@ void Controller::UpdateStatuses() {
     } else {
       d->status = current_total > n ? DeploymentStatus::kDownscaling : DeploymentStatus::kUpscaling;
     }
+    if (!d->unschedulable.empty() && d->status != DeploymentStatus::kHealthy) d->message = d->unschedulable;
   }
   bool all_running = true;
   for (auto& [name, app] : apps_) {

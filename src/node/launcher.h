@@ -57,6 +57,22 @@ class ReplicaListener {
   virtual void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) = 0;
 };
 
+// A replica a launcher runs already when a controller takes over (cluster mode: started at a previous
+// leader's request and still alive on its node). The controller adopts it rather than start another.
+struct ExistingReplica {
+  spec::ReplicaSpec spec;  // as it was started: its deployment and version
+  bool ready = false;
+  std::string address;      // where this node reaches it (a socket path or tcp://), once ready
+  std::string tcp_address;  // where other nodes reach it
+  pid_t pid = -1;
+};
+
+// Where a replica runs: empty on one node (the controller's own).
+struct ReplicaLocation {
+  std::string node_id;
+  std::string node_ip;
+};
+
 // What the controller asks of the machine that runs replicas. NodeAgent is the single-node implementation;
 // cluster mode puts remote agents behind the same calls, and the controller's benchmark a simulated one.
 // Callbacks run on the controller's thread.
@@ -64,6 +80,8 @@ class ReplicaLauncher {
  public:
   using Done = std::function<void(const absl::Status&)>;
   virtual ~ReplicaLauncher() = default;
+  // Starts a replica; ResourceExhausted when it fits on no node now (its message says what it needs and
+  // what the closest node lacks): the controller tries again later rather than count a failed start.
   virtual absl::Status StartReplica(const spec::ReplicaSpec& spec) = 0;
   // SIGTERM now (the replica finishes what it has), SIGKILL after `timeout`.
   virtual void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) = 0;
@@ -78,6 +96,13 @@ class ReplicaLauncher {
   virtual size_t live_replicas() const = 0;
   // SIGKILL every replica; for a node that is going away.
   virtual void KillAll() = 0;
+  // Replicas running already, for a controller that takes over (Restore adopts them).
+  virtual std::vector<ExistingReplica> Existing() { return {}; }
+  // Where the replica runs (or will); empty fields: the controller's own node.
+  virtual ReplicaLocation LocationOf(const std::string& replica_id) const {
+    (void)replica_id;
+    return {};
+  }
 };
 
 }  // namespace ferry::node

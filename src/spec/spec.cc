@@ -37,7 +37,16 @@ json ToJson(const ReplicaSpec& s) {
           {"graceful_shutdown_timeout_s", s.graceful_shutdown_timeout_s},
           {"batching", s.batching ? ToJson(*s.batching) : json(nullptr)},
           {"logging", ToJson(s.logging)},
-          {"tracing", s.tracing ? ToJson(*s.tracing) : json(nullptr)}};
+          {"tracing", s.tracing ? ToJson(*s.tracing) : json(nullptr)},
+          {"version", s.version},
+          {"placement", ToJson(s.placement)}};
+}
+
+json ToJson(const PlacementSpec& p) {
+  json out = {{"resources", p.resources}, {"bundles", p.bundles}, {"strategy", p.strategy}};
+  if (p.max_replicas_per_node) out["max_replicas_per_node"] = *p.max_replicas_per_node;
+  if (!p.label_selector.empty()) out["label_selector"] = p.label_selector;
+  return out;
 }
 
 json ToJson(const ReplicaUpdate& u) {
@@ -149,7 +158,21 @@ absl::StatusOr<ReplicaSpec> ReplicaSpecFromJson(const json& j) {
   f.Read("num_cpus", &s.num_cpus);
   f.Read("tcp_host", &s.tcp_host);
   f.Read("graceful_shutdown_timeout_s", &s.graceful_shutdown_timeout_s);
+  f.Read("version", &s.version);
   if (!f.status().ok()) return f.status();
+  if (auto it = j.find("placement"); it != j.end() && !it->is_null()) {
+    try {  // written by a ferry node: a wrong shape is an error, reported as such
+      PlacementSpec& p = s.placement;
+      p.resources = it->at("resources").get<std::map<std::string, double>>();
+      p.bundles = it->at("bundles").get<std::vector<std::map<std::string, double>>>();
+      p.strategy = it->at("strategy").get<std::string>();
+      if (it->contains("max_replicas_per_node")) p.max_replicas_per_node = it->at("max_replicas_per_node").get<int>();
+      if (it->contains("label_selector"))
+        p.label_selector = it->at("label_selector").get<std::map<std::string, std::string>>();
+    } catch (const std::exception& e) {
+      return absl::InvalidArgumentError(StrCat("replica spec: placement: ", e.what()));
+    }
+  }
   if (auto it = j.find("args"); it != j.end()) s.args = *it;
   if (auto it = j.find("user_config"); it != j.end()) s.user_config = *it;
   if (auto it = j.find("batching"); it != j.end() && !it->is_null()) {

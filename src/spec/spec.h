@@ -7,9 +7,11 @@
 #pragma once
 
 #include <absl/status/statusor.h>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/common.h"
 
@@ -41,6 +43,18 @@ struct BatchingConfig {
 };
 
 // What a replica process is told to run. Written by the node agent as JSON, read by the replica.
+// Where a replica may run in cluster mode: Ray's ray_actor_options resources, placement group and per-node
+// limit, and node labels (cluster/placement.h applies them). A single node ignores it.
+struct PlacementSpec {
+  std::map<std::string, double> resources = {{"CPU", 1}};  // "CPU", "GPU", "memory" (bytes), custom names
+  std::vector<std::map<std::string, double>> bundles;      // placement_group_bundles (the replica in bundle 0)
+  std::string strategy = "PACK";                           // placement_group_strategy
+  std::optional<int> max_replicas_per_node;
+  std::map<std::string, std::string> label_selector;  // every label must match the node's
+
+  bool operator==(const PlacementSpec&) const = default;
+};
+
 struct ReplicaSpec {
   std::string replica_id;
   std::string application;
@@ -60,6 +74,8 @@ struct ReplicaSpec {
   // Cluster mode: also serve frames on TCP at this IP (port chosen by the kernel), for other nodes' proxies
   // and handles. Empty: the Unix socket only.
   std::string tcp_host;
+  std::string version;      // the deployment's code version (a new leader adopting it compares it)
+  PlacementSpec placement;  // cluster mode: where it may run
 };
 
 // What changes in a running replica without a restart (a reconfigure frame). Each field is optional: only
@@ -78,6 +94,7 @@ nlohmann::json ToJson(const LoggingConfig& logging);
 nlohmann::json ToJson(const TracingConfig& tracing);
 nlohmann::json ToJson(const BatchingConfig& batching);
 nlohmann::json ToJson(const ReplicaSpec& spec);
+nlohmann::json ToJson(const PlacementSpec& placement);
 // {"user_config", "max_ongoing_requests", "logging_config", "tracing"}, each only when set.
 nlohmann::json ToJson(const ReplicaUpdate& update);
 

@@ -1,12 +1,15 @@
 // Feeds arbitrary bytes to what cluster mode reads from the network: etcd's JSON gateway answers (range,
 // txn, one watch-stream line), a chunked body decoded piece by piece (the watch stream's transport), and the
-// addresses a node is given (etcd URLs, frame addresses). Errors are fine, crashes are not; a chunked
+// addresses a node is given (etcd URLs, frame addresses), and the documents nodes leave each other in etcd
+// (assignments, replica reports). Errors are fine, crashes are not; a chunked
 // body decodes to no more bytes than it had.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
+#include "cluster/cluster.h"
+#include "cluster/cluster_launcher.h"
 #include "cluster/etcd.h"
 #include "common/http_client.h"
 #include "transport/address.h"
@@ -20,6 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)cluster::ParseWatchLine(bytes);
   (void)cluster::ParseEtcdUrl(bytes);
   (void)transport::ParseFrameAddress(bytes);
+  const std::string text(bytes);
+  (void)cluster::ParseAssignment("n1", text);
+  (void)cluster::ParseReplicaReport(text);
+  (void)cluster::NodeFromRecord(text);
   // The same bytes as a chunked body, in pieces of every size from the first byte's value.
   ChunkedDecoder decoder;
   size_t decoded = 0;

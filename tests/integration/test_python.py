@@ -183,7 +183,7 @@ class PythonDeploymentsTest(unittest.TestCase):
         self.assertEqual(self.get("/conf").json(), {"threshold": 7})
         # Ray's options without an effect on one node are accepted with a warning naming where they are.
         self.assertRegex(self.ferry.stderr(), r"warning: .*config\.yaml:\d+:\d+: applications\[7\]\.deployments\[0\]\."
-                                              r"ray_actor_options\.memory: accepted; it has no effect on a single node")
+                                              r"ray_actor_options\.memory: accepted; it places replicas in cluster mode and has no effect on a single node")
 
     def test_concurrent_calls_form_batches(self):
         with ThreadPoolExecutor(8) as pool:

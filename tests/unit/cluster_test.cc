@@ -4,11 +4,13 @@
 #include "cluster/cluster.h"
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <gtest/gtest.h>
 #include <mutex>
 #include <thread>
 
+#include "cluster/cluster_launcher.h"
 #include "cluster/cluster_publisher.h"
 #include "cluster/etcd.h"
 #include "common/etcd_server.h"
@@ -367,6 +369,138 @@ TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
   pub_b.Stop();
   local_a.Unsubscribe(&seen_a);
   local_b.Unsubscribe(&seen_b);
+}
+
+TEST(ClusterDocumentsTest, AssignmentsAndReportsRoundTripAndBadOnesAreRefused) {
+  Assignment a;
+  a.node = "n1";
+  a.spec.replica_id = "app#D#1";
+  a.spec.application = "app";
+  a.spec.deployment = "D";
+  a.spec.import_path = "builtin:echo";
+  a.spec.symbol = "echo";
+  a.spec.version = "abc";
+  a.spec.placement.bundles = {{{"CPU", 1}}, {{"GPU", 1}}};
+  a.spec.placement.strategy = "STRICT_SPREAD";
+  a.spec.placement.label_selector = {{"zone", "a"}};
+  a.bundle_nodes = {"n1", "n2"};
+  a.stop_timeout_ms = 1500;
+  std::optional<Assignment> back = ParseAssignment("n1", AssignmentJson(a));
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->spec.replica_id, "app#D#1");
+  EXPECT_EQ(back->spec.version, "abc");
+  EXPECT_EQ(back->spec.placement, a.spec.placement);
+  EXPECT_EQ(back->bundle_nodes, a.bundle_nodes);
+  EXPECT_EQ(back->stop_timeout_ms, 1500);
+  EXPECT_FALSE(ParseAssignment("n1", R"({"spec":{"replica_id":1}})"));
+  EXPECT_FALSE(ParseAssignment("n1", R"({"spec":{"replica_id":"x","application":"a","deployment":"d",)"
+                                     R"("import_path":"i","symbol":"s"},"bundle_nodes":"n1"})"));
+
+  ReplicaReport ready{.node = "n2", .ready = true, .socket = "/r.sock", .tcp_address = "tcp://10.0.0.2:4000", .pid = 7};
+  std::optional<ReplicaReport> r = ParseReplicaReport(ReplicaReportJson(ready));
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->ready && !r->exited);
+  EXPECT_EQ(r->tcp_address, "tcp://10.0.0.2:4000");
+  EXPECT_EQ(r->pid, 7);
+  ReplicaReport exited{.node = "n2", .exited = true, .was_ready = true, .message = "killed by signal 9"};
+  r = ParseReplicaReport(ReplicaReportJson(exited));
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->exited && r->was_ready);
+  EXPECT_EQ(r->message, "killed by signal 9");
+  EXPECT_FALSE(ParseReplicaReport(R"({"node":"n2","state":"READY"})"));
+  EXPECT_FALSE(ParseReplicaReport("[]"));
+}
+
+// What a controller hears from a ClusterLauncher.
+struct RecordingListener : node::ReplicaListener {
+  void OnReplicaReady(const std::string& id, const std::string& address, const std::string& tcp, pid_t pid) override {
+    ready.push_back(id + " " + address + " " + tcp + " " + std::to_string(pid));
+  }
+  void OnReplicaExited(const std::string& id, bool was_ready, const std::string& message) override {
+    exited.push_back(id + (was_ready ? " ready: " : " not ready: ") + message);
+  }
+  std::vector<std::string> ready, exited;
+};
+
+// The leader's launcher against a real etcd and two nodes registered by hand: it places replicas by their
+// resources (spreading), writes fenced assignments, says what fits nowhere, turns the nodes' reports into
+// the controller's events, and loses every replica of a node whose lease lapses (clearing its keys).
+TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
+  ClusterMember leader(Options("lead"), {});
+  ASSERT_TRUE(leader.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok());
+  ASSERT_TRUE(Eventually([&] { return leader.leading(); }));
+  auto lease = etcd_->GrantLease(60);
+  ASSERT_TRUE(lease.ok());
+  for (const char* name : {"a", "b"}) {
+    NodeInfo n;
+    n.node_id = name;
+    n.address = std::string("10.0.0.") + (name[0] == 'a' ? "1" : "2");
+    n.resources = {{"CPU", 1}};
+    ASSERT_TRUE(etcd_->Put(prefix_ + "members/" + name, NodeJson(n).dump()).ok());
+    ASSERT_TRUE(etcd_->Put(prefix_ + "alive/" + name, "{}", *lease).ok());
+  }
+  boost::asio::io_context io;
+  RecordingListener heard;
+  ClusterLauncher launcher(io, &leader, &heard);
+  EXPECT_TRUE(launcher.Existing().empty());  // nothing placed yet; reads etcd now
+  auto spec = [](const std::string& id) {
+    spec::ReplicaSpec s;
+    s.replica_id = id;
+    s.application = "app";
+    s.deployment = "D";
+    s.import_path = "builtin:echo";
+    s.symbol = "echo";
+    s.placement.resources = {{"CPU", 1}};
+    return s;
+  };
+  ASSERT_TRUE(launcher.StartReplica(spec("app#D#1")).ok());
+  ASSERT_TRUE(launcher.StartReplica(spec("app#D#2")).ok());
+  const std::string first = launcher.LocationOf("app#D#1").node_id, second = launcher.LocationOf("app#D#2").node_id;
+  EXPECT_NE(first, second);  // spread, and each node has one CPU
+  EXPECT_TRUE(first == "a" || first == "b");
+  EXPECT_EQ(launcher.LocationOf("app#D#1").node_ip, first == "a" ? "10.0.0.1" : "10.0.0.2");
+  absl::Status third = launcher.StartReplica(spec("app#D#3"));
+  EXPECT_TRUE(absl::IsResourceExhausted(third)) << third;
+  EXPECT_NE(third.message().find("cannot be scheduled"), std::string::npos) << third;
+  EXPECT_NE(third.message().find("lacks CPU"), std::string::npos) << third;
+  EXPECT_EQ(launcher.live_replicas(), 2u);
+  ASSERT_TRUE(Eventually([&] {
+    auto assigned = etcd_->GetPrefix(prefix_ + "assign/");
+    return assigned.ok() && assigned->kvs.size() == 2;
+  }));
+  auto assigned = etcd_->Get(prefix_ + "assign/" + first + "/app#D#1");
+  ASSERT_TRUE(assigned.ok() && assigned->kvs.size() == 1);
+  EXPECT_EQ(ParseAssignment(first, assigned->kvs[0].value)->spec.replica_id, "app#D#1");
+
+  // The node reports the replica ready: the controller hears it with the address other nodes use.
+  ReplicaReport ready{.node = first, .ready = true, .socket = "/x.sock", .tcp_address = "tcp://127.0.0.1:9", .pid = 42};
+  ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#1", ReplicaReportJson(ready), *lease).ok());
+  auto run_until = [&](auto done) {
+    const auto until = std::chrono::steady_clock::now() + 15s;
+    while (!done() && std::chrono::steady_clock::now() < until) {
+      io.restart();
+      io.run_for(50ms);
+    }
+    return done();
+  };
+  ASSERT_TRUE(run_until([&] { return !heard.ready.empty(); }));
+  EXPECT_EQ(heard.ready[0], "app#D#1 tcp://127.0.0.1:9 tcp://127.0.0.1:9 42");
+  // A replica that exits: heard with the node's message, and its keys cleared.
+  ReplicaReport exited{.node = second, .exited = true, .was_ready = false, .message = "exited with code 1"};
+  ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#2", ReplicaReportJson(exited), *lease).ok());
+  ASSERT_TRUE(run_until([&] { return !heard.exited.empty(); }));
+  EXPECT_EQ(heard.exited[0], "app#D#2 not ready: exited with code 1");
+  // Both nodes' lease lapses: the ready replica is lost with its node.
+  ASSERT_TRUE(etcd_->Revoke(*lease).ok());
+  ASSERT_TRUE(run_until([&] { return heard.exited.size() == 2; }));
+  EXPECT_NE(heard.exited[1].find("app#D#1 ready: node " + first + " is gone"), std::string::npos) << heard.exited[1];
+  EXPECT_EQ(launcher.live_replicas(), 0u);
+  ASSERT_TRUE(run_until([&] {
+    auto left = etcd_->GetPrefix(prefix_ + "assign/");
+    return left.ok() && left->kvs.empty();
+  }));
+  // Nowhere to go now: every node is dead.
+  EXPECT_TRUE(absl::IsResourceExhausted(launcher.StartReplica(spec("app#D#4"))));
 }
 
 }  // namespace

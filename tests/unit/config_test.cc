@@ -100,6 +100,38 @@ applications:
   EXPECT_EQ(d.resources.num_cpus, 0.5);
 }
 
+// What cluster mode places replicas by, from Ray's options: resources by Ray's names, a placement group's
+// bundles and strategy, labels; and what is wrong with them, by file:line:column.
+TEST(ConfigTest, PlacementOptionsAreReadForClusterMode) {
+  const std::string head =
+      "applications:\n  - name: a\n    deployments:\n      - name: D\n"
+      "        import_path: builtin:echo\n";
+  auto c = ParseConfig(head +
+                           "        ray_actor_options: {num_gpus: 1, resources: {accelerator_A100: 2},"
+                           " label_selector: {zone: a}}\n"
+                           "        placement_group_bundles: [{CPU: 1, GPU: 1}, {CPU: 2}]\n"
+                           "        placement_group_strategy: STRICT_SPREAD\n",
+                       "cfg.yaml", "/tmp", Builtins());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const spec::PlacementSpec& p = c->applications[0].deployments[0].placement;
+  EXPECT_EQ(p.resources, (std::map<std::string, double>{{"CPU", 1}, {"GPU", 1}, {"accelerator_A100", 2}}));
+  ASSERT_EQ(p.bundles.size(), 2u);
+  EXPECT_EQ(p.bundles[0], (std::map<std::string, double>{{"CPU", 1}, {"GPU", 1}}));
+  EXPECT_EQ(p.strategy, "STRICT_SPREAD");
+  EXPECT_EQ(p.label_selector, (std::map<std::string, std::string>{{"zone", "a"}}));
+
+  EXPECT_THAT(ErrorOf(head + "        placement_group_strategy: TIGHT\n        placement_group_bundles: [{CPU: 1}]\n"),
+              HasSubstr("cfg.yaml:6:35: applications[0].deployments[0].placement_group_strategy: expected PACK, SPREAD,"
+                        " STRICT_PACK or STRICT_SPREAD"));
+  EXPECT_THAT(ErrorOf(head + "        placement_group_strategy: PACK\n"), HasSubstr("needs placement_group_bundles"));
+  EXPECT_THAT(ErrorOf(head + "        placement_group_bundles: [{CPU: -1}]\n"),
+              HasSubstr("placement_group_bundles[0].CPU: expected a number >= 0"));
+  EXPECT_THAT(ErrorOf(head + "        ray_actor_options: {resources: {GPU: 1}}\n"),
+              HasSubstr("ray_actor_options.resources.GPU: set it with num_cpus, num_gpus or memory"));
+  EXPECT_THAT(ErrorOf(head + "        max_replicas_per_node: 0\n"),
+              HasSubstr("max_replicas_per_node: expected an integer"));
+}
+
 // Ray Serve's options that have no effect on one node load, each with one warning naming where it is;
 // num_replicas: auto with an autoscaling_config starts from auto's defaults; a Python application's
 // import_path is kept, and without the build hook (the controller's restore) its deployments are read as
@@ -131,6 +163,10 @@ applications:
   EXPECT_THAT(w[4], HasSubstr("cfg.yaml:13:32: applications[0].deployments[0].max_replicas_per_node: accepted"));
   const DeploymentConfig& d = c->applications[0].deployments[0];
   EXPECT_EQ(d.resources.num_cpus, 2);
+  // What cluster mode places by: Ray's resource names, and the per-node cap.
+  EXPECT_EQ(d.placement.resources, (std::map<std::string, double>{{"CPU", 2}, {"memory", 100}}));
+  EXPECT_EQ(d.placement.max_replicas_per_node, 2);
+  EXPECT_TRUE(d.placement.bundles.empty());
   EXPECT_EQ(d.graceful_shutdown_wait_loop_s, 3);
   ASSERT_TRUE(d.autoscaling_config);
   EXPECT_EQ(d.autoscaling_config->min_replicas, 1);

@@ -27,6 +27,7 @@ struct Controller::Replica {
   pid_t pid = -1;
   double start_time_s = 0;
   SteadyTime started;
+  node::ReplicaLocation location;  // cluster mode: its node
   // Its endpoint, once ready: published as serving while `routed`, then as draining while `draining`,
   // from snapshot `unrouted_version` on, until the process exits.
   std::optional<endpoints::Endpoint> endpoint;
@@ -85,6 +86,8 @@ struct Controller::Deployment {
   bool deleting = false;
   bool recovering = false;
 
+  // Set while a replica of it fits on no node (cluster mode): Ray's message, shown as the status's.
+  std::string unschedulable;
   int start_failures = 0;  // in a row, for the current version
   bool version_failed = false;
   int crash_streak = 0;  // running replicas lost in a row; drives the restart backoff

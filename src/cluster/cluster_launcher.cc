@@ -1,0 +1,713 @@
+#include "cluster/cluster_launcher.h"
+
+#include <boost/asio/post.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "cluster/placement.h"
+#include "common/common.h"
+#include "node/control_channel.h"
+#include "node/node_agent.h"
+
+namespace ferry::cluster {
+
+using json = nlohmann::json;
+namespace asio = boost::asio;
+
+// ---- The documents ----
+
+std::string ReplicaReportJson(const ReplicaReport& r) {
+  json j = {{"node", r.node}, {"state", r.ready ? "READY" : r.exited ? "EXITED" : "STARTING"}};
+  if (r.ready) {
+    j["socket"] = r.socket;
+    j["tcp_address"] = r.tcp_address;
+    j["pid"] = r.pid;
+  }
+  if (r.exited) {
+    j["was_ready"] = r.was_ready;
+    j["message"] = r.message;
+  }
+  return j.dump();
+}
+
+std::optional<ReplicaReport> ParseReplicaReport(const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  try {
+    ReplicaReport r;
+    r.node = j.at("node").get<std::string>();
+    const std::string state = j.at("state").get<std::string>();
+    r.ready = state == "READY";
+    r.exited = state == "EXITED";
+    if (r.ready) {
+      r.socket = j.at("socket").get<std::string>();
+      r.tcp_address = j.at("tcp_address").get<std::string>();
+      r.pid = j.at("pid").get<pid_t>();
+    }
+    if (r.exited) {
+      r.was_ready = j.at("was_ready").get<bool>();
+      r.message = j.at("message").get<std::string>();
+    }
+    return r;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+std::string AssignmentJson(const Assignment& a) {
+  json j = {{"spec", spec::ToJson(a.spec)}, {"bundle_nodes", a.bundle_nodes}};
+  if (a.stop_timeout_ms) j["stop_timeout_ms"] = *a.stop_timeout_ms;
+  return j.dump();
+}
+
+std::optional<Assignment> ParseAssignment(const std::string& node, const std::string& text) {
+  json j = json::parse(text, nullptr, false);
+  if (!j.is_object() || !j.contains("spec")) return std::nullopt;
+  absl::StatusOr<spec::ReplicaSpec> s = spec::ReplicaSpecFromJson(j["spec"]);
+  if (!s.ok()) return std::nullopt;
+  Assignment a;
+  a.node = node;
+  a.spec = std::move(*s);
+  try {
+    if (j.contains("bundle_nodes")) a.bundle_nodes = j["bundle_nodes"].get<std::vector<std::string>>();
+    if (j.contains("stop_timeout_ms")) a.stop_timeout_ms = j["stop_timeout_ms"].get<int64_t>();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  return a;
+}
+
+// ---- Writing: a thread that applies the latest wanted value of each key ----
+
+// Keys this node wants in etcd, written by a thread of its own so that the controller's thread never waits
+// on etcd. Fenced: the leader's writes, each batch a transaction that holds only while this node leads (a
+// deposed leader's pending writes are dropped). Leased: a node's reports, bound to its lease and written
+// again under a new lease when the node registers again after an outage.
+class EtcdWriter {
+ public:
+  enum class Mode { kFenced, kLeased };
+  EtcdWriter(ClusterMember* member, Mode mode) : member_(member), mode_(mode) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~EtcdWriter() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  void Put(const std::string& key, std::string value) { Set(key, std::move(value)); }
+  void Delete(const std::string& key) { Set(key, std::nullopt); }
+  // Stops keeping the value of `key` (someone else removed it); a pending delete still goes out.
+  void Forget(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = entries_.find(key); it != entries_.end() && it->second.value) entries_.erase(it);
+  }
+
+ private:
+  struct Entry {
+    std::optional<std::string> value;  // nullopt: delete
+    bool dirty = true;
+    int64_t written_lease = 0;
+  };
+  void Set(const std::string& key, std::optional<std::string> value) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      Entry& e = entries_[key];
+      e.value = std::move(value);
+      e.dirty = true;
+    }
+    wake_.notify_all();
+  }
+
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stopping_) {
+      wake_.wait_for(lock, std::chrono::milliseconds(200));
+      if (stopping_) break;
+      const int64_t lease = member_->lease();
+      std::vector<std::pair<std::string, std::optional<std::string>>> batch;
+      for (auto& [key, e] : entries_) {
+        if (mode_ == Mode::kLeased && e.value && e.written_lease != lease) e.dirty = true;  // registered again
+        if (e.dirty && batch.size() < 100) batch.emplace_back(key, e.value);                // etcd's max-txn-ops is 128
+      }
+      if (batch.empty()) continue;
+      if (mode_ == Mode::kLeased && lease == 0) continue;  // not registered now: once it is
+      const int64_t fence = member_->fence();
+      if (mode_ == Mode::kFenced && fence == 0) {
+        FERRY_LOG(kWarning, "cluster", "dropping ", batch.size(), " writes: this node no longer leads");
+        for (const auto& [key, value] : batch) entries_.erase(key);
+        continue;
+      }
+      lock.unlock();
+      std::vector<TxnOp> ops;
+      for (const auto& [key, value] : batch)
+        ops.push_back(value ? TxnOp::Put(key, *value, mode_ == Mode::kLeased ? lease : 0) : TxnOp::Delete(key));
+      std::vector<Compare> guard;
+      if (mode_ == Mode::kFenced) guard.push_back(Compare::CreateRevision(member_->leader_key(), fence));
+      absl::StatusOr<TxnResult> txn = member_->etcd().Txn(guard, ops);
+      lock.lock();
+      if (!txn.ok()) {
+        FERRY_LOG(kDebug, "cluster", "etcd write failed (", Message(txn.status()), "); trying again");
+        wake_.wait_for(lock, std::chrono::milliseconds(300));
+        continue;
+      }
+      for (const auto& [key, value] : batch) {
+        auto it = entries_.find(key);
+        if (it == entries_.end() || it->second.value != value) continue;  // changed meanwhile: written next
+        if (!txn->succeeded || mode_ == Mode::kFenced || !value) {
+          entries_.erase(it);  // done (or, fenced out, never to be done by this node)
+        } else {
+          it->second.dirty = false;
+          it->second.written_lease = lease;
+        }
+      }
+      if (!txn->succeeded) FERRY_LOG(kWarning, "cluster", "this node no longer leads: its writes were refused");
+    }
+  }
+
+  ClusterMember* const member_;
+  const Mode mode_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::map<std::string, Entry> entries_;  // under mu_
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+// ---- Reading: a mirror of a prefix, kept by a watch ----
+
+// The keys under a prefix and their values, kept on the io thread: a thread reads them, then follows a
+// watch, posting each change (and a full read again whenever the watch breaks: etcd went away, or the
+// revision was compacted).
+class PrefixMirror {
+ public:
+  using Map = std::map<std::string, std::string>;  // key without the prefix -> value
+  PrefixMirror(asio::io_context& io, Etcd* etcd, std::string prefix, std::function<void()> on_change)
+      : io_(io), etcd_(etcd), prefix_(std::move(prefix)), on_change_(std::move(on_change)) {}
+  ~PrefixMirror() {
+    stop_.store(true);
+    { std::lock_guard<std::mutex> lock(mu_); }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void Start() {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  // Reads the prefix now, on the calling (io) thread.
+  absl::Status ReadNow() {
+    absl::StatusOr<RangeResult> r = etcd_->GetPrefix(prefix_);
+    if (!r.ok()) return r.status();
+    Replace(*r);
+    return absl::OkStatus();
+  }
+  const Map& map() const { return map_; }
+  bool synced() const { return revision_ > 0; }
+
+ private:
+  void Replace(const RangeResult& r) {
+    if (r.revision < revision_) return;
+    map_.clear();
+    for (const KeyValue& kv : r.kvs) map_[kv.key.substr(prefix_.size())] = kv.value;
+    revision_ = r.revision;
+  }
+  void Apply(int64_t revision, const std::vector<WatchEvent>& events) {
+    if (revision <= revision_) return;
+    for (const WatchEvent& e : events) {
+      if (e.kv.key.size() < prefix_.size()) continue;
+      std::string key = e.kv.key.substr(prefix_.size());
+      if (e.type == WatchEvent::Type::kPut)
+        map_[key] = e.kv.value;
+      else
+        map_.erase(key);
+    }
+    revision_ = revision;
+  }
+  void Post(std::function<void()> f) {
+    asio::post(io_, [weak = std::weak_ptr<bool>(alive_), f = std::move(f), this] {
+      if (weak.expired()) return;
+      f();
+      on_change_();
+    });
+  }
+  void Loop() {
+    while (!stop_.load()) {
+      absl::StatusOr<RangeResult> r = etcd_->GetPrefix(prefix_);
+      if (r.ok()) {
+        Post([this, read = *r] { Replace(read); });
+        absl::Status watched =
+            etcd_->Watch(prefix_, r->revision + 1, stop_, [this](int64_t revision, const std::vector<WatchEvent>& ev) {
+              Post([this, revision, ev] { Apply(revision, ev); });
+            });
+        if (stop_.load()) return;
+        FERRY_LOG(kDebug, "cluster", "the watch of ", prefix_, " ended (", Message(watched), "); reading again");
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stop_.load(); });
+    }
+  }
+
+  asio::io_context& io_;
+  Etcd* const etcd_;
+  const std::string prefix_;
+  const std::function<void()> on_change_;
+  Map map_;  // io thread
+  int64_t revision_ = 0;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::thread thread_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// ---- The leader's launcher ----
+
+namespace {
+
+constexpr std::string_view kAssign = "assign/";
+constexpr std::string_view kReplicas = "replicas/";
+constexpr std::string_view kMembers = "members/";
+constexpr std::string_view kAlive = "alive/";
+
+ResourceSet ResourcesOf(const json& declared) {
+  ResourceSet out;
+  if (!declared.is_object()) return out;
+  for (const auto& [k, v] : declared.items())
+    if (v.is_number()) out[k] = v.get<double>();
+  return out;
+}
+
+ReplicaRequest RequestOf(const spec::ReplicaSpec& s) {
+  ReplicaRequest r;
+  r.replica_id = s.replica_id;
+  r.deployment = StrCat(s.application, "/", s.deployment);
+  r.resources = s.placement.resources;
+  r.bundles = s.placement.bundles;
+  r.strategy = ParseBundleStrategy(s.placement.strategy).value_or(BundleStrategy::kPack);
+  r.max_replicas_per_node = s.placement.max_replicas_per_node;
+  r.label_selector = s.placement.label_selector;
+  return r;
+}
+
+// What an assignment takes on each node it occupies.
+PlacedReplica PlacedOf(const Assignment& a) {
+  PlacedReplica p;
+  p.replica_id = a.spec.replica_id;
+  p.deployment = StrCat(a.spec.application, "/", a.spec.deployment);
+  p.node_id = a.node;
+  if (a.spec.placement.bundles.empty() || a.bundle_nodes.size() != a.spec.placement.bundles.size()) {
+    p.taken[a.node] = a.spec.placement.resources;
+  } else {
+    for (size_t i = 0; i < a.bundle_nodes.size(); ++i)
+      for (const auto& [k, v] : a.spec.placement.bundles[i]) p.taken[a.bundle_nodes[i]][k] += v;
+  }
+  return p;
+}
+
+}  // namespace
+
+ClusterLauncher::ClusterLauncher(asio::io_context& io, ClusterMember* member, node::ReplicaListener* listener)
+    : io_(io),
+      member_(member),
+      listener_(listener),
+      writer_(std::make_unique<EtcdWriter>(member, EtcdWriter::Mode::kFenced)),
+      mirror_(std::make_unique<PrefixMirror>(io, &member->etcd(), member->options().prefix, [this] { Reconcile(); })) {
+  mirror_->Start();
+}
+
+ClusterLauncher::~ClusterLauncher() {
+  mirror_.reset();  // its thread first: nothing more is posted
+  for (auto& [id, t] : tracked_)
+    if (t.control) t.control->Close();
+}
+
+std::string ClusterLauncher::AssignKey(const std::string& node, const std::string& replica_id) const {
+  return StrCat(prefix(), kAssign, node, "/", replica_id);
+}
+
+std::string ClusterLauncher::ReportKey(const std::string& replica_id) const {
+  return StrCat(prefix(), kReplicas, replica_id);
+}
+
+absl::Status ClusterLauncher::StartReplica(const spec::ReplicaSpec& spec) {
+  if (!member_->leading())
+    return absl::AbortedError("this node no longer leads the cluster: the next leader starts the replica");
+  // The cluster as the mirror has it: declared resources, live nodes, and every replica placed (those this
+  // launcher placed and has not seen in etcd yet included).
+  std::vector<PlacementNode> nodes;
+  std::set<std::string> alive;
+  std::map<std::string, PlacedReplica> placed;
+  for (const auto& [key, value] : mirror_->map()) {
+    if (key.starts_with(kAlive)) alive.insert(key.substr(kAlive.size()));
+  }
+  for (const auto& [key, value] : mirror_->map()) {
+    if (key.starts_with(kMembers)) {
+      std::optional<NodeInfo> n = NodeFromRecord(value);
+      if (!n) continue;
+      nodes.push_back({n->node_id, ResourcesOf(n->resources), n->labels, alive.contains(n->node_id)});
+    } else if (key.starts_with(kAssign)) {
+      std::string rest = key.substr(kAssign.size());
+      size_t slash = rest.find('/');
+      if (slash == std::string::npos) continue;
+      std::optional<Assignment> a = ParseAssignment(rest.substr(0, slash), value);
+      if (a && alive.contains(a->node)) placed[a->spec.replica_id] = PlacedOf(*a);
+    }
+  }
+  for (const auto& [id, t] : tracked_) placed[id] = PlacedOf(t.assignment);
+  std::vector<PlacedReplica> placed_list;
+  placed_list.reserve(placed.size());
+  for (auto& [id, p] : placed) placed_list.push_back(std::move(p));
+  const ReplicaRequest request = RequestOf(spec);
+  std::vector<Placement> where = Place(nodes, placed_list, {request});
+  if (where.empty() || where[0].node_id.empty())
+    return absl::ResourceExhaustedError(UnschedulableMessage(spec.application, spec.deployment, 1, request, nodes,
+                                                             placed_list, where.empty() ? "" : where[0].why_not));
+  Tracked& t = tracked_[spec.replica_id];
+  t.assignment.node = where[0].node_id;
+  t.assignment.spec = spec;
+  t.assignment.bundle_nodes = where[0].bundle_nodes;
+  writer_->Put(AssignKey(t.assignment.node, spec.replica_id), AssignmentJson(t.assignment));
+  FERRY_LOG(kInfo, "cluster", "replica ", spec.replica_id, " goes to node ", t.assignment.node);
+  return absl::OkStatus();
+}
+
+void ClusterLauncher::StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end()) {
+    // Not tracked (a previous leader's, not taken over): ask its node to stop it if it is assigned.
+    for (const auto& [key, value] : mirror_->map()) {
+      if (!key.starts_with(kAssign) || !key.ends_with("/" + replica_id)) continue;
+      std::string node = key.substr(kAssign.size(), key.size() - kAssign.size() - replica_id.size() - 1);
+      if (std::optional<Assignment> a = ParseAssignment(node, value)) {
+        a->stop_timeout_ms = timeout.count();
+        writer_->Put(prefix() + key, AssignmentJson(*a));
+      }
+    }
+    return;
+  }
+  Tracked& t = it->second;
+  if (!member_->leading()) {
+    // Another node leads (or will): what runs where is its business now. The controller forgets it.
+    Lost(replica_id, "handed over: this node no longer leads the cluster");
+    return;
+  }
+  t.assignment.stop_timeout_ms = timeout.count();
+  writer_->Put(AssignKey(t.assignment.node, replica_id), AssignmentJson(t.assignment));
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this] {
+    if (!weak.expired()) Reconcile();  // its node may be gone already
+  });
+}
+
+void ClusterLauncher::Lost(const std::string& replica_id, const std::string& message) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end()) return;
+  const bool was_ready = it->second.reported_ready;
+  if (it->second.control) it->second.control->Close();
+  tracked_.erase(it);
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this, replica_id, was_ready, message] {
+    if (!weak.expired()) listener_->OnReplicaExited(replica_id, was_ready, message);
+  });
+}
+
+void ClusterLauncher::OpenControl(const std::string& replica_id, Tracked& t, const ReplicaReport& report) {
+  // This node's replicas by their Unix socket; other nodes' over TCP.
+  const std::string& address = report.node == member_->options().node_id ? report.socket : report.tcp_address;
+  t.control = std::make_shared<node::ControlChannel>(io_, address, nullptr, "controller");
+  t.control->Start();
+  (void)replica_id;
+}
+
+void ClusterLauncher::Reconcile() {
+  if (!mirror_->synced()) return;
+  const auto& map = mirror_->map();
+  std::set<std::string> alive;
+  for (auto it = map.lower_bound(std::string(kAlive)); it != map.end() && it->first.starts_with(kAlive); ++it)
+    alive.insert(it->first.substr(kAlive.size()));
+  struct Event {
+    std::string id;
+    bool ready;
+    ReplicaReport report;
+  };
+  std::vector<Event> events;
+  std::vector<std::pair<std::string, std::string>> lost;
+  for (auto& [id, t] : tracked_) {
+    auto report_it = map.find(StrCat(kReplicas, id));
+    std::optional<ReplicaReport> report = report_it == map.end() ? std::nullopt : ParseReplicaReport(report_it->second);
+    if (report && report->exited) {
+      events.push_back({id, false, *report});
+    } else if (report && report->ready && !t.reported_ready) {
+      events.push_back({id, true, *report});
+    } else if (!alive.contains(t.assignment.node)) {
+      lost.emplace_back(id, StrCat("node ", t.assignment.node, " is gone (its lease lapsed)"));
+    } else if (t.reported_ready && !report) {
+      lost.emplace_back(id, StrCat("its report on node ", t.assignment.node, " vanished"));
+    }
+  }
+  for (const Event& e : events) {
+    auto it = tracked_.find(e.id);
+    if (it == tracked_.end()) continue;
+    if (e.ready) {
+      it->second.reported_ready = true;
+      OpenControl(e.id, it->second, e.report);
+      const std::string address = e.report.node == member_->options().node_id ? e.report.socket : e.report.tcp_address;
+      listener_->OnReplicaReady(e.id, address, e.report.tcp_address, e.report.pid);
+    } else {
+      const std::string node = it->second.assignment.node;
+      if (it->second.control) it->second.control->Close();
+      tracked_.erase(it);
+      if (member_->leading()) {
+        writer_->Delete(AssignKey(node, e.id));
+        writer_->Delete(ReportKey(e.id));
+      }
+      listener_->OnReplicaExited(e.id, e.report.was_ready, e.report.message);
+    }
+  }
+  for (const auto& [id, why] : lost) {
+    auto it = tracked_.find(id);
+    if (it == tracked_.end()) continue;
+    const std::string node = it->second.assignment.node;
+    if (member_->leading()) {
+      writer_->Delete(AssignKey(node, id));  // if the node comes back, it stops the replica
+      writer_->Delete(ReportKey(id));
+    }
+    const bool was_ready = it->second.reported_ready;
+    if (it->second.control) it->second.control->Close();
+    tracked_.erase(it);
+    FERRY_LOG(kWarning, "cluster", "replica ", id, " is lost: ", why);
+    listener_->OnReplicaExited(id, was_ready, why);
+  }
+  // The leader clears what nobody tracks: exited replicas' keys, and assignments to dead nodes.
+  if (!member_->leading() || !took_over_) return;
+  std::set<std::string> present;
+  for (const auto& [key, value] : map) {
+    std::string id;
+    bool clear = false;
+    if (key.starts_with(kReplicas)) {
+      id = key.substr(kReplicas.size());
+      std::optional<ReplicaReport> r = ParseReplicaReport(value);
+      clear = !tracked_.contains(id) && (!r || r->exited);
+    } else if (key.starts_with(kAssign)) {
+      std::string rest = key.substr(kAssign.size());
+      size_t slash = rest.find('/');
+      id = slash == std::string::npos ? rest : rest.substr(slash + 1);
+      clear = !tracked_.contains(id) &&
+              (slash == std::string::npos || !alive.contains(rest.substr(0, slash)) ||
+               (map.contains(StrCat(kReplicas, id)) &&
+                ParseReplicaReport(map.at(StrCat(kReplicas, id))).value_or(ReplicaReport{}).exited));
+    } else {
+      continue;
+    }
+    present.insert(key);
+    if (clear && clearing_.insert(key).second) writer_->Delete(prefix() + key);
+  }
+  std::erase_if(clearing_, [&](const std::string& k) { return !present.contains(k); });
+}
+
+std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
+  if (absl::Status read = mirror_->ReadNow(); !read.ok())
+    FERRY_LOG(kWarning, "cluster", "cannot read the cluster's replicas now (", Message(read),
+              "); taking over what the last read showed");
+  took_over_ = true;
+  const auto& map = mirror_->map();
+  std::set<std::string> alive;
+  for (auto it = map.lower_bound(std::string(kAlive)); it != map.end() && it->first.starts_with(kAlive); ++it)
+    alive.insert(it->first.substr(kAlive.size()));
+  std::vector<node::ExistingReplica> out;
+  for (auto it = map.lower_bound(std::string(kAssign)); it != map.end() && it->first.starts_with(kAssign); ++it) {
+    std::string rest = it->first.substr(kAssign.size());
+    size_t slash = rest.find('/');
+    if (slash == std::string::npos) continue;
+    std::optional<Assignment> a = ParseAssignment(rest.substr(0, slash), it->second);
+    if (!a || a->stop_timeout_ms || !alive.contains(a->node) || tracked_.contains(a->spec.replica_id)) continue;
+    auto report_it = map.find(StrCat(kReplicas, a->spec.replica_id));
+    std::optional<ReplicaReport> report = report_it == map.end() ? std::nullopt : ParseReplicaReport(report_it->second);
+    if (report && report->exited) continue;  // cleared by Reconcile
+    node::ExistingReplica e;
+    e.spec = a->spec;
+    Tracked& t = tracked_[a->spec.replica_id];
+    t.assignment = std::move(*a);
+    if (report && report->ready) {
+      e.ready = true;
+      e.address = report->node == member_->options().node_id ? report->socket : report->tcp_address;
+      e.tcp_address = report->tcp_address;
+      e.pid = report->pid;
+      t.reported_ready = true;
+      OpenControl(e.spec.replica_id, t, *report);
+    }
+    out.push_back(std::move(e));
+  }
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this] {
+    if (!weak.expired()) Reconcile();  // clears what nobody took over
+  });
+  return out;
+}
+
+node::ReplicaLocation ClusterLauncher::LocationOf(const std::string& replica_id) const {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end()) return {};
+  node::ReplicaLocation where;
+  where.node_id = it->second.assignment.node;
+  auto member = mirror_->map().find(StrCat(kMembers, where.node_id));
+  if (member != mirror_->map().end())
+    if (std::optional<NodeInfo> n = NodeFromRecord(member->second)) where.node_ip = n->address;
+  return where;
+}
+
+void ClusterLauncher::CheckHealth(const std::string& replica_id, Done done) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end() || !it->second.control)
+    return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  it->second.control->Call(transport::FrameKind::kHealth, {}, std::move(done));
+}
+
+void ClusterLauncher::Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end() || !it->second.control)
+    return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  it->second.control->Call(transport::FrameKind::kReconfigure, spec::ToJson(update).dump(), std::move(done));
+}
+
+void ClusterLauncher::GetStats(const std::string& replica_id, StatsDone done) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end() || !it->second.control)
+    return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
+  node::GetStatsOver(it->second.control, std::move(done));
+}
+
+// ---- Every node's worker ----
+
+absl::StatusOr<std::unique_ptr<NodeWorker>> NodeWorker::Create(asio::io_context& io, ClusterMember* member,
+                                                               std::string ferry_binary, std::string run_dir,
+                                                               endpoints::Publisher* publisher) {
+  std::unique_ptr<NodeWorker> worker(new NodeWorker(io, member));
+  absl::StatusOr<std::unique_ptr<node::NodeAgent>> agent =
+      node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), worker.get(), publisher);
+  if (!agent.ok()) return agent.status();
+  worker->agent_ = std::move(*agent);
+  return worker;
+}
+
+NodeWorker::NodeWorker(asio::io_context& io, ClusterMember* member) : io_(io), member_(member) {}
+
+NodeWorker::~NodeWorker() {
+  mirror_.reset();
+  writer_.reset();
+  agent_.reset();  // kills what is left
+}
+
+std::string NodeWorker::ReportKey(const std::string& replica_id) const {
+  return StrCat(member_->options().prefix, kReplicas, replica_id);
+}
+
+void NodeWorker::Start() {
+  writer_ = std::make_unique<EtcdWriter>(member_, EtcdWriter::Mode::kLeased);
+  mirror_ = std::make_unique<PrefixMirror>(io_, &member_->etcd(),
+                                           StrCat(member_->options().prefix, kAssign, member_->options().node_id, "/"),
+                                           [this] { Reconcile(); });
+  mirror_->Start();
+}
+
+size_t NodeWorker::live_replicas() const { return agent_->live_replicas(); }
+
+void NodeWorker::Reconcile() {
+  if (!mirror_->synced() || stopping_all_) return;
+  std::set<std::string> assigned;
+  for (const auto& [id, value] : mirror_->map()) {
+    std::optional<Assignment> a = ParseAssignment(member_->options().node_id, value);
+    if (!a || a->spec.replica_id != id) {
+      FERRY_LOG(kWarning, "cluster", "ignoring an assignment this node cannot read: ", id);
+      continue;
+    }
+    assigned.insert(id);
+    if (finished_.contains(id)) continue;  // it ran here and ended: the leader clears it
+    auto it = running_.find(id);
+    if (a->stop_timeout_ms) {
+      if (it != running_.end() && !it->second.stopping) {
+        it->second.stopping = true;
+        agent_->StopReplica(id, std::chrono::milliseconds(*a->stop_timeout_ms));
+      } else if (it == running_.end()) {
+        // Asked to stop one that is not running here (it exited, or this node restarted): say so.
+        ReplicaReport gone{.node = member_->options().node_id, .exited = true, .message = "not running"};
+        writer_->Put(ReportKey(id), ReplicaReportJson(gone));
+        finished_.insert(id);
+      }
+      continue;
+    }
+    if (it != running_.end()) continue;
+    spec::ReplicaSpec spec = a->spec;
+    spec.tcp_host = member_->options().address;  // other nodes reach it here
+    absl::Status started = agent_->StartReplica(spec);
+    if (!started.ok()) {
+      ReplicaReport failed{
+          .node = member_->options().node_id, .exited = true, .message = std::string(Message(started))};
+      writer_->Put(ReportKey(id), ReplicaReportJson(failed));
+      finished_.insert(id);
+      continue;
+    }
+    running_[id] = Local{spec, false};
+  }
+  // Ended and cleared by the leader: its report is no longer this node's to keep.
+  for (auto it = finished_.begin(); it != finished_.end();) {
+    if (assigned.contains(*it)) {
+      ++it;
+    } else {
+      writer_->Forget(ReportKey(*it));
+      it = finished_.erase(it);
+    }
+  }
+  // What runs here and is no longer assigned here (the leader moved it, or gave this node up while it was
+  // cut off) stops.
+  for (auto& [id, local] : running_) {
+    if (assigned.contains(id) || local.stopping) continue;
+    FERRY_LOG(kInfo, "cluster", "replica ", id, " is no longer assigned to this node; stopping it");
+    local.stopping = true;
+    agent_->StopReplica(id,
+                        std::chrono::milliseconds(static_cast<int64_t>(local.spec.graceful_shutdown_timeout_s * 1000)));
+  }
+}
+
+void NodeWorker::OnReplicaReady(const std::string& replica_id, const std::string& socket_path,
+                                const std::string& tcp_address, pid_t pid) {
+  if (!running_.contains(replica_id)) return;
+  ReplicaReport ready{
+      .node = member_->options().node_id, .ready = true, .socket = socket_path, .tcp_address = tcp_address, .pid = pid};
+  writer_->Put(ReportKey(replica_id), ReplicaReportJson(ready));
+}
+
+void NodeWorker::OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) {
+  running_.erase(replica_id);
+  finished_.insert(replica_id);
+  // Still assigned: the leader hears how it ended (and clears the keys); otherwise nobody asks.
+  if (mirror_ && mirror_->map().contains(replica_id)) {
+    ReplicaReport exited{
+        .node = member_->options().node_id, .exited = true, .was_ready = was_ready, .message = message};
+    writer_->Put(ReportKey(replica_id), ReplicaReportJson(exited));
+  } else if (writer_) {
+    writer_->Delete(ReportKey(replica_id));
+  }
+  if (stopping_all_ && agent_->live_replicas() == 0 && stopped_) {
+    auto done = std::move(stopped_);
+    stopped_ = nullptr;
+    done();
+  }
+}
+
+void NodeWorker::StopAll(std::function<void()> done) {
+  stopping_all_ = true;
+  stopped_ = std::move(done);
+  for (auto& [id, local] : running_) {
+    if (local.stopping) continue;
+    local.stopping = true;
+    agent_->StopReplica(id,
+                        std::chrono::milliseconds(static_cast<int64_t>(local.spec.graceful_shutdown_timeout_s * 1000)));
+  }
+  if (agent_->live_replicas() == 0 && stopped_) {
+    auto f = std::move(stopped_);
+    stopped_ = nullptr;
+    f();
+  }
+}
+
+}  // namespace ferry::cluster

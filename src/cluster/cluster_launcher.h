@@ -1,0 +1,152 @@
+// Cluster mode's replicas: where they run and who runs them, through etcd.
+//   PREFIX/assign/<node>/<replica>  {"spec", "bundle_nodes", "stop_timeout_ms"?}: the leader's request that
+//                                   <node> run (or stop) the replica; written fenced on the leadership.
+//   PREFIX/replicas/<replica>       {"node", "state": "READY"|"EXITED", "socket", "tcp_address", "pid",
+//                                   "was_ready", "message"}: what the node reports, bound to its lease (a dead
+//                                   node's reports vanish with it).
+// ClusterLauncher is the leading controller's ReplicaLauncher: it places each replica by Ray's rules
+// (placement.h) over the nodes' declared resources and what is placed already, writes the assignment, and
+// turns the nodes' reports and deaths into the controller's replica events. Health checks, reconfigures
+// and stats go straight to the replica (its Unix socket on this node, TCP elsewhere). It mirrors etcd on
+// every node, leading or not, so that a new leader takes over (Existing) the replicas still alive.
+// NodeWorker runs on every node: it starts and stops the replicas assigned to its node with the node's
+// NodeAgent and reports them; back from an outage it reads its assignments again and stops what is no
+// longer its own.
+// Neither is thread-safe: calls and callbacks on the io_context given; their threads (etcd writes, the
+// watches) post there.
+#pragma once
+
+#include <sys/types.h>
+
+#include <absl/status/statusor.h>
+#include <boost/asio/io_context.hpp>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "endpoints/endpoints.h"
+#include "node/launcher.h"
+
+namespace ferry::node {
+class ControlChannel;
+class NodeAgent;
+}  // namespace ferry::node
+
+namespace ferry::cluster {
+
+class EtcdWriter;
+class PrefixMirror;
+
+// A replica's report, as PREFIX/replicas/<replica> holds it.
+struct ReplicaReport {
+  std::string node;
+  bool ready = false;   // state READY
+  bool exited = false;  // state EXITED
+  std::string socket;
+  std::string tcp_address;
+  pid_t pid = -1;
+  bool was_ready = false;
+  std::string message;
+};
+std::string ReplicaReportJson(const ReplicaReport& report);
+std::optional<ReplicaReport> ParseReplicaReport(const std::string& text);
+
+// The leader's request, as PREFIX/assign/<node>/<replica> holds it.
+struct Assignment {
+  std::string node;
+  spec::ReplicaSpec spec;
+  std::vector<std::string> bundle_nodes;
+  std::optional<int64_t> stop_timeout_ms;  // set: stop it
+};
+std::string AssignmentJson(const Assignment& assignment);
+std::optional<Assignment> ParseAssignment(const std::string& node, const std::string& text);
+
+class ClusterLauncher : public node::ReplicaLauncher {
+ public:
+  // Starts watching etcd at once.
+  ClusterLauncher(boost::asio::io_context& io, ClusterMember* member, node::ReplicaListener* listener);
+  ~ClusterLauncher() override;
+
+  absl::Status StartReplica(const spec::ReplicaSpec& spec) override;
+  void StopReplica(const std::string& replica_id, std::chrono::milliseconds timeout) override;
+  void CheckHealth(const std::string& replica_id, Done done) override;
+  void Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) override;
+  void GetStats(const std::string& replica_id, StatsDone done) override;
+  size_t live_replicas() const override { return tracked_.size(); }
+  // Replicas run on their nodes: a leader going away leaves them to the next one.
+  void KillAll() override {}
+  // Reads etcd now and hands over the assigned replicas this launcher does not track yet, on live nodes
+  // and not being stopped (blocks the calling thread for one etcd read: once per leadership).
+  std::vector<node::ExistingReplica> Existing() override;
+  node::ReplicaLocation LocationOf(const std::string& replica_id) const override;
+
+ private:
+  struct Tracked {
+    Assignment assignment;
+    bool reported_ready = false;
+    std::shared_ptr<node::ControlChannel> control;
+  };
+  // Applies what the mirror holds now to the tracked replicas: ready, exited, lost with their node; and,
+  // while leading, clears what nobody tracks any more.
+  void Reconcile();
+  void Lost(const std::string& replica_id, const std::string& message);
+  void OpenControl(const std::string& replica_id, Tracked& t, const ReplicaReport& report);
+  std::string AssignKey(const std::string& node, const std::string& replica_id) const;
+  std::string ReportKey(const std::string& replica_id) const;
+  std::string prefix() const { return member_->options().prefix; }
+
+  boost::asio::io_context& io_;
+  ClusterMember* const member_;
+  node::ReplicaListener* const listener_;
+  std::map<std::string, Tracked> tracked_;  // by replica id
+  bool took_over_ = false;                  // Existing() ran: what nobody tracks may be cleared
+  std::set<std::string> clearing_;          // keys whose deletion was asked for
+  std::unique_ptr<EtcdWriter> writer_;
+  std::unique_ptr<PrefixMirror> mirror_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+class NodeWorker : public node::ReplicaListener {
+ public:
+  static absl::StatusOr<std::unique_ptr<NodeWorker>> Create(boost::asio::io_context& io, ClusterMember* member,
+                                                            std::string ferry_binary, std::string run_dir,
+                                                            endpoints::Publisher* publisher);
+  ~NodeWorker() override;  // kills what is left
+
+  // Starts following this node's assignments (once the member has joined).
+  void Start();
+  // Stops every replica (SIGTERM, SIGKILL after its graceful_shutdown_timeout_s); `done` once all exited.
+  void StopAll(std::function<void()> done);
+  size_t live_replicas() const;
+
+  void OnReplicaReady(const std::string& replica_id, const std::string& socket_path, const std::string& tcp_address,
+                      pid_t pid) override;
+  void OnReplicaExited(const std::string& replica_id, bool was_ready, const std::string& message) override;
+
+ private:
+  struct Local {
+    spec::ReplicaSpec spec;
+    bool stopping = false;
+  };
+  NodeWorker(boost::asio::io_context& io, ClusterMember* member);
+  // Starts what is assigned and not running, stops what runs and is not assigned (or asked to stop).
+  void Reconcile();
+  std::string ReportKey(const std::string& replica_id) const;
+
+  boost::asio::io_context& io_;
+  ClusterMember* const member_;
+  std::unique_ptr<node::NodeAgent> agent_;
+  std::map<std::string, Local> running_;  // by replica id
+  std::set<std::string> finished_;        // ran here and ended (never started again), until unassigned
+  std::function<void()> stopped_;         // StopAll's
+  bool stopping_all_ = false;
+  std::unique_ptr<EtcdWriter> writer_;
+  std::unique_ptr<PrefixMirror> mirror_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace ferry::cluster
