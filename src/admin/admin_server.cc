@@ -308,9 +308,19 @@ class AdminServer::Impl {
                      StrCat("cannot read the cluster's nodes: ", Message(nodes.status())));
       return {http::status::ok, {{"nodes", *nodes}}};
     }
+    if (path == "/api/ferry/reports") {
+      if (method != http::verb::get) return Error(http::status::method_not_allowed, "use GET on /api/ferry/reports");
+      if (!options_.reports)
+        return Error(http::status::not_found, "this node is not in a cluster (start it with ferry start --cluster)");
+      std::optional<json> reports = OnController<json>([this] { return options_.reports(); });
+      if (!reports) return Error(http::status::service_unavailable, "the controller did not answer in time");
+      return {http::status::ok, reports->is_null() ? json{{"fence", 0}, {"reports", json::array()}} : *reports};
+    }
     static constexpr std::string_view kRollback = "/api/ferry/applications/";
+    static constexpr std::string_view kNodes = "/api/ferry/nodes/";
+    const bool node_action = path.rfind(kNodes, 0) == 0;
     const bool controller_endpoint = path == "/api/serve/applications/" || path == "/api/ferry/history" ||
-                                     path == "/api/ferry/config" || path.rfind(kRollback, 0) == 0;
+                                     path == "/api/ferry/config" || path.rfind(kRollback, 0) == 0 || node_action;
     if (controller_endpoint && options_.leader_admin) {
       if (std::optional<std::string> leader = options_.leader_admin()) {
         // Forwarded once at most: a node that thinks the sender leads while the sender thinks it does not
@@ -318,6 +328,21 @@ class AdminServer::Impl {
         if (req.find("x-ferry-forwarded") != req.end()) leader = std::string();
         return ToLeader(req, *leader);
       }
+    }
+    if (node_action) {
+      std::string_view rest = path.substr(kNodes.size());
+      const size_t slash = rest.find('/');
+      if (slash == std::string_view::npos || rest.substr(slash) != "/drain" || slash == 0)
+        return Error(http::status::not_found,
+                     StrCat("no such endpoint: ", path, " (POST /api/ferry/nodes/NODE/drain)"));
+      if (method != http::verb::post) return Error(http::status::method_not_allowed, "use POST to drain a node");
+      if (!options_.drain)
+        return Error(http::status::not_found, "this node is not in a cluster (start it with ferry start --cluster)");
+      const std::string node(rest.substr(0, slash));
+      absl::Status drained = options_.drain(node);
+      if (absl::IsNotFound(drained)) return Error(http::status::not_found, Message(drained));
+      if (!drained.ok()) return Error(http::status::service_unavailable, Message(drained));
+      return {http::status::accepted, {{"draining", node}}};
     }
     if (path == "/api/serve/applications/") {
       if (method == http::verb::get) {

@@ -37,8 +37,12 @@ struct AdminServerOptions {
   // Cluster mode. leader_admin: nullopt while this node leads (its controller answers); otherwise the
   // leading node's admin URL, where the controller's endpoints (applications, history, config, rollback)
   // are forwarded, or "" when nobody leads (503). nodes: GET /api/ferry/nodes. Null on one node.
-  std::function<std::optional<std::string>()> leader_admin;
+  // reports: GET /api/ferry/reports, this node's data plane in the leader's numbering (run on the
+  // controller's thread; the leader polls it). drain: POST /api/ferry/nodes/{node}/drain (on the leader).
   std::function<absl::StatusOr<nlohmann::json>()> nodes;
+  std::function<std::optional<std::string>()> leader_admin;
+  std::function<nlohmann::json()> reports;
+  std::function<absl::Status(const std::string& node)> drain;
 };
 
 class AdminServer {

@@ -49,7 +49,8 @@ Usage:
   ferry config                      the config a node runs, as YAML
   ferry rollback APPLICATION        return an application to the config it had before its last change
   ferry shutdown                    drain and stop a node
-  ferry nodes [--json]              a cluster's nodes: state, leader, address, resources, labels
+  ferry nodes [--json]              a cluster's nodes: state, leader, address, replicas, resources, labels
+  ferry drain NODE [--no-wait]      move a cluster node's replicas to other nodes (replacements first)
   ferry --help | ferry COMMAND --help | ferry --version
 
 Commands that talk to a node take --address URL (default http://127.0.0.1:8265, or $FERRY_ADDRESS) and
@@ -552,9 +553,50 @@ int ReportHttpError(const AdminResponse& r) {
   return 1;
 }
 
+// 2, 0.5, 6.4e+10: a resource amount as a person reads it.
+std::string FormatNumber(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+// ferry drain NODE: marks it draining (through the leader), then waits until no replica is left on it.
+int DrainNode(const ClientContext& c, const std::string& node, bool wait, int timeout_s) {
+  absl::StatusOr<AdminResponse> r =
+      AdminRequest(c.address, "POST", StrCat("/api/ferry/nodes/", node, "/drain"), "", c.token);
+  if (!r.ok()) return Fail(std::string(Message(r.status())), 1);
+  if (r->status != 202) return ReportHttpError(*r);
+  std::cout << "ferry: node " << node << " is draining: it takes no new replicas, and its replicas move to other "
+            << "nodes (replacements first)" << std::endl;
+  if (!wait) return 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  int last = -1;
+  while (std::chrono::steady_clock::now() < deadline) {
+    absl::StatusOr<AdminResponse> nodes = AdminRequest(c.address, "GET", "/api/ferry/nodes", "", c.token);
+    if (nodes.ok() && nodes->status == 200) {
+      nlohmann::json body = nlohmann::json::parse(nodes->body, nullptr, false);
+      if (body.is_object() && body.contains("nodes") && body["nodes"].is_array())
+        for (const auto& n : body["nodes"])
+          if (n.is_object() && n.value("node_id", "") == node) {
+            const int left = n.value("replicas", 0);
+            if (left == 0) {
+              std::cout << "ferry: node " << node << " is drained" << std::endl;
+              return 0;
+            }
+            if (left != last) std::cout << "ferry: " << left << " replicas left on " << node << std::endl;
+            last = left;
+          }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  return Fail(StrCat("node ", node, " still has ", last, " replicas after ", timeout_s,
+                     " s (ferry status says why: a replacement that fits nowhere keeps the old one serving)"),
+              1);
+}
+
 int ClientCommand(const std::string& command, const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(args, {"--address", "-a", "--token", "--interval", "--count", "-n", "--name"},
-                         {"--json", "--watch", "-y", "--yes"}, "ferry --help");
+  Flags f = Flags::Parse(args, {"--address", "-a", "--token", "--interval", "--count", "-n", "--name", "--timeout-s"},
+                         {"--json", "--watch", "-y", "--yes", "--no-wait"}, "ferry --help");
   if (f.help) return std::cout << kClientUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (auto a = f.Get("-a")) f.values["--address"] = *a;
@@ -596,6 +638,12 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
     r = AdminRequest(c->address, "POST", "/api/ferry/shutdown", "", c->token);
   } else if (command == "nodes") {
     r = AdminRequest(c->address, "GET", "/api/ferry/nodes", "", c->token);
+  } else if (command == "drain") {
+    if (f.positional.size() != 1) return Fail("ferry drain needs a NODE name (see ferry nodes)");
+    int timeout_s = 300;
+    if (auto v = f.Get("--timeout-s"); v && (!ParseInt(*v, &timeout_s) || timeout_s < 1))
+      return Fail("--timeout-s needs a positive number of seconds");
+    return DrainNode(*c, f.positional[0], !f.switches.count("--no-wait"), timeout_s);
   }
   if (!r.ok()) return Fail(std::string(Message(r.status())), 1);
   if (r->status != 200) return ReportHttpError(*r);
@@ -610,15 +658,25 @@ int ClientCommand(const std::string& command, const std::vector<std::string>& ar
     std::cout << body.dump(2) << "\n";  // --json: the admin API's document, as it is
   } else if (command == "nodes") {
     if (f.switches.count("--json")) return std::cout << body.dump(2) << "\n", 0;
-    std::printf("%-20s %-6s %-7s %-22s %-30s %s\n", "NODE", "STATE", "LEADER", "ADDRESS", "RESOURCES", "LABELS");
+    std::printf("%-20s %-8s %-7s %-16s %-8s %-40s %s\n", "NODE", "STATE", "LEADER", "ADDRESS", "REPLICAS",
+                "RESOURCES (used/total)", "LABELS");
     for (const auto& n : body.value("nodes", nlohmann::json::array())) {
       std::string labels;
       const nlohmann::json given = n.value("labels", nlohmann::json::object());
       for (auto& [k, v] : given.items())
         labels += StrCat(labels.empty() ? "" : ",", k, "=", v.is_string() ? v.get<std::string>() : v.dump());
-      std::printf("%-20s %-6s %-7s %-22s %-30s %s\n", n.value("node_id", "").c_str(), n.value("state", "").c_str(),
-                  n.value("leader", false) ? "yes" : "", n.value("address", "").c_str(),
-                  n.value("resources", nlohmann::json::object()).dump().c_str(), labels.c_str());
+      // Each declared resource as used/total: "CPU 2/16, GPU 1/2".
+      std::string resources;
+      const nlohmann::json total = n.value("resources", nlohmann::json::object());
+      const nlohmann::json used = n.value("resources_used", nlohmann::json::object());
+      for (auto& [k, v] : total.items()) {
+        if (!v.is_number()) continue;
+        const double u = used.contains(k) && used[k].is_number() ? used[k].get<double>() : 0;
+        resources += StrCat(resources.empty() ? "" : ", ", k, " ", FormatNumber(u), "/", FormatNumber(v.get<double>()));
+      }
+      std::printf("%-20s %-8s %-7s %-16s %-8d %-40s %s\n", n.value("node_id", "").c_str(), n.value("state", "").c_str(),
+                  n.value("leader", false) ? "yes" : "", n.value("address", "").c_str(), n.value("replicas", 0),
+                  resources.c_str(), labels.c_str());
     }
   } else if (command == "config" && app_name) {
     if (body.is_object() && body.contains("applications"))
@@ -736,7 +794,7 @@ int main(int argc, char** argv) {
   if (command == "run") return ferry::RunCommand(args);
   if (command == "start") return ferry::StartCommand(args);
   if (command == "deploy" || command == "status" || command == "config" || command == "rollback" ||
-      command == "shutdown" || command == "nodes")
+      command == "shutdown" || command == "nodes" || command == "drain")
     return ferry::ClientCommand(command, args);
   if (command == "build") return ferry::BuildCommand(args);
   if (command == "replica") return ferry::ReplicaCommand(args);

@@ -6,6 +6,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -90,6 +91,8 @@ class Node {
                       handle::HandleClient* handles) {
     publisher_ = local_publisher;
     run_dir_ = run_dir;
+    absl::StatusOr<std::string> token = config::LoadAdminToken(options_.admin);
+    if (!token.ok()) return token.status();
     if (options_.cluster) {
       cluster::ClusterMember::Callbacks membership;
       membership.on_elected = [this](int64_t fence) {
@@ -109,7 +112,8 @@ class Node {
       member_ = std::make_unique<cluster::ClusterMember>(*options_.cluster, std::move(membership));
       store_ = std::make_unique<cluster::EtcdStateStore>(member_.get());
       cluster_publisher_ = std::make_unique<cluster::ClusterPublisher>(
-          member_.get(), local_publisher, [this](std::function<void()> f) { boost::asio::post(io_, std::move(f)); });
+          member_.get(), local_publisher, [this](std::function<void()> f) { boost::asio::post(io_, std::move(f)); },
+          *token);
       publisher_ = cluster_publisher_.get();
       // The replicas the leader assigns to this node run here, fed endpoint snapshots like the proxy.
       absl::StatusOr<std::unique_ptr<cluster::NodeWorker>> worker =
@@ -138,8 +142,6 @@ class Node {
     callbacks_ = callbacks;
     if (absl::Status made = MakeController(); !made.ok()) return made;
 
-    absl::StatusOr<std::string> token = config::LoadAdminToken(options_.admin);
-    if (!token.ok()) return token.status();
     if (token->empty() && !options_.admin.IsLoopback())
       return absl::FailedPreconditionError(
           StrCat("the admin API would listen on ", options_.admin.host,
@@ -162,6 +164,8 @@ class Node {
         if (!leader || leader->node_id == options_.cluster->node_id) return std::string();  // nobody (known) leads
         return leader->admin_url;
       };
+      admin.reports = [this] { return cluster_publisher_->RemoteReports(); };
+      admin.drain = [this](const std::string& node) { return member_->Drain(node); };
       admin.nodes = [this]() -> absl::StatusOr<nlohmann::json> {
         absl::StatusOr<std::vector<cluster::NodeInfo>> nodes = member_->Nodes();
         if (!nodes.ok()) return nodes.status();
@@ -316,6 +320,24 @@ class Node {
       return;
     }
     stopping_ = true;
+    if (worker_ && !drain_started_) {
+      // A cluster node leaving (a rolling upgrade, a spot preemption): it drains first. Marked draining, it
+      // takes no new replicas and the leader starts replacements for its replicas elsewhere before stopping
+      // them here; meanwhile its proxy serves on. Then it leaves as below.
+      drain_started_ = true;
+      absl::Status marked = member_->DrainSelf();
+      if (!marked.ok()) {
+        Complain(StrCat("ferry: cannot mark node ", options_.cluster->node_id, " draining (", Message(marked),
+                        "); leaving without moving its replicas first"));
+      } else {
+        Say(StrCat("ferry: ", why, ": node ", options_.cluster->node_id, " drains: its ", worker_->live_replicas(),
+                   " replicas move to other nodes first"));
+        drain_deadline_ = std::chrono::steady_clock::now() + kNodeDrainLimit;
+        WaitForSignal();
+        WaitForWorkerEmpty(why);
+        return;
+      }
+    }
     double drain_s = DrainSeconds(control_->applied_config());
     Say(StrCat("ferry: ", why, ": draining ", proxy_->in_flight(), " requests in flight (up to ", drain_s, " s)"));
     WaitForSignal();
@@ -323,6 +345,23 @@ class Node {
     drainer_ = std::thread([this, drain_s] {
       int left = http_open_ ? proxy_->Drain(Millis(drain_s)) : 0;
       boost::asio::post(io_, [this, left] { StopReplicas(left); });
+    });
+  }
+
+  // Polls until the leader has moved every replica off this node (or the drain limit passes), then stops.
+  void WaitForWorkerEmpty(const std::string& why) {
+    if (worker_->live_replicas() == 0 || std::chrono::steady_clock::now() >= drain_deadline_) {
+      if (worker_->live_replicas() > 0)
+        Complain(StrCat("ferry: ", worker_->live_replicas(), " replicas still here after ",
+                        std::chrono::duration_cast<std::chrono::seconds>(kNodeDrainLimit).count(),
+                        " s of draining; stopping them"));
+      stopping_ = false;  // the second half of a normal stop: drain the proxy, leave
+      BeginStop(why);
+      return;
+    }
+    drain_timer_.expires_after(std::chrono::milliseconds(200));
+    drain_timer_.async_wait([this, why](const boost::system::error_code& ec) {
+      if (!ec) WaitForWorkerEmpty(why);
     });
   }
 
@@ -358,6 +397,11 @@ class Node {
   std::unique_ptr<cluster::ClusterMember> member_;                // cluster mode only
   std::unique_ptr<cluster::ClusterPublisher> cluster_publisher_;  // cluster mode: between controller and routers
   std::unique_ptr<cluster::NodeWorker> worker_;                   // cluster mode: runs this node's replicas
+  // Cluster mode's stop: drained first (its replicas moved), for at most kNodeDrainLimit.
+  static constexpr std::chrono::seconds kNodeDrainLimit{120};
+  bool drain_started_ = false;
+  std::chrono::steady_clock::time_point drain_deadline_;
+  boost::asio::steady_timer drain_timer_{io_};
   bool standing_down_ = false;
   std::optional<int64_t> pending_fence_;
   std::unique_ptr<controller::StateStore> store_;

@@ -1,5 +1,6 @@
 #include "cluster/cluster.h"
 
+#include "cluster/cluster_launcher.h"
 #include "common/common.h"
 
 namespace ferry::cluster {
@@ -43,8 +44,12 @@ json NodeJson(const NodeInfo& node) {
           {"resources", node.resources},
           {"labels", node.labels},
           {"started_at_s", node.started_at_s},
-          {"state", node.alive ? "ALIVE" : "DEAD"},
-          {"leader", node.leader}};
+          {"state", !node.alive     ? "DEAD"
+                    : node.draining ? "DRAINING"
+                                    : "ALIVE"},
+          {"leader", node.leader},
+          {"replicas", node.replicas},
+          {"resources_used", node.resources_used}};
 }
 
 ClusterMember::ClusterMember(ClusterOptions options, Callbacks callbacks)
@@ -59,7 +64,8 @@ absl::Status ClusterMember::Register() {
   // The id is this node's while its alive key is: a second node with the same id cannot join.
   absl::StatusOr<TxnResult> txn = etcd_.Txn(
       {Compare::CreateRevision(alive, 0)},
-      {TxnOp::Put(alive, record_, *lease), TxnOp::Put(options_.prefix + "members/" + options_.node_id, record_)});
+      {TxnOp::Put(alive, record_, *lease), TxnOp::Put(options_.prefix + "members/" + options_.node_id, record_),
+       TxnOp::Delete(options_.prefix + "draining/" + options_.node_id)});  // (re)joined: not draining
   if (!txn.ok() || !txn->succeeded) {
     (void)etcd_.Revoke(*lease);
     if (!txn.ok()) return txn.status();
@@ -85,6 +91,8 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
   json record = NodeJson(self);
   record.erase("state");
   record.erase("leader");
+  record.erase("replicas");
+  record.erase("resources_used");
   record_ = record.dump();
   if (options_.lease_ttl_s < 1) return absl::InvalidArgumentError("the lease TTL must be at least 1 s");
   // A node restarted under its old name waits out its previous incarnation's lease.
@@ -227,13 +235,25 @@ std::optional<NodeInfo> ClusterMember::LeaderNow() {
 absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
   absl::StatusOr<TxnResult> read =
       etcd_.Txn({}, {TxnOp::GetPrefix(options_.prefix + "members/"), TxnOp::GetPrefix(options_.prefix + "alive/"),
-                     TxnOp::Get(leader_key())});
+                     TxnOp::Get(leader_key()), TxnOp::GetPrefix(options_.prefix + "draining/"),
+                     TxnOp::GetPrefix(options_.prefix + "assign/")});
   if (!read.ok()) return read.status();
-  if (read->ranges.size() != 3) return absl::UnavailableError("etcd answered the node listing partly");
+  if (read->ranges.size() != 5) return absl::UnavailableError("etcd answered the node listing partly");
   std::vector<NodeInfo> nodes;
-  std::set<std::string> alive;
-  const std::string alive_prefix = options_.prefix + "alive/";
+  std::set<std::string> alive, draining;
+  const std::string alive_prefix = options_.prefix + "alive/", draining_prefix = options_.prefix + "draining/",
+                    assign_prefix = options_.prefix + "assign/";
   for (const KeyValue& kv : read->ranges[1].kvs) alive.insert(kv.key.substr(alive_prefix.size()));
+  for (const KeyValue& kv : read->ranges[3].kvs) draining.insert(kv.key.substr(draining_prefix.size()));
+  std::map<std::string, std::pair<int, std::map<std::string, double>>> used;  // node -> replicas, resources
+  for (const KeyValue& kv : read->ranges[4].kvs) {
+    std::string rest = kv.key.substr(assign_prefix.size());
+    const std::string node = rest.substr(0, rest.find('/'));
+    std::optional<Assignment> a = ParseAssignment(node, kv.value);
+    if (!a) continue;
+    ++used[node].first;
+    for (const auto& [k, v] : a->spec.placement.resources) used[node].second[k] += v;
+  }
   std::string leader_id;
   if (!read->ranges[2].kvs.empty())
     if (std::optional<NodeInfo> l = NodeFromRecord(read->ranges[2].kvs[0].value)) leader_id = l->node_id;
@@ -242,9 +262,37 @@ absl::StatusOr<std::vector<NodeInfo>> ClusterMember::Nodes() {
     if (!n) continue;
     n->alive = alive.contains(n->node_id);
     n->leader = n->node_id == leader_id;
+    n->draining = draining.contains(n->node_id);
+    if (auto u = used.find(n->node_id); u != used.end()) {
+      n->replicas = u->second.first;
+      n->resources_used = u->second.second;
+    }
     nodes.push_back(std::move(*n));
   }
   return nodes;
+}
+
+absl::Status ClusterMember::Drain(const std::string& node) {
+  const int64_t fence = fence_.load();
+  if (fence == 0) return absl::FailedPreconditionError("this node does not lead the cluster");
+  const std::string member = options_.prefix + "members/" + node;
+  absl::StatusOr<TxnResult> txn = etcd_.Txn(
+      {Compare::CreateRevision(leader_key(), fence), Compare::CreateRevision(member, 0)}, {}, {TxnOp::Get(member)});
+  if (!txn.ok()) return txn.status();
+  if (txn->succeeded)  // the leadership holds and there is no such member
+    return absl::NotFoundError(StrCat("no node named \"", node, "\" has ever joined the cluster"));
+  txn = etcd_.Txn({Compare::CreateRevision(leader_key(), fence)},
+                  {TxnOp::Put(options_.prefix + "draining/" + node, json{{"since_s", WallSeconds()}}.dump())});
+  if (!txn.ok()) return txn.status();
+  if (!txn->succeeded) return absl::FailedPreconditionError("this node no longer leads the cluster");
+  FERRY_LOG(kInfo, "cluster", "node ", node, " is draining");
+  return absl::OkStatus();
+}
+
+absl::Status ClusterMember::DrainSelf() {
+  absl::StatusOr<int64_t> put =
+      etcd_.Put(options_.prefix + "draining/" + options_.node_id, json{{"since_s", WallSeconds()}}.dump());
+  return put.ok() ? absl::OkStatus() : put.status();
 }
 
 absl::StatusOr<std::optional<std::string>> EtcdStateStore::Load() {

@@ -6,7 +6,9 @@
 //                           the leadership's fence: every write the leader makes is a transaction that
 //                           holds only while the key still has that revision, so a deposed leader (whose
 //                           lease lapsed, even one that does not know it yet) can no longer write;
-//   PREFIX/state            the controller's desired state (EtcdStateStore), written fenced.
+//   PREFIX/state            the controller's desired state (EtcdStateStore), written fenced;
+//   PREFIX/draining/<node>  the node is draining (`ferry drain`, or SIGTERM to it): it takes no new replicas
+//                           and the leader moves its replicas away; cleared when the node joins again.
 // A thread keeps the lease alive (every TTL/4) and campaigns when nobody leads; the node hears of its
 // election and deposition through callbacks on that thread.
 // Thread-safe.
@@ -53,6 +55,9 @@ struct NodeInfo {
   double started_at_s = 0;
   bool alive = false;
   bool leader = false;
+  bool draining = false;
+  int replicas = 0;                                          // assigned to it (cluster_launcher.h)
+  nlohmann::json resources_used = nlohmann::json::object();  // what they take, by Ray's names
 };
 
 nlohmann::json NodeJson(const NodeInfo& node);
@@ -90,8 +95,12 @@ class ClusterMember {
   std::optional<NodeInfo> leader() const;
   // The leader's record as etcd holds it now (nullopt: nobody leads); the last seen when etcd cannot be read.
   std::optional<NodeInfo> LeaderNow();
-  // Every node ever registered, alive or not, read from etcd now.
+  // Every node ever registered, alive or not, with what is assigned to it, read from etcd now.
   absl::StatusOr<std::vector<NodeInfo>> Nodes();
+  // Marks `node` draining (the leader only: a fenced write). NotFound for a node never registered.
+  absl::Status Drain(const std::string& node);
+  // Marks this node draining (its own key: no fence needed).
+  absl::Status DrainSelf();
 
   const ClusterOptions& options() const { return options_; }
   Etcd& etcd() { return etcd_; }

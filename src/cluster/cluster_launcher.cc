@@ -270,6 +270,15 @@ constexpr std::string_view kAssign = "assign/";
 constexpr std::string_view kReplicas = "replicas/";
 constexpr std::string_view kMembers = "members/";
 constexpr std::string_view kAlive = "alive/";
+constexpr std::string_view kDraining = "draining/";
+
+// The node ids under `prefix` in the mirror (alive/, draining/).
+std::set<std::string> NodesUnder(const PrefixMirror::Map& map, std::string_view prefix) {
+  std::set<std::string> out;
+  for (auto it = map.lower_bound(std::string(prefix)); it != map.end() && it->first.starts_with(prefix); ++it)
+    out.insert(it->first.substr(prefix.size()));
+  return out;
+}
 
 ResourceSet ResourcesOf(const json& declared) {
   ResourceSet out;
@@ -337,16 +346,15 @@ absl::Status ClusterLauncher::StartReplica(const spec::ReplicaSpec& spec) {
   // The cluster as the mirror has it: declared resources, live nodes, and every replica placed (those this
   // launcher placed and has not seen in etcd yet included).
   std::vector<PlacementNode> nodes;
-  std::set<std::string> alive;
+  const std::set<std::string> alive = NodesUnder(mirror_->map(), kAlive);
+  const std::set<std::string> draining = NodesUnder(mirror_->map(), kDraining);
   std::map<std::string, PlacedReplica> placed;
-  for (const auto& [key, value] : mirror_->map()) {
-    if (key.starts_with(kAlive)) alive.insert(key.substr(kAlive.size()));
-  }
   for (const auto& [key, value] : mirror_->map()) {
     if (key.starts_with(kMembers)) {
       std::optional<NodeInfo> n = NodeFromRecord(value);
       if (!n) continue;
-      nodes.push_back({n->node_id, ResourcesOf(n->resources), n->labels, alive.contains(n->node_id)});
+      nodes.push_back({n->node_id, ResourcesOf(n->resources), n->labels,
+                       alive.contains(n->node_id) && !draining.contains(n->node_id)});
     } else if (key.starts_with(kAssign)) {
       std::string rest = key.substr(kAssign.size());
       size_t slash = rest.find('/');
@@ -422,9 +430,7 @@ void ClusterLauncher::OpenControl(const std::string& replica_id, Tracked& t, con
 void ClusterLauncher::Reconcile() {
   if (!mirror_->synced()) return;
   const auto& map = mirror_->map();
-  std::set<std::string> alive;
-  for (auto it = map.lower_bound(std::string(kAlive)); it != map.end() && it->first.starts_with(kAlive); ++it)
-    alive.insert(it->first.substr(kAlive.size()));
+  const std::set<std::string> alive = NodesUnder(map, kAlive);
   struct Event {
     std::string id;
     bool ready;
@@ -511,9 +517,7 @@ std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
               "); taking over what the last read showed");
   took_over_ = true;
   const auto& map = mirror_->map();
-  std::set<std::string> alive;
-  for (auto it = map.lower_bound(std::string(kAlive)); it != map.end() && it->first.starts_with(kAlive); ++it)
-    alive.insert(it->first.substr(kAlive.size()));
+  const std::set<std::string> alive = NodesUnder(map, kAlive);
   std::vector<node::ExistingReplica> out;
   for (auto it = map.lower_bound(std::string(kAssign)); it != map.end() && it->first.starts_with(kAssign); ++it) {
     std::string rest = it->first.substr(kAssign.size());
@@ -553,6 +557,11 @@ node::ReplicaLocation ClusterLauncher::LocationOf(const std::string& replica_id)
   if (member != mirror_->map().end())
     if (std::optional<NodeInfo> n = NodeFromRecord(member->second)) where.node_ip = n->address;
   return where;
+}
+
+bool ClusterLauncher::Evicting(const std::string& replica_id) const {
+  auto it = tracked_.find(replica_id);
+  return it != tracked_.end() && mirror_->map().contains(StrCat(kDraining, it->second.assignment.node));
 }
 
 void ClusterLauncher::CheckHealth(const std::string& replica_id, Done done) {

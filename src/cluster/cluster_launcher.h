@@ -83,6 +83,8 @@ class ClusterLauncher : public node::ReplicaLauncher {
   // and not being stopped (blocks the calling thread for one etcd read: once per leadership).
   std::vector<node::ExistingReplica> Existing() override;
   node::ReplicaLocation LocationOf(const std::string& replica_id) const override;
+  // Its node is draining: the controller replaces it elsewhere, then stops it.
+  bool Evicting(const std::string& replica_id) const override;
 
  private:
   struct Tracked {

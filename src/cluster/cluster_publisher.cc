@@ -8,14 +8,15 @@
 namespace ferry::cluster {
 
 ClusterPublisher::ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local,
-                                   Runner run_on_publisher_thread)
-    : member_(member), local_(local), run_(std::move(run_on_publisher_thread)) {}
+                                   Runner run_on_publisher_thread, std::string admin_token)
+    : member_(member), local_(local), run_(std::move(run_on_publisher_thread)), admin_token_(std::move(admin_token)) {}
 
 ClusterPublisher::~ClusterPublisher() { Stop(); }
 
 void ClusterPublisher::Start() {
   writer_ = std::thread([this] { WriterLoop(); });
   watcher_ = std::thread([this] { WatcherLoop(); });
+  poller_ = std::thread([this] { PollerLoop(); });
 }
 
 void ClusterPublisher::Stop() {
@@ -28,6 +29,7 @@ void ClusterPublisher::Stop() {
   wake_writer_.notify_all();
   if (writer_.joinable()) writer_.join();
   if (watcher_.joinable()) watcher_.join();
+  if (poller_.joinable()) poller_.join();
 }
 
 void ClusterPublisher::SourceChanged() {
@@ -42,7 +44,7 @@ void ClusterPublisher::Publish(std::shared_ptr<const endpoints::Snapshot> snapsh
   std::lock_guard<std::mutex> lock(mu_);
   local_latest_ = std::move(snapshot);
   if (member_->leading()) {
-    to_write_ = endpoints::SnapshotToJson(*local_latest_).dump();
+    to_write_ = endpoints::SnapshotToJson(*local_latest_);
     wake_writer_.notify_all();
   }
   DeliverLocked();
@@ -63,6 +65,12 @@ void ClusterPublisher::DeliverLocked() {
   }
   auto copy = std::make_shared<endpoints::Snapshot>(*latest);  // the sets are shared, not copied
   copy->version = out;
+  if (want == Source::kRemote) {
+    if (delivered_fence_ != remote_fence_) remote_delivered_.clear();  // another leader's numbering
+    delivered_fence_ = remote_fence_;
+    remote_delivered_.emplace_back(out, remote_source_version_);
+    while (remote_delivered_.size() > 256) remote_delivered_.pop_front();
+  }
   delivered_source_ = want;
   delivered_source_version_ = version;
   out_version_ = out;
@@ -78,20 +86,87 @@ std::vector<endpoints::ConsumerReport> ClusterPublisher::CollectReports() {
     const int64_t local = static_cast<int64_t>(r.applied_version) - local_offset_;
     r.applied_version = delivered_source_ == Source::kLocal && local > 0 ? static_cast<uint64_t>(local) : 0;
   }
+  if (!member_->leading()) return reports;
+  // Every other live node's, as last polled (a node not heard from for 2 s counts no more: it is dead or
+  // cut off, and its lease decides).
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [node, polled] : node_reports_)
+    if (now - polled.at < std::chrono::seconds(2))
+      reports.insert(reports.end(), polled.reports.begin(), polled.reports.end());
   return reports;
+}
+
+nlohmann::json ClusterPublisher::RemoteReports() {
+  std::vector<endpoints::ConsumerReport> reports = local_->CollectReports();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (delivered_source_ != Source::kRemote || delivered_fence_ == 0) return nullptr;
+  nlohmann::json out = nlohmann::json::array();
+  for (endpoints::ConsumerReport& r : reports) {
+    // The leader's version this consumer routes by; 0 when it routes by something older than we remember.
+    uint64_t leaders = 0;
+    for (auto it = remote_delivered_.rbegin(); it != remote_delivered_.rend(); ++it)
+      if (it->first <= r.applied_version) {
+        leaders = it->first == r.applied_version ? it->second : 0;
+        break;
+      }
+    r.applied_version = leaders;
+    out.push_back(endpoints::ReportToJson(r));
+  }
+  return {{"fence", delivered_fence_}, {"reports", std::move(out)}};
+}
+
+void ClusterPublisher::PollerLoop() {
+  std::vector<NodeInfo> nodes;
+  auto refreshed = std::chrono::steady_clock::time_point();
+  while (!stop_watch_.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int64_t fence = member_->fence();
+    if (fence == 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      node_reports_.clear();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - refreshed > std::chrono::seconds(1)) {
+      refreshed = std::chrono::steady_clock::now();
+      if (absl::StatusOr<std::vector<NodeInfo>> listed = member_->Nodes(); listed.ok()) nodes = std::move(*listed);
+    }
+    for (const NodeInfo& n : nodes) {
+      if (!n.alive || n.node_id == member_->options().node_id || stop_watch_.load()) continue;
+      absl::StatusOr<HttpEndpoint> endpoint = ParseHttpEndpoint(n.admin_url);
+      if (!endpoint.ok()) continue;
+      HttpCall call;
+      call.path = "/api/ferry/reports";
+      call.timeout = std::chrono::milliseconds(500);
+      if (!admin_token_.empty()) call.headers.emplace_back("Authorization", "Bearer " + admin_token_);
+      absl::StatusOr<HttpResponse> answer = SendHttp(*endpoint, call);
+      if (!answer.ok() || answer->status != 200) continue;
+      nlohmann::json j = nlohmann::json::parse(answer->body, nullptr, false);
+      if (!j.is_object() || !j.contains("fence") || !j["fence"].is_number_integer() || j["fence"] != fence ||
+          !j.contains("reports") || !j["reports"].is_array())
+        continue;  // routing by another leader's sets (or none yet): nothing this controller can use
+      NodeReports polled{std::chrono::steady_clock::now(), {}};
+      for (const nlohmann::json& r : j["reports"])
+        if (absl::StatusOr<endpoints::ConsumerReport> report = endpoints::ReportFromJson(r); report.ok())
+          polled.reports.push_back(std::move(*report));
+      std::lock_guard<std::mutex> lock(mu_);
+      node_reports_[n.node_id] = std::move(polled);
+    }
+  }
 }
 
 void ClusterPublisher::WriterLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    if (to_write_.empty() || !member_->leading()) {
-      if (!member_->leading()) to_write_.clear();  // a leader that lost its term has nothing to publish
+    if (to_write_.is_null() || !member_->leading()) {
+      if (!member_->leading()) to_write_ = nullptr;  // a leader that lost its term has nothing to publish
       wake_writer_.wait(lock);
       continue;
     }
-    std::string document = std::move(to_write_);
-    to_write_.clear();
+    nlohmann::json pending = std::move(to_write_);
+    to_write_ = nullptr;
     const int64_t fence = member_->fence();
+    pending["fence"] = fence;  // other nodes report in this leadership's numbering
+    const std::string document = pending.dump();
     lock.unlock();
     absl::StatusOr<TxnResult> written =
         fence ? member_->etcd().Txn({Compare::CreateRevision(member_->leader_key(), fence)},
@@ -101,7 +176,7 @@ void ClusterPublisher::WriterLoop() {
     if (written.ok() && written->succeeded) continue;
     if (!written.ok())
       FERRY_LOG(kWarning, "cluster", "cannot publish the endpoint sets to etcd: ", Message(written.status()));
-    if (to_write_.empty() && member_->leading()) to_write_ = std::move(document);  // nothing newer: retry this
+    if (to_write_.is_null() && member_->leading()) to_write_ = std::move(pending);  // nothing newer: retry this
     wake_writer_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
   }
 }
@@ -136,8 +211,13 @@ void ClusterPublisher::WatcherLoop() {
   auto take = [&](const std::string& value) {
     std::shared_ptr<const endpoints::Snapshot> snapshot = FromDocument(value);
     if (!snapshot) return;
+    nlohmann::json doc = nlohmann::json::parse(value, nullptr, false);
+    const int64_t fence =
+        doc.is_object() && doc.contains("fence") && doc["fence"].is_number_integer() ? doc["fence"].get<int64_t>() : 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      remote_source_version_ = snapshot->version;
+      remote_fence_ = fence;
       remote_latest_ = std::move(snapshot);
       ++remote_epoch_;
     }

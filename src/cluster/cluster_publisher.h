@@ -7,15 +7,22 @@
 //     (each endpoint's tcp_address; endpoints without one are left out).
 // Consumers see one increasing version sequence across source changes (each source's versions are
 // shifted to follow the last delivered), and the controller's report collection is shifted back.
+// The leader's controller hears every node's data plane: each node answers GET /api/ferry/reports with its
+// consumers' reports in the leader's numbering (RemoteReports), and the leader polls them (every 100 ms)
+// into its CollectReports, so autoscaling sees the whole cluster's load and a replica is stopped only once
+// no node's router can still send it a request.
 // The data plane keeps the last snapshot it has when etcd or the leader is gone.
 // Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
@@ -30,7 +37,9 @@ class ClusterPublisher : public endpoints::Publisher {
   // the publisher's (the controller's) thread: what the watch or a leadership change brings is handed to
   // `run_on_publisher_thread` (which runs it there), while the controller's own come on that thread.
   using Runner = std::function<void(std::function<void()>)>;
-  ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local, Runner run_on_publisher_thread);
+  // `admin_token`: the bearer token of the nodes' admin APIs (one per cluster), for polling their reports.
+  ClusterPublisher(ClusterMember* member, endpoints::LocalPublisher* local, Runner run_on_publisher_thread,
+                   std::string admin_token = "");
   ~ClusterPublisher() override;  // Stop()
 
   // Starts the etcd writer and watcher threads.
@@ -48,12 +57,17 @@ class ClusterPublisher : public endpoints::Publisher {
 
   std::string key() const { return member_->options().prefix + "endpoints"; }
 
+  // This node's consumers' reports in the leader's numbering, for the leader: {"fence", "reports"}; null
+  // while the node routes by its own controller's snapshots. On the publisher's thread.
+  nlohmann::json RemoteReports();
+
  private:
   enum class Source { kNone, kLocal, kRemote };
   // Delivers the selected source's latest snapshot if it is newer than what consumers have. Under mu_.
   void DeliverLocked();
   void WriterLoop();
   void WatcherLoop();
+  void PollerLoop();
   // The leader's document as this node routes by it (other nodes' endpoints reached over TCP).
   std::shared_ptr<const endpoints::Snapshot> FromDocument(const std::string& text) const;
 
@@ -69,11 +83,24 @@ class ClusterPublisher : public endpoints::Publisher {
   uint64_t delivered_source_version_ = 0;  // the delivered snapshot's version in its own source's numbering
   uint64_t out_version_ = 0;               // the last version consumers got
   int64_t local_offset_ = 0;               // out = local version + local_offset_ (while delivering local ones)
-  std::string to_write_;                   // the latest local snapshot's document, not yet in etcd
+  nlohmann::json to_write_;                // the latest local snapshot's document, not yet in etcd (null: none)
+  // The leader's document being delivered: its fence, and which out version carried which of its versions.
+  int64_t remote_fence_ = 0;
+  uint64_t remote_source_version_ = 0;
+  std::deque<std::pair<uint64_t, uint64_t>> remote_delivered_;  // (out version, leader's version), newest last
+  int64_t delivered_fence_ = 0;
+  // Other nodes' reports, polled while leading.
+  struct NodeReports {
+    std::chrono::steady_clock::time_point at;
+    std::vector<endpoints::ConsumerReport> reports;
+  };
+  std::map<std::string, NodeReports> node_reports_;
+  const std::string admin_token_;
   bool stopping_ = false;
   std::atomic<bool> stop_watch_{false};
   std::thread writer_;
   std::thread watcher_;
+  std::thread poller_;
 };
 
 }  // namespace ferry::cluster

@@ -158,7 +158,8 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   std::vector<Replica*> current_starting, current_serving, old_starting, old_serving;
   for (auto& [id, r] : d.replicas) {
     if (r.state == ReplicaState::kStopping) continue;
-    bool current = r.version == d.version;
+    // One on a draining node counts as old: replaced first, then stopped, as in a rolling update.
+    bool current = r.version == d.version && !launcher_->Evicting(id);
     if (Starting(r.state))
       (current ? current_starting : old_starting).push_back(&r);
     else
@@ -539,7 +540,7 @@ void Controller::UpdateStatuses() {
     int current_serving = 0, current_total = 0, other = 0;
     for (const auto& [id, r] : d->replicas) {
       if (r.state == ReplicaState::kStopping) continue;
-      if (r.version != d->version) {
+      if (r.version != d->version || launcher_->Evicting(id)) {
         ++other;
         continue;
       }

@@ -98,6 +98,12 @@ class ReplicaLauncher {
   virtual void KillAll() = 0;
   // Replicas running already, for a controller that takes over (Restore adopts them).
   virtual std::vector<ExistingReplica> Existing() { return {}; }
+  // The replica must move (its node is draining): the controller starts a replacement elsewhere first, as
+  // in a rolling update, then stops it.
+  virtual bool Evicting(const std::string& replica_id) const {
+    (void)replica_id;
+    return false;
+  }
   // Where the replica runs (or will); empty fields: the controller's own node.
   virtual ReplicaLocation LocationOf(const std::string& replica_id) const {
     (void)replica_id;

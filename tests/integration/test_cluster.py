@@ -32,12 +32,16 @@ ECHO = """applications:
 
 
 ECHO3 = ECHO.replace("num_replicas: 2", "num_replicas: 3")
+# Small enough that one node (4 CPUs declared, below) holds all three.
+ECHO3_SMALL = ECHO3 + "        ray_actor_options: {num_cpus: 0.5}\n"
 
 
 class Node(Ferry):
     def __init__(self, etcd, name, *extra):
         self.name = name
         self.state_dir = tempfile.mkdtemp(prefix=f"ferry-{name}-")
+        if "--resources" not in extra:  # the same on every machine (the default is the machine's cores)
+            extra = ("--resources", '{"CPU": 4}', *extra)
         super().__init__(argv=["start", "--foreground", "--state-dir", self.state_dir, "--cluster", etcd.url,
                                "--node-name", name, "--address", "127.0.0.1", "--http-port", "0", "--admin-port", "0",
                                "--lease-ttl-s", "2", *extra])
@@ -84,7 +88,7 @@ class Load:
     """Sequential requests to one proxy on a thread (one in flight at a time), bounded in count and time,
     counting the answers that were not right."""
 
-    def __init__(self, node, limit=5000, seconds=120):
+    def __init__(self, node, limit=200000, seconds=120):
         self.node, self.ok, self.failed = node, 0, []
         self.stop = threading.Event()
         self.deadline = time.monotonic() + seconds
@@ -229,6 +233,53 @@ class ClusterTest(unittest.TestCase):
         print(f"worker kill under load: {load.ok} ok, {len(load.failed)} failed", flush=True)
         self.assertLessEqual(len(load.failed), 5, load.failed[:5])
         self.assertEqual(leader.nodes()[victim.name]["state"], "DEAD")
+
+    def test_a_drained_node_hands_its_replicas_over_without_failing_a_request(self):
+        leader, workers = self.start_nodes(["d1", "d2", "d3"])
+        self.deploy(leader, ECHO3_SMALL)
+        before = placement(wait_until(lambda: running(leader, replicas=3), timeout=60, what="echo RUNNING"))
+        drained, other = workers
+        # Load through the leader's proxy and through the draining node's own (which keeps serving).
+        loads = [Load(leader), Load(drained)]
+        wait_until(lambda: all(l.ok >= 30 for l in loads), timeout=30, what="the load to run")
+        r = run_ferry(["drain", drained.name, "--address", other.admin], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn(f"node {drained.name} is drained", r.stdout)
+        status = wait_until(lambda: running(leader, replicas=3), timeout=60, what="echo RUNNING after the drain")
+        after = placement(status)
+        self.assertNotIn(drained.name, [n for n, _ in after.values()])
+        for rid, where in before.items():  # only the drained node's replica moved
+            if where[0] != drained.name:
+                self.assertEqual(after.get(rid), where)
+        counts = [l.ok for l in loads]
+        wait_until(lambda: all(l.ok >= c + 30 for l, c in zip(loads, counts)), timeout=30, what="the load to go on")
+        for l in loads:
+            l.finish()
+        print(f"drain under load: {[l.ok for l in loads]} ok, {[len(l.failed) for l in loads]} failed", flush=True)
+        for l in loads:
+            self.assertEqual(l.failed, [], "a drain fails no request")
+        nodes = leader.nodes()
+        self.assertEqual((nodes[drained.name]["state"], nodes[drained.name]["replicas"]), ("DRAINING", 0))
+        self.assertEqual(sum(n["replicas"] for n in nodes.values()), 3)
+        out = run_ferry(["nodes", "--address", leader.admin]).stdout
+        self.assertRegex(out, rf"{drained.name}\s+DRAINING\s+\S+\s+0\s+CPU 0/")
+        # A node that is not in the cluster cannot be drained.
+        r = run_ferry(["drain", "nowhere", "--address", leader.admin])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('no node named "nowhere"', r.stderr)
+
+        # SIGTERM to a node (a rolling upgrade, a spot preemption) drains it the same way before it leaves.
+        loads = [Load(leader)]
+        wait_until(lambda: loads[0].ok >= 30, timeout=30, what="the load to run")
+        other.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(other.proc.wait(timeout=120), 0)
+        self.assertIn("drains: its", other.stdout())
+        status = wait_until(lambda: running(leader, replicas=3), timeout=60, what="echo RUNNING after the SIGTERM")
+        self.assertEqual({n for n, _ in placement(status).values()}, {leader.name})
+        count = loads[0].ok
+        wait_until(lambda: loads[0].ok >= count + 30, timeout=30, what="the load to go on")
+        loads[0].finish()
+        self.assertEqual(loads[0].failed, [], "a node leaving on SIGTERM fails no request")
 
     def test_replicas_are_placed_by_resources_labels_and_limits(self):
         self.nodes.append(Node(self.etcd, "cpu-a", "--resources", '{"CPU": 2}', "--labels", "zone=a"))
