@@ -1094,8 +1094,8 @@ absl::StatusOr<Config> ParseConfig(std::string_view yaml_text, std::string_view 
     if (v != "EveryNode" && v != "HeadOnly" && v != "Disabled")
       errors.Add(proxy_location, "proxy_location",
                  StrCat("expected EveryNode, HeadOnly or Disabled, got ", Describe(proxy_location)));
-    else if (v == "Disabled")
-      errors.Warn(proxy_location, "proxy_location", "accepted; a single node serves HTTP whatever is set here");
+    else
+      config.proxy_location = v;
   }
   YAML::Node grpc = top.Get("grpc_options");
   if (grpc.IsDefined() && !grpc.IsNull()) {
@@ -1278,6 +1278,13 @@ json ToJson(const ApplicationConfig& app) {
                                 {"startup_timeout_s", d.startup_timeout_s},
                                 {"graceful_shutdown_wait_loop_s", d.graceful_shutdown_wait_loop_s}});
     if (!d.ray_actor_options.is_null()) a["deployments"].back()["ray_actor_options"] = d.ray_actor_options;
+    // Where its replicas may run (cluster mode), so that the state a new leader restores places them alike.
+    if (!d.placement.bundles.empty()) {
+      a["deployments"].back()["placement_group_bundles"] = d.placement.bundles;
+      a["deployments"].back()["placement_group_strategy"] = d.placement.strategy;
+    }
+    if (d.placement.max_replicas_per_node)
+      a["deployments"].back()["max_replicas_per_node"] = *d.placement.max_replicas_per_node;
     if (d.batching) a["deployments"].back()["batching"] = ToJson(*d.batching);
     if (d.logging_config) a["deployments"].back()["logging_config"] = ToJson(*d.logging_config);
     if (d.autoscaling_config) {  // one or the other, as in the config file
@@ -1298,6 +1305,7 @@ json ToJson(const ApplicationConfig& app) {
 json ToJson(const Config& config) {
   json out;
   out["http_options"] = ToJson(config.http_options);
+  if (config.proxy_location != "EveryNode") out["proxy_location"] = config.proxy_location;
   if (config.logging_config) out["logging_config"] = ToJson(*config.logging_config);
   if (config.tracing) out["tracing"] = ToJson(*config.tracing);
   out["applications"] = json::array();

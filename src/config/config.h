@@ -150,6 +150,9 @@ struct Config {
   bool has_admin = false;
   std::optional<LoggingConfig> logging_config;  // the node's own logs, and the default for applications
   std::optional<TracingConfig> tracing;         // none: tracing off
+  // Ray's: which nodes' proxies serve HTTP. EveryNode, HeadOnly (in a cluster, the leader's node's) or
+  // Disabled (none: handles only).
+  std::string proxy_location = "EveryNode";
   std::vector<ApplicationConfig> applications;
   // Options accepted that have no effect here (Ray's options for clusters, say): one line each, with the
   // file, line and column, for the user to see (ferry deploy prints them, the node logs them).

@@ -417,6 +417,8 @@ std::shared_ptr<const endpoints::RouteTable> Controller::BuildRouteTable() const
                              d->target.logging.enable_access_log});
   }
   table->access_log = !applied_ || !applied_->logging_config || applied_->logging_config->enable_access_log;
+  if (applied_) table->proxy_location = applied_->proxy_location;
+  table->head_node = options_.node_id;
   return table;
 }
 

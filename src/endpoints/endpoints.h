@@ -72,6 +72,10 @@ struct RouteTable {
   std::vector<RouteEntry> routes;
   std::vector<ModelEntry> models;
   bool access_log = true;  // access lines for requests that match no route (the top level's setting)
+  // Which nodes' proxies serve HTTP (Ray's proxy_location): "EveryNode", "HeadOnly" (the node whose
+  // controller publishes: `head_node`) or "Disabled" (none: handles only).
+  std::string proxy_location = "EveryNode";
+  std::string head_node;  // empty on one node
 };
 
 // Everything published, at one version. Sets and the route table are shared between snapshots that did

@@ -71,8 +71,23 @@ json SnapshotToJson(const Snapshot& snapshot) {
     routes.push_back({{"route_prefix", r.route_prefix},
                       {"application", r.application},
                       {"ingress_deployment", r.ingress_deployment},
-                      {"deployment_key", r.deployment_key}});
-  return {{"version", snapshot.version}, {"sets", std::move(sets)}, {"routes", std::move(routes)}};
+                      {"deployment_key", r.deployment_key},
+                      {"access_log", r.access_log}});
+  json models = json::array();
+  for (const ModelEntry& m : snapshot.routes->models)
+    models.push_back({{"name", m.name},
+                      {"version", m.version},
+                      {"application", m.application},
+                      {"deployment", m.deployment},
+                      {"deployment_key", m.deployment_key},
+                      {"access_log", m.access_log}});
+  return {{"version", snapshot.version},
+          {"sets", std::move(sets)},
+          {"routes", std::move(routes)},
+          {"models", std::move(models)},
+          {"access_log", snapshot.routes->access_log},
+          {"proxy_location", snapshot.routes->proxy_location},
+          {"head_node", snapshot.routes->head_node}};
 }
 
 absl::StatusOr<std::shared_ptr<const Snapshot>> SnapshotFromJson(const json& j) {
@@ -115,9 +130,25 @@ absl::StatusOr<std::shared_ptr<const Snapshot>> SnapshotFromJson(const json& j) 
     f.Get("application", &route.application);
     f.Get("ingress_deployment", &route.ingress_deployment);
     f.Get("deployment_key", &route.deployment_key);
+    f.Get("access_log", &route.access_log);
     if (!f.status().ok()) return f.status();
     routes->routes.push_back(std::move(route));
   }
+  for (const json& m : top.Array("models")) {
+    ModelEntry model;
+    Fields f(m, "snapshot model");
+    f.Get("name", &model.name);
+    f.Get("version", &model.version);
+    f.Get("application", &model.application);
+    f.Get("deployment", &model.deployment);
+    f.Get("deployment_key", &model.deployment_key);
+    f.Get("access_log", &model.access_log);
+    if (!f.status().ok()) return f.status();
+    routes->models.push_back(std::move(model));
+  }
+  top.Get("access_log", &routes->access_log);
+  top.Get("proxy_location", &routes->proxy_location);
+  top.Get("head_node", &routes->head_node);
   if (!top.status().ok()) return top.status();
   snapshot->routes = std::move(routes);
   return std::shared_ptr<const Snapshot>(std::move(snapshot));

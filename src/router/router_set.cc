@@ -64,6 +64,18 @@ std::shared_ptr<Router> RouterSet::RouterOfLocked(const std::string& key) const 
 }
 
 void RouterSet::PublishTableLocked() {
+  // proxy_location: this node's proxy may not be one that serves HTTP.
+  std::string refusal;
+  if (routes_->proxy_location == "Disabled")
+    refusal = "proxy_location is Disabled: no proxy serves HTTP; call the deployments through handles";
+  else if (routes_->proxy_location == "HeadOnly" && !local_node_.empty() && local_node_ != routes_->head_node)
+    refusal = ferry::StrCat("proxy_location is HeadOnly: only the head node's proxy (node ", routes_->head_node,
+                            ", whose controller leads) serves HTTP");
+  if (!refusal.empty()) {
+    routing_.Publish(std::make_shared<const RoutingTable>(std::vector<Route>{}, std::vector<ModelRoute>{},
+                                                          routes_->access_log, std::move(refusal)));
+    return;
+  }
   std::vector<Route> routes;
   for (const endpoints::RouteEntry& r : routes_->routes) {
     std::shared_ptr<Router> router = RouterOfLocked(r.deployment_key);

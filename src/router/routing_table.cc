@@ -10,8 +10,9 @@ bool PrefixMatches(std::string_view prefix, std::string_view path) {
   return path.size() == prefix.size() || path[prefix.size()] == '/';
 }
 
-RoutingTable::RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models, bool access_log)
-    : routes_(std::move(routes)), models_(std::move(models)), access_log_(access_log) {
+RoutingTable::RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models, bool access_log,
+                           std::string refusal)
+    : routes_(std::move(routes)), models_(std::move(models)), access_log_(access_log), refusal_(std::move(refusal)) {
   std::stable_sort(routes_.begin(), routes_.end(),
                    [](const Route& a, const Route& b) { return a.route_prefix.size() > b.route_prefix.size(); });
   std::sort(models_.begin(), models_.end(), [](const ModelRoute& a, const ModelRoute& b) { return a.name < b.name; });

@@ -33,7 +33,9 @@ struct ModelRoute {
 class RoutingTable {
  public:
   // `access_log`: whether requests that match no route get access lines (the top level's setting).
-  explicit RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models = {}, bool access_log = true);
+  // `refusal`: set when this node's proxy does not serve HTTP (proxy_location): why, for a 503.
+  explicit RoutingTable(std::vector<Route> routes, std::vector<ModelRoute> models = {}, bool access_log = true,
+                        std::string refusal = "");
   // The route with the longest route_prefix that matches `path` at a segment boundary, or nullptr.
   const Route* Match(std::string_view path) const;
   const std::vector<Route>& routes() const { return routes_; }
@@ -41,11 +43,13 @@ class RoutingTable {
   const ModelRoute* FindModel(std::string_view name) const;
   const std::vector<ModelRoute>& models() const { return models_; }  // by name
   bool access_log() const { return access_log_; }
+  const std::string& refusal() const { return refusal_; }
 
  private:
   std::vector<Route> routes_;  // longest prefix first
   std::vector<ModelRoute> models_;
   bool access_log_;
+  std::string refusal_;
 };
 
 // Holds the current table. Writers publish whole tables; readers take a snapshot per request.

@@ -119,6 +119,10 @@ TEST(ConfigTest, PlacementOptionsAreReadForClusterMode) {
   EXPECT_EQ(p.bundles[0], (std::map<std::string, double>{{"CPU", 1}, {"GPU", 1}}));
   EXPECT_EQ(p.strategy, "STRICT_SPREAD");
   EXPECT_EQ(p.label_selector, (std::map<std::string, std::string>{{"zone", "a"}}));
+  // The stored config (what a new leader restores) keeps them.
+  auto again = ParseConfig(ToJson(*c).dump(), "state", "/tmp", Builtins());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->applications[0].deployments[0].placement, p);
 
   EXPECT_THAT(ErrorOf(head + "        placement_group_strategy: TIGHT\n        placement_group_bundles: [{CPU: 1}]\n"),
               HasSubstr("cfg.yaml:6:35: applications[0].deployments[0].placement_group_strategy: expected PACK, SPREAD,"

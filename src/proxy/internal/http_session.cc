@@ -261,6 +261,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     const router::Route* route = table->Match(head.path);
     if (!route) {
       if (table->access_log()) BeginAccess(req, head.path, nullptr);
+      if (!table->refusal().empty()) return WriteError(http::status::service_unavailable, table->refusal(), true);
       WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", head.path), true);
       return;
     }
@@ -391,6 +392,7 @@ class HttpSession : public Session, public CallSink, public std::enable_shared_f
     const router::Route* route = table->Match(path);
     if (!route) {
       if (table->access_log()) BeginAccess(req, path, nullptr);
+      if (!table->refusal().empty()) return WriteError(http::status::service_unavailable, table->refusal(), false);
       WriteError(http::status::not_found, ferry::StrCat("no application is routed at ", path), false);
       return;
     }

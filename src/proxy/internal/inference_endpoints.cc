@@ -13,9 +13,7 @@ namespace http = boost::beast::http;
 namespace {
 
 InferenceAnswer Ok(const nlohmann::json& body) { return {nullptr, http::status::ok, body.dump(), false}; }
-InferenceAnswer Error(http::status status, std::string message) {
-  return {nullptr, status, std::move(message), true};
-}
+InferenceAnswer Error(http::status status, std::string message) { return {nullptr, status, std::move(message), true}; }
 
 // A model with no replica is unready, unless it autoscales to zero on purpose: an infer call then starts
 // one and is answered.
@@ -55,13 +53,14 @@ InferenceAnswer AnswerInferenceProtocol(http::verb method, std::string_view path
   if (!model_path) return Error(http::status::not_found, StrCat("no Open Inference Protocol endpoint at ", path));
   const std::string_view name = model_path->name, version = model_path->version, rest = model_path->rest;
   const router::ModelRoute* model = table.FindModel(name);
+  if (!model && !table.refusal().empty()) return Error(http::status::service_unavailable, table.refusal());
   if (!model) return Error(http::status::not_found, StrCat("unknown model '", name, "'"));
   if (!version.empty() && version != model->version)
-    return Error(http::status::not_found,
-                 model->version.empty()
-                     ? StrCat("model '", name, "' has no version '", version, "' (it is unversioned)")
-                     : StrCat("model '", name, "' has no version '", version, "' (it serves version '",
-                              model->version, "')"));
+    return Error(
+        http::status::not_found,
+        model->version.empty()
+            ? StrCat("model '", name, "' has no version '", version, "' (it is unversioned)")
+            : StrCat("model '", name, "' has no version '", version, "' (it serves version '", model->version, "')"));
   if (rest == "/ready") {
     if (!get) return wrong_method("GET");
     if (Unready(model->route))
