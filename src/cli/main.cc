@@ -29,6 +29,7 @@
 #include "config/config.h"
 #include "replica/replica.h"
 #include "runtimes/runtimes.h"
+#include "transport/address.h"
 
 namespace ferry {
 namespace {
@@ -113,6 +114,8 @@ Cluster mode (docs/operations.md, "Running a cluster"):
   --resources JSON     what it offers, Ray's way: '{"CPU": 16, "GPU": 2, "memory": 64e9}' (default: its cores)
   --labels K=V[,K=V]   labels for placement
   --lease-ttl-s N      how long after its death the cluster notices it (default 2)
+  --cluster-token-file F   the cluster's shared secret (first line of F): a node without it cannot join,
+                       and replicas accept frames only from processes that present it
 )";
 
 constexpr char kClientUsage[] = R"(Usage:
@@ -425,13 +428,22 @@ std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& 
     if (!ParseInt(*v, &ttl) || ttl < 1 || ttl > 600) return "--lease-ttl-s needs a number of seconds from 1 to 600";
     out->lease_ttl_s = ttl;
   }
+  if (auto v = f.Get("--cluster-token-file")) {
+    std::ifstream in(*v);
+    std::string token;
+    if (!in || !std::getline(in, token)) return StrCat("--cluster-token-file: cannot read ", *v);
+    while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+    if (token.size() < 16) return StrCat("--cluster-token-file: the token in ", *v, " is shorter than 16 characters");
+    out->token = std::move(token);
+  }
   return std::nullopt;
 }
 
 int StartCommand(const std::vector<std::string>& args) {
-  Flags f = Flags::Parse(
-      args, SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels", "--lease-ttl-s"}),
-      {"--foreground", "--no-metrics"}, "ferry start --help");
+  Flags f = Flags::Parse(args,
+                         SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels",
+                                               "--lease-ttl-s", "--cluster-token-file"}),
+                         {"--foreground", "--no-metrics"}, "ferry start --help");
   if (f.help) return std::cout << kStartUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
   if (f.positional.size() > 1) return Fail("ferry start takes at most one CONFIG file (see ferry start --help)");
@@ -457,7 +469,8 @@ int StartCommand(const std::vector<std::string>& args) {
     if (auto error = ClusterFlags(f, options, &cluster)) return Fail(*error);
     options.cluster = std::move(cluster);
   } else {
-    for (const char* flag : {"--node-name", "--address", "--resources", "--labels", "--lease-ttl-s"})
+    for (const char* flag :
+         {"--node-name", "--address", "--resources", "--labels", "--lease-ttl-s", "--cluster-token-file"})
       if (f.Get(flag)) return Fail(StrCat(flag, " is for cluster nodes: add --cluster etcd://HOST:PORT"));
   }
   std::string state_dir = std::filesystem::absolute(f.Get("--state-dir").value_or(DefaultStateDir())).string();
@@ -762,6 +775,12 @@ int ReplicaCommand(const std::vector<std::string>& args) {
   }
   if (options.spec_path.empty() || options.socket_path.empty())
     return Fail("replica mode is started by the node agent: ferry replica --spec FILE --socket PATH --status-fd N");
+  // A cluster node's token, from its node (the environment, not the spec file): the user's code does not
+  // see it.
+  if (const char* token = getenv("FERRY_CLUSTER_TOKEN")) {
+    transport::SetFrameToken(token);
+    unsetenv("FERRY_CLUSTER_TOKEN");
+  }
   return replica::RunReplica(options);
 }
 

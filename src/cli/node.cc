@@ -23,6 +23,7 @@
 #include "proxy/proxy.h"
 #include "router/router_set.h"
 #include "tracing/tracing.h"
+#include "transport/address.h"
 
 namespace ferry::cli {
 namespace {
@@ -418,6 +419,12 @@ class Node {
 }  // namespace
 
 int RunNode(const NodeOptions& options) {
+  // A cluster's token: every frame client here presents it, and the replicas this node starts (told through
+  // their environment) require it. Set before any thread connects or serves.
+  if (options.cluster && !options.cluster->token.empty()) {
+    transport::SetFrameToken(options.cluster->token);
+    setenv("FERRY_CLUSTER_TOKEN", options.cluster->token.c_str(), 1);
+  }
   // The controller publishes endpoint sets and routes here; the proxy's routers consume them and report
   // their load back. Both outlive the node's controller and proxy.
   endpoints::LocalPublisher publisher;

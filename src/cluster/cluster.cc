@@ -1,5 +1,7 @@
 #include "cluster/cluster.h"
 
+#include <openssl/sha.h>
+
 #include "cluster/cluster_launcher.h"
 #include "common/common.h"
 
@@ -57,6 +59,46 @@ ClusterMember::ClusterMember(ClusterOptions options, Callbacks callbacks)
 
 ClusterMember::~ClusterMember() { Stop(); }
 
+namespace {
+
+std::string Sha256Hex(std::string_view bytes) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), digest);
+  std::string out;
+  for (unsigned char c : digest) out += HexString(c, 2);
+  return out;
+}
+
+}  // namespace
+
+absl::Status ClusterMember::CheckToken() {
+  const std::string key = options_.prefix + "token";
+  absl::StatusOr<RangeResult> read = etcd_.Get(key);
+  if (!read.ok()) return read.status();
+  if (read->kvs.empty()) {
+    if (options_.token.empty()) return absl::OkStatus();  // a cluster without a token
+    // The first node with a token sets the cluster's (created only if absent: two first nodes agree).
+    const std::string salt = NewShortId(16);
+    json record = {{"salt", salt}, {"sha256", Sha256Hex(salt + options_.token)}};
+    absl::StatusOr<TxnResult> txn =
+        etcd_.Txn({Compare::CreateRevision(key, 0)}, {TxnOp::Put(key, record.dump())}, {TxnOp::Get(key)});
+    if (!txn.ok()) return txn.status();
+    if (txn->succeeded) return absl::OkStatus();
+    read = RangeResult{txn->revision, txn->ranges.empty() ? std::vector<KeyValue>{} : txn->ranges[0].kvs};
+    if (read->kvs.empty()) return absl::UnavailableError("the cluster's token record vanished; try again");
+  }
+  json record = json::parse(read->kvs[0].value, nullptr, false);
+  if (!record.is_object() || !record.contains("salt") || !record["salt"].is_string() || !record.contains("sha256") ||
+      !record["sha256"].is_string())
+    return absl::DataLossError(StrCat("the cluster's token record at ", key, " is not one ferry wrote"));
+  if (options_.token.empty())
+    return absl::PermissionDeniedError(
+        "this cluster requires a token: start the node with --cluster-token-file (the file the other nodes use)");
+  if (Sha256Hex(record["salt"].get<std::string>() + options_.token) != record["sha256"].get<std::string>())
+    return absl::PermissionDeniedError("this node's cluster token (--cluster-token-file) is not the cluster's");
+  return absl::OkStatus();
+}
+
 absl::Status ClusterMember::Register() {
   absl::StatusOr<int64_t> lease = etcd_.GrantLease(options_.lease_ttl_s);
   if (!lease.ok()) return lease.status();
@@ -95,6 +137,7 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
   record.erase("resources_used");
   record_ = record.dump();
   if (options_.lease_ttl_s < 1) return absl::InvalidArgumentError("the lease TTL must be at least 1 s");
+  if (absl::Status token = CheckToken(); !token.ok()) return token;
   // A node restarted under its old name waits out its previous incarnation's lease.
   absl::Status registered;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(options_.lease_ttl_s + 1);

@@ -42,6 +42,9 @@ struct ClusterOptions {
   nlohmann::json resources = nlohmann::json::object();  // Ray's: {"CPU": 16, "GPU": 2, "memory": ...}
   std::map<std::string, std::string> labels;
   int64_t lease_ttl_s = 2;  // a dead node is noticed (and a dead leader replaced) this long after it died
+  // The cluster's shared secret (empty: none). The first node to join with one records a salted SHA-256 of
+  // it at PREFIX/token; a node whose token does not match (or that has none) cannot join after that.
+  std::string token;
 };
 
 // A node as `ferry nodes` and the status show it.
@@ -111,6 +114,8 @@ class ClusterMember {
   // One pass: register or renew, then campaign or check on the leadership. Returns false to stop at once.
   void Step();
   absl::Status Register();
+  // Whether this node may join: its token against the cluster's (set by the first node that has one).
+  absl::Status CheckToken();
   void Depose(const std::string& why);
 
   const ClusterOptions options_;

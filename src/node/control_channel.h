@@ -17,6 +17,7 @@
 #include "endpoints/endpoints.h"
 #include "endpoints/wire.h"
 #include "node/launcher.h"
+#include "transport/address.h"
 #include "transport/connection.h"
 
 namespace ferry::node {
@@ -69,7 +70,7 @@ class ControlChannel : public transport::FrameConnection::Handler, public std::e
   const ReplicaFeed* feed() const { return feed_.get(); }
 
   void Start() {
-    transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, client_});
+    transport::AppendHello(connection_->output(), 0, {transport::kProtocolVersion, client_, transport::FrameToken()});
     connection_->Start();
   }
   void Close() {

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -56,6 +57,23 @@ absl::StatusOr<NumericAddress> ToNumericAddress(const std::string& host, uint16_
 std::string TcpAddress(std::string_view host, uint16_t port) {
   return host.find(':') != std::string_view::npos ? StrCat("tcp://[", host, "]:", port)
                                                   : StrCat("tcp://", host, ":", port);
+}
+
+namespace {
+std::string& TokenStorage() {
+  static std::string token;
+  return token;
+}
+}  // namespace
+
+void SetFrameToken(std::string token) { TokenStorage() = std::move(token); }
+const std::string& FrameToken() { return TokenStorage(); }
+
+bool IsFrameToken(std::string_view given) {
+  const std::string& token = TokenStorage();
+  unsigned char diff = given.size() == token.size() ? 0 : 1;
+  for (size_t i = 0; i < given.size(); ++i) diff |= given[i] ^ token[i % std::max<size_t>(1, token.size())];
+  return diff == 0 && !token.empty();
 }
 
 void SetNoDelay(int fd) {

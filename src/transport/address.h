@@ -42,4 +42,12 @@ absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int tim
 // Disables Nagle's algorithm on a TCP socket (nothing for a Unix one).
 void SetNoDelay(int fd);
 
+// The cluster's token (ferry start --cluster-token-file): every frame client of this process sends it in its
+// hello, and a replica that has one accepts only connections that present it. Set once at start, before
+// any thread that connects or serves (a replica reads it from its environment, FERRY_CLUSTER_TOKEN).
+void SetFrameToken(std::string token);
+const std::string& FrameToken();
+// Whether `given` is the token, in time that does not depend on where they differ.
+bool IsFrameToken(std::string_view given);
+
 }  // namespace ferry::transport

@@ -53,7 +53,7 @@ absl::StatusOr<std::shared_ptr<DirectChannel>> DirectChannel::Connect(const std:
   if (!wake) return absl::InternalError(StrCat("eventfd: ", std::strerror(errno)));
   std::shared_ptr<DirectChannel> channel(new DirectChannel(std::move(fd), std::move(wake)));
   std::string hello;
-  AppendHello(hello, 0, {kProtocolVersion, std::string(client)});
+  AppendHello(hello, 0, {kProtocolVersion, std::string(client), FrameToken()});
   if (!channel->WriteFrame(hello)) return absl::UnavailableError(StrCat("hello to ", socket_path, " failed"));
   return channel;
 }

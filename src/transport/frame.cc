@@ -207,6 +207,7 @@ void AppendHello(std::string& out, uint64_t stream_id, const Hello& m) {
   size_t at = BeginFrame(out, FrameKind::kHello, stream_id);
   PutU32(out, m.version);
   PutString(out, m.client);
+  PutString(out, m.token);
   EndFrame(out, at);
 }
 
@@ -344,7 +345,7 @@ void AppendText(std::string& out, FrameKind kind, uint64_t stream_id, std::strin
 
 absl::Status DecodeHello(std::string_view payload, Hello* out) {
   Cursor c(payload);
-  c.U32(&out->version) && c.String(&out->client);
+  c.U32(&out->version) && c.String(&out->client) && c.String(&out->token);
   return c.Finish("hello");
 }
 

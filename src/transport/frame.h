@@ -16,7 +16,7 @@
 
 namespace ferry::transport {
 
-inline constexpr uint32_t kProtocolVersion = 3;
+inline constexpr uint32_t kProtocolVersion = 4;  // 4: the hello carries the cluster token
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr uint16_t kFrameMagic = 0xF7E1;
 // Larger than http_options.max_body_bytes can be set, smaller than what would let a peer exhaust memory.
@@ -72,6 +72,9 @@ using HeaderList = std::vector<std::pair<std::string_view, std::string_view>>;
 struct Hello {
   uint32_t version = kProtocolVersion;
   std::string_view client;
+  // The cluster's token (transport::FrameToken()): a replica started with one refuses a connection whose
+  // hello does not carry it, and every frame before that hello. Empty outside a cluster with a token.
+  std::string_view token;
 };
 struct HelloAck {
   uint32_t version = kProtocolVersion;

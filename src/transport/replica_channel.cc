@@ -1,6 +1,7 @@
 #include "transport/replica_channel.h"
 
 #include "common/common.h"
+#include "transport/address.h"
 
 namespace ferry::transport {
 
@@ -11,7 +12,7 @@ ReplicaChannel::ReplicaChannel(const boost::asio::any_io_executor& executor, std
       connection_(std::make_shared<FrameConnection>(executor, std::move(socket_path), this)) {}
 
 void ReplicaChannel::Start() {
-  AppendHello(connection_->output(), 0, {kProtocolVersion, client_});
+  AppendHello(connection_->output(), 0, {kProtocolVersion, client_, FrameToken()});
   connection_->Start();
 }
 

@@ -357,6 +357,41 @@ class ClusterTest(unittest.TestCase):
         r = run_ferry(["config", "--address", standby.admin])
         self.assertIn('proxy_location: "Disabled"', r.stdout)
 
+    def test_a_cluster_with_a_token_admits_only_nodes_that_have_it(self):
+        tokens = tempfile.mkdtemp(prefix="ferry-tokens-")
+        try:
+            paths = {}
+            for name, token in [("right", "s3cret-cluster-token-0001"), ("wrong", "another-cluster-token-02"),
+                                ("short", "tiny")]:
+                paths[name] = os.path.join(tokens, name)
+                with open(paths[name], "w") as f:
+                    f.write(token + "\n")
+            self.nodes.append(Node(self.etcd, "t1", "--cluster-token-file", paths["right"]))
+            self.nodes.append(Node(self.etcd, "t2", "--cluster-token-file", paths["right"]))
+            leader = {n.name: n for n in self.nodes}[wait_until(lambda: self.nodes[0].leader(), timeout=20,
+                                                                 what="a leader")]
+            # The replicas require the token on their frames: one replica, so that one node's proxy reaches
+            # it on the other node (over TCP, presenting the token).
+            self.deploy(leader, ECHO.replace("num_replicas: 2", "num_replicas: 1"))
+            wait_until(lambda: running(leader, replicas=1), timeout=60, what="echo RUNNING")
+            for n in self.nodes:
+                wait_until(lambda: answers(n, b"tok"), timeout=30, what=f"echo through {n.name}")
+            for flags, why in [(["--cluster-token-file", paths["wrong"]], "is not the cluster's"),
+                               ([], "this cluster requires a token"),
+                               (["--cluster-token-file", paths["short"]], "shorter than 16 characters")]:
+                state = tempfile.mkdtemp(prefix="ferry-intruder-")
+                try:
+                    r = run_ferry(["start", "--foreground", "--state-dir", state, "--cluster", self.etcd.url,
+                                   "--node-name", "intruder", "--http-port", "0", "--admin-port", "0", *flags],
+                                  timeout=60)
+                finally:
+                    shutil.rmtree(state, ignore_errors=True)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(why, r.stderr + r.stdout)
+            self.assertNotIn("intruder", leader.nodes())
+        finally:
+            shutil.rmtree(tokens, ignore_errors=True)
+
     def test_replicas_are_placed_by_resources_labels_and_limits(self):
         self.nodes.append(Node(self.etcd, "cpu-a", "--resources", '{"CPU": 2}', "--labels", "zone=a"))
         self.nodes.append(Node(self.etcd, "gpu-b", "--resources", '{"CPU": 2, "GPU": 1, "accelerator_A100": 1}',

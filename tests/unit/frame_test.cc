@@ -105,10 +105,11 @@ TEST(FrameTest, ResponseAndControlFramesRoundTrip) {
   EXPECT_FALSE(DecodeStatsReply(payload.substr(0, payload.size() - 19), &back).ok());
 
   std::string hello;
-  AppendHello(hello, 0, {kProtocolVersion, "proxy"});
+  AppendHello(hello, 0, {kProtocolVersion, "proxy", "secret-token"});
   Hello hm;
   ASSERT_TRUE(DecodeHello(PayloadOf(hello), &hm).ok());
   EXPECT_EQ(hm.client, "proxy");
+  EXPECT_EQ(hm.token, "secret-token");
 
   std::string ack;
   AppendHelloAck(ack, 0, {kProtocolVersion, "app#D#1", "D"});

@@ -40,6 +40,9 @@ class ClientConnection {
   int fd() const { return fd_.get(); }
   uint64_t id() const { return id_; }
   transport::FrameReader& reader() { return reader_; }  // only the thread holding the read event
+  // Its hello carried the cluster's token (the thread holding the read event only).
+  bool admitted() const { return admitted_; }
+  void Admit() { admitted_ = true; }
 
   // Appends a whole frame and makes sure it is written, by this thread or the one already writing. Frames
   // to a client that is gone are dropped.
@@ -62,6 +65,7 @@ class ClientConnection {
   const UniqueFd fd_;
   const uint64_t id_;
   transport::FrameReader reader_;  // the thread holding the read event only
+  bool admitted_ = false;          // likewise
   Mutex write_mu_;
   std::string pending_ ABSL_GUARDED_BY(write_mu_);
   bool flushing_ ABSL_GUARDED_BY(write_mu_) = false;  // a thread is writing; others only append

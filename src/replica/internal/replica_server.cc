@@ -26,6 +26,7 @@
 #include "replica/internal/span_recorder.h"
 #include "replica/internal/task.h"
 #include "tracing/tracing.h"
+#include "transport/address.h"
 #include "transport/frame.h"
 
 namespace ferry::replica {
@@ -218,6 +219,9 @@ class ReplicaServer::Impl {
 
   absl::Status OnFrame(const std::shared_ptr<ClientConnection>& c, const FrameHeader& header, std::string_view payload,
                        std::vector<TaskPtr>& tasks) {
+    // A cluster with a token: nothing but a hello that carries it, first.
+    if (!transport::FrameToken().empty() && !c->admitted() && header.kind != FrameKind::kHello)
+      return absl::PermissionDeniedError("a frame before a hello with the cluster's token");
     switch (header.kind) {
       case FrameKind::kRequest: {
         auto task = std::make_shared<Task>();
@@ -267,6 +271,11 @@ class ReplicaServer::Impl {
         if (!s.ok()) return s;
         if (hello.version != transport::kProtocolVersion)
           return absl::FailedPreconditionError(StrCat("client speaks protocol version ", hello.version));
+        if (!transport::FrameToken().empty()) {
+          if (!transport::IsFrameToken(hello.token))
+            return absl::PermissionDeniedError("a hello without the cluster's token");
+          c->Admit();
+        }
         std::string frame;
         transport::AppendHelloAck(frame, header.stream_id,
                                   {transport::kProtocolVersion, spec_.replica_id, spec_.deployment});
