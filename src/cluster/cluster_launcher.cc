@@ -185,8 +185,15 @@ class EtcdWriter {
 class PrefixMirror {
  public:
   using Map = std::map<std::string, std::string>;  // key without the prefix -> value
-  PrefixMirror(asio::io_context& io, Etcd* etcd, std::string prefix, std::function<void()> on_change)
-      : io_(io), etcd_(etcd), prefix_(std::move(prefix)), on_change_(std::move(on_change)) {}
+  struct Callbacks {
+    std::function<void()> on_change;  // after each batch of changes
+    // Optional, for an owner that indexes the keys as they change: every key of a full read (after
+    // on_reset), then each key a watch event changes (value null: deleted).
+    std::function<void()> on_reset;
+    std::function<void(const std::string& key, const std::string* value)> on_key;
+  };
+  PrefixMirror(asio::io_context& io, Etcd* etcd, std::string prefix, Callbacks callbacks)
+      : io_(io), etcd_(etcd), prefix_(std::move(prefix)), callbacks_(std::move(callbacks)) {}
   ~PrefixMirror() {
     stop_.store(true);
     { std::lock_guard<std::mutex> lock(mu_); }
@@ -210,7 +217,12 @@ class PrefixMirror {
   void Replace(const RangeResult& r) {
     if (r.revision < revision_) return;
     map_.clear();
-    for (const KeyValue& kv : r.kvs) map_[kv.key.substr(prefix_.size())] = kv.value;
+    if (callbacks_.on_reset) callbacks_.on_reset();
+    for (const KeyValue& kv : r.kvs) {
+      std::string key = kv.key.substr(prefix_.size());
+      const std::string& value = map_[key] = kv.value;
+      if (callbacks_.on_key) callbacks_.on_key(key, &value);
+    }
     revision_ = r.revision;
   }
   void Apply(int64_t revision, const std::vector<WatchEvent>& events) {
@@ -218,10 +230,13 @@ class PrefixMirror {
     for (const WatchEvent& e : events) {
       if (e.kv.key.size() < prefix_.size()) continue;
       std::string key = e.kv.key.substr(prefix_.size());
-      if (e.type == WatchEvent::Type::kPut)
-        map_[key] = e.kv.value;
-      else
+      if (e.type == WatchEvent::Type::kPut) {
+        const std::string& value = map_[key] = e.kv.value;
+        if (callbacks_.on_key) callbacks_.on_key(key, &value);
+      } else {
         map_.erase(key);
+        if (callbacks_.on_key) callbacks_.on_key(key, nullptr);
+      }
     }
     revision_ = revision;
   }
@@ -229,7 +244,7 @@ class PrefixMirror {
     asio::post(io_, [weak = std::weak_ptr<bool>(alive_), f = std::move(f), this] {
       if (weak.expired()) return;
       f();
-      on_change_();
+      callbacks_.on_change();
     });
   }
   void Loop() {
@@ -252,7 +267,7 @@ class PrefixMirror {
   asio::io_context& io_;
   Etcd* const etcd_;
   const std::string prefix_;
-  const std::function<void()> on_change_;
+  const Callbacks callbacks_;
   Map map_;  // io thread
   int64_t revision_ = 0;
   std::atomic<bool> stop_{false};
@@ -271,14 +286,6 @@ constexpr std::string_view kReplicas = "replicas/";
 constexpr std::string_view kMembers = "members/";
 constexpr std::string_view kAlive = "alive/";
 constexpr std::string_view kDraining = "draining/";
-
-// The node ids under `prefix` in the mirror (alive/, draining/).
-std::set<std::string> NodesUnder(const PrefixMirror::Map& map, std::string_view prefix) {
-  std::set<std::string> out;
-  for (auto it = map.lower_bound(std::string(prefix)); it != map.end() && it->first.starts_with(prefix); ++it)
-    out.insert(it->first.substr(prefix.size()));
-  return out;
-}
 
 ResourceSet ResourcesOf(const json& declared) {
   ResourceSet out;
@@ -321,8 +328,13 @@ ClusterLauncher::ClusterLauncher(asio::io_context& io, ClusterMember* member, no
     : io_(io),
       member_(member),
       listener_(listener),
-      writer_(std::make_unique<EtcdWriter>(member, EtcdWriter::Mode::kFenced)),
-      mirror_(std::make_unique<PrefixMirror>(io, &member->etcd(), member->options().prefix, [this] { Reconcile(); })) {
+      placement_(std::make_unique<PlacementState>()),
+      writer_(std::make_unique<EtcdWriter>(member, EtcdWriter::Mode::kFenced)) {
+  PrefixMirror::Callbacks callbacks;
+  callbacks.on_change = [this] { Reconcile(); };
+  callbacks.on_reset = [this] { OnReset(); };
+  callbacks.on_key = [this](const std::string& key, const std::string* value) { OnKey(key, value); };
+  mirror_ = std::make_unique<PrefixMirror>(io, &member->etcd(), member->options().prefix, std::move(callbacks));
   mirror_->Start();
 }
 
@@ -340,42 +352,91 @@ std::string ClusterLauncher::ReportKey(const std::string& replica_id) const {
   return StrCat(prefix(), kReplicas, replica_id);
 }
 
+void ClusterLauncher::OnReset() {
+  members_.clear();
+  alive_.clear();
+  draining_.clear();
+  assigned_.clear();
+  reports_.clear();
+  clearing_.clear();
+  placement_->Clear();
+  for (auto& [id, t] : tracked_) {
+    placement_->Set(PlacedOf(t.assignment));
+    dirty_.insert(id);
+  }
+  nodes_stale_ = liveness_changed_ = true;
+}
+
+void ClusterLauncher::OnKey(const std::string& key, const std::string* value) {
+  if (!value) clearing_.erase(key);  // a deletion asked for has happened
+  auto node_of = [&](std::string_view prefix) { return key.substr(prefix.size()); };
+  if (key.starts_with(kMembers)) {
+    std::optional<NodeInfo> n = value ? NodeFromRecord(*value) : std::nullopt;
+    if (n)
+      members_[node_of(kMembers)] = std::move(*n);
+    else
+      members_.erase(node_of(kMembers));
+    nodes_stale_ = true;
+  } else if (key.starts_with(kAlive)) {
+    if (value)
+      alive_.insert(node_of(kAlive));
+    else
+      alive_.erase(node_of(kAlive));
+    nodes_stale_ = liveness_changed_ = true;
+  } else if (key.starts_with(kDraining)) {
+    if (value)
+      draining_.insert(node_of(kDraining));
+    else
+      draining_.erase(node_of(kDraining));
+    nodes_stale_ = true;
+  } else if (key.starts_with(kAssign)) {
+    const std::string rest = node_of(kAssign);
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos) return;
+    const std::string id = rest.substr(slash + 1);
+    std::optional<Assignment> a = value ? ParseAssignment(rest.substr(0, slash), *value) : std::nullopt;
+    if (a && a->spec.replica_id == id) {
+      if (!tracked_.contains(id)) placement_->Set(PlacedOf(*a));
+      assigned_[id] = std::move(*a);
+    } else {
+      assigned_.erase(id);
+      if (!tracked_.contains(id)) placement_->Remove(id);
+    }
+    dirty_.insert(id);
+  } else if (key.starts_with(kReplicas)) {
+    const std::string id = node_of(kReplicas);
+    std::optional<ReplicaReport> r = value ? ParseReplicaReport(*value) : std::nullopt;
+    if (r)
+      reports_[id] = std::move(*r);
+    else
+      reports_.erase(id);
+    dirty_.insert(id);
+  }
+}
+
+void ClusterLauncher::RefreshNodes() {
+  if (!nodes_stale_) return;
+  nodes_stale_ = false;
+  std::vector<PlacementNode> nodes;
+  nodes.reserve(members_.size());
+  for (const auto& [id, n] : members_)
+    nodes.push_back({id, ResourcesOf(n.resources), n.labels, alive_.contains(id) && !draining_.contains(id)});
+  placement_->SetNodes(std::move(nodes));
+}
+
 absl::Status ClusterLauncher::StartReplica(const spec::ReplicaSpec& spec) {
   if (!member_->leading())
     return absl::AbortedError("this node no longer leads the cluster: the next leader starts the replica");
-  // The cluster as the mirror has it: declared resources, live nodes, and every replica placed (those this
-  // launcher placed and has not seen in etcd yet included).
-  std::vector<PlacementNode> nodes;
-  const std::set<std::string> alive = NodesUnder(mirror_->map(), kAlive);
-  const std::set<std::string> draining = NodesUnder(mirror_->map(), kDraining);
-  std::map<std::string, PlacedReplica> placed;
-  for (const auto& [key, value] : mirror_->map()) {
-    if (key.starts_with(kMembers)) {
-      std::optional<NodeInfo> n = NodeFromRecord(value);
-      if (!n) continue;
-      nodes.push_back({n->node_id, ResourcesOf(n->resources), n->labels,
-                       alive.contains(n->node_id) && !draining.contains(n->node_id)});
-    } else if (key.starts_with(kAssign)) {
-      std::string rest = key.substr(kAssign.size());
-      size_t slash = rest.find('/');
-      if (slash == std::string::npos) continue;
-      std::optional<Assignment> a = ParseAssignment(rest.substr(0, slash), value);
-      if (a && alive.contains(a->node)) placed[a->spec.replica_id] = PlacedOf(*a);
-    }
-  }
-  for (const auto& [id, t] : tracked_) placed[id] = PlacedOf(t.assignment);
-  std::vector<PlacedReplica> placed_list;
-  placed_list.reserve(placed.size());
-  for (auto& [id, p] : placed) placed_list.push_back(std::move(p));
+  RefreshNodes();
   const ReplicaRequest request = RequestOf(spec);
-  std::vector<Placement> where = Place(nodes, placed_list, {request});
-  if (where.empty() || where[0].node_id.empty())
-    return absl::ResourceExhaustedError(UnschedulableMessage(spec.application, spec.deployment, 1, request, nodes,
-                                                             placed_list, where.empty() ? "" : where[0].why_not));
+  Placement where = placement_->Place(request);  // counts it placed when it fits
+  if (where.node_id.empty())
+    return absl::ResourceExhaustedError(
+        placement_->UnschedulableMessage(spec.application, spec.deployment, 1, request, where.why_not));
   Tracked& t = tracked_[spec.replica_id];
-  t.assignment.node = where[0].node_id;
+  t.assignment.node = where.node_id;
   t.assignment.spec = spec;
-  t.assignment.bundle_nodes = where[0].bundle_nodes;
+  t.assignment.bundle_nodes = where.bundle_nodes;
   writer_->Put(AssignKey(t.assignment.node, spec.replica_id), AssignmentJson(t.assignment));
   FERRY_LOG(kInfo, "cluster", "replica ", spec.replica_id, " goes to node ", t.assignment.node);
   return absl::OkStatus();
@@ -385,13 +446,10 @@ void ClusterLauncher::StopReplica(const std::string& replica_id, std::chrono::mi
   auto it = tracked_.find(replica_id);
   if (it == tracked_.end()) {
     // Not tracked (a previous leader's, not taken over): ask its node to stop it if it is assigned.
-    for (const auto& [key, value] : mirror_->map()) {
-      if (!key.starts_with(kAssign) || !key.ends_with("/" + replica_id)) continue;
-      std::string node = key.substr(kAssign.size(), key.size() - kAssign.size() - replica_id.size() - 1);
-      if (std::optional<Assignment> a = ParseAssignment(node, value)) {
-        a->stop_timeout_ms = timeout.count();
-        writer_->Put(prefix() + key, AssignmentJson(*a));
-      }
+    if (auto a = assigned_.find(replica_id); a != assigned_.end()) {
+      Assignment stop = a->second;
+      stop.stop_timeout_ms = timeout.count();
+      writer_->Put(AssignKey(stop.node, replica_id), AssignmentJson(stop));
     }
     return;
   }
@@ -403,112 +461,101 @@ void ClusterLauncher::StopReplica(const std::string& replica_id, std::chrono::mi
   }
   t.assignment.stop_timeout_ms = timeout.count();
   writer_->Put(AssignKey(t.assignment.node, replica_id), AssignmentJson(t.assignment));
-  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this] {
+  dirty_.insert(replica_id);
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_token_), this] {
     if (!weak.expired()) Reconcile();  // its node may be gone already
   });
+}
+
+void ClusterLauncher::Forget(const std::string& replica_id) {
+  auto it = tracked_.find(replica_id);
+  if (it == tracked_.end()) return;
+  if (it->second.control) it->second.control->Close();
+  tracked_.erase(it);
+  if (!assigned_.contains(replica_id)) placement_->Remove(replica_id);
 }
 
 void ClusterLauncher::Lost(const std::string& replica_id, const std::string& message) {
   auto it = tracked_.find(replica_id);
   if (it == tracked_.end()) return;
   const bool was_ready = it->second.reported_ready;
-  if (it->second.control) it->second.control->Close();
-  tracked_.erase(it);
-  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this, replica_id, was_ready, message] {
+  Forget(replica_id);
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_token_), this, replica_id, was_ready, message] {
     if (!weak.expired()) listener_->OnReplicaExited(replica_id, was_ready, message);
   });
 }
 
-void ClusterLauncher::OpenControl(const std::string& replica_id, Tracked& t, const ReplicaReport& report) {
+void ClusterLauncher::OpenControl(Tracked& t, const ReplicaReport& report) {
   // This node's replicas by their Unix socket; other nodes' over TCP.
   const std::string& address = report.node == member_->options().node_id ? report.socket : report.tcp_address;
   t.control = std::make_shared<node::ControlChannel>(io_, address, nullptr, "controller");
   t.control->Start();
-  (void)replica_id;
+}
+
+void ClusterLauncher::Clear(const std::string& key) {
+  if (member_->leading() && clearing_.insert(key).second) writer_->Delete(key);
 }
 
 void ClusterLauncher::Reconcile() {
   if (!mirror_->synced()) return;
-  const auto& map = mirror_->map();
-  const std::set<std::string> alive = NodesUnder(map, kAlive);
+  RefreshNodes();
   struct Event {
     std::string id;
-    bool ready;
+    enum { kReady, kExited, kLost } what;
     ReplicaReport report;
+    std::string why;
   };
   std::vector<Event> events;
-  std::vector<std::pair<std::string, std::string>> lost;
-  for (auto& [id, t] : tracked_) {
-    auto report_it = map.find(StrCat(kReplicas, id));
-    std::optional<ReplicaReport> report = report_it == map.end() ? std::nullopt : ParseReplicaReport(report_it->second);
-    if (report && report->exited) {
-      events.push_back({id, false, *report});
-    } else if (report && report->ready && !t.reported_ready) {
-      events.push_back({id, true, *report});
-    } else if (!alive.contains(t.assignment.node)) {
-      lost.emplace_back(id, StrCat("node ", t.assignment.node, " is gone (its lease lapsed)"));
-    } else if (t.reported_ready && !report) {
-      lost.emplace_back(id, StrCat("its report on node ", t.assignment.node, " vanished"));
+  // A node's lease lapsed: every replica placed on it is lost (and, leading, its keys go; the node, if it
+  // comes back, stops what it still runs).
+  if (liveness_changed_) {
+    liveness_changed_ = false;
+    for (const auto& [id, t] : tracked_)
+      if (!alive_.contains(t.assignment.node))
+        events.push_back({id, Event::kLost, {}, StrCat("node ", t.assignment.node, " is gone (its lease lapsed)")});
+    if (took_over_)
+      for (const auto& [id, a] : assigned_)
+        if (!tracked_.contains(id) && !alive_.contains(a.node)) Clear(StrCat(prefix(), kAssign, a.node, "/", id));
+  }
+  std::set<std::string> dirty;
+  dirty.swap(dirty_);
+  for (const std::string& id : dirty) {
+    auto report = reports_.find(id);
+    auto t = tracked_.find(id);
+    if (t != tracked_.end()) {
+      if (report != reports_.end() && report->second.exited)
+        events.push_back({id, Event::kExited, report->second, ""});
+      else if (report != reports_.end() && report->second.ready && !t->second.reported_ready)
+        events.push_back({id, Event::kReady, report->second, ""});
+      else if (report == reports_.end() && t->second.reported_ready)
+        events.push_back({id, Event::kLost, {}, StrCat("its report on node ", t->second.assignment.node, " vanished")});
+      continue;
     }
+    if (!took_over_) continue;
+    // Nobody tracks it: an ended replica's keys, and an assignment to a dead node, are cleared.
+    auto a = assigned_.find(id);
+    const bool ended = report != reports_.end() && report->second.exited;
+    if (ended) Clear(ReportKey(id));
+    if (a != assigned_.end() && (ended || !alive_.contains(a->second.node))) Clear(AssignKey(a->second.node, id));
   }
   for (const Event& e : events) {
     auto it = tracked_.find(e.id);
     if (it == tracked_.end()) continue;
-    if (e.ready) {
+    const std::string node = it->second.assignment.node;
+    if (e.what == Event::kReady) {
       it->second.reported_ready = true;
-      OpenControl(e.id, it->second, e.report);
+      OpenControl(it->second, e.report);
       const std::string address = e.report.node == member_->options().node_id ? e.report.socket : e.report.tcp_address;
       listener_->OnReplicaReady(e.id, address, e.report.tcp_address, e.report.pid);
-    } else {
-      const std::string node = it->second.assignment.node;
-      if (it->second.control) it->second.control->Close();
-      tracked_.erase(it);
-      if (member_->leading()) {
-        writer_->Delete(AssignKey(node, e.id));
-        writer_->Delete(ReportKey(e.id));
-      }
-      listener_->OnReplicaExited(e.id, e.report.was_ready, e.report.message);
-    }
-  }
-  for (const auto& [id, why] : lost) {
-    auto it = tracked_.find(id);
-    if (it == tracked_.end()) continue;
-    const std::string node = it->second.assignment.node;
-    if (member_->leading()) {
-      writer_->Delete(AssignKey(node, id));  // if the node comes back, it stops the replica
-      writer_->Delete(ReportKey(id));
-    }
-    const bool was_ready = it->second.reported_ready;
-    if (it->second.control) it->second.control->Close();
-    tracked_.erase(it);
-    FERRY_LOG(kWarning, "cluster", "replica ", id, " is lost: ", why);
-    listener_->OnReplicaExited(id, was_ready, why);
-  }
-  // The leader clears what nobody tracks: exited replicas' keys, and assignments to dead nodes.
-  if (!member_->leading() || !took_over_) return;
-  std::set<std::string> present;
-  for (const auto& [key, value] : map) {
-    std::string id;
-    bool clear = false;
-    if (key.starts_with(kReplicas)) {
-      id = key.substr(kReplicas.size());
-      std::optional<ReplicaReport> r = ParseReplicaReport(value);
-      clear = !tracked_.contains(id) && (!r || r->exited);
-    } else if (key.starts_with(kAssign)) {
-      std::string rest = key.substr(kAssign.size());
-      size_t slash = rest.find('/');
-      id = slash == std::string::npos ? rest : rest.substr(slash + 1);
-      clear = !tracked_.contains(id) &&
-              (slash == std::string::npos || !alive.contains(rest.substr(0, slash)) ||
-               (map.contains(StrCat(kReplicas, id)) &&
-                ParseReplicaReport(map.at(StrCat(kReplicas, id))).value_or(ReplicaReport{}).exited));
-    } else {
       continue;
     }
-    present.insert(key);
-    if (clear && clearing_.insert(key).second) writer_->Delete(prefix() + key);
+    const bool was_ready = e.what == Event::kExited ? e.report.was_ready : it->second.reported_ready;
+    Forget(e.id);
+    Clear(AssignKey(node, e.id));  // if its node comes back, it stops the replica
+    Clear(ReportKey(e.id));
+    if (e.what == Event::kLost) FERRY_LOG(kWarning, "cluster", "replica ", e.id, " is lost: ", e.why);
+    listener_->OnReplicaExited(e.id, was_ready, e.what == Event::kExited ? e.report.message : e.why);
   }
-  std::erase_if(clearing_, [&](const std::string& k) { return !present.contains(k); });
 }
 
 std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
@@ -516,34 +563,32 @@ std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
     FERRY_LOG(kWarning, "cluster", "cannot read the cluster's replicas now (", Message(read),
               "); taking over what the last read showed");
   took_over_ = true;
-  const auto& map = mirror_->map();
-  const std::set<std::string> alive = NodesUnder(map, kAlive);
   std::vector<node::ExistingReplica> out;
-  for (auto it = map.lower_bound(std::string(kAssign)); it != map.end() && it->first.starts_with(kAssign); ++it) {
-    std::string rest = it->first.substr(kAssign.size());
-    size_t slash = rest.find('/');
-    if (slash == std::string::npos) continue;
-    std::optional<Assignment> a = ParseAssignment(rest.substr(0, slash), it->second);
-    if (!a || a->stop_timeout_ms || !alive.contains(a->node) || tracked_.contains(a->spec.replica_id)) continue;
-    auto report_it = map.find(StrCat(kReplicas, a->spec.replica_id));
-    std::optional<ReplicaReport> report = report_it == map.end() ? std::nullopt : ParseReplicaReport(report_it->second);
-    if (report && report->exited) continue;  // cleared by Reconcile
+  for (const auto& [id, a] : assigned_) {
+    if (a.stop_timeout_ms || !alive_.contains(a.node) || tracked_.contains(id)) continue;
+    auto report = reports_.find(id);
+    if (report != reports_.end() && report->second.exited) continue;  // cleared by Reconcile
     node::ExistingReplica e;
-    e.spec = a->spec;
-    Tracked& t = tracked_[a->spec.replica_id];
-    t.assignment = std::move(*a);
-    if (report && report->ready) {
+    e.spec = a.spec;
+    Tracked& t = tracked_[id];
+    t.assignment = a;
+    if (report != reports_.end() && report->second.ready) {
+      const ReplicaReport& r = report->second;
       e.ready = true;
-      e.address = report->node == member_->options().node_id ? report->socket : report->tcp_address;
-      e.tcp_address = report->tcp_address;
-      e.pid = report->pid;
+      e.address = r.node == member_->options().node_id ? r.socket : r.tcp_address;
+      e.tcp_address = r.tcp_address;
+      e.pid = r.pid;
       t.reported_ready = true;
-      OpenControl(e.spec.replica_id, t, *report);
+      OpenControl(t, r);
     }
     out.push_back(std::move(e));
   }
-  asio::post(io_, [weak = std::weak_ptr<bool>(alive_), this] {
-    if (!weak.expired()) Reconcile();  // clears what nobody took over
+  // What nobody took over is cleared by the next reconcile: every replica counts as changed.
+  for (const auto& [id, a] : assigned_) dirty_.insert(id);
+  for (const auto& [id, r] : reports_) dirty_.insert(id);
+  liveness_changed_ = true;
+  asio::post(io_, [weak = std::weak_ptr<bool>(alive_token_), this] {
+    if (!weak.expired()) Reconcile();
   });
   return out;
 }
@@ -553,15 +598,13 @@ node::ReplicaLocation ClusterLauncher::LocationOf(const std::string& replica_id)
   if (it == tracked_.end()) return {};
   node::ReplicaLocation where;
   where.node_id = it->second.assignment.node;
-  auto member = mirror_->map().find(StrCat(kMembers, where.node_id));
-  if (member != mirror_->map().end())
-    if (std::optional<NodeInfo> n = NodeFromRecord(member->second)) where.node_ip = n->address;
+  if (auto member = members_.find(where.node_id); member != members_.end()) where.node_ip = member->second.address;
   return where;
 }
 
 bool ClusterLauncher::Evicting(const std::string& replica_id) const {
   auto it = tracked_.find(replica_id);
-  return it != tracked_.end() && mirror_->map().contains(StrCat(kDraining, it->second.assignment.node));
+  return it != tracked_.end() && draining_.contains(it->second.assignment.node);
 }
 
 void ClusterLauncher::CheckHealth(const std::string& replica_id, Done done) {
@@ -612,9 +655,11 @@ std::string NodeWorker::ReportKey(const std::string& replica_id) const {
 
 void NodeWorker::Start() {
   writer_ = std::make_unique<EtcdWriter>(member_, EtcdWriter::Mode::kLeased);
+  PrefixMirror::Callbacks callbacks;
+  callbacks.on_change = [this] { Reconcile(); };
   mirror_ = std::make_unique<PrefixMirror>(io_, &member_->etcd(),
                                            StrCat(member_->options().prefix, kAssign, member_->options().node_id, "/"),
-                                           [this] { Reconcile(); });
+                                           std::move(callbacks));
   mirror_->Start();
 }
 

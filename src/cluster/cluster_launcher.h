@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cluster/cluster.h"
+#include "cluster/placement.h"
 #include "endpoints/endpoints.h"
 #include "node/launcher.h"
 
@@ -92,11 +93,18 @@ class ClusterLauncher : public node::ReplicaLauncher {
     bool reported_ready = false;
     std::shared_ptr<node::ControlChannel> control;
   };
-  // Applies what the mirror holds now to the tracked replicas: ready, exited, lost with their node; and,
-  // while leading, clears what nobody tracks any more.
+  // The mirror's changes, indexed as they come (each value parsed once).
+  void OnReset();
+  void OnKey(const std::string& key, const std::string* value);
+  // The placement's nodes, when a member, its liveness or its draining changed.
+  void RefreshNodes();
+  // Turns what changed into the controller's replica events (ready, exited, lost with their node) and,
+  // while leading, clears what nobody tracks any more. Each pass looks only at what changed.
   void Reconcile();
   void Lost(const std::string& replica_id, const std::string& message);
-  void OpenControl(const std::string& replica_id, Tracked& t, const ReplicaReport& report);
+  void Forget(const std::string& replica_id);
+  void OpenControl(Tracked& t, const ReplicaReport& report);
+  void Clear(const std::string& key);  // deletes it, once, while leading
   std::string AssignKey(const std::string& node, const std::string& replica_id) const;
   std::string ReportKey(const std::string& replica_id) const;
   std::string prefix() const { return member_->options().prefix; }
@@ -107,9 +115,18 @@ class ClusterLauncher : public node::ReplicaLauncher {
   std::map<std::string, Tracked> tracked_;  // by replica id
   bool took_over_ = false;                  // Existing() ran: what nobody tracks may be cleared
   std::set<std::string> clearing_;          // keys whose deletion was asked for
+  // The cluster as the mirror shows it.
+  std::map<std::string, NodeInfo> members_;
+  std::set<std::string> alive_, draining_;
+  std::map<std::string, Assignment> assigned_;    // by replica id
+  std::map<std::string, ReplicaReport> reports_;  // by replica id
+  std::set<std::string> dirty_;                   // replica ids whose assignment or report changed
+  bool nodes_stale_ = true;                       // the placement's nodes must be rebuilt
+  bool liveness_changed_ = true;                  // a node's alive key came or went
+  std::unique_ptr<PlacementState> placement_;
   std::unique_ptr<EtcdWriter> writer_;
   std::unique_ptr<PrefixMirror> mirror_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);
 };
 
 class NodeWorker : public node::ReplicaListener {

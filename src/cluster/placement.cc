@@ -21,6 +21,10 @@ std::string Number(double v) {
   return s;
 }
 
+}  // namespace
+
+namespace detail {
+
 // The state Place works on: what each node has left, and who runs where.
 struct Cluster {
   const std::vector<PlacementNode>& nodes;
@@ -43,6 +47,17 @@ struct Cluster {
       ++of_deployment[{r.node_id, r.deployment}];
     }
   }
+  void Give(const PlacedReplica& r) {  // undoes Take
+    for (const auto& [node, resources] : r.taken) {
+      auto f = free.find(node);
+      if (f == free.end()) continue;
+      for (const auto& [k, v] : resources) f->second[k] += v;
+    }
+    if (!r.node_id.empty()) {
+      if (--replicas[r.node_id] <= 0) replicas.erase(r.node_id);
+      if (--of_deployment[{r.node_id, r.deployment}] <= 0) of_deployment.erase({r.node_id, r.deployment});
+    }
+  }
   bool Fits(const std::string& node, const ResourceSet& need) const {
     const ResourceSet& f = free.at(node);
     for (const auto& [k, v] : need) {
@@ -62,6 +77,12 @@ struct Cluster {
                            -(cpu == f.end() ? 0.0 : cpu->second), n.node_id);
   }
 };
+
+}  // namespace detail
+
+namespace {
+
+using detail::Cluster;
 
 bool LabelsMatch(const PlacementNode& n, const std::map<std::string, std::string>& selector) {
   for (const auto& [k, v] : selector) {
@@ -261,6 +282,21 @@ Placement PlaceOne(Cluster& c, const ReplicaRequest& r) {
   return p;
 }
 
+// What a placement takes, as PlacedReplica (PlaceOne took the same).
+PlacedReplica PlacedFrom(const ReplicaRequest& r, const Placement& p) {
+  PlacedReplica placed;
+  placed.replica_id = r.replica_id;
+  placed.deployment = r.deployment;
+  placed.node_id = p.node_id;
+  if (r.bundles.empty()) {
+    placed.taken[p.node_id] = r.resources;
+  } else {
+    for (size_t i = 0; i < p.bundle_nodes.size() && i < r.bundles.size(); ++i)
+      for (const auto& [k, v] : r.bundles[i]) placed.taken[p.bundle_nodes[i]][k] += v;
+  }
+  return placed;
+}
+
 }  // namespace
 
 std::string ResourcesText(const ResourceSet& r) {
@@ -309,10 +345,65 @@ std::vector<std::string> ChooseToStop(const std::vector<std::string>& candidates
   return out;
 }
 
+namespace {
+
+std::string UnschedulableMessageOf(const Cluster& c, const std::string& application, const std::string& deployment,
+                                   size_t count, const ReplicaRequest& request, const std::string& why_not);
+
+}  // namespace
+
 std::string UnschedulableMessage(const std::string& application, const std::string& deployment, size_t count,
                                  const ReplicaRequest& request, const std::vector<PlacementNode>& nodes,
                                  const std::vector<PlacedReplica>& placed, const std::string& why_not) {
-  Cluster c(nodes, placed);
+  return UnschedulableMessageOf(Cluster(nodes, placed), application, deployment, count, request, why_not);
+}
+
+PlacementState::PlacementState() : cluster_(std::make_unique<Cluster>(nodes_, std::vector<PlacedReplica>{})) {}
+PlacementState::~PlacementState() = default;
+
+void PlacementState::SetNodes(std::vector<PlacementNode> nodes) {
+  nodes_ = std::move(nodes);
+  cluster_ = std::make_unique<Cluster>(nodes_, std::vector<PlacedReplica>{});
+  for (const auto& [id, p] : placed_) cluster_->Take(p);
+}
+
+void PlacementState::Set(PlacedReplica replica) {
+  Remove(replica.replica_id);
+  cluster_->Take(replica);
+  std::string id = replica.replica_id;
+  placed_.emplace(std::move(id), std::move(replica));
+}
+
+void PlacementState::Remove(const std::string& replica_id) {
+  auto it = placed_.find(replica_id);
+  if (it == placed_.end()) return;
+  cluster_->Give(it->second);
+  placed_.erase(it);
+}
+
+void PlacementState::Clear() {
+  placed_.clear();
+  cluster_ = std::make_unique<Cluster>(nodes_, std::vector<PlacedReplica>{});
+}
+
+Placement PlacementState::Place(const ReplicaRequest& request) {
+  Remove(request.replica_id);
+  Placement p = PlaceOne(*cluster_, request);  // takes what it places
+  if (!p.node_id.empty()) placed_.emplace(request.replica_id, PlacedFrom(request, p));
+  return p;
+}
+
+std::string PlacementState::UnschedulableMessage(const std::string& application, const std::string& deployment,
+                                                 size_t count, const ReplicaRequest& request,
+                                                 const std::string& why_not) const {
+  return UnschedulableMessageOf(*cluster_, application, deployment, count, request, why_not);
+}
+
+namespace {
+
+std::string UnschedulableMessageOf(const Cluster& c, const std::string& application, const std::string& deployment,
+                                   size_t count, const ReplicaRequest& request, const std::string& why_not) {
+  const std::vector<PlacementNode>& nodes = c.nodes;
   ResourceSet available;
   for (const PlacementNode& n : nodes)
     if (n.schedulable)
@@ -331,5 +422,7 @@ std::string UnschedulableMessage(const std::string& application, const std::stri
                 ", total resources available: ", ResourcesText(available), ". ", why_not.empty() ? "" : why_not,
                 why_not.empty() ? "" : ". ", "Use `ferry nodes` for more details.");
 }
+
+}  // namespace
 
 }  // namespace ferry::cluster

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -82,5 +83,34 @@ std::vector<std::string> ChooseToStop(const std::vector<std::string>& candidates
 std::string UnschedulableMessage(const std::string& application, const std::string& deployment, size_t count,
                                  const ReplicaRequest& request, const std::vector<PlacementNode>& nodes,
                                  const std::vector<PlacedReplica>& placed, const std::string& why_not);
+
+namespace detail {
+struct Cluster;
+}
+
+// Place's state kept up to date as replicas come and go (the leader's launcher): each Place is then a
+// walk over the nodes, not over every replica placed. The same rules as Place.
+class PlacementState {
+ public:
+  PlacementState();
+  ~PlacementState();
+  // The nodes and their state (what is placed stays placed; on a node that is gone it takes nothing).
+  void SetNodes(std::vector<PlacementNode> nodes);
+  // A replica that holds resources now (added, or replacing the one with its id).
+  void Set(PlacedReplica replica);
+  void Remove(const std::string& replica_id);
+  void Clear();  // every replica
+  // Places one replica and, when it fits, counts it placed.
+  Placement Place(const ReplicaRequest& request);
+  std::string UnschedulableMessage(const std::string& application, const std::string& deployment, size_t count,
+                                   const ReplicaRequest& request, const std::string& why_not) const;
+  const std::vector<PlacementNode>& nodes() const { return nodes_; }
+  size_t placed() const { return placed_.size(); }
+
+ private:
+  std::vector<PlacementNode> nodes_;
+  std::map<std::string, PlacedReplica> placed_;
+  std::unique_ptr<detail::Cluster> cluster_;  // refers to nodes_
+};
 
 }  // namespace ferry::cluster

@@ -133,12 +133,23 @@ class ClusterTest(unittest.TestCase):
             n.close()
         self.etcd.close()
 
+    def leader_node(self):
+        name = wait_until(lambda: self.nodes[0].leader(), timeout=20, what="a leader")
+        return next(n for n in self.nodes if n.name == name)
+
     def start_nodes(self, names):
         for name in names:
             self.nodes.append(Node(self.etcd, name))
-        by_name = {n.name: n for n in self.nodes}
-        leader = wait_until(lambda: self.nodes[0].leader(), timeout=20, what="a leader")
-        return by_name[leader], [n for n in self.nodes if n.name != leader]
+        # Every one registered (a node's process answers before it has joined).
+        def joined():
+            try:
+                listed = self.nodes[0].nodes()
+            except requests.RequestException:
+                return False
+            return all(listed.get(n, {}).get("state") == "ALIVE" for n in names)
+        wait_until(joined, timeout=30, what="every node to join")
+        leader = self.leader_node()
+        return leader, [n for n in self.nodes if n is not leader]
 
     def deploy(self, node, text, name="echo.yaml"):
         path = os.path.join(node.dir.name, name)
@@ -368,8 +379,7 @@ class ClusterTest(unittest.TestCase):
                     f.write(token + "\n")
             self.nodes.append(Node(self.etcd, "t1", "--cluster-token-file", paths["right"]))
             self.nodes.append(Node(self.etcd, "t2", "--cluster-token-file", paths["right"]))
-            leader = {n.name: n for n in self.nodes}[wait_until(lambda: self.nodes[0].leader(), timeout=20,
-                                                                 what="a leader")]
+            leader = self.leader_node()
             # The replicas require the token on their frames: one replica, so that one node's proxy reaches
             # it on the other node (over TCP, presenting the token).
             self.deploy(leader, ECHO.replace("num_replicas: 2", "num_replicas: 1"))
@@ -396,8 +406,7 @@ class ClusterTest(unittest.TestCase):
         self.nodes.append(Node(self.etcd, "cpu-a", "--resources", '{"CPU": 2}', "--labels", "zone=a"))
         self.nodes.append(Node(self.etcd, "gpu-b", "--resources", '{"CPU": 2, "GPU": 1, "accelerator_A100": 1}',
                                "--labels", "zone=b"))
-        leader = {n.name: n for n in self.nodes}[wait_until(lambda: self.nodes[0].leader(), timeout=20,
-                                                             what="a leader")]
+        leader = self.leader_node()
         self.deploy(leader, """applications:
   - name: echo
     route_prefix: /echo

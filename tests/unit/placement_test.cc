@@ -165,5 +165,45 @@ TEST(PlacementTest, TheMessageForReplicasThatFitNowhereIsRays) {
   EXPECT_FALSE(ParseBundleStrategy("pack").has_value());
 }
 
+// The leader's incremental state places as Place does, frees what a replica took when it goes, and keeps
+// what is placed across a change of the nodes (a node gone takes nothing; one back counts it again).
+TEST(PlacementTest, TheIncrementalStateAgreesWithPlaceAndFreesWhatLeaves) {
+  std::vector<PlacementNode> nodes = {Node("a", {{"CPU", 2}}), Node("b", {{"CPU", 2}}), Node("c", {{"CPU", 1}})};
+  std::vector<ReplicaRequest> requests;
+  for (int i = 0; i < 6; ++i) requests.push_back(Replica("r" + std::to_string(i), "app/D", {{"CPU", 1}}));
+  std::vector<Placement> batch = Place(nodes, {}, requests);
+  PlacementState state;
+  state.SetNodes(nodes);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Placement p = state.Place(requests[i]);
+    EXPECT_EQ(p.node_id, batch[i].node_id) << i;
+  }
+  EXPECT_EQ(batch[5].node_id, "");  // five CPUs
+  EXPECT_EQ(state.placed(), 5u);
+  // r0 leaves: its CPU is free for the next.
+  const std::string freed = batch[0].node_id;
+  state.Remove("r0");
+  EXPECT_EQ(state.Place(Replica("r6", "app/D", {{"CPU", 1}})).node_id, freed);
+  // Set replaces a replica by id: placed again, it is counted once.
+  state.Set({"r6", "app/D", {{freed, {{"CPU", 1}}}}, freed});
+  Placement none = state.Place(Replica("r7", "app/D", {{"CPU", 1}}));
+  EXPECT_EQ(none.node_id, "");
+  EXPECT_NE(state.UnschedulableMessage("app", "D", 1, Replica("r7", "app/D", {{"CPU", 1}}), none.why_not)
+                .find("has 1 replica that cannot be scheduled"),
+            std::string::npos);
+  // Node c dies: nothing goes there; back, it is full again with what is placed on it (r2).
+  nodes[2].schedulable = false;
+  state.SetNodes(nodes);
+  ASSERT_EQ(batch[2].node_id, "c");  // spread: a, b, c, a, b
+  state.Remove("r4");
+  state.Remove("r1");
+  for (int i = 0; i < 2; ++i)
+    EXPECT_EQ(state.Place(Replica("s" + std::to_string(i), "app/E", {{"CPU", 1}})).node_id, "b");
+  EXPECT_EQ(state.Place(Replica("s2", "app/E", {{"CPU", 1}})).node_id, "");  // c is out
+  nodes[2].schedulable = true;
+  state.SetNodes(nodes);
+  EXPECT_EQ(state.Place(Replica("s9", "app/E", {{"CPU", 1}})).node_id, "");
+}
+
 }  // namespace
 }  // namespace ferry::cluster
