@@ -169,6 +169,18 @@ void ClusterMember::Stop() {
   fence_.store(0);
 }
 
+void ClusterMember::Halt() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  lease_ = 0;  // forgotten, not revoked: it lapses
+  fence_.store(0);
+}
+
 std::optional<NodeInfo> ClusterMember::leader() const {
   std::lock_guard<std::mutex> lock(mu_);
   return leader_;

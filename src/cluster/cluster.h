@@ -88,6 +88,9 @@ class ClusterMember {
   absl::Status Start(const std::string& admin_url, const std::string& http_url);
   // Resigns (revokes the lease, so that a standby takes over at once) and stops the thread.
   void Stop();
+  // Stops the thread without resigning, as a node that dies does: its lease lapses after the TTL
+  // (a simulated cluster's node loss).
+  void Halt();
 
   bool leading() const { return fence_.load() != 0; }
   // The node's lease while it is registered (its alive key and its replicas' reports are bound to it), else 0.

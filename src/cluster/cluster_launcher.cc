@@ -486,6 +486,7 @@ void ClusterLauncher::Lost(const std::string& replica_id, const std::string& mes
 }
 
 void ClusterLauncher::OpenControl(Tracked& t, const ReplicaReport& report) {
+  if (control_override_) return;
   // This node's replicas by their Unix socket; other nodes' over TCP.
   const std::string& address = report.node == member_->options().node_id ? report.socket : report.tcp_address;
   t.control = std::make_shared<node::ControlChannel>(io_, address, nullptr, "controller");
@@ -608,6 +609,7 @@ bool ClusterLauncher::Evicting(const std::string& replica_id) const {
 }
 
 void ClusterLauncher::CheckHealth(const std::string& replica_id, Done done) {
+  if (control_override_) return control_override_->CheckHealth(replica_id, std::move(done));
   auto it = tracked_.find(replica_id);
   if (it == tracked_.end() || !it->second.control)
     return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
@@ -615,6 +617,7 @@ void ClusterLauncher::CheckHealth(const std::string& replica_id, Done done) {
 }
 
 void ClusterLauncher::Reconfigure(const std::string& replica_id, const spec::ReplicaUpdate& update, Done done) {
+  if (control_override_) return control_override_->Reconfigure(replica_id, update, std::move(done));
   auto it = tracked_.find(replica_id);
   if (it == tracked_.end() || !it->second.control)
     return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
@@ -622,6 +625,7 @@ void ClusterLauncher::Reconfigure(const std::string& replica_id, const spec::Rep
 }
 
 void ClusterLauncher::GetStats(const std::string& replica_id, StatsDone done) {
+  if (control_override_) return control_override_->GetStats(replica_id, std::move(done));
   auto it = tracked_.find(replica_id);
   if (it == tracked_.end() || !it->second.control)
     return done(absl::NotFoundError(StrCat("replica ", replica_id, " is not running")));
@@ -638,6 +642,13 @@ absl::StatusOr<std::unique_ptr<NodeWorker>> NodeWorker::Create(asio::io_context&
       node::NodeAgent::Create(io, std::move(ferry_binary), std::move(run_dir), worker.get(), publisher);
   if (!agent.ok()) return agent.status();
   worker->agent_ = std::move(*agent);
+  return worker;
+}
+
+std::unique_ptr<NodeWorker> NodeWorker::CreateWith(asio::io_context& io, ClusterMember* member,
+                                                   const LauncherFactory& make_launcher) {
+  std::unique_ptr<NodeWorker> worker(new NodeWorker(io, member));
+  worker->agent_ = make_launcher(worker.get());
   return worker;
 }
 

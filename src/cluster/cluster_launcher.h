@@ -86,6 +86,9 @@ class ClusterLauncher : public node::ReplicaLauncher {
   node::ReplicaLocation LocationOf(const std::string& replica_id) const override;
   // Its node is draining: the controller replaces it elsewhere, then stops it.
   bool Evicting(const std::string& replica_id) const override;
+  // A simulated cluster (bench/cluster/sim.cc) has no replica processes to connect to: its health checks,
+  // reconfigures and stats go to `control` instead. Null (the default): to the replicas.
+  void SetControlOverride(node::ReplicaLauncher* control) { control_override_ = control; }
 
  private:
   struct Tracked {
@@ -124,6 +127,7 @@ class ClusterLauncher : public node::ReplicaLauncher {
   bool nodes_stale_ = true;                       // the placement's nodes must be rebuilt
   bool liveness_changed_ = true;                  // a node's alive key came or went
   std::unique_ptr<PlacementState> placement_;
+  node::ReplicaLauncher* control_override_ = nullptr;
   std::unique_ptr<EtcdWriter> writer_;
   std::unique_ptr<PrefixMirror> mirror_;
   std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);
@@ -134,6 +138,10 @@ class NodeWorker : public node::ReplicaListener {
   static absl::StatusOr<std::unique_ptr<NodeWorker>> Create(boost::asio::io_context& io, ClusterMember* member,
                                                             std::string ferry_binary, std::string run_dir,
                                                             endpoints::Publisher* publisher);
+  // Over any launcher (a simulated node's).
+  using LauncherFactory = std::function<std::unique_ptr<node::ReplicaLauncher>(node::ReplicaListener*)>;
+  static std::unique_ptr<NodeWorker> CreateWith(boost::asio::io_context& io, ClusterMember* member,
+                                                const LauncherFactory& make_launcher);
   ~NodeWorker() override;  // kills what is left
 
   // Starts following this node's assignments (once the member has joined).
@@ -158,7 +166,7 @@ class NodeWorker : public node::ReplicaListener {
 
   boost::asio::io_context& io_;
   ClusterMember* const member_;
-  std::unique_ptr<node::NodeAgent> agent_;
+  std::unique_ptr<node::ReplicaLauncher> agent_;
   std::map<std::string, Local> running_;  // by replica id
   std::set<std::string> finished_;        // ran here and ended (never started again), until unassigned
   std::function<void()> stopped_;         // StopAll's

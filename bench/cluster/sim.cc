@@ -1,0 +1,181 @@
+// bench/cluster/sim: a simulated cluster against a real etcd (started here): NODES node agents in this one
+// process — each a ClusterMember (its own lease) and a NodeWorker following its assignments, over a launcher
+// without processes whose replicas are ready at once — and a leading node whose controller places REPLICAS
+// replicas (100 deployments of builtin:echo, num_cpus 1) through the real ClusterLauncher and etcd. Health
+// checks answer at once (no replica processes to call). Measured:
+//   1. the deploy: until every replica is RUNNING;
+//   2. the controller's tick in steady state (Tick() timed 50 times) and etcd's writes per second;
+//   3. a LOST-node loss (their members halt, as killed processes would: leases lapse after the TTL, 2 s):
+//      until every replica is RUNNING again, none on a lost node.
+// Usage: build/bench/cluster_sim [NODES] [REPLICAS] [LOST]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "cluster/cluster.h"
+#include "cluster/cluster_launcher.h"
+#include "common/common.h"
+#include "common/etcd_server.h"
+#include "common/fake_launcher.h"
+#include "controller/controller.h"
+#include "endpoints/endpoints.h"
+
+using namespace ferry;
+using SimClock = std::chrono::steady_clock;
+
+namespace {
+
+double Seconds(SimClock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+config::Config BigConfig(int deployments, int replicas_each) {
+  std::ostringstream yaml;
+  yaml << "applications:\n  - name: sim\n    route_prefix: /sim\n    deployments:\n";
+  for (int d = 0; d < deployments; ++d)
+    yaml << "      - {name: D" << d << ", import_path: \"builtin:echo\", num_replicas: " << replicas_each
+         << ", health_check_period_s: 10}\n";
+  config::ValidationHooks hooks;
+  hooks.builtin_exists = [](std::string_view) { return true; };
+  return *config::ParseConfig(yaml.str(), "sim.yaml", "/tmp", hooks);
+}
+
+cluster::ClusterOptions Options(const testing::EtcdServer& etcd, const std::string& name, double cpus) {
+  cluster::ClusterOptions o;
+  o.etcd = {etcd.endpoint()};
+  o.node_id = name;
+  o.address = "127.0.0.1";
+  o.resources = {{"CPU", cpus}};
+  o.lease_ttl_s = 2;
+  return o;
+}
+
+int64_t Revision(cluster::Etcd& etcd) {
+  absl::StatusOr<cluster::RangeResult> r = etcd.Get("/ferry/leader");
+  return r.ok() ? r->revision : -1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int nodes = argc > 1 ? std::atoi(argv[1]) : 100;
+  const int replicas = argc > 2 ? std::atoi(argv[2]) : 10000;
+  const int lost = argc > 3 ? std::atoi(argv[3]) : 10;
+  Log::SetLevel(LogLevel::kError);
+  testing::EtcdServer etcd_server;
+  cluster::Etcd etcd(cluster::EtcdOptions{{etcd_server.endpoint()}});
+  boost::asio::io_context io;
+
+  // The leading node: it runs the controller and takes no replicas (CPU 0).
+  cluster::ClusterMember leader(Options(etcd_server, "ctl", 0), {});
+  if (!leader.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
+  while (!leader.leading()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+
+  // The agents: room for their share of the replicas and a tenth more (a loss of a tenth fits).
+  const double cpus = std::ceil(1.25 * replicas / nodes);
+  std::vector<std::unique_ptr<cluster::ClusterMember>> members;
+  std::vector<std::unique_ptr<cluster::NodeWorker>> workers;
+  std::vector<testing::FakeLauncher*> launchers;
+  for (int i = 0; i < nodes; ++i) {
+    members.push_back(std::make_unique<cluster::ClusterMember>(Options(etcd_server, "agent-" + std::to_string(i), cpus),
+                                                               cluster::ClusterMember::Callbacks{}));
+    if (!members.back()->Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
+    workers.push_back(cluster::NodeWorker::CreateWith(io, members.back().get(), [&](node::ReplicaListener* l) {
+      auto fake = std::make_unique<testing::FakeLauncher>(l);
+      launchers.push_back(fake.get());
+      return fake;
+    }));
+    workers.back()->Start();
+  }
+
+  endpoints::LocalPublisher publisher;
+  cluster::EtcdStateStore store(&leader);
+  testing::FakeLauncher control(nullptr);  // health checks answer at once
+  controller::ControllerOptions options;
+  options.node_id = "ctl";
+  auto controller = controller::Controller::CreateWithLauncher(
+      io,
+      [&](node::ReplicaListener* listener) {
+        auto launcher = std::make_unique<cluster::ClusterLauncher>(io, &leader, listener);
+        launcher->SetControlOverride(&control);
+        return launcher;
+      },
+      &publisher, &store, {}, options);
+  // The agents' replicas get ready (and stop) as soon as they are asked; the controller ticks on its timer.
+  auto run = [&](auto until, double limit_s) {
+    const auto deadline = SimClock::now() + std::chrono::duration<double>(limit_s);
+    while (!until() && SimClock::now() < deadline) {
+      io.run_for(std::chrono::milliseconds(5));
+      for (testing::FakeLauncher* f : launchers) {
+        f->FinishStarts();
+        f->FinishStops();
+      }
+    }
+    return until();
+  };
+  auto running = [&](const std::set<std::string>& not_on) {
+    controller::ControllerSnapshot s = controller->Snapshot();
+    int n = 0;
+    for (const auto& app : s.applications)
+      for (const auto& d : app.deployments)
+        for (const auto& r : d.replicas)
+          if (r.state == controller::ReplicaState::kRunning && !not_on.contains(r.node_id)) ++n;
+    return n;
+  };
+  if (!controller->Restore().ok()) return 1;
+  controller->Start();
+
+  const int deployments = 100;
+  const auto deploy_at = SimClock::now();
+  if (!controller->Apply(BigConfig(deployments, replicas / deployments)).ok()) return 1;
+  const int want = replicas / deployments * deployments;
+  if (!run([&] { return running({}) == want; }, 300)) {
+    std::printf("deploy: only %d of %d replicas RUNNING after 300 s\n", running({}), want);
+    return 1;
+  }
+  std::printf("deploy: %d replicas on %d nodes RUNNING after %.2f s\n", want, nodes,
+              Seconds(SimClock::now() - deploy_at));
+
+  // Steady state: the controller's tick, and etcd's writes.
+  run([] { return false; }, 3);
+  std::vector<double> ticks;
+  for (int i = 0; i < 50; ++i) {
+    const auto t0 = SimClock::now();
+    controller->Tick();
+    ticks.push_back(Seconds(SimClock::now() - t0) * 1000);
+    run([] { return false; }, 0.05);
+  }
+  std::sort(ticks.begin(), ticks.end());
+  const int64_t before = Revision(etcd);
+  run([] { return false; }, 10);
+  const int64_t writes = Revision(etcd) - before;
+  std::printf(
+      "steady state: controller tick p50 %.2f ms, max %.2f ms (50 ticks, %d replicas); etcd writes %lld in "
+      "10 s (%.1f/s)\n",
+      ticks[ticks.size() / 2], ticks.back(), want, static_cast<long long>(writes), writes / 10.0);
+
+  // A loss of `lost` nodes: their members halt (leases lapse after the TTL).
+  std::set<std::string> gone;
+  const auto lost_at = SimClock::now();
+  for (int i = 0; i < lost && i < nodes; ++i) {
+    members[i]->Halt();
+    gone.insert("agent-" + std::to_string(i));
+  }
+  if (!run([&] { return running(gone) == want; }, 120)) {
+    std::printf("loss: only %d of %d replicas RUNNING off the lost nodes after 120 s\n", running(gone), want);
+    return 1;
+  }
+  std::printf(
+      "loss of %d nodes (%d replicas): every replica RUNNING again on the others after %.2f s (lease TTL "
+      "2 s)\n",
+      lost, want / nodes * lost, Seconds(SimClock::now() - lost_at));
+  controller.reset();
+  workers.clear();
+  for (auto& m : members) m->Stop();
+  leader.Stop();
+  return 0;
+}
