@@ -94,8 +94,9 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
   h = Fnv1a(h, d.args.dump());
   h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
   if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());                      // the replica's execution mode
-  if (d.placement != spec::PlacementSpec{.resources = {{"CPU", d.resources.num_cpus}}})  // where it may run
-    h = Fnv1a(h, spec::ToJson(d.placement).dump());
+  spec::PlacementSpec plain;  // where it may run, when it says more than its CPUs
+  plain.resources = {{"CPU", d.resources.num_cpus}};
+  if (d.placement != plain) h = Fnv1a(h, spec::ToJson(d.placement).dump());
   if (d.kind != config::DeploymentConfig::Kind::kBuiltin) {
     // The plugin library's or the model file's contents: replacing either in place is a new version too.
     std::ifstream in(d.kind == config::DeploymentConfig::Kind::kRuntime ? d.model_path : d.plugin_path,
