@@ -694,7 +694,7 @@ void NodeWorker::Reconcile() {
         agent_->StopReplica(id, std::chrono::milliseconds(*a->stop_timeout_ms));
       } else if (it == running_.end()) {
         // Asked to stop one that is not running here (it exited, or this node restarted): say so.
-        ReplicaReport gone{.node = member_->options().node_id, .exited = true, .message = "not running"};
+        ReplicaReport gone = ReplicaReport::Exited(member_->options().node_id, false, "not running");
         writer_->Put(ReportKey(id), ReplicaReportJson(gone));
         finished_.insert(id);
       }
@@ -705,8 +705,7 @@ void NodeWorker::Reconcile() {
     spec.tcp_host = member_->options().address;  // other nodes reach it here
     absl::Status started = agent_->StartReplica(spec);
     if (!started.ok()) {
-      ReplicaReport failed{
-          .node = member_->options().node_id, .exited = true, .message = std::string(Message(started))};
+      ReplicaReport failed = ReplicaReport::Exited(member_->options().node_id, false, std::string(Message(started)));
       writer_->Put(ReportKey(id), ReplicaReportJson(failed));
       finished_.insert(id);
       continue;
@@ -736,8 +735,7 @@ void NodeWorker::Reconcile() {
 void NodeWorker::OnReplicaReady(const std::string& replica_id, const std::string& socket_path,
                                 const std::string& tcp_address, pid_t pid) {
   if (!running_.contains(replica_id)) return;
-  ReplicaReport ready{
-      .node = member_->options().node_id, .ready = true, .socket = socket_path, .tcp_address = tcp_address, .pid = pid};
+  ReplicaReport ready = ReplicaReport::Ready(member_->options().node_id, socket_path, tcp_address, pid);
   writer_->Put(ReportKey(replica_id), ReplicaReportJson(ready));
 }
 
@@ -746,8 +744,7 @@ void NodeWorker::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   finished_.insert(replica_id);
   // Still assigned: the leader hears how it ended (and clears the keys); otherwise nobody asks.
   if (mirror_ && mirror_->map().contains(replica_id)) {
-    ReplicaReport exited{
-        .node = member_->options().node_id, .exited = true, .was_ready = was_ready, .message = message};
+    ReplicaReport exited = ReplicaReport::Exited(member_->options().node_id, was_ready, message);
     writer_->Put(ReportKey(replica_id), ReplicaReportJson(exited));
   } else if (writer_) {
     writer_->Delete(ReportKey(replica_id));

@@ -52,6 +52,24 @@ struct ReplicaReport {
   pid_t pid = -1;
   bool was_ready = false;
   std::string message;
+
+  static ReplicaReport Ready(std::string node, std::string socket, std::string tcp_address, pid_t pid) {
+    ReplicaReport r;
+    r.node = std::move(node);
+    r.ready = true;
+    r.socket = std::move(socket);
+    r.tcp_address = std::move(tcp_address);
+    r.pid = pid;
+    return r;
+  }
+  static ReplicaReport Exited(std::string node, bool was_ready, std::string message) {
+    ReplicaReport r;
+    r.node = std::move(node);
+    r.exited = true;
+    r.was_ready = was_ready;
+    r.message = std::move(message);
+    return r;
+  }
 };
 std::string ReplicaReportJson(const ReplicaReport& report);
 std::optional<ReplicaReport> ParseReplicaReport(const std::string& text);

@@ -253,18 +253,32 @@ class Etcd:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="ferry-etcd-")
-        self.client_port, self.peer_port = free_port(), free_port()
         self.proc = None
-        self.start()
+        # A port picked free may be taken by another test before etcd binds it (tests run in parallel): then
+        # etcd exits, and it starts again on other ports, with a fresh data directory.
+        for attempt in range(3):
+            self.client_port, self.peer_port = free_port(), free_port()
+            if self.start(must=attempt == 2):
+                return
 
-    def start(self):
+    def start(self, must=True):
+        """Starts etcd and waits until it answers; False (when not `must`) if it exited or did not answer."""
         client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "a")
         self.proc = subprocess.Popen(
             ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"t={peer}"], stdout=self.log, stderr=self.log)
-        wait_until(self._answers, timeout=30, what="etcd to answer")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self._answers():
+                return True
+            time.sleep(0.1)
+        if must:
+            raise AssertionError(f"etcd did not answer on port {self.client_port}: see {self.dir}/etcd.log")
+        self.stop()
+        shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+        return False
 
     def _answers(self):
         try:

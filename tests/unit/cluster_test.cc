@@ -280,7 +280,9 @@ class Recorder : public endpoints::Consumer {
  public:
   void OnPublished(std::shared_ptr<const endpoints::Snapshot> snapshot) override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (last_) EXPECT_GT(snapshot->version, last_->version);  // one increasing sequence, whatever the source
+    if (last_) {
+      EXPECT_GT(snapshot->version, last_->version);  // one increasing sequence, whatever the source
+    }
     last_ = std::move(snapshot);
   }
   endpoints::ConsumerReport Report() const override {
@@ -396,13 +398,13 @@ TEST(ClusterDocumentsTest, AssignmentsAndReportsRoundTripAndBadOnesAreRefused) {
   EXPECT_FALSE(ParseAssignment("n1", R"({"spec":{"replica_id":"x","application":"a","deployment":"d",)"
                                      R"("import_path":"i","symbol":"s"},"bundle_nodes":"n1"})"));
 
-  ReplicaReport ready{.node = "n2", .ready = true, .socket = "/r.sock", .tcp_address = "tcp://10.0.0.2:4000", .pid = 7};
+  ReplicaReport ready = ReplicaReport::Ready("n2", "/r.sock", "tcp://10.0.0.2:4000", 7);
   std::optional<ReplicaReport> r = ParseReplicaReport(ReplicaReportJson(ready));
   ASSERT_TRUE(r);
   EXPECT_TRUE(r->ready && !r->exited);
   EXPECT_EQ(r->tcp_address, "tcp://10.0.0.2:4000");
   EXPECT_EQ(r->pid, 7);
-  ReplicaReport exited{.node = "n2", .exited = true, .was_ready = true, .message = "killed by signal 9"};
+  ReplicaReport exited = ReplicaReport::Exited("n2", true, "killed by signal 9");
   r = ParseReplicaReport(ReplicaReportJson(exited));
   ASSERT_TRUE(r);
   EXPECT_TRUE(r->exited && r->was_ready);
@@ -473,7 +475,7 @@ TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
   EXPECT_EQ(ParseAssignment(first, assigned->kvs[0].value)->spec.replica_id, "app#D#1");
 
   // The node reports the replica ready: the controller hears it with the address other nodes use.
-  ReplicaReport ready{.node = first, .ready = true, .socket = "/x.sock", .tcp_address = "tcp://127.0.0.1:9", .pid = 42};
+  ReplicaReport ready = ReplicaReport::Ready(first, "/x.sock", "tcp://127.0.0.1:9", 42);
   ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#1", ReplicaReportJson(ready), *lease).ok());
   auto run_until = [&](auto done) {
     const auto until = std::chrono::steady_clock::now() + 15s;
@@ -486,7 +488,7 @@ TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
   ASSERT_TRUE(run_until([&] { return !heard.ready.empty(); }));
   EXPECT_EQ(heard.ready[0], "app#D#1 tcp://127.0.0.1:9 tcp://127.0.0.1:9 42");
   // A replica that exits: heard with the node's message, and its keys cleared.
-  ReplicaReport exited{.node = second, .exited = true, .was_ready = false, .message = "exited with code 1"};
+  ReplicaReport exited = ReplicaReport::Exited(second, false, "exited with code 1");
   ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#2", ReplicaReportJson(exited), *lease).ok());
   ASSERT_TRUE(run_until([&] { return !heard.exited.empty(); }));
   EXPECT_EQ(heard.exited[0], "app#D#2 not ready: exited with code 1");

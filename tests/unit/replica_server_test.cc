@@ -110,7 +110,7 @@ TEST(ReplicaServerTest, HandshakeThenPipelinedRequestsAnsweredByStream) {
   Served replica("echo");
   Client c(replica.path());
   std::string out;
-  transport::AppendHello(out, 0, {transport::kProtocolVersion, "test"});
+  transport::AppendHello(out, 0, {transport::kProtocolVersion, "test", ""});
   for (uint64_t s = 1; s <= 10; ++s) out += RequestFrame(s, "", "body-" + std::to_string(s));
   c.Send(out);  // in one write: the server reads them together and answers each
   transport::HelloAck ack;
