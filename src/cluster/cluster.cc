@@ -153,14 +153,19 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
   return absl::OkStatus();
 }
 
-void ClusterMember::Stop() {
+bool ClusterMember::JoinThread() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;
+    if (stopping_) return false;
     stopping_ = true;
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  return true;
+}
+
+void ClusterMember::Stop() {
+  if (!JoinThread()) return;
   if (lease_) {
     // Resigning: the leader key and the alive key go with the lease, and a standby leads at its next step.
     (void)etcd_.Revoke(lease_);
@@ -170,13 +175,7 @@ void ClusterMember::Stop() {
 }
 
 void ClusterMember::Halt() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  if (!JoinThread()) return;
   lease_ = 0;  // forgotten, not revoked: it lapses
   fence_.store(0);
 }

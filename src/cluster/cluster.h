@@ -120,6 +120,8 @@ class ClusterMember {
   // Whether this node may join: its token against the cluster's (set by the first node that has one).
   absl::Status CheckToken();
   void Depose(const std::string& why);
+  // Stops and joins the thread; false when it was stopped already.
+  bool JoinThread();
 
   const ClusterOptions options_;
   const Callbacks callbacks_;
