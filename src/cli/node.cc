@@ -219,8 +219,6 @@ class Node {
       controller_options.node_id = options_.cluster->node_id;
       controller_options.node_ip = options_.cluster->address;
       controller_options.replica_tcp_host = options_.cluster->address;  // other nodes reach its replicas
-    }
-    if (options_.cluster) {
       // Whichever node leads places replicas on every node's worker, through etcd.
       control_ = controller::Controller::CreateWithLauncher(
           io_,

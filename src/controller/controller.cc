@@ -93,7 +93,7 @@ std::string DeploymentVersion(const config::DeploymentConfig& d) {
   h = Fnv1a(h, d.ResolvedImportPath());
   h = Fnv1a(h, d.args.dump());
   h = Fnv1a(h, StrCat(d.resources.num_cpus, "/", d.resources.num_gpus));
-  if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());                      // the replica's execution mode
+  if (d.batching) h = Fnv1a(h, config::ToJson(*d.batching).dump());  // the replica's execution mode
   spec::PlacementSpec plain;  // where it may run, when it says more than its CPUs
   plain.resources = {{"CPU", d.resources.num_cpus}};
   if (d.placement != plain) h = Fnv1a(h, spec::ToJson(d.placement).dump());
