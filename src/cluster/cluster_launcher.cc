@@ -124,17 +124,27 @@ class EtcdWriter {
 
   void Loop() {
     std::unique_lock<std::mutex> lock(mu_);
+    bool more = false;  // the last batch left dirty entries behind: write them without waiting
     while (!stopping_) {
-      wake_.wait_for(lock, std::chrono::milliseconds(200));
+      if (!more) wake_.wait_for(lock, std::chrono::milliseconds(200));
+      more = false;
       if (stopping_) break;
       const int64_t lease = member_->lease();
       std::vector<std::pair<std::string, std::optional<std::string>>> batch;
       for (auto& [key, e] : entries_) {
         if (mode_ == Mode::kLeased && e.value && e.written_lease != lease) e.dirty = true;  // registered again
-        if (e.dirty && batch.size() < 100) batch.emplace_back(key, e.value);                // etcd's max-txn-ops is 128
+        if (!e.dirty) continue;
+        if (batch.size() == 100) {  // etcd's max-txn-ops is 128
+          more = true;
+          break;
+        }
+        batch.emplace_back(key, e.value);
       }
       if (batch.empty()) continue;
-      if (mode_ == Mode::kLeased && lease == 0) continue;  // not registered now: once it is
+      if (mode_ == Mode::kLeased && lease == 0) {  // not registered now: once it is
+        more = false;
+        continue;
+      }
       const int64_t fence = member_->fence();
       if (mode_ == Mode::kFenced && fence == 0) {
         FERRY_LOG(kWarning, "cluster", "dropping ", batch.size(), " writes: this node no longer leads");
@@ -668,6 +678,24 @@ void NodeWorker::Start() {
   writer_ = std::make_unique<EtcdWriter>(member_, EtcdWriter::Mode::kLeased);
   PrefixMirror::Callbacks callbacks;
   callbacks.on_change = [this] { Reconcile(); };
+  callbacks.on_reset = [this] {
+    for (const auto& [id, a] : assigned_) dirty_.insert(id);
+    assigned_.clear();
+  };
+  callbacks.on_key = [this](const std::string& id, const std::string* value) {
+    dirty_.insert(id);
+    if (!value) {
+      assigned_.erase(id);
+      return;
+    }
+    std::optional<Assignment> a = ParseAssignment(member_->options().node_id, *value);
+    if (!a || a->spec.replica_id != id) {
+      FERRY_LOG(kWarning, "cluster", "ignoring an assignment this node cannot read: ", id);
+      assigned_.erase(id);
+      return;
+    }
+    assigned_[id] = std::move(*a);
+  };
   mirror_ = std::make_unique<PrefixMirror>(io_, &member_->etcd(),
                                            StrCat(member_->options().prefix, kAssign, member_->options().node_id, "/"),
                                            std::move(callbacks));
@@ -678,20 +706,18 @@ size_t NodeWorker::live_replicas() const { return agent_->live_replicas(); }
 
 void NodeWorker::Reconcile() {
   if (!mirror_->synced() || stopping_all_) return;
-  std::set<std::string> assigned;
-  for (const auto& [id, value] : mirror_->map()) {
-    std::optional<Assignment> a = ParseAssignment(member_->options().node_id, value);
-    if (!a || a->spec.replica_id != id) {
-      FERRY_LOG(kWarning, "cluster", "ignoring an assignment this node cannot read: ", id);
-      continue;
-    }
-    assigned.insert(id);
+  std::set<std::string> dirty;
+  dirty.swap(dirty_);
+  for (const std::string& id : dirty) {
+    auto found = assigned_.find(id);
+    if (found == assigned_.end()) continue;  // unassigned: stopped below
+    const Assignment& a = found->second;
     if (finished_.contains(id)) continue;  // it ran here and ended: the leader clears it
     auto it = running_.find(id);
-    if (a->stop_timeout_ms) {
+    if (a.stop_timeout_ms) {
       if (it != running_.end() && !it->second.stopping) {
         it->second.stopping = true;
-        agent_->StopReplica(id, std::chrono::milliseconds(*a->stop_timeout_ms));
+        agent_->StopReplica(id, std::chrono::milliseconds(*a.stop_timeout_ms));
       } else if (it == running_.end()) {
         // Asked to stop one that is not running here (it exited, or this node restarted): say so.
         ReplicaReport gone = ReplicaReport::Exited(member_->options().node_id, false, "not running");
@@ -701,7 +727,7 @@ void NodeWorker::Reconcile() {
       continue;
     }
     if (it != running_.end()) continue;
-    spec::ReplicaSpec spec = a->spec;
+    spec::ReplicaSpec spec = a.spec;
     spec.tcp_host = member_->options().address;  // other nodes reach it here
     absl::Status started = agent_->StartReplica(spec);
     if (!started.ok()) {
@@ -714,7 +740,7 @@ void NodeWorker::Reconcile() {
   }
   // Ended and cleared by the leader: its report is no longer this node's to keep.
   for (auto it = finished_.begin(); it != finished_.end();) {
-    if (assigned.contains(*it)) {
+    if (assigned_.contains(*it)) {
       ++it;
     } else {
       writer_->Forget(ReportKey(*it));
@@ -724,7 +750,7 @@ void NodeWorker::Reconcile() {
   // What runs here and is no longer assigned here (the leader moved it, or gave this node up while it was
   // cut off) stops.
   for (auto& [id, local] : running_) {
-    if (assigned.contains(id) || local.stopping) continue;
+    if (assigned_.contains(id) || local.stopping) continue;
     FERRY_LOG(kInfo, "cluster", "replica ", id, " is no longer assigned to this node; stopping it");
     local.stopping = true;
     agent_->StopReplica(id,
@@ -743,7 +769,7 @@ void NodeWorker::OnReplicaExited(const std::string& replica_id, bool was_ready, 
   running_.erase(replica_id);
   finished_.insert(replica_id);
   // Still assigned: the leader hears how it ended (and clears the keys); otherwise nobody asks.
-  if (mirror_ && mirror_->map().contains(replica_id)) {
+  if (assigned_.contains(replica_id)) {
     ReplicaReport exited = ReplicaReport::Exited(member_->options().node_id, was_ready, message);
     writer_->Put(ReportKey(replica_id), ReplicaReportJson(exited));
   } else if (writer_) {

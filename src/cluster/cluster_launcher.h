@@ -185,9 +185,11 @@ class NodeWorker : public node::ReplicaListener {
   boost::asio::io_context& io_;
   ClusterMember* const member_;
   std::unique_ptr<node::ReplicaLauncher> agent_;
-  std::map<std::string, Local> running_;  // by replica id
-  std::set<std::string> finished_;        // ran here and ended (never started again), until unassigned
-  std::function<void()> stopped_;         // StopAll's
+  std::map<std::string, Assignment> assigned_;  // what the mirror holds, read (by replica id)
+  std::set<std::string> dirty_;                 // assignments changed since the last Reconcile
+  std::map<std::string, Local> running_;        // by replica id
+  std::set<std::string> finished_;              // ran here and ended (never started again), until unassigned
+  std::function<void()> stopped_;               // StopAll's
   bool stopping_all_ = false;
   std::unique_ptr<EtcdWriter> writer_;
   std::unique_ptr<PrefixMirror> mirror_;

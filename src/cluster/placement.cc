@@ -74,7 +74,7 @@ struct Cluster {
     const ResourceSet& f = free.at(n.node_id);
     auto cpu = f.find("CPU");
     return std::make_tuple(d == of_deployment.end() ? 0 : d->second, all == replicas.end() ? 0 : all->second,
-                           -(cpu == f.end() ? 0.0 : cpu->second), n.node_id);
+                           -(cpu == f.end() ? 0.0 : cpu->second), std::string_view(n.node_id));
   }
 };
 
@@ -172,14 +172,18 @@ Placement PlaceOne(Cluster& c, const ReplicaRequest& r) {
     auto it = c.of_deployment.find({n->node_id, r.deployment});
     return (it == c.of_deployment.end() ? 0 : it->second) < *r.max_replicas_per_node;
   };
-  auto by_spread = [&](const PlacementNode* a, const PlacementNode* b) {
-    return c.SpreadKey(*a, r.deployment) < c.SpreadKey(*b, r.deployment);
-  };
+  // Each node's spread key is computed once (a sort's comparisons would look it up again and again).
+  using Keyed = std::pair<decltype(c.SpreadKey(*eligible.front(), r.deployment)), const PlacementNode*>;
+  std::vector<Keyed> keyed;
+  keyed.reserve(eligible.size());
+  for (const PlacementNode* n : eligible) keyed.emplace_back(c.SpreadKey(*n, r.deployment), n);
+  std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) { return a.first < b.first; });
+  eligible.clear();
   std::vector<const PlacementNode*> hosts;  // may run the replica itself
-  for (const PlacementNode* n : eligible)
+  for (const auto& [key, n] : keyed) {
+    eligible.push_back(n);
     if (under_cap(n)) hosts.push_back(n);
-  std::sort(eligible.begin(), eligible.end(), by_spread);
-  std::sort(hosts.begin(), hosts.end(), by_spread);
+  }
   if (hosts.empty()) {
     p.why_not = StrCat("every node it may use already runs max_replicas_per_node (", *r.max_replicas_per_node,
                        ") of its replicas");
