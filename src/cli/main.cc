@@ -25,6 +25,7 @@
 #include "cli/status.h"
 #include "cluster/cluster.h"
 #include "common/common.h"
+#include "common/tls.h"
 #include "common/unique_fd.h"
 #include "config/config.h"
 #include "replica/replica.h"
@@ -116,6 +117,10 @@ Cluster mode (docs/operations.md, "Running a cluster"):
   --lease-ttl-s N      how long after its death the cluster notices it (default 2)
   --cluster-token-file F   the cluster's shared secret (first line of F): a node without it cannot join,
                        and replicas accept frames only from processes that present it
+  --tls-ca F --tls-cert F --tls-key F   frames between nodes over mutual TLS (PEM files; every node's
+                       certificate signed by the CA F, naming the node's --address as an IP SAN)
+  --etcd-cacert F [--etcd-cert F --etcd-key F]   etcd over TLS (etcdctl's flags): its CA, and this
+                       node's client certificate when etcd asks for one (--client-cert-auth)
 )";
 
 constexpr char kClientUsage[] = R"(Usage:
@@ -391,7 +396,31 @@ std::optional<pid_t> RunningNode(const std::string& pid_file) {
 
 // `ferry start --cluster ...`: the node's membership, from its flags.
 std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& node, cluster::ClusterOptions* out) {
-  absl::StatusOr<std::vector<HttpEndpoint>> etcd = cluster::ParseEtcdUrl(*f.Get("--cluster"));
+  // TLS: files are read now (an error names the file), and kept as absolute paths (the node daemonizes).
+  auto tls_files = [&](const char* ca, const char* cert, const char* key, TlsFiles* files) {
+    for (auto [flag, field] : {std::pair{ca, &files->ca}, {cert, &files->cert}, {key, &files->key}})
+      if (auto v = f.Get(flag)) *field = std::filesystem::absolute(*v).string();
+  };
+  TlsFiles etcd_files;
+  tls_files("--etcd-cacert", "--etcd-cert", "--etcd-key", &etcd_files);
+  std::shared_ptr<const TlsContext> etcd_tls;
+  if (!etcd_files.ca.empty()) {
+    absl::StatusOr<std::shared_ptr<const TlsContext>> context =
+        TlsContext::Create(etcd_files, TlsContext::Role::kClient);
+    if (!context.ok()) return StrCat("etcd TLS: ", Message(context.status()));
+    etcd_tls = std::move(*context);
+  } else if (!etcd_files.cert.empty() || !etcd_files.key.empty()) {
+    return "--etcd-cert and --etcd-key need --etcd-cacert (the CA that signed etcd's certificate)";
+  }
+  tls_files("--tls-ca", "--tls-cert", "--tls-key", &out->frame_tls);
+  const TlsFiles& frame = out->frame_tls;
+  if (!frame.ca.empty() || !frame.cert.empty() || !frame.key.empty()) {
+    if (frame.ca.empty() || frame.cert.empty() || frame.key.empty())
+      return "TLS between nodes needs all of --tls-ca, --tls-cert and --tls-key";
+    absl::StatusOr<std::shared_ptr<const TlsContext>> check = TlsContext::Create(frame, TlsContext::Role::kServer);
+    if (!check.ok()) return StrCat("TLS between nodes: ", Message(check.status()));
+  }
+  absl::StatusOr<std::vector<HttpEndpoint>> etcd = cluster::ParseEtcdUrl(*f.Get("--cluster"), etcd_tls);
   if (!etcd.ok()) return StrCat("--cluster: ", Message(etcd.status()));
   out->etcd = std::move(*etcd);
   char host[256] = {};
@@ -442,7 +471,8 @@ std::optional<std::string> ClusterFlags(const Flags& f, const cli::NodeOptions& 
 int StartCommand(const std::vector<std::string>& args) {
   Flags f = Flags::Parse(args,
                          SetUnion(kNodeFlags, {"--cluster", "--node-name", "--address", "--resources", "--labels",
-                                               "--lease-ttl-s", "--cluster-token-file"}),
+                                               "--lease-ttl-s", "--cluster-token-file", "--tls-ca", "--tls-cert",
+                                               "--tls-key", "--etcd-cacert", "--etcd-cert", "--etcd-key"}),
                          {"--foreground", "--no-metrics"}, "ferry start --help");
   if (f.help) return std::cout << kStartUsage, 0;
   if (!f.error.empty()) return Fail(f.error);
@@ -470,7 +500,8 @@ int StartCommand(const std::vector<std::string>& args) {
     options.cluster = std::move(cluster);
   } else {
     for (const char* flag :
-         {"--node-name", "--address", "--resources", "--labels", "--lease-ttl-s", "--cluster-token-file"})
+         {"--node-name", "--address", "--resources", "--labels", "--lease-ttl-s", "--cluster-token-file", "--tls-ca",
+          "--tls-cert", "--tls-key", "--etcd-cacert", "--etcd-cert", "--etcd-key"})
       if (f.Get(flag)) return Fail(StrCat(flag, " is for cluster nodes: add --cluster etcd://HOST:PORT"));
   }
   std::string state_dir = std::filesystem::absolute(f.Get("--state-dir").value_or(DefaultStateDir())).string();
@@ -780,6 +811,13 @@ int ReplicaCommand(const std::vector<std::string>& args) {
   if (const char* token = getenv("FERRY_CLUSTER_TOKEN")) {
     transport::SetFrameToken(token);
     unsetenv("FERRY_CLUSTER_TOKEN");
+  }
+  // Its node's TLS between nodes: the replica serves its TCP clients over it.
+  if (const char* ca = getenv("FERRY_TLS_CA")) {
+    TlsFiles files{ca, getenv("FERRY_TLS_CERT") ? getenv("FERRY_TLS_CERT") : "",
+                   getenv("FERRY_TLS_KEY") ? getenv("FERRY_TLS_KEY") : ""};
+    if (absl::Status tls = transport::SetFrameTls(files); !tls.ok()) return Fail(StrCat("TLS: ", Message(tls)));
+    for (const char* name : {"FERRY_TLS_CA", "FERRY_TLS_CERT", "FERRY_TLS_KEY"}) unsetenv(name);
   }
   return replica::RunReplica(options);
 }

@@ -423,6 +423,18 @@ int RunNode(const NodeOptions& options) {
     transport::SetFrameToken(options.cluster->token);
     setenv("FERRY_CLUSTER_TOKEN", options.cluster->token.c_str(), 1);
   }
+  // TLS between nodes: this node's frame clients speak it to other nodes' replicas, and its replicas serve
+  // their TCP clients over it.
+  if (options.cluster && !options.cluster->frame_tls.ca.empty()) {
+    const TlsFiles& files = options.cluster->frame_tls;
+    if (absl::Status tls = transport::SetFrameTls(files); !tls.ok()) {
+      FERRY_LOG(kError, "node", "TLS between nodes: ", Message(tls));
+      return 1;
+    }
+    setenv("FERRY_TLS_CA", files.ca.c_str(), 1);
+    setenv("FERRY_TLS_CERT", files.cert.c_str(), 1);
+    setenv("FERRY_TLS_KEY", files.key.c_str(), 1);
+  }
   // The controller publishes endpoint sets and routes here; the proxy's routers consume them and report
   // their load back. Both outlive the node's controller and proxy.
   endpoints::LocalPublisher publisher;

@@ -99,6 +99,20 @@ absl::Status ClusterMember::CheckToken() {
   return absl::OkStatus();
 }
 
+absl::Status ClusterMember::CheckFrameTls() {
+  const std::string key = options_.prefix + "frame_tls";
+  const bool tls = !options_.frame_tls.ca.empty();
+  const std::string mine = tls ? "on" : "off";
+  absl::StatusOr<TxnResult> txn =
+      etcd_.Txn({Compare::CreateRevision(key, 0)}, {TxnOp::Put(key, mine)}, {TxnOp::Get(key)});
+  if (!txn.ok()) return txn.status();
+  if (txn->succeeded || txn->ranges.empty() || txn->ranges[0].kvs.empty()) return absl::OkStatus();
+  if (txn->ranges[0].kvs[0].value == mine) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      tls ? "this cluster's nodes talk in the clear: start this node without --tls-ca/--tls-cert/--tls-key"
+          : "this cluster's nodes talk TLS: start this node with --tls-ca, --tls-cert and --tls-key");
+}
+
 absl::Status ClusterMember::Register() {
   absl::StatusOr<int64_t> lease = etcd_.GrantLease(options_.lease_ttl_s);
   if (!lease.ok()) return lease.status();
@@ -138,6 +152,7 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
   record_ = record.dump();
   if (options_.lease_ttl_s < 1) return absl::InvalidArgumentError("the lease TTL must be at least 1 s");
   if (absl::Status token = CheckToken(); !token.ok()) return token;
+  if (absl::Status tls = CheckFrameTls(); !tls.ok()) return tls;
   // A node restarted under its old name waits out its previous incarnation's lease.
   absl::Status registered;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(options_.lease_ttl_s + 1);

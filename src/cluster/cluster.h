@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "cluster/etcd.h"
+#include "common/tls.h"
 #include "controller/state_store.h"
 
 namespace ferry::cluster {
@@ -45,6 +46,10 @@ struct ClusterOptions {
   // The cluster's shared secret (empty: none). The first node to join with one records a salted SHA-256 of
   // it at PREFIX/token; a node whose token does not match (or that has none) cannot join after that.
   std::string token;
+  // This node's frames to other nodes' replicas go over TLS with these files (--tls-ca/--tls-cert/--tls-key;
+  // ca empty: in the clear). The first node records the cluster's choice at PREFIX/frame_tls; a node that
+  // chose otherwise cannot join.
+  TlsFiles frame_tls;
 };
 
 // A node as `ferry nodes` and the status show it.
@@ -119,6 +124,8 @@ class ClusterMember {
   absl::Status Register();
   // Whether this node may join: its token against the cluster's (set by the first node that has one).
   absl::Status CheckToken();
+  // Whether this node's frame TLS is the cluster's (recorded by the first node to join).
+  absl::Status CheckFrameTls();
   void Depose(const std::string& why);
   // Stops and joins the thread; false when it was stopped already.
   bool JoinThread();

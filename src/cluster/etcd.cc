@@ -194,25 +194,38 @@ absl::StatusOr<WatchBatch> ParseWatchLine(std::string_view line) {
   return batch;
 }
 
-absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url) {
+absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url, std::shared_ptr<const TlsContext> tls) {
   std::string_view rest = url;
-  if (rest.starts_with("etcd://")) rest.remove_prefix(7);
-  if (rest.starts_with("https://"))
-    return absl::InvalidArgumentError("etcd over TLS is not supported yet: use etcd://HOST:PORT");
-  if (rest.starts_with("http://")) rest.remove_prefix(7);
+  bool https = false, plain = false;
+  auto scheme = [&](std::string_view& text) {
+    for (std::string_view s : {"etcd://", "http://", "https://", "etcds://"}) {
+      if (!text.starts_with(s)) continue;
+      text.remove_prefix(s.size());
+      (s == "https://" || s == "etcds://" ? https : plain) |= s != "etcd://";
+      return;
+    }
+  };
+  scheme(rest);
   std::vector<HttpEndpoint> endpoints;
   while (!rest.empty()) {
     std::string_view one = rest.substr(0, rest.find(','));
     rest.remove_prefix(std::min(rest.size(), one.size() + 1));
-    if (one.starts_with("http://")) one.remove_prefix(7);
+    scheme(one);
     absl::StatusOr<HttpEndpoint> e = ParseHttpEndpoint(one, /*scheme_optional=*/true);
     if (!e.ok()) return absl::InvalidArgumentError(StrCat("etcd endpoint '", one, "': ", Message(e.status())));
     if (one.find(':') == std::string_view::npos) e->port = "2379";
     e->path = "";
+    e->tls = tls;
     endpoints.push_back(std::move(*e));
   }
   if (endpoints.empty())
     return absl::InvalidArgumentError(StrCat("no etcd endpoint in '", url, "' (etcd://HOST:PORT)"));
+  if (https && !tls)
+    return absl::InvalidArgumentError(
+        "etcd over TLS (https://) needs the CA that signed etcd's certificate: --etcd-cacert FILE");
+  if (plain && tls)
+    return absl::InvalidArgumentError(
+        "--etcd-cacert turns TLS on for etcd: write its endpoints as etcd:// or https://");
   return endpoints;
 }
 

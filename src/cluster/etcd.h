@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,8 +20,11 @@
 
 namespace ferry::cluster {
 
-// "etcd://HOST:PORT[,HOST:PORT...]" (also http://): the endpoints of one etcd cluster.
-absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url);
+// "etcd://HOST:PORT[,HOST:PORT...]" (also http://, or https:// for TLS): the endpoints of one etcd cluster.
+// With `tls` (from --etcd-cacert, and --etcd-cert/--etcd-key for etcd's client-certificate auth) every
+// call is HTTPS and etcd's certificate must name the host it is reached at; etcd:// then means https.
+absl::StatusOr<std::vector<HttpEndpoint>> ParseEtcdUrl(std::string_view url,
+                                                       std::shared_ptr<const TlsContext> tls = nullptr);
 
 struct KeyValue {
   std::string key;

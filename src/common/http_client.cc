@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "common/common.h"
+#include "common/tls.h"
 #include "common/unique_fd.h"
 
 namespace ferry {
@@ -74,9 +75,53 @@ int StatusOf(std::string_view answer) {
   return std::stoi(std::string(line.substr(space + 1, 3)));
 }
 
+// The connection's bytes, in the clear or through TLS. Send and Recv return what moved (> 0), 0 when the
+// peer closed, kWait when the socket must be ready for `*events` first, kError otherwise (error()).
+class Wire {
+ public:
+  static constexpr ssize_t kWait = -1;
+  static constexpr ssize_t kError = -2;
+  Wire(int fd, TlsSession* tls) : fd_(fd), tls_(tls) {}
+  int fd() const { return fd_; }
+  ssize_t Send(const char* data, size_t size, short* events) {
+    if (tls_) return Tls(tls_->Write(data, size, &want_), events);
+    ssize_t n = ::send(fd_, data, size, MSG_NOSIGNAL);
+    return Plain(n, POLLOUT, events);
+  }
+  ssize_t Recv(char* buffer, size_t size, short* events) {
+    if (tls_) return Tls(tls_->Read(buffer, size, &want_), events);
+    ssize_t n = ::recv(fd_, buffer, size, 0);
+    return Plain(n, POLLIN, events);
+  }
+  // Bytes that arrived and wait inside TLS (the socket will not say so).
+  bool Buffered() const { return tls_ && tls_->HasBuffered(); }
+  std::string error() const { return tls_ ? tls_->error() : std::strerror(errno_); }
+
+ private:
+  ssize_t Plain(ssize_t n, short wait, short* events) {
+    if (n >= 0) return n;
+    errno_ = errno;
+    if (errno_ == EAGAIN || errno_ == EWOULDBLOCK || errno_ == EINTR) {
+      *events = wait;
+      return kWait;
+    }
+    return kError;
+  }
+  ssize_t Tls(ssize_t n, short* events) {
+    if (n >= 0) return n;
+    if (want_ == TlsSession::Want::kNothing) return kError;
+    *events = want_ == TlsSession::Want::kReadable ? POLLIN : POLLOUT;
+    return kWait;
+  }
+  const int fd_;
+  TlsSession* const tls_;
+  TlsSession::Want want_ = TlsSession::Want::kNothing;
+  int errno_ = 0;
+};
+
 // The rest of a streamed answer whose head is in `answer` (up to `head_end`): its body pieces to
 // call.on_body as they arrive, until it ends, on_body says stop, or *call.stop is set.
-absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::string& answer, size_t head_end,
+absl::StatusOr<HttpResponse> StreamBody(Wire& wire, const std::string& where, std::string& answer, size_t head_end,
                                         const HttpCall& call) {
   HttpResponse response;
   response.status = StatusOf(answer);
@@ -100,21 +145,25 @@ absl::StatusOr<HttpResponse> StreamBody(int fd, const std::string& where, std::s
     return absl::OkStatus();
   };
   if (absl::Status s = deliver(std::string_view(answer).substr(head_end + 4)); !s.ok()) return s;
+  short events = POLLIN;
   while (!stopped && !(call.stop && call.stop->load())) {
-    pollfd p{fd, POLLIN, 0};
-    int n = ::poll(&p, 1, 200);
-    if (n < 0 && errno != EINTR) return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
-    if (n <= 0) continue;
+    if (!wire.Buffered()) {
+      pollfd p{wire.fd(), events, 0};
+      int n = ::poll(&p, 1, 200);
+      if (n < 0 && errno != EINTR) return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+      if (n <= 0) continue;
+    }
     char buf[16384];
-    ssize_t got = ::recv(fd, buf, sizeof(buf), 0);
+    ssize_t got = wire.Recv(buf, sizeof(buf), &events);
     if (got > 0) {
+      events = POLLIN;
       if (absl::Status s = deliver(std::string_view(buf, static_cast<size_t>(got))); !s.ok()) return s;
     } else if (got == 0) {
       if (chunked || length_left != UINT64_MAX)
         return absl::UnavailableError(StrCat(where, ": the stream was cut off"));
       break;
-    } else if (errno != EAGAIN && errno != EINTR) {
-      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+    } else if (got == Wire::kError) {
+      return absl::UnavailableError(StrCat(where, ": ", wire.error()));
     }
   }
   return response;
@@ -238,6 +287,15 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
   }
   freeaddrinfo(found);
   if (!fd) return absl::UnavailableError(StrCat(where, ": ", why));
+  std::unique_ptr<TlsSession> tls;
+  if (endpoint.tls) {
+    absl::StatusOr<std::unique_ptr<TlsSession>> session = TlsSession::Client(*endpoint.tls, fd.get(), endpoint.host);
+    if (!session.ok()) return absl::UnavailableError(StrCat(where, ": ", Message(session.status())));
+    tls = std::move(*session);
+    if (absl::Status shook = tls->HandshakeUntil(deadline); !shook.ok())
+      return absl::UnavailableError(StrCat(where, ": ", Message(shook)));
+  }
+  Wire wire(fd.get(), tls.get());
 
   std::string request = StrCat(call.method, " ", call.path, " HTTP/1.1\r\nHost: ", endpoint.host, ":", endpoint.port,
                                "\r\nConnection: close\r\nUser-Agent: ferry/", kVersion, "\r\n");
@@ -249,13 +307,14 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
   request.append("\r\n");
   request.append(call.body);
   for (std::string_view left = request; !left.empty();) {
-    ssize_t n = ::send(fd.get(), left.data(), left.size(), MSG_NOSIGNAL);
+    short events = 0;
+    ssize_t n = wire.Send(left.data(), left.size(), &events);
     if (n > 0) {
       left.remove_prefix(static_cast<size_t>(n));
-    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (!WaitFor(fd.get(), POLLOUT, deadline)) return absl::DeadlineExceededError(StrCat(where, ": send timed out"));
+    } else if (n == Wire::kWait) {
+      if (!WaitFor(fd.get(), events, deadline)) return absl::DeadlineExceededError(StrCat(where, ": send timed out"));
     } else {
-      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+      return absl::UnavailableError(StrCat(where, ": ", n == 0 ? "the peer closed the connection" : wire.error()));
     }
   }
 
@@ -266,7 +325,7 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
   for (;;) {
     if (head_end == std::string::npos) head_end = answer.find("\r\n\r\n");
     if (call.status_only && answer.find("\r\n") != std::string::npos) break;
-    if (call.on_body && head_end != std::string::npos) return StreamBody(fd.get(), where, answer, head_end, call);
+    if (call.on_body && head_end != std::string::npos) return StreamBody(wire, where, answer, head_end, call);
     if (head_end != std::string::npos) {
       std::string_view head = std::string_view(answer).substr(0, head_end + 2);
       std::string_view rest = std::string_view(answer).substr(head_end + 4);
@@ -275,16 +334,17 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
       if (HeaderValue(head, "transfer-encoding") == "chunked" && Dechunk(rest, &response.body)) break;
     }
     char buf[16384];
-    ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
+    short events = 0;
+    ssize_t n = wire.Recv(buf, sizeof(buf), &events);
     if (n > 0) {
       answer.append(buf, static_cast<size_t>(n));
     } else if (n == 0) {
       break;  // closed: the answer ends here
-    } else if (errno == EAGAIN || errno == EINTR) {
-      if (!WaitFor(fd.get(), POLLIN, deadline))
+    } else if (n == Wire::kWait) {
+      if (!WaitFor(fd.get(), events, deadline))
         return absl::DeadlineExceededError(StrCat(where, ": no answer in time"));
     } else {
-      return absl::UnavailableError(StrCat(where, ": ", std::strerror(errno)));
+      return absl::UnavailableError(StrCat(where, ": ", wire.error()));
     }
   }
   response.status = StatusOf(answer);

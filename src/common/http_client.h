@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,12 +15,15 @@
 
 namespace ferry {
 
-// An http:// address split into its parts. https is not supported (use a local collector or agent, or
-// a tunnel to a remote node).
+class TlsContext;
+
+// An http:// address split into its parts. https is for etcd only (its endpoints get `tls`); elsewhere use
+// a local collector or agent, or a tunnel to a remote node.
 struct HttpEndpoint {
   std::string host;
   std::string port = "80";
   std::string path = "/";
+  std::shared_ptr<const TlsContext> tls;  // set: HTTPS, the server's certificate checked against `host`
 };
 // Parses http://HOST[:PORT][/PATH] (HOST may be [IPv6]). With `scheme_optional`, HOST:PORT[/PATH] too.
 absl::StatusOr<HttpEndpoint> ParseHttpEndpoint(std::string_view url, bool scheme_optional = false);

@@ -76,6 +76,28 @@ bool IsFrameToken(std::string_view given) {
   return diff == 0 && !token.empty();
 }
 
+namespace {
+struct FrameTlsContexts {
+  std::shared_ptr<const TlsContext> client;
+  std::shared_ptr<const TlsContext> server;
+};
+FrameTlsContexts& TlsStorage() {
+  static FrameTlsContexts contexts;
+  return contexts;
+}
+}  // namespace
+
+absl::Status SetFrameTls(const TlsFiles& files) {
+  absl::StatusOr<std::shared_ptr<const TlsContext>> client = TlsContext::Create(files, TlsContext::Role::kClient);
+  if (!client.ok()) return client.status();
+  absl::StatusOr<std::shared_ptr<const TlsContext>> server = TlsContext::Create(files, TlsContext::Role::kServer);
+  if (!server.ok()) return server.status();
+  TlsStorage() = {std::move(*client), std::move(*server)};
+  return absl::OkStatus();
+}
+const std::shared_ptr<const TlsContext>& FrameTlsClient() { return TlsStorage().client; }
+const std::shared_ptr<const TlsContext>& FrameTlsServer() { return TlsStorage().server; }
+
 void SetNoDelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  // fails harmlessly on a Unix socket

@@ -8,9 +8,11 @@
 
 #include <absl/status/statusor.h>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
+#include "common/tls.h"
 #include "common/unique_fd.h"
 
 namespace ferry::transport {
@@ -49,5 +51,14 @@ void SetFrameToken(std::string token);
 const std::string& FrameToken();
 // Whether `given` is the token, in time that does not depend on where they differ.
 bool IsFrameToken(std::string_view given);
+
+// TLS between nodes (ferry start --tls-ca/--tls-cert/--tls-key): every TCP frame connection of this
+// process is TLS (mutual: each side's certificate must chain to the CA; a client also checks that the
+// replica's certificate names the IP it connects to). Unix sockets stay in the clear. Set once at start,
+// like the token (a replica reads the files' paths from FERRY_TLS_CA/_CERT/_KEY).
+absl::Status SetFrameTls(const TlsFiles& files);
+// Null when frames between nodes are in the clear.
+const std::shared_ptr<const TlsContext>& FrameTlsClient();
+const std::shared_ptr<const TlsContext>& FrameTlsServer();
 
 }  // namespace ferry::transport

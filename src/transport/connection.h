@@ -1,5 +1,5 @@
-// A frame stream over a stream socket (a Unix socket on one node, TCP between nodes: see address.h),
-// driven by one io_context thread. Frames appended to the
+// A frame stream over a stream socket (a Unix socket on one node, TCP between nodes: see address.h, and
+// TLS over TCP when the cluster's frames are), driven by one io_context thread. Frames appended to the
 // output are written in as few syscalls as possible: while one write is in flight, later frames collect
 // and go out together. Not thread-safe: every call on the thread that runs the socket's executor.
 #pragma once
@@ -50,12 +50,20 @@ class FrameConnection : public std::enable_shared_from_this<FrameConnection> {
   size_t bytes_pending() const { return pending_.size() + writing_.size(); }
 
  private:
+  struct TlsStream;  // connection.cc's: the socket under TLS
   void DoRead();
   void DoWrite();
   void Fail(const absl::Status& why);
+  // After the connect: TLS's handshake first when frames to other nodes are TLS, then reading and writing.
+  void OnConnected(bool tcp, const std::string& host);
+  void Ready();
+  Socket& socket() const;  // the socket, under TLS or not
+  template <typename Action>
+  void WithStream(Action&& action);  // runs action(stream) on the stream in use
 
   Socket socket_;
-  std::string path_;  // set when this side connects
+  std::unique_ptr<TlsStream> tls_;  // set: TLS over socket_ (moved into it)
+  std::string path_;                // set when this side connects
   Handler* handler_;
   FrameReader reader_;
   std::string pending_;

@@ -44,6 +44,9 @@ absl::StatusOr<std::shared_ptr<DirectChannel>> DirectChannel::Connect(const std:
                                                                       std::string_view client) {
   absl::StatusOr<FrameAddress> address = ParseFrameAddress(socket_path);
   if (!address.ok()) return address.status();
+  // Frames between nodes under TLS go the I/O thread's way (FrameConnection), which speaks it.
+  if (address->tcp && FrameTlsClient())
+    return absl::FailedPreconditionError("a direct channel speaks no TLS: frames to other nodes go the I/O way");
   // Non-blocking: a replica whose backlog is full (or that is gone) fails the connect at once, and the
   // call goes the I/O thread's way instead of holding its caller.
   absl::StatusOr<UniqueFd> connected = ConnectFrameSocket(*address);

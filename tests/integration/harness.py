@@ -251,9 +251,11 @@ class Prometheus:
 class Etcd:
     """etcd-server on free loopback ports, its data in a temporary directory; stop() and start() keep both."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
+        """`tls`: {"ca", "cert", "key"} files (make_certs): etcd then serves HTTPS and requires client certificates."""
         self.dir = tempfile.mkdtemp(prefix="ferry-etcd-")
         self.proc = None
+        self.tls = tls
         # A port picked free may be taken by another test before etcd binds it (tests run in parallel): then
         # etcd exits, and it starts again on other ports, with a fresh data directory.
         for attempt in range(3):
@@ -263,12 +265,16 @@ class Etcd:
 
     def start(self, must=True):
         """Starts etcd and waits until it answers; False (when not `must`) if it exited or did not answer."""
-        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        client, peer = f"{self.scheme}://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "a")
+        tls = []
+        if self.tls:
+            tls = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"], "--trusted-ca-file", self.tls["ca"],
+                   "--client-cert-auth"]
         self.proc = subprocess.Popen(
             ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}"], stdout=self.log, stderr=self.log)
+             "--initial-cluster", f"t={peer}", *tls], stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
             if self._answers():
@@ -280,10 +286,18 @@ class Etcd:
         shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
         return False
 
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
+
+    def call(self, path, body, timeout=5):
+        """POSTs `body` to etcd's JSON gateway (with the client certificate under TLS)."""
+        kw = {"verify": self.tls["ca"], "cert": (self.tls["cert"], self.tls["key"])} if self.tls else {}
+        return requests.post(f"{self.scheme}://127.0.0.1:{self.client_port}{path}", json=body, timeout=timeout, **kw)
+
     def _answers(self):
         try:
-            return requests.post(f"http://127.0.0.1:{self.client_port}/v3/kv/range", json={"key": "AA=="},
-                                 timeout=1).status_code == 200
+            return self.call("/v3/kv/range", {"key": "AA=="}, timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
@@ -299,4 +313,23 @@ class Etcd:
 
     @property
     def url(self):
-        return f"etcd://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'etcd'}://127.0.0.1:{self.client_port}"
+
+
+def make_certs(directory, names, ca="ca"):
+    """A CA (DIRECTORY/CA.crt, .key) and, for each name, a certificate it signs for 127.0.0.1 (an IP SAN; for
+    servers and clients alike): {"ca": ..., name: {"cert": ..., "key": ...}}. The commands are the ones
+    docs/operations.md gives."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth, clientAuth\n")
+    out = {"ca": os.path.join(directory, f"{ca}.crt")}
+    for name in names:
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt")
+        out[name] = {"cert": os.path.join(directory, f"{name}.crt"), "key": os.path.join(directory, f"{name}.key")}
+    return out

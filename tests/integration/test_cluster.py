@@ -9,9 +9,13 @@ leader's node dies a standby leads within the lease TTL plus a step, takes over 
 whose name is taken cannot join; a leader that loses etcd keeps serving, and leads again when etcd is back;
 a leader frozen past its lease finds another leader when it thaws and stops what is no longer its own.
 """
+import base64
+import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -19,7 +23,7 @@ import unittest
 
 import requests
 
-from harness import Etcd, Ferry, run_ferry, wait_until
+from harness import Etcd, Ferry, make_certs, run_ferry, wait_until
 
 ECHO = """applications:
   - name: echo
@@ -401,6 +405,83 @@ class ClusterTest(unittest.TestCase):
             self.assertNotIn("intruder", leader.nodes())
         finally:
             shutil.rmtree(tokens, ignore_errors=True)
+
+    def test_with_tls_etcd_and_the_frames_between_nodes_are_encrypted_and_strangers_refused(self):
+        certs_dir = tempfile.mkdtemp(prefix="ferry-certs-")
+        try:
+            certs = make_certs(certs_dir, ["etcd", "n1", "n2"])
+            rogue = make_certs(certs_dir, ["stranger"], ca="rogue-ca")
+            self.etcd.close()
+            self.etcd = Etcd(tls={"ca": certs["ca"], **certs["etcd"]})
+
+            def tls_flags(name, frames=True):
+                flags = ["--etcd-cacert", certs["ca"], "--etcd-cert", certs[name]["cert"], "--etcd-key",
+                         certs[name]["key"]]
+                if frames:
+                    flags += ["--tls-ca", certs["ca"], "--tls-cert", certs[name]["cert"], "--tls-key",
+                              certs[name]["key"]]
+                return flags
+            self.nodes.append(Node(self.etcd, "n1", *tls_flags("n1")))
+            self.nodes.append(Node(self.etcd, "n2", *tls_flags("n2")))
+            leader = self.leader_node()
+            # One replica: one node's proxy reaches it on the other node, over TLS.
+            self.deploy(leader, ECHO.replace("num_replicas: 2", "num_replicas: 1"))
+            wait_until(lambda: running(leader, replicas=1), timeout=60, what="echo RUNNING")
+            for n in self.nodes:
+                wait_until(lambda: answers(n, b"over-tls"), timeout=30, what=f"echo through {n.name}")
+            for n in self.nodes:
+                self.assertTrue(all(answers(n, f"tls-{i}".encode()) for i in range(20)))
+
+            # The replica's TCP port (as its node reported it in etcd) speaks only TLS with the cluster's CA.
+            prefix = b"/ferry/replicas/"
+            got = self.etcd.call("/v3/kv/range", {"key": base64.b64encode(prefix).decode(),
+                                                  "range_end": base64.b64encode(b"/ferry/replicas0").decode()})
+            reports = [json.loads(base64.b64decode(kv["value"])) for kv in got.json().get("kvs", [])]
+            tcp = [r["tcp_address"] for r in reports if r.get("state") == "READY"]
+            self.assertEqual(len(tcp), 1, reports)
+            host, port = tcp[0][len("tcp://"):].rsplit(":", 1)
+            port = int(port)
+
+            def handshake(cert=None):
+                context = ssl.create_default_context(cafile=certs["ca"])
+                context.check_hostname = False
+                if cert:
+                    context.load_cert_chain(cert["cert"], cert["key"])
+                with socket.create_connection((host, port), timeout=10) as raw:
+                    with context.wrap_socket(raw) as tls:
+                        # TLS 1.3: a refused client certificate shows at the first read.
+                        tls.sendall(b"\xff" * 16)
+                        return tls.recv(1)
+            # The cluster's certificate gets through the handshake (a frame header that is not one is then
+            # refused: closed).
+            self.assertEqual(handshake(certs["n1"]), b"")
+            for cert in (None, rogue["stranger"]):
+                with self.assertRaises((ssl.SSLError, ConnectionError)):
+                    handshake(cert)
+            # A client in the clear gets nothing back: its bytes are not a TLS handshake.
+            with socket.create_connection((host, port), timeout=10) as raw:
+                raw.sendall(b"FERRY hello in the clear\r\n" * 4)
+                try:
+                    self.assertEqual(raw.recv(100)[:1] in (b"", b"\x15"), True)  # closed, or a TLS alert
+                except ConnectionResetError:
+                    pass
+
+            # A node without the frame TLS cannot join; nor one without an etcd client certificate.
+            for flags, why in [(tls_flags("n2", frames=False), "this cluster's nodes talk TLS"),
+                               (["--etcd-cacert", certs["ca"]], "TLS"),
+                               ([], "needs the CA that signed etcd's certificate")]:
+                state = tempfile.mkdtemp(prefix="ferry-intruder-")
+                try:
+                    r = run_ferry(["start", "--foreground", "--state-dir", state, "--cluster", self.etcd.url,
+                                   "--node-name", "intruder", "--http-port", "0", "--admin-port", "0", *flags],
+                                  timeout=60)
+                finally:
+                    shutil.rmtree(state, ignore_errors=True)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(why, r.stderr + r.stdout)
+            self.assertNotIn("intruder", leader.nodes())
+        finally:
+            shutil.rmtree(certs_dir, ignore_errors=True)
 
     def test_replicas_are_placed_by_resources_labels_and_limits(self):
         self.nodes.append(Node(self.etcd, "cpu-a", "--resources", '{"CPU": 2}', "--labels", "zone=a"))

@@ -383,9 +383,12 @@ class PythonErrorsTest(unittest.TestCase):
                 r = requests.put(ferry.admin + "/api/serve/applications/", data=config, timeout=60)
                 self.assertEqual(r.status_code, 200, r.text)
                 self.assertIn("cannot import the application (RuntimeError: v2 is broken)", r.json()["warnings"][0])
-                status = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
+                # The status is the controller's last snapshot: the failure shows from its next tick on.
+                def status_of(name, wanted):
+                    s = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
+                    return s if s["applications"].get(name, {}).get("status") == wanted else None
+                status = wait_until(lambda: status_of("v", "DEPLOY_FAILED"), timeout=30, what="v DEPLOY_FAILED")
                 app = status["applications"]["v"]
-                self.assertEqual(app["status"], "DEPLOY_FAILED")
                 self.assertIn("Deploying app 'v' failed with exception:", app["message"])
                 self.assertIn("Traceback", app["message"])
                 self.assertIn("versioned.py", app["message"])
@@ -398,8 +401,7 @@ class PythonErrorsTest(unittest.TestCase):
                                     f"    runtime_env: {{working_dir: {d}}}\n")
                 r = requests.put(ferry.admin + "/api/serve/applications/", data=bad_new, timeout=60)
                 self.assertEqual(r.status_code, 200, r.text)
-                status = requests.get(ferry.admin + "/api/serve/applications/", timeout=10).json()
-                self.assertEqual(status["applications"]["w"]["status"], "DEPLOY_FAILED")
+                wait_until(lambda: status_of("w", "DEPLOY_FAILED"), timeout=30, what="w DEPLOY_FAILED")
                 self.assertEqual(requests.get(ferry.url("/w"), timeout=30).status_code, 404)
                 # Fixed: the next deploy builds it and both run the new code.
                 with open(module, "w") as f:

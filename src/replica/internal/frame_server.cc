@@ -88,10 +88,74 @@ void ClientConnection::Abandon() {
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
+ssize_t ClientConnection::TlsRead(char* at, size_t size, short* wait_for) {
+  MutexLock lock(&tls_mu_);
+  TlsSession::Want want = TlsSession::Want::kNothing;
+  if (!tls_->handshake_done()) {
+    absl::StatusOr<bool> done = tls_->Handshake(&want);
+    if (!done.ok()) {
+      FERRY_LOG(kWarning, "replica", "a client's TLS handshake failed: ", Message(done.status()));
+      errno = EPROTO;
+      return -1;
+    }
+    if (!*done) {
+      *wait_for = want == TlsSession::Want::kWritable ? POLLOUT : POLLIN;
+      errno = EAGAIN;
+      return -1;
+    }
+  }
+  ssize_t n = tls_->Read(at, size, &want);
+  if (n < 0) {
+    *wait_for = want == TlsSession::Want::kWritable ? POLLOUT : POLLIN;
+    errno = want == TlsSession::Want::kNothing ? EPROTO : EAGAIN;
+  }
+  return n;
+}
+
+ssize_t ClientConnection::TlsWrite(std::string_view data, short* wait_for) {
+  MutexLock lock(&tls_mu_);
+  TlsSession::Want want = TlsSession::Want::kNothing;
+  ssize_t n = tls_->Write(data.data(), data.size(), &want);
+  if (n < 0) {
+    *wait_for = want == TlsSession::Want::kReadable ? POLLIN : POLLOUT;
+    errno = want == TlsSession::Want::kNothing ? EPIPE : EAGAIN;
+  }
+  return n;
+}
+
+bool ClientConnection::ReadAvailable(std::string* why) {
+  static constexpr size_t kChunk = 64 * 1024;
+  for (;;) {
+    char* at = reader_.Prepare(kChunk);
+    short wait_for = POLLIN;
+    ssize_t n = tls_ ? TlsRead(at, kChunk, &wait_for) : ::read(fd_.get(), at, kChunk);
+    if (n > 0) {
+      reader_.Commit(static_cast<size_t>(n));
+      // In the clear, a short read emptied the socket; TLS hands over a record at a time: read on.
+      if (!tls_ && static_cast<size_t>(n) < kChunk) return true;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (wait_for == POLLIN) return true;  // all read: the next read event brings more
+      // TLS must write first (its handshake's answer) and the socket is full: wait for room a little.
+      pollfd p{fd_.get(), POLLOUT, 0};
+      if (::poll(&p, 1, 1000) <= 0) {
+        *why = "the client does not read its TLS handshake";
+        return false;
+      }
+      continue;
+    }
+    *why = n == 0 ? "peer closed the connection" : std::string("read: ") + std::strerror(errno);
+    return false;
+  }
+}
+
 bool ClientConnection::WriteAll(std::string_view data) {
   auto stuck_since = SteadyClock::now();
   while (!data.empty()) {
-    ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    short wait_for = POLLOUT;
+    ssize_t n = tls_ ? TlsWrite(data, &wait_for) : ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
     if (n > 0) {
       data.remove_prefix(static_cast<size_t>(n));
       stuck_since = SteadyClock::now();
@@ -100,7 +164,7 @@ bool ClientConnection::WriteAll(std::string_view data) {
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       if (SteadyClock::now() - stuck_since > kStuckWriteLimit) return false;  // the client stopped reading
-      pollfd p{fd_.get(), POLLOUT, 0};
+      pollfd p{fd_.get(), wait_for, 0};
       ::poll(&p, 1, 100);
       continue;
     }
@@ -202,8 +266,20 @@ void FrameServer::AcceptAll(int listen_fd, uint64_t listen_id) {
   for (;;) {
     int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) break;
-    if (listen_id == kTcpListenId) transport::SetNoDelay(fd);
-    auto c = std::make_shared<ClientConnection>(fd, next_id_.fetch_add(1));
+    std::unique_ptr<TlsSession> tls;
+    if (listen_id == kTcpListenId) {
+      transport::SetNoDelay(fd);
+      if (const auto& context = transport::FrameTlsServer()) {
+        absl::StatusOr<std::unique_ptr<TlsSession>> session = TlsSession::Server(*context, fd);
+        if (!session.ok()) {
+          FERRY_LOG(kWarning, "replica", "cannot serve a TLS client: ", Message(session.status()));
+          ::close(fd);
+          continue;
+        }
+        tls = std::move(*session);
+      }
+    }
+    auto c = std::make_shared<ClientConnection>(fd, next_id_.fetch_add(1), std::move(tls));
     {
       MutexLock lock(&connections_mu_);
       connections_[c->id()] = c;
@@ -230,21 +306,8 @@ void FrameServer::Drop(const std::shared_ptr<ClientConnection>& c, std::string_v
 // This thread holds the connection's one-shot read event: read what is there, hand over its frames,
 // re-arm, then let the handler act on them.
 void FrameServer::OnReadable(const std::shared_ptr<ClientConnection>& c, Handler& handler) {
-  static constexpr size_t kChunk = 64 * 1024;
-  bool eof = false;
-  for (;;) {
-    char* at = c->reader().Prepare(kChunk);
-    ssize_t n = ::read(c->fd(), at, kChunk);
-    if (n > 0) {
-      c->reader().Commit(static_cast<size_t>(n));
-      if (static_cast<size_t>(n) < kChunk) break;
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    eof = true;  // 0: closed; < 0: error
-    break;
-  }
+  std::string gone;
+  const bool eof = !c->ReadAvailable(&gone);
   transport::FrameHeader header;
   std::string_view payload;
   absl::Status failed;
@@ -259,7 +322,7 @@ void FrameServer::OnReadable(const std::shared_ptr<ClientConnection>& c, Handler
     if (!failed.ok()) break;
   }
   if (!failed.ok() || eof) {
-    Drop(c, failed.ok() ? "peer closed the connection" : Message(failed));
+    Drop(c, failed.ok() ? gone : std::string(Message(failed)));
   } else {
     // Re-armed, the connection's next read event may go to another thread: this one is done with the reader.
     HandOff::Release(c.get());

@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "common/mutex.h"
+#include "common/tls.h"
 #include "common/unique_fd.h"
 #include "transport/frame.h"
 
@@ -36,10 +37,15 @@ class TrackedStream {
 // writing is group commit under write_mu_.
 class ClientConnection {
  public:
-  ClientConnection(int fd, uint64_t id) : fd_(fd), id_(id) {}
+  // `tls`: the connection is TLS (a TCP client under the cluster's TLS); its handshake happens as it reads.
+  ClientConnection(int fd, uint64_t id, std::unique_ptr<TlsSession> tls = nullptr)
+      : fd_(fd), id_(id), tls_(std::move(tls)) {}
   int fd() const { return fd_.get(); }
   uint64_t id() const { return id_; }
   transport::FrameReader& reader() { return reader_; }  // only the thread holding the read event
+  // Reads what has arrived into reader() (only the thread holding the read event). False when the client
+  // is gone (closed, an error, a TLS handshake that failed: *why says which).
+  bool ReadAvailable(std::string* why);
   // Its hello carried the cluster's token (the thread holding the read event only).
   bool admitted() const { return admitted_; }
   void Admit() { admitted_ = true; }
@@ -62,8 +68,16 @@ class ClientConnection {
  private:
   bool WriteAll(std::string_view data);
 
+  // One TLS record's read or write; without TLS, recv/send. -1 with errno EAGAIN when it must wait for
+  // *wait_for (POLLIN or POLLOUT).
+  ssize_t TlsRead(char* at, size_t size, short* wait_for);
+  ssize_t TlsWrite(std::string_view data, short* wait_for);
+
   const UniqueFd fd_;
   const uint64_t id_;
+  // The reading thread and a writing thread may use it at once: each call under tls_mu_ (none blocks).
+  const std::unique_ptr<TlsSession> tls_;
+  Mutex tls_mu_;
   transport::FrameReader reader_;  // the thread holding the read event only
   bool admitted_ = false;          // likewise
   Mutex write_mu_;
