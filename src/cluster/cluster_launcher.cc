@@ -309,6 +309,7 @@ ReplicaRequest RequestOf(const spec::ReplicaSpec& s) {
   ReplicaRequest r;
   r.replica_id = s.replica_id;
   r.deployment = StrCat(s.application, "/", s.deployment);
+  r.version = s.version;
   r.resources = s.placement.resources;
   r.bundles = s.placement.bundles;
   r.strategy = ParseBundleStrategy(s.placement.strategy).value_or(BundleStrategy::kPack);
@@ -322,7 +323,9 @@ PlacedReplica PlacedOf(const Assignment& a) {
   PlacedReplica p;
   p.replica_id = a.spec.replica_id;
   p.deployment = StrCat(a.spec.application, "/", a.spec.deployment);
+  p.version = a.spec.version;
   p.node_id = a.node;
+  p.leaving = a.stop_timeout_ms.has_value();
   if (a.spec.placement.bundles.empty() || a.bundle_nodes.size() != a.spec.placement.bundles.size()) {
     p.taken[a.node] = a.spec.placement.resources;
   } else {
@@ -470,6 +473,7 @@ void ClusterLauncher::StopReplica(const std::string& replica_id, std::chrono::mi
     return;
   }
   t.assignment.stop_timeout_ms = timeout.count();
+  placement_->Set(PlacedOf(t.assignment));  // leaving: its replacement spreads as if it were gone
   writer_->Put(AssignKey(t.assignment.node, replica_id), AssignmentJson(t.assignment));
   dirty_.insert(replica_id);
   asio::post(io_, [weak = std::weak_ptr<bool>(alive_token_), this] {

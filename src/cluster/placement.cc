@@ -31,6 +31,7 @@ struct Cluster {
   std::map<std::string, ResourceSet> free;                           // by node
   std::map<std::string, int> replicas;                               // by node: replicas of all deployments
   std::map<std::pair<std::string, std::string>, int> of_deployment;  // (node, deployment) -> replicas
+  std::map<std::pair<std::string, std::string>, int> of_version;     // (node, deployment@version) -> replicas
 
   Cluster(const std::vector<PlacementNode>& n, const std::vector<PlacedReplica>& placed) : nodes(n) {
     for (const PlacementNode& node : nodes) free[node.node_id] = node.total;
@@ -42,9 +43,10 @@ struct Cluster {
       if (f == free.end()) continue;  // a node that is gone
       for (const auto& [k, v] : resources) f->second[k] -= v;
     }
-    if (!r.node_id.empty()) {
+    if (!r.node_id.empty() && !r.leaving) {
       ++replicas[r.node_id];
       ++of_deployment[{r.node_id, r.deployment}];
+      ++of_version[{r.node_id, VersionKey(r.deployment, r.version)}];
     }
   }
   void Give(const PlacedReplica& r) {  // undoes Take
@@ -53,9 +55,11 @@ struct Cluster {
       if (f == free.end()) continue;
       for (const auto& [k, v] : resources) f->second[k] += v;
     }
-    if (!r.node_id.empty()) {
+    if (!r.node_id.empty() && !r.leaving) {
       if (--replicas[r.node_id] <= 0) replicas.erase(r.node_id);
       if (--of_deployment[{r.node_id, r.deployment}] <= 0) of_deployment.erase({r.node_id, r.deployment});
+      const std::pair<std::string, std::string> v{r.node_id, VersionKey(r.deployment, r.version)};
+      if (--of_version[v] <= 0) of_version.erase(v);
     }
   }
   bool Fits(const std::string& node, const ResourceSet& need) const {
@@ -67,14 +71,21 @@ struct Cluster {
     }
     return true;
   }
-  // The order among nodes that fit: fewest of the deployment, fewest in all, most free CPU, name.
-  auto SpreadKey(const PlacementNode& n, const std::string& deployment) const {
+  static std::string VersionKey(const std::string& deployment, const std::string& version) {
+    return deployment + "@" + version;
+  }
+  // The order among nodes that fit: fewest of the deployment's version (a rolling update's new replicas
+  // spread among themselves while the old ones still run), fewest of the deployment, fewest in all, most
+  // free CPU, name.
+  auto SpreadKey(const PlacementNode& n, const std::string& deployment, const std::string& version_key) const {
+    auto v = of_version.find({n.node_id, version_key});
     auto d = of_deployment.find({n.node_id, deployment});
     auto all = replicas.find(n.node_id);
     const ResourceSet& f = free.at(n.node_id);
     auto cpu = f.find("CPU");
-    return std::make_tuple(d == of_deployment.end() ? 0 : d->second, all == replicas.end() ? 0 : all->second,
-                           -(cpu == f.end() ? 0.0 : cpu->second), std::string_view(n.node_id));
+    return std::make_tuple(v == of_version.end() ? 0 : v->second, d == of_deployment.end() ? 0 : d->second,
+                           all == replicas.end() ? 0 : all->second, -(cpu == f.end() ? 0.0 : cpu->second),
+                           std::string_view(n.node_id));
   }
 };
 
@@ -173,10 +184,11 @@ Placement PlaceOne(Cluster& c, const ReplicaRequest& r) {
     return (it == c.of_deployment.end() ? 0 : it->second) < *r.max_replicas_per_node;
   };
   // Each node's spread key is computed once (a sort's comparisons would look it up again and again).
-  using Keyed = std::pair<decltype(c.SpreadKey(*eligible.front(), r.deployment)), const PlacementNode*>;
+  const std::string version_key = Cluster::VersionKey(r.deployment, r.version);
+  using Keyed = std::pair<decltype(c.SpreadKey(*eligible.front(), r.deployment, version_key)), const PlacementNode*>;
   std::vector<Keyed> keyed;
   keyed.reserve(eligible.size());
-  for (const PlacementNode* n : eligible) keyed.emplace_back(c.SpreadKey(*n, r.deployment), n);
+  for (const PlacementNode* n : eligible) keyed.emplace_back(c.SpreadKey(*n, r.deployment, version_key), n);
   std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) { return a.first < b.first; });
   eligible.clear();
   std::vector<const PlacementNode*> hosts;  // may run the replica itself
@@ -193,6 +205,7 @@ Placement PlaceOne(Cluster& c, const ReplicaRequest& r) {
   PlacedReplica placed;
   placed.replica_id = r.replica_id;
   placed.deployment = r.deployment;
+  placed.version = r.version;
   if (r.bundles.empty()) {
     for (const PlacementNode* n : hosts) {
       if (!c.Fits(n->node_id, r.resources)) continue;
@@ -291,6 +304,7 @@ PlacedReplica PlacedFrom(const ReplicaRequest& r, const Placement& p) {
   PlacedReplica placed;
   placed.replica_id = r.replica_id;
   placed.deployment = r.deployment;
+  placed.version = r.version;
   placed.node_id = p.node_id;
   if (r.bundles.empty()) {
     placed.taken[p.node_id] = r.resources;

@@ -48,11 +48,16 @@ struct PlacedReplica {
   // What it takes on each node it occupies: one entry without bundles, one per node its bundles went to.
   std::map<std::string, ResourceSet> taken;  // node id -> resources
   std::string node_id;                       // where the replica itself runs (bundle 0's node)
+  // Asked to stop: it holds its resources until it is gone, but no longer counts among its deployment's
+  // replicas on its node (so a rolling update's replacements spread as the new version's replicas).
+  bool leaving = false;
+  std::string version;  // the deployment's version it runs
 };
 
 struct ReplicaRequest {
   std::string replica_id;
   std::string deployment;  // "app/name"
+  std::string version;     // the deployment's version: its replicas spread among themselves first
   ResourceSet resources;   // the replica's own (ray_actor_options); ignored when there are bundles
   std::vector<ResourceSet> bundles;
   BundleStrategy strategy = BundleStrategy::kPack;

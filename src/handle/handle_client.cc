@@ -328,6 +328,7 @@ class HandleCall : public router::Waiter,
     MutexLock lock(&mu_);
     if (state_ != State::kDispatched) return;
     if (!delivered && !ended_ && !streaming_ && !direct() && ++reroutes_ <= kMaxReroutes) {
+      if (router_ && replica_) router_->ReportUnreachable(replica_->key);
       lease_.Release();
       channel_.reset();
       Route();

@@ -51,6 +51,18 @@ uint64_t Router::NextRandomLocked() {  // xorshift64
 }
 
 int Router::PickLocked(std::string_view model_id) {
+  if (avoid_until_ != std::chrono::steady_clock::time_point{}) {
+    const std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now();
+    if (now >= avoid_until_) {
+      avoid_until_ = {};
+    } else {
+      // A replica refused a connection a moment ago: any other with room first (this node's first).
+      auto reachable = [now](const Slot& s) { return s.unreachable_until <= now; };
+      int pick = has_remote_ ? PickAmongLocked([&](const Slot& s) { return s.replica->local && reachable(s); }) : -1;
+      if (pick < 0) pick = PickAmongLocked(reachable);
+      if (pick >= 0) return pick;
+    }
+  }
   if (!model_id.empty() && has_models_) {
     // Ray's multiplexed routing: a replica that has the model loaded; else one of those with the fewest
     // models loaded (the likeliest to load it without evicting another's); else any, below.
@@ -233,6 +245,16 @@ void Router::RemoveReplica(uint64_t key) {
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].replica->key != key) continue;
     RemoveSlotLocked(i);
+    return;
+  }
+}
+
+void Router::ReportUnreachable(uint64_t key) {
+  MutexLock lock(&mu_);
+  for (Slot& slot : slots_) {
+    if (slot.replica->key != key) continue;
+    slot.unreachable_until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    avoid_until_ = std::max(avoid_until_, slot.unreachable_until);
     return;
   }
 }

@@ -5,6 +5,7 @@
 // Thread-safe: every method may be called from any thread. No callback runs under the router's lock.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -101,6 +102,9 @@ class Router : public std::enable_shared_from_this<Router> {
   // their lease until they finish.
   void AddReplica(std::shared_ptr<const ReplicaEndpoint> replica);
   void RemoveReplica(uint64_t key);
+  // A connection to the replica was refused (it died a moment ago, and the endpoint set has not said so
+  // yet): for the next second new requests go to the other replicas while any has room.
+  void ReportUnreachable(uint64_t key);
   void SetLimits(int max_ongoing_requests, int max_queued_requests);
   // Routes by a published endpoint set from now on: its serving endpoints take new requests (keeping the
   // in-flight counts of those already here), endpoints that drain or left the set take none and are
@@ -125,6 +129,7 @@ class Router : public std::enable_shared_from_this<Router> {
   struct Slot {
     std::shared_ptr<const ReplicaEndpoint> replica;
     int in_flight = 0;
+    std::chrono::steady_clock::time_point unreachable_until{};  // ReportUnreachable's: avoided until then
   };
   Router(std::string deployment, int max_ongoing, int max_queued, uint64_t seed, std::string local_node);
   // Power of two choices among the slots `eligible(slot)` admits; -1 when none of them has room.
@@ -153,6 +158,8 @@ class Router : public std::enable_shared_from_this<Router> {
   bool has_models_ ABSL_GUARDED_BY(mu_) = false;  // some slot has multiplexed models loaded
   bool scales_from_zero_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  // The latest unreachable_until of any slot: until then, picks look for slots that are not avoided.
+  std::chrono::steady_clock::time_point avoid_until_ ABSL_GUARDED_BY(mu_){};
   // Leases still held on replicas that were removed, by replica key: a replica being drained is stopped
   // once its count reaches zero.
   std::unordered_map<uint64_t, int> removed_in_flight_ ABSL_GUARDED_BY(mu_);

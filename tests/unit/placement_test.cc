@@ -205,5 +205,37 @@ TEST(PlacementTest, TheIncrementalStateAgreesWithPlaceAndFreesWhatLeaves) {
   EXPECT_EQ(state.Place(Replica("s9", "app/E", {{"CPU", 1}})).node_id, "");
 }
 
+// A rolling update starts the new version's replicas while the old ones still run: the new ones spread among
+// themselves (not all onto the one node without an old replica), and a replica asked to stop keeps its
+// resources but no longer counts against its node's spread.
+TEST(PlacementTest, ARollingUpdatesNewReplicasSpreadAmongThemselves) {
+  PlacementState state;
+  state.SetNodes({Node("a", {{"CPU", 4}}), Node("b", {{"CPU", 4}}), Node("c", {{"CPU", 4}})});
+  auto request = [](std::string id, std::string version, double cpus) {
+    ReplicaRequest r = Replica(std::move(id), "app/D", {{"CPU", cpus}});
+    r.version = std::move(version);
+    return r;
+  };
+  EXPECT_EQ(state.Place(request("old1", "v1", 1)).node_id, "a");
+  EXPECT_EQ(state.Place(request("old2", "v1", 1)).node_id, "b");
+  // The new version: the first goes where no replica of the deployment runs, the second not onto it too.
+  EXPECT_EQ(state.Place(request("new1", "v2", 0.5)).node_id, "c");
+  const std::string second = state.Place(request("new2", "v2", 0.5)).node_id;
+  EXPECT_TRUE(second == "a" || second == "b") << second;
+
+  // Leaving: old1 (on a) is being stopped; it still holds its CPU, but a's spread counts it gone.
+  PlacementState leaving;
+  leaving.SetNodes({Node("a", {{"CPU", 1}}), Node("b", {{"CPU", 4}})});
+  PlacedReplica old1{"old1", "app/D", {{"a", {{"CPU", 1}}}}, "a"};
+  old1.version = "v1";
+  old1.leaving = true;
+  leaving.Set(old1);
+  leaving.Set({"old2", "app/D", {{"b", {{"CPU", 1}}}}, "b", false, "v1"});
+  // a has no CPU left (old1 still holds it): the replacement goes to b although a "has none" of D.
+  EXPECT_EQ(leaving.Place(request("new1", "v1", 1)).node_id, "b");
+  leaving.Remove("old1");  // gone: its CPU is free again
+  EXPECT_EQ(leaving.Place(request("new2", "v1", 1)).node_id, "a");
+}
+
 }  // namespace
 }  // namespace ferry::cluster

@@ -63,6 +63,34 @@ TEST(RouterTest, PrefersReplicasOnItsOwnNodeWhileTheyHaveRoom) {
   EXPECT_EQ(again.replica().replica_id[0], 'a');
 }
 
+// A replica that refused a connection (dead, and not yet out of the endpoint set) is avoided while another
+// has room; when none has, it is tried again rather than queueing behind it.
+TEST(RouterTest, AReplicaReportedUnreachableIsAvoidedWhileAnotherHasRoom) {
+  auto router = Router::Create("d", /*max_ongoing=*/3, /*max_queued=*/-1, /*seed=*/7);
+  router->AddReplica(Replica(1));
+  router->AddReplica(Replica(2));
+  router->ReportUnreachable(1);
+  std::vector<ReplicaLease> leases;
+  for (int i = 0; i < 3; ++i) {
+    auto w = std::make_shared<HoldingWaiter>();
+    ReplicaLease lease;
+    ASSERT_EQ(router->Acquire(w, &lease), Router::Result::kAssigned);
+    EXPECT_EQ(lease.replica().key, 2u) << "request " << i;
+    leases.push_back(std::move(lease));
+  }
+  // Replica 2 is full: the avoided one is the only room left.
+  auto w = std::make_shared<HoldingWaiter>();
+  ReplicaLease lease;
+  ASSERT_EQ(router->Acquire(w, &lease), Router::Result::kAssigned);
+  EXPECT_EQ(lease.replica().key, 1u);
+  // Releases keep going to the right slots.
+  lease.Release();
+  leases[0].Release();
+  ReplicaLease next;
+  ASSERT_EQ(router->Acquire(std::make_shared<HoldingWaiter>(), &next), Router::Result::kAssigned);
+  EXPECT_EQ(next.replica().key, 2u);
+}
+
 // Ray's multiplexed routing: a model's requests go to the replicas that have it loaded while one has room;
 // a model nobody holds goes to the replicas holding the fewest models; full holders spill to any other.
 // The models a replica holds change with the endpoint set, without losing its in-flight count.

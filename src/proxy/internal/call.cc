@@ -253,6 +253,7 @@ void Call::OnReplicaUnreachable(std::string_view why) {
   // of routing yet), so it is safe to send it elsewhere.
   FERRY_LOG(kInfo, "proxy", "request ", request_id_, ": replica ", replica_id(), " unreachable (", why,
             "); routing again");
+  if (replica_) route_->router->ReportUnreachable(replica_->key);
   lease_.Release();
   channel_.reset();
   Route();
