@@ -560,8 +560,8 @@ void ClusterLauncher::Reconcile() {
     if (e.what == Event::kReady) {
       it->second.reported_ready = true;
       OpenControl(it->second, e.report);
-      const std::string address = e.report.node == member_->options().node_id ? e.report.socket : e.report.tcp_address;
-      listener_->OnReplicaReady(e.id, address, e.report.tcp_address, e.report.pid);
+      // The replica's Unix socket on its node: each node's publisher routes other nodes' over TCP.
+      listener_->OnReplicaReady(e.id, e.report.socket, e.report.tcp_address, e.report.pid);
       continue;
     }
     const bool was_ready = e.what == Event::kExited ? e.report.was_ready : it->second.reported_ready;
@@ -590,7 +590,7 @@ std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
     if (report != reports_.end() && report->second.ready) {
       const ReplicaReport& r = report->second;
       e.ready = true;
-      e.address = r.node == member_->options().node_id ? r.socket : r.tcp_address;
+      e.address = r.socket;
       e.tcp_address = r.tcp_address;
       e.pid = r.pid;
       t.reported_ready = true;

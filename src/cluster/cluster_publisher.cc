@@ -40,13 +40,48 @@ void ClusterPublisher::SourceChanged() {
   });
 }
 
+namespace {
+
+// A set as a node's consumers route by it: its own replicas by their Unix socket (the published address),
+// other nodes' over TCP (without a TCP address, not at all). Null when nothing changes.
+std::shared_ptr<const endpoints::EndpointSet> RoutedFrom(const endpoints::EndpointSet& set, const std::string& self) {
+  bool remote = false;
+  for (const endpoints::Endpoint& e : set.endpoints) remote |= e.node_id != self;
+  if (!remote) return nullptr;
+  auto routed = std::make_shared<endpoints::EndpointSet>(set);
+  routed->endpoints.clear();
+  for (endpoints::Endpoint e : set.endpoints) {
+    if (e.node_id != self) {
+      if (e.tcp_address.empty()) continue;
+      e.address = e.tcp_address;
+    }
+    routed->endpoints.push_back(std::move(e));
+  }
+  return routed;
+}
+
+}  // namespace
+
 void ClusterPublisher::Publish(std::shared_ptr<const endpoints::Snapshot> snapshot) {
   std::lock_guard<std::mutex> lock(mu_);
-  local_latest_ = std::move(snapshot);
   if (member_->leading()) {
-    to_write_ = endpoints::SnapshotToJson(*local_latest_);
+    to_write_ = endpoints::SnapshotToJson(*snapshot);
     wake_writer_.notify_all();
   }
+  // This node's consumers reach other nodes' replicas over TCP. A set the controller did not change keeps
+  // its routed copy (a snapshot of 10,000 replicas is not copied whole on every change).
+  auto routed = std::make_shared<endpoints::Snapshot>(*snapshot);
+  std::map<std::string, RoutedSet> still;
+  for (auto& [key, set] : routed->sets) {
+    auto cached = routed_sets_.find(key);
+    std::shared_ptr<const endpoints::EndpointSet> out = cached != routed_sets_.end() && cached->second.source == set
+                                                            ? cached->second.routed
+                                                            : RoutedFrom(*set, member_->options().node_id);
+    still[key] = RoutedSet{set, out};
+    if (out) set = out;
+  }
+  routed_sets_.swap(still);
+  local_latest_ = std::move(routed);
   DeliverLocked();
 }
 
@@ -190,19 +225,8 @@ std::shared_ptr<const endpoints::Snapshot> ClusterPublisher::FromDocument(const 
     return nullptr;
   }
   auto snapshot = std::make_shared<endpoints::Snapshot>(**decoded);
-  const std::string& self = member_->options().node_id;
-  for (auto& [key, set] : snapshot->sets) {
-    auto routed = std::make_shared<endpoints::EndpointSet>(*set);
-    routed->endpoints.clear();
-    for (endpoints::Endpoint e : set->endpoints) {
-      if (e.node_id != self) {  // another node's replica: over TCP, or not at all
-        if (e.tcp_address.empty()) continue;
-        e.address = e.tcp_address;
-      }
-      routed->endpoints.push_back(std::move(e));
-    }
-    set = std::move(routed);
-  }
+  for (auto& [key, set] : snapshot->sets)
+    if (auto routed = RoutedFrom(*set, member_->options().node_id)) set = std::move(routed);
   return snapshot;
 }
 

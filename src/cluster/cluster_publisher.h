@@ -76,7 +76,12 @@ class ClusterPublisher : public endpoints::Publisher {
   const Runner run_;
   std::mutex mu_;
   std::condition_variable wake_writer_;
-  std::shared_ptr<const endpoints::Snapshot> local_latest_;   // from this node's controller
+  std::shared_ptr<const endpoints::Snapshot> local_latest_;  // from this node's controller, as routed here
+  struct RoutedSet {
+    std::shared_ptr<const endpoints::EndpointSet> source;  // the controller's
+    std::shared_ptr<const endpoints::EndpointSet> routed;  // null: the same as source
+  };
+  std::map<std::string, RoutedSet> routed_sets_;              // by deployment, for the last local snapshot; under mu_
   std::shared_ptr<const endpoints::Snapshot> remote_latest_;  // from etcd
   uint64_t remote_epoch_ = 0;  // grows with each remote snapshot (a new leader restarts its numbering)
   Source delivered_source_ = Source::kNone;

@@ -349,10 +349,32 @@ TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
   ASSERT_EQ(remote.size(), 1u);
   EXPECT_EQ(remote[0].address, "tcp://10.0.0.1:4000");
   EXPECT_EQ(remote[0].node_id, "a");
+  // A replica on the standby's node: the leader's routers reach it over TCP, the standby's own by its Unix
+  // socket (no TCP hop on its own node).
+  auto both = std::make_shared<endpoints::Snapshot>(*OneSet(8, "a"));
+  auto with_b = std::make_shared<endpoints::EndpointSet>(*both->sets.at("app/D"));
+  endpoints::Endpoint on_b = with_b->endpoints[0];
+  on_b.replica_id = "app#D#3";
+  on_b.address = "/run/b/r3.sock";
+  on_b.tcp_address = "tcp://10.0.0.2:4000";
+  on_b.node_id = "b";
+  on_b.key = 3;
+  with_b->endpoints.push_back(on_b);
+  both->sets["app/D"] = with_b;
+  pub_a.Publish(both);
+  ASSERT_EQ(seen_a.last()->sets.at("app/D")->endpoints.size(), 3u);
+  EXPECT_EQ(seen_a.last()->sets.at("app/D")->endpoints[2].address, "tcp://10.0.0.2:4000");
+  ASSERT_TRUE(Eventually([&] { return seen_b.last()->sets.at("app/D")->endpoints.size() == 2; }));
+  {
+    const std::shared_ptr<const endpoints::Snapshot> now_b = seen_b.last();
+    EXPECT_EQ(now_b->sets.at("app/D")->endpoints[1].address, "/run/b/r3.sock");
+  }
+  pub_a.Publish(OneSet(9, "a"));
+  ASSERT_TRUE(Eventually([&] { return seen_b.last()->sets.at("app/D")->endpoints.size() == 1; }));
   // The leader's controller reads its consumers' reports in its own numbering.
   auto reports = pub_a.CollectReports();
   ASSERT_EQ(reports.size(), 1u);
-  EXPECT_EQ(reports[0].applied_version, 7u);
+  EXPECT_EQ(reports[0].applied_version, 9u);
   // A standby's own controller publishes nothing that its routers use.
   const uint64_t before = seen_b.last()->version;
   pub_b.Publish(OneSet(1, "b"));
@@ -486,7 +508,8 @@ TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
     return done();
   };
   ASSERT_TRUE(run_until([&] { return !heard.ready.empty(); }));
-  EXPECT_EQ(heard.ready[0], "app#D#1 tcp://127.0.0.1:9 tcp://127.0.0.1:9 42");
+  // The replica's own node's socket (each node's publisher routes other nodes' replicas over TCP).
+  EXPECT_EQ(heard.ready[0], "app#D#1 /x.sock tcp://127.0.0.1:9 42");
   // A replica that exits: heard with the node's message, and its keys cleared.
   ReplicaReport exited = ReplicaReport::Exited(second, false, "exited with code 1");
   ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#2", ReplicaReportJson(exited), *lease).ok());
