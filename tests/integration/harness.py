@@ -316,20 +316,21 @@ class Etcd:
         return f"{'https' if self.tls else 'etcd'}://127.0.0.1:{self.client_port}"
 
 
-def make_certs(directory, names, ca="ca"):
-    """A CA (DIRECTORY/CA.crt, .key) and, for each name, a certificate it signs for 127.0.0.1 (an IP SAN; for
-    servers and clients alike): {"ca": ..., name: {"cert": ..., "key": ...}}. The commands are the ones
-    docs/operations.md gives."""
+def make_certs(directory, names, ca="ca", ips=None):
+    """A CA (DIRECTORY/CA.crt, .key) and, for each name, a certificate it signs for its IP in `ips` (default
+    127.0.0.1; an IP SAN, for servers and clients alike): {"ca": ..., name: {"cert": ..., "key": ...}}. The
+    commands are the ones docs/operations.md gives."""
     def openssl(*args):
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}")
-    with open(os.path.join(directory, "san.ext"), "w") as f:
-        f.write("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth, clientAuth\n")
     out = {"ca": os.path.join(directory, f"{ca}.crt")}
     for name in names:
+        with open(os.path.join(directory, f"{name}.ext"), "w") as f:
+            f.write(f"subjectAltName = IP:{(ips or {}).get(name, '127.0.0.1')}\n"
+                    "extendedKeyUsage = serverAuth, clientAuth\n")
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-                "-days", "2", "-extfile", "san.ext", "-out", f"{name}.crt")
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
         out[name] = {"cert": os.path.join(directory, f"{name}.crt"), "key": os.path.join(directory, f"{name}.key")}
     return out

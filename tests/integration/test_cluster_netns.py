@@ -65,9 +65,13 @@ class Network:
         sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.hub, "link", "set", "br0", "up")
 
+    def address_of_next(self, later=0):
+        """The address the next member added gets (`later`: the one after that, ...)."""
+        return f"10.77.0.{11 + len(self.members) + later}"
+
     def add(self, name):
         ns, index = f"{self.tag}-{name}", len(self.members) + 1
-        address, port = f"10.77.0.{10 + index}", f"h{index}"
+        address, port = self.address_of_next(), f"h{index}"
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -130,7 +134,7 @@ class NsEtcd:
 class NsNode(Ferry):
     """A `ferry start --cluster` node in its own namespace, serving (proxy, admin, replicas) at its address."""
 
-    def __init__(self, net, etcd, name, token_file):
+    def __init__(self, net, etcd, name, token_file, *extra):
         self.name = name
         self.ns, self.address = net.add(name)
         with open(token_file) as f:
@@ -140,7 +144,7 @@ class NsNode(Ferry):
             "netns", "exec", self.ns, FERRY_BIN, "start", "--foreground", "--state-dir", self.state_dir,
             "--cluster", etcd.url, "--node-name", name, "--address", self.address, "--http-host", self.address,
             "--admin-host", self.address, "--http-port", "0", "--admin-port", "0", "--lease-ttl-s", "2",
-            "--resources", '{"CPU": 4}', "--admin-token-file", token_file])
+            "--resources", '{"CPU": 4}', "--admin-token-file", token_file, *extra])
 
     def url(self, path):
         return f"http://{self.address}:{self.port}{path}"
