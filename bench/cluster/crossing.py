@@ -46,7 +46,7 @@ def measure(tls):
     work = tempfile.mkdtemp(prefix="ferry-crossing-")
     try:
         client_ns, _ = net.add("client")
-        enter_namespace(f"/run/netns/{client_ns}")
+        enter_namespace(client_ns)
         etcd = NsEtcd(net)
         token = os.path.join(work, "token")
         with open(token, "w") as f:

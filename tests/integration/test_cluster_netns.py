@@ -1,5 +1,5 @@
 """Cluster drills on a real network: etcd and every ferry node each in its own network namespace that the test
-creates (`ip netns`), joined by veth pairs to a bridge in a hub namespace; the test's own client traffic
+creates (`unshare --net`, configured with `ip` through `nsenter`), joined by veth pairs to a bridge in a hub namespace; the test's own client traffic
 (the load, the admin calls, the CLI) comes from one more namespace, so nothing is sent to those addresses
 from the host's own namespace, and nothing leaves the machine. Under a bounded load (one request in flight
 at a time, through a proxy that survives the drill), each test states what may fail and checks that the
@@ -12,10 +12,9 @@ application comes back to RUNNING with its replica count, placed on live nodes o
   elsewhere, and when the link comes back the node rejoins and stops the replica it no longer owns;
 - a rolling update across nodes and a drain: nothing fails.
 
-Needs root (network namespaces); the namespaces are removed after each test.
+Needs root (network namespaces); the namespaces end with each test.
 """
 import ctypes
-import itertools
 import os
 import shutil
 import subprocess
@@ -30,7 +29,6 @@ from test_cluster import ECHO, Load, placement
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-_serial = itertools.count()
 
 
 def sh(*args):
@@ -52,43 +50,62 @@ def enter_namespace(path):
         os.close(fd)
 
 
+def in_namespace(ns, *command):
+    """`command` run in network namespace `ns` (nsenter changes the network namespace only: no mounts, so
+    this works in a chroot too, where `ip netns exec` cannot remount /)."""
+    return ["nsenter", f"--net={ns}", *command]
+
+
 class Network:
     """A hub namespace with a bridge, and one namespace per member with an address on it (10.77.0.0/24; the
-    namespaces are private to the test, so the subnet and etcd's port collide with nothing)."""
+    namespaces are private to the test, so the subnet and etcd's port collide with nothing). Each namespace
+    lives as long as a process that holds it (`unshare --net sleep`); closing the network ends them, and the
+    namespaces go with their veths and the bridge."""
 
     def __init__(self):
-        self.tag = f"ferry-t{os.getpid()}-{next(_serial)}"
-        self.members = {}  # name -> (namespace, address, hub-side interface)
-        self.hub = f"{self.tag}-hub"
-        sh("ip", "netns", "add", self.hub)
-        sh("ip", "-n", self.hub, "link", "set", "lo", "up")
-        sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
+        self.holders = []
+        self.members = {}  # name -> (namespace path, address, hub-side interface)
+        self.hub = self._namespace()
+        sh(*in_namespace(self.hub, "ip", "link", "set", "lo", "up"))
+        sh(*in_namespace(self.hub, "ip", "link", "add", "br0", "type", "bridge"))
+        sh(*in_namespace(self.hub, "ip", "link", "set", "br0", "up"))
+
+    def _namespace(self):
+        """A new network namespace: the path that names it (its holder's)."""
+        holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+        self.holders.append(holder)
+        mine, path = os.readlink("/proc/thread-self/ns/net"), f"/proc/{holder.pid}/ns/net"
+        wait_until(lambda: holder.poll() is not None or os.readlink(path) != mine, timeout=10,
+                   what="a new network namespace")
+        if holder.poll() is not None:
+            raise AssertionError("unshare --net failed (network namespaces need root)")
+        return path
 
     def address_of_next(self, later=0):
         """The address the next member added gets (`later`: the one after that, ...)."""
         return f"10.77.0.{11 + len(self.members) + later}"
 
     def add(self, name):
-        ns, index = f"{self.tag}-{name}", len(self.members) + 1
+        ns, index = self._namespace(), len(self.members) + 1
         address, port = self.address_of_next(), f"h{index}"
-        sh("ip", "netns", "add", ns)
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "-n", self.hub, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        pid = ns.split("/")[2]
+        sh(*in_namespace(ns, "ip", "link", "set", "lo", "up"))
+        # Made inside the hub: one end stays there, on the bridge; the other goes into the member's namespace.
+        sh(*in_namespace(self.hub, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", pid))
+        sh(*in_namespace(self.hub, "ip", "link", "set", port, "master", "br0", "up"))
+        sh(*in_namespace(ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0"))
+        sh(*in_namespace(ns, "ip", "link", "set", "eth0", "up"))
         self.members[name] = (ns, address, port)
         return ns, address
 
     def link(self, name, up):
         """Takes the member's veth (its bridge side) down, or brings it up again."""
-        sh("ip", "-n", self.hub, "link", "set", self.members[name][2], "up" if up else "down")
+        sh(*in_namespace(self.hub, "ip", "link", "set", self.members[name][2], "up" if up else "down"))
 
     def close(self):
-        for ns, _, _ in self.members.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "netns", "del", self.hub], capture_output=True)
+        for holder in self.holders:
+            holder.kill()
+            holder.wait()
 
 
 class NsEtcd:
@@ -104,9 +121,9 @@ class NsEtcd:
         client, peer = f"http://{self.address}:2379", f"http://{self.address}:2380"
         self.log = open(os.path.join(self.dir, "etcd.log"), "a")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
+            in_namespace(self.ns, "etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
-             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}"],
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}"),
             stdout=self.log, stderr=self.log)
 
         def answers():
@@ -140,8 +157,8 @@ class NsNode(Ferry):
         with open(token_file) as f:
             self.token = f.read().strip()
         self.state_dir = tempfile.mkdtemp(prefix=f"ferry-{name}-")
-        super().__init__(binary="ip", argv=[
-            "netns", "exec", self.ns, FERRY_BIN, "start", "--foreground", "--state-dir", self.state_dir,
+        super().__init__(binary="nsenter", argv=[
+            f"--net={self.ns}", FERRY_BIN, "start", "--foreground", "--state-dir", self.state_dir,
             "--cluster", etcd.url, "--node-name", name, "--address", self.address, "--http-host", self.address,
             "--admin-host", self.address, "--http-port", "0", "--admin-port", "0", "--lease-ttl-s", "2",
             "--resources", '{"CPU": 4}', "--admin-token-file", token_file, *extra])
@@ -192,7 +209,7 @@ class NetnsClusterTest(unittest.TestCase):
         try:
             # Into the client's namespace first: every connection this test makes starts there.
             client_ns, _ = self.net.add("client")
-            enter_namespace(f"/run/netns/{client_ns}")
+            enter_namespace(client_ns)
             self.etcd = NsEtcd(self.net)
         except BaseException:
             self.tearDown()
