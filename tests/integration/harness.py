@@ -265,16 +265,10 @@ class Etcd:
 
     def start(self, must=True):
         """Starts etcd and waits until it answers; False (when not `must`) if it exited or did not answer."""
-        client, peer = f"{self.scheme}://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        client = self.base_url()
+        peer = client.replace("https://", "http://").rsplit(":", 1)[0] + f":{self.peer_port}"
         self.log = open(os.path.join(self.dir, "etcd.log"), "a")
-        tls = []
-        if self.tls:
-            tls = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"], "--trusted-ca-file", self.tls["ca"],
-                   "--client-cert-auth"]
-        self.proc = subprocess.Popen(
-            ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
-             "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"t={peer}", *tls], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(self.command(client, peer), stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
             if self._answers():
@@ -286,14 +280,23 @@ class Etcd:
         shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
         return False
 
-    @property
-    def scheme(self):
-        return "https" if self.tls else "http"
+    def command(self, client, peer):
+        """etcd's command line, serving clients at `client` and its peer at `peer` (URLs)."""
+        tls = []
+        if self.tls:
+            tls = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"], "--trusted-ca-file", self.tls["ca"],
+                   "--client-cert-auth"]
+        return ["etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"), "--listen-client-urls", client,
+                "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"t={peer}", *tls]
+
+    def base_url(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     def call(self, path, body, timeout=5):
         """POSTs `body` to etcd's JSON gateway (with the client certificate under TLS)."""
         kw = {"verify": self.tls["ca"], "cert": (self.tls["cert"], self.tls["key"])} if self.tls else {}
-        return requests.post(f"{self.scheme}://127.0.0.1:{self.client_port}{path}", json=body, timeout=timeout, **kw)
+        return requests.post(f"{self.base_url()}{path}", json=body, timeout=timeout, **kw)
 
     def _answers(self):
         try:

@@ -69,8 +69,9 @@ class Node(Ferry):
         return None
 
 
-def running(node, app="echo", replicas=2):
-    """The status (as `node` answers it) once `app` runs `replicas` RUNNING replicas, else None."""
+def running(node, app="echo", replicas=2, on=None):
+    """The status (as `node` answers it) once `app` runs `replicas` RUNNING replicas (every one on a node named
+    in `on`, when given), else None."""
     try:
         s = node.api("/api/serve/applications/").json()
     except (requests.RequestException, ValueError):
@@ -78,8 +79,8 @@ def running(node, app="echo", replicas=2):
     a = s.get("applications", {}).get(app)
     if not a or a["status"] != "RUNNING":
         return None
-    reps = [r for d in a["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"]
-    return s if len(reps) == replicas else None
+    where = [r["node_id"] for d in a["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"]
+    return s if len(where) == replicas and (on is None or set(where) <= set(on)) else None
 
 
 def placement(status, app="echo"):
@@ -372,6 +373,19 @@ class ClusterTest(unittest.TestCase):
         r = run_ferry(["config", "--address", standby.admin])
         self.assertIn('proxy_location: "Disabled"', r.stdout)
 
+    def assert_cannot_join(self, leader, attempts):
+        """Each (flags, why) of `attempts`: a node started with those flags exits non-zero saying `why`."""
+        for flags, why in attempts:
+            state = tempfile.mkdtemp(prefix="ferry-intruder-")
+            try:
+                r = run_ferry(["start", "--foreground", "--state-dir", state, "--cluster", self.etcd.url,
+                               "--node-name", "intruder", "--http-port", "0", "--admin-port", "0", *flags], timeout=60)
+            finally:
+                shutil.rmtree(state, ignore_errors=True)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(why, r.stderr + r.stdout)
+        self.assertNotIn("intruder", leader.nodes())
+
     def test_a_cluster_with_a_token_admits_only_nodes_that_have_it(self):
         tokens = tempfile.mkdtemp(prefix="ferry-tokens-")
         try:
@@ -390,19 +404,9 @@ class ClusterTest(unittest.TestCase):
             wait_until(lambda: running(leader, replicas=1), timeout=60, what="echo RUNNING")
             for n in self.nodes:
                 wait_until(lambda: answers(n, b"tok"), timeout=30, what=f"echo through {n.name}")
-            for flags, why in [(["--cluster-token-file", paths["wrong"]], "is not the cluster's"),
-                               ([], "this cluster requires a token"),
-                               (["--cluster-token-file", paths["short"]], "shorter than 16 characters")]:
-                state = tempfile.mkdtemp(prefix="ferry-intruder-")
-                try:
-                    r = run_ferry(["start", "--foreground", "--state-dir", state, "--cluster", self.etcd.url,
-                                   "--node-name", "intruder", "--http-port", "0", "--admin-port", "0", *flags],
-                                  timeout=60)
-                finally:
-                    shutil.rmtree(state, ignore_errors=True)
-                self.assertNotEqual(r.returncode, 0)
-                self.assertIn(why, r.stderr + r.stdout)
-            self.assertNotIn("intruder", leader.nodes())
+            self.assert_cannot_join(leader, [(["--cluster-token-file", paths["wrong"]], "is not the cluster's"),
+                                             ([], "this cluster requires a token"),
+                                             (["--cluster-token-file", paths["short"]], "shorter than 16 characters")])
         finally:
             shutil.rmtree(tokens, ignore_errors=True)
 
@@ -467,19 +471,9 @@ class ClusterTest(unittest.TestCase):
                     pass
 
             # A node without the frame TLS cannot join; nor one without an etcd client certificate.
-            for flags, why in [(tls_flags("n2", frames=False), "this cluster's nodes talk TLS"),
-                               (["--etcd-cacert", certs["ca"]], "TLS"),
-                               ([], "needs the CA that signed etcd's certificate")]:
-                state = tempfile.mkdtemp(prefix="ferry-intruder-")
-                try:
-                    r = run_ferry(["start", "--foreground", "--state-dir", state, "--cluster", self.etcd.url,
-                                   "--node-name", "intruder", "--http-port", "0", "--admin-port", "0", *flags],
-                                  timeout=60)
-                finally:
-                    shutil.rmtree(state, ignore_errors=True)
-                self.assertNotEqual(r.returncode, 0)
-                self.assertIn(why, r.stderr + r.stdout)
-            self.assertNotIn("intruder", leader.nodes())
+            self.assert_cannot_join(leader, [(tls_flags("n2", frames=False), "this cluster's nodes talk TLS"),
+                                             (["--etcd-cacert", certs["ca"]], "TLS"),
+                                             ([], "needs the CA that signed etcd's certificate")])
         finally:
             shutil.rmtree(certs_dir, ignore_errors=True)
 

@@ -24,8 +24,8 @@ import unittest
 
 import requests
 
-from harness import FERRY_BIN, Ferry, run_ferry, wait_until
-from test_cluster import ECHO, Load, placement
+from harness import FERRY_BIN, Etcd, Ferry, run_ferry, wait_until
+from test_cluster import ECHO, Load, placement, running
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -108,44 +108,25 @@ class Network:
             holder.wait()
 
 
-class NsEtcd:
-    """etcd-server in its own namespace; stop() and start() keep its data."""
+class NsEtcd(Etcd):
+    """etcd-server in its own namespace, at its address there; stop() and start() keep its data."""
 
     def __init__(self, net):
         self.ns, self.address = net.add("etcd")
         self.dir = tempfile.mkdtemp(prefix="ferry-etcd-")
-        self.proc = None
+        self.proc, self.tls = None, None
+        self.client_port, self.peer_port = 2379, 2380
         self.start()
 
-    def start(self):
-        client, peer = f"http://{self.address}:2379", f"http://{self.address}:2380"
-        self.log = open(os.path.join(self.dir, "etcd.log"), "a")
-        self.proc = subprocess.Popen(
-            in_namespace(self.ns, "etcd", "--name", "t", "--data-dir", os.path.join(self.dir, "data"),
-             "--listen-client-urls", client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
-             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"t={peer}"),
-            stdout=self.log, stderr=self.log)
+    def command(self, client, peer):
+        return in_namespace(self.ns, *super().command(client, peer))
 
-        def answers():
-            try:
-                return requests.post(f"{client}/v3/kv/range", json={"key": "AA=="}, timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-        wait_until(answers, timeout=30, what=f"etcd at {client}")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-    def close(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def base_url(self):
+        return f"http://{self.address}:{self.client_port}"
 
     @property
     def url(self):
-        return f"etcd://{self.address}:2379"
+        return f"etcd://{self.address}:{self.client_port}"
 
 
 class NsNode(Ferry):
@@ -186,17 +167,9 @@ class NsNode(Ferry):
         return run_ferry([*args, "--address", self.admin, "--token", self.token], timeout=timeout)
 
 
-def running_on(node, live, replicas=2, app="echo"):
-    """`node`'s status once `app` is RUNNING with `replicas` RUNNING replicas, every one on a node in `live`."""
-    try:
-        s = node.api("/api/serve/applications/").json()
-    except (requests.RequestException, ValueError):
-        return None
-    a = s.get("applications", {}).get(app)
-    if not a or a["status"] != "RUNNING":
-        return None
-    where = [r["node_id"] for d in a["deployments"].values() for r in d["replicas"] if r["state"] == "RUNNING"]
-    return s if len(where) == replicas and set(where) <= set(live) else None
+def running_on(node, live, replicas=2):
+    """`node`'s status once echo is RUNNING with `replicas` RUNNING replicas, every one on a node in `live`."""
+    return running(node, replicas=replicas, on=live)
 
 
 @unittest.skipUnless(os.geteuid() == 0, "network namespaces need root")
