@@ -100,7 +100,16 @@ const std::shared_ptr<const TlsContext>& FrameTlsServer() { return TlsStorage().
 
 void SetNoDelay(int fd) {
   int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));  // fails harmlessly on a Unix socket
+  // Each fails harmlessly on a Unix socket.
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  int idle_s = 2, interval_s = 1, probes = 3;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  // And bytes sent but not acknowledged for 5 s (a request written to a peer that vanished) end it too.
+  unsigned int user_timeout_ms = 5000;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
 }
 
 absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int timeout_ms) {

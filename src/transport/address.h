@@ -41,7 +41,10 @@ absl::StatusOr<NumericAddress> ToNumericAddress(const std::string& host, uint16_
 // connect waits up to `timeout_ms` for the handshake.
 absl::StatusOr<UniqueFd> ConnectFrameSocket(const FrameAddress& address, int timeout_ms = 2000);
 
-// Disables Nagle's algorithm on a TCP socket (nothing for a Unix one).
+// A TCP frame socket's options (nothing for a Unix one): no Nagle (frames are written whole, and a small
+// answer must not wait), keepalive probes after 2 s idle, every second, 3 of them, and at most 5 s for
+// bytes sent to be acknowledged: a peer whose node vanished (cut off, powered off: no reset comes) is found
+// gone in about 5 s, so a request waiting on it fails instead of waiting for its client's timeout.
 void SetNoDelay(int fd);
 
 // The cluster's token (ferry start --cluster-token-file): every frame client of this process sends it in its

@@ -34,9 +34,7 @@ struct FrameConnection::TlsStream {
   asio::ssl::stream<Socket> stream;
 };
 
-FrameConnection::Socket& FrameConnection::socket() const {
-  return tls_ ? tls_->stream.next_layer() : const_cast<Socket&>(socket_);
-}
+FrameConnection::Socket& FrameConnection::socket() { return tls_ ? tls_->stream.next_layer() : socket_; }
 
 template <typename Action>
 void FrameConnection::WithStream(Action&& action) {

@@ -57,7 +57,7 @@ class FrameConnection : public std::enable_shared_from_this<FrameConnection> {
   // After the connect: TLS's handshake first when frames to other nodes are TLS, then reading and writing.
   void OnConnected(bool tcp, const std::string& host);
   void Ready();
-  Socket& socket() const;  // the socket, under TLS or not
+  Socket& socket();  // the socket, under TLS or not
   template <typename Action>
   void WithStream(Action&& action);  // runs action(stream) on the stream in use
 
