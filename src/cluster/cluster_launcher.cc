@@ -618,6 +618,7 @@ node::ReplicaLocation ClusterLauncher::LocationOf(const std::string& replica_id)
 }
 
 bool ClusterLauncher::Evicting(const std::string& replica_id) const {
+  if (draining_.empty()) return false;  // the common case: asked per replica per tick
   auto it = tracked_.find(replica_id);
   return it != tracked_.end() && draining_.contains(it->second.assignment.node);
 }
