@@ -425,16 +425,28 @@ class ClusterTest(unittest.TestCase):
                     flags += ["--tls-ca", certs["ca"], "--tls-cert", certs[name]["cert"], "--tls-key",
                               certs[name]["key"]]
                 return flags
-            self.nodes.append(Node(self.etcd, "n1", *tls_flags("n1")))
-            self.nodes.append(Node(self.etcd, "n2", *tls_flags("n2")))
+            self.nodes.append(Node(self.etcd, "n1", "--labels", "zone=a", *tls_flags("n1")))
+            self.nodes.append(Node(self.etcd, "n2", "--labels", "zone=b", *tls_flags("n2")))
             leader = self.leader_node()
-            # One replica: one node's proxy reaches it on the other node, over TLS.
-            self.deploy(leader, ECHO.replace("num_replicas: 2", "num_replicas: 1"))
+            # One replica: one node's proxy reaches it on the other node, over TLS. And a handle's call from a
+            # replica on n1 to one on n2 (composition across nodes), over TLS too.
+            self.deploy(leader, ECHO.replace("num_replicas: 2", "num_replicas: 1") + """  - name: chain
+    route_prefix: /chain
+    deployments:
+      - {name: Ingress, import_path: "builtin:call", args: {next: Callee},
+         ray_actor_options: {label_selector: {zone: a}}}
+      - {name: Callee, import_path: "builtin:echo", ray_actor_options: {label_selector: {zone: b}}}
+""")
             wait_until(lambda: running(leader, replicas=1), timeout=60, what="echo RUNNING")
+            wait_until(lambda: running(leader, app="chain", replicas=2, on={"n1", "n2"}), timeout=60,
+                       what="chain RUNNING")
             for n in self.nodes:
                 wait_until(lambda: answers(n, b"over-tls"), timeout=30, what=f"echo through {n.name}")
             for n in self.nodes:
                 self.assertTrue(all(answers(n, f"tls-{i}".encode()) for i in range(20)))
+                r = requests.post(n.url("/chain"), data=b"composed", timeout=10)
+                self.assertEqual(r.status_code, 200, r.text)
+                self.assertEqual((r.json()["via"], r.json()["next"]["body"]), ("Ingress", "composed"))
 
             # The replica's TCP port (as its node reported it in etcd) speaks only TLS with the cluster's CA.
             prefix = b"/ferry/replicas/"
@@ -442,7 +454,7 @@ class ClusterTest(unittest.TestCase):
                                                   "range_end": base64.b64encode(b"/ferry/replicas0").decode()})
             reports = [json.loads(base64.b64decode(kv["value"])) for kv in got.json().get("kvs", [])]
             tcp = [r["tcp_address"] for r in reports if r.get("state") == "READY"]
-            self.assertEqual(len(tcp), 1, reports)
+            self.assertEqual(len(tcp), 3, reports)  # echo's, chain's two
             host, port = tcp[0][len("tcp://"):].rsplit(":", 1)
             port = int(port)
 
