@@ -6,7 +6,9 @@
 //   1. the deploy: until every replica is RUNNING;
 //   2. the controller's tick in steady state (Tick() timed 50 times) and etcd's writes per second;
 //   3. a LOST-node loss (their members halt, as killed processes would: leases lapse after the TTL, 2 s):
-//      until every replica is RUNNING again, none on a lost node.
+//      until every replica is RUNNING again, none on a lost node;
+//   4. the leader's loss: until the standby leads, and until its controller (restored from etcd) has every
+//      replica RUNNING, taken over rather than restarted.
 // Usage: build/bench/cluster_sim [NODES] [REPLICAS] [LOST]
 #include <algorithm>
 #include <chrono>
@@ -70,10 +72,13 @@ int main(int argc, char** argv) {
   cluster::Etcd etcd(cluster::EtcdOptions{{etcd_server.endpoint()}});
   boost::asio::io_context io;
 
-  // The leading node: it runs the controller and takes no replicas (CPU 0).
+  // The leading node: it runs the controller and takes no replicas (CPU 0); a standby like it takes over
+  // when it dies.
   cluster::ClusterMember leader(Options(etcd_server, "ctl", 0), {});
   if (!leader.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
   while (!leader.leading()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  cluster::ClusterMember standby(Options(etcd_server, "ctl-2", 0), {});
+  if (!standby.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
 
   // The agents: room for their share of the replicas and a tenth more (a loss of a tenth fits).
   const double cpus = std::ceil(1.25 * replicas / nodes);
@@ -93,18 +98,23 @@ int main(int argc, char** argv) {
   }
 
   endpoints::LocalPublisher publisher;
-  cluster::EtcdStateStore store(&leader);
   testing::FakeLauncher control(nullptr);  // health checks answer at once
-  controller::ControllerOptions options;
-  options.node_id = "ctl";
-  auto controller = controller::Controller::CreateWithLauncher(
-      io,
-      [&](node::ReplicaListener* listener) {
-        auto launcher = std::make_unique<cluster::ClusterLauncher>(io, &leader, listener);
-        launcher->SetControlOverride(&control);
-        return launcher;
-      },
-      &publisher, &store, {}, options);
+  std::unique_ptr<cluster::EtcdStateStore> store;
+  // The controller of the node `member` (as a node makes it when it leads).
+  auto make_controller = [&](cluster::ClusterMember* member) {
+    store = std::make_unique<cluster::EtcdStateStore>(member);
+    controller::ControllerOptions options;
+    options.node_id = member->options().node_id;
+    return controller::Controller::CreateWithLauncher(
+        io,
+        [&, member](node::ReplicaListener* listener) {
+          auto launcher = std::make_unique<cluster::ClusterLauncher>(io, member, listener);
+          launcher->SetControlOverride(&control);
+          return launcher;
+        },
+        &publisher, store.get(), {}, options);
+  };
+  auto controller = make_controller(&leader);
   // The agents' replicas get ready (and stop) as soon as they are asked; the controller ticks on its timer.
   auto run = [&](auto until, double limit_s) {
     const auto deadline = SimClock::now() + std::chrono::duration<double>(limit_s);
@@ -194,9 +204,45 @@ int main(int argc, char** argv) {
       "loss of %d nodes (%d replicas): every replica RUNNING again on the others after %.2f s (lease TTL "
       "2 s)\n",
       lost, want / nodes * lost, Seconds(SimClock::now() - lost_at));
+
+  // The leader's node dies: its member halts (its lease lapses) and its controller goes with it. The standby
+  // leads, reads the desired state and every assignment and report from etcd, and takes the live replicas
+  // over; measured until it leads, and until its controller has every replica RUNNING.
+  auto running_ids = [&] {
+    std::set<std::string> ids;
+    for (const auto& app : controller->Snapshot().applications)
+      for (const auto& d : app.deployments)
+        for (const auto& r : d.replicas)
+          if (r.state == controller::ReplicaState::kRunning) ids.insert(r.replica_id);
+    return ids;
+  };
+  const std::set<std::string> before_failover = running_ids();
+  const auto failover_at = SimClock::now();
+  leader.Halt();
+  controller.reset();
+  if (!run([&] { return standby.leading(); }, 60)) {
+    std::printf("failover: the standby did not lead within 60 s\n");
+    return 1;
+  }
+  const double led_after = Seconds(SimClock::now() - failover_at);
+  controller = make_controller(&standby);
+  if (!controller->Restore().ok()) return 1;
+  controller->Start();
+  if (!run([&] { return running(gone) == want; }, 120)) {
+    std::printf("failover: only %d of %d replicas RUNNING under the new leader after 120 s\n", running(gone), want);
+    return 1;
+  }
+  const double all_after = Seconds(SimClock::now() - failover_at);
+  const std::set<std::string> after_failover = running_ids();
+  int kept = 0;
+  for (const std::string& id : after_failover) kept += before_failover.contains(id);
+  std::printf(
+      "leader failover with %d replicas: the standby leads after %.2f s, every replica RUNNING under its "
+      "controller after %.2f s, %d of them the same replicas taken over (lease TTL 2 s)\n",
+      want, led_after, all_after, kept);
   controller.reset();
   workers.clear();
   for (auto& m : members) m->Stop();
-  leader.Stop();
+  standby.Stop();
   return 0;
 }
