@@ -226,9 +226,12 @@ int main(int argc, char** argv) {
   }
   const double led_after = Seconds(SimClock::now() - failover_at);
   controller = make_controller(&standby);
+  const auto restore_at = SimClock::now();
   if (!controller->Restore().ok()) return 1;
+  std::printf("  the new leader restored in %.2f s\n", Seconds(SimClock::now() - restore_at));
   controller->Start();
-  if (!run([&] { return running(gone) == want; }, 120)) {
+  next_mark = SimClock::now();
+  if (!run([&] { return progress() || running(gone) == want; }, 120)) {
     std::printf("failover: only %d of %d replicas RUNNING under the new leader after 120 s\n", running(gone), want);
     return 1;
   }

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,6 +52,7 @@ class EtcdServer {
     const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test or benchmark killed mid-run leaves no etcd behind
       const std::string log = dir_ + "/etcd.log";
       FILE* out = std::freopen(log.c_str(), "a", stderr);
       (void)out;

@@ -274,9 +274,9 @@ class Etcd:
             if self._answers():
                 return True
             time.sleep(0.1)
+        self.stop()  # not left running when it does not answer
         if must:
-            raise AssertionError(f"etcd did not answer on port {self.client_port}: see {self.dir}/etcd.log")
-        self.stop()
+            raise AssertionError(f"etcd did not answer at {self.base_url()}: see {self.dir}/etcd.log")
         shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
         return False
 
