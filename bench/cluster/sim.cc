@@ -7,8 +7,8 @@
 //   2. the controller's tick in steady state (Tick() timed 50 times) and etcd's writes per second;
 //   3. a LOST-node loss (their members halt, as killed processes would: leases lapse after the TTL, 2 s):
 //      until every replica is RUNNING again, none on a lost node;
-//   4. the leader's loss: until the standby leads, and until its controller (restored from etcd) has every
-//      replica RUNNING, taken over rather than restarted.
+//   4. the leader's loss: until another node leads (every node campaigns), and until its controller
+//      (restored from etcd) has every replica RUNNING, taken over rather than restarted.
 // Usage: build/bench/cluster_sim [NODES] [REPLICAS] [LOST]
 #include <algorithm>
 #include <chrono>
@@ -217,15 +217,24 @@ int main(int argc, char** argv) {
     return ids;
   };
   const std::set<std::string> before_failover = running_ids();
+  if (getenv("FERRY_SIM_VERBOSE")) Log::SetLevel(LogLevel::kInfo);
   const auto failover_at = SimClock::now();
   leader.Halt();
   controller.reset();
-  if (!run([&] { return standby.leading(); }, 60)) {
-    std::printf("failover: the standby did not lead within 60 s\n");
+  // Every node campaigns (each could run the controller): the one that wins makes its controller.
+  cluster::ClusterMember* next_leader = nullptr;
+  auto someone_leads = [&] {
+    if (standby.leading()) next_leader = &standby;
+    for (auto& m : members)
+      if (m->leading()) next_leader = m.get();
+    return next_leader != nullptr;
+  };
+  if (!run(someone_leads, 60)) {
+    std::printf("failover: no node led within 60 s\n");
     return 1;
   }
   const double led_after = Seconds(SimClock::now() - failover_at);
-  controller = make_controller(&standby);
+  controller = make_controller(next_leader);
   const auto restore_at = SimClock::now();
   if (!controller->Restore().ok()) return 1;
   std::printf("  the new leader restored in %.2f s\n", Seconds(SimClock::now() - restore_at));
@@ -240,9 +249,9 @@ int main(int argc, char** argv) {
   int kept = 0;
   for (const std::string& id : after_failover) kept += before_failover.contains(id);
   std::printf(
-      "leader failover with %d replicas: the standby leads after %.2f s, every replica RUNNING under its "
-      "controller after %.2f s, %d of them the same replicas taken over (lease TTL 2 s)\n",
-      want, led_after, all_after, kept);
+      "leader failover with %d replicas: %s leads after %.2f s, every replica RUNNING under its controller "
+      "after %.2f s, %d of them the same replicas taken over (lease TTL 2 s)\n",
+      want, next_leader->options().node_id.c_str(), led_after, all_after, kept);
   controller.reset();
   workers.clear();
   for (auto& m : members) m->Stop();

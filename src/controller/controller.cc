@@ -140,7 +140,11 @@ Controller::Controller(asio::io_context& io, endpoints::Publisher* publisher, St
       base_log_level_(Log::level()) {
   // A request waiting with no replica (a cold start), or a drain that finished, is looked at now, not at
   // the next tick.
-  publisher_->SetWakeHook([this] { asio::post(io_, [this] { ScheduleTick(); }); });
+  publisher_->SetWakeHook([this, alive = std::weak_ptr<bool>(alive_)] {
+    asio::post(io_, [this, alive] {
+      if (!alive.expired()) ScheduleTick();
+    });
+  });
 }
 
 Controller::~Controller() {
@@ -150,8 +154,8 @@ Controller::~Controller() {
 
 void Controller::Start() {
   tick_timer_.expires_after(options_.tick);
-  tick_timer_.async_wait([this](const boost::system::error_code& ec) {
-    if (ec) return;
+  tick_timer_.async_wait([this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
+    if (ec || alive.expired()) return;  // cancelled, or fired just before the controller went
     Tick();
     Start();
   });
@@ -160,7 +164,8 @@ void Controller::Start() {
 void Controller::ScheduleTick() {
   if (tick_scheduled_) return;
   tick_scheduled_ = true;
-  asio::post(io_, [this] {
+  asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)] {
+    if (alive.expired()) return;
     tick_scheduled_ = false;
     Tick();
   });

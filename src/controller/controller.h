@@ -238,6 +238,9 @@ class Controller : public node::ReplicaListener {
   std::unique_ptr<node::ReplicaLauncher> launcher_;
   boost::asio::steady_timer tick_timer_;
   bool tick_scheduled_ = false;
+  // Handlers queued on the io_context (a tick whose timer already fired, a posted tick) hold a weak
+  // reference: one that runs after the controller is gone does nothing.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::optional<config::Config> applied_;
   std::map<std::string, std::unique_ptr<Application>> apps_;
   std::map<std::string, std::unique_ptr<Deployment>> deployments_;  // by "app/deployment"
