@@ -64,6 +64,16 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(const TlsFi
       return absl::InvalidArgumentError(
           StrCat("TLS key file ", files.key, " does not belong to the certificate in ", files.cert));
   }
+  // OpenSSL decodes a certificate's extensions (key ids, constraints) the first time a handshake looks at
+  // them and caches them in the certificate; sessions on several threads share these certificates, so
+  // they are decoded here, before any thread uses the context.
+  STACK_OF(X509_OBJECT)* trusted = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+  for (int i = 0; i < sk_X509_OBJECT_num(trusted); ++i)
+    if (X509* x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(trusted, i))) X509_check_purpose(x, -1, 0);
+  if (X509* own = SSL_CTX_get0_certificate(ctx)) X509_check_purpose(own, -1, 0);
+  STACK_OF(X509)* chain = nullptr;
+  if (SSL_CTX_get0_chain_certs(ctx, &chain) == 1 && chain)
+    for (int i = 0; i < sk_X509_num(chain); ++i) X509_check_purpose(sk_X509_value(chain, i), -1, 0);
   // Both sides check the other's certificate; a server refuses a client without one.
   SSL_CTX_set_verify(ctx, role == Role::kServer ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER,
                      nullptr);
