@@ -7,8 +7,10 @@
 //   2. the controller's tick in steady state (Tick() timed 50 times) and etcd's writes per second;
 //   3. a LOST-node loss (their members halt, as killed processes would: leases lapse after the TTL, 2 s):
 //      until every replica is RUNNING again, none on a lost node;
-//   4. the leader's loss: until another node leads (every node campaigns), and until its controller
-//      (restored from etcd) has every replica RUNNING, taken over rather than restarted.
+//   4. the leader's loss: until the standby leads, and until its controller (restored from etcd, its replicas
+//      taken over from its launcher's mirror of etcd, kept since before the loss as a real node's is) has
+//      every replica RUNNING, taken over rather than restarted. The agents do not campaign: the simulation
+//      runs no controller for them (a real node's would follow etcd from its start, as the standby's does).
 // Usage: build/bench/cluster_sim [NODES] [REPLICAS] [LOST]
 #include <algorithm>
 #include <chrono>
@@ -46,8 +48,9 @@ config::Config BigConfig(int deployments, int replicas_each) {
   return *config::ParseConfig(yaml.str(), "sim.yaml", "/tmp", hooks);
 }
 
-cluster::ClusterOptions Options(const testing::EtcdServer& etcd, const std::string& name, double cpus) {
+cluster::ClusterOptions Options(const testing::EtcdServer& etcd, const std::string& name, double cpus, bool campaign) {
   cluster::ClusterOptions o;
+  o.campaign = campaign;
   o.etcd = {etcd.endpoint()};
   o.node_id = name;
   o.address = "127.0.0.1";
@@ -74,10 +77,10 @@ int main(int argc, char** argv) {
 
   // The leading node: it runs the controller and takes no replicas (CPU 0); a standby like it takes over
   // when it dies.
-  cluster::ClusterMember leader(Options(etcd_server, "ctl", 0), {});
+  cluster::ClusterMember leader(Options(etcd_server, "ctl", 0, true), {});
   if (!leader.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
   while (!leader.leading()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  cluster::ClusterMember standby(Options(etcd_server, "ctl-2", 0), {});
+  cluster::ClusterMember standby(Options(etcd_server, "ctl-2", 0, true), {});
   if (!standby.Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
 
   // The agents: room for their share of the replicas and a tenth more (a loss of a tenth fits).
@@ -86,8 +89,8 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<cluster::NodeWorker>> workers;
   std::vector<testing::FakeLauncher*> launchers;
   for (int i = 0; i < nodes; ++i) {
-    members.push_back(std::make_unique<cluster::ClusterMember>(Options(etcd_server, "agent-" + std::to_string(i), cpus),
-                                                               cluster::ClusterMember::Callbacks{}));
+    members.push_back(std::make_unique<cluster::ClusterMember>(
+        Options(etcd_server, "agent-" + std::to_string(i), cpus, false), cluster::ClusterMember::Callbacks{}));
     if (!members.back()->Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok()) return 1;
     workers.push_back(cluster::NodeWorker::CreateWith(io, members.back().get(), [&](node::ReplicaListener* l) {
       auto fake = std::make_unique<testing::FakeLauncher>(l);
@@ -99,30 +102,37 @@ int main(int argc, char** argv) {
 
   endpoints::LocalPublisher publisher;
   testing::FakeLauncher control(nullptr);  // health checks answer at once
-  std::unique_ptr<cluster::EtcdStateStore> store;
-  // The controller of the node `member` (as a node makes it when it leads).
-  auto make_controller = [&](cluster::ClusterMember* member) {
-    store = std::make_unique<cluster::EtcdStateStore>(member);
+  std::vector<std::unique_ptr<cluster::EtcdStateStore>> stores;
+  // The controller of the node `member` (as a node makes it at its start), and its launcher.
+  auto make_controller = [&](cluster::ClusterMember* member, cluster::ClusterLauncher** launcher_out) {
+    stores.push_back(std::make_unique<cluster::EtcdStateStore>(member));
     controller::ControllerOptions options;
     options.node_id = member->options().node_id;
     return controller::Controller::CreateWithLauncher(
         io,
-        [&, member](node::ReplicaListener* listener) {
+        [&, member, launcher_out](node::ReplicaListener* listener) {
           auto launcher = std::make_unique<cluster::ClusterLauncher>(io, member, listener);
           launcher->SetControlOverride(&control);
+          *launcher_out = launcher.get();
           return launcher;
         },
-        &publisher, store.get(), {}, options);
+        &publisher, stores.back().get(), {}, options);
   };
-  auto controller = make_controller(&leader);
-  // The agents' replicas get ready (and stop) as soon as they are asked; the controller ticks on its timer.
+  cluster::ClusterLauncher* leader_launcher = nullptr;
+  auto controller = make_controller(&leader, &leader_launcher);
+  // The agents' replicas get ready (and stop) as soon as they are asked (every 5 ms); the controller ticks on
+  // its timer. `until` is asked every 25 ms (so the times measured are late by up to that): it takes the
+  // controller's snapshot of 10,000 replicas, which would otherwise take the io thread from the nodes.
   auto run = [&](auto until, double limit_s) {
     const auto deadline = SimClock::now() + std::chrono::duration<double>(limit_s);
     while (!until() && SimClock::now() < deadline) {
-      io.run_for(std::chrono::milliseconds(5));
-      for (testing::FakeLauncher* f : launchers) {
-        f->FinishStarts();
-        f->FinishStops();
+      for (int i = 0; i < 5; ++i) {
+        io.restart();  // a run out of work stops the io_context
+        io.run_for(std::chrono::milliseconds(5));
+        for (testing::FakeLauncher* f : launchers) {
+          f->FinishStarts();
+          f->FinishStops();
+        }
       }
     }
     return until();
@@ -143,7 +153,12 @@ int main(int argc, char** argv) {
   const auto deploy_at = SimClock::now();
   if (!controller->Apply(BigConfig(deployments, replicas / deployments)).ok()) return 1;
   const int want = replicas / deployments * deployments;
-  if (!run([&] { return running({}) == want; }, 300)) {
+  // Every replica RUNNING, none on `not_on`: the application's status is asked first (cheap), the snapshot
+  // of every replica only once it says RUNNING.
+  auto all_running = [&](const std::set<std::string>& not_on) {
+    return controller->application_status("sim") == controller::ApplicationStatus::kRunning && running(not_on) == want;
+  };
+  if (!run([&] { return all_running({}); }, 300)) {
     std::printf("deploy: only %d of %d replicas RUNNING after 300 s\n", running({}), want);
     return 1;
   }
@@ -168,6 +183,8 @@ int main(int argc, char** argv) {
       "10 s (%.1f/s)\n",
       ticks[ticks.size() / 2], ticks.back(), want, static_cast<long long>(writes), writes / 10.0);
 
+  // FERRY_SIM_VERBOSE=1: the info log (placements, replicas RUNNING, the election) from here on.
+  if (getenv("FERRY_SIM_VERBOSE")) Log::SetLevel(LogLevel::kInfo);
   // A loss of `lost` nodes: their members halt (leases lapse after the TTL).
   std::set<std::string> gone;
   const auto lost_at = SimClock::now();
@@ -196,7 +213,7 @@ int main(int argc, char** argv) {
                 Seconds(SimClock::now() - lost_at), on_lost, off_lost, other);
     return false;
   };
-  if (!run([&] { return progress() || running(gone) == want; }, 120)) {
+  if (!run([&] { return progress() || all_running(gone); }, 120)) {
     std::printf("loss: only %d of %d replicas RUNNING off the lost nodes after 120 s\n", running(gone), want);
     return 1;
   }
@@ -206,8 +223,16 @@ int main(int argc, char** argv) {
       lost, want / nodes * lost, Seconds(SimClock::now() - lost_at));
 
   // The leader's node dies: its member halts (its lease lapses) and its controller goes with it. The standby
-  // leads, reads the desired state and every assignment and report from etcd, and takes the live replicas
-  // over; measured until it leads, and until its controller has every replica RUNNING.
+  // has run its controller all along (not leading, it only follows etcd); it leads, waits until its
+  // launcher's mirror shows its own election, restores the desired state from etcd and takes the live
+  // replicas over; measured until it leads, and until its controller has every replica RUNNING.
+  cluster::ClusterLauncher* standby_launcher = nullptr;
+  auto standby_controller = make_controller(&standby, &standby_launcher);
+  for (bool synced = false; !synced;) {  // its first read of the whole prefix takes a while
+    bool answered = false;
+    standby_launcher->WhenCaughtUp(Revision(etcd), [&](bool current) { answered = true, synced = current; });
+    run([&] { return answered; }, 30);
+  }
   auto running_ids = [&] {
     std::set<std::string> ids;
     for (const auto& app : controller->Snapshot().applications)
@@ -217,30 +242,25 @@ int main(int argc, char** argv) {
     return ids;
   };
   const std::set<std::string> before_failover = running_ids();
-  if (getenv("FERRY_SIM_VERBOSE")) Log::SetLevel(LogLevel::kInfo);
   const auto failover_at = SimClock::now();
   leader.Halt();
   controller.reset();
-  // Every node campaigns (each could run the controller): the one that wins makes its controller.
-  cluster::ClusterMember* next_leader = nullptr;
-  auto someone_leads = [&] {
-    if (standby.leading()) next_leader = &standby;
-    for (auto& m : members)
-      if (m->leading()) next_leader = m.get();
-    return next_leader != nullptr;
-  };
-  if (!run(someone_leads, 60)) {
+  if (!run([&] { return standby.leading(); }, 60)) {
     std::printf("failover: no node led within 60 s\n");
     return 1;
   }
   const double led_after = Seconds(SimClock::now() - failover_at);
-  controller = make_controller(next_leader);
+  controller = std::move(standby_controller);
   const auto restore_at = SimClock::now();
-  if (!controller->Restore().ok()) return 1;
-  std::printf("  the new leader restored in %.2f s\n", Seconds(SimClock::now() - restore_at));
-  controller->Start();
+  bool restored = false;
+  standby_launcher->WhenCaughtUp(standby.fence(), [&](bool) {
+    if (!controller->Restore().ok()) std::printf("failover: the new leader could not restore\n");
+    std::printf("  the new leader caught up and restored in %.2f s\n", Seconds(SimClock::now() - restore_at));
+    controller->Start();
+    restored = true;
+  });
   next_mark = SimClock::now();
-  if (!run([&] { return progress() || running(gone) == want; }, 120)) {
+  if (!run([&] { return progress() || (restored && all_running(gone)); }, 120)) {
     std::printf("failover: only %d of %d replicas RUNNING under the new leader after 120 s\n", running(gone), want);
     return 1;
   }
@@ -251,7 +271,7 @@ int main(int argc, char** argv) {
   std::printf(
       "leader failover with %d replicas: %s leads after %.2f s, every replica RUNNING under its controller "
       "after %.2f s, %d of them the same replicas taken over (lease TTL 2 s)\n",
-      want, next_leader->options().node_id.c_str(), led_after, all_after, kept);
+      want, standby.options().node_id.c_str(), led_after, all_after, kept);
   controller.reset();
   workers.clear();
   for (auto& m : members) m->Stop();

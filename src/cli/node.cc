@@ -223,7 +223,9 @@ class Node {
       control_ = controller::Controller::CreateWithLauncher(
           io_,
           [this](node::ReplicaListener* listener) {
-            return std::make_unique<cluster::ClusterLauncher>(io_, member_.get(), listener);
+            auto launcher = std::make_unique<cluster::ClusterLauncher>(io_, member_.get(), listener);
+            cluster_launcher_ = launcher.get();
+            return launcher;
           },
           publisher_, store_.get(), callbacks_, controller_options);
       return absl::OkStatus();
@@ -243,10 +245,14 @@ class Node {
       return;
     }
     Say(StrCat("ferry: node ", options_.cluster->node_id, " leads the cluster (fence ", fence, ")"));
-    // The state in etcd wins over what this node may still run from an earlier term (Restore applies it as
-    // an update: what did not change keeps running).
-    absl::Status restored = control_->Restore();
-    if (!restored.ok()) Complain(StrCat("ferry: could not restore the cluster's state: ", Message(restored)));
+    // The replicas to take over are in the launcher's mirror of etcd once it has seen this election.
+    cluster_launcher_->WhenCaughtUp(fence, [this, fence](bool) {  // behind: Restore reads etcd instead
+      if (stopping_ || member_->fence() != fence) return;         // deposed meanwhile
+      // The state in etcd wins over what this node may still run from an earlier term (Restore applies it
+      // as an update: what did not change keeps running).
+      absl::Status restored = control_->Restore();
+      if (!restored.ok()) Complain(StrCat("ferry: could not restore the cluster's state: ", Message(restored)));
+    });
   }
 
   // Another node leads: what this one ran as the cluster's leader is that node's to run now, so it stops
@@ -396,6 +402,7 @@ class Node {
   std::unique_ptr<cluster::ClusterMember> member_;                // cluster mode only
   std::unique_ptr<cluster::ClusterPublisher> cluster_publisher_;  // cluster mode: between controller and routers
   std::unique_ptr<cluster::NodeWorker> worker_;                   // cluster mode: runs this node's replicas
+  cluster::ClusterLauncher* cluster_launcher_ = nullptr;          // cluster mode: the controller's launcher
   // Cluster mode's stop: drained first (its replicas moved), for at most kNodeDrainLimit.
   static constexpr std::chrono::seconds kNodeDrainLimit{120};
   bool drain_started_ = false;

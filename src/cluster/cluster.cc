@@ -165,6 +165,7 @@ absl::Status ClusterMember::Start(const std::string& admin_url, const std::strin
   FERRY_LOG(kInfo, "cluster", "node ", options_.node_id, " joined the cluster (lease ", lease_.load(), ", TTL ",
             options_.lease_ttl_s, " s)");
   thread_ = std::thread([this] { Loop(); });
+  if (options_.campaign) watcher_ = std::thread([this] { WatchLeader(); });
   return absl::OkStatus();
 }
 
@@ -174,8 +175,10 @@ bool ClusterMember::JoinThread() {
     if (stopping_) return false;
     stopping_ = true;
   }
+  watch_stop_.store(true);
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (watcher_.joinable()) watcher_.join();
   return true;
 }
 
@@ -205,7 +208,29 @@ void ClusterMember::Loop() {
   for (;;) {
     Step();
     std::unique_lock<std::mutex> lock(mu_);
-    if (wake_.wait_for(lock, period, [this] { return stopping_; })) return;
+    wake_.wait_for(lock, period, [this] { return stopping_ || leader_gone_; });
+    if (stopping_) return;
+    leader_gone_ = false;
+  }
+}
+
+void ClusterMember::WatchLeader() {
+  const std::string key = leader_key();
+  while (!watch_stop_.load()) {
+    absl::Status watched = etcd_.Watch(key, 0, watch_stop_, [&](int64_t, const std::vector<WatchEvent>& events) {
+      for (const WatchEvent& e : events) {
+        if (e.type != WatchEvent::Type::kDelete || e.kv.key != key) continue;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          leader_gone_ = true;
+        }
+        wake_.notify_all();
+      }
+    });
+    if (watch_stop_.load()) return;
+    FERRY_LOG(kDebug, "cluster", "the watch of the leader key ended (", Message(watched), "); watching again");
+    std::unique_lock<std::mutex> lock(mu_);  // etcd is away: the loop's steps campaign meanwhile
+    wake_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
   }
 }
 
@@ -262,6 +287,8 @@ void ClusterMember::Step() {
       if (callbacks_.on_elected) callbacks_.on_elected(revision);
       return;
     }
+  } else if (!options_.campaign) {
+    leader.reset();
   } else {
     if (fence_.load() != 0) Depose("its leader key is gone");
     // Nobody leads: campaign. The key is created only if it is still absent, bound to this node's lease.

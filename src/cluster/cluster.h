@@ -9,8 +9,9 @@
 //   PREFIX/state            the controller's desired state (EtcdStateStore), written fenced;
 //   PREFIX/draining/<node>  the node is draining (`ferry drain`, or SIGTERM to it): it takes no new replicas
 //                           and the leader moves its replicas away; cleared when the node joins again.
-// A thread keeps the lease alive (every TTL/4) and campaigns when nobody leads; the node hears of its
-// election and deposition through callbacks on that thread.
+// A thread keeps the lease alive (every TTL/4) and campaigns when nobody leads; another watches the leader
+// key, so that its deletion (the leader resigned, or its lease lapsed) is campaigned for at once rather than
+// at the next step. The node hears of its election and deposition through callbacks on the first thread.
 // Thread-safe.
 #pragma once
 
@@ -50,6 +51,9 @@ struct ClusterOptions {
   // ca empty: in the clear). The first node records the cluster's choice at PREFIX/frame_tls; a node that
   // chose otherwise cannot join.
   TlsFiles frame_tls;
+  // Whether this node campaigns to lead. Every `ferry start --cluster` node does; the simulated cluster's
+  // agents (bench/cluster/sim.cc) do not, as they stand in for nodes whose controllers it does not run.
+  bool campaign = true;
 };
 
 // A node as `ferry nodes` and the status show it.
@@ -127,7 +131,9 @@ class ClusterMember {
   // Whether this node's frame TLS is the cluster's (recorded by the first node to join).
   absl::Status CheckFrameTls();
   void Depose(const std::string& why);
-  // Stops and joins the thread; false when it was stopped already.
+  // The watcher's loop: wakes Loop when the leader key is deleted.
+  void WatchLeader();
+  // Stops and joins the threads; false when they were stopped already.
   bool JoinThread();
 
   const ClusterOptions options_;
@@ -140,8 +146,11 @@ class ClusterMember {
   mutable std::mutex mu_;
   std::optional<NodeInfo> leader_;  // under mu_
   std::condition_variable wake_;
-  bool stopping_ = false;  // under mu_
+  bool stopping_ = false;     // under mu_
+  bool leader_gone_ = false;  // under mu_: the watcher saw the leader key deleted
+  std::atomic<bool> watch_stop_{false};
   std::thread thread_;
+  std::thread watcher_;
 };
 
 // The controller's desired state in etcd, at PREFIX/state: read by whichever node leads, written only

@@ -118,6 +118,7 @@ class EtcdWriter {
       Entry& e = entries_[key];
       e.value = std::move(value);
       e.dirty = true;
+      wanted_ = true;
     }
     wake_.notify_all();
   }
@@ -126,8 +127,10 @@ class EtcdWriter {
     std::unique_lock<std::mutex> lock(mu_);
     bool more = false;  // the last batch left dirty entries behind: write them without waiting
     while (!stopping_) {
-      if (!more) wake_.wait_for(lock, std::chrono::milliseconds(200));
-      more = false;
+      // What was set while the last transaction was out goes at once (not at the next poll, which is for
+      // a lease that changed).
+      if (!more) wake_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stopping_ || wanted_; });
+      wanted_ = more = false;
       if (stopping_) break;
       const int64_t lease = member_->lease();
       std::vector<std::pair<std::string, std::optional<std::string>>> batch;
@@ -183,6 +186,7 @@ class EtcdWriter {
   std::mutex mu_;
   std::condition_variable wake_;
   std::map<std::string, Entry> entries_;  // under mu_
+  bool wanted_ = false;                   // under mu_: something was set since the loop last looked
   bool stopping_ = false;
   std::thread thread_;
 };
@@ -222,6 +226,8 @@ class PrefixMirror {
   }
   const Map& map() const { return map_; }
   bool synced() const { return revision_ > 0; }
+  // The etcd revision the mirror shows (0: not read yet).
+  int64_t revision() const { return revision_; }
 
  private:
   void Replace(const RangeResult& r) {
@@ -342,13 +348,42 @@ ClusterLauncher::ClusterLauncher(asio::io_context& io, ClusterMember* member, no
       member_(member),
       listener_(listener),
       placement_(std::make_unique<PlacementState>()),
+      catch_up_timer_(io),
       writer_(std::make_unique<EtcdWriter>(member, EtcdWriter::Mode::kFenced)) {
   PrefixMirror::Callbacks callbacks;
-  callbacks.on_change = [this] { Reconcile(); };
+  callbacks.on_change = [this] {
+    Reconcile();
+    if (caught_up_) CheckCaughtUp(false);
+  };
   callbacks.on_reset = [this] { OnReset(); };
   callbacks.on_key = [this](const std::string& key, const std::string* value) { OnKey(key, value); };
   mirror_ = std::make_unique<PrefixMirror>(io, &member->etcd(), member->options().prefix, std::move(callbacks));
   mirror_->Start();
+}
+
+void ClusterLauncher::WhenCaughtUp(int64_t revision, std::function<void(bool)> then) {
+  catch_up_revision_ = revision;
+  caught_up_ = std::move(then);
+  mirror_current_ = false;
+  catch_up_timer_.expires_after(std::chrono::seconds(1));
+  catch_up_timer_.async_wait([this, weak = std::weak_ptr<bool>(alive_token_)](const boost::system::error_code& ec) {
+    if (!ec && !weak.expired() && caught_up_) CheckCaughtUp(true);
+  });
+  asio::post(io_, [this, weak = std::weak_ptr<bool>(alive_token_)] {
+    if (!weak.expired() && caught_up_) CheckCaughtUp(false);
+  });
+}
+
+void ClusterLauncher::CheckCaughtUp(bool timed_out) {
+  mirror_current_ = mirror_->revision() >= catch_up_revision_;
+  if (!mirror_current_ && !timed_out) return;
+  if (!mirror_current_)
+    FERRY_LOG(kWarning, "cluster", "the watch of etcd is still behind after 1 s (at revision ", mirror_->revision(),
+              ", not ", catch_up_revision_, ")");
+  catch_up_timer_.cancel();
+  std::function<void(bool)> then = std::move(caught_up_);
+  caught_up_ = nullptr;
+  then(mirror_current_);
 }
 
 ClusterLauncher::~ClusterLauncher() {
@@ -574,9 +609,12 @@ void ClusterLauncher::Reconcile() {
 }
 
 std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
-  if (absl::Status read = mirror_->ReadNow(); !read.ok())
-    FERRY_LOG(kWarning, "cluster", "cannot read the cluster's replicas now (", Message(read),
-              "); taking over what the last read showed");
+  if (!mirror_current_) {
+    if (absl::Status read = mirror_->ReadNow(); !read.ok())
+      FERRY_LOG(kWarning, "cluster", "cannot read the cluster's replicas now (", Message(read),
+                "); taking over what the last read showed");
+  }
+  mirror_current_ = false;
   took_over_ = true;
   std::vector<node::ExistingReplica> out;
   for (const auto& [id, a] : assigned_) {

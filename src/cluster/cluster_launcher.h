@@ -20,6 +20,7 @@
 
 #include <absl/status/statusor.h>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -98,8 +99,14 @@ class ClusterLauncher : public node::ReplicaLauncher {
   size_t live_replicas() const override { return tracked_.size(); }
   // Replicas run on their nodes: a leader going away leaves them to the next one.
   void KillAll() override {}
-  // Reads etcd now and hands over the assigned replicas this launcher does not track yet, on live nodes
-  // and not being stopped (blocks the calling thread for one etcd read: once per leadership).
+  // Calls `then` on the io thread once this launcher's mirror of etcd has reached `revision` (a new
+  // leader's fence: every assignment and report its predecessor made is in the mirror then) with true, or
+  // after a second when the watch lags behind with false. A node calls it before restoring its controller
+  // as the leader.
+  void WhenCaughtUp(int64_t revision, std::function<void(bool caught_up)> then);
+  // Hands over the assigned replicas this launcher does not track yet, on live nodes and not being stopped:
+  // from the mirror when WhenCaughtUp found it current, else from a read of etcd now (which blocks the
+  // calling thread; 20,000 keys take about a second).
   std::vector<node::ExistingReplica> Existing() override;
   node::ReplicaLocation LocationOf(const std::string& replica_id) const override;
   // Its node is draining: the controller replaces it elsewhere, then stops it.
@@ -122,6 +129,8 @@ class ClusterLauncher : public node::ReplicaLauncher {
   // Turns what changed into the controller's replica events (ready, exited, lost with their node) and,
   // while leading, clears what nobody tracks any more. Each pass looks only at what changed.
   void Reconcile();
+  // Runs WhenCaughtUp's callback once the mirror has caught up (or `timed_out`).
+  void CheckCaughtUp(bool timed_out);
   void Lost(const std::string& replica_id, const std::string& message);
   void Forget(const std::string& replica_id);
   void OpenControl(Tracked& t, const ReplicaReport& report);
@@ -146,6 +155,11 @@ class ClusterLauncher : public node::ReplicaLauncher {
   bool liveness_changed_ = true;                  // a node's alive key came or went
   std::unique_ptr<PlacementState> placement_;
   node::ReplicaLauncher* control_override_ = nullptr;
+  // WhenCaughtUp's: the revision awaited and what then; `mirror_current_` once reached, until Existing().
+  int64_t catch_up_revision_ = 0;
+  std::function<void(bool)> caught_up_;
+  boost::asio::steady_timer catch_up_timer_;
+  bool mirror_current_ = false;
   std::unique_ptr<EtcdWriter> writer_;
   std::unique_ptr<PrefixMirror> mirror_;
   std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);

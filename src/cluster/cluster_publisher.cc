@@ -65,7 +65,7 @@ std::shared_ptr<const endpoints::EndpointSet> RoutedFrom(const endpoints::Endpoi
 void ClusterPublisher::Publish(std::shared_ptr<const endpoints::Snapshot> snapshot) {
   std::lock_guard<std::mutex> lock(mu_);
   if (member_->leading()) {
-    to_write_ = endpoints::SnapshotToJson(*snapshot);
+    to_write_ = snapshot;
     wake_writer_.notify_all();
   }
   // This node's consumers reach other nodes' replicas over TCP. A set the controller did not change keeps
@@ -192,17 +192,18 @@ void ClusterPublisher::PollerLoop() {
 void ClusterPublisher::WriterLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    if (to_write_.is_null() || !member_->leading()) {
+    if (!to_write_ || !member_->leading()) {
       if (!member_->leading()) to_write_ = nullptr;  // a leader that lost its term has nothing to publish
       wake_writer_.wait(lock);
       continue;
     }
-    nlohmann::json pending = std::move(to_write_);
+    std::shared_ptr<const endpoints::Snapshot> pending = std::move(to_write_);
     to_write_ = nullptr;
     const int64_t fence = member_->fence();
-    pending["fence"] = fence;  // other nodes report in this leadership's numbering
-    const std::string document = pending.dump();
     lock.unlock();
+    nlohmann::json doc = endpoints::SnapshotToJson(*pending);
+    doc["fence"] = fence;  // other nodes report in this leadership's numbering
+    const std::string document = doc.dump();
     absl::StatusOr<TxnResult> written =
         fence ? member_->etcd().Txn({Compare::CreateRevision(member_->leader_key(), fence)},
                                     {TxnOp::Put(key(), document)})
@@ -211,7 +212,7 @@ void ClusterPublisher::WriterLoop() {
     if (written.ok() && written->succeeded) continue;
     if (!written.ok())
       FERRY_LOG(kWarning, "cluster", "cannot publish the endpoint sets to etcd: ", Message(written.status()));
-    if (to_write_.is_null() && member_->leading()) to_write_ = std::move(pending);  // nothing newer: retry this
+    if (!to_write_ && member_->leading()) to_write_ = std::move(pending);  // nothing newer: retry this
     wake_writer_.wait_for(lock, std::chrono::milliseconds(500), [this] { return stopping_; });
   }
 }

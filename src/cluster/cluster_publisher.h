@@ -88,7 +88,9 @@ class ClusterPublisher : public endpoints::Publisher {
   uint64_t delivered_source_version_ = 0;  // the delivered snapshot's version in its own source's numbering
   uint64_t out_version_ = 0;               // the last version consumers got
   int64_t local_offset_ = 0;               // out = local version + local_offset_ (while delivering local ones)
-  nlohmann::json to_write_;                // the latest local snapshot's document, not yet in etcd (null: none)
+  // The latest local snapshot, not yet in etcd (null: none); the writer thread makes its document (10,000
+  // endpoints take milliseconds to encode: not on the controller's thread, and only the latest).
+  std::shared_ptr<const endpoints::Snapshot> to_write_;
   // The leader's document being delivered: its fence, and which out version carried which of its versions.
   int64_t remote_fence_ = 0;
   uint64_t remote_source_version_ = 0;

@@ -28,17 +28,29 @@ namespace detail {
 // The state Place works on: what each node has left, and who runs where.
 struct Cluster {
   const std::vector<PlacementNode>& nodes;
-  std::map<std::string, ResourceSet> free;                           // by node
+  std::map<std::string, ResourceSet> used;                           // by node, listed or not
+  std::map<std::string, ResourceSet> free;                           // by listed node: its total less used
   std::map<std::string, int> replicas;                               // by node: replicas of all deployments
   std::map<std::pair<std::string, std::string>, int> of_deployment;  // (node, deployment) -> replicas
   std::map<std::pair<std::string, std::string>, int> of_version;     // (node, deployment@version) -> replicas
 
   Cluster(const std::vector<PlacementNode>& n, const std::vector<PlacedReplica>& placed) : nodes(n) {
-    for (const PlacementNode& node : nodes) free[node.node_id] = node.total;
+    Renode();
     for (const PlacedReplica& r : placed) Take(r);
+  }
+  // `nodes` changed (a node came, went, or changed its resources): what is taken stays taken.
+  void Renode() {
+    free.clear();
+    for (const PlacementNode& node : nodes) {
+      ResourceSet& f = free[node.node_id] = node.total;
+      if (auto u = used.find(node.node_id); u != used.end())
+        for (const auto& [k, v] : u->second) f[k] -= v;
+    }
   }
   void Take(const PlacedReplica& r) {
     for (const auto& [node, resources] : r.taken) {
+      ResourceSet& u = used[node];
+      for (const auto& [k, v] : resources) u[k] += v;
       auto f = free.find(node);
       if (f == free.end()) continue;  // a node that is gone
       for (const auto& [k, v] : resources) f->second[k] -= v;
@@ -51,6 +63,8 @@ struct Cluster {
   }
   void Give(const PlacedReplica& r) {  // undoes Take
     for (const auto& [node, resources] : r.taken) {
+      ResourceSet& u = used[node];
+      for (const auto& [k, v] : resources) u[k] -= v;
       auto f = free.find(node);
       if (f == free.end()) continue;
       for (const auto& [k, v] : resources) f->second[k] += v;
@@ -381,8 +395,7 @@ PlacementState::~PlacementState() = default;
 
 void PlacementState::SetNodes(std::vector<PlacementNode> nodes) {
   nodes_ = std::move(nodes);
-  cluster_ = std::make_unique<Cluster>(nodes_, std::vector<PlacedReplica>{});
-  for (const auto& [id, p] : placed_) cluster_->Take(p);
+  cluster_->Renode();  // not every placed replica taken again: a node's loss among 10,000 replicas is cheap
 }
 
 void PlacementState::Set(PlacedReplica replica) {

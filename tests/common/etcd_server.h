@@ -69,7 +69,7 @@ class EtcdServer {
       call.path = "/v3/kv/range";
       call.body = R"({"key":"AA=="})";
       call.timeout = std::chrono::milliseconds(1000);
-      absl::StatusOr<HttpResponse> r = SendHttp({"127.0.0.1", std::to_string(client_port_), "/"}, call);
+      absl::StatusOr<HttpResponse> r = SendHttp({"127.0.0.1", std::to_string(client_port_), "/", nullptr}, call);
       if (r.ok() && r->status == 200) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -82,7 +82,7 @@ class EtcdServer {
     pid_ = -1;
   }
   std::string url() const { return "etcd://127.0.0.1:" + std::to_string(client_port_); }
-  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(client_port_), ""}; }
+  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(client_port_), "", nullptr}; }
 
  private:
   std::string dir_;

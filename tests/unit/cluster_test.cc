@@ -235,6 +235,31 @@ TEST_F(ClusterTest, OneNodeLeadsAndAStandbyTakesOverWhenTheLeaderResigns) {
   EXPECT_TRUE((*nodes)[1].leader);
 }
 
+TEST_F(ClusterTest, AStandbyCampaignsAsSoonAsTheLeaderKeyGoesNotAtItsNextStep) {
+  // A lease of 60 s: each member steps every 15 s, so only the watch of the leader key can make the
+  // standby lead within the 10 s waited for below.
+  ClusterOptions oa = Options("a"), ob = Options("b");
+  oa.lease_ttl_s = ob.lease_ttl_s = 60;
+  auto a = std::make_unique<ClusterMember>(oa, ClusterMember::Callbacks{});
+  ClusterMember b(ob, {});
+  ASSERT_TRUE(a->Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok());
+  ASSERT_TRUE(Eventually([&] { return a->leading(); }));
+  ASSERT_TRUE(b.Start("http://127.0.0.1:3", "http://127.0.0.1:4").ok());
+  ASSERT_TRUE(Eventually([&] { return b.leader().has_value(); }));  // b has stepped once
+  a->Stop();                                                        // resigns: the leader key goes with its lease
+  EXPECT_TRUE(Eventually([&] { return b.leading(); }, 10s));
+  // A node that does not campaign never leads, even with nobody leading.
+  ClusterOptions oc = Options("c");
+  oc.campaign = false;
+  ClusterMember c(oc, {});
+  ASSERT_TRUE(c.Start("http://127.0.0.1:5", "http://127.0.0.1:6").ok());
+  b.Stop();
+  EXPECT_FALSE(Eventually([&] { return c.leading(); }, 2s));
+  auto leader = etcd_->Get(prefix_ + "leader");
+  ASSERT_TRUE(leader.ok());
+  EXPECT_TRUE(leader->kvs.empty());
+}
+
 TEST_F(ClusterTest, TheDesiredStateIsWrittenOnlyUnderTheLeadersFence) {
   ClusterMember leader(Options("l"), {});
   ASSERT_TRUE(leader.Start("a", "b").ok());
@@ -244,16 +269,24 @@ TEST_F(ClusterTest, TheDesiredStateIsWrittenOnlyUnderTheLeadersFence) {
   ASSERT_TRUE(store.Save(R"({"config": 1})").ok());
   EXPECT_EQ(store.Load()->value(), R"({"config": 1})");
 
-  // Someone else takes the leadership behind this node's back (its key replaced): its writes now fail
-  // and change nothing, even before it has noticed.
-  const int64_t fence = leader.fence();
-  ASSERT_TRUE(etcd_->Delete(prefix_ + "leader").ok());
-  ASSERT_TRUE(etcd_->Put(prefix_ + "leader", R"({"node_id": "usurper"})").ok());
-  EXPECT_EQ(leader.fence(), fence);  // it still thinks it leads
+  // Someone else takes the leadership behind this node's back (its key replaced by another's): its writes
+  // now fail and change nothing, whether or not it has noticed yet (it watches the key, and campaigns
+  // when it goes: the usurper creates its key only where none is, as a campaign does, and tries again when
+  // this node won the gap).
+  const std::string key = prefix_ + "leader";
+  int64_t usurped = 0;
+  for (int i = 0; i < 20 && usurped == 0; ++i) {
+    ASSERT_TRUE(etcd_->Delete(key).ok());
+    auto txn = etcd_->Txn({Compare::CreateRevision(key, 0)}, {TxnOp::Put(key, R"({"node_id": "usurper"})")});
+    ASSERT_TRUE(txn.ok());
+    if (txn->succeeded) usurped = txn->revision;
+  }
+  ASSERT_NE(usurped, 0);
+  EXPECT_NE(leader.fence(), usurped);
   absl::Status fenced = store.Save(R"({"config": 2})");
   EXPECT_TRUE(absl::IsFailedPrecondition(fenced)) << fenced;
   EXPECT_EQ(store.Load()->value(), R"({"config": 1})");
-  // At its next step it knows.
+  // It knows soon (at once through its watch, at the latest at its next step), and stays a standby.
   EXPECT_TRUE(Eventually([&] { return !leader.leading(); }));
   EXPECT_TRUE(absl::IsFailedPrecondition(store.Save("{}")));
 }
@@ -526,6 +559,56 @@ TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
   }));
   // Nowhere to go now: every node is dead.
   EXPECT_TRUE(absl::IsResourceExhausted(launcher.StartReplica(spec("app#D#4"))));
+}
+
+TEST_F(ClusterTest, ANewLeaderTakesTheReplicasOverFromItsMirrorOnceItShowsTheElection) {
+  // The old leader placed a replica on node "a", which reports it ready.
+  auto old = std::make_unique<ClusterMember>(Options("old"), ClusterMember::Callbacks{});
+  ASSERT_TRUE(old->Start("http://127.0.0.1:1", "http://127.0.0.1:2").ok());
+  ASSERT_TRUE(Eventually([&] { return old->leading(); }));
+  ClusterMember standby(Options("standby"), {});
+  ASSERT_TRUE(standby.Start("http://127.0.0.1:3", "http://127.0.0.1:4").ok());
+  boost::asio::io_context io;
+  RecordingListener heard;
+  ClusterLauncher launcher(io, &standby, &heard);  // follows etcd from the node's start, leading or not
+  auto lease = etcd_->GrantLease(60);
+  ASSERT_TRUE(lease.ok());
+  NodeInfo a;
+  a.node_id = "a";
+  a.address = "10.0.0.1";
+  a.resources = {{"CPU", 1}};
+  Assignment assignment;
+  assignment.node = "a";
+  assignment.spec.replica_id = "app#D#1";
+  assignment.spec.application = "app";
+  assignment.spec.deployment = "D";
+  assignment.spec.import_path = "builtin:echo";
+  assignment.spec.symbol = "echo";
+  // Written while the io thread does not run: the mirror has not applied any of it yet.
+  ASSERT_TRUE(etcd_->Put(prefix_ + "members/a", NodeJson(a).dump()).ok());
+  ASSERT_TRUE(etcd_->Put(prefix_ + "alive/a", "{}", *lease).ok());
+  ASSERT_TRUE(etcd_->Put(prefix_ + "assign/a/app#D#1", AssignmentJson(assignment)).ok());
+  ReplicaReport ready = ReplicaReport::Ready("a", "/x.sock", "tcp://10.0.0.1:9", 42);
+  ASSERT_TRUE(etcd_->Put(prefix_ + "replicas/app#D#1", ReplicaReportJson(ready), *lease).ok());
+  old->Stop();
+  ASSERT_TRUE(Eventually([&] { return standby.leading(); }));
+  bool caught_up = false;
+  launcher.WhenCaughtUp(standby.fence(), [&](bool current) { caught_up = current; });
+  EXPECT_FALSE(caught_up);  // on the io thread, once the mirror shows the election
+  const auto until = std::chrono::steady_clock::now() + 15s;
+  while (!caught_up && std::chrono::steady_clock::now() < until) {
+    io.restart();
+    io.run_for(20ms);
+  }
+  ASSERT_TRUE(caught_up);
+  std::vector<node::ExistingReplica> existing = launcher.Existing();
+  ASSERT_EQ(existing.size(), 1u);
+  EXPECT_EQ(existing[0].spec.replica_id, "app#D#1");
+  EXPECT_TRUE(existing[0].ready);
+  EXPECT_EQ(existing[0].address, "/x.sock");
+  EXPECT_EQ(existing[0].tcp_address, "tcp://10.0.0.1:9");
+  EXPECT_EQ(launcher.LocationOf("app#D#1").node_ip, "10.0.0.1");
+  ASSERT_TRUE(etcd_->Revoke(*lease).ok());
 }
 
 }  // namespace
