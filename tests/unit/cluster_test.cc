@@ -30,6 +30,17 @@ bool Eventually(F f, std::chrono::milliseconds limit = 15s) {
   return f();
 }
 
+// A replica of app/D running builtin:echo.
+spec::ReplicaSpec EchoSpec(const std::string& replica_id) {
+  spec::ReplicaSpec s;
+  s.replica_id = replica_id;
+  s.application = "app";
+  s.deployment = "D";
+  s.import_path = "builtin:echo";
+  s.symbol = "echo";
+  return s;
+}
+
 class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { server_ = new testing::EtcdServer(); }
@@ -303,8 +314,8 @@ TEST_F(ClusterTest, ANodeCutOffFromEtcdStepsDownAndRejoinsWhenItComesBack) {
   EXPECT_TRUE(Eventually([&] { return deposed.load() == 1; }));
   EXPECT_FALSE(node.leading());
   ASSERT_TRUE(server_->Start());
-  // Back: it registers again and, alone, leads again.
-  EXPECT_TRUE(Eventually([&] { return node.leading(); }, 30s));
+  // Back: it registers again and, alone, leads again (told so just after leading() says so).
+  EXPECT_TRUE(Eventually([&] { return node.leading() && elected.load() == 2; }, 30s));
   EXPECT_EQ(elected.load(), 2);
 }
 
@@ -431,11 +442,7 @@ TEST_F(ClusterTest, StandbysRouteByTheLeadersEndpointSetsOverTcp) {
 TEST(ClusterDocumentsTest, AssignmentsAndReportsRoundTripAndBadOnesAreRefused) {
   Assignment a;
   a.node = "n1";
-  a.spec.replica_id = "app#D#1";
-  a.spec.application = "app";
-  a.spec.deployment = "D";
-  a.spec.import_path = "builtin:echo";
-  a.spec.symbol = "echo";
+  a.spec = EchoSpec("app#D#1");
   a.spec.version = "abc";
   a.spec.placement.bundles = {{{"CPU", 1}}, {{"GPU", 1}}};
   a.spec.placement.strategy = "STRICT_SPREAD";
@@ -501,12 +508,7 @@ TEST_F(ClusterTest, TheLeadersLauncherPlacesAssignsAndHearsTheNodes) {
   ClusterLauncher launcher(io, &leader, &heard);
   EXPECT_TRUE(launcher.Existing().empty());  // nothing placed yet; reads etcd now
   auto spec = [](const std::string& id) {
-    spec::ReplicaSpec s;
-    s.replica_id = id;
-    s.application = "app";
-    s.deployment = "D";
-    s.import_path = "builtin:echo";
-    s.symbol = "echo";
+    spec::ReplicaSpec s = EchoSpec(id);
     s.placement.resources = {{"CPU", 1}};
     return s;
   };
@@ -579,11 +581,7 @@ TEST_F(ClusterTest, ANewLeaderTakesTheReplicasOverFromItsMirrorOnceItShowsTheEle
   a.resources = {{"CPU", 1}};
   Assignment assignment;
   assignment.node = "a";
-  assignment.spec.replica_id = "app#D#1";
-  assignment.spec.application = "app";
-  assignment.spec.deployment = "D";
-  assignment.spec.import_path = "builtin:echo";
-  assignment.spec.symbol = "echo";
+  assignment.spec = EchoSpec("app#D#1");
   // Written while the io thread does not run: the mirror has not applied any of it yet.
   ASSERT_TRUE(etcd_->Put(prefix_ + "members/a", NodeJson(a).dump()).ok());
   ASSERT_TRUE(etcd_->Put(prefix_ + "alive/a", "{}", *lease).ok());
