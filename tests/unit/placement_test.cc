@@ -36,7 +36,7 @@ TEST(PlacementTest, ReplicasSpreadOverTheNodesThatFit) {
   EXPECT_EQ(CountByNode(placed), (std::map<std::string, int>{{"a", 2}, {"b", 2}, {"c", 2}}));
   // A node that is full takes nothing more; the others do.
   six.resize(3);
-  auto more = Place(nodes, {{"x", "app/E", {{"a", {{"CPU", 4}}}}, "a"}}, six);
+  auto more = Place(nodes, {{"x", "app/E", {{"a", {{"CPU", 4}}}}, "a", false, ""}}, six);
   EXPECT_EQ(CountByNode(more), (std::map<std::string, int>{{"b", 2}, {"c", 1}}));
 }
 
@@ -139,11 +139,11 @@ TEST(PlacementTest, PlacementGroupStrategies) {
 }
 
 TEST(PlacementTest, ScalingDownEmptiesTheLeastUsedNodesFirst) {
-  std::vector<PlacedReplica> placed = {{"d1", "app/D", {{"a", {{"CPU", 1}}}}, "a"},
-                                       {"d2", "app/D", {{"b", {{"CPU", 1}}}}, "b"},
-                                       {"x1", "app/X", {{"b", {{"CPU", 1}}}}, "b"},
-                                       {"x2", "app/X", {{"b", {{"CPU", 1}}}}, "b"},
-                                       {"d3", "app/D", {}, ""}};
+  std::vector<PlacedReplica> placed = {{"d1", "app/D", {{"a", {{"CPU", 1}}}}, "a", false, ""},
+                                       {"d2", "app/D", {{"b", {{"CPU", 1}}}}, "b", false, ""},
+                                       {"x1", "app/X", {{"b", {{"CPU", 1}}}}, "b", false, ""},
+                                       {"x2", "app/X", {{"b", {{"CPU", 1}}}}, "b", false, ""},
+                                       {"d3", "app/D", {}, "", false, ""}};
   // d3 has no node yet; then d1 (node a runs one replica) before d2 (node b runs three).
   EXPECT_EQ(ChooseToStop({"d1", "d2", "d3"}, placed, 2), (std::vector<std::string>{"d3", "d1"}));
   EXPECT_EQ(ChooseToStop({"d1", "d2", "d3"}, placed, 5).size(), 3u);
@@ -185,7 +185,7 @@ TEST(PlacementTest, TheIncrementalStateAgreesWithPlaceAndFreesWhatLeaves) {
   state.Remove("r0");
   EXPECT_EQ(state.Place(Replica("r6", "app/D", {{"CPU", 1}})).node_id, freed);
   // Set replaces a replica by id: placed again, it is counted once.
-  state.Set({"r6", "app/D", {{freed, {{"CPU", 1}}}}, freed});
+  state.Set({"r6", "app/D", {{freed, {{"CPU", 1}}}}, freed, false, ""});
   Placement none = state.Place(Replica("r7", "app/D", {{"CPU", 1}}));
   EXPECT_EQ(none.node_id, "");
   EXPECT_NE(state.UnschedulableMessage("app", "D", 1, Replica("r7", "app/D", {{"CPU", 1}}), none.why_not)
@@ -203,6 +203,15 @@ TEST(PlacementTest, TheIncrementalStateAgreesWithPlaceAndFreesWhatLeaves) {
   nodes[2].schedulable = true;
   state.SetNodes(nodes);
   EXPECT_EQ(state.Place(Replica("s9", "app/E", {{"CPU", 1}})).node_id, "");
+  // c leaves the list and comes back with 2 CPUs: what it runs (r2) still counts, the new CPU is free.
+  nodes.pop_back();
+  state.SetNodes(nodes);
+  nodes.push_back(Node("c", {{"CPU", 2}}));
+  state.SetNodes(nodes);
+  EXPECT_EQ(state.Place(Replica("s10", "app/E", {{"CPU", 1}})).node_id, "c");
+  EXPECT_EQ(state.Place(Replica("s11", "app/E", {{"CPU", 1}})).node_id, "");
+  state.Remove("r2");
+  EXPECT_EQ(state.Place(Replica("s12", "app/E", {{"CPU", 1}})).node_id, "c");
 }
 
 // A rolling update starts the new version's replicas while the old ones still run: the new ones spread among
@@ -226,7 +235,7 @@ TEST(PlacementTest, ARollingUpdatesNewReplicasSpreadAmongThemselves) {
   // Leaving: old1 (on a) is being stopped; it still holds its CPU, but a's spread counts it gone.
   PlacementState leaving;
   leaving.SetNodes({Node("a", {{"CPU", 1}}), Node("b", {{"CPU", 4}})});
-  PlacedReplica old1{"old1", "app/D", {{"a", {{"CPU", 1}}}}, "a"};
+  PlacedReplica old1{"old1", "app/D", {{"a", {{"CPU", 1}}}}, "a", false, ""};
   old1.version = "v1";
   old1.leaving = true;
   leaving.Set(old1);
