@@ -170,7 +170,6 @@ void Controller::ReconcileDeployment(Deployment& d, SteadyTime now) {
   for (Replica* r : old_starting) BeginStop(d, *r, now);
   // Start current-version replicas. While an old version serves, a bounded surge at a time (Ray Serve's
   // 20%), so a rolling update adds capacity before it removes any; otherwise all that are missing.
-  if (n - current_total > 0) FERRY_LOG(kInfo, "controller", "TMP ", d.key, " missing ", n - current_total, " starting ", current_starting.size(), " backoff_ms ", std::chrono::duration<double, std::milli>(d.backoff_until - now).count(), " failed ", d.version_failed);
   if (!d.version_failed && now >= d.backoff_until) {
     int surge = old_serving.empty() ? n : std::max(1, static_cast<int>(std::ceil(0.2 * n)));
     int to_start = std::min(n - current_total, surge - static_cast<int>(current_starting.size()));
