@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "common/common.h"
 #include "common/tls.h"
@@ -53,16 +54,6 @@ std::string_view HeaderValue(std::string_view head, std::string_view name) {
     pos = end;
   }
   return {};
-}
-
-// Decodes a whole chunked body; false when it is not complete (or malformed).
-bool Dechunk(std::string_view in, std::string* out) {
-  out->clear();
-  ChunkedDecoder decoder;
-  return decoder.Feed(in, [out](std::string_view piece) {
-    out->append(piece);
-    return true;
-  }) == ChunkedDecoder::State::kDone;
 }
 
 // Parses "HTTP/1.1 200 OK": the status, or 0 when it is not an HTTP status line.
@@ -318,29 +309,43 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
     }
   }
 
-  // Read until the answer is complete: the status line (status_only), the whole body, or the close.
+  // Read until the answer is complete: the status line (status_only), the whole body, or the close. A
+  // chunked body is decoded as it arrives, each byte once (etcd's reads of 20,000 keys are megabytes).
   std::string answer;
   HttpResponse response;
   size_t head_end = std::string::npos;
+  std::optional<ChunkedDecoder> chunks;  // the head said chunked: the body goes through it, not into answer
+  ChunkedDecoder::State chunk_state = ChunkedDecoder::State::kMore;
+  auto feed = [&](std::string_view bytes) {
+    chunk_state = chunks->Feed(bytes, [&](std::string_view piece) {
+      response.body.append(piece);
+      return true;
+    });
+  };
   for (;;) {
-    if (head_end == std::string::npos) head_end = answer.find("\r\n\r\n");
+    if (head_end == std::string::npos) {
+      head_end = answer.find("\r\n\r\n");
+      if (head_end != std::string::npos && !call.status_only && !call.on_body &&
+          HeaderValue(std::string_view(answer).substr(0, head_end + 2), "transfer-encoding") == "chunked") {
+        chunks.emplace();
+        feed(std::string_view(answer).substr(head_end + 4));
+        answer.resize(head_end + 4);
+      }
+    }
     if (call.status_only && answer.find("\r\n") != std::string::npos) break;
     if (call.on_body && head_end != std::string::npos) return StreamBody(wire, where, answer, head_end, call);
-    if (head_end != std::string::npos) {
-      std::string_view head = std::string_view(answer).substr(0, head_end + 2);
-      std::string_view rest = std::string_view(answer).substr(head_end + 4);
-      std::string_view length = HeaderValue(head, "content-length");
-      if (!length.empty() && IsDigits(length) && rest.size() >= std::stoull(std::string(length))) break;
-      // A chunked body is whole once it ends with the last chunk (decoding it on every read would copy a
-      // large answer over and over: etcd's reads of 20,000 keys are megabytes).
-      if (HeaderValue(head, "transfer-encoding") == "chunked" && rest.ends_with("0\r\n\r\n") &&
-          Dechunk(rest, &response.body))
+    if (chunks && chunk_state != ChunkedDecoder::State::kMore) break;
+    if (head_end != std::string::npos && !chunks) {
+      std::string_view length = HeaderValue(std::string_view(answer).substr(0, head_end + 2), "content-length");
+      if (!length.empty() && IsDigits(length) && answer.size() - head_end - 4 >= std::stoull(std::string(length)))
         break;
     }
     char buf[16384];
     short events = 0;
     ssize_t n = wire.Recv(buf, sizeof(buf), &events);
-    if (n > 0) {
+    if (n > 0 && chunks) {
+      feed(std::string_view(buf, static_cast<size_t>(n)));
+    } else if (n > 0) {
       answer.append(buf, static_cast<size_t>(n));
     } else if (n == 0) {
       break;  // closed: the answer ends here
@@ -359,8 +364,10 @@ absl::StatusOr<HttpResponse> SendHttp(const HttpEndpoint& endpoint, const HttpCa
   if (head_end == std::string::npos) return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
   std::string_view head = std::string_view(answer).substr(0, head_end + 2);
   std::string_view rest = std::string_view(answer).substr(head_end + 4);
-  if (HeaderValue(head, "transfer-encoding") == "chunked") {
-    if (!Dechunk(rest, &response.body)) return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
+  if (chunks) {
+    if (chunk_state == ChunkedDecoder::State::kBad) return absl::UnavailableError(StrCat(where, ": a malformed chunk"));
+    if (chunk_state != ChunkedDecoder::State::kDone)
+      return absl::UnavailableError(StrCat(where, ": the answer was cut off"));
   } else if (std::string_view length = HeaderValue(head, "content-length"); !length.empty()) {
     if (!IsDigits(length) || rest.size() < std::stoull(std::string(length)))
       return absl::UnavailableError(StrCat(where, ": the answer was cut off"));

@@ -31,7 +31,7 @@ class CannedServer {
     server_.reset();  // joins the serving thread first
     for (int c : open_) ::close(c);
   }
-  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(server_->port()), "/"}; }
+  HttpEndpoint endpoint() const { return {"127.0.0.1", std::to_string(server_->port()), "/", nullptr}; }
   std::vector<std::string> requests() {
     std::lock_guard<std::mutex> lock(mu_);
     return requests_;
@@ -106,6 +106,23 @@ TEST(HttpClientTest, ReadsBodiesByLengthChunkedOrToTheClose) {
   r = SendHttp(chunked.endpoint(), {});
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->body, "abc0123456789");
+  // With a trailer, the connection kept open: done at the last chunk, not at the close or the timeout.
+  CannedServer trailer({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Sum: 1\r\n\r\n"},
+                       /*keep_open=*/true);
+  HttpCall patient;
+  patient.timeout = std::chrono::seconds(30);
+  r = SendHttp(trailer.endpoint(), patient);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->body, "hi");
+  // Closed inside a chunk, or a chunk size that is not hex: errors that say so.
+  CannedServer cut({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"});
+  r = SendHttp(cut.endpoint(), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("the answer was cut off"));
+  CannedServer bad({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"});
+  r = SendHttp(bad.endpoint(), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("a malformed chunk"));
 
   CannedServer to_close({"HTTP/1.0 404 Not Found\r\n\r\n{\"error\": \"nope\"}"});
   r = SendHttp(to_close.endpoint(), {});
@@ -201,7 +218,7 @@ TEST(HttpClientTest, FailuresNameTheEndpoint) {
   socklen_t len = sizeof(addr);
   ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), len), 0);
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  r = SendHttp({"127.0.0.1", std::to_string(ntohs(addr.sin_port)), "/"}, {});
+  r = SendHttp({"127.0.0.1", std::to_string(ntohs(addr.sin_port)), "/", nullptr}, {});
   ::close(fd);
   EXPECT_TRUE(absl::IsUnavailable(r.status()));
   EXPECT_THAT(r.status().message(), HasSubstr("127.0.0.1:"));
