@@ -103,7 +103,8 @@ int main(int argc, char** argv) {
   endpoints::LocalPublisher publisher;
   testing::FakeLauncher control(nullptr);  // health checks answer at once
   std::vector<std::unique_ptr<cluster::EtcdStateStore>> stores;
-  // The controller of the node `member` (as a node makes it at its start), and its launcher.
+  // The controller of the node `member` (as a node makes it at its start); `launcher_out`, when not null,
+  // gets its launcher.
   auto make_controller = [&](cluster::ClusterMember* member, cluster::ClusterLauncher** launcher_out) {
     stores.push_back(std::make_unique<cluster::EtcdStateStore>(member));
     controller::ControllerOptions options;
@@ -113,13 +114,12 @@ int main(int argc, char** argv) {
         [&, member, launcher_out](node::ReplicaListener* listener) {
           auto launcher = std::make_unique<cluster::ClusterLauncher>(io, member, listener);
           launcher->SetControlOverride(&control);
-          *launcher_out = launcher.get();
+          if (launcher_out) *launcher_out = launcher.get();
           return launcher;
         },
         &publisher, stores.back().get(), {}, options);
   };
-  cluster::ClusterLauncher* leader_launcher = nullptr;
-  auto controller = make_controller(&leader, &leader_launcher);
+  auto controller = make_controller(&leader, nullptr);
   // The agents' replicas get ready (and stop) as soon as they are asked (every 5 ms); the controller ticks on
   // its timer. `until` is asked every 25 ms (so the times measured are late by up to that): it takes the
   // controller's snapshot of 10,000 replicas, which would otherwise take the io thread from the nodes.
@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
   leader.Halt();
   controller.reset();
   if (!run([&] { return standby.leading(); }, 60)) {
-    std::printf("failover: no node led within 60 s\n");
+    std::printf("failover: the standby did not lead within 60 s\n");
     return 1;
   }
   const double led_after = Seconds(SimClock::now() - failover_at);

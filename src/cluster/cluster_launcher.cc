@@ -364,7 +364,6 @@ ClusterLauncher::ClusterLauncher(asio::io_context& io, ClusterMember* member, no
 void ClusterLauncher::WhenCaughtUp(int64_t revision, std::function<void(bool)> then) {
   catch_up_revision_ = revision;
   caught_up_ = std::move(then);
-  mirror_current_ = false;
   catch_up_timer_.expires_after(std::chrono::seconds(1));
   catch_up_timer_.async_wait([this, weak = std::weak_ptr<bool>(alive_token_)](const boost::system::error_code& ec) {
     if (!ec && !weak.expired() && caught_up_) CheckCaughtUp(true);
@@ -375,15 +374,15 @@ void ClusterLauncher::WhenCaughtUp(int64_t revision, std::function<void(bool)> t
 }
 
 void ClusterLauncher::CheckCaughtUp(bool timed_out) {
-  mirror_current_ = mirror_->revision() >= catch_up_revision_;
-  if (!mirror_current_ && !timed_out) return;
-  if (!mirror_current_)
+  const bool current = mirror_->revision() >= catch_up_revision_;
+  if (!current && !timed_out) return;
+  if (!current)
     FERRY_LOG(kWarning, "cluster", "the watch of etcd is still behind after 1 s (at revision ", mirror_->revision(),
               ", not ", catch_up_revision_, ")");
   catch_up_timer_.cancel();
   std::function<void(bool)> then = std::move(caught_up_);
   caught_up_ = nullptr;
-  then(mirror_current_);
+  then(current);
 }
 
 ClusterLauncher::~ClusterLauncher() {
@@ -609,12 +608,14 @@ void ClusterLauncher::Reconcile() {
 }
 
 std::vector<node::ExistingReplica> ClusterLauncher::Existing() {
-  if (!mirror_current_) {
+  // The mirror has reached the revision WhenCaughtUp awaited (the election): it holds what is to take over.
+  const bool current = catch_up_revision_ > 0 && mirror_->revision() >= catch_up_revision_;
+  catch_up_revision_ = 0;
+  if (!current) {
     if (absl::Status read = mirror_->ReadNow(); !read.ok())
       FERRY_LOG(kWarning, "cluster", "cannot read the cluster's replicas now (", Message(read),
                 "); taking over what the last read showed");
   }
-  mirror_current_ = false;
   took_over_ = true;
   std::vector<node::ExistingReplica> out;
   for (const auto& [id, a] : assigned_) {

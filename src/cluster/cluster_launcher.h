@@ -155,11 +155,10 @@ class ClusterLauncher : public node::ReplicaLauncher {
   bool liveness_changed_ = true;                  // a node's alive key came or went
   std::unique_ptr<PlacementState> placement_;
   node::ReplicaLauncher* control_override_ = nullptr;
-  // WhenCaughtUp's: the revision awaited and what then; `mirror_current_` once reached, until Existing().
+  // WhenCaughtUp's: the revision awaited (until Existing() takes over) and what then.
   int64_t catch_up_revision_ = 0;
   std::function<void(bool)> caught_up_;
   boost::asio::steady_timer catch_up_timer_;
-  bool mirror_current_ = false;
   std::unique_ptr<EtcdWriter> writer_;
   std::unique_ptr<PrefixMirror> mirror_;
   std::shared_ptr<bool> alive_token_ = std::make_shared<bool>(true);
