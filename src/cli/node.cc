@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -325,6 +326,11 @@ class Node {
       return;
     }
     stopping_ = true;
+    if (worker_ && !drain_started_ && worker_->live_replicas() > 0 && !OtherNodeCanTakeOver()) {
+      Say(StrCat("ferry: ", why, ": node ", options_.cluster->node_id,
+                 " is the cluster's last live node: its replicas have nowhere to move, so it stops them"));
+      drain_started_ = true;
+    }
     if (worker_ && !drain_started_) {
       // A cluster node leaving (a rolling upgrade, a spot preemption): it drains first. Marked draining, it
       // takes no new replicas and the leader starts replacements for its replicas elsewhere before stopping
@@ -350,6 +356,15 @@ class Node {
     drainer_ = std::thread([this, drain_s] {
       int left = http_open_ ? proxy_->Drain(Millis(drain_s)) : 0;
       boost::asio::post(io_, [this, left] { StopReplicas(left); });
+    });
+  }
+
+  // Whether another node is alive and not draining (true when etcd cannot say: the drain then tries).
+  bool OtherNodeCanTakeOver() {
+    absl::StatusOr<std::vector<cluster::NodeInfo>> nodes = member_->Nodes();
+    if (!nodes.ok()) return true;
+    return std::any_of(nodes->begin(), nodes->end(), [this](const cluster::NodeInfo& n) {
+      return n.alive && !n.draining && n.node_id != options_.cluster->node_id;
     });
   }
 

@@ -305,6 +305,12 @@ class ClusterTest(unittest.TestCase):
         loads[0].finish()
         self.assertEqual(loads[0].failed, [], "a node leaving on SIGTERM fails no request")
 
+        # The last live node (the other is draining) has nowhere to move its replicas: on SIGTERM it stops
+        # them and leaves, rather than waiting out the drain limit (120 s).
+        leader.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(leader.proc.wait(timeout=60), 0)
+        self.assertIn("is the cluster's last live node: its replicas have nowhere to move", leader.stdout())
+
     def test_autoscaling_counts_the_load_on_every_nodes_proxy(self):
         # All the traffic enters through a standby's proxy: the leader hears it from that node's reports
         # (GET /api/ferry/reports) and scales up, placing the new replicas across the cluster.
